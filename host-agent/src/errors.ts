@@ -1,0 +1,105 @@
+/**
+ * Typed errors with reason codes. Every failure the operator can see carries
+ * a stable code (recorded in the DB and printed), a one-line message and a hint.
+ * The class decides the process exit code, so the CLI never guesses.
+ */
+
+/** Exit codes of the `thinrelay` CLI. */
+export const ExitCode = {
+  ok: 0,
+  imageFailed: 1,
+  usage: 2,
+  environment: 3,
+} as const;
+export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
+
+export type ImageFailureCode =
+  | 'ARCHIVE_EMPTY'
+  | 'ARCHIVE_NOT_TAR'
+  | 'ARCHIVE_TRUNCATED'
+  | 'ARCHIVE_MALFORMED'
+  | 'ARCHIVE_UNSUPPORTED_ENTRY'
+  | 'ARCHIVE_BAD_NAME'
+  | 'ARCHIVE_PATH_ESCAPE'
+  | 'ARCHIVE_LINK_ESCAPE'
+  | 'ARCHIVE_UNSAFE_LINK'
+  | 'ARCHIVE_CONFLICT'
+  | 'LIMIT_BLOB_SIZE'
+  | 'LIMIT_UNPACKED_BYTES'
+  | 'LIMIT_ENTRY_COUNT'
+  | 'LIMIT_PATH_LENGTH'
+  | 'LIMIT_PATH_DEPTH'
+  | 'VOLUME_FULL'
+  | 'OBJECT_NOT_FOUND'
+  | 'OBJECT_CHANGED'
+  | 'CHECKSUM_MISMATCH'
+  | 'DOWNLOAD_FAILED'
+  | 'STORAGE_FAILED';
+
+export type UsageCode = 'USAGE' | 'CONFIG' | 'NOT_FOUND' | 'IN_USE';
+
+export type EnvironmentCode =
+  | 'NOT_ROOT'
+  | 'LOOP_UNAVAILABLE'
+  | 'DM_UNAVAILABLE'
+  | 'TOOL_MISSING'
+  | 'STATE_DIR'
+  | 'DB_CORRUPT'
+  | 'POOL_UNAVAILABLE'
+  | 'LOW_SPACE';
+
+export type ReasonCode = ImageFailureCode | UsageCode | EnvironmentCode;
+
+export abstract class ThinrelayError extends Error {
+  abstract readonly exitCode: ExitCode;
+  constructor(
+    readonly code: ReasonCode,
+    message: string,
+    /** What the operator can do about it. */
+    readonly hint?: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The image itself is bad or could not be processed: recorded on the job, exit 1. */
+export class ImageError extends ThinrelayError {
+  readonly exitCode = ExitCode.imageFailed;
+  constructor(code: ImageFailureCode, message: string, hint?: string, options?: { cause?: unknown }) {
+    super(code, message, hint, options);
+  }
+}
+
+/** The command line or configuration is wrong: exit 2. */
+export class UsageError extends ThinrelayError {
+  readonly exitCode = ExitCode.usage;
+  constructor(code: UsageCode, message: string, hint?: string) {
+    super(code, message, hint);
+  }
+}
+
+/** The host is not ready (not root, no loop devices, no mkfs, ...): exit 3. */
+export class EnvironmentError extends ThinrelayError {
+  readonly exitCode = ExitCode.environment;
+  constructor(code: EnvironmentCode, message: string, hint?: string, options?: { cause?: unknown }) {
+    super(code, message, hint, options);
+  }
+}
+
+/**
+ * A transient failure (network, throttling) that a caller may retry; the
+ * daemon retries these, process-image reports them as a failed image.
+ */
+export class TransientError extends ImageError {
+  readonly transient = true;
+}
+
+export function isThinrelayError(err: unknown): err is ThinrelayError {
+  return err instanceof ThinrelayError;
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
