@@ -34,7 +34,8 @@ export type ImageFailureCode =
   | 'OBJECT_CHANGED'
   | 'CHECKSUM_MISMATCH'
   | 'DOWNLOAD_FAILED'
-  | 'STORAGE_FAILED';
+  | 'STORAGE_FAILED'
+  | 'INTERRUPTED';
 
 export type UsageCode = 'USAGE' | 'CONFIG' | 'NOT_FOUND' | 'IN_USE';
 

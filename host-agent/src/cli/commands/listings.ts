@@ -1,0 +1,71 @@
+/** thinrelay images | snapshots | failed: what this host holds. */
+import type { Command, CommandContext } from '../command.js';
+import { formatBytes, printJson, printTable } from '../output.js';
+
+function images(ctx: CommandContext): Promise<number> {
+  const rt = ctx.runtime();
+  const rows = rt.store.images.list({ includeRemoved: ctx.values.all === true });
+  if (ctx.json) printJson(rows);
+  else
+    printTable(
+      ['ID', 'STATUS', 'KEY', 'SIZE', 'SHA256', 'UPDATED', 'ERROR'],
+      rows.map((r) => [r.id, r.status, r.key, formatBytes(r.size), r.sha256?.slice(0, 12), r.updated_at, r.error_code]),
+    );
+  return Promise.resolve(0);
+}
+
+function snapshots(ctx: CommandContext): Promise<number> {
+  const rt = ctx.runtime();
+  const active = new Map(rt.store.snapshots.list().map((s) => [s.object_id, s]));
+  const rows = rt.store.objects
+    .listLive()
+    .filter((o) => o.kind === 'snapshot')
+    .map((o) => {
+      const image = o.image_id === null ? undefined : rt.store.images.get(o.image_id);
+      return {
+        id: o.id,
+        name: `snap-${String(o.id).padStart(8, '0')}`,
+        state: o.state,
+        devicePath: active.get(o.id)?.device_path ?? null,
+        imageId: o.image_id,
+        key: image?.key ?? null,
+        origin: o.parent_id,
+        createdAt: o.created_at,
+      };
+    });
+  if (ctx.json) printJson(rows);
+  else printTable(['ID', 'STATE', 'DEVICE', 'IMAGE', 'KEY', 'CREATED'], rows.map((r) => [r.id, r.state, r.devicePath, r.imageId, r.key, r.createdAt]));
+  return Promise.resolve(0);
+}
+
+function failed(ctx: CommandContext): Promise<number> {
+  const rt = ctx.runtime();
+  const rows = rt.store.images.listFailed();
+  if (ctx.json) printJson(rows);
+  else printTable(['ID', 'KEY', 'CODE', 'MESSAGE', 'WHEN'], rows.map((r) => [r.id, r.key, r.error_code, r.error_message, r.updated_at]));
+  return Promise.resolve(0);
+}
+
+export const imagesCommand: Command = {
+  name: 'images',
+  summary: 'list images on this host',
+  usage: 'thinrelay images [--all] [--json]',
+  options: { all: { type: 'boolean' } },
+  run: images,
+};
+
+export const snapshotsCommand: Command = {
+  name: 'snapshots',
+  summary: 'list snapshots and their devices',
+  usage: 'thinrelay snapshots [--json]',
+  options: {},
+  run: snapshots,
+};
+
+export const failedCommand: Command = {
+  name: 'failed',
+  summary: 'list failed images with reason codes',
+  usage: 'thinrelay failed [--json]',
+  options: {},
+  run: failed,
+};

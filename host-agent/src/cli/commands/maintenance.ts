@@ -1,0 +1,60 @@
+/** thinrelay gc | doctor | state backup FILE. */
+import { collectGarbage } from '../../ops/gc.js';
+import { runDoctor } from '../../ops/doctor.js';
+import { UsageError } from '../../errors.js';
+import type { Command, CommandContext } from '../command.js';
+import { printJson, printTable } from '../output.js';
+
+async function gc(ctx: CommandContext): Promise<number> {
+  const rt = ctx.runtime();
+  const actions = await collectGarbage(rt);
+  if (ctx.json) printJson({ actions });
+  else if (actions.length === 0) process.stdout.write('nothing to collect\n');
+  else printTable(['OBJECT', 'ACTION', 'REASON'], actions.map((a) => [a.object, a.action, a.reason]));
+  return actions.some((a) => a.action === 'failed') ? 1 : 0;
+}
+
+async function doctor(ctx: CommandContext): Promise<number> {
+  const checks = await runDoctor(ctx.config());
+  if (ctx.json) printJson({ ok: checks.every((c) => c.ok), checks });
+  else
+    printTable(
+      ['CHECK', 'RESULT', 'DETAIL', 'FIX'],
+      checks.map((c) => [c.name, c.ok ? 'pass' : 'FAIL', c.detail, c.ok ? '' : c.hint]),
+    );
+  return checks.every((c) => c.ok) ? 0 : 3;
+}
+
+async function state(ctx: CommandContext): Promise<number> {
+  const [sub, file] = ctx.positionals;
+  if (sub !== 'backup' || file === undefined) throw new UsageError('USAGE', 'expected `state backup FILE`', `usage: ${stateCommand.usage}`);
+  const rt = ctx.runtime();
+  await rt.store.backup(file);
+  if (ctx.json) printJson({ backup: file });
+  else process.stdout.write(`state database backed up to ${file}\n`);
+  return 0;
+}
+
+export const gcCommand: Command = {
+  name: 'gc',
+  summary: 'release what the database does not account for, and failed leftovers',
+  usage: 'thinrelay gc [--json]',
+  options: {},
+  run: gc,
+};
+
+export const doctorCommand: Command = {
+  name: 'doctor',
+  summary: 'check this host: root, loop/dm, mkfs.ext4, free space, database integrity, pool health',
+  usage: 'thinrelay doctor [--json]',
+  options: {},
+  run: doctor,
+};
+
+export const stateCommand: Command = {
+  name: 'state',
+  summary: 'online backup of the state database',
+  usage: 'thinrelay state backup FILE',
+  options: {},
+  run: state,
+};

@@ -1,0 +1,65 @@
+/** doctor: is this host ready? Each check passes or fails with a fix hint. */
+import { statfsSync, existsSync } from 'node:fs';
+import type { AgentConfig } from '../config.js';
+import { errorMessage } from '../errors.js';
+import type { ReadinessCheck } from '../storage/backend.js';
+import { createBackend } from '../storage/index.js';
+import { StateStore } from '../store/index.js';
+import { databasePath } from '../store/db.js';
+
+export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> {
+  const checks: ReadinessCheck[] = [];
+  let backendChecks: ReadinessCheck[] = [];
+  try {
+    const backend = createBackend({ backend: config.backend, stateDir: config.stateDir, reserveBytes: config.reserveBytes });
+    backendChecks = await backend.checkReadiness();
+    const pool = await backend.poolStatus();
+    backendChecks.push({
+      name: 'pool',
+      ok: pool.healthy || (config.backend === 'loop' && !pool.exists),
+      detail: `${pool.location}: ${pool.detail}; ${(pool.freeBytes / 1024 ** 3).toFixed(1)} GiB free`,
+      hint: 'thinrelay pool create',
+    });
+  } catch (err) {
+    backendChecks.push({ name: `${config.backend} backend`, ok: false, detail: errorMessage(err), hint: 'check --backend' });
+  }
+  checks.push(...backendChecks);
+  checks.push(freeSpaceCheck(config));
+  checks.push(databaseCheck(config));
+  return checks;
+}
+
+function freeSpaceCheck(config: AgentConfig): ReadinessCheck {
+  const dir = existsSync(config.stateDir) ? config.stateDir : '/';
+  const fs = statfsSync(dir);
+  const free = fs.bavail * fs.bsize;
+  return {
+    name: 'free space',
+    ok: free > config.reserveBytes,
+    detail: `${(free / 1024 ** 3).toFixed(1)} GiB free on the filesystem of ${dir} (reserve ${(config.reserveBytes / 1024 ** 3).toFixed(1)} GiB)`,
+    hint: 'free space there, or move --state-dir',
+  };
+}
+
+function databaseCheck(config: AgentConfig): ReadinessCheck {
+  const path = databasePath(config.stateDir);
+  if (!existsSync(path)) {
+    return { name: 'state database', ok: true, detail: `${path} does not exist yet (created on first use)` };
+  }
+  try {
+    const store = StateStore.open(config.stateDir, { readonly: true });
+    try {
+      const problems = store.integrityCheck();
+      return {
+        name: 'state database',
+        ok: problems.length === 0,
+        detail: problems.length === 0 ? `${path}: integrity_check ok` : `${path}: ${problems.slice(0, 3).join('; ')}`,
+        hint: 'restore from `thinrelay state backup`, or move the file aside and let thinrelay gc rebuild',
+      };
+    } finally {
+      store.close();
+    }
+  } catch (err) {
+    return { name: 'state database', ok: false, detail: errorMessage(err), hint: 'check permissions on the state dir' };
+  }
+}

@@ -1,0 +1,87 @@
+/**
+ * Operator actions on images and snapshots (CLI now, daemon later): activate
+ * a new snapshot, deactivate one, remove an image. All storage changes go
+ * through the ObjectManager, so each is recorded before it happens.
+ */
+import { UsageError } from '../errors.js';
+import type { PipelineDeps } from '../pipeline/context.js';
+import type { ImageRow } from '../store/images.js';
+import type { StorageObjectRow } from '../store/objects.js';
+
+/** IMAGE is an image id or an S3 key (newest image with that key). */
+export function findImage(deps: Pick<PipelineDeps, 'store'>, ref: string): ImageRow {
+  const image = /^\d+$/.test(ref) ? deps.store.images.get(Number(ref)) : deps.store.images.latestByKey(ref);
+  if (image === undefined || image.status === 'removed') {
+    throw new UsageError('NOT_FOUND', `no image "${ref}" on this host`, 'see `thinrelay images`');
+  }
+  return image;
+}
+
+/** SNAPSHOT is a snapshot object id, its name (snap-00000012) or its device path. */
+export function findSnapshot(deps: Pick<PipelineDeps, 'store'>, ref: string): StorageObjectRow {
+  const { store } = deps;
+  const byDevice = store.snapshots.list().find((s) => s.device_path === ref);
+  const m = /^(?:snap-)?(\d+)$/.exec(ref);
+  const id = byDevice?.object_id ?? (m === null ? undefined : Number(m[1]));
+  const row = id === undefined ? undefined : store.objects.get(id);
+  if (row === undefined || row.kind !== 'snapshot' || row.state === 'removed') {
+    throw new UsageError('NOT_FOUND', `no snapshot "${ref}" on this host`, 'see `thinrelay snapshots`');
+  }
+  return row;
+}
+
+/** A new writable snapshot of a ready image, activated. */
+export async function activateImage(deps: PipelineDeps, ref: string): Promise<{ snapshot: StorageObjectRow; devicePath: string }> {
+  const image = findImage(deps, ref);
+  if (image.status !== 'ready') {
+    throw new UsageError('NOT_FOUND', `image ${image.id} (${image.key}) is ${image.status}, not ready`, 'run `thinrelay process-image` for it first');
+  }
+  const blob = deps.store.blobs.get(deps.store.images.blobIds(image.id)[0]!)!;
+  const volume = deps.store.objects.get(blob.volume_id!)!;
+  const snap = await deps.objects.createSnapshot({ volume, imageId: image.id, jobId: null });
+  const devicePath = await deps.objects.activate(snap);
+  return { snapshot: deps.store.objects.get(snap.id)!, devicePath };
+}
+
+export async function deactivateSnapshot(deps: PipelineDeps, ref: string): Promise<StorageObjectRow> {
+  const snap = findSnapshot(deps, ref);
+  if (snap.state !== 'active') throw new UsageError('NOT_FOUND', `snapshot ${snap.id} is ${snap.state}, not active`);
+  await deps.objects.deactivate(snap);
+  return deps.store.objects.get(snap.id)!;
+}
+
+/**
+ * Remove an image: its snapshots (refused while any is active, unless
+ * force), then its content if no other image shares it.
+ */
+export async function removeImage(deps: PipelineDeps, ref: string, opts: { force: boolean }): Promise<{ image: ImageRow; removedObjects: number }> {
+  const { store, objects } = deps;
+  const image = findImage(deps, ref);
+  if (store.jobs.openForImage(image.id) !== undefined && image.status === 'processing') {
+    throw new UsageError('IN_USE', `image ${image.id} (${image.key}) is being processed right now`, 'wait for it to finish');
+  }
+  const snaps = store.objects.snapshotsOfImage(image.id);
+  const active = snaps.filter((s) => s.state === 'active');
+  if (active.length > 0 && !opts.force) {
+    throw new UsageError('IN_USE', `image ${image.id} (${image.key}) has ${active.length} active snapshot(s)`, 'deactivate them first, or use --force');
+  }
+  let removed = 0;
+  for (const s of snaps) {
+    await objects.remove(s);
+    removed++;
+  }
+  const blobIds = store.images.blobIds(image.id);
+  store.images.setStatus(image.id, 'removed');
+  for (const blobId of blobIds) {
+    const blob = store.blobs.get(blobId)!;
+    if (store.blobs.liveImageCount(blobId) > 0 || blob.volume_id === null) continue;
+    const volume = store.objects.get(blob.volume_id)!;
+    if (store.objects.childrenOf(volume.id).length > 0) continue;
+    store.blobs.setStatus(blobId, 'removed');
+    if (volume.state !== 'removed') {
+      await objects.remove(volume);
+      removed++;
+    }
+  }
+  return { image: store.images.get(image.id)!, removedObjects: removed };
+}

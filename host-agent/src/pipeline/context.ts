@@ -1,0 +1,32 @@
+/** What a step gets to work with. Steps see the store and storage, never the CLI. */
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { AgentConfig } from '../config.js';
+import type { Logger } from '../log.js';
+import type { ObjectRef } from '../source/object-ref.js';
+import type { StateStore } from '../store/index.js';
+import type { ImageRow } from '../store/images.js';
+import type { JobRow } from '../store/jobs.js';
+import type { ObjectManager } from '../storage/object-manager.js';
+import type { ProgressSink } from './progress.js';
+
+export interface PipelineDeps {
+  store: StateStore;
+  objects: ObjectManager;
+  config: AgentConfig;
+  logger: Logger;
+  /** This process, as recorded in owner columns. */
+  owner: string;
+  s3: () => S3Client;
+  progress: ProgressSink;
+  signal: AbortSignal;
+  keepOnFailure: boolean;
+}
+
+export interface JobContext extends PipelineDeps {
+  job: JobRow;
+  image: ImageRow;
+  /** The pinned object version this job processes. */
+  ref: ObjectRef;
+}
+
+export type StepOutcome = { status: 'complete' | 'skipped'; detail?: Record<string, unknown> };

@@ -1,0 +1,133 @@
+/**
+ * process-image: one S3 object → an activated snapshot, exactly once.
+ *
+ * 1. reconcile (crash recovery on every start);
+ * 2. HEAD the object: its ETag (and version) pin the image;
+ * 3. already done → make sure it is active, return (the fast path);
+ * 4. claim the image's job — create it, take it over from a dead owner, or
+ *    wait for a live one (concurrent runs join, never duplicate);
+ * 5. run the remaining steps.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ImageError, type ImageFailureCode } from '../errors.js';
+import { headObject } from '../source/head.js';
+import type { ObjectRef } from '../source/object-ref.js';
+import type { ImageRow } from '../store/images.js';
+import type { JobRow } from '../store/jobs.js';
+import { isOwnerAlive, ownerPid } from '../store/owner.js';
+import type { PipelineDeps } from './context.js';
+import { reconcile } from './reconcile.js';
+import { imageStepNames, runJob } from './runner.js';
+
+export interface ProcessRequest {
+  bucket: string;
+  key: string;
+  versionId?: string | null;
+}
+
+export interface ProcessResult {
+  /** complete: this run did the work; already-complete: nothing to do; joined: another process did it. */
+  outcome: 'complete' | 'already-complete' | 'joined';
+  image: ImageRow;
+  jobId: number | null;
+  devicePath: string;
+  snapshotObjectId: number;
+}
+
+type Claim = { kind: 'mine'; job: JobRow; takeover: boolean } | { kind: 'wait'; job: JobRow };
+
+export async function processImage(deps: PipelineDeps, req: ProcessRequest): Promise<ProcessResult> {
+  await reconcile(deps);
+  const ref = await headObject(deps.s3(), req.bucket, req.key, {
+    maxBlobBytes: deps.config.limits.maxBlobBytes,
+    versionId: req.versionId ?? null,
+    signal: deps.signal,
+  });
+  const image = deps.store.images.upsert(ref);
+  if (image.status === 'ready') {
+    return { outcome: 'already-complete', jobId: null, image, ...(await ensureActive(deps, image)) };
+  }
+  for (;;) {
+    const claim = claimJob(deps, image);
+    if (claim.kind === 'mine') return runClaimed(deps, claim, image, ref);
+    const finished = await waitForJob(deps, claim.job);
+    if (finished.status === 'complete') {
+      const done = deps.store.images.get(image.id)!;
+      return { outcome: 'joined', jobId: finished.id, image: done, ...(await ensureActive(deps, done)) };
+    }
+    if (finished.status === 'failed') {
+      throw new ImageError(
+        (finished.error_code ?? 'STORAGE_FAILED') as ImageFailureCode,
+        `${req.key}: job ${finished.id} (another process) failed: ${finished.error_message ?? 'no reason recorded'}`,
+      );
+    }
+    // Its owner died while we waited: loop and take it over.
+  }
+}
+
+async function runClaimed(
+  deps: PipelineDeps,
+  claim: { job: JobRow; takeover: boolean },
+  image: ImageRow,
+  ref: ObjectRef,
+): Promise<ProcessResult> {
+  if (claim.takeover) {
+    deps.logger.warn('taking over an interrupted job', { job: claim.job.id, previousOwner: claim.job.owner });
+    await reconcile(deps);
+  }
+  const job = deps.store.jobs.get(claim.job.id)!;
+  await runJob({ ...deps, job, image: deps.store.images.get(image.id)!, ref });
+  const done = deps.store.images.get(image.id)!;
+  return { outcome: 'complete', jobId: job.id, image: done, ...(await ensureActive(deps, done)) };
+}
+
+function claimJob(deps: PipelineDeps, image: ImageRow): Claim {
+  const { store, owner } = deps;
+  return store.tx((): Claim => {
+    const open = store.jobs.openForImage(image.id);
+    if (open === undefined) {
+      const job = store.jobs.create(image.id, owner, imageStepNames);
+      store.images.setStatus(image.id, 'processing');
+      return { kind: 'mine', job, takeover: false };
+    }
+    if (open.owner === owner) return { kind: 'mine', job: open, takeover: false };
+    if (isOwnerAlive(open.owner)) return { kind: 'wait', job: open };
+    store.jobs.claim(open.id, open.owner, owner);
+    return { kind: 'mine', job: open, takeover: true };
+  });
+}
+
+/** Poll until the job ends or its owner dies. */
+async function waitForJob(deps: PipelineDeps, job: JobRow): Promise<JobRow> {
+  deps.logger.info('another process is working on this image: waiting for it', {
+    job: job.id,
+    pid: ownerPid(job.owner),
+  });
+  for (;;) {
+    await sleep(200, undefined, { signal: deps.signal });
+    const now = deps.store.jobs.get(job.id)!;
+    if (now.status === 'complete' || now.status === 'failed') return now;
+    if (!isOwnerAlive(now.owner)) return now;
+  }
+}
+
+/**
+ * A ready image has an active snapshot: the newest one if it is attached,
+ * else reactivate an inactive one, else make a new one.
+ */
+async function ensureActive(
+  deps: PipelineDeps,
+  image: ImageRow,
+): Promise<{ devicePath: string; snapshotObjectId: number }> {
+  const { store, objects } = deps;
+  const active = store.snapshots.forImage(image.id)[0];
+  if (active !== undefined) return { devicePath: active.device_path, snapshotObjectId: active.object_id };
+  const inactive = store.objects.snapshotsOfImage(image.id).find((s) => s.state === 'inactive');
+  if (inactive !== undefined) {
+    return { devicePath: await objects.activate(inactive), snapshotObjectId: inactive.id };
+  }
+  const blobId = store.images.blobIds(image.id)[0]!;
+  const volume = store.objects.get(store.blobs.get(blobId)!.volume_id!)!;
+  const snap = await objects.createSnapshot({ volume, imageId: image.id, jobId: null });
+  return { devicePath: await objects.activate(snap), snapshotObjectId: snap.id };
+}

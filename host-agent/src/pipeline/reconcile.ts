@@ -1,0 +1,135 @@
+/**
+ * Reconcile: make what the backend really holds agree with the store. Runs
+ * on every start (process-image, gc, daemon) and when a job is taken over.
+ *
+ * The inventory is read BEFORE the store: every object is recorded before it
+ * is created, so anything in the inventory without a live row is an orphan.
+ * Work of a live owner (another thinrelay process) is never touched.
+ */
+import { errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { StateStore } from '../store/index.js';
+import type { StorageObjectRow } from '../store/objects.js';
+import { isOwnerAlive } from '../store/owner.js';
+import { intentStates } from '../store/states.js';
+import type { BackendInventory } from '../storage/backend.js';
+import { objectName, parseObjectName } from '../storage/names.js';
+import type { ObjectManager } from '../storage/object-manager.js';
+
+export interface ReconcileAction {
+  object: string;
+  action: string;
+  reason: string;
+}
+
+export interface ReconcileDeps {
+  store: StateStore;
+  objects: ObjectManager;
+  owner: string;
+  logger: Logger;
+}
+
+export async function reconcile(deps: ReconcileDeps): Promise<ReconcileAction[]> {
+  const actions: ReconcileAction[] = [];
+  const inventory = await deps.objects.backend.inventory();
+  const rows = deps.store.objects.listLive();
+  for (const row of rows) await reconcileRow(deps, row, inventory, actions);
+  await releaseOrphans(deps, rows, inventory, actions);
+  for (const a of actions) deps.logger.info('reconcile', { ...a });
+  return actions;
+}
+
+/** Take over a row whose owner died; false if it is someone else's live work. */
+function claimIfAbandoned(deps: ReconcileDeps, row: StorageObjectRow): boolean {
+  if (row.owner === deps.owner) return true;
+  if (isOwnerAlive(row.owner)) return false;
+  return deps.store.objects.claim(row.id, row.owner, deps.owner);
+}
+
+async function reconcileRow(
+  deps: ReconcileDeps,
+  row: StorageObjectRow,
+  inv: BackendInventory,
+  actions: ReconcileAction[],
+): Promise<void> {
+  const name = objectName(row.kind, row.id);
+  const act = (action: string, reason: string): void => {
+    actions.push({ object: name, action, reason });
+  };
+  try {
+    if (intentStates.includes(row.state)) {
+      if (!claimIfAbandoned(deps, row)) return;
+      const fresh = deps.store.objects.get(row.id)!;
+      if (fresh.state === 'activating' || fresh.state === 'deactivating') {
+        await deps.objects.backend.deactivate(deps.objects.spec(fresh));
+        deps.store.tx(() => {
+          deps.store.snapshots.deactivated(fresh.id);
+          deps.store.objects.transition(fresh.id, 'inactive', { owner: null, devicePath: null });
+        });
+        act('deactivated', `interrupted while ${fresh.state}`);
+      } else {
+        await deps.objects.remove(fresh);
+        const blob = fresh.kind === 'volume' ? deps.store.blobs.byVolume(fresh.id) : undefined;
+        if (blob?.status === 'unpacking') deps.store.blobs.setStatus(blob.id, 'failed');
+        act('removed', `interrupted while ${fresh.state}`);
+      }
+      return;
+    }
+    const attached = inv.attached.filter((a) => a.name === name);
+    if (row.state === 'active') {
+      const device = attached[0]?.devicePath;
+      if (device === undefined || device !== row.device_path || attached.length > 1) {
+        const devicePath = await deps.objects.activate(row);
+        act('reactivated', device === undefined ? 'active in the store but not attached (reboot?)' : `attached as ${devicePath}`);
+      }
+      return;
+    }
+    const mounted = inv.mounted.some((m) => m.name === name);
+    if ((row.state === 'sealed' || row.state === 'inactive' || row.state === 'kept') && (attached.length > 0 || mounted)) {
+      if (row.kind === 'volume') await deps.objects.backend.seal(deps.objects.spec(row));
+      else await deps.objects.backend.deactivate(deps.objects.spec(row));
+      act('detached', `${row.state} but attached or mounted`);
+    }
+    // 'unpacked' volumes are left to their job's seal step, which finishes them.
+  } catch (err) {
+    deps.logger.error('reconcile could not fix an object; will retry next start', { object: name, error: errorMessage(err) });
+    act('failed', errorMessage(err));
+  }
+}
+
+async function releaseOrphans(
+  deps: ReconcileDeps,
+  rows: StorageObjectRow[],
+  inv: BackendInventory,
+  actions: ReconcileAction[],
+): Promise<void> {
+  const live = new Set(rows.map((r) => objectName(r.kind, r.id)));
+  const orphanNames = new Set<string>();
+  for (const o of inv.objects) if (!live.has(o.name)) orphanNames.add(o.name);
+  for (const a of inv.attached) if (!live.has(a.name)) orphanNames.add(a.name);
+  for (const m of inv.mounted) if (!live.has(m.name)) orphanNames.add(m.name);
+  for (const name of orphanNames) {
+    const parsed = parseObjectName(name);
+    if (parsed === null) {
+      deps.logger.warn('reconcile: unknown device or mount in our namespace left alone', { name });
+      continue;
+    }
+    // A live row may have appeared since the inventory: re-check before releasing.
+    const row = deps.store.objects.get(parsed.id);
+    if (row !== undefined && row.state !== 'removed') continue;
+    await deps.objects.backend.remove({ kind: parsed.kind, name, sizeBytes: 0, thinId: null });
+    actions.push({ object: name, action: 'removed', reason: 'not recorded in the store (orphan)' });
+  }
+  for (const stray of inv.strays) {
+    const parsed = parseObjectName(stray.path.split('/').pop()!.split('.')[0]!);
+    const row = parsed === null ? undefined : deps.store.objects.get(parsed.id);
+    if (parsed === null) {
+      deps.logger.warn('reconcile: unknown file in the pool left alone', { path: stray.path });
+      continue;
+    }
+    // A partial copy being written right now by a live process is not a stray yet.
+    if (row !== undefined && row.state !== 'removed' && row.owner !== deps.owner && isOwnerAlive(row.owner)) continue;
+    await deps.objects.backend.removeStray(stray.path);
+    actions.push({ object: stray.path, action: 'removed', reason: stray.description });
+  }
+}

@@ -1,0 +1,51 @@
+/**
+ * Runs a job's steps in order with a checkpoint around each: the step is
+ * marked running (and the job's status moved) in one transaction before it
+ * starts, and complete in one transaction after. A step found running when
+ * a job is taken over was interrupted; reconcile has already rolled back its
+ * storage intents, and the step is retried. Completed steps never run again.
+ */
+import type { JobContext } from './context.js';
+import { describeFailure, releaseFailedJob } from './failure.js';
+import { imageSteps } from './steps/index.js';
+
+export const imageStepNames: readonly string[] = imageSteps.map((s) => s.name);
+
+export async function runJob(ctx: JobContext): Promise<void> {
+  const { store, job, image } = ctx;
+  const rows = store.jobs.steps(job.id);
+  for (const [position, step] of imageSteps.entries()) {
+    const row = rows[position];
+    if (row === undefined || row.name !== step.name) {
+      throw new Error(`job ${job.id} step ${position} is ${row?.name}, expected ${step.name}`);
+    }
+    if (row.status === 'complete' || row.status === 'skipped') continue;
+    if (row.status === 'running') ctx.logger.warn('retrying interrupted step', { job: job.id, step: step.name });
+
+    store.tx(() => {
+      if (store.jobs.get(job.id)!.status !== step.jobStatus) store.jobs.setStatus(job.id, step.jobStatus);
+      store.jobs.setStep(job.id, position, 'running');
+    });
+    ctx.logger.debug('step started', { job: job.id, step: step.name });
+    try {
+      ctx.signal.throwIfAborted();
+      const outcome = await step.run(ctx);
+      store.tx(() => store.jobs.setStep(job.id, position, outcome.status, { detail: outcome.detail }));
+      ctx.logger.info('step done', { job: job.id, step: step.name, status: outcome.status, ...outcome.detail });
+    } catch (err) {
+      const failure = describeFailure(err, ctx.signal);
+      await releaseFailedJob(ctx);
+      store.tx(() => {
+        store.jobs.setStep(job.id, position, 'failed', { error: failure });
+        store.jobs.setStatus(job.id, 'failed', failure);
+        store.images.setStatus(image.id, 'failed', { errorCode: failure.code, errorMessage: failure.message });
+      });
+      ctx.logger.error('image failed', { job: job.id, step: step.name, code: failure.code, error: failure.message });
+      throw err;
+    }
+  }
+  store.tx(() => {
+    store.jobs.setStatus(job.id, 'complete');
+    store.images.setStatus(image.id, 'ready');
+  });
+}

@@ -1,0 +1,32 @@
+/**
+ * resolve: decide how this image gets its content. If S3 vouches for the
+ * object's SHA-256 and a ready blob has those bytes, link to it and skip the
+ * download; otherwise make sure the pool has room for the unpack.
+ */
+import { volumeSizeFor } from '../../config.js';
+import type { JobContext, StepOutcome } from '../context.js';
+import type { Step } from './index.js';
+
+function base64ToHex(b64: string): string {
+  return Buffer.from(b64, 'base64').toString('hex');
+}
+
+async function run(ctx: JobContext): Promise<StepOutcome> {
+  const { store, ref, image } = ctx;
+  if (ref.checksumSha256 !== null) {
+    const existing = store.blobs.readyBySha256(base64ToHex(ref.checksumSha256));
+    if (existing !== undefined) {
+      store.tx(() => {
+        store.images.setBlobs(image.id, [existing.id]);
+        store.images.setStatus(image.id, 'processing', { sha256: existing.sha256 });
+      });
+      ctx.logger.info('content already unpacked: sharing its volume', { blob: existing.id });
+      return { status: 'complete', detail: { dedupedToBlob: existing.id } };
+    }
+  }
+  // Sparse/thin backing: what the unpack will really write is about the unpacked size.
+  await ctx.objects.backend.ensureSpace(Math.min(volumeSizeFor(ref.size, ctx.config), 4 * ref.size));
+  return { status: 'complete', detail: { volumeSizeBytes: volumeSizeFor(ref.size, ctx.config) } };
+}
+
+export const resolveStep: Step = { name: 'resolve', jobStatus: 'downloading', run };

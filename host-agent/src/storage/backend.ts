@@ -1,0 +1,98 @@
+/**
+ * The storage backend seam. A backend turns recorded intents into real
+ * devices; it keeps no state of its own (the store does) and every method is
+ * idempotent, so recovery can call it again after a crash at any instant.
+ * Implementations: loop (sparse files + loop devices) and devmapper (thin pool).
+ */
+import type { ObjectKind } from '../store/objects.js';
+
+export type BackendName = 'loop' | 'devmapper';
+
+export interface ObjectSpec {
+  kind: ObjectKind;
+  /** Derived from the object's id (see names.ts). */
+  name: string;
+  sizeBytes: number;
+  /** devmapper: the thin device id allocated from the store; loop: null. */
+  thinId: number | null;
+}
+
+export interface SnapshotSpec extends ObjectSpec {
+  kind: 'snapshot';
+  origin: ObjectSpec;
+}
+
+/** What the backend really holds right now, for reconcile and gc. */
+export interface BackendInventory {
+  /** Objects whose backing exists (file, thin device). */
+  objects: { name: string; thinId: number | null }[];
+  /** Attached block devices, by object name. */
+  attached: { name: string; devicePath: string }[];
+  /** Mounts of our objects, by object name. */
+  mounted: { name: string; mountpoint: string }[];
+  /** Things in our namespace that match no object name (partial copies, foreign files). */
+  strays: { description: string; path: string }[];
+}
+
+export interface PoolStatus {
+  backend: BackendName;
+  /** Where the pool lives (directory or dm pool name). */
+  location: string;
+  exists: boolean;
+  dataTotalBytes: number;
+  dataUsedBytes: number;
+  metadataTotalBytes: number | null;
+  metadataUsedBytes: number | null;
+  /** Space a new volume can still take. */
+  freeBytes: number;
+  healthy: boolean;
+  detail: string;
+}
+
+export interface ReadinessCheck {
+  name: string;
+  ok: boolean;
+  detail: string;
+  /** How to fix it, when not ok. */
+  hint?: string;
+}
+
+export interface StorageBackend {
+  readonly name: BackendName;
+  /** Whether object ids must be backed by backend ids (thin ids) allocated in the store. */
+  readonly usesThinIds: boolean;
+
+  /** Environment checks (tools, kernel features, pool presence) for doctor and start-up. */
+  checkReadiness(): Promise<ReadinessCheck[]>;
+
+  createPool(opts: { sizeBytes?: number; devices?: string[] }): Promise<PoolStatus>;
+  destroyPool(): Promise<void>;
+  poolStatus(): Promise<PoolStatus>;
+  /** Throws EnvironmentError LOW_SPACE when the pool cannot take `bytes` more. */
+  ensureSpace(bytes: number): Promise<void>;
+
+  /** Create the backing of a new, empty volume. Fails if it already exists. */
+  createVolume(volume: ObjectSpec): Promise<void>;
+  /** Make a fresh ext4 on the volume and mount it (nosuid,nodev) for the unpack. */
+  mountForUnpack(volume: ObjectSpec): Promise<{ mountpoint: string }>;
+  /** Flush the unpacked filesystem to stable storage. */
+  flush(volume: ObjectSpec): Promise<void>;
+  /** Unmount and detach: the volume becomes a read-only origin. Idempotent. */
+  seal(volume: ObjectSpec): Promise<void>;
+
+  /** Create a writable snapshot of a sealed volume. Partial results are cleaned by remove(). */
+  createSnapshot(snapshot: SnapshotSpec): Promise<void>;
+  /** Attach (if not already) and return the block device path. Idempotent. */
+  activate(snapshot: SnapshotSpec): Promise<string>;
+  /** Detach. Idempotent. */
+  deactivate(snapshot: ObjectSpec): Promise<void>;
+
+  /** Release everything for this object: mounts, devices, backing. Idempotent. */
+  remove(object: ObjectSpec): Promise<void>;
+
+  /** Delete a stray reported by inventory() (a partial copy, a foreign file). */
+  removeStray(path: string): Promise<void>;
+
+  /** What really exists in this backend's namespace. */
+  inventory(): Promise<BackendInventory>;
+}

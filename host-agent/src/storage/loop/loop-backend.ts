@@ -1,0 +1,226 @@
+/**
+ * The loop backend: each object is a sparse file under <state-dir>/pool/,
+ * attached as a real loop device when in use. Snapshots are reflink copies
+ * where the filesystem supports them (cp --reflink=auto), sparse copies
+ * otherwise. Meant for development, CI and hosts without a thin pool.
+ */
+import { constants, existsSync, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, renameSync, rmSync, rmdirSync, statSync, statfsSync, ftruncateSync } from 'node:fs';
+import { join } from 'node:path';
+import { EnvironmentError } from '../../errors.js';
+import { hasCommand, run } from '../../sys/exec.js';
+import { attachLoop, detachLoop, listLoops, loopsFor } from '../../sys/loop-devices.js';
+import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
+import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
+import type {
+  BackendInventory,
+  ObjectSpec,
+  PoolStatus,
+  ReadinessCheck,
+  SnapshotSpec,
+  StorageBackend,
+} from '../backend.js';
+import { parseObjectName } from '../names.js';
+
+const imageSuffix = '.img';
+const partialSuffix = '.img.partial';
+
+export interface LoopBackendOptions {
+  stateDir: string;
+  /** Free space to keep on the host filesystem, in bytes. */
+  reserveBytes: number;
+}
+
+export class LoopBackend implements StorageBackend {
+  readonly name = 'loop' as const;
+  readonly usesThinIds = false;
+  readonly poolDir: string;
+  readonly mountDir: string;
+
+  constructor(private readonly opts: LoopBackendOptions) {
+    this.poolDir = join(opts.stateDir, 'pool');
+    this.mountDir = join(opts.stateDir, 'mnt');
+  }
+
+  fileOf(o: Pick<ObjectSpec, 'name'>): string {
+    return join(this.poolDir, o.name + imageSuffix);
+  }
+
+  private partialOf(o: Pick<ObjectSpec, 'name'>): string {
+    return join(this.poolDir, o.name + partialSuffix);
+  }
+
+  mountpointOf(o: Pick<ObjectSpec, 'name'>): string {
+    return join(this.mountDir, o.name);
+  }
+
+  async checkReadiness(): Promise<ReadinessCheck[]> {
+    const checks: ReadinessCheck[] = [];
+    const root = process.getuid?.() === 0;
+    checks.push({ name: 'root', ok: root, detail: root ? 'running as root' : 'not root', hint: 'run as root (loop devices and mounts need it)' });
+    const loopCtl = existsSync('/dev/loop-control');
+    checks.push({ name: 'loop devices', ok: loopCtl, detail: loopCtl ? '/dev/loop-control present' : '/dev/loop-control missing', hint: 'modprobe loop' });
+    for (const tool of ['losetup', 'mkfs.ext4', 'mount', 'umount', 'cp', 'sync']) {
+      const ok = await hasCommand(tool);
+      checks.push({ name: tool, ok, detail: ok ? 'found' : 'not on PATH', hint: 'apt-get install util-linux e2fsprogs mount coreutils' });
+    }
+    return checks;
+  }
+
+  createPool(): Promise<PoolStatus> {
+    mkdirSync(this.poolDir, { recursive: true, mode: 0o700 });
+    mkdirSync(this.mountDir, { recursive: true, mode: 0o700 });
+    return this.poolStatus();
+  }
+
+  async destroyPool(): Promise<void> {
+    const inv = await this.inventory();
+    if (inv.objects.length > 0 || inv.attached.length > 0 || inv.mounted.length > 0) {
+      throw new EnvironmentError('POOL_UNAVAILABLE', `pool ${this.poolDir} still holds ${inv.objects.length} object(s)`, 'remove the images first, or use --force');
+    }
+    for (const s of inv.strays) rmSync(s.path, { force: true });
+    if (existsSync(this.poolDir)) rmdirSync(this.poolDir);
+    if (existsSync(this.mountDir)) rmdirSync(this.mountDir);
+  }
+
+  poolStatus(): Promise<PoolStatus> {
+    const exists = existsSync(this.poolDir);
+    const fs = statfsSync(exists ? this.poolDir : this.opts.stateDir);
+    let used = 0;
+    if (exists) {
+      for (const f of readdirSync(this.poolDir)) used += statSync(join(this.poolDir, f)).blocks * 512;
+    }
+    const total = fs.blocks * fs.bsize;
+    const free = Math.max(0, fs.bavail * fs.bsize - this.opts.reserveBytes);
+    return Promise.resolve({
+      backend: this.name,
+      location: this.poolDir,
+      exists,
+      dataTotalBytes: total,
+      dataUsedBytes: used,
+      metadataTotalBytes: null,
+      metadataUsedBytes: null,
+      freeBytes: free,
+      healthy: exists,
+      detail: exists ? `sparse files on the filesystem of ${this.poolDir}` : 'pool directory does not exist yet (created on first use)',
+    });
+  }
+
+  async ensureSpace(bytes: number): Promise<void> {
+    const status = await this.poolStatus();
+    if (status.freeBytes < bytes) {
+      throw new EnvironmentError('LOW_SPACE', `pool ${this.poolDir} has ${status.freeBytes} bytes free (after the reserve), needs ${bytes}`, 'free space on that filesystem, or lower THINRELAY_RESERVE_BYTES');
+    }
+  }
+
+  async createVolume(volume: ObjectSpec): Promise<void> {
+    await this.createPool();
+    const fd = openSync(this.fileOf(volume), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    try {
+      ftruncateSync(fd, volume.sizeBytes);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  async mountForUnpack(volume: ObjectSpec): Promise<{ mountpoint: string }> {
+    const file = this.fileOf(volume);
+    const mountpoint = this.mountpointOf(volume);
+    // A retried unpack starts from a fresh filesystem: release any earlier attempt.
+    await this.unmountAndDetach(volume);
+    await makeExt4(file, { label: volume.name });
+    mkdirSync(mountpoint, { recursive: true, mode: 0o700 });
+    const device = await attachLoop(file);
+    try {
+      await mountExt4(device, mountpoint, unpackMountOptions);
+    } catch (err) {
+      await detachLoop(device);
+      throw err;
+    }
+    return { mountpoint };
+  }
+
+  async flush(volume: ObjectSpec): Promise<void> {
+    await syncFilesystem(this.mountpointOf(volume));
+  }
+
+  async seal(volume: ObjectSpec): Promise<void> {
+    await this.unmountAndDetach(volume);
+    const fd = openSync(this.fileOf(volume), constants.O_RDONLY);
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  async createSnapshot(snapshot: SnapshotSpec): Promise<void> {
+    const partial = this.partialOf(snapshot);
+    rmSync(partial, { force: true });
+    await run('cp', ['--reflink=auto', '--sparse=always', '--', this.fileOf(snapshot.origin), partial]);
+    const fd = openSync(partial, constants.O_RDONLY);
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    // The final name appears only once the copy is complete.
+    renameSync(partial, this.fileOf(snapshot));
+  }
+
+  async activate(snapshot: SnapshotSpec): Promise<string> {
+    const existing = await loopsFor(this.fileOf(snapshot));
+    if (existing.length > 0) {
+      for (const extra of existing.slice(1)) await detachLoop(extra);
+      return existing[0]!;
+    }
+    return attachLoop(this.fileOf(snapshot));
+  }
+
+  async deactivate(snapshot: ObjectSpec): Promise<void> {
+    for (const dev of await loopsFor(this.fileOf(snapshot))) await detachLoop(dev);
+  }
+
+  async remove(object: ObjectSpec): Promise<void> {
+    await this.unmountAndDetach(object);
+    rmSync(this.partialOf(object), { force: true });
+    rmSync(this.fileOf(object), { force: true });
+  }
+
+  removeStray(path: string): Promise<void> {
+    if (!path.startsWith(this.poolDir + '/')) throw new Error(`${path} is not in the pool`);
+    rmSync(path, { force: true });
+    return Promise.resolve();
+  }
+
+  async inventory(): Promise<BackendInventory> {
+    const inv: BackendInventory = { objects: [], attached: [], mounted: [], strays: [] };
+    if (existsSync(this.poolDir)) {
+      for (const f of readdirSync(this.poolDir)) {
+        const path = join(this.poolDir, f);
+        const name = f.endsWith(imageSuffix) ? f.slice(0, -imageSuffix.length) : null;
+        if (name !== null && parseObjectName(name) !== null) inv.objects.push({ name, thinId: null });
+        else inv.strays.push({ description: f.endsWith(partialSuffix) ? 'partial snapshot copy' : 'unknown file in pool', path });
+      }
+    }
+    const prefix = this.poolDir + '/';
+    for (const l of await listLoops()) {
+      if (!l.backingFile.startsWith(prefix)) continue;
+      const f = l.backingFile.slice(prefix.length);
+      const name = f.endsWith(imageSuffix) ? f.slice(0, -imageSuffix.length) : f;
+      inv.attached.push({ name, devicePath: l.device });
+    }
+    const mprefix = this.mountDir + '/';
+    for (const m of listMounts()) {
+      if (m.mountpoint.startsWith(mprefix)) inv.mounted.push({ name: m.mountpoint.slice(mprefix.length), mountpoint: m.mountpoint });
+    }
+    return inv;
+  }
+
+  private async unmountAndDetach(object: Pick<ObjectSpec, 'name'>): Promise<void> {
+    const mountpoint = this.mountpointOf(object);
+    if (isMounted(mountpoint)) await unmount(mountpoint);
+    if (existsSync(mountpoint)) rmdirSync(mountpoint);
+    for (const dev of await loopsFor(this.fileOf(object))) await detachLoop(dev);
+  }
+}

@@ -1,0 +1,134 @@
+/**
+ * Storage operations with their intents: every side effect on the backend is
+ * preceded by a committed row saying what is about to happen and followed by
+ * a commit of the outcome. This is the only code that calls the backend's
+ * mutating methods, so the intent rule holds everywhere by construction.
+ */
+import type { StateStore } from '../store/index.js';
+import type { StorageObjectRow } from '../store/objects.js';
+import type { Logger } from '../log.js';
+import type { ObjectSpec, SnapshotSpec, StorageBackend } from './backend.js';
+import { objectName } from './names.js';
+
+export class ObjectManager {
+  constructor(
+    private readonly store: StateStore,
+    readonly backend: StorageBackend,
+    private readonly owner: string,
+    private readonly logger: Logger,
+  ) {}
+
+  spec(row: StorageObjectRow): ObjectSpec {
+    return {
+      kind: row.kind,
+      name: objectName(row.kind, row.id),
+      sizeBytes: row.size_bytes,
+      thinId: row.thin_id,
+    };
+  }
+
+  snapshotSpec(row: StorageObjectRow): SnapshotSpec {
+    if (row.kind !== 'snapshot' || row.parent_id === null) {
+      throw new Error(`storage object ${row.id} is not a snapshot`);
+    }
+    const origin = this.store.objects.get(row.parent_id)!;
+    return { ...this.spec(row), kind: 'snapshot', origin: this.spec(origin) };
+  }
+
+  /** A new thin id: above every id the store has ever recorded (ids are never reused). */
+  private nextThinId(): number | null {
+    return this.backend.usesThinIds ? this.store.objects.maxThinId() + 1 : null;
+  }
+
+  /**
+   * Intent, then create the backing and mount a fresh filesystem for the
+   * unpack. `onIntent` runs inside the intent's transaction (the blob row).
+   */
+  async createVolumeForUnpack(
+    o: { sizeBytes: number; jobId: number },
+    onIntent: (volume: StorageObjectRow) => void,
+  ): Promise<{ volume: StorageObjectRow; mountpoint: string }> {
+    const volume = this.store.tx(() => {
+      const row = this.store.objects.createIntent(
+        { kind: 'volume', backend: this.backend.name, sizeBytes: o.sizeBytes, jobId: o.jobId, thinId: this.nextThinId() },
+        this.owner,
+      );
+      onIntent(row);
+      return row;
+    });
+    this.logger.debug('volume intent', { object: volume.id });
+    await this.backend.createVolume(this.spec(volume));
+    this.store.objects.transition(volume.id, 'unpacking', { owner: this.owner });
+    const { mountpoint } = await this.backend.mountForUnpack(this.spec(volume));
+    return { volume: this.store.objects.get(volume.id)!, mountpoint };
+  }
+
+  /** The unpacked content is on stable storage. */
+  async markUnpacked(volume: StorageObjectRow, commit: () => void): Promise<void> {
+    await this.backend.flush(this.spec(volume));
+    this.store.tx(() => {
+      this.store.objects.transition(volume.id, 'unpacked', { owner: this.owner });
+      commit();
+    });
+  }
+
+  async seal(volume: StorageObjectRow): Promise<void> {
+    await this.backend.seal(this.spec(volume));
+    if (volume.state !== 'sealed') this.store.objects.transition(volume.id, 'sealed', { owner: null });
+  }
+
+  async createSnapshot(o: { volume: StorageObjectRow; imageId: number; jobId: number | null }): Promise<StorageObjectRow> {
+    const snap = this.store.objects.createIntent(
+      {
+        kind: 'snapshot',
+        backend: this.backend.name,
+        sizeBytes: o.volume.size_bytes,
+        parentId: o.volume.id,
+        imageId: o.imageId,
+        jobId: o.jobId,
+        thinId: this.nextThinId(),
+      },
+      this.owner,
+    );
+    await this.backend.createSnapshot(this.snapshotSpec(snap));
+    return this.store.objects.transition(snap.id, 'inactive', { owner: null });
+  }
+
+  async activate(snap: StorageObjectRow): Promise<string> {
+    if (snap.state === 'inactive') this.store.objects.transition(snap.id, 'activating', { owner: this.owner });
+    const devicePath = await this.backend.activate(this.snapshotSpec(snap));
+    this.store.tx(() => {
+      this.store.objects.transition(snap.id, 'active', { owner: null, devicePath });
+      this.store.snapshots.activated(snap.id, snap.image_id!, devicePath);
+    });
+    this.logger.info('snapshot active', { object: snap.id, devicePath });
+    return devicePath;
+  }
+
+  async deactivate(snap: StorageObjectRow): Promise<void> {
+    this.store.tx(() => {
+      if (snap.state !== 'deactivating') this.store.objects.transition(snap.id, 'deactivating', { owner: this.owner });
+      this.store.snapshots.deactivated(snap.id);
+    });
+    await this.backend.deactivate(this.spec(snap));
+    this.store.objects.transition(snap.id, 'inactive', { owner: null, devicePath: null });
+    this.logger.info('snapshot inactive', { object: snap.id });
+  }
+
+  /** Keep a failed volume for inspection: released from mounts and devices, backing kept. */
+  async keep(volume: StorageObjectRow): Promise<void> {
+    await this.backend.seal(this.spec(volume));
+    this.store.objects.transition(volume.id, 'kept', { owner: null });
+    this.logger.warn('kept failed volume for inspection', { object: volume.id, name: this.spec(volume).name });
+  }
+
+  async remove(row: StorageObjectRow): Promise<void> {
+    this.store.tx(() => {
+      if (row.state !== 'removing') this.store.objects.transition(row.id, 'removing', { owner: this.owner });
+      this.store.snapshots.deactivated(row.id);
+    });
+    await this.backend.remove(this.spec(row));
+    this.store.objects.transition(row.id, 'removed', { owner: null, devicePath: null });
+    this.logger.info('removed storage object', { object: row.id, kind: row.kind });
+  }
+}

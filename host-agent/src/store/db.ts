@@ -1,0 +1,64 @@
+/**
+ * Opens the SQLite state database (<state-dir>/images.db): WAL so readers
+ * never block the writer, foreign keys on, a busy timeout so concurrent
+ * thinrelay processes queue instead of failing, synchronous=FULL so a
+ * committed intent survives power loss, and versioned migrations.
+ */
+import Database from 'better-sqlite3';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { EnvironmentError, errorMessage } from '../errors.js';
+import { migrations } from './migrations.js';
+
+export type Db = Database.Database;
+
+export const dbFileName = 'images.db';
+
+export function databasePath(stateDir: string): string {
+  return join(stateDir, dbFileName);
+}
+
+export function openDatabase(stateDir: string, opts: { readonly?: boolean } = {}): Db {
+  let db: Db;
+  try {
+    if (!opts.readonly) mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+    db = new Database(databasePath(stateDir), {
+      readonly: opts.readonly ?? false,
+      fileMustExist: opts.readonly ?? false,
+    });
+  } catch (err) {
+    throw new EnvironmentError(
+      'STATE_DIR',
+      `cannot open the state database in ${stateDir}: ${errorMessage(err)}`,
+      'check --state-dir / THINRELAY_STATE_DIR and that you are root',
+      { cause: err },
+    );
+  }
+  db.pragma('busy_timeout = 10000');
+  if (!opts.readonly) {
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+  }
+  db.pragma('foreign_keys = ON');
+  if (!opts.readonly) migrate(db);
+  return db;
+}
+
+export function schemaVersion(db: Db): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+function migrate(db: Db): void {
+  if (schemaVersion(db) >= migrations.length) return;
+  // IMMEDIATE: two processes starting at once must not both migrate.
+  db.transaction(() => {
+    for (let v = schemaVersion(db); v < migrations.length; v++) {
+      db.exec(migrations[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    }
+  }).immediate();
+}
+
+export function nowIso(): string {
+  return new Date().toISOString();
+}

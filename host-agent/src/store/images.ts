@@ -1,0 +1,111 @@
+/** Images: a (bucket, key, ETag) the host was asked to hold, and its outcome. */
+import type { Db } from './db.js';
+import { nowIso } from './db.js';
+import type { ImageStatus } from './states.js';
+
+export interface ImageRow {
+  id: number;
+  bucket: string;
+  key: string;
+  version_id: string | null;
+  etag: string;
+  size: number;
+  sha256: string | null;
+  status: ImageStatus;
+  error_code: string | null;
+  error_message: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface ImageIdentity {
+  bucket: string;
+  key: string;
+  versionId: string | null;
+  eTag: string;
+  size: number;
+}
+
+export class ImageRepo {
+  constructor(private readonly db: Db) {}
+
+  /** The row for this exact object version, created as pending if new. */
+  upsert(ref: ImageIdentity): ImageRow {
+    const now = nowIso();
+    this.db
+      .prepare(
+        `INSERT INTO images (bucket, key, version_id, etag, size, status, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)
+         ON CONFLICT (bucket, key, etag) DO NOTHING`,
+      )
+      .run(ref.bucket, ref.key, ref.versionId, ref.eTag, ref.size, now, now);
+    return this.db
+      .prepare(`SELECT * FROM images WHERE bucket = ? AND key = ? AND etag = ?`)
+      .get(ref.bucket, ref.key, ref.eTag) as ImageRow;
+  }
+
+  get(id: number): ImageRow | undefined {
+    return this.db.prepare(`SELECT * FROM images WHERE id = ?`).get(id) as ImageRow | undefined;
+  }
+
+  /** Newest row for a key (any bucket unless given). */
+  latestByKey(key: string, bucket?: string): ImageRow | undefined {
+    return this.db
+      .prepare(
+        `SELECT * FROM images WHERE key = ? AND (? IS NULL OR bucket = ?)
+         ORDER BY id DESC LIMIT 1`,
+      )
+      .get(key, bucket ?? null, bucket ?? null) as ImageRow | undefined;
+  }
+
+  list(opts: { includeRemoved?: boolean } = {}): ImageRow[] {
+    return this.db
+      .prepare(`SELECT * FROM images WHERE ? OR status != 'removed' ORDER BY id`)
+      .all(opts.includeRemoved ? 1 : 0) as ImageRow[];
+  }
+
+  listFailed(): ImageRow[] {
+    return this.db
+      .prepare(`SELECT * FROM images WHERE status = 'failed' ORDER BY updated_at DESC`)
+      .all() as ImageRow[];
+  }
+
+  setStatus(
+    id: number,
+    status: ImageStatus,
+    extra: { sha256?: string | null; errorCode?: string | null; errorMessage?: string | null } = {},
+  ): void {
+    this.db
+      .prepare(
+        `UPDATE images SET status = ?, updated_at = ?,
+           sha256 = COALESCE(?, sha256),
+           error_code = ?, error_message = ?
+         WHERE id = ?`,
+      )
+      .run(
+        status,
+        nowIso(),
+        extra.sha256 ?? null,
+        extra.errorCode ?? null,
+        extra.errorMessage ?? null,
+        id,
+      );
+  }
+
+  /** The image's blobs in layer order. */
+  blobIds(imageId: number): number[] {
+    return (
+      this.db
+        .prepare(`SELECT blob_id FROM image_blobs WHERE image_id = ? ORDER BY position`)
+        .all(imageId) as { blob_id: number }[]
+    ).map((r) => r.blob_id);
+  }
+
+  setBlobs(imageId: number, blobIds: readonly number[]): void {
+    this.db.prepare(`DELETE FROM image_blobs WHERE image_id = ?`).run(imageId);
+    const insert = this.db.prepare(
+      `INSERT INTO image_blobs (image_id, position, blob_id) VALUES (?, ?, ?)`,
+    );
+    blobIds.forEach((blobId, position) => insert.run(imageId, position, blobId));
+  }
+}

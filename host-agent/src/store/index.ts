@@ -1,0 +1,58 @@
+/**
+ * The state store: one SQLite database and a repository per table group.
+ * `tx` runs a function in one IMMEDIATE transaction, which is how every
+ * multi-row transition stays atomic across concurrent thinrelay processes.
+ */
+import type { Db } from './db.js';
+import { openDatabase } from './db.js';
+import { BlobRepo } from './blobs.js';
+import { ImageRepo } from './images.js';
+import { JobRepo } from './jobs.js';
+import { ObjectRepo } from './objects.js';
+import { SnapshotRepo } from './snapshots.js';
+
+export class StateStore {
+  readonly images: ImageRepo;
+  readonly blobs: BlobRepo;
+  readonly jobs: JobRepo;
+  readonly objects: ObjectRepo;
+  readonly snapshots: SnapshotRepo;
+
+  constructor(readonly db: Db) {
+    this.images = new ImageRepo(db);
+    this.blobs = new BlobRepo(db);
+    this.jobs = new JobRepo(db);
+    this.objects = new ObjectRepo(db);
+    this.snapshots = new SnapshotRepo(db);
+  }
+
+  static open(stateDir: string, opts: { readonly?: boolean } = {}): StateStore {
+    return new StateStore(openDatabase(stateDir, opts));
+  }
+
+  tx<T>(fn: () => T): T {
+    return this.db.transaction(fn).immediate();
+  }
+
+  integrityCheck(): string[] {
+    const rows = this.db.pragma('integrity_check') as { integrity_check: string }[];
+    return rows.map((r) => r.integrity_check).filter((r) => r !== 'ok');
+  }
+
+  /** Online backup (consistent while other processes write). */
+  async backup(file: string): Promise<void> {
+    await this.db.backup(file);
+  }
+
+  close(): void {
+    this.db.close();
+  }
+}
+
+export type { Db };
+export * from './states.js';
+export type { ImageRow } from './images.js';
+export type { BlobRow } from './blobs.js';
+export type { JobRow, StepRow } from './jobs.js';
+export type { StorageObjectRow, ObjectKind } from './objects.js';
+export type { SnapshotRow, SnapshotListing } from './snapshots.js';

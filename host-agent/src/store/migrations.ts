@@ -1,0 +1,107 @@
+/**
+ * Versioned schema migrations. Each entry runs once, in order, inside one
+ * transaction with the bump of `user_version`; never edit a shipped entry,
+ * append a new one.
+ */
+export const migrations: readonly string[] = [
+  // 1: initial schema
+  `
+  CREATE TABLE blobs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    sha256        TEXT,
+    expected_sha256 TEXT,
+    size          INTEGER,
+    compression   TEXT,
+    status        TEXT NOT NULL CHECK (status IN ('unpacking', 'ready', 'failed', 'removed')),
+    volume_id     INTEGER REFERENCES storage_objects(id),
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+  );
+  -- Content identity: at most one usable volume per sha256.
+  CREATE UNIQUE INDEX blobs_ready_sha256 ON blobs(sha256) WHERE status = 'ready';
+
+  CREATE TABLE images (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    bucket        TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    version_id    TEXT,
+    etag          TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    sha256        TEXT,
+    status        TEXT NOT NULL CHECK (status IN ('pending', 'processing', 'ready', 'failed', 'removed')),
+    error_code    TEXT,
+    error_message TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    UNIQUE (bucket, key, etag)
+  );
+  CREATE INDEX images_by_key ON images(bucket, key);
+
+  -- An image is an ordered list of blobs (layers); one for now.
+  CREATE TABLE image_blobs (
+    image_id      INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    position      INTEGER NOT NULL,
+    blob_id       INTEGER NOT NULL REFERENCES blobs(id),
+    PRIMARY KEY (image_id, position)
+  );
+  CREATE INDEX image_blobs_by_blob ON image_blobs(blob_id);
+
+  -- Volumes and snapshots as the storage backend holds them. Rows are
+  -- written before the side effect (intent) and never reused: ids come from
+  -- AUTOINCREMENT, so a name derived from an id is never handed out twice.
+  CREATE TABLE storage_objects (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind          TEXT NOT NULL CHECK (kind IN ('volume', 'snapshot')),
+    backend       TEXT NOT NULL,
+    parent_id     INTEGER REFERENCES storage_objects(id),
+    image_id      INTEGER REFERENCES images(id),
+    thin_id       INTEGER UNIQUE,
+    size_bytes    INTEGER NOT NULL,
+    state         TEXT NOT NULL,
+    device_path   TEXT,
+    owner         TEXT,
+    job_id        INTEGER REFERENCES jobs(id),
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+  );
+  CREATE INDEX storage_objects_by_state ON storage_objects(state);
+
+  -- One row per activated snapshot; device_path is the block device to mount.
+  CREATE TABLE snapshots (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    object_id     INTEGER NOT NULL UNIQUE REFERENCES storage_objects(id),
+    image_id      INTEGER NOT NULL REFERENCES images(id),
+    device_path   TEXT NOT NULL,
+    activated_at  TEXT NOT NULL
+  );
+
+  CREATE TABLE jobs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    image_id      INTEGER NOT NULL REFERENCES images(id),
+    status        TEXT NOT NULL CHECK (status IN ('pending', 'downloading', 'unpacking', 'snapshotting', 'complete', 'failed')),
+    serial        INTEGER NOT NULL DEFAULT 0,
+    owner         TEXT,
+    error_code    TEXT,
+    error_message TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    finished_at   TEXT
+  );
+  -- At most one open job per image: the second process joins the first.
+  CREATE UNIQUE INDEX jobs_one_open_per_image ON jobs(image_id) WHERE status NOT IN ('complete', 'failed');
+
+  CREATE TABLE job_steps (
+    job_id        INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    position      INTEGER NOT NULL,
+    name          TEXT NOT NULL,
+    status        TEXT NOT NULL CHECK (status IN ('pending', 'running', 'complete', 'failed', 'skipped')),
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    started_at    TEXT,
+    ended_at      TEXT,
+    error_code    TEXT,
+    error_message TEXT,
+    detail        TEXT,
+    PRIMARY KEY (job_id, position)
+  );
+  `,
+];

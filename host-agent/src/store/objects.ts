@@ -1,0 +1,156 @@
+/** Storage objects (volumes and snapshots) as recorded intents and outcomes. */
+import type { Db } from './db.js';
+import { nowIso } from './db.js';
+import { assertTransition, objectTransitions, type ObjectState } from './states.js';
+
+export type ObjectKind = 'volume' | 'snapshot';
+
+export interface StorageObjectRow {
+  id: number;
+  kind: ObjectKind;
+  backend: string;
+  parent_id: number | null;
+  image_id: number | null;
+  thin_id: number | null;
+  size_bytes: number;
+  state: ObjectState;
+  device_path: string | null;
+  owner: string | null;
+  job_id: number | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface NewObject {
+  kind: ObjectKind;
+  backend: string;
+  sizeBytes: number;
+  parentId?: number | null;
+  imageId?: number | null;
+  jobId?: number | null;
+  thinId?: number | null;
+}
+
+export class ObjectRepo {
+  constructor(private readonly db: Db) {}
+
+  /** Record the intent to create an object; the id (and so its name) is never reused. */
+  createIntent(o: NewObject, owner: string): StorageObjectRow {
+    const now = nowIso();
+    const { lastInsertRowid } = this.db
+      .prepare(
+        `INSERT INTO storage_objects
+           (kind, backend, parent_id, image_id, job_id, thin_id, size_bytes, state, owner, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)`,
+      )
+      .run(
+        o.kind,
+        o.backend,
+        o.parentId ?? null,
+        o.imageId ?? null,
+        o.jobId ?? null,
+        o.thinId ?? null,
+        o.sizeBytes,
+        owner,
+        now,
+        now,
+      );
+    return this.get(Number(lastInsertRowid))!;
+  }
+
+  get(id: number): StorageObjectRow | undefined {
+    return this.db.prepare(`SELECT * FROM storage_objects WHERE id = ?`).get(id) as
+      | StorageObjectRow
+      | undefined;
+  }
+
+  /**
+   * Move an object to a new state. `owner` is who now holds it (null once it
+   * rests in a stable state); `devicePath` is set for active snapshots.
+   */
+  transition(
+    id: number,
+    to: ObjectState,
+    opts: { owner?: string | null; devicePath?: string | null } = {},
+  ): StorageObjectRow {
+    const row = this.get(id);
+    if (row === undefined) throw new Error(`storage object ${id} does not exist`);
+    assertTransition(objectTransitions, 'storage object', row.state, to);
+    this.db
+      .prepare(
+        `UPDATE storage_objects SET state = ?, owner = ?, device_path = ?, updated_at = ? WHERE id = ?`,
+      )
+      .run(
+        to,
+        opts.owner ?? null,
+        opts.devicePath === undefined ? row.device_path : opts.devicePath,
+        nowIso(),
+        id,
+      );
+    return this.get(id)!;
+  }
+
+  /**
+   * Compare-and-swap of the owner: take over an object whose owner died.
+   * Returns false if someone else got there first.
+   */
+  claim(id: number, fromOwner: string | null, toOwner: string): boolean {
+    const { changes } = this.db
+      .prepare(
+        `UPDATE storage_objects SET owner = ?, updated_at = ? WHERE id = ? AND owner IS ?`,
+      )
+      .run(toOwner, nowIso(), id, fromOwner);
+    return changes === 1;
+  }
+
+  setDevicePath(id: number, devicePath: string | null): void {
+    this.db
+      .prepare(`UPDATE storage_objects SET device_path = ?, updated_at = ? WHERE id = ?`)
+      .run(devicePath, nowIso(), id);
+  }
+
+  /** Every object that is not removed: what the backend should really hold. */
+  listLive(): StorageObjectRow[] {
+    return this.db
+      .prepare(`SELECT * FROM storage_objects WHERE state != 'removed' ORDER BY id`)
+      .all() as StorageObjectRow[];
+  }
+
+  listByState(states: readonly ObjectState[]): StorageObjectRow[] {
+    const marks = states.map(() => '?').join(', ');
+    return this.db
+      .prepare(`SELECT * FROM storage_objects WHERE state IN (${marks}) ORDER BY id`)
+      .all(...states) as StorageObjectRow[];
+  }
+
+  forJob(jobId: number): StorageObjectRow[] {
+    return this.db
+      .prepare(`SELECT * FROM storage_objects WHERE job_id = ? ORDER BY id`)
+      .all(jobId) as StorageObjectRow[];
+  }
+
+  snapshotsOfImage(imageId: number): StorageObjectRow[] {
+    return this.db
+      .prepare(
+        `SELECT * FROM storage_objects WHERE kind = 'snapshot' AND image_id = ? AND state != 'removed' ORDER BY id`,
+      )
+      .all(imageId) as StorageObjectRow[];
+  }
+
+  childrenOf(volumeId: number): StorageObjectRow[] {
+    return this.db
+      .prepare(
+        `SELECT * FROM storage_objects WHERE parent_id = ? AND state != 'removed' ORDER BY id`,
+      )
+      .all(volumeId) as StorageObjectRow[];
+  }
+
+  /** Highest thin id ever recorded (devmapper allocates above it). */
+  maxThinId(): number {
+    return (
+      this.db.prepare(`SELECT COALESCE(MAX(thin_id), 0) AS m FROM storage_objects`).get() as {
+        m: number;
+      }
+    ).m;
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * Every state machine of the store, in one place. Repositories refuse any
+ * transition not listed here, so a bug shows up as an error, not as a row in
+ * a state nobody knows how to recover from.
+ */
+
+export type JobStatus =
+  | 'pending'
+  | 'downloading'
+  | 'unpacking'
+  | 'snapshotting'
+  | 'complete'
+  | 'failed';
+
+export const jobTransitions: Record<JobStatus, readonly JobStatus[]> = {
+  pending: ['downloading', 'unpacking', 'snapshotting', 'complete', 'failed'],
+  downloading: ['downloading', 'unpacking', 'snapshotting', 'complete', 'failed'],
+  unpacking: ['unpacking', 'snapshotting', 'complete', 'failed'],
+  snapshotting: ['snapshotting', 'complete', 'failed'],
+  complete: [],
+  failed: [],
+};
+
+export const terminalJobStatuses: readonly JobStatus[] = ['complete', 'failed'];
+
+export type StepStatus = 'pending' | 'running' | 'complete' | 'failed' | 'skipped';
+
+export const stepTransitions: Record<StepStatus, readonly StepStatus[]> = {
+  pending: ['running', 'skipped', 'failed'],
+  // running → running: an interrupted step is retried by a new owner.
+  running: ['running', 'complete', 'failed', 'skipped'],
+  complete: [],
+  failed: [],
+  skipped: [],
+};
+
+export type ImageStatus = 'pending' | 'processing' | 'ready' | 'failed' | 'removed';
+
+export type BlobStatus = 'unpacking' | 'ready' | 'failed' | 'removed';
+
+/**
+ * Storage objects. States ending in -ing are intents: the row was written
+ * before the side effect, and an owner that died there left work for
+ * recovery (see pipeline/reconcile.ts).
+ */
+export type ObjectState =
+  | 'creating' // intent: backing being created
+  | 'unpacking' // volume: filesystem being written (attached, mounted)
+  | 'unpacked' // volume: content complete and flushed, maybe still mounted
+  | 'sealed' // volume: complete, detached, read-only origin
+  | 'inactive' // snapshot: exists, not attached
+  | 'activating' // intent: attaching
+  | 'active' // snapshot: attached, device_path set
+  | 'deactivating' // intent: detaching
+  | 'kept' // a failed volume kept for inspection (--keep-on-failure)
+  | 'removing' // intent: deleting
+  | 'removed';
+
+export const objectTransitions: Record<ObjectState, readonly ObjectState[]> = {
+  creating: ['unpacking', 'inactive', 'removing', 'kept'],
+  unpacking: ['unpacked', 'removing', 'kept'],
+  unpacked: ['sealed', 'removing', 'kept'],
+  sealed: ['removing'],
+  inactive: ['activating', 'removing'],
+  activating: ['active', 'inactive', 'removing'],
+  active: ['active', 'deactivating', 'removing'],
+  deactivating: ['inactive', 'removing'],
+  kept: ['removing'],
+  removing: ['removed'],
+  removed: [],
+};
+
+/** States in which a dead owner means interrupted work. */
+export const intentStates: readonly ObjectState[] = [
+  'creating',
+  'unpacking',
+  'activating',
+  'deactivating',
+  'removing',
+];
+
+export function assertTransition<S extends string>(
+  table: Record<S, readonly S[]>,
+  what: string,
+  from: S,
+  to: S,
+): void {
+  if (!table[from].includes(to)) {
+    throw new Error(`invalid ${what} transition ${from} → ${to}`);
+  }
+}
