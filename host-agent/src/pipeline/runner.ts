@@ -5,6 +5,7 @@
  * a job is taken over was interrupted; reconcile has already rolled back its
  * storage intents, and the step is retried. Completed steps never run again.
  */
+import { failpoint } from '../failpoints.js';
 import type { JobContext } from './context.js';
 import { describeFailure, releaseFailedJob } from './failure.js';
 import { imageSteps } from './steps/index.js';
@@ -29,7 +30,9 @@ export async function runJob(ctx: JobContext): Promise<void> {
     ctx.logger.debug('step started', { job: job.id, step: step.name });
     try {
       ctx.signal.throwIfAborted();
+      failpoint(`step:${step.name}:start`);
       const outcome = await step.run(ctx);
+      failpoint(`step:${step.name}:end`);
       store.tx(() => store.jobs.setStep(job.id, position, outcome.status, { detail: outcome.detail }));
       ctx.logger.info('step done', { job: job.id, step: step.name, status: outcome.status, ...outcome.detail });
     } catch (err) {

@@ -4,6 +4,7 @@
  * a commit of the outcome. This is the only code that calls the backend's
  * mutating methods, so the intent rule holds everywhere by construction.
  */
+import { failpoint } from '../failpoints.js';
 import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
 import type { Logger } from '../log.js';
@@ -57,15 +58,19 @@ export class ObjectManager {
       return row;
     });
     this.logger.debug('volume intent', { object: volume.id });
+    failpoint('volume:intent');
     await this.backend.createVolume(this.spec(volume));
+    failpoint('volume:created');
     this.store.objects.transition(volume.id, 'unpacking', { owner: this.owner });
     const { mountpoint } = await this.backend.mountForUnpack(this.spec(volume));
+    failpoint('volume:mounted');
     return { volume: this.store.objects.get(volume.id)!, mountpoint };
   }
 
   /** The unpacked content is on stable storage. */
   async markUnpacked(volume: StorageObjectRow, commit: () => void): Promise<void> {
     await this.backend.flush(this.spec(volume));
+    failpoint('volume:flushed');
     this.store.tx(() => {
       this.store.objects.transition(volume.id, 'unpacked', { owner: this.owner });
       commit();
@@ -74,6 +79,7 @@ export class ObjectManager {
 
   async seal(volume: StorageObjectRow): Promise<void> {
     await this.backend.seal(this.spec(volume));
+    failpoint('seal:detached');
     if (volume.state !== 'sealed') this.store.objects.transition(volume.id, 'sealed', { owner: null });
   }
 
@@ -90,13 +96,17 @@ export class ObjectManager {
       },
       this.owner,
     );
+    failpoint('snapshot:intent');
     await this.backend.createSnapshot(this.snapshotSpec(snap));
+    failpoint('snapshot:copied');
     return this.store.objects.transition(snap.id, 'inactive', { owner: null });
   }
 
   async activate(snap: StorageObjectRow): Promise<string> {
     if (snap.state === 'inactive') this.store.objects.transition(snap.id, 'activating', { owner: this.owner });
+    failpoint('activate:intent');
     const devicePath = await this.backend.activate(this.snapshotSpec(snap));
+    failpoint('activate:attached');
     this.store.tx(() => {
       this.store.objects.transition(snap.id, 'active', { owner: null, devicePath });
       this.store.snapshots.activated(snap.id, snap.image_id!, devicePath);

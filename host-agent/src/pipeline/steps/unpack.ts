@@ -6,6 +6,7 @@
  */
 import { volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
+import { failpoint } from '../../failpoints.js';
 import { downloadObject } from '../../source/download.js';
 import { unpackArchive } from '../../unpack/index.js';
 import type { JobContext, StepOutcome } from '../context.js';
@@ -63,7 +64,10 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
     stats = await unpackArchive(download.chunks, {
       root: mountpoint,
       limits: ctx.config.limits,
-      onProgress: (n) => progress.update('unpack', n),
+      onProgress: (n: number) => {
+        progress.update('unpack', n);
+        if (n >= ref.size / 2) failpoint('unpack:midway');
+      },
       signal: ctx.signal,
     });
   } catch (err) {

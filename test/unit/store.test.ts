@@ -1,0 +1,110 @@
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { StateStore } from '../../host-agent/src/store/index.js';
+import { schemaVersion } from '../../host-agent/src/store/db.js';
+import { migrations } from '../../host-agent/src/store/migrations.js';
+import { currentOwner, isOwnerAlive } from '../../host-agent/src/store/owner.js';
+
+function tempStore(t: { after(fn: () => void): void }): { store: StateStore; dir: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'thinrelay-store-'));
+  const store = StateStore.open(dir);
+  t.after(() => {
+    store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return { store, dir };
+}
+
+const ref = { bucket: 'images', key: 'a/b.tar', versionId: null, eTag: '"e1"', size: 10 };
+
+test('migrations run once, to the latest version, with WAL and foreign keys', (t) => {
+  const { store, dir } = tempStore(t);
+  assert.equal(schemaVersion(store.db), migrations.length);
+  assert.equal(store.db.pragma('journal_mode', { simple: true }), 'wal');
+  assert.equal(store.db.pragma('foreign_keys', { simple: true }), 1);
+  const again = StateStore.open(dir);
+  assert.equal(schemaVersion(again.db), migrations.length);
+  again.close();
+  assert.deepEqual(store.integrityCheck(), []);
+});
+
+test('an image is identified by bucket, key and ETag', (t) => {
+  const { store } = tempStore(t);
+  const a = store.images.upsert(ref);
+  assert.equal(store.images.upsert(ref).id, a.id);
+  const b = store.images.upsert({ ...ref, eTag: '"e2"' });
+  assert.notEqual(b.id, a.id);
+  assert.equal(store.images.latestByKey('a/b.tar')?.id, b.id);
+});
+
+test('every job transition bumps the serial; invalid transitions are refused', (t) => {
+  const { store } = tempStore(t);
+  const image = store.images.upsert(ref);
+  const job = store.jobs.create(image.id, currentOwner(), ['one', 'two']);
+  const serial0 = job.serial;
+  store.jobs.setStep(job.id, 0, 'running');
+  store.jobs.setStatus(job.id, 'downloading');
+  store.jobs.setStep(job.id, 0, 'complete', { detail: { x: 1 } });
+  const after = store.jobs.get(job.id)!;
+  assert.equal(after.serial, serial0 + 3);
+  const steps = store.jobs.steps(job.id);
+  assert.equal(steps[0]?.status, 'complete');
+  assert.equal(steps[0]?.attempts, 1);
+  assert.equal(JSON.parse(steps[0]!.detail!).x, 1);
+  assert.ok(steps[0]?.started_at !== null && steps[0]?.ended_at !== null);
+  assert.throws(() => store.jobs.setStep(job.id, 0, 'running'), /invalid step transition complete → running/);
+  store.jobs.setStatus(job.id, 'complete');
+  assert.throws(() => store.jobs.setStatus(job.id, 'downloading'), /invalid job transition/);
+});
+
+test('at most one open job per image', (t) => {
+  const { store } = tempStore(t);
+  const image = store.images.upsert(ref);
+  store.jobs.create(image.id, currentOwner(), ['one']);
+  assert.throws(() => store.jobs.create(image.id, currentOwner(), ['one']), /UNIQUE constraint failed/);
+});
+
+test('storage object intents: ids never reused, transitions checked, claim is compare-and-swap', (t) => {
+  const { store } = tempStore(t);
+  const a = store.objects.createIntent({ kind: 'volume', backend: 'loop', sizeBytes: 1 }, 'dead:1:x');
+  store.objects.transition(a.id, 'removing');
+  store.objects.transition(a.id, 'removed');
+  store.db.prepare('DELETE FROM storage_objects WHERE id = ?').run(a.id);
+  const b = store.objects.createIntent({ kind: 'volume', backend: 'loop', sizeBytes: 1 }, 'dead:1:x');
+  assert.ok(b.id > a.id, 'AUTOINCREMENT never hands out an id twice');
+  assert.throws(() => store.objects.transition(b.id, 'active'), /invalid storage object transition creating → active/);
+  assert.equal(store.objects.claim(b.id, 'dead:1:x', 'me:1:x'), true);
+  assert.equal(store.objects.claim(b.id, 'dead:1:x', 'other:1:x'), false);
+});
+
+test('owner liveness: this process is alive, a killed one is not, a reboot kills all', async () => {
+  assert.equal(isOwnerAlive(currentOwner()), true);
+  const child = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)']);
+  await new Promise((r) => child.once('spawn', r));
+  const [, start, boot] = currentOwner().split(':');
+  assert.ok(start !== undefined && boot !== undefined);
+  const stat = (await import('node:fs')).readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+  const childStart = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  const childOwner = `${child.pid}:${childStart}:${boot}`;
+  assert.equal(isOwnerAlive(childOwner), true);
+  assert.equal(isOwnerAlive(`${child.pid}:${childStart}:another-boot`), false);
+  assert.equal(isOwnerAlive(`${child.pid}:1:${boot}`), false, 'pid reuse: start time differs');
+  child.kill('SIGKILL');
+  await new Promise((r) => child.once('exit', r));
+  assert.equal(isOwnerAlive(childOwner), false);
+  assert.equal(isOwnerAlive(null), false);
+});
+
+test('online backup produces a consistent copy', async (t) => {
+  const { store, dir } = tempStore(t);
+  store.images.upsert(ref);
+  const file = join(dir, 'backup.db');
+  await store.backup(file);
+  const copy = new (await import('better-sqlite3')).default(file, { readonly: true });
+  assert.equal((copy.prepare('SELECT count(*) AS n FROM images').get() as { n: number }).n, 1);
+  copy.close();
+});
