@@ -45,13 +45,11 @@ function withMounted<T>(device: string, fn: (dir: string) => T): T {
 
 async function hostileTar(): Promise<Buffer> {
   const p = pack();
-  const chunks: Buffer[] = [];
-  p.on('data', (c: Buffer) => chunks.push(c));
-  const done = new Promise((r) => p.on('end', r));
   p.entry({ name: 'ok.txt' }, 'fine');
   p.entry({ name: '../../escape.txt' }, 'evil');
   p.finalize();
-  await done;
+  const chunks: Buffer[] = [];
+  for await (const c of p) chunks.push(c as Buffer);
   return Buffer.concat(chunks);
 }
 

@@ -30,12 +30,6 @@ export async function buildSampleRootfs(opts: SampleRootfsOptions = {}): Promise
   const seed = opts.seed ?? 'thinrelay';
   const mtime = new Date('2026-01-01T00:00:00Z');
   const p = pack();
-  const chunks: Buffer[] = [];
-  p.on('data', (c: Buffer) => chunks.push(c));
-  const done = new Promise<void>((resolve, reject) => {
-    p.on('end', resolve);
-    p.on('error', reject);
-  });
   const dir = (name: string, mode = 0o755): void => {
     p.entry({ name, type: 'directory', mode, mtime, uid: 0, gid: 0 });
   };
@@ -54,7 +48,8 @@ export async function buildSampleRootfs(opts: SampleRootfsOptions = {}): Promise
   p.entry({ name: 'etc/alternatives-hello', type: 'symlink', linkname: '/usr/bin/hello', mtime, mode: 0o777 });
   p.entry({ name: 'usr/bin/hello-again', type: 'link', linkname: 'usr/bin/hello', mtime, mode: 0o755 });
   p.finalize();
-  await done;
+  const chunks: Buffer[] = [];
+  for await (const c of p) chunks.push(c as Buffer);
   const tar = Buffer.concat(chunks);
   return opts.gzip === true ? gzipSync(tar) : tar;
 }
