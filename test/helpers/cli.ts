@@ -2,7 +2,8 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-export const cliPath = fileURLToPath(new URL('../../host-agent/src/cli/main.js', import.meta.url));
+/** The shipped artifact: the bundled CLI that package.json's bin points at. */
+export const cliPath = fileURLToPath(new URL('../../thinrelay.mjs', import.meta.url));
 
 export interface CliResult {
   code: number | null;

@@ -3,7 +3,10 @@
  * only — never a shell — and turns failures into errors that carry the
  * command and its stderr, so a 3 a.m. operator sees what the tool said.
  */
-import { execa, ExecaError } from 'execa';
+
+// Loaded on first use: listings and the already-done path never spawn anything.
+let execaModule: Promise<typeof import('execa')> | undefined;
+const loadExeca = (): Promise<typeof import('execa')> => (execaModule ??= import('execa'));
 
 export class CommandError extends Error {
   constructor(
@@ -24,6 +27,7 @@ export interface RunOptions {
 }
 
 export async function run(file: string, args: readonly string[], opts: RunOptions = {}): Promise<string> {
+  const { execa, ExecaError } = await loadExeca();
   try {
     const result = await execa(file, args, {
       input: opts.input,
@@ -44,6 +48,7 @@ export async function run(file: string, args: readonly string[], opts: RunOption
 
 /** Whether an executable is on PATH (for doctor and readiness checks). */
 export async function hasCommand(file: string): Promise<boolean> {
+  const { execa, ExecaError } = await loadExeca();
   try {
     await execa('sh', ['-c', 'command -v "$1"', 'sh', file]);
     return true;

@@ -1,4 +1,9 @@
-/** Loop devices via util-linux losetup. */
+/**
+ * Loop devices: attach and detach with util-linux losetup (it handles the
+ * race for a free device); list from sysfs, which needs no process at all —
+ * reconcile lists on every start, so this is on the hot path.
+ */
+import { readFileSync, readdirSync } from 'node:fs';
 import { run } from './exec.js';
 
 export interface LoopAttachment {
@@ -17,19 +22,26 @@ export async function detachLoop(device: string): Promise<void> {
   await run('losetup', ['--detach', device]);
 }
 
-export async function listLoops(): Promise<LoopAttachment[]> {
-  const out = await run('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE']);
-  if (out.trim() === '') return [];
-  const parsed = JSON.parse(out) as { loopdevices?: { name: string; 'back-file': string | null }[] };
-  return (parsed.loopdevices ?? []).map((d) => {
-    const back = d['back-file'] ?? '';
+export function listLoops(): Promise<LoopAttachment[]> {
+  const attachments: LoopAttachment[] = [];
+  for (const name of readdirSync('/sys/block')) {
+    if (!/^loop\d+$/.test(name)) continue;
+    let back: string;
+    try {
+      back = readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').replace(/\n$/, '');
+    } catch (err) {
+      // No loop/ directory: the device exists but is not attached.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw err;
+    }
     const deleted = back.endsWith(' (deleted)');
-    return {
-      device: d.name,
+    attachments.push({
+      device: `/dev/${name}`,
       backingFile: deleted ? back.slice(0, -' (deleted)'.length) : back,
       deleted,
-    };
-  });
+    });
+  }
+  return Promise.resolve(attachments);
 }
 
 export async function loopsFor(file: string): Promise<string[]> {
