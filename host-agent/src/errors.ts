@@ -68,7 +68,12 @@ export abstract class ThinrelayError extends Error {
 /** The image itself is bad or could not be processed: recorded on the job, exit 1. */
 export class ImageError extends ThinrelayError {
   readonly exitCode = ExitCode.imageFailed;
-  constructor(code: ImageFailureCode, message: string, hint?: string, options?: { cause?: unknown }) {
+  constructor(
+    code: ImageFailureCode,
+    message: string,
+    hint?: string,
+    options?: { cause?: unknown },
+  ) {
     super(code, message, hint, options);
   }
 }
@@ -84,7 +89,12 @@ export class UsageError extends ThinrelayError {
 /** The host is not ready (not root, no loop devices, no mkfs, ...): exit 3. */
 export class EnvironmentError extends ThinrelayError {
   readonly exitCode = ExitCode.environment;
-  constructor(code: EnvironmentCode, message: string, hint?: string, options?: { cause?: unknown }) {
+  constructor(
+    code: EnvironmentCode,
+    message: string,
+    hint?: string,
+    options?: { cause?: unknown },
+  ) {
     super(code, message, hint, options);
   }
 }

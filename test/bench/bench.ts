@@ -5,7 +5,16 @@
  */
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, createReadStream } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  createReadStream,
+} from 'node:fs';
 import { cpus, totalmem, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -144,7 +153,14 @@ async function benchUnpack(work: string, tar: string): Promise<UnpackFigures> {
   }
   const gnuMs = median(gnu);
   const thinrelayMs = median(ours);
-  return { gnuMs, thinrelayMs, ratio: thinrelayMs / gnuMs, peakRssBytes: rss, identicalToGnuTar: differences.length === 0, differences: differences.slice(0, 20) };
+  return {
+    gnuMs,
+    thinrelayMs,
+    ratio: thinrelayMs / gnuMs,
+    peakRssBytes: rss,
+    identicalToGnuTar: differences.length === 0,
+    differences: differences.slice(0, 20),
+  };
 }
 
 interface EndToEndFigures {
@@ -158,7 +174,13 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
   const s3 = await startS3Emulator();
   const bucket = 'thinrelay-bench';
   const key = 'images/bookworm-minbase.tar';
-  const env = { ...process.env, ...s3EnvFor(s3), THINRELAY_BUCKET: bucket, THINRELAY_RESERVE_BYTES: '0', THINRELAY_LOG_LEVEL: 'warn' };
+  const env = {
+    ...process.env,
+    ...s3EnvFor(s3),
+    THINRELAY_BUCKET: bucket,
+    THINRELAY_RESERVE_BYTES: '0',
+    THINRELAY_LOG_LEVEL: 'warn',
+  };
   // Async: the emulator runs in this process and must keep serving meanwhile.
   const node = async (args: string[]): Promise<number> => {
     const t0 = performance.now();
@@ -167,7 +189,14 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
   };
   try {
     await s3.createBucket(bucket);
-    await s3.client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: createReadStream(tar), ContentLength: statSync(tar).size }));
+    await s3.client.send(
+      new PutObjectCommand({
+        Bucket: bucket,
+        Key: key,
+        Body: createReadStream(tar),
+        ContentLength: statSync(tar).size,
+      }),
+    );
     const alt: number[] = [];
     const ours: number[] = [];
     const already: number[] = [];
@@ -176,7 +205,9 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
       const fs = await freshFs(work, `e2e-gnu-${i}`);
       const file = join(work, 'download.tar');
       try {
-        const ms = (await node([join(here, 'download-child.js'), bucket, key, file])) + time(() => sh('tar', ['--numeric-owner', '--xattrs', '-xpf', file, '-C', fs.mnt]));
+        const ms =
+          (await node([join(here, 'download-child.js'), bucket, key, file])) +
+          time(() => sh('tar', ['--numeric-owner', '--xattrs', '-xpf', file, '-C', fs.mnt]));
         alt.push(ms + fs.flushAndUnmount());
       } finally {
         rmSync(file, { force: true });
@@ -185,7 +216,10 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
       const stateDir = mkdtempSync(join(work, 'state-'));
       try {
         ours.push(await node([cliPath, 'process-image', '--s3-key', key, '--state-dir', stateDir]));
-        for (let j = 0; j < 3; j++) already.push(await node([cliPath, 'process-image', '--s3-key', key, '--state-dir', stateDir]));
+        for (let j = 0; j < 3; j++)
+          already.push(
+            await node([cliPath, 'process-image', '--s3-key', key, '--state-dir', stateDir]),
+          );
         await node([cliPath, 'pool', 'destroy', '--force', '--state-dir', stateDir]);
       } finally {
         releaseStateDir(stateDir);
@@ -193,7 +227,12 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
     }
     const downloadThenTarMs = median(alt);
     const processImageMs = median(ours);
-    return { downloadThenTarMs, processImageMs, ratio: processImageMs / downloadThenTarMs, alreadyDoneMs: median(already) };
+    return {
+      downloadThenTarMs,
+      processImageMs,
+      ratio: processImageMs / downloadThenTarMs,
+      alreadyDoneMs: median(already),
+    };
   } finally {
     await s3.stop();
   }
@@ -210,11 +249,23 @@ function benchStore(work: string): StoreFigures {
   const store = StateStore.open(stateDir);
   store.tx(() => {
     for (let i = 0; i < 10_000; i++) {
-      const image = store.images.upsert({ bucket: 'b', key: `images/app-${i}.tar.gz`, versionId: null, eTag: `"${i.toString(16).padStart(32, '0')}"`, size: 200_000_000 + i });
+      const image = store.images.upsert({
+        bucket: 'b',
+        key: `images/app-${i}.tar.gz`,
+        versionId: null,
+        eTag: `"${i.toString(16).padStart(32, '0')}"`,
+        size: 200_000_000 + i,
+      });
       store.images.setStatus(image.id, 'ready', { sha256: i.toString(16).padStart(64, '0') });
     }
   });
-  const image = store.images.upsert({ bucket: 'b', key: 'images/checkpoints.tar', versionId: null, eTag: '"c"', size: 1 });
+  const image = store.images.upsert({
+    bucket: 'b',
+    key: 'images/checkpoints.tar',
+    versionId: null,
+    eTag: '"c"',
+    size: 1,
+  });
   const samples: number[] = [];
   for (let j = 0; j < 200; j++) {
     const job = store.jobs.create(image.id, currentOwner(), ['a', 'b', 'c']);
@@ -230,7 +281,14 @@ function benchStore(work: string): StoreFigures {
   store.close();
   const runs: number[] = [];
   for (let i = 0; i < 5; i++) {
-    runs.push(time(() => execFileSync(process.execPath, [cliPath, 'images', '--json', '--state-dir', stateDir], { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 ** 2 })));
+    runs.push(
+      time(() =>
+        execFileSync(process.execPath, [cliPath, 'images', '--json', '--state-dir', stateDir], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+          maxBuffer: 64 * 1024 ** 2,
+        }),
+      ),
+    );
   }
   rmSync(stateDir, { recursive: true, force: true });
   samples.sort((a, b) => a - b);
@@ -255,9 +313,12 @@ function machine(): Record<string, string> {
 }
 
 async function main(): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('npm run bench needs root (loop devices, mkfs, mounts)');
+  if (process.getuid?.() !== 0)
+    throw new Error('npm run bench needs root (loop devices, mkfs, mounts)');
   const tar = rootfsTar();
-  const entries = sh('tar', ['-tf', tar]).split('\n').filter((l) => l !== '').length;
+  const entries = sh('tar', ['-tf', tar])
+    .split('\n')
+    .filter((l) => l !== '').length;
   const work = mkdtempSync(join(cacheDir, 'run-'));
   try {
     const unpack = await benchUnpack(work, tar);
@@ -266,7 +327,11 @@ async function main(): Promise<void> {
     const results = {
       date: new Date().toISOString(),
       machine: machine(),
-      input: { rootfs: 'debootstrap --variant=minbase bookworm', tarBytes: statSync(tar).size, entries },
+      input: {
+        rootfs: 'debootstrap --variant=minbase bookworm',
+        tarBytes: statSync(tar).size,
+        entries,
+      },
       repetitions: reps,
       unpack,
       endToEnd: e2e,
@@ -282,17 +347,61 @@ async function main(): Promise<void> {
   }
 }
 
-function printTable(r: { unpack: UnpackFigures; endToEnd: EndToEndFigures; store: StoreFigures; input: { tarBytes: number; entries: number }; machine: Record<string, string> }): void {
+function printTable(r: {
+  unpack: UnpackFigures;
+  endToEnd: EndToEndFigures;
+  store: StoreFigures;
+  input: { tarBytes: number; entries: number };
+  machine: Record<string, string>;
+}): void {
   const s = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
   const rows: [string, string, string, string, string][] = [
-    ['unpack into fresh ext4 (incl. flush + umount)', `thinrelay ${s(r.unpack.thinrelayMs)}`, `GNU tar ${s(r.unpack.gnuMs)}`, r.unpack.ratio.toFixed(2), '≤ 1.25 (aim ≤ 1.0)'],
-    ['process-image end to end from S3 emulator', `thinrelay ${s(r.endToEnd.processImageMs)}`, `download, then GNU tar ${s(r.endToEnd.downloadThenTarMs)}`, r.endToEnd.ratio.toFixed(2), '—'],
-    ['process-image, already done (whole process)', `${r.endToEnd.alreadyDoneMs.toFixed(0)} ms`, '', '', '≤ 300 ms'],
-    ['peak RSS during unpack', `${(r.unpack.peakRssBytes / 1024 ** 2).toFixed(0)} MiB`, '', '', '≤ 150 MB'],
-    ['`thinrelay images --json`, 10,000 images (whole process)', `${r.store.imagesJson10kMs.toFixed(0)} ms`, '', '', '≤ 300 ms'],
-    ['one checkpoint transition (mean / p99)', `${r.store.checkpointTransitionMeanMs.toFixed(2)} / ${r.store.checkpointTransitionP99Ms.toFixed(2)} ms`, '', '', '≤ 2 ms'],
+    [
+      'unpack into fresh ext4 (incl. flush + umount)',
+      `thinrelay ${s(r.unpack.thinrelayMs)}`,
+      `GNU tar ${s(r.unpack.gnuMs)}`,
+      r.unpack.ratio.toFixed(2),
+      '≤ 1.25 (aim ≤ 1.0)',
+    ],
+    [
+      'process-image end to end from S3 emulator',
+      `thinrelay ${s(r.endToEnd.processImageMs)}`,
+      `download, then GNU tar ${s(r.endToEnd.downloadThenTarMs)}`,
+      r.endToEnd.ratio.toFixed(2),
+      '—',
+    ],
+    [
+      'process-image, already done (whole process)',
+      `${r.endToEnd.alreadyDoneMs.toFixed(0)} ms`,
+      '',
+      '',
+      '≤ 300 ms',
+    ],
+    [
+      'peak RSS during unpack',
+      `${(r.unpack.peakRssBytes / 1024 ** 2).toFixed(0)} MiB`,
+      '',
+      '',
+      '≤ 150 MB',
+    ],
+    [
+      '`thinrelay images --json`, 10,000 images (whole process)',
+      `${r.store.imagesJson10kMs.toFixed(0)} ms`,
+      '',
+      '',
+      '≤ 300 ms',
+    ],
+    [
+      'one checkpoint transition (mean / p99)',
+      `${r.store.checkpointTransitionMeanMs.toFixed(2)} / ${r.store.checkpointTransitionP99Ms.toFixed(2)} ms`,
+      '',
+      '',
+      '≤ 2 ms',
+    ],
   ];
-  console.log(`\nrootfs: ${(r.input.tarBytes / 1024 ** 2).toFixed(0)} MiB tar, ${r.input.entries} entries; result identical to GNU tar's: ${r.unpack.identicalToGnuTar}`);
+  console.log(
+    `\nrootfs: ${(r.input.tarBytes / 1024 ** 2).toFixed(0)} MiB tar, ${r.input.entries} entries; result identical to GNU tar's: ${r.unpack.identicalToGnuTar}`,
+  );
   console.log(`machine: ${Object.values(r.machine).join('; ')}\n`);
   console.log('| measure | thinrelay | alternative | ratio | target |\n|---|---|---|---|---|');
   for (const row of rows) console.log(`| ${row.join(' | ')} |`);

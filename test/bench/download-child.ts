@@ -9,7 +9,8 @@ import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { createS3Client } from '../../host-agent/src/source/s3-client.js';
 
 const [bucket, key, file] = process.argv.slice(2);
-if (bucket === undefined || key === undefined || file === undefined) throw new Error('usage: download-child BUCKET KEY FILE');
+if (bucket === undefined || key === undefined || file === undefined)
+  throw new Error('usage: download-child BUCKET KEY FILE');
 const client = createS3Client();
 const out = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
 await pipeline(out.Body as Readable, createWriteStream(file));

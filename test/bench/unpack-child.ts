@@ -14,4 +14,6 @@ const stats = await unpackArchive(createReadStream(tarPath, { highWaterMark: 102
   limits: defaultLimits,
 });
 const ms = performance.now() - t0;
-process.stdout.write(JSON.stringify({ ms, maxRssBytes: process.resourceUsage().maxRSS * 1024, stats }) + '\n');
+process.stdout.write(
+  JSON.stringify({ ms, maxRssBytes: process.resourceUsage().maxRSS * 1024, stats }) + '\n',
+);

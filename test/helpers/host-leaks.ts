@@ -15,17 +15,26 @@ export interface HostInventory {
 }
 
 function listLoops(): { device: string; backingFile: string }[] {
-  const out = execFileSync('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE'], { encoding: 'utf8' });
+  const out = execFileSync('losetup', ['--list', '--json', '--output', 'NAME,BACK-FILE'], {
+    encoding: 'utf8',
+  });
   if (out.trim() === '') return [];
   const parsed = JSON.parse(out) as { loopdevices: { name: string; 'back-file': string | null }[] };
-  return parsed.loopdevices.map((l) => ({ device: l.name, backingFile: (l['back-file'] ?? '').replace(/ \(deleted\)$/, '') }));
+  return parsed.loopdevices.map((l) => ({
+    device: l.name,
+    backingFile: (l['back-file'] ?? '').replace(/ \(deleted\)$/, ''),
+  }));
 }
 
 function listMountpoints(): string[] {
   return readFileSync('/proc/self/mountinfo', 'utf8')
     .split('\n')
     .filter((l) => l !== '')
-    .map((l) => l.split(' ')[4]!.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
+    .map((l) =>
+      l
+        .split(' ')[4]!
+        .replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))),
+    );
 }
 
 export function hostInventory(stateDir: string): HostInventory {

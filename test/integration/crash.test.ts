@@ -28,9 +28,19 @@ function assertNoLeaks(stateDir: string): void {
   const store = StateStore.open(stateDir, { readonly: true });
   try {
     assert.deepEqual(inv.mounts, [], 'no mounts left');
-    const active = store.snapshots.list().map((s) => s.device_path).sort();
-    assert.deepEqual(inv.loops.map((l) => l.device).sort(), active, 'loop devices = active snapshots');
-    const live = store.objects.listLive().map((o) => objectName(o.kind, o.id) + '.img').sort();
+    const active = store.snapshots
+      .list()
+      .map((s) => s.device_path)
+      .sort();
+    assert.deepEqual(
+      inv.loops.map((l) => l.device).sort(),
+      active,
+      'loop devices = active snapshots',
+    );
+    const live = store.objects
+      .listLive()
+      .map((o) => objectName(o.kind, o.id) + '.img')
+      .sort();
     assert.deepEqual(inv.poolFiles, live, 'pool files = live storage objects');
   } finally {
     store.close();
@@ -44,7 +54,11 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
   before(async () => {
     s3 = await startS3Emulator();
     await s3.createBucket(bucket);
-    await s3.putObject(bucket, key, await buildSampleRootfs({ payloadBytes: 24 * 1024 ** 2, seed: 'crash' }));
+    await s3.putObject(
+      bucket,
+      key,
+      await buildSampleRootfs({ payloadBytes: 24 * 1024 ** 2, seed: 'crash' }),
+    );
   });
   after(async () => {
     for (const d of stateDirs) releaseStateDir(d);
@@ -55,10 +69,22 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
     test(`crash at ${point}`, async () => {
       const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-crash-'));
       stateDirs.push(stateDir);
-      const env = { ...s3EnvFor(s3), THINRELAY_STATE_DIR: stateDir, THINRELAY_BUCKET: bucket, THINRELAY_RESERVE_BYTES: '0' };
+      const env = {
+        ...s3EnvFor(s3),
+        THINRELAY_STATE_DIR: stateDir,
+        THINRELAY_BUCKET: bucket,
+        THINRELAY_RESERVE_BYTES: '0',
+      };
 
-      const crashed = await runCli(['process-image', '--s3-key', key], { ...env, THINRELAY_CRASH_AT: point });
-      assert.equal(crashed.signal, 'SIGKILL', `expected to die at ${point}; exit ${crashed.code}: ${crashed.stderr}`);
+      const crashed = await runCli(['process-image', '--s3-key', key], {
+        ...env,
+        THINRELAY_CRASH_AT: point,
+      });
+      assert.equal(
+        crashed.signal,
+        'SIGKILL',
+        `expected to die at ${point}; exit ${crashed.code}: ${crashed.stderr}`,
+      );
       const stepsAtCrash = (() => {
         const store = StateStore.open(stateDir, { readonly: true });
         try {
@@ -75,11 +101,22 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
 
       const store = StateStore.open(stateDir, { readonly: true });
       try {
-        const jobs = store.db.prepare('SELECT * FROM jobs').all() as { id: number; status: string }[];
-        assert.deepEqual(jobs.map((j) => j.status), ['complete'], 'one job, completed by the takeover');
+        const jobs = store.db.prepare('SELECT * FROM jobs').all() as {
+          id: number;
+          status: string;
+        }[];
+        assert.deepEqual(
+          jobs.map((j) => j.status),
+          ['complete'],
+          'one job, completed by the takeover',
+        );
         const steps = store.jobs.steps(jobs[0]!.id);
         for (const before of stepsAtCrash.filter((s) => s.status === 'complete')) {
-          assert.equal(steps[before.position]?.attempts, 1, `completed step ${before.name} was not redone`);
+          assert.equal(
+            steps[before.position]?.attempts,
+            1,
+            `completed step ${before.name} was not redone`,
+          );
         }
         assert.ok(steps.every((s) => s.status === 'complete'));
         const volumes = store.objects.listLive().filter((o) => o.kind === 'volume');
@@ -106,7 +143,12 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
   test('after a simulated reboot (all loop devices gone), a run brings the snapshot back', async () => {
     const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-reboot-'));
     stateDirs.push(stateDir);
-    const env = { ...s3EnvFor(s3), THINRELAY_STATE_DIR: stateDir, THINRELAY_BUCKET: bucket, THINRELAY_RESERVE_BYTES: '0' };
+    const env = {
+      ...s3EnvFor(s3),
+      THINRELAY_STATE_DIR: stateDir,
+      THINRELAY_BUCKET: bucket,
+      THINRELAY_RESERVE_BYTES: '0',
+    };
     assert.equal((await runCli(['process-image', '--s3-key', key], env)).code, 0);
     for (const l of hostInventory(stateDir).loops) execFileSync('losetup', ['-d', l.device]);
     assert.deepEqual(hostInventory(stateDir).loops, []);

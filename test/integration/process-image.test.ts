@@ -63,12 +63,25 @@ describe('process-image', { skip: needsRoot }, () => {
     s3 = await startS3Emulator();
     await s3.createBucket(bucket);
     stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-state-'));
-    env = { ...s3EnvFor(s3), THINRELAY_STATE_DIR: stateDir, THINRELAY_BUCKET: bucket, THINRELAY_RESERVE_BYTES: '0' };
+    env = {
+      ...s3EnvFor(s3),
+      THINRELAY_STATE_DIR: stateDir,
+      THINRELAY_BUCKET: bucket,
+      THINRELAY_RESERVE_BYTES: '0',
+    };
     await s3.putObject(bucket, 'images/sample.tar', await buildSampleRootfs());
-    await s3.putObject(bucket, 'images/sample.tar.gz', await buildSampleRootfs({ gzip: true, seed: 'gz' }));
+    await s3.putObject(
+      bucket,
+      'images/sample.tar.gz',
+      await buildSampleRootfs({ gzip: true, seed: 'gz' }),
+    );
     await s3.putObject(bucket, 'images/copy-of-sample.tar', await buildSampleRootfs());
     await s3.putObject(bucket, 'images/hostile.tar', await hostileTar());
-    await s3.putObject(bucket, 'images/concurrent.tar', await buildSampleRootfs({ seed: 'concurrent', payloadBytes: 16 * 1024 ** 2 }));
+    await s3.putObject(
+      bucket,
+      'images/concurrent.tar',
+      await buildSampleRootfs({ seed: 'concurrent', payloadBytes: 16 * 1024 ** 2 }),
+    );
   });
   after(async () => {
     releaseStateDir(stateDir);
@@ -76,24 +89,37 @@ describe('process-image', { skip: needsRoot }, () => {
   });
 
   test('unpacks, snapshots and activates: the device mounts and holds the image', async () => {
-    const r = json<ProcessJson>(await cli('process-image', '--s3-key', 'images/sample.tar', '--json'));
+    const r = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/sample.tar', '--json'),
+    );
     assert.equal(r.outcome, 'complete');
     assert.match(r.devicePath, /^\/dev\/loop\d+$/);
     withMounted(r.devicePath, (root) => {
       assert.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'thinrelay-sample\n');
       assert.equal(readlinkSync(join(root, 'etc/alternatives-hello')), '/usr/bin/hello');
       assert.equal(statSync(join(root, 'usr/bin/su-helper')).mode & 0o7777, 0o4755);
-      assert.equal(statSync(join(root, 'usr/bin/hello')).ino, statSync(join(root, 'usr/bin/hello-again')).ino);
+      assert.equal(
+        statSync(join(root, 'usr/bin/hello')).ino,
+        statSync(join(root, 'usr/bin/hello-again')).ino,
+      );
       assert.equal(statSync(join(root, 'home/app/config.json')).uid, 1000);
     });
     // The operators' check from the README.
-    const dev = execFileSync('sqlite3', [join(stateDir, 'images.db'), 'SELECT device_path FROM snapshots LIMIT 1'], { encoding: 'utf8' }).trim();
+    const dev = execFileSync(
+      'sqlite3',
+      [join(stateDir, 'images.db'), 'SELECT device_path FROM snapshots LIMIT 1'],
+      { encoding: 'utf8' },
+    ).trim();
     assert.equal(dev, r.devicePath);
   });
 
   test('a second run is a no-op that reports the same device', async () => {
-    const first = json<ProcessJson>(await cli('process-image', '--s3-key', 'images/sample.tar', '--json'));
-    const again = json<ProcessJson>(await cli('process-image', '--s3-key', 'images/sample.tar', '--json'));
+    const first = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/sample.tar', '--json'),
+    );
+    const again = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/sample.tar', '--json'),
+    );
     assert.equal(again.outcome, 'already-complete');
     assert.equal(again.devicePath, first.devicePath);
     const plain = await cli('process-image', '--s3-key', 'images/sample.tar');
@@ -102,23 +128,37 @@ describe('process-image', { skip: needsRoot }, () => {
   });
 
   test('gzip is detected by content, not by name', async () => {
-    const r = json<ProcessJson>(await cli('process-image', '--s3-key', 'images/sample.tar.gz', '--json'));
-    withMounted(r.devicePath, (root) => assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="gz"/));
-    const show = json<{ steps: { name: string; detail: { compression?: string } | null }[] }>(await cli('show', 'images/sample.tar.gz', '--json'));
+    const r = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/sample.tar.gz', '--json'),
+    );
+    withMounted(r.devicePath, (root) =>
+      assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="gz"/),
+    );
+    const show = json<{ steps: { name: string; detail: { compression?: string } | null }[] }>(
+      await cli('show', 'images/sample.tar.gz', '--json'),
+    );
     assert.equal(show.steps.find((s) => s.name === 'unpack')?.detail?.compression, 'gzip');
   });
 
   test('two keys with identical bytes share one volume', async () => {
-    const a = json<ProcessJson>(await cli('process-image', '--s3-key', 'images/sample.tar', '--json'));
-    const b = json<ProcessJson>(await cli('process-image', '--s3-key', 'images/copy-of-sample.tar', '--json'));
+    const a = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/sample.tar', '--json'),
+    );
+    const b = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/copy-of-sample.tar', '--json'),
+    );
     assert.equal(a.sha256, b.sha256);
     const store = StateStore.open(stateDir, { readonly: true });
     try {
       const volumes = store.db
-        .prepare(`SELECT b.volume_id AS v FROM image_blobs ib JOIN blobs b ON b.id = ib.blob_id WHERE ib.image_id IN (?, ?)`)
+        .prepare(
+          `SELECT b.volume_id AS v FROM image_blobs ib JOIN blobs b ON b.id = ib.blob_id WHERE ib.image_id IN (?, ?)`,
+        )
         .all(a.imageId, b.imageId) as { v: number }[];
       assert.equal(new Set(volumes.map((x) => x.v)).size, 1);
-      const ready = store.db.prepare(`SELECT count(*) AS n FROM blobs WHERE sha256 = ? AND status = 'ready'`).get(a.sha256) as { n: number };
+      const ready = store.db
+        .prepare(`SELECT count(*) AS n FROM blobs WHERE sha256 = ? AND status = 'ready'`)
+        .get(a.sha256) as { n: number };
       assert.equal(ready.n, 1);
     } finally {
       store.close();
@@ -131,16 +171,28 @@ describe('process-image', { skip: needsRoot }, () => {
     const r = await cli('process-image', '--s3-key', 'images/hostile.tar');
     assert.equal(r.code, 1, r.stderr);
     const lastLine = r.stderr.trim().split('\n').pop() ?? '';
-    assert.match(lastLine, /^thinrelay: process-image images\/hostile\.tar: \[ARCHIVE_PATH_ESCAPE\]/);
+    assert.match(
+      lastLine,
+      /^thinrelay: process-image images\/hostile\.tar: \[ARCHIVE_PATH_ESCAPE\]/,
+    );
     assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
     assert.deepEqual(hostInventory(stateDir).loops, before.loops);
     assert.deepEqual(hostInventory(stateDir).mounts, []);
     assert.deepEqual(hostInventory(stateDir).poolFiles, before.poolFiles);
     const failed = json<{ key: string; error_code: string }[]>(await cli('failed', '--json'));
-    assert.deepEqual(failed.map((f) => [f.key, f.error_code]), [['images/hostile.tar', 'ARCHIVE_PATH_ESCAPE']]);
-    const show = json<{ job: { status: string }; steps: { name: string; status: string; error_code: string | null }[] }>(await cli('show', 'images/hostile.tar', '--json'));
+    assert.deepEqual(
+      failed.map((f) => [f.key, f.error_code]),
+      [['images/hostile.tar', 'ARCHIVE_PATH_ESCAPE']],
+    );
+    const show = json<{
+      job: { status: string };
+      steps: { name: string; status: string; error_code: string | null }[];
+    }>(await cli('show', 'images/hostile.tar', '--json'));
     assert.equal(show.job.status, 'failed');
-    assert.deepEqual(show.steps.map((s) => s.status), ['complete', 'failed', 'pending', 'pending', 'pending']);
+    assert.deepEqual(
+      show.steps.map((s) => s.status),
+      ['complete', 'failed', 'pending', 'pending', 'pending'],
+    );
     // And the next image processes normally.
     assert.equal((await cli('process-image', '--s3-key', 'images/sample.tar')).code, 0);
   });
@@ -154,11 +206,21 @@ describe('process-image', { skip: needsRoot }, () => {
     const kept = store.objects.listByState(['kept']);
     store.close();
     assert.equal(kept.length, 1);
-    assert.ok(hostInventory(stateDir).poolFiles.includes(`vol-${String(kept[0]!.id).padStart(8, '0')}.img`));
+    assert.ok(
+      hostInventory(stateDir).poolFiles.includes(`vol-${String(kept[0]!.id).padStart(8, '0')}.img`),
+    );
     assert.deepEqual(hostInventory(stateDir).mounts, []);
     const gc = json<{ actions: { object: string; action: string }[] }>(await cli('gc', '--json'));
-    assert.ok(gc.actions.some((a) => a.action === 'removed' && a.object === `vol-${String(kept[0]!.id).padStart(8, '0')}`));
-    assert.ok(!hostInventory(stateDir).poolFiles.includes(`vol-${String(kept[0]!.id).padStart(8, '0')}.img`));
+    assert.ok(
+      gc.actions.some(
+        (a) => a.action === 'removed' && a.object === `vol-${String(kept[0]!.id).padStart(8, '0')}`,
+      ),
+    );
+    assert.ok(
+      !hostInventory(stateDir).poolFiles.includes(
+        `vol-${String(kept[0]!.id).padStart(8, '0')}.img`,
+      ),
+    );
   });
 
   test('exit codes: usage 2, missing object 1 with its reason, not-found image 2', async () => {
@@ -170,7 +232,10 @@ describe('process-image', { skip: needsRoot }, () => {
     const missing = await cli('process-image', '--s3-key', 'images/nope.tar');
     assert.equal(missing.code, 1);
     assert.match(missing.stderr, /\[OBJECT_NOT_FOUND\]/);
-    const noBucket = await runCli(['process-image', '--s3-key', 'x'], { ...env, THINRELAY_BUCKET: '' as string });
+    const noBucket = await runCli(['process-image', '--s3-key', 'x'], {
+      ...env,
+      THINRELAY_BUCKET: '',
+    });
     assert.ok(noBucket.code === 2 || noBucket.code === 1);
     const show = await cli('show', 'no/such/key');
     assert.equal(show.code, 2);
@@ -178,20 +243,28 @@ describe('process-image', { skip: needsRoot }, () => {
   });
 
   test('three concurrent runs of one image: one job, one volume, one unpack', async () => {
-    const runs = await Promise.all([1, 2, 3].map(() => cli('process-image', '--s3-key', 'images/concurrent.tar', '--json')));
+    const runs = await Promise.all(
+      [1, 2, 3].map(() => cli('process-image', '--s3-key', 'images/concurrent.tar', '--json')),
+    );
     const results = runs.map((r) => json<ProcessJson>(r));
     assert.equal(new Set(results.map((r) => r.devicePath)).size, 1);
     assert.equal(results.filter((r) => r.outcome === 'complete').length, 1);
     const store = StateStore.open(stateDir, { readonly: true });
     try {
       const image = store.images.latestByKey('images/concurrent.tar')!;
-      const jobs = store.db.prepare(`SELECT count(*) AS n FROM jobs WHERE image_id = ?`).get(image.id) as { n: number };
+      const jobs = store.db
+        .prepare(`SELECT count(*) AS n FROM jobs WHERE image_id = ?`)
+        .get(image.id) as { n: number };
       assert.equal(jobs.n, 1);
       const volumes = store.db
-        .prepare(`SELECT count(*) AS n FROM storage_objects o JOIN jobs j ON j.id = o.job_id WHERE j.image_id = ? AND o.kind = 'volume'`)
+        .prepare(
+          `SELECT count(*) AS n FROM storage_objects o JOIN jobs j ON j.id = o.job_id WHERE j.image_id = ? AND o.kind = 'volume'`,
+        )
         .get(image.id) as { n: number };
       assert.equal(volumes.n, 1);
-      const unpacks = store.jobs.steps(store.jobs.latestForImage(image.id)!.id).find((s) => s.name === 'unpack')!;
+      const unpacks = store.jobs
+        .steps(store.jobs.latestForImage(image.id)!.id)
+        .find((s) => s.name === 'unpack')!;
       assert.equal(unpacks.attempts, 1);
     } finally {
       store.close();
@@ -199,29 +272,43 @@ describe('process-image', { skip: needsRoot }, () => {
   });
 
   test('activate, deactivate, remove (refused while active unless --force)', async () => {
-    const base = json<ProcessJson>(await cli('process-image', '--s3-key', 'images/sample.tar', '--json'));
-    const act = json<{ snapshotId: number; devicePath: string }>(await cli('activate', String(base.imageId), '--json'));
+    const base = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/sample.tar', '--json'),
+    );
+    const act = json<{ snapshotId: number; devicePath: string }>(
+      await cli('activate', String(base.imageId), '--json'),
+    );
     assert.notEqual(act.devicePath, base.devicePath);
-    withMounted(act.devicePath, (root) => assert.ok(statSync(join(root, 'usr/lib/payload.bin')).size > 0));
-    const deact = json<{ state: string }>(await cli('deactivate', String(act.snapshotId), '--json'));
+    withMounted(act.devicePath, (root) =>
+      assert.ok(statSync(join(root, 'usr/lib/payload.bin')).size > 0),
+    );
+    const deact = json<{ state: string }>(
+      await cli('deactivate', String(act.snapshotId), '--json'),
+    );
     assert.equal(deact.state, 'inactive');
     const refused = await cli('remove', 'images/copy-of-sample.tar');
     assert.equal(refused.code, 2);
     assert.match(refused.stderr, /\[IN_USE\]/);
-    const removed = json<{ status: string }>(await cli('remove', 'images/copy-of-sample.tar', '--force', '--json'));
+    const removed = json<{ status: string }>(
+      await cli('remove', 'images/copy-of-sample.tar', '--force', '--json'),
+    );
     assert.equal(removed.status, 'removed');
     // The shared content stays: images/sample.tar still uses it.
     withMounted(base.devicePath, (root) => assert.ok(readFileSync(join(root, 'etc/hostname'))));
   });
 
   test('doctor passes on this host; state backup writes a copy', async () => {
-    const doc = json<{ ok: boolean; checks: { name: string; ok: boolean }[] }>(await cli('doctor', '--json'));
+    const doc = json<{ ok: boolean; checks: { name: string; ok: boolean }[] }>(
+      await cli('doctor', '--json'),
+    );
     assert.equal(doc.ok, true, JSON.stringify(doc.checks.filter((c) => !c.ok)));
     const backupDir = mkdtempSync(join(tmpdir(), 'thinrelay-backup-'));
     mkdirSync(backupDir, { recursive: true });
     const file = join(backupDir, 'images.db');
     assert.equal((await cli('state', 'backup', file)).code, 0);
-    const n = execFileSync('sqlite3', [file, 'SELECT count(*) FROM images'], { encoding: 'utf8' }).trim();
+    const n = execFileSync('sqlite3', [file, 'SELECT count(*) FROM images'], {
+      encoding: 'utf8',
+    }).trim();
     assert.ok(Number(n) > 0);
   });
 
@@ -230,9 +317,15 @@ describe('process-image', { skip: needsRoot }, () => {
     assert.deepEqual(inv.mounts, []);
     const store = StateStore.open(stateDir, { readonly: true });
     try {
-      const active = store.snapshots.list().map((s) => s.device_path).sort();
+      const active = store.snapshots
+        .list()
+        .map((s) => s.device_path)
+        .sort();
       assert.deepEqual(inv.loops.map((l) => l.device).sort(), active);
-      const live = store.objects.listLive().map((o) => `${o.kind === 'volume' ? 'vol' : 'snap'}-${String(o.id).padStart(8, '0')}.img`).sort();
+      const live = store.objects
+        .listLive()
+        .map((o) => `${o.kind === 'volume' ? 'vol' : 'snap'}-${String(o.id).padStart(8, '0')}.img`)
+        .sort();
       assert.deepEqual(inv.poolFiles, live);
     } finally {
       store.close();

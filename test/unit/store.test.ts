@@ -54,9 +54,12 @@ test('every job transition bumps the serial; invalid transitions are refused', (
   const steps = store.jobs.steps(job.id);
   assert.equal(steps[0]?.status, 'complete');
   assert.equal(steps[0]?.attempts, 1);
-  assert.equal(JSON.parse(steps[0]!.detail!).x, 1);
+  assert.deepEqual(JSON.parse(steps[0]?.detail ?? 'null'), { x: 1 });
   assert.ok(steps[0]?.started_at !== null && steps[0]?.ended_at !== null);
-  assert.throws(() => store.jobs.setStep(job.id, 0, 'running'), /invalid step transition complete → running/);
+  assert.throws(
+    () => store.jobs.setStep(job.id, 0, 'running'),
+    /invalid step transition complete → running/,
+  );
   store.jobs.setStatus(job.id, 'complete');
   assert.throws(() => store.jobs.setStatus(job.id, 'downloading'), /invalid job transition/);
 });
@@ -65,18 +68,30 @@ test('at most one open job per image', (t) => {
   const { store } = tempStore(t);
   const image = store.images.upsert(ref);
   store.jobs.create(image.id, currentOwner(), ['one']);
-  assert.throws(() => store.jobs.create(image.id, currentOwner(), ['one']), /UNIQUE constraint failed/);
+  assert.throws(
+    () => store.jobs.create(image.id, currentOwner(), ['one']),
+    /UNIQUE constraint failed/,
+  );
 });
 
 test('storage object intents: ids never reused, transitions checked, claim is compare-and-swap', (t) => {
   const { store } = tempStore(t);
-  const a = store.objects.createIntent({ kind: 'volume', backend: 'loop', sizeBytes: 1 }, 'dead:1:x');
+  const a = store.objects.createIntent(
+    { kind: 'volume', backend: 'loop', sizeBytes: 1 },
+    'dead:1:x',
+  );
   store.objects.transition(a.id, 'removing');
   store.objects.transition(a.id, 'removed');
   store.db.prepare('DELETE FROM storage_objects WHERE id = ?').run(a.id);
-  const b = store.objects.createIntent({ kind: 'volume', backend: 'loop', sizeBytes: 1 }, 'dead:1:x');
+  const b = store.objects.createIntent(
+    { kind: 'volume', backend: 'loop', sizeBytes: 1 },
+    'dead:1:x',
+  );
   assert.ok(b.id > a.id, 'AUTOINCREMENT never hands out an id twice');
-  assert.throws(() => store.objects.transition(b.id, 'active'), /invalid storage object transition creating → active/);
+  assert.throws(
+    () => store.objects.transition(b.id, 'active'),
+    /invalid storage object transition creating → active/,
+  );
   assert.equal(store.objects.claim(b.id, 'dead:1:x', 'me:1:x'), true);
   assert.equal(store.objects.claim(b.id, 'dead:1:x', 'other:1:x'), false);
 });

@@ -39,22 +39,25 @@ export const globalUsage = `Global options:
   -h, --help        this help`;
 
 function stderrLogger(): Logger {
-  const level = (process.env.THINRELAY_LOG_LEVEL as LogLevel | undefined) ?? (process.stderr.isTTY ? 'warn' : 'info');
+  const level =
+    (process.env.THINRELAY_LOG_LEVEL as LogLevel | undefined) ??
+    (process.stderr.isTTY ? 'warn' : 'info');
   if (process.stderr.isTTY) {
     // People at a terminal get short lines, not JSON.
-    return createLogger(
-      (line) => {
-        const { level: lvl, msg, time: _t, ...rest } = JSON.parse(line) as Record<string, unknown>;
-        const extra = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
-        process.stderr.write(`${String(lvl)}: ${String(msg)} ${extra.join(' ')}\n`);
-      },
-      level,
-    );
+    return createLogger((line) => {
+      const { level: lvl, msg, ...fields } = JSON.parse(line) as Record<string, unknown>;
+      const rest = Object.entries(fields).filter(([k]) => k !== 'time');
+      const extra = rest.map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
+      process.stderr.write(`${String(lvl)}: ${String(msg)} ${extra.join(' ')}\n`);
+    }, level);
   }
   return createLogger((line) => process.stderr.write(line + '\n'), level);
 }
 
-export function makeContext(values: CommandContext['values'], positionals: string[]): CommandContext & { close(): void } {
+export function makeContext(
+  values: CommandContext['values'],
+  positionals: string[],
+): CommandContext & { close(): void } {
   let config: AgentConfig | undefined;
   const opened: Runtime[] = [];
   const logger = stderrLogger();

@@ -42,8 +42,8 @@ function mainHelp(): string {
     '',
     globalUsage,
     '',
-    'S3 access is the AWS SDK\'s own: credentials chain, AWS_REGION, AWS_ENDPOINT_URL_S3.',
-    'Run `thinrelay COMMAND --help` for a command\'s options.',
+    "S3 access is the AWS SDK's own: credentials chain, AWS_REGION, AWS_ENDPOINT_URL_S3.",
+    "Run `thinrelay COMMAND --help` for a command's options.",
   ].join('\n');
 }
 
@@ -63,7 +63,12 @@ export async function main(argv: string[]): Promise<number> {
   }
   const command = commands.find((c) => c.name === name);
   if (command === undefined) {
-    process.stderr.write(formatError('usage', new UsageError('USAGE', `unknown command "${name}"`, 'see `thinrelay --help`')) + '\n');
+    process.stderr.write(
+      formatError(
+        'usage',
+        new UsageError('USAGE', `unknown command "${name}"`, 'see `thinrelay --help`'),
+      ) + '\n',
+    );
     return ExitCode.usage;
   }
   let ctx: ReturnType<typeof makeContext> | undefined;
@@ -81,13 +86,22 @@ export async function main(argv: string[]): Promise<number> {
     ctx = makeContext(values as Record<string, string | boolean | undefined>, positionals);
     return await command.run(ctx);
   } catch (err) {
-    const what = command.name === 'process-image' && ctx !== undefined ? `process-image ${String(ctx.values['s3-key'] ?? '')}` : command.name;
+    const what =
+      command.name === 'process-image' && ctx !== undefined
+        ? `process-image ${String(ctx.values['s3-key'] ?? '')}`
+        : command.name;
     if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
-      process.stderr.write(formatError(what, new UsageError('USAGE', (err as Error).message, `usage: ${command.usage}`)) + '\n');
+      process.stderr.write(
+        formatError(
+          what,
+          new UsageError('USAGE', (err as Error).message, `usage: ${command.usage}`),
+        ) + '\n',
+      );
       return ExitCode.usage;
     }
     process.stderr.write(formatError(what, err) + '\n');
-    if (process.env.THINRELAY_DEBUG === '1' && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+    if (process.env.THINRELAY_DEBUG === '1' && err instanceof Error)
+      process.stderr.write(`${err.stack}\n`);
     return isThinrelayError(err) ? err.exitCode : ExitCode.imageFailed;
   } finally {
     ctx?.close();

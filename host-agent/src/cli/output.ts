@@ -5,11 +5,25 @@ export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n');
 }
 
-export function printTable(headers: readonly string[], rows: readonly (readonly unknown[])[]): void {
-  const cells = rows.map((r) => r.map((c) => (c === null || c === undefined ? '-' : String(c))));
+export function printTable(
+  headers: readonly string[],
+  rows: readonly (readonly unknown[])[],
+): void {
+  const cells = rows.map((r) =>
+    r.map((c) =>
+      c === null || c === undefined
+        ? '-'
+        : typeof c === 'object'
+          ? JSON.stringify(c)
+          : String(c as string | number | boolean),
+    ),
+  );
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i]?.length ?? 0)));
   const line = (r: readonly string[]): string =>
-    r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd();
+    r
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
   const out = [line(headers), ...cells.map(line)];
   process.stdout.write(out.join('\n') + '\n');
 }

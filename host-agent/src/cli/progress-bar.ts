@@ -20,7 +20,8 @@ function line(phase: ProgressPhase, s: PhaseState, now: number): string {
   const width = 24;
   const frac = s.total ? Math.min(1, s.done / s.total) : 0;
   const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.');
-  const eta = s.total && rate > 0 ? `ETA ${Math.max(0, (s.total - s.done) / rate).toFixed(0)}s` : '';
+  const eta =
+    s.total && rate > 0 ? `ETA ${Math.max(0, (s.total - s.done) / rate).toFixed(0)}s` : '';
   const total = s.total === null ? '' : ` / ${formatBytes(s.total)}`;
   return `${phase.padEnd(8)} [${bar}] ${formatBytes(s.done)}${total}  ${formatBytes(rate)}/s  ${eta}`;
 }
@@ -33,7 +34,9 @@ export function ttyProgress(stream: NodeJS.WriteStream): ProgressSink {
     const states = [...phases.entries()];
     if (!force && states.every(([, s]) => now - s.lastDrawn < 100)) return;
     const up = drawnLines > 0 ? `\x1b[${drawnLines}A` : '';
-    const text = states.map(([p, s]) => ((s.lastDrawn = now), `\x1b[2K${line(p, s, now)}`)).join('\n');
+    const text = states
+      .map(([p, s]) => ((s.lastDrawn = now), `\x1b[2K${line(p, s, now)}`))
+      .join('\n');
     stream.write(`${up}\r${text}\n`);
     drawnLines = states.length;
   };
@@ -60,7 +63,12 @@ export function logProgress(logger: Logger): ProgressSink {
   const phases = new Map<ProgressPhase, PhaseState>();
   const emit = (phase: ProgressPhase, s: PhaseState, final: boolean): void => {
     const secs = Math.max((Date.now() - s.startedAt) / 1000, 0.001);
-    logger.info(final ? 'progress done' : 'progress', { phase, bytes: s.done, totalBytes: s.total, bytesPerSecond: Math.round(s.done / secs) });
+    logger.info(final ? 'progress done' : 'progress', {
+      phase,
+      bytes: s.done,
+      totalBytes: s.total,
+      bytesPerSecond: Math.round(s.done / secs),
+    });
   };
   return {
     start(phase, total) {

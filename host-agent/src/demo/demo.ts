@@ -23,7 +23,11 @@ function say(step: string, text: string): void {
   process.stdout.write(`\n\x1b[1m[${step}]\x1b[0m ${text}\n`);
 }
 
-function thinrelay(args: string[], env: NodeJS.ProcessEnv, capture = false): Promise<{ code: number | null; stdout: string }> {
+function thinrelay(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  capture = false,
+): Promise<{ code: number | null; stdout: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [cli, ...args], {
       env,
@@ -46,7 +50,9 @@ function listTree(root: string): string[] {
       const kind = st.isDirectory() ? 'd' : st.isSymbolicLink() ? 'l' : '-';
       const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
       const target = st.isSymbolicLink() ? ` -> ${readlinkSync(path)}` : '';
-      lines.push(`  ${kind}${mode} ${String(st.uid).padStart(4)}:${String(st.gid).padEnd(4)} ${String(st.size).padStart(9)}  ${rel}${target}`);
+      lines.push(
+        `  ${kind}${mode} ${String(st.uid).padStart(4)}:${String(st.gid).padEnd(4)} ${String(st.size).padStart(9)}  ${rel}${target}`,
+      );
       if (st.isDirectory() && name !== 'lost+found') walk(path);
     }
   };
@@ -56,17 +62,27 @@ function listTree(root: string): string[] {
 
 async function main(): Promise<number> {
   if (process.getuid?.() !== 0) {
-    process.stderr.write('thinrelay demo: needs root (loop devices, mkfs, mounts) — run: sudo npm run demo\n');
+    process.stderr.write(
+      'thinrelay demo: needs root (loop devices, mkfs, mounts) — run: sudo npm run demo\n',
+    );
     return 3;
   }
   const work = mkdtempSync(join(tmpdir(), 'thinrelay-demo-'));
   const stateDir = join(work, 'state');
-  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory: join(work, 's3') });
+  const server = new S3rver({
+    address: '127.0.0.1',
+    port: 0,
+    silent: true,
+    directory: join(work, 's3'),
+  });
   let cleaned = false;
   const cleanup = async (): Promise<void> => {
     if (cleaned) return;
     cleaned = true;
-    say('5/5', 'cleaning up: remove --force, gc, pool destroy, emulator stopped, temp files deleted');
+    say(
+      '5/5',
+      'cleaning up: remove --force, gc, pool destroy, emulator stopped, temp files deleted',
+    );
     await thinrelay(['pool', 'destroy', '--force'], env);
     await server.close();
     rmSync(work, { recursive: true, force: true });
@@ -88,12 +104,24 @@ async function main(): Promise<number> {
   };
   try {
     say('1/5', `embedded S3 emulator (s3rver) on ${endpoint}; state dir ${stateDir}`);
-    const s3 = createS3Client({ endpoint, forcePathStyle: true, region: 'us-east-1', credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } });
+    const s3 = createS3Client({
+      endpoint,
+      forcePathStyle: true,
+      region: 'us-east-1',
+      credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' },
+    });
     await s3.send(new CreateBucketCommand({ Bucket: bucket }));
-    const image = await buildSampleRootfs({ gzip: true, payloadBytes: 32 * 1024 ** 2, seed: 'demo' });
+    const image = await buildSampleRootfs({
+      gzip: true,
+      payloadBytes: 32 * 1024 ** 2,
+      seed: 'demo',
+    });
     await s3.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: image }));
     s3.destroy();
-    say('2/5', `uploaded a generated sample rootfs (${(image.length / 1024 ** 2).toFixed(1)} MiB, gzip) to s3://${bucket}/${key}`);
+    say(
+      '2/5',
+      `uploaded a generated sample rootfs (${(image.length / 1024 ** 2).toFixed(1)} MiB, gzip) to s3://${bucket}/${key}`,
+    );
 
     say('3/5', `thinrelay process-image --s3-key ${key}`);
     const t0 = performance.now();
@@ -103,7 +131,9 @@ async function main(): Promise<number> {
     process.stdout.write(`  → ${device}  (${((performance.now() - t0) / 1000).toFixed(2)} s)\n`);
     const t1 = performance.now();
     await thinrelay(['process-image', '--s3-key', key], env, true);
-    process.stdout.write(`  again (idempotent): same device, ${(performance.now() - t1).toFixed(0)} ms\n\n`);
+    process.stdout.write(
+      `  again (idempotent): same device, ${(performance.now() - t1).toFixed(0)} ms\n\n`,
+    );
     await thinrelay(['show', key], env);
 
     say('4/5', `files in the activated snapshot ${device} (mounted read-only):`);

@@ -36,7 +36,18 @@ export async function buildSampleRootfs(opts: SampleRootfsOptions = {}): Promise
   const file = (name: string, body: string | Buffer, mode = 0o644, uid = 0, gid = 0): void => {
     p.entry({ name, type: 'file', mode, mtime, uid, gid }, body);
   };
-  for (const d of ['bin', 'etc', 'usr', 'usr/bin', 'usr/lib', 'var', 'var/empty', 'home', 'home/app']) dir(d);
+  for (const d of [
+    'bin',
+    'etc',
+    'usr',
+    'usr/bin',
+    'usr/lib',
+    'var',
+    'var/empty',
+    'home',
+    'home/app',
+  ])
+    dir(d);
   p.entry({ name: 'tmp', type: 'directory', mode: 0o1777, mtime, uid: 0, gid: 0 });
   file('etc/hostname', 'thinrelay-sample\n');
   file('etc/os-release', `NAME="thinrelay sample"\nID=thinrelay\nVERSION_ID="${seed}"\n`);
@@ -45,8 +56,20 @@ export async function buildSampleRootfs(opts: SampleRootfsOptions = {}): Promise
   file('home/app/config.json', '{"app":"demo"}\n', 0o640, 1000, 1000);
   file('usr/lib/payload.bin', payload(opts.payloadBytes ?? 4 * 1024 * 1024, seed));
   p.entry({ name: 'bin/hello', type: 'symlink', linkname: '../usr/bin/hello', mtime, mode: 0o777 });
-  p.entry({ name: 'etc/alternatives-hello', type: 'symlink', linkname: '/usr/bin/hello', mtime, mode: 0o777 });
-  p.entry({ name: 'usr/bin/hello-again', type: 'link', linkname: 'usr/bin/hello', mtime, mode: 0o755 });
+  p.entry({
+    name: 'etc/alternatives-hello',
+    type: 'symlink',
+    linkname: '/usr/bin/hello',
+    mtime,
+    mode: 0o777,
+  });
+  p.entry({
+    name: 'usr/bin/hello-again',
+    type: 'link',
+    linkname: 'usr/bin/hello',
+    mtime,
+    mode: 0o755,
+  });
   p.finalize();
   const chunks: Buffer[] = [];
   for await (const c of p) chunks.push(c as Buffer);

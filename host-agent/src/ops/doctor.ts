@@ -11,7 +11,11 @@ export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> 
   const checks: ReadinessCheck[] = [];
   let backendChecks: ReadinessCheck[] = [];
   try {
-    const backend = createBackend({ backend: config.backend, stateDir: config.stateDir, reserveBytes: config.reserveBytes });
+    const backend = createBackend({
+      backend: config.backend,
+      stateDir: config.stateDir,
+      reserveBytes: config.reserveBytes,
+    });
     backendChecks = await backend.checkReadiness();
     const pool = await backend.poolStatus();
     backendChecks.push({
@@ -21,7 +25,12 @@ export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> 
       hint: 'thinrelay pool create',
     });
   } catch (err) {
-    backendChecks.push({ name: `${config.backend} backend`, ok: false, detail: errorMessage(err), hint: 'check --backend' });
+    backendChecks.push({
+      name: `${config.backend} backend`,
+      ok: false,
+      detail: errorMessage(err),
+      hint: 'check --backend',
+    });
   }
   checks.push(...backendChecks);
   checks.push(freeSpaceCheck(config));
@@ -44,7 +53,11 @@ function freeSpaceCheck(config: AgentConfig): ReadinessCheck {
 function databaseCheck(config: AgentConfig): ReadinessCheck {
   const path = databasePath(config.stateDir);
   if (!existsSync(path)) {
-    return { name: 'state database', ok: true, detail: `${path} does not exist yet (created on first use)` };
+    return {
+      name: 'state database',
+      ok: true,
+      detail: `${path} does not exist yet (created on first use)`,
+    };
   }
   try {
     const store = StateStore.open(config.stateDir, { readonly: true });
@@ -53,13 +66,21 @@ function databaseCheck(config: AgentConfig): ReadinessCheck {
       return {
         name: 'state database',
         ok: problems.length === 0,
-        detail: problems.length === 0 ? `${path}: integrity_check ok` : `${path}: ${problems.slice(0, 3).join('; ')}`,
-        hint: 'restore from `thinrelay state backup`, or move the file aside and let thinrelay gc rebuild',
+        detail:
+          problems.length === 0
+            ? `${path}: integrity_check ok`
+            : `${path}: ${problems.slice(0, 3).join('; ')}`,
+        hint: 'stop thinrelay, then restore the newest `thinrelay state backup` copy to this path',
       };
     } finally {
       store.close();
     }
   } catch (err) {
-    return { name: 'state database', ok: false, detail: errorMessage(err), hint: 'check permissions on the state dir' };
+    return {
+      name: 'state database',
+      ok: false,
+      detail: errorMessage(err),
+      hint: 'check permissions on the state dir',
+    };
   }
 }

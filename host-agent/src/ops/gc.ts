@@ -11,7 +11,11 @@ export async function collectGarbage(deps: PipelineDeps): Promise<ReconcileActio
   const { store, objects } = deps;
   for (const row of store.objects.listByState(['kept'])) {
     await objects.remove(row);
-    actions.push({ object: objectName(row.kind, row.id), action: 'removed', reason: 'failed volume kept for inspection' });
+    actions.push({
+      object: objectName(row.kind, row.id),
+      action: 'removed',
+      reason: 'failed volume kept for inspection',
+    });
   }
   for (const row of store.objects.listByState(['sealed'])) {
     const blob = store.blobs.byVolume(row.id);
@@ -20,7 +24,11 @@ export async function collectGarbage(deps: PipelineDeps): Promise<ReconcileActio
     if (!unused || store.objects.childrenOf(row.id).length > 0) continue;
     if (blob !== undefined) store.blobs.setStatus(blob.id, 'removed');
     await objects.remove(row);
-    actions.push({ object: objectName(row.kind, row.id), action: 'removed', reason: 'content no image uses' });
+    actions.push({
+      object: objectName(row.kind, row.id),
+      action: 'removed',
+      reason: 'content no image uses',
+    });
   }
   return actions;
 }

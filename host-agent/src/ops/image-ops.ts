@@ -10,7 +10,9 @@ import type { StorageObjectRow } from '../store/objects.js';
 
 /** IMAGE is an image id or an S3 key (newest image with that key). */
 export function findImage(deps: Pick<PipelineDeps, 'store'>, ref: string): ImageRow {
-  const image = /^\d+$/.test(ref) ? deps.store.images.get(Number(ref)) : deps.store.images.latestByKey(ref);
+  const image = /^\d+$/.test(ref)
+    ? deps.store.images.get(Number(ref))
+    : deps.store.images.latestByKey(ref);
   if (image === undefined || image.status === 'removed') {
     throw new UsageError('NOT_FOUND', `no image "${ref}" on this host`, 'see `thinrelay images`');
   }
@@ -25,16 +27,27 @@ export function findSnapshot(deps: Pick<PipelineDeps, 'store'>, ref: string): St
   const id = byDevice?.object_id ?? (m === null ? undefined : Number(m[1]));
   const row = id === undefined ? undefined : store.objects.get(id);
   if (row === undefined || row.kind !== 'snapshot' || row.state === 'removed') {
-    throw new UsageError('NOT_FOUND', `no snapshot "${ref}" on this host`, 'see `thinrelay snapshots`');
+    throw new UsageError(
+      'NOT_FOUND',
+      `no snapshot "${ref}" on this host`,
+      'see `thinrelay snapshots`',
+    );
   }
   return row;
 }
 
 /** A new writable snapshot of a ready image, activated. */
-export async function activateImage(deps: PipelineDeps, ref: string): Promise<{ snapshot: StorageObjectRow; devicePath: string }> {
+export async function activateImage(
+  deps: PipelineDeps,
+  ref: string,
+): Promise<{ snapshot: StorageObjectRow; devicePath: string }> {
   const image = findImage(deps, ref);
   if (image.status !== 'ready') {
-    throw new UsageError('NOT_FOUND', `image ${image.id} (${image.key}) is ${image.status}, not ready`, 'run `thinrelay process-image` for it first');
+    throw new UsageError(
+      'NOT_FOUND',
+      `image ${image.id} (${image.key}) is ${image.status}, not ready`,
+      'run `thinrelay process-image` for it first',
+    );
   }
   const blob = deps.store.blobs.get(deps.store.images.blobIds(image.id)[0]!)!;
   const volume = deps.store.objects.get(blob.volume_id!)!;
@@ -43,9 +56,13 @@ export async function activateImage(deps: PipelineDeps, ref: string): Promise<{ 
   return { snapshot: deps.store.objects.get(snap.id)!, devicePath };
 }
 
-export async function deactivateSnapshot(deps: PipelineDeps, ref: string): Promise<StorageObjectRow> {
+export async function deactivateSnapshot(
+  deps: PipelineDeps,
+  ref: string,
+): Promise<StorageObjectRow> {
   const snap = findSnapshot(deps, ref);
-  if (snap.state !== 'active') throw new UsageError('NOT_FOUND', `snapshot ${snap.id} is ${snap.state}, not active`);
+  if (snap.state !== 'active')
+    throw new UsageError('NOT_FOUND', `snapshot ${snap.id} is ${snap.state}, not active`);
   await deps.objects.deactivate(snap);
   return deps.store.objects.get(snap.id)!;
 }
@@ -54,16 +71,28 @@ export async function deactivateSnapshot(deps: PipelineDeps, ref: string): Promi
  * Remove an image: its snapshots (refused while any is active, unless
  * force), then its content if no other image shares it.
  */
-export async function removeImage(deps: PipelineDeps, ref: string, opts: { force: boolean }): Promise<{ image: ImageRow; removedObjects: number }> {
+export async function removeImage(
+  deps: PipelineDeps,
+  ref: string,
+  opts: { force: boolean },
+): Promise<{ image: ImageRow; removedObjects: number }> {
   const { store, objects } = deps;
   const image = findImage(deps, ref);
   if (store.jobs.openForImage(image.id) !== undefined && image.status === 'processing') {
-    throw new UsageError('IN_USE', `image ${image.id} (${image.key}) is being processed right now`, 'wait for it to finish');
+    throw new UsageError(
+      'IN_USE',
+      `image ${image.id} (${image.key}) is being processed right now`,
+      'wait for it to finish',
+    );
   }
   const snaps = store.objects.snapshotsOfImage(image.id);
   const active = snaps.filter((s) => s.state === 'active');
   if (active.length > 0 && !opts.force) {
-    throw new UsageError('IN_USE', `image ${image.id} (${image.key}) has ${active.length} active snapshot(s)`, 'deactivate them first, or use --force');
+    throw new UsageError(
+      'IN_USE',
+      `image ${image.id} (${image.key}) has ${active.length} active snapshot(s)`,
+      'deactivate them first, or use --force',
+    );
   }
   let removed = 0;
   for (const s of snaps) {

@@ -4,7 +4,11 @@ import type { StepError } from '../store/jobs.js';
 import type { JobContext } from './context.js';
 
 export function describeFailure(err: unknown, signal: AbortSignal): StepError {
-  if (signal.aborted) return { code: 'INTERRUPTED' satisfies ReasonCode, message: `interrupted: ${errorMessage(signal.reason)}` };
+  if (signal.aborted)
+    return {
+      code: 'INTERRUPTED' satisfies ReasonCode,
+      message: `interrupted: ${errorMessage(signal.reason)}`,
+    };
   if (isThinrelayError(err)) return { code: err.code, message: err.message };
   return { code: 'STORAGE_FAILED' satisfies ReasonCode, message: errorMessage(err) };
 }
@@ -22,11 +26,13 @@ export async function releaseFailedJob(ctx: JobContext): Promise<void> {
     const blob = row.kind === 'volume' ? store.blobs.byVolume(row.id) : undefined;
     if (blob?.status === 'ready') continue;
     try {
-      if (row.kind === 'volume' && ctx.keepOnFailure && row.state !== 'kept') await objects.keep(row);
+      if (row.kind === 'volume' && ctx.keepOnFailure && row.state !== 'kept')
+        await objects.keep(row);
       else if (row.state !== 'kept') await objects.remove(row);
-      if (blob !== undefined && blob.status === 'unpacking') store.blobs.setStatus(blob.id, 'failed');
+      if (blob !== undefined && blob.status === 'unpacking')
+        store.blobs.setStatus(blob.id, 'failed');
     } catch (err) {
-      ctx.logger.error('could not release a failed job\'s storage; reconcile will retry', {
+      ctx.logger.error("could not release a failed job's storage; reconcile will retry", {
         job: job.id,
         object: row.id,
         error: errorMessage(err),

@@ -36,7 +36,10 @@ export interface ProcessResult {
 
 type Claim = { kind: 'mine'; job: JobRow; takeover: boolean } | { kind: 'wait'; job: JobRow };
 
-export async function processImage(deps: PipelineDeps, req: ProcessRequest): Promise<ProcessResult> {
+export async function processImage(
+  deps: PipelineDeps,
+  req: ProcessRequest,
+): Promise<ProcessResult> {
   await reconcile(deps);
   const ref = await headObject(deps.s3(), req.bucket, req.key, {
     maxBlobBytes: deps.config.limits.maxBlobBytes,
@@ -45,7 +48,12 @@ export async function processImage(deps: PipelineDeps, req: ProcessRequest): Pro
   });
   const image = deps.store.images.upsert(ref);
   if (image.status === 'ready') {
-    return { outcome: 'already-complete', jobId: null, image, ...(await ensureActive(deps, image)) };
+    return {
+      outcome: 'already-complete',
+      jobId: null,
+      image,
+      ...(await ensureActive(deps, image)),
+    };
   }
   for (;;) {
     const claim = claimJob(deps, image);
@@ -53,7 +61,12 @@ export async function processImage(deps: PipelineDeps, req: ProcessRequest): Pro
     const finished = await waitForJob(deps, claim.job);
     if (finished.status === 'complete') {
       const done = deps.store.images.get(image.id)!;
-      return { outcome: 'joined', jobId: finished.id, image: done, ...(await ensureActive(deps, done)) };
+      return {
+        outcome: 'joined',
+        jobId: finished.id,
+        image: done,
+        ...(await ensureActive(deps, done)),
+      };
     }
     if (finished.status === 'failed') {
       throw new ImageError(
@@ -72,7 +85,10 @@ async function runClaimed(
   ref: ObjectRef,
 ): Promise<ProcessResult> {
   if (claim.takeover) {
-    deps.logger.warn('taking over an interrupted job', { job: claim.job.id, previousOwner: claim.job.owner });
+    deps.logger.warn('taking over an interrupted job', {
+      job: claim.job.id,
+      previousOwner: claim.job.owner,
+    });
     await reconcile(deps);
   }
   const job = deps.store.jobs.get(claim.job.id)!;
@@ -121,7 +137,8 @@ async function ensureActive(
 ): Promise<{ devicePath: string; snapshotObjectId: number }> {
   const { store, objects } = deps;
   const active = store.snapshots.forImage(image.id)[0];
-  if (active !== undefined) return { devicePath: active.device_path, snapshotObjectId: active.object_id };
+  if (active !== undefined)
+    return { devicePath: active.device_path, snapshotObjectId: active.object_id };
   const inactive = store.objects.snapshotsOfImage(image.id).find((s) => s.state === 'inactive');
   if (inactive !== undefined) {
     return { devicePath: await objects.activate(inactive), snapshotObjectId: inactive.id };

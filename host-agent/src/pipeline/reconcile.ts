@@ -80,19 +80,30 @@ async function reconcileRow(
       const device = attached[0]?.devicePath;
       if (device === undefined || device !== row.device_path || attached.length > 1) {
         const devicePath = await deps.objects.activate(row);
-        act('reactivated', device === undefined ? 'active in the store but not attached (reboot?)' : `attached as ${devicePath}`);
+        act(
+          'reactivated',
+          device === undefined
+            ? 'active in the store but not attached (reboot?)'
+            : `attached as ${devicePath}`,
+        );
       }
       return;
     }
     const mounted = inv.mounted.some((m) => m.name === name);
-    if ((row.state === 'sealed' || row.state === 'inactive' || row.state === 'kept') && (attached.length > 0 || mounted)) {
+    if (
+      (row.state === 'sealed' || row.state === 'inactive' || row.state === 'kept') &&
+      (attached.length > 0 || mounted)
+    ) {
       if (row.kind === 'volume') await deps.objects.backend.seal(deps.objects.spec(row));
       else await deps.objects.backend.deactivate(deps.objects.spec(row));
       act('detached', `${row.state} but attached or mounted`);
     }
     // 'unpacked' volumes are left to their job's seal step, which finishes them.
   } catch (err) {
-    deps.logger.error('reconcile could not fix an object; will retry next start', { object: name, error: errorMessage(err) });
+    deps.logger.error('reconcile could not fix an object; will retry next start', {
+      object: name,
+      error: errorMessage(err),
+    });
     act('failed', errorMessage(err));
   }
 }
@@ -128,7 +139,13 @@ async function releaseOrphans(
       continue;
     }
     // A partial copy being written right now by a live process is not a stray yet.
-    if (row !== undefined && row.state !== 'removed' && row.owner !== deps.owner && isOwnerAlive(row.owner)) continue;
+    if (
+      row !== undefined &&
+      row.state !== 'removed' &&
+      row.owner !== deps.owner &&
+      isOwnerAlive(row.owner)
+    )
+      continue;
     await deps.objects.backend.removeStray(stray.path);
     actions.push({ object: stray.path, action: 'removed', reason: stray.description });
   }

@@ -21,10 +21,12 @@ export async function runJob(ctx: JobContext): Promise<void> {
       throw new Error(`job ${job.id} step ${position} is ${row?.name}, expected ${step.name}`);
     }
     if (row.status === 'complete' || row.status === 'skipped') continue;
-    if (row.status === 'running') ctx.logger.warn('retrying interrupted step', { job: job.id, step: step.name });
+    if (row.status === 'running')
+      ctx.logger.warn('retrying interrupted step', { job: job.id, step: step.name });
 
     store.tx(() => {
-      if (store.jobs.get(job.id)!.status !== step.jobStatus) store.jobs.setStatus(job.id, step.jobStatus);
+      if (store.jobs.get(job.id)!.status !== step.jobStatus)
+        store.jobs.setStatus(job.id, step.jobStatus);
       store.jobs.setStep(job.id, position, 'running');
     });
     ctx.logger.debug('step started', { job: job.id, step: step.name });
@@ -33,17 +35,32 @@ export async function runJob(ctx: JobContext): Promise<void> {
       failpoint(`step:${step.name}:start`);
       const outcome = await step.run(ctx);
       failpoint(`step:${step.name}:end`);
-      store.tx(() => store.jobs.setStep(job.id, position, outcome.status, { detail: outcome.detail }));
-      ctx.logger.info('step done', { job: job.id, step: step.name, status: outcome.status, ...outcome.detail });
+      store.tx(() =>
+        store.jobs.setStep(job.id, position, outcome.status, { detail: outcome.detail }),
+      );
+      ctx.logger.info('step done', {
+        job: job.id,
+        step: step.name,
+        status: outcome.status,
+        ...outcome.detail,
+      });
     } catch (err) {
       const failure = describeFailure(err, ctx.signal);
       await releaseFailedJob(ctx);
       store.tx(() => {
         store.jobs.setStep(job.id, position, 'failed', { error: failure });
         store.jobs.setStatus(job.id, 'failed', failure);
-        store.images.setStatus(image.id, 'failed', { errorCode: failure.code, errorMessage: failure.message });
+        store.images.setStatus(image.id, 'failed', {
+          errorCode: failure.code,
+          errorMessage: failure.message,
+        });
       });
-      ctx.logger.error('image failed', { job: job.id, step: step.name, code: failure.code, error: failure.message });
+      ctx.logger.error('image failed', {
+        job: job.id,
+        step: step.name,
+        code: failure.code,
+        error: failure.message,
+      });
       throw err;
     }
   }

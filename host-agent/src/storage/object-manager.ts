@@ -51,7 +51,13 @@ export class ObjectManager {
   ): Promise<{ volume: StorageObjectRow; mountpoint: string }> {
     const volume = this.store.tx(() => {
       const row = this.store.objects.createIntent(
-        { kind: 'volume', backend: this.backend.name, sizeBytes: o.sizeBytes, jobId: o.jobId, thinId: this.nextThinId() },
+        {
+          kind: 'volume',
+          backend: this.backend.name,
+          sizeBytes: o.sizeBytes,
+          jobId: o.jobId,
+          thinId: this.nextThinId(),
+        },
         this.owner,
       );
       onIntent(row);
@@ -80,10 +86,15 @@ export class ObjectManager {
   async seal(volume: StorageObjectRow): Promise<void> {
     await this.backend.seal(this.spec(volume));
     failpoint('seal:detached');
-    if (volume.state !== 'sealed') this.store.objects.transition(volume.id, 'sealed', { owner: null });
+    if (volume.state !== 'sealed')
+      this.store.objects.transition(volume.id, 'sealed', { owner: null });
   }
 
-  async createSnapshot(o: { volume: StorageObjectRow; imageId: number; jobId: number | null }): Promise<StorageObjectRow> {
+  async createSnapshot(o: {
+    volume: StorageObjectRow;
+    imageId: number;
+    jobId: number | null;
+  }): Promise<StorageObjectRow> {
     const snap = this.store.objects.createIntent(
       {
         kind: 'snapshot',
@@ -103,7 +114,8 @@ export class ObjectManager {
   }
 
   async activate(snap: StorageObjectRow): Promise<string> {
-    if (snap.state === 'inactive') this.store.objects.transition(snap.id, 'activating', { owner: this.owner });
+    if (snap.state === 'inactive')
+      this.store.objects.transition(snap.id, 'activating', { owner: this.owner });
     failpoint('activate:intent');
     const devicePath = await this.backend.activate(this.snapshotSpec(snap));
     failpoint('activate:attached');
@@ -117,7 +129,8 @@ export class ObjectManager {
 
   async deactivate(snap: StorageObjectRow): Promise<void> {
     this.store.tx(() => {
-      if (snap.state !== 'deactivating') this.store.objects.transition(snap.id, 'deactivating', { owner: this.owner });
+      if (snap.state !== 'deactivating')
+        this.store.objects.transition(snap.id, 'deactivating', { owner: this.owner });
       this.store.snapshots.deactivated(snap.id);
     });
     await this.backend.deactivate(this.spec(snap));
@@ -129,12 +142,16 @@ export class ObjectManager {
   async keep(volume: StorageObjectRow): Promise<void> {
     await this.backend.seal(this.spec(volume));
     this.store.objects.transition(volume.id, 'kept', { owner: null });
-    this.logger.warn('kept failed volume for inspection', { object: volume.id, name: this.spec(volume).name });
+    this.logger.warn('kept failed volume for inspection', {
+      object: volume.id,
+      name: this.spec(volume).name,
+    });
   }
 
   async remove(row: StorageObjectRow): Promise<void> {
     this.store.tx(() => {
-      if (row.state !== 'removing') this.store.objects.transition(row.id, 'removing', { owner: this.owner });
+      if (row.state !== 'removing')
+        this.store.objects.transition(row.id, 'removing', { owner: this.owner });
       this.store.snapshots.deactivated(row.id);
     });
     await this.backend.remove(this.spec(row));

@@ -35,8 +35,7 @@ export class BlobRepo {
 
   byVolume(volumeId: number): BlobRow | undefined {
     return this.db.prepare(`SELECT * FROM blobs WHERE volume_id = ?`).get(volumeId) as
-      | BlobRow
-      | undefined;
+      BlobRow | undefined;
   }
 
   readyBySha256(sha256: string): BlobRow | undefined {

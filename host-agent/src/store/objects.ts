@@ -60,8 +60,7 @@ export class ObjectRepo {
 
   get(id: number): StorageObjectRow | undefined {
     return this.db.prepare(`SELECT * FROM storage_objects WHERE id = ?`).get(id) as
-      | StorageObjectRow
-      | undefined;
+      StorageObjectRow | undefined;
   }
 
   /**
@@ -96,9 +95,7 @@ export class ObjectRepo {
    */
   claim(id: number, fromOwner: string | null, toOwner: string): boolean {
     const { changes } = this.db
-      .prepare(
-        `UPDATE storage_objects SET owner = ?, updated_at = ? WHERE id = ? AND owner IS ?`,
-      )
+      .prepare(`UPDATE storage_objects SET owner = ?, updated_at = ? WHERE id = ? AND owner IS ?`)
       .run(toOwner, nowIso(), id, fromOwner);
     return changes === 1;
   }

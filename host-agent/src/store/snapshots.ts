@@ -34,8 +34,7 @@ export class SnapshotRepo {
 
   byObject(objectId: number): SnapshotRow | undefined {
     return this.db.prepare(`SELECT * FROM snapshots WHERE object_id = ?`).get(objectId) as
-      | SnapshotRow
-      | undefined;
+      SnapshotRow | undefined;
   }
 
   forImage(imageId: number): SnapshotRow[] {

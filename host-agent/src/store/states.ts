@@ -5,12 +5,7 @@
  */
 
 export type JobStatus =
-  | 'pending'
-  | 'downloading'
-  | 'unpacking'
-  | 'snapshotting'
-  | 'complete'
-  | 'failed';
+  'pending' | 'downloading' | 'unpacking' | 'snapshotting' | 'complete' | 'failed';
 
 export const jobTransitions: Record<JobStatus, readonly JobStatus[]> = {
   pending: ['downloading', 'unpacking', 'snapshotting', 'complete', 'failed'],

@@ -15,7 +15,10 @@ export class CommandError extends Error {
     readonly stderr: string,
     options?: { cause?: unknown },
   ) {
-    super(`${command} failed${exitCode === undefined ? '' : ` (exit ${exitCode})`}: ${stderr.trim() || 'no output'}`, options);
+    super(
+      `${command} failed${exitCode === undefined ? '' : ` (exit ${exitCode})`}: ${stderr.trim() || 'no output'}`,
+      options,
+    );
     this.name = 'CommandError';
   }
 }
@@ -26,7 +29,11 @@ export interface RunOptions {
   timeoutMs?: number;
 }
 
-export async function run(file: string, args: readonly string[], opts: RunOptions = {}): Promise<string> {
+export async function run(
+  file: string,
+  args: readonly string[],
+  opts: RunOptions = {},
+): Promise<string> {
   const { execa, ExecaError } = await loadExeca();
   try {
     const result = await execa(file, args, {

@@ -22,7 +22,11 @@ export function listMounts(): MountEntry[] {
     const fields = pre?.split(' ') ?? [];
     const [fstype, source] = post?.split(' ') ?? [];
     if (fields[4] === undefined || fstype === undefined || source === undefined) continue;
-    entries.push({ mountpoint: unescapeMountField(fields[4]), source: unescapeMountField(source), fstype });
+    entries.push({
+      mountpoint: unescapeMountField(fields[4]),
+      source: unescapeMountField(source),
+      fstype,
+    });
   }
   return entries;
 }
@@ -31,7 +35,11 @@ export function isMounted(mountpoint: string): boolean {
   return listMounts().some((m) => m.mountpoint === mountpoint);
 }
 
-export async function mountExt4(device: string, mountpoint: string, options: readonly string[]): Promise<void> {
+export async function mountExt4(
+  device: string,
+  mountpoint: string,
+  options: readonly string[],
+): Promise<void> {
   await run('mount', ['-t', 'ext4', '-o', options.join(','), device, mountpoint]);
 }
 

@@ -1,15 +1,42 @@
 /** thinrelay images | snapshots | failed: what this host holds. */
+import { isOwnerAlive } from '../../store/owner.js';
+import type { ImageRow } from '../../store/images.js';
+import type { Runtime } from '../../runtime.js';
 import type { Command, CommandContext } from '../command.js';
 import { formatBytes, printJson, printTable } from '../output.js';
 
+/**
+ * Honest status: an image whose job's owner died is not being processed,
+ * it is interrupted (the next process-image or the daemon resumes it).
+ */
+type ImageView = Omit<ImageRow, 'status'> & { status: ImageRow['status'] | 'interrupted' };
+
+function displayStatus(rt: Runtime, image: ImageRow): ImageView {
+  if (image.status !== 'processing') return image;
+  const job = rt.store.jobs.openForImage(image.id);
+  return job !== undefined && !isOwnerAlive(job.owner)
+    ? { ...image, status: 'interrupted' }
+    : image;
+}
+
 function images(ctx: CommandContext): Promise<number> {
   const rt = ctx.runtime();
-  const rows = rt.store.images.list({ includeRemoved: ctx.values.all === true });
+  const rows = rt.store.images
+    .list({ includeRemoved: ctx.values.all === true })
+    .map((r) => displayStatus(rt, r));
   if (ctx.json) printJson(rows);
   else
     printTable(
       ['ID', 'STATUS', 'KEY', 'SIZE', 'SHA256', 'UPDATED', 'ERROR'],
-      rows.map((r) => [r.id, r.status, r.key, formatBytes(r.size), r.sha256?.slice(0, 12), r.updated_at, r.error_code]),
+      rows.map((r) => [
+        r.id,
+        r.status,
+        r.key,
+        formatBytes(r.size),
+        r.sha256?.slice(0, 12),
+        r.updated_at,
+        r.error_code,
+      ]),
     );
   return Promise.resolve(0);
 }
@@ -34,7 +61,11 @@ function snapshots(ctx: CommandContext): Promise<number> {
       };
     });
   if (ctx.json) printJson(rows);
-  else printTable(['ID', 'STATE', 'DEVICE', 'IMAGE', 'KEY', 'CREATED'], rows.map((r) => [r.id, r.state, r.devicePath, r.imageId, r.key, r.createdAt]));
+  else
+    printTable(
+      ['ID', 'STATE', 'DEVICE', 'IMAGE', 'KEY', 'CREATED'],
+      rows.map((r) => [r.id, r.state, r.devicePath, r.imageId, r.key, r.createdAt]),
+    );
   return Promise.resolve(0);
 }
 
@@ -42,7 +73,11 @@ function failed(ctx: CommandContext): Promise<number> {
   const rt = ctx.runtime();
   const rows = rt.store.images.listFailed();
   if (ctx.json) printJson(rows);
-  else printTable(['ID', 'KEY', 'CODE', 'MESSAGE', 'WHEN'], rows.map((r) => [r.id, r.key, r.error_code, r.error_message, r.updated_at]));
+  else
+    printTable(
+      ['ID', 'KEY', 'CODE', 'MESSAGE', 'WHEN'],
+      rows.map((r) => [r.id, r.key, r.error_code, r.error_message, r.updated_at]),
+    );
   return Promise.resolve(0);
 }
 

@@ -10,7 +10,11 @@ async function gc(ctx: CommandContext): Promise<number> {
   const actions = await collectGarbage(rt);
   if (ctx.json) printJson({ actions });
   else if (actions.length === 0) process.stdout.write('nothing to collect\n');
-  else printTable(['OBJECT', 'ACTION', 'REASON'], actions.map((a) => [a.object, a.action, a.reason]));
+  else
+    printTable(
+      ['OBJECT', 'ACTION', 'REASON'],
+      actions.map((a) => [a.object, a.action, a.reason]),
+    );
   return actions.some((a) => a.action === 'failed') ? 1 : 0;
 }
 
@@ -27,7 +31,8 @@ async function doctor(ctx: CommandContext): Promise<number> {
 
 async function state(ctx: CommandContext): Promise<number> {
   const [sub, file] = ctx.positionals;
-  if (sub !== 'backup' || file === undefined) throw new UsageError('USAGE', 'expected `state backup FILE`', `usage: ${stateCommand.usage}`);
+  if (sub !== 'backup' || file === undefined)
+    throw new UsageError('USAGE', 'expected `state backup FILE`', `usage: ${stateCommand.usage}`);
   const rt = ctx.runtime();
   await rt.store.backup(file);
   if (ctx.json) printJson({ backup: file });

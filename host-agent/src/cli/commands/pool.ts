@@ -12,12 +12,19 @@ function printStatus(ctx: CommandContext, s: PoolStatus): void {
     printJson(s);
     return;
   }
-  const pct = (used: number, total: number): string => (total > 0 ? `${((100 * used) / total).toFixed(1)}%` : '-');
+  const pct = (used: number, total: number): string =>
+    total > 0 ? `${((100 * used) / total).toFixed(1)}%` : '-';
   const out = process.stdout;
-  out.write(`backend   ${s.backend}\nlocation  ${s.location}\nexists    ${s.exists}\nhealthy   ${s.healthy}\n`);
-  out.write(`data      ${formatBytes(s.dataUsedBytes)} used of ${formatBytes(s.dataTotalBytes)} (${pct(s.dataUsedBytes, s.dataTotalBytes)})\n`);
+  out.write(
+    `backend   ${s.backend}\nlocation  ${s.location}\nexists    ${s.exists}\nhealthy   ${s.healthy}\n`,
+  );
+  out.write(
+    `data      ${formatBytes(s.dataUsedBytes)} used of ${formatBytes(s.dataTotalBytes)} (${pct(s.dataUsedBytes, s.dataTotalBytes)})\n`,
+  );
   if (s.metadataTotalBytes !== null && s.metadataUsedBytes !== null) {
-    out.write(`metadata  ${formatBytes(s.metadataUsedBytes)} used of ${formatBytes(s.metadataTotalBytes)} (${pct(s.metadataUsedBytes, s.metadataTotalBytes)})\n`);
+    out.write(
+      `metadata  ${formatBytes(s.metadataUsedBytes)} used of ${formatBytes(s.metadataTotalBytes)} (${pct(s.metadataUsedBytes, s.metadataTotalBytes)})\n`,
+    );
   }
   out.write(`free      ${formatBytes(s.freeBytes)} for new volumes\ndetail    ${s.detail}\n`);
 }
@@ -29,8 +36,16 @@ async function run(ctx: CommandContext): Promise<number> {
   switch (sub) {
     case 'create': {
       const size = ctx.values.size as string | undefined;
-      const devices = (ctx.values.devices as string | undefined)?.split(',').filter((d) => d !== '');
-      printStatus(ctx, await backend.createPool({ sizeBytes: size === undefined ? undefined : parseSize(size, '--size'), devices }));
+      const devices = (ctx.values.devices as string | undefined)
+        ?.split(',')
+        .filter((d) => d !== '');
+      printStatus(
+        ctx,
+        await backend.createPool({
+          sizeBytes: size === undefined ? undefined : parseSize(size, '--size'),
+          devices,
+        }),
+      );
       return 0;
     }
     case 'status':
@@ -38,7 +53,8 @@ async function run(ctx: CommandContext): Promise<number> {
       return 0;
     case 'destroy':
       if (ctx.values.force === true) {
-        for (const image of rt.store.images.list()) await removeImage(rt, String(image.id), { force: true });
+        for (const image of rt.store.images.list())
+          await removeImage(rt, String(image.id), { force: true });
         await collectGarbage(rt);
       }
       await backend.destroyPool();
@@ -46,14 +62,19 @@ async function run(ctx: CommandContext): Promise<number> {
       else printJson({ destroyed: true });
       return 0;
     default:
-      throw new UsageError('USAGE', `unknown pool command "${sub ?? ''}"`, `usage: ${poolCommand.usage}`);
+      throw new UsageError(
+        'USAGE',
+        `unknown pool command "${sub ?? ''}"`,
+        `usage: ${poolCommand.usage}`,
+      );
   }
 }
 
 export const poolCommand: Command = {
   name: 'pool',
   summary: 'create, inspect or destroy the storage pool',
-  usage: 'thinrelay pool create [--size 20G] [--devices DATA,META] | pool status | pool destroy [--force]',
+  usage:
+    'thinrelay pool create [--size 20G] [--devices DATA,META] | pool status | pool destroy [--force]',
   options: { size: { type: 'string' }, devices: { type: 'string' }, force: { type: 'boolean' } },
   run,
 };

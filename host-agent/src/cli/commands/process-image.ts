@@ -7,18 +7,28 @@ import { logProgress, ttyProgress } from '../progress-bar.js';
 
 function checkHostReady(backend: string): void {
   if (process.getuid?.() !== 0) {
-    throw new EnvironmentError('NOT_ROOT', 'process-image needs root (loop devices, mkfs, mounts)', 'run it as root');
+    throw new EnvironmentError(
+      'NOT_ROOT',
+      'process-image needs root (loop devices, mkfs, mounts)',
+      'run it as root',
+    );
   }
   if (backend === 'loop' && !existsSync('/dev/loop-control')) {
-    throw new EnvironmentError('LOOP_UNAVAILABLE', 'this host has no loop devices (/dev/loop-control)', 'modprobe loop');
+    throw new EnvironmentError(
+      'LOOP_UNAVAILABLE',
+      'this host has no loop devices (/dev/loop-control)',
+      'modprobe loop',
+    );
   }
 }
 
 async function run(ctx: CommandContext): Promise<number> {
   const key = ctx.values['s3-key'] as string | undefined;
-  if (key === undefined || key === '') throw new UsageError('USAGE', 'missing --s3-key', `usage: ${processImageCommand.usage}`);
+  if (key === undefined || key === '')
+    throw new UsageError('USAGE', 'missing --s3-key', `usage: ${processImageCommand.usage}`);
   const config = ctx.config();
-  if (config.bucket === null) throw new UsageError('CONFIG', 'no bucket given', 'pass --bucket or set THINRELAY_BUCKET');
+  if (config.bucket === null)
+    throw new UsageError('CONFIG', 'no bucket given', 'pass --bucket or set THINRELAY_BUCKET');
   checkHostReady(config.backend);
 
   // The SDK loads only for commands that talk to S3.
@@ -33,12 +43,17 @@ async function run(ctx: CommandContext): Promise<number> {
   const s3 = createS3Client();
   const rt = ctx.runtime({
     s3: () => s3,
-    progress: process.stderr.isTTY && !ctx.json ? ttyProgress(process.stderr) : logProgress(ctx.logger),
+    progress:
+      process.stderr.isTTY && !ctx.json ? ttyProgress(process.stderr) : logProgress(ctx.logger),
     signal: aborter.signal,
     keepOnFailure: ctx.values['keep-on-failure'] === true,
   });
   try {
-    const result = await processImage(rt, { bucket: config.bucket, key, versionId: (ctx.values['version-id'] as string | undefined) ?? null });
+    const result = await processImage(rt, {
+      bucket: config.bucket,
+      key,
+      versionId: (ctx.values['version-id'] as string | undefined) ?? null,
+    });
     if (ctx.json) {
       printJson({
         outcome: result.outcome,
@@ -65,7 +80,8 @@ async function run(ctx: CommandContext): Promise<number> {
 export const processImageCommand: Command = {
   name: 'process-image',
   summary: 'download, verify, unpack, snapshot and activate one image (idempotent)',
-  usage: 'thinrelay process-image --s3-key KEY [--bucket B] [--version-id V] [--keep-on-failure] [--json]',
+  usage:
+    'thinrelay process-image --s3-key KEY [--bucket B] [--version-id V] [--keep-on-failure] [--json]',
   options: {
     's3-key': { type: 'string' },
     bucket: { type: 'string' },

@@ -1,5 +1,6 @@
 /** thinrelay show KEY|ID: an image and its latest job's timeline. */
 import { findImage } from '../../ops/image-ops.js';
+import { isOwnerAlive, ownerPid } from '../../store/owner.js';
 import type { Command, CommandContext } from '../command.js';
 import { requirePositional } from '../command.js';
 import { printJson, printTable } from '../output.js';
@@ -12,27 +13,54 @@ function run(ctx: CommandContext): Promise<number> {
   const steps = job === undefined ? [] : rt.store.jobs.steps(job.id);
   const snapshots = rt.store.snapshots.forImage(image.id);
   if (ctx.json) {
-    printJson({ image, job: job ?? null, steps: steps.map((s) => ({ ...s, detail: s.detail === null ? null : JSON.parse(s.detail) as unknown })), snapshots });
+    printJson({
+      image,
+      job: job ?? null,
+      steps: steps.map((s) => ({
+        ...s,
+        detail: s.detail === null ? null : (JSON.parse(s.detail) as unknown),
+      })),
+      snapshots,
+    });
     return Promise.resolve(0);
   }
   const out = process.stdout;
   out.write(`image ${image.id}: s3://${image.bucket}/${image.key}\n`);
-  out.write(`  status ${image.status}  etag ${image.etag}  version ${image.version_id ?? '-'}  size ${image.size}\n`);
+  out.write(
+    `  status ${image.status}  etag ${image.etag}  version ${image.version_id ?? '-'}  size ${image.size}\n`,
+  );
   out.write(`  sha256 ${image.sha256 ?? '-'}\n`);
-  if (image.error_code !== null) out.write(`  error [${image.error_code}] ${image.error_message}\n`);
+  if (image.error_code !== null)
+    out.write(`  error [${image.error_code}] ${image.error_message}\n`);
   for (const s of snapshots) out.write(`  snapshot ${s.object_id} active at ${s.device_path}\n`);
   if (job === undefined) return Promise.resolve(0);
-  out.write(`job ${job.id}: ${job.status}  serial ${job.serial}  created ${job.created_at}  finished ${job.finished_at ?? '-'}\n`);
+  out.write(
+    `job ${job.id}: ${job.status}  serial ${job.serial}  created ${job.created_at}  finished ${job.finished_at ?? '-'}\n`,
+  );
+  if (job.finished_at === null) {
+    const alive = isOwnerAlive(job.owner);
+    out.write(
+      `  owner pid ${ownerPid(job.owner) ?? '-'} (${alive ? 'running' : 'gone: interrupted, resumes on the next process-image'})\n`,
+    );
+  }
   printTable(
     ['STEP', 'STATUS', 'ATTEMPTS', 'STARTED', 'ENDED', 'ERROR'],
-    steps.map((s) => [s.name, s.status, s.attempts, s.started_at, s.ended_at, s.error_code === null ? null : `[${s.error_code}] ${s.error_message}`]),
+    steps.map((s) => [
+      s.name,
+      s.status,
+      s.attempts,
+      s.started_at,
+      s.ended_at,
+      s.error_code === null ? null : `[${s.error_code}] ${s.error_message}`,
+    ]),
   );
   return Promise.resolve(0);
 }
 
 export const showCommand: Command = {
   name: 'show',
-  summary: "an image and its job's timeline (each step: status, start, end, error; the job's serial)",
+  summary:
+    "an image and its job's timeline (each step: status, start, end, error; the job's serial)",
   usage: 'thinrelay show KEY|ID [--json]',
   options: {},
   run,

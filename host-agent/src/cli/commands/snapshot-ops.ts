@@ -29,9 +29,14 @@ async function remove(ctx: CommandContext): Promise<number> {
   const ref = requirePositional(ctx, 'IMAGE', removeCommand.usage);
   const rt = ctx.runtime();
   await reconcile(rt);
-  const { image, removedObjects } = await removeImage(rt, ref, { force: ctx.values.force === true });
+  const { image, removedObjects } = await removeImage(rt, ref, {
+    force: ctx.values.force === true,
+  });
   if (ctx.json) printJson({ imageId: image.id, status: image.status, removedObjects });
-  else process.stdout.write(`image ${image.id} (${image.key}) removed; ${removedObjects} storage object(s) released\n`);
+  else
+    process.stdout.write(
+      `image ${image.id} (${image.key}) removed; ${removedObjects} storage object(s) released\n`,
+    );
   return 0;
 }
 
@@ -53,7 +58,8 @@ export const deactivateCommand: Command = {
 
 export const removeCommand: Command = {
   name: 'remove',
-  summary: 'remove an image, its snapshots and its unshared content (refuses active snapshots unless --force)',
+  summary:
+    'remove an image, its snapshots and its unshared content (refuses active snapshots unless --force)',
   usage: 'thinrelay remove IMAGE [--force] [--json]',
   options: { force: { type: 'boolean' } },
   run: remove,

@@ -18,4 +18,10 @@ export interface Step {
   run(ctx: JobContext): Promise<StepOutcome>;
 }
 
-export const imageSteps: readonly Step[] = [resolveStep, unpackStep, sealStep, snapshotStep, activateStep];
+export const imageSteps: readonly Step[] = [
+  resolveStep,
+  unpackStep,
+  sealStep,
+  snapshotStep,
+  activateStep,
+];

@@ -11,7 +11,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   const volume = store.objects
     .forJob(job.id)
     .find((o) => o.kind === 'volume' && (o.state === 'unpacked' || o.state === 'sealed'));
-  if (volume === undefined) return { status: 'skipped', detail: { reason: 'no volume of its own' } };
+  if (volume === undefined)
+    return { status: 'skipped', detail: { reason: 'no volume of its own' } };
 
   await objects.seal(volume);
   const blob = store.blobs.byVolume(volume.id)!;

@@ -7,7 +7,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   const existing = store.objects
     .forJob(job.id)
     .find((o) => o.kind === 'snapshot' && o.state !== 'removed');
-  if (existing !== undefined) return { status: 'complete', detail: { snapshot: existing.id, resumed: true } };
+  if (existing !== undefined)
+    return { status: 'complete', detail: { snapshot: existing.id, resumed: true } };
 
   const blobId = store.images.blobIds(image.id)[0];
   const blob = blobId === undefined ? undefined : store.blobs.get(blobId);

@@ -88,7 +88,13 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   );
   return {
     status: 'complete',
-    detail: { volume: volume.id, blob: blob.id, sha256: fetched.sha256, resumes: fetched.resumes, ...stats },
+    detail: {
+      volume: volume.id,
+      blob: blob.id,
+      sha256: fetched.sha256,
+      resumes: fetched.resumes,
+      ...stats,
+    },
   };
 }
 

@@ -4,7 +4,21 @@
  * where the filesystem supports them (cp --reflink=auto), sparse copies
  * otherwise. Meant for development, CI and hosts without a thin pool.
  */
-import { constants, existsSync, fsyncSync, mkdirSync, openSync, closeSync, readdirSync, renameSync, rmSync, rmdirSync, statSync, statfsSync, ftruncateSync } from 'node:fs';
+import {
+  constants,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  closeSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  rmdirSync,
+  statSync,
+  statfsSync,
+  ftruncateSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { EnvironmentError } from '../../errors.js';
 import { hasCommand, run } from '../../sys/exec.js';
@@ -56,12 +70,27 @@ export class LoopBackend implements StorageBackend {
   async checkReadiness(): Promise<ReadinessCheck[]> {
     const checks: ReadinessCheck[] = [];
     const root = process.getuid?.() === 0;
-    checks.push({ name: 'root', ok: root, detail: root ? 'running as root' : 'not root', hint: 'run as root (loop devices and mounts need it)' });
+    checks.push({
+      name: 'root',
+      ok: root,
+      detail: root ? 'running as root' : 'not root',
+      hint: 'run as root (loop devices and mounts need it)',
+    });
     const loopCtl = existsSync('/dev/loop-control');
-    checks.push({ name: 'loop devices', ok: loopCtl, detail: loopCtl ? '/dev/loop-control present' : '/dev/loop-control missing', hint: 'modprobe loop' });
+    checks.push({
+      name: 'loop devices',
+      ok: loopCtl,
+      detail: loopCtl ? '/dev/loop-control present' : '/dev/loop-control missing',
+      hint: 'modprobe loop',
+    });
     for (const tool of ['losetup', 'mkfs.ext4', 'mount', 'umount', 'cp', 'sync']) {
       const ok = await hasCommand(tool);
-      checks.push({ name: tool, ok, detail: ok ? 'found' : 'not on PATH', hint: 'apt-get install util-linux e2fsprogs mount coreutils' });
+      checks.push({
+        name: tool,
+        ok,
+        detail: ok ? 'found' : 'not on PATH',
+        hint: 'apt-get install util-linux e2fsprogs mount coreutils',
+      });
     }
     return checks;
   }
@@ -75,7 +104,11 @@ export class LoopBackend implements StorageBackend {
   async destroyPool(): Promise<void> {
     const inv = await this.inventory();
     if (inv.objects.length > 0 || inv.attached.length > 0 || inv.mounted.length > 0) {
-      throw new EnvironmentError('POOL_UNAVAILABLE', `pool ${this.poolDir} still holds ${inv.objects.length} object(s)`, 'remove the images first, or use --force');
+      throw new EnvironmentError(
+        'POOL_UNAVAILABLE',
+        `pool ${this.poolDir} still holds ${inv.objects.length} object(s)`,
+        'remove the images first, or use --force',
+      );
     }
     for (const s of inv.strays) rmSync(s.path, { force: true });
     if (existsSync(this.poolDir)) rmdirSync(this.poolDir);
@@ -87,7 +120,8 @@ export class LoopBackend implements StorageBackend {
     const fs = statfsSync(exists ? this.poolDir : this.opts.stateDir);
     let used = 0;
     if (exists) {
-      for (const f of readdirSync(this.poolDir)) used += statSync(join(this.poolDir, f)).blocks * 512;
+      for (const f of readdirSync(this.poolDir))
+        used += statSync(join(this.poolDir, f)).blocks * 512;
     }
     const total = fs.blocks * fs.bsize;
     const free = Math.max(0, fs.bavail * fs.bsize - this.opts.reserveBytes);
@@ -101,20 +135,30 @@ export class LoopBackend implements StorageBackend {
       metadataUsedBytes: null,
       freeBytes: free,
       healthy: exists,
-      detail: exists ? `sparse files on the filesystem of ${this.poolDir}` : 'pool directory does not exist yet (created on first use)',
+      detail: exists
+        ? `sparse files on the filesystem of ${this.poolDir}`
+        : 'pool directory does not exist yet (created on first use)',
     });
   }
 
   async ensureSpace(bytes: number): Promise<void> {
     const status = await this.poolStatus();
     if (status.freeBytes < bytes) {
-      throw new EnvironmentError('LOW_SPACE', `pool ${this.poolDir} has ${status.freeBytes} bytes free (after the reserve), needs ${bytes}`, 'free space on that filesystem, or lower THINRELAY_RESERVE_BYTES');
+      throw new EnvironmentError(
+        'LOW_SPACE',
+        `pool ${this.poolDir} has ${status.freeBytes} bytes free (after the reserve), needs ${bytes}`,
+        'free space on that filesystem, or lower THINRELAY_RESERVE_BYTES',
+      );
     }
   }
 
   async createVolume(volume: ObjectSpec): Promise<void> {
     await this.createPool();
-    const fd = openSync(this.fileOf(volume), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+    const fd = openSync(
+      this.fileOf(volume),
+      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
+      0o600,
+    );
     try {
       ftruncateSync(fd, volume.sizeBytes);
       fsyncSync(fd);
@@ -157,7 +201,13 @@ export class LoopBackend implements StorageBackend {
   async createSnapshot(snapshot: SnapshotSpec): Promise<void> {
     const partial = this.partialOf(snapshot);
     rmSync(partial, { force: true });
-    await run('cp', ['--reflink=auto', '--sparse=always', '--', this.fileOf(snapshot.origin), partial]);
+    await run('cp', [
+      '--reflink=auto',
+      '--sparse=always',
+      '--',
+      this.fileOf(snapshot.origin),
+      partial,
+    ]);
     const fd = openSync(partial, constants.O_RDONLY);
     try {
       fsyncSync(fd);
@@ -199,8 +249,15 @@ export class LoopBackend implements StorageBackend {
       for (const f of readdirSync(this.poolDir)) {
         const path = join(this.poolDir, f);
         const name = f.endsWith(imageSuffix) ? f.slice(0, -imageSuffix.length) : null;
-        if (name !== null && parseObjectName(name) !== null) inv.objects.push({ name, thinId: null });
-        else inv.strays.push({ description: f.endsWith(partialSuffix) ? 'partial snapshot copy' : 'unknown file in pool', path });
+        if (name !== null && parseObjectName(name) !== null)
+          inv.objects.push({ name, thinId: null });
+        else
+          inv.strays.push({
+            description: f.endsWith(partialSuffix)
+              ? 'partial snapshot copy'
+              : 'unknown file in pool',
+            path,
+          });
       }
     }
     const prefix = this.poolDir + '/';
@@ -212,7 +269,8 @@ export class LoopBackend implements StorageBackend {
     }
     const mprefix = this.mountDir + '/';
     for (const m of listMounts()) {
-      if (m.mountpoint.startsWith(mprefix)) inv.mounted.push({ name: m.mountpoint.slice(mprefix.length), mountpoint: m.mountpoint });
+      if (m.mountpoint.startsWith(mprefix))
+        inv.mounted.push({ name: m.mountpoint.slice(mprefix.length), mountpoint: m.mountpoint });
     }
     return inv;
   }
