@@ -16,6 +16,7 @@ import { StateStore } from '../../host-agent/src/store/index.js';
 import { objectName } from '../../host-agent/src/storage/names.js';
 import { runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { withMounted } from '../helpers/mount-probe.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 
@@ -130,13 +131,9 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
       }
       assertNoLeaks(stateDir);
 
-      const probe = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
-      execFileSync('mount', ['-o', 'ro', out.devicePath, probe]);
-      try {
-        assert.match(readFileSync(join(probe, 'etc/os-release'), 'utf8'), /VERSION_ID="crash"/);
-      } finally {
-        execFileSync('umount', [probe]);
-      }
+      withMounted(out.devicePath, (root) =>
+        assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="crash"/),
+      );
     });
   }
 

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -13,6 +13,7 @@ import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
 import { runCli, type CliResult } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { withMounted } from '../helpers/mount-probe.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 
@@ -30,17 +31,6 @@ interface ProcessJson {
   snapshotId: number;
   sha256: string;
   jobId: number | null;
-}
-
-/** Mount a device read-only, run fn on the tree, always unmount. */
-function withMounted<T>(device: string, fn: (dir: string) => T): T {
-  const dir = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
-  execFileSync('mount', ['-o', 'ro', device, dir]);
-  try {
-    return fn(dir);
-  } finally {
-    execFileSync('umount', [dir]);
-  }
 }
 
 async function hostileTar(): Promise<Buffer> {
@@ -302,9 +292,7 @@ describe('process-image', { skip: needsRoot }, () => {
       await cli('doctor', '--json'),
     );
     assert.equal(doc.ok, true, JSON.stringify(doc.checks.filter((c) => !c.ok)));
-    const backupDir = mkdtempSync(join(tmpdir(), 'thinrelay-backup-'));
-    mkdirSync(backupDir, { recursive: true });
-    const file = join(backupDir, 'images.db');
+    const file = join(stateDir, 'backup-copy.db');
     assert.equal((await cli('state', 'backup', file)).code, 0);
     const n = execFileSync('sqlite3', [file, 'SELECT count(*) FROM images'], {
       encoding: 'utf8',
