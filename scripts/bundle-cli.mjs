@@ -1,12 +1,17 @@
-// Bundles the thinrelay CLI into one file. Resolving and compiling the AWS
+// Bundles the thinrelay CLI (dist/cli/thinrelay.mjs). Resolving and compiling the AWS
 // SDK's few hundred modules one by one costs ~200 ms per run; one minified
 // file keeps `process-image` on an already-done image well under 300 ms.
 import { build } from 'esbuild';
 
 await build({
-  entryPoints: ['dist/host-agent/src/cli/main.js'],
-  outfile: 'dist/thinrelay.mjs',
+  entryPoints: { thinrelay: 'dist/host-agent/src/cli/main.js' },
+  outdir: 'dist/cli',
+  outExtension: { '.js': '.mjs' },
   bundle: true,
+  // The SDK (behind a dynamic import) goes to its own chunk: listings
+  // never compile it.
+  splitting: true,
+  chunkNames: 'chunks/[name]-[hash]',
   minify: true,
   sourcemap: 'linked',
   platform: 'node',

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 /** The shipped artifact: the bundled CLI that package.json's bin points at. */
-export const cliPath = fileURLToPath(new URL('../../thinrelay.mjs', import.meta.url));
+export const cliPath = fileURLToPath(new URL('../../cli/thinrelay.mjs', import.meta.url));
 
 export interface CliResult {
   code: number | null;

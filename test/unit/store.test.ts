@@ -123,3 +123,31 @@ test('online backup produces a consistent copy', async (t) => {
   assert.equal((copy.prepare('SELECT count(*) AS n FROM images').get() as { n: number }).n, 1);
   copy.close();
 });
+
+test('images.listJson is the same data as images.list, with interrupted ids marked', (t) => {
+  const { store } = tempStore(t);
+  const a = store.images.upsert(ref);
+  const b = store.images.upsert({ ...ref, key: 'c/d.tar', versionId: 'v1' });
+  store.images.setStatus(b.id, 'failed', {
+    errorCode: 'ARCHIVE_EMPTY',
+    errorMessage: 'empty "quoted"',
+  });
+  const c = store.images.upsert({ ...ref, key: 'gone.tar' });
+  store.images.setStatus(c.id, 'removed');
+  assert.deepEqual(JSON.parse(store.images.listJson()), store.images.list());
+  assert.deepEqual(
+    JSON.parse(store.images.listJson({ includeRemoved: true })),
+    store.images.list({ includeRemoved: true }),
+  );
+  const marked = JSON.parse(store.images.listJson({ interrupted: [a.id] })) as {
+    id: number;
+    status: string;
+  }[];
+  assert.deepEqual(
+    marked.map((r) => [r.id, r.status]),
+    [
+      [a.id, 'interrupted'],
+      [b.id, 'failed'],
+    ],
+  );
+});

@@ -15,7 +15,7 @@ import S3rver from 's3rver';
 import { createS3Client } from '../source/s3-client.js';
 import { buildSampleRootfs } from './sample-rootfs.js';
 
-const cli = fileURLToPath(new URL('../../../thinrelay.mjs', import.meta.url));
+const cli = fileURLToPath(new URL('../../../cli/thinrelay.mjs', import.meta.url));
 const bucket = 'thinrelay-demo';
 const key = 'images/sample-rootfs.tar.gz';
 

@@ -21,23 +21,28 @@ function displayStatus(rt: Runtime, image: ImageRow): ImageView {
 
 function images(ctx: CommandContext): Promise<number> {
   const rt = ctx.runtime();
-  const rows = rt.store.images
-    .list({ includeRemoved: ctx.values.all === true })
-    .map((r) => displayStatus(rt, r));
-  if (ctx.json) printJson(rows);
-  else
-    printTable(
-      ['ID', 'STATUS', 'KEY', 'SIZE', 'SHA256', 'UPDATED', 'ERROR'],
-      rows.map((r) => [
-        r.id,
-        r.status,
-        r.key,
-        formatBytes(r.size),
-        r.sha256?.slice(0, 12),
-        r.updated_at,
-        r.error_code,
-      ]),
-    );
+  const includeRemoved = ctx.values.all === true;
+  if (ctx.json) {
+    const interrupted = rt.store.images
+      .listProcessing()
+      .filter((i) => displayStatus(rt, i).status === 'interrupted')
+      .map((i) => i.id);
+    process.stdout.write(rt.store.images.listJson({ includeRemoved, interrupted }) + '\n');
+    return Promise.resolve(0);
+  }
+  const rows = rt.store.images.list({ includeRemoved }).map((r) => displayStatus(rt, r));
+  printTable(
+    ['ID', 'STATUS', 'KEY', 'SIZE', 'SHA256', 'UPDATED', 'ERROR'],
+    rows.map((r) => [
+      r.id,
+      r.status,
+      r.key,
+      formatBytes(r.size),
+      r.sha256?.slice(0, 12),
+      r.updated_at,
+      r.error_code,
+    ]),
+  );
   return Promise.resolve(0);
 }
 
