@@ -8,6 +8,7 @@ import type { ProgressPhase, ProgressSink } from '../pipeline/progress.js';
 import { formatBytes } from './output.js';
 
 interface PhaseState {
+  ended?: boolean;
   total: number | null;
   done: number;
   startedAt: number;
@@ -52,9 +53,15 @@ export function ttyProgress(stream: NodeJS.WriteStream): ProgressSink {
       draw(false);
     },
     end(phase) {
-      if (phases.has(phase)) draw(true);
-      phases.delete(phase);
-      if (phases.size === 0) drawnLines = 0;
+      const s = phases.get(phase);
+      if (s === undefined || s.ended) return;
+      s.ended = true;
+      draw(true);
+      // Finished bars stay on screen; the next set starts below them.
+      if ([...phases.values()].every((p) => p.ended)) {
+        phases.clear();
+        drawnLines = 0;
+      }
     },
   };
 }
