@@ -4,6 +4,7 @@
  * "already done"), 1 the image failed (reason recorded), 2 usage or
  * configuration error, 3 host not ready. Expected failures print one line.
  */
+import nodeModule from 'node:module';
 import { parseArgs } from 'node:util';
 import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
 import { globalOptions, globalUsage, makeContext, type Command } from './command.js';
@@ -50,6 +51,10 @@ function mainHelp(): string {
 function commandHelp(c: Command): string {
   return `${c.summary}\n\nUsage: ${c.usage}\n\n${globalUsage}`;
 }
+
+// Node ≥ 22 can cache compiled code across runs (the AWS SDK chunk is most of
+// process-image's start-up); on Node 20 this is a no-op.
+(nodeModule as { enableCompileCache?: () => unknown }).enableCompileCache?.();
 
 // The SDK's multi-line "future releases need Node 22" notice would break the
 // one-line error contract on every run; the lockfile pins the SDK we tested.

@@ -61,6 +61,8 @@ function listTree(root: string): string[] {
 }
 
 async function main(): Promise<number> {
+  // Same as the CLI: keep the SDK's Node-version notice out of the demo's output.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   if (process.getuid?.() !== 0) {
     process.stderr.write(
       'thinrelay demo: needs root (loop devices, mkfs, mounts) — run: sudo npm run demo\n',
