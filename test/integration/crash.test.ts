@@ -66,16 +66,22 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
     await s3.stop();
   });
 
+  /** A new, empty host: its own state dir (released after the suite) and env for the CLI. */
+  function freshHost(prefix: string): { stateDir: string; env: NodeJS.ProcessEnv } {
+    const stateDir = mkdtempSync(join(tmpdir(), prefix));
+    stateDirs.push(stateDir);
+    const env = {
+      ...s3EnvFor(s3),
+      THINRELAY_STATE_DIR: stateDir,
+      THINRELAY_BUCKET: bucket,
+      THINRELAY_RESERVE_BYTES: '0',
+    };
+    return { stateDir, env };
+  }
+
   for (const point of failpointNames) {
     test(`crash at ${point}`, async () => {
-      const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-crash-'));
-      stateDirs.push(stateDir);
-      const env = {
-        ...s3EnvFor(s3),
-        THINRELAY_STATE_DIR: stateDir,
-        THINRELAY_BUCKET: bucket,
-        THINRELAY_RESERVE_BYTES: '0',
-      };
+      const { stateDir, env } = freshHost('thinrelay-crash-');
 
       const crashed = await runCli(['process-image', '--s3-key', key], {
         ...env,
@@ -138,14 +144,7 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
   }
 
   test('after a simulated reboot (all loop devices gone), a run brings the snapshot back', async () => {
-    const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-reboot-'));
-    stateDirs.push(stateDir);
-    const env = {
-      ...s3EnvFor(s3),
-      THINRELAY_STATE_DIR: stateDir,
-      THINRELAY_BUCKET: bucket,
-      THINRELAY_RESERVE_BYTES: '0',
-    };
+    const { stateDir, env } = freshHost('thinrelay-reboot-');
     assert.equal((await runCli(['process-image', '--s3-key', key], env)).code, 0);
     for (const l of hostInventory(stateDir).loops) execFileSync('losetup', ['-d', l.device]);
     assert.deepEqual(hostInventory(stateDir).loops, []);

@@ -9,13 +9,21 @@ import type { ObjectSpec, SnapshotSpec } from '../../host-agent/src/storage/back
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { needsRoot } from '../helpers/root.js';
 
+/** A loop backend on a temp state dir, released (mounts, loops, files) after the test. */
+function tempBackend(t: { after(fn: () => void): void }): {
+  stateDir: string;
+  backend: LoopBackend;
+} {
+  const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-loop-'));
+  t.after(() => releaseStateDir(stateDir));
+  return { stateDir, backend: new LoopBackend({ stateDir, reserveBytes: 0 }) };
+}
+
 test(
   'loop backend: volume → unpack mount → seal → snapshot → activate → remove, nothing left',
   { skip: needsRoot },
   async (t) => {
-    const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-loop-'));
-    t.after(() => releaseStateDir(stateDir));
-    const backend = new LoopBackend({ stateDir, reserveBytes: 0 });
+    const { stateDir, backend } = tempBackend(t);
     const volume: ObjectSpec = {
       kind: 'volume',
       name: 'vol-00000001',
@@ -79,9 +87,7 @@ test(
   'loop backend: a partial snapshot copy shows up as a stray',
   { skip: needsRoot },
   async (t) => {
-    const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-loop-'));
-    t.after(() => releaseStateDir(stateDir));
-    const backend = new LoopBackend({ stateDir, reserveBytes: 0 });
+    const { backend } = tempBackend(t);
     await backend.createPool();
     writeFileSync(join(backend.poolDir, 'snap-00000009.img.partial'), 'x');
     const inv = await backend.inventory();
@@ -96,9 +102,7 @@ test(
   'loop backend: ensureSpace refuses when the reserve would be eaten',
   { skip: needsRoot },
   async (t) => {
-    const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-loop-'));
-    t.after(() => releaseStateDir(stateDir));
-    const backend = new LoopBackend({ stateDir, reserveBytes: 0 });
+    const { backend } = tempBackend(t);
     await backend.createPool();
     const { freeBytes } = await backend.poolStatus();
     await backend.ensureSpace(1024);
