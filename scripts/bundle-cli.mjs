@@ -1,7 +1,11 @@
 // Bundles the thinrelay CLI (dist/cli/thinrelay.mjs). Resolving and compiling the AWS
 // SDK's few hundred modules one by one costs ~200 ms per run; one minified
 // file keeps `process-image` on an already-done image well under 300 ms.
+import { rmSync } from 'node:fs';
 import { build } from 'esbuild';
+
+// Chunk names carry content hashes: start clean so stale chunks never ship.
+rmSync('dist/cli', { recursive: true, force: true });
 
 await build({
   entryPoints: { thinrelay: 'dist/host-agent/src/cli/main.js' },

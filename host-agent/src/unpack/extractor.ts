@@ -6,7 +6,8 @@
  * applied by finish().
  */
 import fs from 'node:fs';
-import { ImageError } from '../errors.js';
+import { EnvironmentError, ImageError } from '../errors.js';
+import { EndScript } from './end-script.js';
 import {
   closeFile,
   createFile,
@@ -213,10 +214,54 @@ export class Extractor implements TarSink {
 
   /** Everything that waits for the last member, in the order that keeps times intact. */
   async finish(signal?: AbortSignal): Promise<void> {
+    const script = this.endScript();
+    if (script !== undefined) {
+      // Only regular files and directories carry xattrs: they exist already.
+      await this.xattrs.apply(this.root, signal);
+      try {
+        await script.run(signal);
+        return;
+      } catch (err) {
+        if (!(err instanceof EnvironmentError && err.code === 'TOOL_MISSING')) throw err;
+      }
+      // No perl: nothing was applied; the other tools do it, xattrs aside.
+      this.specials.flush();
+      this.dirs.apply(this.root, this.atime, this.exactTimes);
+      await this.exactTimes.apply(signal);
+      return;
+    }
     this.specials.flush();
     await this.xattrs.apply(this.root, signal);
     this.dirs.apply(this.root, this.atime, this.exactTimes);
     await this.exactTimes.apply(signal);
+  }
+
+  /**
+   * What finish() leaves to one perl run, in order: pending device nodes and
+   * fifos with their owner, mode and time; directories' owner, mode and time,
+   * deepest first; then every time Node could not set exactly. Undefined when
+   * the other tools and Node must do it instead: unknown system call numbers,
+   * or a device number or id the kernel would truncate (mknod(1) and Node
+   * refuse those, with their own messages).
+   */
+  private endScript(): EndScript | undefined {
+    const script = EndScript.create();
+    if (script === undefined) return undefined;
+    const specials = this.specials.peek();
+    for (const { abs, type, devmajor, devminor, member } of specials) {
+      if (!script.mknod(abs, type, devmajor, devminor)) return undefined;
+      if (!script.owner(abs, member.uid, member.gid, member.mode)) return undefined;
+      script.time(abs, member.mtime);
+    }
+    for (const { path, meta } of this.dirs.ordered()) {
+      const abs = this.abs(path);
+      if (!script.owner(abs, meta.uid, meta.gid, meta.mode)) return undefined;
+      script.time(abs, meta.mtime);
+    }
+    for (const [abs, time] of this.exactTimes.entries()) {
+      script.time(abs, time);
+    }
+    return script;
   }
 
   /** After a failure: no fd may be left open (the volume itself is thrown away). */

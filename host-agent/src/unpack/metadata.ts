@@ -33,10 +33,14 @@ export class DirectoryMetadata {
   }
 
   /** Deepest first, the root (a "./" member) last. */
-  apply(root: string, atime: number, exactTimes: ExactTimes): void {
+  ordered(): Array<{ path: string; meta: EntryMetadata }> {
     const byDepth = [...this.dirs].map(([path, meta]) => ({ path, meta, depth: depth(path) }));
     byDepth.sort((a, b) => b.depth - a.depth);
-    for (const { path, meta } of byDepth) {
+    return byDepth;
+  }
+
+  apply(root: string, atime: number, exactTimes: ExactTimes): void {
+    for (const { path, meta } of this.ordered()) {
       const abs = absolutePath(root, path);
       const seconds = nodeSeconds(meta.mtime);
       setPathMetadata(abs, meta, true, atime, seconds, path === '' ? './' : path);

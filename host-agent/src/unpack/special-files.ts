@@ -2,8 +2,10 @@
  * Device nodes and fifos. Node has no mknod, so they are made by mknod and
  * mkfifo, batched through xargs (one process start for all of them instead
  * of one each), then given owner, mode and time like everything else. The
- * batch is flushed at the end, or earlier when a later member needs one of
- * its paths to exist (a hard link to it, or a member replacing it).
+ * batch is flushed early when a later member needs one of its paths to
+ * exist (a hard link to it, or a member replacing it); what is still pending
+ * at the end is usually made by the EndScript's single perl run instead, and
+ * flushed here only when that cannot be used.
  */
 import type { MemberType } from './tar-header.js';
 import { runToolSync } from './tools.js';
@@ -30,6 +32,11 @@ export class SpecialFileBatch<T extends SpecialFile> {
 
   isPending(path: string): boolean {
     return this.pendingPaths.has(path);
+  }
+
+  /** The pending files, in archive order, for someone else to create (see EndScript). */
+  peek(): readonly T[] {
+    return this.pending;
   }
 
   /** Creates every pending node, then calls `created` for each (in archive order). */

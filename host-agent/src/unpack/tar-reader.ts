@@ -324,11 +324,11 @@ export class TarReader {
       case EXT_PAX:
         this.localPax = mergePaxRecords(
           this.localPax ?? new Map<string, Buffer>(),
-          parsePaxRecords(ext.buf),
+          parsePaxRecords(ext.buf, true),
         );
         break;
       default:
-        this.globalPax = mergePaxRecords(this.globalPax, parsePaxRecords(ext.buf));
+        this.globalPax = mergePaxRecords(this.globalPax, parsePaxRecords(ext.buf, true));
     }
   }
 

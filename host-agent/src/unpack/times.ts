@@ -72,6 +72,11 @@ export class ExactTimes {
     if (to !== undefined) this.pending.set(to, time);
   }
 
+  /** The pending times, for someone else to apply (see EndScript). */
+  entries(): IterableIterator<[string, Timestamp]> {
+    return this.pending.entries();
+  }
+
   /** Run last: anything created in a directory afterwards would change its mtime again. */
   async apply(signal?: AbortSignal): Promise<void> {
     if (this.pending.size === 0) return;

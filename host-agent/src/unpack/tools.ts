@@ -1,25 +1,22 @@
 /**
  * The few things Node cannot do itself (mknod, xattrs, nanosecond times) are
  * done by system tools, fed through stdin with argument arrays only — never a
- * shell — so no archive-controlled byte is ever parsed as a command.
+ * shell — so no archive-controlled byte is ever parsed as a command. A tool
+ * that fails makes the image fail with STORAGE_FAILED and the tool's words.
  */
-import { execa, execaSync, ExecaError, ExecaSyncError } from 'execa';
-import { EnvironmentError, ImageError } from '../errors.js';
+import { ImageError } from '../errors.js';
+import { CommandError, run, runSync } from '../sys/exec.js';
 
-const MAX_STDERR = 500;
-
-function toolFailure(err: unknown, file: string, purpose: string): Error {
-  if ((err instanceof ExecaError || err instanceof ExecaSyncError) && err.code === 'ENOENT') {
-    return new EnvironmentError('TOOL_MISSING', `${file} is not installed (needed to ${purpose})`);
-  }
-  const stderr =
-    err instanceof ExecaError || err instanceof ExecaSyncError
-      ? String(err.stderr ?? '').trim()
-      : '';
-  const detail = stderr.length > 0 ? stderr.slice(0, MAX_STDERR) : String(err);
-  return new ImageError('STORAGE_FAILED', `could not ${purpose}: ${detail}`, undefined, {
-    cause: err,
-  });
+function asImageError(err: unknown, purpose: string): unknown {
+  if (!(err instanceof CommandError)) return err;
+  return new ImageError(
+    'STORAGE_FAILED',
+    `could not ${purpose}: ${err.stderr.trim() || err.message}`,
+    undefined,
+    {
+      cause: err,
+    },
+  );
 }
 
 /** Runs `file args` with `input` on stdin; rejects with TOOL_MISSING, the abort reason, or STORAGE_FAILED. */
@@ -31,15 +28,9 @@ export async function runTool(
   signal?: AbortSignal,
 ): Promise<void> {
   try {
-    await execa(file, args, {
-      input,
-      stdout: 'ignore',
-      env: { LC_ALL: 'C' },
-      ...(signal === undefined ? {} : { cancelSignal: signal }),
-    });
+    await run(file, args, { input, signal, timeoutMs: 600_000 });
   } catch (err) {
-    signal?.throwIfAborted();
-    throw toolFailure(err, file, purpose);
+    throw asImageError(err, purpose);
   }
 }
 
@@ -51,8 +42,8 @@ export function runToolSync(
   purpose: string,
 ): void {
   try {
-    execaSync(file, args, { input, stdout: 'ignore', env: { LC_ALL: 'C' } });
+    runSync(file, args, { input });
   } catch (err) {
-    throw toolFailure(err, file, purpose);
+    throw asImageError(err, purpose);
   }
 }
