@@ -20,7 +20,7 @@ export interface Runtime extends PipelineDeps {
 export interface RuntimeOptions {
   config: AgentConfig;
   logger: Logger;
-  s3?: () => S3Client;
+  s3?: () => Promise<S3Client>;
   progress?: ProgressSink;
   signal?: AbortSignal;
   keepOnFailure?: boolean;
@@ -34,9 +34,7 @@ export function openRuntime(opts: RuntimeOptions): Runtime {
     stateDir: opts.config.stateDir,
     reserveBytes: opts.config.reserveBytes,
   });
-  const noS3 = (): S3Client => {
-    throw new Error('this command has no S3 client');
-  };
+  const noS3 = (): Promise<S3Client> => Promise.reject(new Error('this command has no S3 client'));
   return {
     store,
     objects: new ObjectManager(store, backend, owner, opts.logger),

@@ -117,6 +117,31 @@ describe('process-image', { skip: needsRoot }, () => {
     assert.equal(plain.stdout.trim(), first.devicePath);
   });
 
+  test('--etag of an image already done answers without asking S3; a stale --etag is refused', async () => {
+    const done = json<ProcessJson & { eTag: string }>(
+      await cli('process-image', '--s3-key', 'images/sample.tar', '--json'),
+    );
+    // An unreachable endpoint proves the fast path never talks to S3.
+    const offline = await runCli(
+      ['process-image', '--s3-key', 'images/sample.tar', '--etag', done.eTag, '--json'],
+      {
+        ...env,
+        AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9',
+      },
+    );
+    assert.equal(offline.code, 0, offline.stderr);
+    assert.equal((JSON.parse(offline.stdout) as ProcessJson).devicePath, done.devicePath);
+    const stale = await cli(
+      'process-image',
+      '--s3-key',
+      'images/sample.tar',
+      '--etag',
+      '"0123456789abcdef"',
+    );
+    assert.equal(stale.code, 1);
+    assert.match(stale.stderr, /\[OBJECT_CHANGED\]/);
+  });
+
   test('gzip is detected by content, not by name', async () => {
     const r = json<ProcessJson>(
       await cli('process-image', '--s3-key', 'images/sample.tar.gz', '--json'),

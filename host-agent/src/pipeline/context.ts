@@ -16,7 +16,8 @@ export interface PipelineDeps {
   logger: Logger;
   /** This process, as recorded in owner columns. */
   owner: string;
-  s3: () => S3Client;
+  /** The S3 client, created (and the SDK loaded) on first use. */
+  s3: () => Promise<S3Client>;
   progress: ProgressSink;
   signal: AbortSignal;
   keepOnFailure: boolean;

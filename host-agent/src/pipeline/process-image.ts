@@ -10,8 +10,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImageError, type ImageFailureCode } from '../errors.js';
-import { headObject } from '../source/head.js';
-import type { ObjectRef } from '../source/object-ref.js';
+import { sameETag, type ObjectRef } from '../source/object-ref.js';
 import type { ImageRow } from '../store/images.js';
 import type { JobRow } from '../store/jobs.js';
 import { isOwnerAlive, ownerPid } from '../store/owner.js';
@@ -23,6 +22,12 @@ export interface ProcessRequest {
   bucket: string;
   key: string;
   versionId?: string | null;
+  /**
+   * The ETag the caller expects (an event carries it). When an image with
+   * exactly this identity is already done, nothing is asked of S3 at all;
+   * otherwise the object must still have this ETag.
+   */
+  eTag?: string | null;
 }
 
 export interface ProcessResult {
@@ -41,11 +46,29 @@ export async function processImage(
   req: ProcessRequest,
 ): Promise<ProcessResult> {
   await reconcile(deps);
-  const ref = await headObject(deps.s3(), req.bucket, req.key, {
+  const known = req.eTag ? deps.store.images.find(req.bucket, req.key, req.eTag) : undefined;
+  if (known?.status === 'ready') {
+    return {
+      outcome: 'already-complete',
+      jobId: null,
+      image: known,
+      ...(await ensureActive(deps, known)),
+    };
+  }
+  // The SDK loads only when S3 must be asked.
+  const { headObject } = await import('../source/head.js');
+  const ref = await headObject(await deps.s3(), req.bucket, req.key, {
     maxBlobBytes: deps.config.limits.maxBlobBytes,
     versionId: req.versionId ?? null,
     signal: deps.signal,
   });
+  if (req.eTag && !sameETag(req.eTag, ref.eTag)) {
+    throw new ImageError(
+      'OBJECT_CHANGED',
+      `s3://${req.bucket}/${req.key} now has ETag ${ref.eTag}, not the requested ${req.eTag}`,
+      'process the current version (drop --etag), or re-upload the expected one',
+    );
+  }
   const image = deps.store.images.upsert(ref);
   if (image.status === 'ready') {
     return {

@@ -59,6 +59,14 @@ export class ImageRepo {
       .get(ref.bucket, ref.key, ref.eTag) as ImageRow;
   }
 
+  /** The row for this exact identity, if any (quotes around the ETag optional). */
+  find(bucket: string, key: string, eTag: string): ImageRow | undefined {
+    const quoted = eTag.startsWith('"') ? eTag : `"${eTag}"`;
+    return this.db
+      .prepare(`SELECT * FROM images WHERE bucket = ? AND key = ? AND etag IN (?, ?)`)
+      .get(bucket, key, quoted, quoted.slice(1, -1)) as ImageRow | undefined;
+  }
+
   get(id: number): ImageRow | undefined {
     return this.db.prepare(`SELECT * FROM images WHERE id = ?`).get(id) as ImageRow | undefined;
   }

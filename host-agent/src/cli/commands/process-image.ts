@@ -1,4 +1,5 @@
 /** thinrelay process-image --s3-key KEY: download, verify, unpack, snapshot, activate. */
+import type { S3Client } from '@aws-sdk/client-s3';
 import { EnvironmentError, UsageError } from '../../errors.js';
 import { existsSync } from 'node:fs';
 import type { Command, CommandContext } from '../command.js';
@@ -31,18 +32,15 @@ async function run(ctx: CommandContext): Promise<number> {
     throw new UsageError('CONFIG', 'no bucket given', 'pass --bucket or set THINRELAY_BUCKET');
   checkHostReady(config.backend);
 
-  // The SDK loads only for commands that talk to S3.
-  const [{ createS3Client }, { processImage }] = await Promise.all([
-    import('../../source/s3-client.js'),
-    import('../../pipeline/process-image.js'),
-  ]);
+  const { processImage } = await import('../../pipeline/process-image.js');
   const aborter = new AbortController();
   const onSignal = (sig: NodeJS.Signals): void => aborter.abort(new Error(`received ${sig}`));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const s3 = createS3Client();
+  // The SDK loads on first use: an image already done at a given --etag never needs it.
+  let s3: Promise<S3Client> | undefined;
   const rt = ctx.runtime({
-    s3: () => s3,
+    s3: () => (s3 ??= import('../../source/s3-client.js').then((m) => m.createS3Client())),
     progress:
       process.stderr.isTTY && !ctx.json ? ttyProgress(process.stderr) : logProgress(ctx.logger),
     signal: aborter.signal,
@@ -53,6 +51,7 @@ async function run(ctx: CommandContext): Promise<number> {
       bucket: config.bucket,
       key,
       versionId: (ctx.values['version-id'] as string | undefined) ?? null,
+      eTag: (ctx.values.etag as string | undefined) ?? null,
     });
     if (ctx.json) {
       printJson({
@@ -71,7 +70,7 @@ async function run(ctx: CommandContext): Promise<number> {
     }
     return 0;
   } finally {
-    s3.destroy();
+    if (s3 !== undefined) (await s3).destroy();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
@@ -81,11 +80,12 @@ export const processImageCommand: Command = {
   name: 'process-image',
   summary: 'download, verify, unpack, snapshot and activate one image (idempotent)',
   usage:
-    'thinrelay process-image --s3-key KEY [--bucket B] [--version-id V] [--keep-on-failure] [--json]',
+    'thinrelay process-image --s3-key KEY [--bucket B] [--version-id V] [--etag E] [--keep-on-failure] [--json]',
   options: {
     's3-key': { type: 'string' },
     bucket: { type: 'string' },
     'version-id': { type: 'string' },
+    etag: { type: 'string' },
     'keep-on-failure': { type: 'boolean' },
   },
   run,

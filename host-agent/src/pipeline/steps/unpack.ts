@@ -7,7 +7,6 @@
 import { volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
 import { failpoint } from '../../failpoints.js';
-import { downloadObject } from '../../source/download.js';
 import { unpackArchive } from '../../unpack/index.js';
 import type { JobContext, StepOutcome } from '../context.js';
 import type { Step } from './index.js';
@@ -54,7 +53,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
 
   progress.start('download', ref.size);
   progress.start('unpack', ref.size);
-  const download = downloadObject(ctx.s3(), ref, {
+  const { downloadObject } = await import('../../source/download.js');
+  const download = downloadObject(await ctx.s3(), ref, {
     onBytes: (n) => progress.update('download', n),
     signal: ctx.signal,
     logger: ctx.logger,
