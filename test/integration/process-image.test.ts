@@ -3,7 +3,7 @@
  * process, a real S3 emulator, real loop devices, mkfs and mounts.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { pack } from 'tar-stream';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
-import { runCli, type CliResult } from '../helpers/cli.js';
+import { cliPath, runCli, type CliResult } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { withMounted } from '../helpers/mount-probe.js';
 import { needsRoot } from '../helpers/root.js';
@@ -310,6 +310,39 @@ describe('process-image', { skip: needsRoot }, () => {
     assert.equal(removed.status, 'removed');
     // The shared content stays: images/sample.tar still uses it.
     withMounted(base.devicePath, (root) => assert.ok(readFileSync(join(root, 'etc/hostname'))));
+  });
+
+  test('Ctrl-C mid-unpack: INTERRUPTED recorded, everything released, a rerun succeeds', async () => {
+    await s3.putObject(
+      bucket,
+      'images/interrupted.tar',
+      await buildSampleRootfs({ seed: 'sigint', payloadBytes: 64 * 1024 ** 2 }),
+    );
+    const before = hostInventory(stateDir);
+    const child = spawn(
+      process.execPath,
+      [cliPath, 'process-image', '--s3-key', 'images/interrupted.tar'],
+      {
+        env: { ...process.env, ...env, THINRELAY_LOG_LEVEL: 'info' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let stderr = '';
+    let sent = false;
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      // Once: a second Ctrl-C means "exit now" (crash recovery then takes over).
+      if (!sent && stderr.includes('"msg":"unpacking"')) sent = child.kill('SIGINT');
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    assert.equal(code, 1, stderr);
+    assert.match(stderr.trim().split('\n').pop() ?? '', /\[INTERRUPTED\] stopped: received SIGINT/);
+    assert.deepEqual(hostInventory(stateDir), before, 'nothing left behind');
+    const show = json<{ job: { status: string; error_code: string } }>(
+      await cli('show', 'images/interrupted.tar', '--json'),
+    );
+    assert.deepEqual([show.job.status, show.job.error_code], ['failed', 'INTERRUPTED']);
+    assert.equal((await cli('process-image', '--s3-key', 'images/interrupted.tar')).code, 0);
   });
 
   test('doctor passes on this host; state backup writes a copy', async () => {

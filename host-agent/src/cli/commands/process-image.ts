@@ -1,6 +1,6 @@
 /** thinrelay process-image --s3-key KEY: download, verify, unpack, snapshot, activate. */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { EnvironmentError, UsageError } from '../../errors.js';
+import { EnvironmentError, ImageError, UsageError, errorMessage } from '../../errors.js';
 import { existsSync } from 'node:fs';
 import type { Command, CommandContext } from '../command.js';
 import { printJson } from '../output.js';
@@ -52,6 +52,15 @@ async function run(ctx: CommandContext): Promise<number> {
       key,
       versionId: (ctx.values['version-id'] as string | undefined) ?? null,
       eTag: (ctx.values.etag as string | undefined) ?? null,
+    }).catch((err: unknown) => {
+      if (!aborter.signal.aborted) throw err;
+      // Ctrl-C / SIGTERM: the job is recorded as failed (INTERRUPTED) and its storage released.
+      throw new ImageError(
+        'INTERRUPTED',
+        `stopped: ${errorMessage(aborter.signal.reason)}; what it had created was released`,
+        'run the same command again to retry',
+        { cause: err },
+      );
     });
     if (ctx.json) {
       printJson({
