@@ -15,7 +15,7 @@ import {
   type ArchiveStream,
   type Compression,
 } from './compression.js';
-import { Extractor } from './extractor.js';
+import { Extractor, type MemberCounts } from './extractor.js';
 import { TarReader } from './tar-reader.js';
 
 export interface UnpackOptions {
@@ -27,15 +27,7 @@ export interface UnpackOptions {
   signal?: AbortSignal;
 }
 
-export interface UnpackStats {
-  entries: number;
-  files: number;
-  directories: number;
-  symlinks: number;
-  hardlinks: number;
-  devices: number;
-  fifos: number;
-  contentBytes: number;
+export interface UnpackStats extends MemberCounts {
   compression: Compression;
 }
 
