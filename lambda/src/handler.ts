@@ -1,0 +1,83 @@
+/**
+ * The fan-out Lambda's entry point: S3 notification → image events → one
+ * message per event on the queue of every host that should hold the image.
+ *
+ * Per container (reused across warm invocations): the SQS client and the
+ * queue directory with its discovery cache. The SDK reads region, credentials
+ * and AWS_ENDPOINT_URL_SQS from the environment itself.
+ */
+import { Logger } from '@aws-lambda-powertools/logger';
+import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import type { S3Event, S3Handler } from 'aws-lambda';
+import { loadConfig, type LambdaConfig } from './config.js';
+import { FanoutError, publish, QueueDirectory } from './fanout.js';
+import { eventsFromNotification } from './records.js';
+
+const logger = new Logger({ serviceName: 'thinrelay-fanout' });
+const metrics = new Metrics({ namespace: 'thinrelay', serviceName: 'thinrelay-fanout' });
+
+interface Runtime {
+  config: LambdaConfig;
+  sqs: SQSClient;
+  directory: QueueDirectory | null;
+}
+
+let runtime: Runtime | undefined;
+
+function getRuntime(): Runtime {
+  if (!runtime) {
+    // A ConfigError here fails the invocation before anything is sent.
+    const config = loadConfig();
+    const sqs = new SQSClient({});
+    const directory =
+      config.queueUrls === null
+        ? new QueueDirectory(sqs, config.queuePrefix, config.discoveryTtlMs)
+        : null;
+    runtime = { config, sqs, directory };
+  }
+  return runtime;
+}
+
+export async function handleNotification(notification: S3Event): Promise<void> {
+  const { config, sqs, directory } = getRuntime();
+  try {
+    const events = eventsFromNotification(notification, config, logger);
+    metrics.addMetric('EventsReceived', MetricUnit.Count, events.length);
+    if (events.length === 0) return;
+    const queueUrls = config.queueUrls ?? (directory ? await directory.list() : []);
+    if (queueUrls.length === 0) {
+      // No hosts yet is a valid fleet state, not an error worth retrying.
+      logger.warn('no host queues found; nothing to publish', { prefix: config.queuePrefix });
+      return;
+    }
+    try {
+      const result = await publish(events, queueUrls, config, {
+        sqs,
+        concurrency: config.fanoutConcurrency,
+      });
+      metrics.addMetric('EventsPublished', MetricUnit.Count, events.length);
+      metrics.addMetric('MessagesSent', MetricUnit.Count, result.sent);
+      metrics.addMetric('QueuesTargeted', MetricUnit.Count, result.queues);
+      logger.info('published', {
+        events: events.map((e) => ({ kind: e.kind, key: e.key, sequencer: e.sequencer })),
+        messages: result.sent,
+        queues: result.queues,
+      });
+    } catch (err) {
+      if (err instanceof FanoutError) {
+        metrics.addMetric('FailedEntries', MetricUnit.Count, err.failures.length);
+        logger.error('fan-out incomplete; failing so Lambda retries', { failures: err.failures });
+      }
+      // The queue set may have changed (a host removed): rediscover on retry.
+      directory?.invalidate();
+      throw err;
+    }
+  } finally {
+    metrics.publishStoredMetrics();
+  }
+}
+
+export const handler: S3Handler = async (event) => {
+  await handleNotification(event);
+};

@@ -1,0 +1,110 @@
+/**
+ * S3 notification records → image events. Pure: no I/O besides the log.
+ *
+ * A record we cannot or should not publish is skipped (and logged) rather
+ * than thrown: throwing would make Lambda retry the whole invocation, which
+ * can never turn a bad record into a good one.
+ */
+import type { S3Event, S3EventRecord } from 'aws-lambda';
+import {
+  validateImageEvent,
+  type ImageEvent,
+  type ImageEventKind,
+} from '../../schema/image-event.js';
+import type { LambdaConfig } from './config.js';
+
+/** The subset of a structured logger we use (Powertools' Logger fits). */
+export interface Log {
+  info(message: string, ...extra: Record<string, unknown>[]): void;
+  warn(message: string, ...extra: Record<string, unknown>[]): void;
+}
+
+export type FilterRules = Pick<LambdaConfig, 'buckets' | 'imagePrefix' | 'imageSuffixes'>;
+
+/** S3 URL-encodes keys in notifications, form-style: `+` is a space, `%2B` a plus. */
+export function decodeS3Key(raw: string): string {
+  return decodeURIComponent(raw.replace(/\+/g, ' '));
+}
+
+/** Lambda receives "ObjectCreated:Put"; via SNS/SQS the name may carry "s3:". */
+export function kindOf(eventName: string): ImageEventKind | null {
+  const name = eventName.startsWith('s3:') ? eventName.slice(3) : eventName;
+  if (name.startsWith('ObjectCreated:')) return 'image.put';
+  if (name.startsWith('ObjectRemoved:')) return 'image.delete';
+  return null;
+}
+
+export type RecordResult = { event: ImageEvent } | { skipped: string };
+
+export function recordToEvent(record: S3EventRecord, rules: FilterRules): RecordResult {
+  const kind = kindOf(record.eventName);
+  if (kind === null) return { skipped: `event ${record.eventName} is not a put or delete` };
+  const bucket = record.s3.bucket.name;
+  if (rules.buckets.length > 0 && !rules.buckets.includes(bucket)) {
+    return { skipped: `bucket ${bucket} is not configured` };
+  }
+  const obj = record.s3.object;
+  let key: string;
+  try {
+    key = decodeS3Key(obj.key);
+  } catch {
+    return { skipped: `key ${JSON.stringify(obj.key)} is not valid URL encoding` };
+  }
+  // Console "folders" are zero-byte keys ending in "/": never an image.
+  if (key.endsWith('/')) return { skipped: 'key is a folder placeholder' };
+  if (!key.startsWith(rules.imagePrefix)) return { skipped: 'key is outside IMAGE_PREFIX' };
+  if (rules.imageSuffixes.length > 0 && !rules.imageSuffixes.some((s) => key.endsWith(s))) {
+    return { skipped: 'key does not end with an IMAGE_SUFFIXES entry' };
+  }
+  const eventTime = new Date(record.eventTime);
+  try {
+    const event = validateImageEvent({
+      schemaVersion: 1,
+      kind,
+      bucket,
+      key,
+      versionId: obj.versionId ?? null,
+      eTag: kind === 'image.put' ? (obj.eTag ?? null) : null,
+      size: kind === 'image.put' ? (obj.size ?? null) : null,
+      sequencer: obj.sequencer,
+      eventTime: Number.isNaN(eventTime.getTime()) ? record.eventTime : eventTime.toISOString(),
+    });
+    return { event };
+  } catch (err) {
+    return { skipped: (err as Error).message };
+  }
+}
+
+/** Every publishable event of a notification, in record order. */
+export function eventsFromNotification(
+  notification: S3Event,
+  rules: FilterRules,
+  log: Log,
+): ImageEvent[] {
+  // S3 sends s3:TestEvent when a notification configuration is saved; it has
+  // no Records. Recognise it explicitly so it is not mistaken for a bad payload.
+  const maybeTest = notification as unknown as { Event?: unknown };
+  if (maybeTest.Event === 's3:TestEvent') {
+    log.info('ignoring s3:TestEvent');
+    return [];
+  }
+  if (!Array.isArray(notification.Records)) {
+    log.warn('notification has no Records array; ignored');
+    return [];
+  }
+  const events: ImageEvent[] = [];
+  for (const record of notification.Records) {
+    const result = recordToEvent(record, rules);
+    if ('event' in result) {
+      events.push(result.event);
+    } else {
+      log.info('record skipped', {
+        reason: result.skipped,
+        eventName: record.eventName,
+        bucket: record.s3?.bucket?.name,
+        rawKey: record.s3?.object?.key,
+      });
+    }
+  }
+  return events;
+}
