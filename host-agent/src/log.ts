@@ -1,6 +1,6 @@
 /**
- * A tiny structured logger: JSON lines on stderr (one object per event) or
- * nothing. The CLI picks the sink; library code only ever calls log.*.
+ * A tiny structured logger. Library code only ever calls log.*; the CLI picks
+ * the sink: JSON lines for machines, short text lines for a terminal.
  */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 const rank: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
@@ -15,7 +15,14 @@ export interface Logger {
   child(fields: LogFields): Logger;
 }
 
-export type LogSink = (line: string) => void;
+export type LogRecord = { time: string; level: LogLevel; msg: string } & LogFields;
+
+export type LogSink = (record: LogRecord) => void;
+
+/** One JSON object per line. */
+export function jsonLineSink(write: (line: string) => void): LogSink {
+  return (record) => write(JSON.stringify(record));
+}
 
 export function createLogger(
   sink: LogSink | null,
@@ -24,7 +31,7 @@ export function createLogger(
 ): Logger {
   const emit = (lvl: LogLevel, msg: string, fields?: LogFields): void => {
     if (sink === null || rank[lvl] < rank[level]) return;
-    sink(JSON.stringify({ time: new Date().toISOString(), level: lvl, msg, ...base, ...fields }));
+    sink({ ...base, ...fields, time: new Date().toISOString(), level: lvl, msg });
   };
   return {
     debug: (m, f) => emit('debug', m, f),

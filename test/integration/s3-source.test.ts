@@ -10,7 +10,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ImageError, TransientError, UsageError } from '../../host-agent/src/errors.js';
-import { createLogger } from '../../host-agent/src/log.js';
+import { createLogger, jsonLineSink } from '../../host-agent/src/log.js';
 import { downloadObject, type DownloadOptions } from '../../host-agent/src/source/download.js';
 import { headObject } from '../../host-agent/src/source/head.js';
 import type { ObjectRef } from '../../host-agent/src/source/object-ref.js';
@@ -145,7 +145,10 @@ describe('S3 source against s3rver', () => {
     const ref = await head();
     const { cutter: c, client } = await cutter({ cutAfterBytes: 1 * MiB, cutConnections: 2 });
     const lines: string[] = [];
-    const logger = createLogger((l) => lines.push(l), 'debug');
+    const logger = createLogger(
+      jsonLineSink((l) => lines.push(l)),
+      'debug',
+    );
     const { data: got, result } = await drain(client, ref, { backoffMs: 1, logger });
 
     assert.ok(got.equals(data), 'bytes identical');

@@ -2,7 +2,7 @@
 import type { ParseArgsConfig } from 'node:util';
 import { loadConfig, type AgentConfig } from '../config.js';
 import { UsageError } from '../errors.js';
-import { createLogger, type Logger, type LogLevel } from '../log.js';
+import { createLogger, jsonLineSink, type Logger, type LogLevel } from '../log.js';
 import { openRuntime, type Runtime, type RuntimeOptions } from '../runtime.js';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
@@ -44,14 +44,17 @@ function stderrLogger(): Logger {
     (process.stderr.isTTY ? 'warn' : 'info');
   if (process.stderr.isTTY) {
     // People at a terminal get short lines, not JSON.
-    return createLogger((line) => {
-      const { level: lvl, msg, ...fields } = JSON.parse(line) as Record<string, unknown>;
-      const rest = Object.entries(fields).filter(([k]) => k !== 'time');
-      const extra = rest.map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
-      process.stderr.write(`${String(lvl)}: ${String(msg)} ${extra.join(' ')}\n`);
+    return createLogger(({ level: lvl, msg, time, ...fields }) => {
+      const extra = Object.entries(fields).map(
+        ([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`,
+      );
+      process.stderr.write(`${lvl}: ${msg} ${extra.join(' ')}\n`);
     }, level);
   }
-  return createLogger((line) => process.stderr.write(line + '\n'), level);
+  return createLogger(
+    jsonLineSink((line) => process.stderr.write(line + '\n')),
+    level,
+  );
 }
 
 export function makeContext(

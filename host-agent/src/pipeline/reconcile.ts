@@ -61,11 +61,7 @@ async function reconcileRow(
       if (!claimIfAbandoned(deps, row)) return;
       const fresh = deps.store.objects.get(row.id)!;
       if (fresh.state === 'activating' || fresh.state === 'deactivating') {
-        await deps.objects.backend.deactivate(deps.objects.spec(fresh));
-        deps.store.tx(() => {
-          deps.store.snapshots.deactivated(fresh.id);
-          deps.store.objects.transition(fresh.id, 'inactive', { owner: null, devicePath: null });
-        });
+        await deps.objects.deactivate(fresh);
         act('deactivated', `interrupted while ${fresh.state}`);
       } else {
         await deps.objects.remove(fresh);

@@ -57,7 +57,7 @@ export const objectTransitions: Record<ObjectState, readonly ObjectState[]> = {
   unpacked: ['sealed', 'removing', 'kept'],
   sealed: ['removing'],
   inactive: ['activating', 'removing'],
-  activating: ['active', 'inactive', 'removing'],
+  activating: ['active', 'deactivating', 'removing'],
   active: ['active', 'deactivating', 'removing'],
   deactivating: ['inactive', 'removing'],
   kept: ['removing'],

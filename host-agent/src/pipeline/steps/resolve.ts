@@ -25,10 +25,9 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
     }
   }
   // Sparse/thin backing: what the unpack will really write is about the unpacked size.
-  await ctx.objects.backend.ensureSpace(
-    Math.min(volumeSizeFor(ref.size, ctx.config), 4 * ref.size),
-  );
-  return { status: 'complete', detail: { volumeSizeBytes: volumeSizeFor(ref.size, ctx.config) } };
+  const volumeSizeBytes = volumeSizeFor(ref.size, ctx.config);
+  await ctx.objects.backend.ensureSpace(Math.min(volumeSizeBytes, 4 * ref.size));
+  return { status: 'complete', detail: { volumeSizeBytes } };
 }
 
 export const resolveStep: Step = { name: 'resolve', jobStatus: 'downloading', run };
