@@ -8,6 +8,7 @@ import nodeModule from 'node:module';
 import { parseArgs } from 'node:util';
 import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
 import { globalOptions, globalUsage, makeContext, type Command } from './command.js';
+import { agentCommand } from './commands/agent.js';
 import { imagesCommand, snapshotsCommand, failedCommand } from './commands/listings.js';
 import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.js';
 import { poolCommand } from './commands/pool.js';
@@ -18,6 +19,7 @@ import { formatError } from './output.js';
 
 const commands: readonly Command[] = [
   processImageCommand,
+  agentCommand,
   imagesCommand,
   snapshotsCommand,
   showCommand,

@@ -17,6 +17,17 @@ export async function collectGarbage(deps: PipelineDeps): Promise<ReconcileActio
       reason: 'failed volume kept for inspection',
     });
   }
+  // Snapshots of retired images, once no longer active (see ops/retire.ts).
+  for (const row of store.objects.listByState(['inactive'])) {
+    const image = row.image_id === null ? undefined : store.images.get(row.image_id);
+    if (image?.status !== 'removed') continue;
+    await objects.remove(row);
+    actions.push({
+      object: objectName(row.kind, row.id),
+      action: 'removed',
+      reason: 'inactive snapshot of a retired image',
+    });
+  }
   for (const row of store.objects.listByState(['sealed'])) {
     const blob = store.blobs.byVolume(row.id);
     const unused =

@@ -41,11 +41,21 @@ export interface ProcessResult {
 
 type Claim = { kind: 'mine'; job: JobRow; takeover: boolean } | { kind: 'wait'; job: JobRow };
 
+export interface ProcessOptions {
+  /**
+   * Reconcile first (default). The daemon reconciles once at start instead:
+   * its other jobs are live, so a per-image reconcile would find nothing but
+   * cost an inventory of the host.
+   */
+  reconcile?: boolean;
+}
+
 export async function processImage(
   deps: PipelineDeps,
   req: ProcessRequest,
+  opts: ProcessOptions = {},
 ): Promise<ProcessResult> {
-  await reconcile(deps);
+  if (opts.reconcile !== false) await reconcile(deps);
   const known = req.eTag ? deps.store.images.find(req.bucket, req.key, req.eTag) : undefined;
   if (known?.status === 'ready') {
     return {

@@ -81,6 +81,15 @@ export class ImageRepo {
       .get(key, bucket ?? null, bucket ?? null) as ImageRow | undefined;
   }
 
+  /** Every live (not removed) row of one key, all ETags. */
+  liveByKey(bucket: string, key: string): ImageRow[] {
+    return this.db
+      .prepare(
+        `SELECT * FROM images WHERE bucket = ? AND key = ? AND status != 'removed' ORDER BY id`,
+      )
+      .all(bucket, key) as ImageRow[];
+  }
+
   list(opts: { includeRemoved?: boolean } = {}): ImageRow[] {
     return this.db
       .prepare(`SELECT * FROM images WHERE ? OR status != 'removed' ORDER BY id`)

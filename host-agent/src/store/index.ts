@@ -6,6 +6,7 @@
 import type { Db } from './db.js';
 import { openDatabase } from './db.js';
 import { BlobRepo } from './blobs.js';
+import { EventRepo } from './events.js';
 import { ImageRepo } from './images.js';
 import { JobRepo } from './jobs.js';
 import { ObjectRepo } from './objects.js';
@@ -17,6 +18,7 @@ export class StateStore {
   readonly jobs: JobRepo;
   readonly objects: ObjectRepo;
   readonly snapshots: SnapshotRepo;
+  readonly events: EventRepo;
 
   constructor(readonly db: Db) {
     this.images = new ImageRepo(db);
@@ -24,6 +26,7 @@ export class StateStore {
     this.jobs = new JobRepo(db);
     this.objects = new ObjectRepo(db);
     this.snapshots = new SnapshotRepo(db);
+    this.events = new EventRepo(db);
   }
 
   static open(stateDir: string, opts: { readonly?: boolean } = {}): StateStore {
@@ -56,3 +59,4 @@ export type { BlobRow } from './blobs.js';
 export type { JobRow, StepRow } from './jobs.js';
 export type { StorageObjectRow, ObjectKind } from './objects.js';
 export type { SnapshotRow, SnapshotListing } from './snapshots.js';
+export type { KeyEventRow, QueueMessageRow, MessageOutcome } from './events.js';

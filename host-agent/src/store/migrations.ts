@@ -104,4 +104,34 @@ export const migrations: readonly string[] = [
     PRIMARY KEY (job_id, position)
   );
   `,
+  // 2: the daemon's view of the queue: the newest event applied per key
+  // (stale and duplicate deliveries are dropped against it) and a journal of
+  // what was done with each message (operators' triage; a message that
+  // already failed permanently is handed back to SQS without a rerun).
+  `
+  CREATE TABLE key_events (
+    bucket        TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    sequencer     TEXT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('image.put', 'image.delete')),
+    image_id      INTEGER REFERENCES images(id),
+    applied_at    TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+  );
+
+  CREATE TABLE queue_messages (
+    message_id    TEXT PRIMARY KEY,
+    bucket        TEXT,
+    key           TEXT,
+    kind          TEXT,
+    sequencer     TEXT,
+    outcome       TEXT NOT NULL,
+    reason_code   TEXT,
+    reason        TEXT,
+    receives      INTEGER NOT NULL,
+    first_seen_at TEXT NOT NULL,
+    last_seen_at  TEXT NOT NULL
+  );
+  CREATE INDEX queue_messages_by_key ON queue_messages(bucket, key);
+  `,
 ];

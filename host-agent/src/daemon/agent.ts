@@ -1,0 +1,349 @@
+/**
+ * The agent daemon: long-polls this host's queue and runs up to
+ * `concurrency` messages at once through the pipeline.
+ *
+ * - It polls again as soon as a slot is free, never waiting for a batch.
+ * - Each message's visibility is extended while its image runs; the message is
+ *   deleted only after its outcome is committed to the store.
+ * - Messages for one key run one at a time, in arrival order (KeyLock).
+ * - Transient failures retry here a few times (holding the message, so the
+ *   receive count — and the DLQ — are spared), then go back with a delay.
+ * - stop(): no new receives; in-flight work gets `drainSeconds`, then is
+ *   interrupted and its messages released at once. The pipeline records an
+ *   interrupted job and releases its storage; a restart completes it.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { errorMessage } from '../errors.js';
+import type { PipelineDeps } from '../pipeline/context.js';
+import type { ProgressSink } from '../pipeline/progress.js';
+import { reconcile } from '../pipeline/reconcile.js';
+import type { HostQueue, ReceivedMessage } from '../queue/host-queue.js';
+import { applyMessage, type EventDecision } from './apply-event.js';
+import { VisibilityHeartbeat } from './heartbeat.js';
+import { KeyLock } from './key-lock.js';
+import { AgentMetrics } from './metrics.js';
+
+export interface AgentOptions {
+  queue: HostQueue;
+  /** The process's runtime; each message gets its own owner and abort signal. */
+  deps: PipelineDeps;
+  concurrency: number;
+  visibilitySeconds: number;
+  waitSeconds: number;
+  drainSeconds: number;
+  /** In-process attempts for a transient failure before the message goes back. */
+  transientAttempts: number;
+  transientBaseDelayMs: number;
+  /** Delay before SQS offers a transiently failed message again. */
+  retryDelaySeconds: (receiveCount: number) => number;
+  /** Called with each message's timings (benchmarks, tests). */
+  onMessageDone?: (timing: MessageTiming) => void;
+}
+
+export interface MessageTiming {
+  messageId: string;
+  outcome: EventDecision['outcome'];
+  receivedAt: number;
+  /** When the pipeline (or the decision) started. */
+  startedAt: number;
+  /** When the outcome was committed. */
+  decidedAt: number;
+  /** When the message was deleted or released. */
+  settledAt: number;
+}
+
+export const defaultRetryDelaySeconds = (receiveCount: number): number =>
+  Math.min(900, 15 * 2 ** Math.max(0, receiveCount - 1));
+
+export class Agent {
+  readonly metrics: AgentMetrics;
+  private readonly inFlight = new Map<string, Promise<void>>();
+  private readonly keyLock = new KeyLock();
+  private readonly pollAbort = new AbortController();
+  /** Aborted when the drain deadline passes: in-flight pipelines stop. */
+  private readonly workAbort = new AbortController();
+  private stopping = false;
+  private slotFreed: (() => void) | null = null;
+  private workerSeq = 0;
+  private lastPollOkAt = 0;
+  private readonly startedAt = Date.now();
+
+  constructor(private readonly opts: AgentOptions) {
+    this.metrics = new AgentMetrics(() => this.inFlight.size);
+  }
+
+  get inFlightCount(): number {
+    return this.inFlight.size;
+  }
+
+  /** Healthy: the poll loop ran recently (or the agent just started) and is not stopping. */
+  health(): { healthy: boolean; detail: Record<string, unknown> } {
+    const now = Date.now();
+    const since = this.lastPollOkAt === 0 ? now - this.startedAt : now - this.lastPollOkAt;
+    const limitMs = (this.opts.waitSeconds + 45) * 1000;
+    const busy = this.inFlight.size >= this.opts.concurrency;
+    const healthy = !this.stopping && (busy || since < limitMs);
+    return {
+      healthy,
+      detail: {
+        stopping: this.stopping,
+        inFlight: this.inFlight.size,
+        concurrency: this.opts.concurrency,
+        lastPollOk: this.lastPollOkAt === 0 ? null : new Date(this.lastPollOkAt).toISOString(),
+        queueUrl: this.opts.queue.url,
+      },
+    };
+  }
+
+  /** Reconcile, then poll until stop(); resolves when every message is settled. */
+  async run(): Promise<void> {
+    const { deps } = this.opts;
+    await reconcile(deps);
+    deps.logger.info('agent started', {
+      queueUrl: this.opts.queue.url,
+      concurrency: this.opts.concurrency,
+      backend: deps.config.backend,
+    });
+    let failures = 0;
+    while (!this.stopping) {
+      await this.waitForSlot();
+      if (this.stopping) break;
+      let messages: ReceivedMessage[];
+      try {
+        messages = await this.opts.queue.receive({
+          maxMessages: this.opts.concurrency - this.inFlight.size,
+          waitSeconds: this.opts.waitSeconds,
+          visibilitySeconds: this.opts.visibilitySeconds,
+          signal: this.pollAbort.signal,
+        });
+        failures = 0;
+        this.lastPollOkAt = Date.now();
+        this.metrics.lastPoll.set(Math.floor(this.lastPollOkAt / 1000));
+      } catch (err) {
+        if (this.stopping) break;
+        failures++;
+        this.metrics.receiveErrors.inc();
+        const delay = Math.min(30_000, 500 * 2 ** Math.min(failures, 6));
+        deps.logger.warn('receive failed; retrying', { error: errorMessage(err), delayMs: delay });
+        await sleep(delay, undefined, { signal: this.pollAbort.signal }).catch(() => undefined);
+        continue;
+      }
+      for (const m of messages) this.startMessage(m);
+    }
+    await this.drain();
+    deps.logger.info('agent stopped', {});
+  }
+
+  /**
+   * Stop receiving; in-flight work gets `drainSeconds` to finish. Resolves
+   * immediately; run() resolves when all is settled.
+   */
+  stop(reason: string): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    this.opts.deps.logger.info('stopping: no new messages', {
+      reason,
+      inFlight: this.inFlight.size,
+      drainSeconds: this.opts.drainSeconds,
+    });
+    this.pollAbort.abort(new Error(reason));
+    this.slotFreed?.();
+  }
+
+  private async waitForSlot(): Promise<void> {
+    while (!this.stopping && this.inFlight.size >= this.opts.concurrency) {
+      await new Promise<void>((resolve) => (this.slotFreed = resolve));
+    }
+  }
+
+  private async drain(): Promise<void> {
+    if (this.inFlight.size === 0) return;
+    const deadline = sleep(this.opts.drainSeconds * 1000, 'deadline' as const, { ref: false });
+    const all = Promise.all(this.inFlight.values()).then(() => 'done' as const);
+    if ((await Promise.race([all, deadline])) === 'deadline') {
+      this.opts.deps.logger.warn('drain deadline passed: interrupting in-flight images', {
+        inFlight: this.inFlight.size,
+      });
+      this.workAbort.abort(new Error('agent shutdown deadline'));
+      await all;
+    }
+  }
+
+  private startMessage(m: ReceivedMessage): void {
+    this.metrics.receiveLag.observe(Math.max(0, m.receivedAt - m.sentAt) / 1000);
+    const work = this.handle(m)
+      .catch((err: unknown) => {
+        // handle() settles its message itself; this is a bug, never hidden.
+        this.opts.deps.logger.error('message handling failed unexpectedly', {
+          messageId: m.messageId,
+          error: errorMessage(err),
+        });
+      })
+      .finally(() => {
+        this.inFlight.delete(m.messageId);
+        this.slotFreed?.();
+      });
+    this.inFlight.set(m.messageId, work);
+  }
+
+  private async handle(m: ReceivedMessage): Promise<void> {
+    const { deps, queue } = this.opts;
+    const logger = deps.logger.child({ messageId: m.messageId });
+    const heartbeat = new VisibilityHeartbeat(queue, m, {
+      visibilitySeconds: this.opts.visibilitySeconds,
+      logger,
+      onError: () => this.metrics.heartbeatErrors.inc(),
+    });
+    heartbeat.start();
+    let decision: EventDecision;
+    let startedAt = Date.now();
+    try {
+      decision = await this.keyLock.run(lockKeyOf(m.body), async () => {
+        startedAt = Date.now();
+        // It waited behind its key's lock while a stop began: don't start it.
+        if (this.stopping) return releasedUnstarted();
+        return this.applyWithRetries(m, logger);
+      });
+    } finally {
+      await heartbeat.stop();
+    }
+    const decidedAt = Date.now();
+    this.record(m, decision);
+    await this.settle(m, decision, logger);
+    this.opts.onMessageDone?.({
+      messageId: m.messageId,
+      outcome: decision.outcome,
+      receivedAt: m.receivedAt,
+      startedAt,
+      decidedAt,
+      settledAt: Date.now(),
+    });
+  }
+
+  private async applyWithRetries(
+    m: ReceivedMessage,
+    logger: PipelineDeps['logger'],
+  ): Promise<EventDecision> {
+    const deps = this.depsFor(logger);
+    for (let attempt = 1; ; attempt++) {
+      const decision = await applyMessage(deps, m, {
+        retryDelaySeconds: this.opts.retryDelaySeconds,
+      });
+      if (
+        decision.outcome !== 'retrying' ||
+        attempt >= this.opts.transientAttempts ||
+        this.stopping
+      )
+        return decision;
+      const delayMs = this.opts.transientBaseDelayMs * 2 ** (attempt - 1);
+      logger.warn('transient failure; retrying', {
+        attempt,
+        delayMs,
+        code: decision.reasonCode,
+        error: decision.reason,
+      });
+      try {
+        await sleep(delayMs, undefined, { signal: this.workAbort.signal });
+      } catch {
+        return decision;
+      }
+    }
+  }
+
+  /** Per message: its own owner (so reconcile never mistakes a sibling's work) and progress counter. */
+  private depsFor(logger: PipelineDeps['logger']): PipelineDeps {
+    const base = this.opts.deps;
+    const metrics = this.metrics;
+    let last = 0;
+    const progress: ProgressSink = {
+      start: () => (last = 0),
+      update: (phase, done) => {
+        if (phase !== 'download') return;
+        metrics.bytesDownloaded.inc({}, done - last);
+        last = done;
+      },
+      end: () => undefined,
+    };
+    return {
+      ...base,
+      owner: `${base.owner}:${++this.workerSeq}`,
+      logger,
+      progress,
+      signal: this.workAbort.signal,
+    };
+  }
+
+  private record(m: ReceivedMessage, d: EventDecision): void {
+    const { deps } = this.opts;
+    deps.store.events.recordMessage({
+      messageId: m.messageId,
+      bucket: d.event?.bucket ?? null,
+      key: d.event?.key ?? null,
+      kind: d.event?.kind ?? null,
+      sequencer: d.event?.sequencer ?? null,
+      outcome: d.outcome,
+      reasonCode: d.reasonCode ?? null,
+      reason: d.reason ?? null,
+    });
+    this.metrics.messages.inc({ outcome: d.outcome });
+    if (d.outcome === 'applied') this.metrics.imagesProcessed.inc({ kind: d.event?.kind ?? '' });
+    if (d.outcome === 'failed' || d.outcome === 'retrying') {
+      this.metrics.imagesFailed.inc({
+        reason: d.reasonCode ?? 'UNKNOWN',
+        permanent: String(d.outcome === 'failed'),
+      });
+    }
+    if (d.outcome === 'applied')
+      this.metrics.imageDuration.observe((Date.now() - m.receivedAt) / 1000);
+    const fields = {
+      outcome: d.outcome,
+      kind: d.event?.kind,
+      bucket: d.event?.bucket,
+      key: d.event?.key,
+      sequencer: d.event?.sequencer,
+      receiveCount: m.receiveCount,
+      code: d.reasonCode,
+      reason: d.reason,
+    };
+    if (d.outcome === 'failed') deps.logger.error('image event failed', fields);
+    else if (d.outcome === 'retrying') deps.logger.warn('image event will be retried', fields);
+    else deps.logger.info('image event handled', fields);
+  }
+
+  private async settle(m: ReceivedMessage, d: EventDecision, logger: PipelineDeps['logger']) {
+    try {
+      if (d.action.kind === 'delete') await this.opts.queue.delete(m);
+      else await this.opts.queue.setVisibility(m, d.action.delaySeconds);
+    } catch (err) {
+      // The outcome is recorded: a redelivery is dropped as stale (or retried).
+      logger.warn('could not settle message; SQS will redeliver it', {
+        action: d.action.kind,
+        error: errorMessage(err),
+      });
+    }
+  }
+}
+
+function releasedUnstarted(): EventDecision {
+  return {
+    outcome: 'released',
+    action: { kind: 'release', delaySeconds: 0 },
+    event: null,
+    reason: 'agent stopping before this message started',
+  };
+}
+
+/** Per-key lock name; an unparseable body locks only itself. */
+function lockKeyOf(body: string): string {
+  let o: unknown;
+  try {
+    o = JSON.parse(body);
+  } catch {
+    // Not JSON: applyMessage reports it; it shares a lock with nothing.
+    o = null;
+  }
+  const { bucket, key } = (o ?? {}) as { bucket?: unknown; key?: unknown };
+  return typeof bucket === 'string' && typeof key === 'string'
+    ? `${bucket}/${key}`
+    : `body:${body.slice(0, 64)}`;
+}

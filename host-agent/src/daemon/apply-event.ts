@@ -1,0 +1,207 @@
+/**
+ * One queue message → one decision. The message is parsed with the shared
+ * schema, checked against the newest event applied for its key (stale and
+ * duplicate deliveries are dropped), and applied through the same pipeline
+ * as `thinrelay process-image`. The result says what to do with the message;
+ * the caller does it only after this function has recorded the outcome.
+ */
+import {
+  compareSequencers,
+  ImageEventError,
+  parseImageEvent,
+  type ImageEvent,
+} from '../../../schema/image-event.js';
+import {
+  EnvironmentError,
+  ImageError,
+  TransientError,
+  UsageError,
+  errorMessage,
+  isThinrelayError,
+} from '../errors.js';
+import { retireKey } from '../ops/retire.js';
+import type { PipelineDeps } from '../pipeline/context.js';
+import { processImage } from '../pipeline/process-image.js';
+import type { ReceivedMessage } from '../queue/host-queue.js';
+import type { MessageOutcome } from '../store/events.js';
+
+/** delete: done with it; release: back to the queue after `delaySeconds`. */
+export type MessageAction = { kind: 'delete' } | { kind: 'release'; delaySeconds: number };
+
+export interface EventDecision {
+  outcome: MessageOutcome;
+  action: MessageAction;
+  event: ImageEvent | null;
+  reasonCode?: string;
+  reason?: string;
+  /** put: the image id made ready. */
+  imageId?: number;
+}
+
+export type FailureClass = 'permanent' | 'transient' | 'superseded' | 'interrupted';
+
+/**
+ * Permanent: the image or message itself is bad — retrying cannot help, the
+ * queue's redrive policy takes it to the DLQ. Transient: the network, S3,
+ * this host (space, tools, configuration) — retry later. Superseded: the
+ * object changed or vanished since the event; a newer event follows.
+ */
+export function classifyFailure(err: unknown, signal: AbortSignal): FailureClass {
+  if (signal.aborted) return 'interrupted';
+  if (err instanceof TransientError) return 'transient';
+  if (err instanceof EnvironmentError || err instanceof UsageError) return 'transient';
+  if (err instanceof ImageError) {
+    if (err.code === 'INTERRUPTED') return 'interrupted';
+    if (err.code === 'OBJECT_CHANGED' || err.code === 'OBJECT_NOT_FOUND') return 'superseded';
+    if (err.code === 'DOWNLOAD_FAILED' || err.code === 'STORAGE_FAILED') return 'transient';
+    return 'permanent';
+  }
+  // An unexpected error is most likely this host's (a tool, the disk): retry.
+  return 'transient';
+}
+
+function codeOf(err: unknown): string {
+  return isThinrelayError(err) ? err.code : 'INTERNAL';
+}
+
+export interface ApplyOptions {
+  /** Delay before a transiently failed message is offered again. */
+  retryDelaySeconds: (receiveCount: number) => number;
+}
+
+export async function applyMessage(
+  deps: PipelineDeps,
+  message: ReceivedMessage,
+  opts: ApplyOptions,
+): Promise<EventDecision> {
+  const seen = deps.store.events.message(message.messageId);
+  if (seen?.outcome === 'failed') {
+    // Already failed permanently here: hand it straight back so the redrive
+    // policy moves it to the DLQ, without unpacking a hostile archive again.
+    return {
+      outcome: 'failed',
+      action: { kind: 'release', delaySeconds: 0 },
+      event: null,
+      reasonCode: seen.reason_code ?? undefined,
+      reason: seen.reason ?? undefined,
+    };
+  }
+  let event: ImageEvent;
+  try {
+    event = parseImageEvent(message.body);
+  } catch (err) {
+    if (!(err instanceof ImageEventError)) throw err;
+    return {
+      outcome: 'failed',
+      action: { kind: 'release', delaySeconds: 0 },
+      event: null,
+      reasonCode: 'INVALID_MESSAGE',
+      reason: err.message,
+    };
+  }
+  const applied = deps.store.events.applied(event.bucket, event.key);
+  if (applied !== undefined && compareSequencers(event.sequencer, applied.sequencer) <= 0) {
+    return {
+      outcome: 'stale',
+      action: { kind: 'delete' },
+      event,
+      reason: `sequencer ${event.sequencer} is not newer than the applied ${applied.sequencer} (${applied.kind})`,
+    };
+  }
+  try {
+    return event.kind === 'image.put'
+      ? await applyPut(deps, event)
+      : await applyDelete(deps, event);
+  } catch (err) {
+    return decideFailure(err, deps.signal, event, message, opts);
+  }
+}
+
+async function applyPut(deps: PipelineDeps, event: ImageEvent): Promise<EventDecision> {
+  const base = { bucket: event.bucket, key: event.key };
+  let result;
+  let reason: string | undefined;
+  try {
+    result = await processImage(
+      deps,
+      { ...base, versionId: event.versionId, eTag: event.eTag },
+      { reconcile: false },
+    );
+  } catch (err) {
+    if (!(err instanceof ImageError) || err.code !== 'OBJECT_CHANGED') throw err;
+    // The key was overwritten since this event: its newest content is what
+    // the key should hold, so process that (its own event will find it done).
+    reason = `superseded: ${err.message}; processed the current object`;
+    deps.logger.info('event superseded by a newer write: processing the current object', base);
+    result = await processImage(deps, base, { reconcile: false });
+  }
+  recordApplied(deps, event, result.image.id);
+  return {
+    outcome: 'applied',
+    action: { kind: 'delete' },
+    event,
+    imageId: result.image.id,
+    ...(reason === undefined ? {} : { reason }),
+  };
+}
+
+async function applyDelete(deps: PipelineDeps, event: ImageEvent): Promise<EventDecision> {
+  const retired = await retireKey(deps, event.bucket, event.key);
+  recordApplied(deps, event, null);
+  return {
+    outcome: 'applied',
+    action: { kind: 'delete' },
+    event,
+    reason: `retired ${retired.imageIds.length} image(s); ${retired.keptActiveSnapshots} active snapshot(s) kept until released`,
+  };
+}
+
+function recordApplied(deps: PipelineDeps, event: ImageEvent, imageId: number | null): void {
+  deps.store.events.markApplied({
+    bucket: event.bucket,
+    key: event.key,
+    sequencer: event.sequencer,
+    kind: event.kind,
+    imageId,
+  });
+}
+
+function decideFailure(
+  err: unknown,
+  signal: AbortSignal,
+  event: ImageEvent,
+  message: ReceivedMessage,
+  opts: ApplyOptions,
+): EventDecision {
+  const reasonCode = codeOf(err);
+  const reason = errorMessage(err);
+  switch (classifyFailure(err, signal)) {
+    case 'interrupted':
+      return {
+        outcome: 'released',
+        action: { kind: 'release', delaySeconds: 0 },
+        event,
+        reasonCode,
+        reason,
+      };
+    case 'superseded':
+      // OBJECT_NOT_FOUND here: the key was deleted since; its delete event follows.
+      return { outcome: 'superseded', action: { kind: 'delete' }, event, reasonCode, reason };
+    case 'transient':
+      return {
+        outcome: 'retrying',
+        action: { kind: 'release', delaySeconds: opts.retryDelaySeconds(message.receiveCount) },
+        event,
+        reasonCode,
+        reason,
+      };
+    case 'permanent':
+      return {
+        outcome: 'failed',
+        action: { kind: 'release', delaySeconds: 0 },
+        event,
+        reasonCode,
+        reason,
+      };
+  }
+}
