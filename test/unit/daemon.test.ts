@@ -1,0 +1,127 @@
+/** The daemon's pure parts: configuration, failure classes, per-key ordering, metrics text. */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { classifyFailure } from '../../host-agent/src/daemon/apply-event.js';
+import { defaultRetryDelaySeconds } from '../../host-agent/src/daemon/agent.js';
+import { loadDaemonConfig } from '../../host-agent/src/daemon/config.js';
+import { KeyLock } from '../../host-agent/src/daemon/key-lock.js';
+import { AgentMetrics, Counter } from '../../host-agent/src/daemon/metrics.js';
+import {
+  EnvironmentError,
+  ImageError,
+  TransientError,
+  UsageError,
+} from '../../host-agent/src/errors.js';
+import { regionOfQueueUrl } from '../../host-agent/src/queue/sqs-client.js';
+
+const url = 'https://sqs.eu-west-1.amazonaws.com/123456789012/thinrelay-host-default-web01';
+
+describe('daemon configuration', () => {
+  test('defaults: 20 s long poll, 120 s visibility, 2 at once, metrics on loopback', () => {
+    const c = loadDaemonConfig({ queueUrl: url }, {});
+    assert.equal(c.waitSeconds, 20);
+    assert.equal(c.visibilitySeconds, 120);
+    assert.equal(c.concurrency, 2);
+    assert.deepEqual(c.metricsAddress, { host: '127.0.0.1', port: 9464 });
+  });
+  test('flags win over the environment', () => {
+    const c = loadDaemonConfig(
+      { queueUrl: url, concurrency: '4' },
+      { THINRELAY_QUEUE_URL: 'http://x/1/other', THINRELAY_CONCURRENCY: '8' },
+    );
+    assert.equal(c.queueUrl, url);
+    assert.equal(c.concurrency, 4);
+  });
+  test('bad values are usage errors that name the setting', () => {
+    assert.throws(() => loadDaemonConfig({}, {}), /no queue given/);
+    assert.throws(() => loadDaemonConfig({ queueUrl: 'not-a-url' }, {}), /not an SQS queue URL/);
+    assert.throws(
+      () => loadDaemonConfig({ queueUrl: url, concurrency: '0' }, {}),
+      /--concurrency must be a whole number from 1 to 64/,
+    );
+    assert.throws(
+      () => loadDaemonConfig({ queueUrl: url }, { THINRELAY_WAIT_SECONDS: '21' }),
+      /THINRELAY_WAIT_SECONDS/,
+    );
+    assert.throws(() => loadDaemonConfig({ queueUrl: url, metricsAddr: '9464' }, {}), /HOST:PORT/);
+    assert.equal(loadDaemonConfig({ queueUrl: url, metricsAddr: 'off' }, {}).metricsAddress, null);
+  });
+  test('the queue URL names the region when none is configured', () => {
+    assert.equal(regionOfQueueUrl(url), 'eu-west-1');
+    assert.equal(regionOfQueueUrl('http://127.0.0.1:9324/000000000000/q'), null);
+  });
+});
+
+describe('failure classes', () => {
+  const live = new AbortController().signal;
+  test('a bad image is permanent; network, host and configuration are transient', () => {
+    assert.equal(classifyFailure(new ImageError('ARCHIVE_PATH_ESCAPE', 'x'), live), 'permanent');
+    assert.equal(classifyFailure(new ImageError('LIMIT_ENTRY_COUNT', 'x'), live), 'permanent');
+    assert.equal(classifyFailure(new TransientError('DOWNLOAD_FAILED', 'x'), live), 'transient');
+    assert.equal(classifyFailure(new EnvironmentError('LOW_SPACE', 'x'), live), 'transient');
+    assert.equal(classifyFailure(new UsageError('CONFIG', 'x'), live), 'transient');
+    assert.equal(classifyFailure(new Error('EIO'), live), 'transient');
+  });
+  test('a changed or vanished object supersedes the event; an abort interrupts it', () => {
+    assert.equal(classifyFailure(new ImageError('OBJECT_CHANGED', 'x'), live), 'superseded');
+    assert.equal(classifyFailure(new ImageError('OBJECT_NOT_FOUND', 'x'), live), 'superseded');
+    const aborted = AbortSignal.abort();
+    assert.equal(
+      classifyFailure(new ImageError('ARCHIVE_PATH_ESCAPE', 'x'), aborted),
+      'interrupted',
+    );
+  });
+  test('retry delays double from 15 s up to 15 min', () => {
+    assert.deepEqual([1, 2, 3, 7, 20].map(defaultRetryDelaySeconds), [15, 30, 60, 900, 900]);
+  });
+});
+
+describe('KeyLock', () => {
+  test('work for one key runs one at a time, in arrival order; other keys run alongside', async () => {
+    const lock = new KeyLock();
+    const log: string[] = [];
+    const job = (key: string, name: string, ms: number) =>
+      lock.run(key, async () => {
+        log.push(`start ${name}`);
+        await sleep(ms);
+        log.push(`end ${name}`);
+      });
+    await Promise.all([job('a', 'a1', 30), job('a', 'a2', 1), job('b', 'b1', 5)]);
+    assert.deepEqual(log, ['start a1', 'start b1', 'end b1', 'end a1', 'start a2', 'end a2']);
+    assert.equal(lock.size, 0, 'no lock left behind');
+  });
+  test('a failure releases the key for the next one', async () => {
+    const lock = new KeyLock();
+    await assert.rejects(
+      lock.run('k', () => Promise.reject(new Error('boom'))),
+      /boom/,
+    );
+    assert.equal(await lock.run('k', () => Promise.resolve(7)), 7);
+  });
+});
+
+describe('metrics', () => {
+  test('Prometheus text: HELP, TYPE, labelled counters, histogram buckets', () => {
+    let inFlight = 3;
+    const m = new AgentMetrics(() => inFlight);
+    m.messages.inc({ outcome: 'applied' });
+    m.messages.inc({ outcome: 'applied' });
+    m.messages.inc({ outcome: 'stale' });
+    m.imageDuration.observe(0.7);
+    inFlight = 1;
+    const text = m.render();
+    assert.match(text, /^# TYPE thinrelay_messages_total counter$/m);
+    assert.match(text, /^thinrelay_messages_total\{outcome="applied"\} 2$/m);
+    assert.match(text, /^thinrelay_messages_total\{outcome="stale"\} 1$/m);
+    assert.match(text, /^thinrelay_image_duration_seconds_bucket\{le="0.5"\} 0$/m);
+    assert.match(text, /^thinrelay_image_duration_seconds_bucket\{le="1"\} 1$/m);
+    assert.match(text, /^thinrelay_image_duration_seconds_count 1$/m);
+    assert.match(text, /^thinrelay_images_in_flight 1$/m);
+  });
+  test('label values are escaped', () => {
+    const c = new Counter('x_total', 'x');
+    c.inc({ reason: 'a"b\\c\nd' });
+    assert.match(c.render(), /^x_total\{reason="a\\"b\\\\c\\nd"\} 1$/m);
+  });
+});

@@ -1,0 +1,54 @@
+/**
+ * The shipped systemd unit parses (systemd-analyze verify, with the binary
+ * path pointed at something that exists here) and keeps the settings the
+ * agent depends on.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+const unitPath = fileURLToPath(
+  new URL('../../../deploy/systemd/thinrelay-agent.service', import.meta.url),
+);
+const unit = readFileSync(unitPath, 'utf8');
+
+function hasAnalyze(): boolean {
+  try {
+    execFileSync('systemd-analyze', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test('the agent unit drains on SIGTERM within its stop timeout', () => {
+  assert.match(unit, /^KillSignal=SIGTERM$/m);
+  const stop = Number(/^TimeoutStopSec=(\d+)$/m.exec(unit)?.[1]);
+  assert.ok(stop > 60, 'TimeoutStopSec must exceed the default 60 s drain');
+  assert.match(unit, /^ExecStart=\/usr\/local\/bin\/thinrelay agent$/m);
+  assert.match(unit, /^EnvironmentFile=\/etc\/thinrelay\/agent\.env$/m);
+  assert.match(unit, /^ProtectSystem=strict$/m);
+  assert.match(unit, /^ReadWritePaths=\/var\/lib\/thinrelay$/m);
+});
+
+test(
+  'systemd-analyze verify accepts the unit',
+  { skip: !hasAnalyze() && 'no systemd-analyze' },
+  () => {
+    const dir = mkdtempSync(join(tmpdir(), 'thinrelay-unit-'));
+    try {
+      const copy = join(dir, 'thinrelay-agent.service');
+      writeFileSync(copy, unit.replaceAll('/usr/local/bin/thinrelay', process.execPath));
+      // verify exits 0 on unknown keys: its warnings on stderr are the verdict.
+      const r = spawnSync('systemd-analyze', ['verify', copy], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      assert.doesNotMatch(r.stderr + r.stdout, /thinrelay-agent\.service:\d+/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
