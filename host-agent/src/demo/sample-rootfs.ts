@@ -76,3 +76,14 @@ export async function buildSampleRootfs(opts: SampleRootfsOptions = {}): Promise
   const tar = Buffer.concat(chunks);
   return opts.gzip === true ? gzipSync(tar) : tar;
 }
+
+/** An archive that tries to write outside its root: every host must refuse it. */
+export async function buildHostileArchive(): Promise<Buffer> {
+  const p = pack();
+  p.entry({ name: 'etc/motd', type: 'file', mode: 0o644 }, 'looks harmless\n');
+  p.entry({ name: '../../escape', type: 'file', mode: 0o644 }, 'written outside the root\n');
+  p.finalize();
+  const chunks: Buffer[] = [];
+  for await (const c of p) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
