@@ -8,6 +8,7 @@ import nodeModule from 'node:module';
 import { parseArgs } from 'node:util';
 import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
 import { globalOptions, globalUsage, makeContext, type Command } from './command.js';
+import { dlqCommand, redriveCommand } from './commands/dlq.js';
 import { imagesCommand, snapshotsCommand, failedCommand } from './commands/listings.js';
 import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.js';
 import { poolCommand } from './commands/pool.js';
@@ -29,6 +30,8 @@ const commands: readonly Command[] = [
   doctorCommand,
   poolCommand,
   stateCommand,
+  redriveCommand,
+  dlqCommand,
 ];
 
 function mainHelp(): string {
