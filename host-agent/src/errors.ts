@@ -37,7 +37,16 @@ export type ImageFailureCode =
   | 'STORAGE_FAILED'
   | 'INTERRUPTED';
 
-export type UsageCode = 'USAGE' | 'CONFIG' | 'NOT_FOUND' | 'IN_USE';
+export type UsageCode =
+  | 'USAGE'
+  | 'CONFIG'
+  | 'NOT_FOUND'
+  | 'IN_USE'
+  // Queue commands (redrive, dlq peek).
+  | 'QUEUE_NOT_FOUND'
+  | 'NOT_A_DLQ'
+  | 'TASK_NOT_FOUND'
+  | 'TASK_NOT_RUNNING';
 
 export type EnvironmentCode =
   | 'NOT_ROOT'
@@ -47,9 +56,16 @@ export type EnvironmentCode =
   | 'STATE_DIR'
   | 'DB_CORRUPT'
   | 'POOL_UNAVAILABLE'
-  | 'LOW_SPACE';
+  | 'LOW_SPACE'
+  // Queue commands: SQS unreachable, refusing us, or answering something unexpected.
+  | 'QUEUE_UNREACHABLE'
+  | 'QUEUE_ACCESS_DENIED'
+  | 'QUEUE_REQUEST_FAILED';
 
-export type ReasonCode = ImageFailureCode | UsageCode | EnvironmentCode;
+/** A queue operation ran to its end without succeeding. */
+export type QueueOperationCode = 'MOVE_TASK_FAILED' | 'MOVE_TASK_CANCELLED' | 'MOVE_TASK_LOST';
+
+export type ReasonCode = ImageFailureCode | UsageCode | EnvironmentCode | QueueOperationCode;
 
 export abstract class ThinrelayError extends Error {
   abstract readonly exitCode: ExitCode;
@@ -96,6 +112,14 @@ export class EnvironmentError extends ThinrelayError {
     options?: { cause?: unknown },
   ) {
     super(code, message, hint, options);
+  }
+}
+
+/** A message move task ended FAILED or CANCELLED (or vanished): exit 1, like a failed image. */
+export class QueueOperationError extends ThinrelayError {
+  readonly exitCode = ExitCode.imageFailed;
+  constructor(code: QueueOperationCode, message: string, hint?: string) {
+    super(code, message, hint);
   }
 }
 

@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util';
 import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
 import { globalOptions, globalUsage, makeContext, type Command } from './command.js';
 import { agentCommand } from './commands/agent.js';
+import { dlqCommand, redriveCommand } from './commands/dlq.js';
 import { imagesCommand, snapshotsCommand, failedCommand } from './commands/listings.js';
 import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.js';
 import { poolCommand } from './commands/pool.js';
@@ -31,6 +32,8 @@ const commands: readonly Command[] = [
   doctorCommand,
   poolCommand,
   stateCommand,
+  redriveCommand,
+  dlqCommand,
 ];
 
 function mainHelp(): string {
