@@ -44,7 +44,8 @@ function thinrelay(
 ): Promise<{ code: number | null; stdout: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [cli, ...args], {
-      env,
+      // The agents' lines tell the story; CLI calls speak only when something is wrong.
+      env: { ...env, THINRELAY_LOG_LEVEL: 'warn' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let stdout = '';
@@ -188,7 +189,11 @@ async function main(): Promise<number> {
     await stack?.stop();
     rmSync(work, { recursive: true, force: true });
   };
-  process.once('SIGINT', () => void cleanup().then(() => process.exit(130)));
+  for (const [sig, code] of [
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const)
+    process.once(sig, () => void cleanup().then(() => process.exit(code)));
 
   try {
     stack = await startLocalStack({
