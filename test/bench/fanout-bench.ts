@@ -20,8 +20,8 @@
  * 16 queues at a time, so real-world ratios are larger than these.
  *
  * The agent's per-image overhead rows (receive → start, outcome → delete)
- * come from `measureAgentOverhead` below, which the agent daemon's author
- * fills in; the table and the results file take any BenchRow.
+ * come from `measureAgentOverhead` (agent-overhead.ts), against the same
+ * in-process emulator.
  *
  * Not part of npm test: figures, not assertions (but every measurement checks
  * that each queue received exactly the messages sent to it, so no figure
@@ -43,6 +43,7 @@ import {
 import type { S3Event, S3EventRecord } from 'aws-lambda';
 import { createSqsServer } from 'local-aws-sqs';
 import { serializeImageEvent, type ImageEvent } from '../../schema/image-event.js';
+import { measureAgentOverhead } from './agent-overhead.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repoRoot = join(here, '..', '..', '..');
@@ -141,20 +142,6 @@ export function writeResults(file: string, rows: readonly BenchRow[], notes: str
     JSON.stringify({ date: new Date().toISOString(), machine: machine(), notes, rows }, null, 2) +
       '\n',
   );
-}
-
-// ------------------------------------------------ agent per-image overhead
-
-/**
- * AGENT PER-IMAGE OVERHEAD — to be filled by the agent daemon's author.
- * Expected rows (section 'agent per-image overhead'): "receive → start"
- * (ReceiveMessage returned → pipeline started) and "outcome → delete"
- * (pipeline outcome recorded → DeleteMessage acknowledged), medians over
- * several images, against the same `sqs` emulator. Until the daemon exists
- * this measures nothing and says so in the printed output.
- */
-export function measureAgentOverhead(_sqs: SQSClient, _endpoint: string): Promise<BenchRow[]> {
-  return Promise.resolve([]);
 }
 
 // ---------------------------------------------------------------- fan-out
@@ -470,7 +457,7 @@ async function main(): Promise<void> {
       if (section.endsWith('in-process')) {
         const sqs = newClient(emulator.endpoint);
         try {
-          rows.push(...(await measureAgentOverhead(sqs, emulator.endpoint)));
+          rows.push(...(await measureAgentOverhead(sqs)));
         } finally {
           sqs.destroy();
         }
@@ -486,7 +473,7 @@ async function main(): Promise<void> {
   ];
   if (!rows.some((r) => r.section === 'agent per-image overhead')) {
     notes.push(
-      'agent per-image overhead: not measured yet (the agent daemon is not in this tree); see measureAgentOverhead().',
+      'agent per-image overhead: not measured (needs root for loop devices); run as root.',
     );
   }
   process.stdout.write(formatTable(rows) + '\n\n' + notes.map((n) => `* ${n}`).join('\n') + '\n');
