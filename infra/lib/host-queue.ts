@@ -121,7 +121,7 @@ export class HostQueue extends Construct {
       this.dlq,
       `${names.dlq(config, host)}-not-empty`,
       `Host ${host.name}: image events its agent failed ${config.queues.maxReceiveCount} times are in ${names.dlq(config, host)}. ` +
-        'Check the agent (journalctl -u thinrelay-agent) and the image, fix, then redrive the DLQ (infra/README.md, "Redrive").',
+        'Check the agent (its journal) and the image, fix, then redrive the DLQ (infra/README.md, "Redrive").',
     );
   }
 }

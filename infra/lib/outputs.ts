@@ -88,9 +88,8 @@ export function agentEnv(
     }
     return v;
   };
-  const hosts = need(STACK_OUTPUTS.hosts, 'host list')
-    .split(',')
-    .filter((h) => h !== '');
+  // No Hosts output: the stack has no hosts.
+  const hosts = (outputs[STACK_OUTPUTS.hosts] ?? '').split(',').filter((h) => h !== '');
   if (!hosts.includes(host)) {
     throw new AgentConfigError(
       `no host ${JSON.stringify(host)} in this stack (hosts: ${hosts.join(', ') || 'none'})`,

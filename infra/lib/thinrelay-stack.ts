@@ -93,7 +93,14 @@ export class ThinrelayStack extends Stack {
       'Images are published from under this key prefix',
     );
     this.output(STACK_OUTPUTS.region, Aws.REGION, 'AWS_REGION for agents');
-    this.output(STACK_OUTPUTS.hosts, config.hosts.map((h) => h.name).join(','), 'Configured hosts');
+    if (config.hosts.length > 0) {
+      // CloudFormation rejects an empty output value: no hosts, no output.
+      this.output(
+        STACK_OUTPUTS.hosts,
+        config.hosts.map((h) => h.name).join(','),
+        'Configured hosts',
+      );
+    }
     this.output(STACK_OUTPUTS.fanoutFunction, this.fanout.function.functionName, 'Fan-out Lambda');
     this.output(
       STACK_OUTPUTS.failedEventsQueue,

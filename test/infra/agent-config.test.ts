@@ -94,6 +94,15 @@ test('an unknown host is an error naming the hosts that exist', async () => {
   assert.match(r.stderr, /no host "web02" in this stack \(hosts: web-01, gpu01\)/);
 });
 
+test('a stack without hosts says so', async () => {
+  const none = join(dir, 'none.json');
+  const { [STACK_OUTPUTS.hosts]: _hosts, ...rest } = outputs.Thinrelay;
+  writeFileSync(none, JSON.stringify({ Thinrelay: rest }));
+  const r = await cli('--outputs', none, '--host', 'web-01');
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /no host "web-01" in this stack \(hosts: none\)/);
+});
+
 test('usage errors, a missing file, a file with several stacks, a missing output', async () => {
   assert.match((await cli('--host', 'web-01')).stderr, /--outputs and --host are required/);
   assert.match(

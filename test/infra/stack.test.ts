@@ -716,6 +716,15 @@ describe('other principals and alarm targets', () => {
     assert.deepEqual(onPrem.nagViolations, []);
   });
 
+  test('an empty fleet: no host resources, no Hosts output, checks still pass', () => {
+    const empty = synth({ ...BASE_CONFIG, routes: {}, hosts: [] });
+    const queues = resourcesOfType(empty.json, 'AWS::SQS::Queue').map(([, p]) => p.QueueName);
+    assert.deepEqual(queues, ['thinrelay-fanout-failed']);
+    assert.equal(resourcesOfType(empty.json, 'AWS::IAM::InstanceProfile').length, 0);
+    assert.equal(empty.json.Outputs![STACK_OUTPUTS.hosts], undefined);
+    assert.deepEqual(empty.nagViolations, []);
+  });
+
   test('no alarm target configured: the alarms still exist, with no actions', () => {
     const quiet = synth({ ...BASE_CONFIG, alarms: {} });
     const alarms = resourcesOfType(quiet.json, 'AWS::CloudWatch::Alarm');
