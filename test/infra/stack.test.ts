@@ -586,10 +586,13 @@ describe('bundled function', () => {
           Variables: Record<string, unknown>;
         }
       ).Variables;
-      const saved = { ...process.env };
+      const set = {
+        ...Object.fromEntries(Object.entries(env).map(([k, v]) => [k, concrete(bundled.json, v)])),
+        AWS_REGION: REGION,
+      };
+      const saved = Object.fromEntries(Object.keys(set).map((k) => [k, process.env[k]]));
       try {
-        for (const [k, v] of Object.entries(env)) process.env[k] = concrete(bundled.json, v);
-        process.env.AWS_REGION = REGION;
+        Object.assign(process.env, set);
         const mod = (await import(pathToFileURL(entry).href)) as {
           handler: (e: unknown) => Promise<void>;
         };
@@ -605,7 +608,10 @@ describe('bundled function', () => {
         };
         await mod.handler({ Records: [record] });
       } finally {
-        process.env = saved;
+        for (const [k, v] of Object.entries(saved)) {
+          if (v === undefined) delete process.env[k];
+          else process.env[k] = v;
+        }
       }
     } finally {
       rmSync(outdir, { recursive: true, force: true });
@@ -714,6 +720,25 @@ describe('other principals and alarm targets', () => {
 
   test('cdk-nag passes with a concrete account and region too', () => {
     assert.deepEqual(onPrem.nagViolations, []);
+  });
+
+  test('an IAM principal: every host role trusts it, no instance profiles', () => {
+    const broker = `arn:aws:iam::${ACCOUNT}:role/fleet-credential-broker`;
+    const brokered = synth({
+      ...BASE_CONFIG,
+      hostPrincipal: { type: 'aws', principalArn: broker },
+    });
+    for (const h of HOSTS) {
+      assert.deepEqual(
+        brokered.json.Resources[roleIdOf(brokered, h.name)]!.Properties!.AssumeRolePolicyDocument,
+        {
+          Version: '2012-10-17',
+          Statement: [{ Effect: 'Allow', Action: 'sts:AssumeRole', Principal: { AWS: broker } }],
+        },
+      );
+    }
+    assert.equal(resourcesOfType(brokered.json, 'AWS::IAM::InstanceProfile').length, 0);
+    assert.deepEqual(brokered.nagViolations, []);
   });
 
   test('an empty fleet: no host resources, no Hosts output, checks still pass', () => {
