@@ -30,7 +30,7 @@
 import { spawn } from 'node:child_process';
 import { writeFileSync, mkdirSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { cpus, totalmem, release } from 'node:os';
+import { cpus, loadavg, totalmem, release } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
@@ -42,6 +42,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import type { S3Event, S3EventRecord } from 'aws-lambda';
 import { createSqsServer } from 'local-aws-sqs';
+import { format, resolveConfig } from 'prettier';
 import { serializeImageEvent, type ImageEvent } from '../../schema/image-event.js';
 import { measureAgentOverhead } from './agent-overhead.js';
 
@@ -132,16 +133,21 @@ export function machine(): Record<string, unknown> {
     memoryGiB: Math.round(totalmem() / 1024 ** 3),
     kernel: release(),
     node: process.version,
+    // Other work on the machine skews every figure: record how busy it was.
+    loadAverage1m: Number(loadavg()[0]?.toFixed(2)),
   };
 }
 
-export function writeResults(file: string, rows: readonly BenchRow[], notes: string[]): void {
+export async function writeResults(
+  file: string,
+  rows: readonly BenchRow[],
+  notes: string[],
+): Promise<void> {
   mkdirSync(dirname(file), { recursive: true });
-  writeFileSync(
-    file,
-    JSON.stringify({ date: new Date().toISOString(), machine: machine(), notes, rows }, null, 2) +
-      '\n',
-  );
+  const json = JSON.stringify({ date: new Date().toISOString(), machine: machine(), notes, rows });
+  // Committed with the code, so formatted as `npm run lint` expects.
+  const options = (await resolveConfig(file)) ?? {};
+  writeFileSync(file, await format(json, { ...options, filepath: file }));
 }
 
 // ---------------------------------------------------------------- fan-out
@@ -332,6 +338,7 @@ async function inProcessEmulator(): Promise<Emulator> {
 async function childProcessEmulator(): Promise<Emulator> {
   const script = `
     import { createSqsServer } from 'local-aws-sqs';
+import { format, resolveConfig } from 'prettier';
     const server = await createSqsServer({ port: 0, hostname: '127.0.0.1', region: '${REGION}', emulateQueueCreationLifecycle: false });
     process.stdout.write(String(server.address().port) + '\\n');
     process.stdin.on('end', () => process.exit(0));
@@ -444,7 +451,7 @@ async function main(): Promise<void> {
   });
   const m = machine();
   process.stderr.write(
-    `fan-out bench on ${String(m.cpus)} × ${String(m.cpuModel)}, node ${process.version}\n`,
+    `fan-out bench on ${String(m.cpus)} × ${String(m.cpuModel)}, node ${process.version}, load ${String(m.loadAverage1m)}\n`,
   );
   const rows: BenchRow[] = [];
   for (const [section, start] of [
@@ -466,7 +473,9 @@ async function main(): Promise<void> {
       await emulator.stop();
     }
   }
+  const end = machine();
   const notes = [
+    `Machine: ${String(m.cpus)} × ${String(m.cpuModel)}, ${String(m.memoryGiB)} GiB, node ${process.version}; 1-minute load average ${String(m.loadAverage1m)} at start, ${String(end.loadAverage1m)} at the end (other work on the machine shows up as noise, most in the 1-event rows).`,
     'Emulator local-aws-sqs on 127.0.0.1. In-process: it shares the event loop with the SDK (each call costs a few ms of CPU on this machine), so concurrency cannot overlap anything and the ratio shows calls saved by batching. Own process: its CPU work runs beside ours, as a remote SQS would. Real SQS adds a network round trip per call, which the sequential alternative pays once per message: real ratios are larger.',
     'cold = fresh handler module instance (new SQS client + ListQueues discovery + publish); warm = same instance invoked again (discovery cached for QUEUE_DISCOVERY_TTL_SECONDS); alternative = ListQueues + one SendMessage per message, sequential, fresh client. FANOUT_CONCURRENCY default (16).',
     `Medians of ${runsFor(10)} runs (${runsFor(1000)} for 1000 hosts), after one unrecorded warm-up round. Every run's delivery is checked: each host queue holds exactly the messages sent to it.`,
@@ -478,7 +487,7 @@ async function main(): Promise<void> {
   }
   process.stdout.write(formatTable(rows) + '\n\n' + notes.map((n) => `* ${n}`).join('\n') + '\n');
   const file = join(repoRoot, 'bench', 'fanout-results.json');
-  writeResults(file, rows, notes);
+  await writeResults(file, rows, notes);
   process.stdout.write(`\nresults: ${file}\n`);
 }
 

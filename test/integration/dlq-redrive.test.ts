@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, test } from 'node:test';
 import {
   CreateQueueCommand,
+  DeleteQueueCommand,
   GetQueueAttributesCommand,
   ListMessageMoveTasksCommand,
   ReceiveMessageCommand,
@@ -133,6 +134,10 @@ async function counts(url: string): Promise<{ visible: number; inFlight: number 
   };
 }
 
+/**
+ * Messages a queue holds, for queues with nothing in flight (the emulator
+ * counts in-flight messages in ApproximateNumberOfMessages too).
+ */
 async function count(url: string): Promise<number> {
   const c = await counts(url);
   return c.visible + c.inFlight;
@@ -392,6 +397,25 @@ test('Ctrl-C stops following without cancelling, and says how to cancel', async 
   // Leave nothing running behind.
   const c = await runCli(['redrive', '--cancel', handle], env);
   assert.equal(c.code, 0, c.stderr);
+});
+
+test('a move task that FAILS (its source queue was deleted) exits 1 with the reason; the messages stay', async () => {
+  const pair = await deadLettered(['images/orphan.tar']);
+  // A second host queue keeps the DLQ a DLQ after the first one is gone.
+  const other = await createQueue(`thinrelay-host-default-h${pairs}b`, {
+    RedrivePolicy: JSON.stringify({ deadLetterTargetArn: pair.dlqArn, maxReceiveCount: 5 }),
+  });
+  await sqs.send(new DeleteQueueCommand({ QueueUrl: pair.sourceUrl }));
+  const r = await runCli(['redrive', '--dlq-url', pair.dlqUrl], env);
+  assert.equal(r.code, 1, r.stderr);
+  assert.match(r.stdout, /^FAILED: moved 0 of 1 message\(s\)/);
+  const last = r.stderr.trim().split('\n').at(-1) ?? '';
+  assert.match(last, /^thinrelay: redrive: \[MOVE_TASK_FAILED\] .*NonExistentQueue.* — .*--to-url/);
+  // The failed task still holds the message in flight (the DLQ's visibility timeout); the
+  // emulator also counts in-flight messages in ApproximateNumberOfMessages, real SQS does not.
+  const left = await counts(pair.dlqUrl);
+  assert.equal(left.inFlight, 1, 'still in the DLQ, held by the failed task');
+  assert.equal(await count(other), 0, 'nothing went anywhere else');
 });
 
 test('redrive of a queue that is not a DLQ, a missing queue, an unreachable SQS: one line, exit 2 or 3', async () => {

@@ -154,8 +154,11 @@ export async function startRedrive(
   } catch (err) {
     // One active task per queue: the refusal's wording differs between SQS and
     // emulators, the listing does not.
+    // A task being cancelled still blocks a new one; following it to its end is honest.
     const [newest] = await listMoveTasks(sqs, dlq.arn, 1);
-    if (newest?.status === 'RUNNING') return { task: newest, followingExisting: true };
+    if (newest !== undefined && !isFinished(newest.status)) {
+      return { task: newest, followingExisting: true };
+    }
     const f = sqsErrorFacts(err);
     if (/dead.?letter/i.test(f.message)) {
       throw new UsageError(

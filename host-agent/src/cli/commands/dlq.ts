@@ -152,10 +152,16 @@ async function redrive(ctx: CommandContext): Promise<number> {
     const dlq = await describeDlq(sqs, dlqUrl);
     const started = await startRedrive(sqs, dlq, { destinationUrl: toUrl, maxPerSecond });
     if (started.followingExisting) {
-      ctx.logger.warn(
-        'a move task is already running on this DLQ (SQS allows one); following it instead of starting another',
-        { task: taskView(started.task, dlq, true) },
-      );
+      const note =
+        'a move task is already running on this DLQ (SQS allows one); following it instead of starting another';
+      if (process.stderr.isTTY) {
+        const t = started.task;
+        const since =
+          t.startedTimestamp === null
+            ? ''
+            : `, started ${new Date(t.startedTimestamp).toISOString()}`;
+        process.stderr.write(`${note} (${t.moved} / ${t.toMove ?? '?'} moved${since})\n`);
+      } else ctx.logger.warn(note, { task: taskView(started.task, dlq, true) });
     }
     if (ctx.values['no-wait'] === true) {
       if (ctx.json) printJson(taskView(started.task, dlq, started.followingExisting));
