@@ -9,6 +9,7 @@ import { BlobRepo } from './blobs.js';
 import { ImageRepo } from './images.js';
 import { JobRepo } from './jobs.js';
 import { ObjectRepo } from './objects.js';
+import { PoolJournalRepo } from './pool-journal.js';
 import { SnapshotRepo } from './snapshots.js';
 
 export class StateStore {
@@ -17,6 +18,7 @@ export class StateStore {
   readonly jobs: JobRepo;
   readonly objects: ObjectRepo;
   readonly snapshots: SnapshotRepo;
+  readonly poolJournal: PoolJournalRepo;
 
   constructor(readonly db: Db) {
     this.images = new ImageRepo(db);
@@ -24,6 +26,7 @@ export class StateStore {
     this.jobs = new JobRepo(db);
     this.objects = new ObjectRepo(db);
     this.snapshots = new SnapshotRepo(db);
+    this.poolJournal = new PoolJournalRepo(db);
   }
 
   static open(stateDir: string, opts: { readonly?: boolean } = {}): StateStore {
@@ -56,3 +59,4 @@ export type { BlobRow } from './blobs.js';
 export type { JobRow, StepRow } from './jobs.js';
 export type { StorageObjectRow, ObjectKind } from './objects.js';
 export type { SnapshotRow, SnapshotListing } from './snapshots.js';
+export type { PoolJournalRow, PoolOp } from './pool-journal.js';

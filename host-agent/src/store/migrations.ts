@@ -104,4 +104,20 @@ export const migrations: readonly string[] = [
     PRIMARY KEY (job_id, position)
   );
   `,
+  // 2: devmapper pool journal (one row per thin pool). The pool's own
+  // transaction id is the commit marker of every thin create/delete; this
+  // row holds the id we last committed, the change in flight (written
+  // before the dmsetup message) and who holds the pool while changing it.
+  `
+  CREATE TABLE dm_pool_journal (
+    pool            TEXT PRIMARY KEY,
+    transaction_id  INTEGER NOT NULL,
+    owner           TEXT,
+    open_op         TEXT CHECK (open_op IN ('create_thin', 'create_snap', 'delete', 'metadata_snap')),
+    open_thin_id    INTEGER,
+    open_origin_id  INTEGER,
+    open_purpose    TEXT,
+    updated_at      TEXT NOT NULL
+  );
+  `,
 ];
