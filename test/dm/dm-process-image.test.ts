@@ -243,7 +243,8 @@ describe('a pool too small for the image', { skip: needsRoot }, () => {
   test('the pool fills during the unpack: fails cleanly, everything released, the pool still usable', async () => {
     const r = await cli('process-image', '--s3-key', 'zeros.tar.gz');
     assert.notEqual(r.code, 0, 'a full pool must fail the image');
-    assert.doesNotMatch(r.stderr, /STORAGE_FAILED.*could not release/);
+    assert.match(r.stderr, /LOW_SPACE.*ran out of data space/);
+    assert.doesNotMatch(r.stderr, /could not release/);
     assertPoolMatchesStore(stateDir);
     assert.deepEqual(poolThinIds(poolNameOf(stateDir)), []);
     const status = JSON.parse((await cli('pool', 'status', '--json')).stdout) as {

@@ -438,7 +438,20 @@ export class DevmapperBackend implements StorageBackend {
 
   async flush(volume: ObjectSpec): Promise<void> {
     // syncfs ends in a flush to the thin device, which commits the pool's metadata.
-    await syncFilesystem(this.mountpointOf(volume));
+    try {
+      await syncFilesystem(this.mountpointOf(volume));
+    } catch (err) {
+      // error_if_no_space: a full pool fails the writes, and syncfs reports EIO.
+      const s = await this.rawStatus();
+      if (s.mode === 'out_of_data_space')
+        throw new EnvironmentError(
+          'LOW_SPACE',
+          `thin pool ${this.poolName} ran out of data space while ${volume.name} was written`,
+          'thinrelay gc, extend the pool, or raise THINRELAY_POOL_MIN_FREE_DATA',
+          { cause: err },
+        );
+      throw err;
+    }
   }
 
   async seal(volume: ObjectSpec): Promise<void> {
