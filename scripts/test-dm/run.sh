@@ -56,8 +56,13 @@ case "${1:-}" in
       mapfile -t files < <(cd "$worktree" && find dist/test/dm -name '*.test.js' | sort)
       [[ ${#files[@]} -gt 0 ]] || die "no dist/test/dm/**/*.test.js: nothing to run"
     fi
-    for f in "${files[@]}"; do
-      [[ -f $worktree/$f || -f $f ]] || die "no such test file: $f"
+    for i in "${!files[@]}"; do
+      f=${files[$i]}
+      # The guest runs from the work tree: a path relative to somewhere else is made absolute.
+      if [[ ! -f $worktree/$f ]]; then
+        [[ -f $f ]] || die "no such test file: $f"
+        files[$i]=$(realpath "$f")
+      fi
     done
     guest_cmd="node --test --test-concurrency=1$(printf ' %q' "${files[@]}")"
     ;;
