@@ -179,8 +179,9 @@ async function releaseOrphanThins(
         : `thin device ${o.thinId} of a removed object (interrupted delete)`;
     try {
       if (backend.removeThin === undefined) throw new Error(`${backend.name} has no thin devices`);
-      await backend.removeThin(o.thinId, reason);
-      actions.push({ object, action: 'deleted thin', reason });
+      // False: reconcile's own removal of the object above already deleted it.
+      if (await backend.removeThin(o.thinId, reason))
+        actions.push({ object, action: 'deleted thin', reason });
     } catch (err) {
       deps.logger.error('reconcile could not delete an orphan thin device; will retry next start', {
         thinId: o.thinId,

@@ -110,8 +110,8 @@ export interface StorageBackend {
   /** Delete a stray reported by inventory() (a partial copy, a foreign file). */
   removeStray(path: string): Promise<void>;
 
-  /** Thin pools only: delete a thin id no live object owns (missing: not an error). */
-  removeThin?(thinId: number, reason: string): Promise<void>;
+  /** Thin pools only: delete a thin id no live object owns; false if the pool no longer held it. */
+  removeThin?(thinId: number, reason: string): Promise<boolean>;
 
   /** What really exists in this backend's namespace. */
   inventory(): Promise<BackendInventory>;

@@ -495,13 +495,13 @@ export class DevmapperBackend implements StorageBackend {
     if (object.thinId !== null) await this.deleteThin(object.thinId, `remove ${object.name}`);
   }
 
-  /** Delete a thin id (bounded retries while busy); a missing id is not an error. */
-  async removeThin(thinId: number, reason: string): Promise<void> {
-    await this.deleteThin(thinId, reason);
+  /** Delete a thin id (bounded retries while busy); false when the pool did not hold it. */
+  async removeThin(thinId: number, reason: string): Promise<boolean> {
+    return this.deleteThin(thinId, reason);
   }
 
-  private async deleteThin(thinId: number, purpose: string): Promise<void> {
-    await this.tx.hold(() => this.tx.change({ op: 'delete', thinId, purpose }));
+  private async deleteThin(thinId: number, purpose: string): Promise<boolean> {
+    return this.tx.hold(() => this.tx.change({ op: 'delete', thinId, purpose }));
   }
 
   /** A stray is a device in our namespace that maps no object of ours: remove the device only. */

@@ -188,9 +188,9 @@ export class PoolTransactions {
   /**
    * One change as a pool transaction (see the top of this file). The pool
    * must be held (inside `hold`). A delete of an id the pool does not hold
-   * changes nothing and commits nothing.
+   * changes nothing and commits nothing: false.
    */
-  async change(c: PoolChange): Promise<void> {
+  async change(c: PoolChange): Promise<boolean> {
     const t = this.journal().transaction_id;
     this.store.poolJournal.open(this.pool, this.owner, {
       op: c.op,
@@ -219,13 +219,14 @@ export class PoolTransactions {
     failpoint(`dm:${c.op}:sent`);
     if (!changed) {
       this.store.poolJournal.close(this.pool, this.owner, t);
-      return;
+      return false;
     }
     // If this fails the change stays open in the journal; the next holder recovers it.
     await dmPoolMessage(this.pool, { op: 'set_transaction_id', from: t, to: t + 1 });
     failpoint(`dm:${c.op}:committed`);
     this.store.poolJournal.close(this.pool, this.owner, t + 1);
     this.logger.debug('pool transaction committed', { pool: this.pool, transaction: t + 1, ...c });
+    return true;
   }
 
   /** Run `read` against a metadata snapshot of the live pool (held, journaled, always released). */
