@@ -7,6 +7,22 @@ import { UsageError } from './errors.js';
 import { defaultLimits, type ImageLimits } from './limits.js';
 import type { BackendName } from './storage/backend.js';
 
+/** A free-space floor: a share of the pool, or an absolute number of bytes. */
+export type SpaceFloor = { percent: number } | { bytes: number };
+
+export interface DevmapperConfig {
+  /** An existing pool to attach to by name; null = the pool `pool create` makes under the state dir. */
+  pool: string | null;
+  /** Data block size in 512-byte sectors. */
+  blockSectors: number;
+  /** Low water mark in sectors. */
+  lowWaterSectors: number;
+  skipBlockZeroing: boolean;
+  /** New unpacks are refused when they would take the pool below these. */
+  minFreeData: SpaceFloor;
+  minFreeMetadata: SpaceFloor;
+}
+
 export interface AgentConfig {
   stateDir: string;
   bucket: string | null;
@@ -16,6 +32,7 @@ export interface AgentConfig {
   reserveBytes: number;
   /** Virtual size of a new volume; null = derived from the blob size. */
   volumeSizeBytes: number | null;
+  dm: DevmapperConfig;
 }
 
 export interface ConfigFlags {
@@ -45,6 +62,34 @@ function parseCount(text: string, what: string): number {
   return Number(text);
 }
 
+/** "10%" or a size. */
+function parseFloor(text: string, what: string): SpaceFloor {
+  const pct = /^(\d+(?:\.\d+)?)\s*%$/.exec(text.trim());
+  if (pct !== null) {
+    const percent = Number(pct[1]);
+    if (percent > 100)
+      throw new UsageError('CONFIG', `${what} must be at most 100%, got "${text}"`);
+    return { percent };
+  }
+  return { bytes: parseSize(text, what) };
+}
+
+function parseFlag(text: string, what: string): boolean {
+  if (/^(1|true|yes|on)$/i.test(text)) return true;
+  if (/^(0|false|no|off|)$/i.test(text)) return false;
+  throw new UsageError('CONFIG', `${what} must be 1 or 0, got "${text}"`);
+}
+
+function parseBlockSectors(text: string): number {
+  const n = parseCount(text, 'THINRELAY_DM_BLOCK_SECTORS');
+  if (n < 128 || n > 2097152 || n % 128 !== 0)
+    throw new UsageError(
+      'CONFIG',
+      `THINRELAY_DM_BLOCK_SECTORS must be a multiple of 128 between 128 and 2097152, got ${n}`,
+    );
+  return n;
+}
+
 function parseBackend(text: string): BackendName {
   if (text === 'loop' || text === 'devmapper') return text;
   throw new UsageError('CONFIG', `unknown backend "${text}"`, 'use --backend loop or devmapper');
@@ -69,6 +114,28 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
     },
     reserveBytes: size('THINRELAY_RESERVE_BYTES', 1024 ** 3),
     volumeSizeBytes: volume === undefined ? null : parseSize(volume, 'THINRELAY_VOLUME_SIZE'),
+    dm: {
+      pool:
+        env.THINRELAY_DM_POOL === undefined || env.THINRELAY_DM_POOL === ''
+          ? null
+          : env.THINRELAY_DM_POOL,
+      blockSectors:
+        env.THINRELAY_DM_BLOCK_SECTORS === undefined
+          ? 256
+          : parseBlockSectors(env.THINRELAY_DM_BLOCK_SECTORS),
+      lowWaterSectors: count('THINRELAY_DM_LOW_WATER_SECTORS', 65536),
+      skipBlockZeroing:
+        env.THINRELAY_DM_SKIP_BLOCK_ZEROING !== undefined &&
+        parseFlag(env.THINRELAY_DM_SKIP_BLOCK_ZEROING, 'THINRELAY_DM_SKIP_BLOCK_ZEROING'),
+      minFreeData: parseFloor(
+        env.THINRELAY_POOL_MIN_FREE_DATA ?? '10%',
+        'THINRELAY_POOL_MIN_FREE_DATA',
+      ),
+      minFreeMetadata: parseFloor(
+        env.THINRELAY_POOL_MIN_FREE_METADATA ?? '10%',
+        'THINRELAY_POOL_MIN_FREE_METADATA',
+      ),
+    },
   };
 }
 

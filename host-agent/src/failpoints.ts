@@ -33,3 +33,24 @@ export const failpointNames = [
   'activate:attached',
   'step:activate:end',
 ] as const;
+
+/**
+ * The devmapper pool transaction's own points (pool-transactions.ts): after
+ * the intent is journaled, after the message reached the pool, and after the
+ * pool's commit marker moved. Walked by the in-VM crash test.
+ */
+export const dmFailpointNames = [
+  'dm:create_thin:intent',
+  'dm:create_thin:sent',
+  'dm:create_thin:committed',
+  'dm:create_snap:intent',
+  'dm:create_snap:sent',
+  'dm:create_snap:committed',
+] as const;
+
+/** Reached only when something is deleted (gc, remove, a failed job). */
+export const dmDeleteFailpointNames = [
+  'dm:delete:intent',
+  'dm:delete:sent',
+  'dm:delete:committed',
+] as const;

@@ -29,11 +29,7 @@ export interface RuntimeOptions {
 export function openRuntime(opts: RuntimeOptions): Runtime {
   const store = StateStore.open(opts.config.stateDir);
   const owner = currentOwner();
-  const backend = createBackend({
-    backend: opts.config.backend,
-    stateDir: opts.config.stateDir,
-    reserveBytes: opts.config.reserveBytes,
-  });
+  const backend = createBackend(opts.config, { store, owner, logger: opts.logger });
   const noS3 = (): Promise<S3Client> => Promise.reject(new Error('this command has no S3 client'));
   return {
     store,

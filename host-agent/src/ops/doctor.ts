@@ -3,7 +3,10 @@ import { statfsSync, existsSync } from 'node:fs';
 import type { AgentConfig } from '../config.js';
 import { errorMessage } from '../errors.js';
 import type { ReadinessCheck } from '../storage/backend.js';
+import { silentLogger } from '../log.js';
+import { DevmapperBackend } from '../storage/devmapper/devmapper-backend.js';
 import { createBackend } from '../storage/index.js';
+import { currentOwner } from '../store/owner.js';
 import { StateStore } from '../store/index.js';
 import { databasePath } from '../store/db.js';
 
@@ -11,19 +14,25 @@ export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> 
   const checks: ReadinessCheck[] = [];
   let backendChecks: ReadinessCheck[] = [];
   try {
-    const backend = createBackend({
-      backend: config.backend,
-      stateDir: config.stateDir,
-      reserveBytes: config.reserveBytes,
+    const backend = createBackend(config, {
+      store: null,
+      owner: currentOwner(),
+      logger: silentLogger,
     });
     backendChecks = await backend.checkReadiness();
-    const pool = await backend.poolStatus();
-    backendChecks.push({
-      name: 'pool',
-      ok: pool.healthy || (config.backend === 'loop' && !pool.exists),
-      detail: `${pool.location}: ${pool.detail}; ${(pool.freeBytes / 1024 ** 3).toFixed(1)} GiB free`,
-      hint: 'thinrelay pool create',
-    });
+    if (backend instanceof DevmapperBackend) {
+      // Only with device-mapper present: otherwise the checks above already say why.
+      if (backendChecks.every((c) => c.ok || c.name === 'root'))
+        backendChecks.push(...(await backend.poolChecks()));
+    } else {
+      const pool = await backend.poolStatus();
+      backendChecks.push({
+        name: 'pool',
+        ok: pool.healthy || !pool.exists,
+        detail: `${pool.location}: ${pool.detail}; ${(pool.freeBytes / 1024 ** 3).toFixed(1)} GiB free`,
+        hint: 'thinrelay pool create',
+      });
+    }
   } catch (err) {
     backendChecks.push({
       name: `${config.backend} backend`,

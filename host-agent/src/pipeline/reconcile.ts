@@ -5,6 +5,11 @@
  * The inventory is read BEFORE the store: every object is recorded before it
  * is created, so anything in the inventory without a live row is an orphan.
  * Work of a live owner (another thinrelay process) is never touched.
+ *
+ * Thin pools: the backend first finishes any pool transaction a dead process
+ * left open (prepare), then the pool's real thin id list is compared with the
+ * store by thin id — a thin device no live object owns is deleted, so no id
+ * is ever leaked — and active dm devices are compared by name and thin id.
  */
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -30,11 +35,12 @@ export interface ReconcileDeps {
 }
 
 export async function reconcile(deps: ReconcileDeps): Promise<ReconcileAction[]> {
-  const actions: ReconcileAction[] = [];
+  const actions: ReconcileAction[] = [...(await deps.objects.backend.prepare())];
   const inventory = await deps.objects.backend.inventory();
   const rows = deps.store.objects.listLive();
   for (const row of rows) await reconcileRow(deps, row, inventory, actions);
   await releaseOrphans(deps, rows, inventory, actions);
+  await releaseOrphanThins(deps, inventory, actions);
   for (const a of actions) deps.logger.info('reconcile', { ...a });
   return actions;
 }
@@ -72,9 +78,16 @@ async function reconcileRow(
       return;
     }
     const attached = inv.attached.filter((a) => a.name === name);
+    const inPool = inv.objects.some((o) => o.name === null && o.thinId === row.thin_id);
+    if (deps.objects.backend.usesThinIds && row.thin_id !== null && !inPool) {
+      // Recorded as done but not in the pool: nothing here can bring the data back.
+      act('missing', `thin device ${row.thin_id} is not in the pool (state ${row.state})`);
+      return;
+    }
     if (row.state === 'active') {
       const device = attached[0]?.devicePath;
-      if (device === undefined || device !== row.device_path || attached.length > 1) {
+      const wrongThin = attached.some((a) => a.thinId !== undefined && a.thinId !== row.thin_id);
+      if (device === undefined || device !== row.device_path || attached.length > 1 || wrongThin) {
         const devicePath = await deps.objects.activate(row);
         act(
           'reactivated',
@@ -112,7 +125,7 @@ async function releaseOrphans(
 ): Promise<void> {
   const live = new Set(rows.map((r) => objectName(r.kind, r.id)));
   const orphanNames = new Set<string>();
-  for (const o of inv.objects) if (!live.has(o.name)) orphanNames.add(o.name);
+  for (const o of inv.objects) if (o.name !== null && !live.has(o.name)) orphanNames.add(o.name);
   for (const a of inv.attached) if (!live.has(a.name)) orphanNames.add(a.name);
   for (const m of inv.mounted) if (!live.has(m.name)) orphanNames.add(m.name);
   for (const name of orphanNames) {
@@ -144,5 +157,37 @@ async function releaseOrphans(
       continue;
     await deps.objects.backend.removeStray(stray.path);
     actions.push({ object: stray.path, action: 'removed', reason: stray.description });
+  }
+}
+
+/** Thin ids in the pool that no live object owns: deleted, one by one, failures reported. */
+async function releaseOrphanThins(
+  deps: ReconcileDeps,
+  inv: BackendInventory,
+  actions: ReconcileAction[],
+): Promise<void> {
+  const backend = deps.objects.backend;
+  for (const o of inv.objects) {
+    if (o.name !== null || o.thinId === null) continue;
+    // Re-read: a row is always committed before its thin device is created.
+    const row = deps.store.objects.byThinId(o.thinId);
+    if (row !== undefined && row.state !== 'removed') continue;
+    const object = row === undefined ? `thin ${o.thinId}` : objectName(row.kind, row.id);
+    const reason =
+      row === undefined
+        ? `thin device ${o.thinId} is recorded nowhere in the store`
+        : `thin device ${o.thinId} of a removed object (interrupted delete)`;
+    try {
+      if (backend.removeThin === undefined) throw new Error(`${backend.name} has no thin devices`);
+      // False: reconcile's own removal of the object above already deleted it.
+      if (await backend.removeThin(o.thinId, reason))
+        actions.push({ object, action: 'deleted thin', reason });
+    } catch (err) {
+      deps.logger.error('reconcile could not delete an orphan thin device; will retry next start', {
+        thinId: o.thinId,
+        error: errorMessage(err),
+      });
+      actions.push({ object, action: 'failed', reason: errorMessage(err) });
+    }
   }
 }

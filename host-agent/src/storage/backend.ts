@@ -24,10 +24,13 @@ export interface SnapshotSpec extends ObjectSpec {
 
 /** What the backend really holds right now, for reconcile and gc. */
 export interface BackendInventory {
-  /** Objects whose backing exists (file, thin device). */
-  objects: { name: string; thinId: number | null }[];
-  /** Attached block devices, by object name. */
-  attached: { name: string; devicePath: string }[];
+  /**
+   * Objects whose backing exists: by name (loop files) or by thin id alone
+   * (a thin pool's metadata knows ids, not names).
+   */
+  objects: { name: string | null; thinId: number | null }[];
+  /** Attached block devices, by object name (and the thin id they map, if any). */
+  attached: { name: string; devicePath: string; thinId?: number }[];
   /** Mounts of our objects, by object name. */
   mounted: { name: string; mountpoint: string }[];
   /** Things in our namespace that match no object name (partial copies, foreign files). */
@@ -57,10 +60,24 @@ export interface ReadinessCheck {
   hint?: string;
 }
 
+/** Something start-up or reconcile did, for the log and gc's report. */
+export interface BackendAction {
+  object: string;
+  action: string;
+  reason: string;
+}
+
 export interface StorageBackend {
   readonly name: BackendName;
   /** Whether object ids must be backed by backend ids (thin ids) allocated in the store. */
   readonly usesThinIds: boolean;
+
+  /**
+   * Bring the backend up on start, before inventory: devmapper reloads a pool
+   * it created after a reboot and finishes a pool transaction a dead process
+   * left open. Idempotent.
+   */
+  prepare(): Promise<BackendAction[]>;
 
   /** Environment checks (tools, kernel features, pool presence) for doctor and start-up. */
   checkReadiness(): Promise<ReadinessCheck[]>;
@@ -92,6 +109,9 @@ export interface StorageBackend {
 
   /** Delete a stray reported by inventory() (a partial copy, a foreign file). */
   removeStray(path: string): Promise<void>;
+
+  /** Thin pools only: delete a thin id no live object owns; false if the pool no longer held it. */
+  removeThin?(thinId: number, reason: string): Promise<boolean>;
 
   /** What really exists in this backend's namespace. */
   inventory(): Promise<BackendInventory>;

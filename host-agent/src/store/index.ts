@@ -10,6 +10,7 @@ import { EventRepo } from './events.js';
 import { ImageRepo } from './images.js';
 import { JobRepo } from './jobs.js';
 import { ObjectRepo } from './objects.js';
+import { PoolJournalRepo } from './pool-journal.js';
 import { SnapshotRepo } from './snapshots.js';
 
 export class StateStore {
@@ -19,6 +20,7 @@ export class StateStore {
   readonly objects: ObjectRepo;
   readonly snapshots: SnapshotRepo;
   readonly events: EventRepo;
+  readonly poolJournal: PoolJournalRepo;
 
   constructor(readonly db: Db) {
     this.images = new ImageRepo(db);
@@ -27,6 +29,7 @@ export class StateStore {
     this.objects = new ObjectRepo(db);
     this.snapshots = new SnapshotRepo(db);
     this.events = new EventRepo(db);
+    this.poolJournal = new PoolJournalRepo(db);
   }
 
   static open(stateDir: string, opts: { readonly?: boolean } = {}): StateStore {
@@ -60,3 +63,4 @@ export type { JobRow, StepRow } from './jobs.js';
 export type { StorageObjectRow, ObjectKind } from './objects.js';
 export type { SnapshotRow, SnapshotListing } from './snapshots.js';
 export type { KeyEventRow, QueueMessageRow, MessageOutcome } from './events.js';
+export type { PoolJournalRow, PoolOp } from './pool-journal.js';

@@ -133,5 +133,20 @@ export const migrations: readonly string[] = [
     last_seen_at  TEXT NOT NULL
   );
   CREATE INDEX queue_messages_by_key ON queue_messages(bucket, key);
+  // 3: devmapper pool journal (one row per thin pool). The pool's own
+  // transaction id is the commit marker of every thin create/delete; this
+  // row holds the id we last committed, the change in flight (written
+  // before the dmsetup message) and who holds the pool while changing it.
+  `
+  CREATE TABLE dm_pool_journal (
+    pool            TEXT PRIMARY KEY,
+    transaction_id  INTEGER NOT NULL,
+    owner           TEXT,
+    open_op         TEXT CHECK (open_op IN ('create_thin', 'create_snap', 'delete', 'metadata_snap')),
+    open_thin_id    INTEGER,
+    open_origin_id  INTEGER,
+    open_purpose    TEXT,
+    updated_at      TEXT NOT NULL
+  );
   `,
 ];

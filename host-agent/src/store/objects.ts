@@ -142,6 +142,12 @@ export class ObjectRepo {
       .all(volumeId) as StorageObjectRow[];
   }
 
+  /** The object recorded with this thin id (removed ones too: ids are never reused). */
+  byThinId(thinId: number): StorageObjectRow | undefined {
+    return this.db.prepare(`SELECT * FROM storage_objects WHERE thin_id = ?`).get(thinId) as
+      StorageObjectRow | undefined;
+  }
+
   /** Highest thin id ever recorded (devmapper allocates above it). */
   maxThinId(): number {
     return (

@@ -26,6 +26,7 @@ import { attachLoop, detachLoop, listLoops, loopsFor } from '../../sys/loop-devi
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
 import type {
+  BackendAction,
   BackendInventory,
   ObjectSpec,
   PoolStatus,
@@ -65,6 +66,10 @@ export class LoopBackend implements StorageBackend {
 
   mountpointOf(o: Pick<ObjectSpec, 'name'>): string {
     return join(this.mountDir, o.name);
+  }
+
+  prepare(): Promise<BackendAction[]> {
+    return Promise.resolve([]);
   }
 
   async checkReadiness(): Promise<ReadinessCheck[]> {

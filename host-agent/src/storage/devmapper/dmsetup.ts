@@ -1,0 +1,324 @@
+/**
+ * dmsetup, with every argument validated before it reaches the tool: device
+ * names from a fixed alphabet, thin ids and sizes as bounded integers, tables
+ * built here from numbers (never from text we were given). Argument arrays
+ * only, no shell. Parsers for the `status` and `table` lines we rely on.
+ */
+import { existsSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CommandError, run } from '../../sys/exec.js';
+
+/** No leading '-': a name must never read as an option. */
+const namePattern = /^[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,126}$/;
+/** dm-thin device ids are 24 bits. */
+export const maxThinId = 2 ** 24 - 1;
+
+export function checkDmName(name: string): string {
+  if (!namePattern.test(name) || name === '.' || name === '..')
+    throw new Error(`invalid device-mapper name ${JSON.stringify(name)}`);
+  return name;
+}
+
+export function checkThinId(id: number): number {
+  if (!Number.isInteger(id) || id < 0 || id > maxThinId)
+    throw new Error(`invalid thin device id ${String(id)} (0..${maxThinId})`);
+  return id;
+}
+
+function checkCount(n: number, what: string): number {
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid ${what} ${String(n)}`);
+  return n;
+}
+
+export interface DevNumber {
+  major: number;
+  minor: number;
+}
+
+export function devNumber(d: DevNumber): string {
+  return `${checkCount(d.major, 'major')}:${checkCount(d.minor, 'minor')}`;
+}
+
+export function parseDevNumber(text: string): DevNumber {
+  const m = /^(\d+):(\d+)$/.exec(text);
+  if (m === null) throw new Error(`not a major:minor device number: ${JSON.stringify(text)}`);
+  return { major: Number(m[1]), minor: Number(m[2]) };
+}
+
+/** The errno a failed dmsetup call reported, from its message. */
+export function dmErrno(err: unknown): 'EBUSY' | 'ENODATA' | 'EEXIST' | 'ENXIO' | null {
+  if (!(err instanceof CommandError)) return null;
+  const text = err.stderr;
+  if (/Device or resource busy/i.test(text)) return 'EBUSY';
+  if (/No data available/i.test(text)) return 'ENODATA';
+  if (/File exists/i.test(text)) return 'EEXIST';
+  if (/No such device|does not exist/i.test(text)) return 'ENXIO';
+  return null;
+}
+
+// ---- tables -------------------------------------------------------------
+
+export interface ThinPoolTable {
+  sectors: number;
+  metadata: DevNumber;
+  data: DevNumber;
+  blockSectors: number;
+  lowWaterBlocks: number;
+  features: string[];
+}
+
+const poolFeatures = new Set([
+  'skip_block_zeroing',
+  'ignore_discard',
+  'no_discard_passdown',
+  'read_only',
+  'error_if_no_space',
+]);
+
+export function thinPoolTable(t: ThinPoolTable): string {
+  for (const f of t.features)
+    if (!poolFeatures.has(f)) throw new Error(`unknown pool feature ${f}`);
+  if (t.blockSectors < 128 || t.blockSectors > 2097152 || t.blockSectors % 128 !== 0)
+    throw new Error(`data block size ${t.blockSectors} must be a multiple of 128 sectors`);
+  return [
+    0,
+    checkCount(t.sectors, 'pool length'),
+    'thin-pool',
+    devNumber(t.metadata),
+    devNumber(t.data),
+    checkCount(t.blockSectors, 'block size'),
+    checkCount(t.lowWaterBlocks, 'low water mark'),
+    t.features.length,
+    ...t.features,
+  ].join(' ');
+}
+
+export function thinTable(o: { sectors: number; pool: DevNumber; thinId: number }): string {
+  return `0 ${checkCount(o.sectors, 'thin length')} thin ${devNumber(o.pool)} ${checkThinId(o.thinId)}`;
+}
+
+export function parseThinPoolTable(line: string): ThinPoolTable {
+  const f = line.trim().split(/\s+/);
+  if (f[2] !== 'thin-pool' || f.length < 8) throw new Error(`not a thin-pool table: ${line}`);
+  const nFeatures = Number(f[7]);
+  return {
+    sectors: Number(f[1]),
+    metadata: parseDevNumber(f[3]!),
+    data: parseDevNumber(f[4]!),
+    blockSectors: Number(f[5]),
+    lowWaterBlocks: Number(f[6]),
+    features: f.slice(8, 8 + nFeatures),
+  };
+}
+
+export interface ThinTableEntry {
+  name: string;
+  sectors: number;
+  pool: DevNumber;
+  thinId: number;
+}
+
+/** `dmsetup table --target thin`: "name: 0 2097152 thin 253:0 5" per line. */
+export function parseThinTables(text: string): ThinTableEntry[] {
+  const out: ThinTableEntry[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^(\S+): 0 (\d+) thin (\d+:\d+) (\d+)(?: \S+)?$/.exec(line.trim());
+    if (m === null) continue;
+    out.push({
+      name: m[1]!,
+      sectors: Number(m[2]),
+      pool: parseDevNumber(m[3]!),
+      thinId: Number(m[4]),
+    });
+  }
+  return out;
+}
+
+export interface ThinPoolStatus {
+  transactionId: number;
+  usedMetadataBlocks: number;
+  totalMetadataBlocks: number;
+  usedDataBlocks: number;
+  totalDataBlocks: number;
+  /** rw, ro, out_of_data_space, or Fail */
+  mode: string;
+  needsCheck: boolean;
+  errorIfNoSpace: boolean;
+  failed: boolean;
+}
+
+/**
+ * `dmsetup status <pool>`: "0 <len> thin-pool <transaction id> <used
+ * meta>/<total meta> <used data>/<total data> <held root> <mode> <discard>
+ * <no-space policy> <needs_check|-> [metadata low watermark]", or
+ * "0 <len> thin-pool Fail".
+ */
+export function parseThinPoolStatus(line: string): ThinPoolStatus {
+  const f = line.trim().split(/\s+/);
+  if (f[2] !== 'thin-pool') throw new Error(`not a thin-pool status: ${line}`);
+  if (f[3] === 'Fail') {
+    return {
+      transactionId: -1,
+      usedMetadataBlocks: 0,
+      totalMetadataBlocks: 0,
+      usedDataBlocks: 0,
+      totalDataBlocks: 0,
+      mode: 'Fail',
+      needsCheck: true,
+      errorIfNoSpace: false,
+      failed: true,
+    };
+  }
+  const ratio = (s: string | undefined): [number, number] => {
+    const m = /^(\d+)\/(\d+)$/.exec(s ?? '');
+    if (m === null) throw new Error(`unexpected thin-pool status: ${line}`);
+    return [Number(m[1]), Number(m[2])];
+  };
+  const [usedMeta, totalMeta] = ratio(f[4]);
+  const [usedData, totalData] = ratio(f[5]);
+  return {
+    transactionId: Number(f[3]),
+    usedMetadataBlocks: usedMeta,
+    totalMetadataBlocks: totalMeta,
+    usedDataBlocks: usedData,
+    totalDataBlocks: totalData,
+    mode: f[7] ?? 'rw',
+    needsCheck: f[10] === 'needs_check',
+    errorIfNoSpace: f[9] === 'error_if_no_space',
+    failed: false,
+  };
+}
+
+// ---- commands -----------------------------------------------------------
+
+export interface DmDeviceInfo {
+  name: string;
+  major: number;
+  minor: number;
+  openCount: number;
+  suspended: boolean;
+}
+
+/** Info on one device, or null when it does not exist. */
+export async function dmInfo(name: string): Promise<DmDeviceInfo | null> {
+  let out: string;
+  try {
+    out = await run('dmsetup', [
+      'info',
+      '-c',
+      '--noheadings',
+      '--separator',
+      ' ',
+      '-o',
+      'name,major,minor,open,attr',
+      '--',
+      checkDmName(name),
+    ]);
+  } catch (err) {
+    if (dmErrno(err) === 'ENXIO') return null;
+    throw err;
+  }
+  const [n, major, minor, open, attr] = out.trim().split(' ');
+  return {
+    name: n!,
+    major: Number(major),
+    minor: Number(minor),
+    openCount: Number(open),
+    suspended: (attr ?? '').includes('s'),
+  };
+}
+
+export async function dmCreate(name: string, table: string): Promise<void> {
+  await run('dmsetup', ['create', checkDmName(name), '--table', table]);
+}
+
+export async function dmReload(name: string, table: string): Promise<void> {
+  await run('dmsetup', ['reload', checkDmName(name), '--table', table]);
+}
+
+export async function dmTable(name: string): Promise<string> {
+  return run('dmsetup', ['table', '--', checkDmName(name)]);
+}
+
+export async function dmStatus(name: string): Promise<string> {
+  return run('dmsetup', ['status', '--', checkDmName(name)]);
+}
+
+export async function dmSuspend(name: string): Promise<void> {
+  await run('dmsetup', ['suspend', '--', checkDmName(name)]);
+}
+
+export async function dmResume(name: string): Promise<void> {
+  await run('dmsetup', ['resume', '--', checkDmName(name)]);
+}
+
+/** Every thin target on the host, with its pool and thin id. */
+export async function dmThinTables(): Promise<ThinTableEntry[]> {
+  const out = await run('dmsetup', ['table', '--target', 'thin']);
+  return parseThinTables(out);
+}
+
+export type PoolMessage =
+  | { op: 'create_thin'; thinId: number }
+  | { op: 'create_snap'; thinId: number; originId: number }
+  | { op: 'delete'; thinId: number }
+  | { op: 'set_transaction_id'; from: number; to: number }
+  | { op: 'reserve_metadata_snap' }
+  | { op: 'release_metadata_snap' };
+
+export function poolMessageText(m: PoolMessage): string {
+  switch (m.op) {
+    case 'create_thin':
+    case 'delete':
+      return `${m.op} ${checkThinId(m.thinId)}`;
+    case 'create_snap':
+      return `create_snap ${checkThinId(m.thinId)} ${checkThinId(m.originId)}`;
+    case 'set_transaction_id':
+      return `set_transaction_id ${checkCount(m.from, 'transaction id')} ${checkCount(m.to, 'transaction id')}`;
+    case 'reserve_metadata_snap':
+    case 'release_metadata_snap':
+      return m.op;
+  }
+}
+
+export async function dmPoolMessage(pool: string, m: PoolMessage): Promise<void> {
+  await run('dmsetup', ['message', checkDmName(pool), '0', poolMessageText(m)]);
+}
+
+export interface RetryOptions {
+  attempts?: number;
+  delayMs?: number;
+}
+
+/** Remove a device; retried while it is busy (a closing opener, a racing udev scan). */
+export async function dmRemove(name: string, opts: RetryOptions = {}): Promise<void> {
+  const attempts = opts.attempts ?? 8;
+  for (let i = 1; ; i++) {
+    try {
+      await run('dmsetup', ['remove', '--', checkDmName(name)]);
+      return;
+    } catch (err) {
+      const errno = dmErrno(err);
+      if (errno === 'ENXIO') return;
+      if (errno !== 'EBUSY' || i >= attempts) throw err;
+      await sleep((opts.delayMs ?? 50) * 2 ** Math.min(i, 5));
+    }
+  }
+}
+
+/**
+ * The device node: udev makes /dev/mapper/<name> on real hosts; without udev
+ * (containers, minimal VMs) `dmsetup mknodes` does.
+ */
+export async function dmEnsureNode(name: string): Promise<string> {
+  const path = `/dev/mapper/${checkDmName(name)}`;
+  if (!existsSync(path)) await run('dmsetup', ['mknodes', '--', name]);
+  if (!existsSync(path)) throw new Error(`${path} did not appear after dmsetup mknodes`);
+  return path;
+}
+
+/** Drop a stale /dev/mapper node of a removed device (no-op with udev). */
+export async function dmDropNode(name: string): Promise<void> {
+  // With no name, mknodes makes /dev/mapper match the kernel: the stale node goes.
+  if (existsSync(`/dev/mapper/${checkDmName(name)}`)) await run('dmsetup', ['mknodes']);
+}

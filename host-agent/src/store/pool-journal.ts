@@ -1,0 +1,92 @@
+/**
+ * The devmapper pool journal: per thin pool, the transaction id we last
+ * committed, the change in flight and who holds the pool. See
+ * storage/devmapper/pool-transactions.ts for the protocol.
+ */
+import type { Db } from './db.js';
+import { nowIso } from './db.js';
+
+export type PoolOp = 'create_thin' | 'create_snap' | 'delete' | 'metadata_snap';
+
+export interface PoolJournalRow {
+  pool: string;
+  transaction_id: number;
+  owner: string | null;
+  open_op: PoolOp | null;
+  open_thin_id: number | null;
+  open_origin_id: number | null;
+  open_purpose: string | null;
+  updated_at: string;
+}
+
+export interface OpenChange {
+  op: PoolOp;
+  thinId: number | null;
+  originId: number | null;
+  purpose: string;
+}
+
+export class PoolJournalRepo {
+  constructor(private readonly db: Db) {}
+
+  get(pool: string): PoolJournalRow | undefined {
+    return this.db.prepare(`SELECT * FROM dm_pool_journal WHERE pool = ?`).get(pool) as
+      PoolJournalRow | undefined;
+  }
+
+  /** First use of a pool: adopt its current transaction id. */
+  adopt(pool: string, transactionId: number): void {
+    this.db
+      .prepare(
+        `INSERT INTO dm_pool_journal (pool, transaction_id, updated_at) VALUES (?, ?, ?)
+         ON CONFLICT (pool) DO NOTHING`,
+      )
+      .run(pool, transactionId, nowIso());
+  }
+
+  /** Undo an adoption that was refused. */
+  forget(pool: string): void {
+    this.db.prepare(`DELETE FROM dm_pool_journal WHERE pool = ? AND owner IS NULL`).run(pool);
+  }
+
+  /** Compare-and-swap of the holder; false if someone else holds it now. */
+  claim(pool: string, fromOwner: string | null, toOwner: string): boolean {
+    const { changes } = this.db
+      .prepare(`UPDATE dm_pool_journal SET owner = ?, updated_at = ? WHERE pool = ? AND owner IS ?`)
+      .run(toOwner, nowIso(), pool, fromOwner);
+    return changes === 1;
+  }
+
+  /** Record the change about to be sent to the pool (the intent). */
+  open(pool: string, owner: string, change: OpenChange): void {
+    const { changes } = this.db
+      .prepare(
+        `UPDATE dm_pool_journal
+            SET open_op = ?, open_thin_id = ?, open_origin_id = ?, open_purpose = ?, updated_at = ?
+          WHERE pool = ? AND owner = ?`,
+      )
+      .run(change.op, change.thinId, change.originId, change.purpose, nowIso(), pool, owner);
+    if (changes !== 1) throw new Error(`pool ${pool} is not held by ${owner}`);
+  }
+
+  /** The change is done (committed at `transactionId`) or undone: nothing open. */
+  close(pool: string, owner: string, transactionId: number): void {
+    const { changes } = this.db
+      .prepare(
+        `UPDATE dm_pool_journal
+            SET transaction_id = ?, open_op = NULL, open_thin_id = NULL, open_origin_id = NULL,
+                open_purpose = NULL, updated_at = ?
+          WHERE pool = ? AND owner = ?`,
+      )
+      .run(transactionId, nowIso(), pool, owner);
+    if (changes !== 1) throw new Error(`pool ${pool} is not held by ${owner}`);
+  }
+
+  release(pool: string, owner: string): void {
+    this.db
+      .prepare(
+        `UPDATE dm_pool_journal SET owner = NULL, updated_at = ? WHERE pool = ? AND owner = ?`,
+      )
+      .run(nowIso(), pool, owner);
+  }
+}
