@@ -133,6 +133,7 @@ export const migrations: readonly string[] = [
     last_seen_at  TEXT NOT NULL
   );
   CREATE INDEX queue_messages_by_key ON queue_messages(bucket, key);
+  `,
   // 3: devmapper pool journal (one row per thin pool). The pool's own
   // transaction id is the commit marker of every thin create/delete; this
   // row holds the id we last committed, the change in flight (written
