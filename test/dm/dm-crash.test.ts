@@ -33,10 +33,27 @@ import {
 const bucket = 'thinrelay-dm-crash';
 
 /**
- * Every point by default. Under TCG each point costs two or three CLI runs;
- * THINRELAY_DM_CRASH_POINTS=a,b,c runs a subset while iterating.
+ * Under TCG each point costs two or three CLI runs (10-20 s each), so CI runs
+ * one point per kind of recovery — pool change rolled back, pool change
+ * committed, volume mid-unpack, activation, held metadata snapshot, delete —
+ * and THINRELAY_DM_CRASH_POINTS=all (npm run test:dm:full) every point;
+ * THINRELAY_DM_CRASH_POINTS=a,b,c runs those.
  */
-const only = process.env.THINRELAY_DM_CRASH_POINTS?.split(',').filter((p) => p !== '');
+const ciPoints = [
+  'dm:create_thin:sent',
+  'dm:create_snap:committed',
+  'unpack:midway',
+  'activate:attached',
+  'dm:metadata_snap:reserved',
+  'dm:delete:sent',
+];
+const requested = process.env.THINRELAY_DM_CRASH_POINTS ?? 'ci';
+const only =
+  requested === 'all'
+    ? undefined
+    : requested === 'ci'
+      ? ciPoints
+      : requested.split(',').filter((p) => p !== '');
 const selected = (point: string): boolean => only === undefined || only.includes(point);
 
 /** The reconcile log lines of a run: what recovery did. */
