@@ -62,20 +62,22 @@ interface Agent {
   stop(): Promise<void>;
 }
 
+const str = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(v));
+
 /** The agent's JSON log, shown as one short line per stage. */
 function describeLog(l: Record<string, unknown>): string | null {
   const key = typeof l.key === 'string' ? l.key : '';
   switch (l.msg) {
     case 'agent started':
-      return `agent started (queue ${String(l.queueUrl).split('/').pop()})`;
+      return `agent started (queue ${str(l.queueUrl).split('/').pop()})`;
     case 'unpacking':
       return `unpacking into a fresh ${(Number(l.sizeBytes) / 1024 ** 2).toFixed(0)} MiB volume`;
     case 'step done':
-      return `step ${String(l.step)}: ${String(l.status)}${l.step === 'unpack' && l.entries !== undefined ? ` (${String(l.entries)} entries)` : ''}`;
+      return `step ${str(l.step)}: ${str(l.status)}${l.step === 'unpack' && l.entries !== undefined ? ` (${str(l.entries)} entries)` : ''}`;
     case 'image event handled':
     case 'image event failed':
     case 'image event will be retried':
-      return `${String(l.kind ?? 'message')} ${key} → ${String(l.outcome).toUpperCase()}${l.code ? ` [${String(l.code)}]` : ''} (receive #${String(l.receiveCount)})${l.reason && l.outcome !== 'failed' ? ` — ${String(l.reason)}` : ''}`;
+      return `${str(l.kind ?? 'message')} ${key} → ${str(l.outcome).toUpperCase()}${l.code ? ` [${str(l.code)}]` : ''} (receive #${str(l.receiveCount)})${l.reason && l.outcome !== 'failed' ? ` — ${str(l.reason)}` : ''}`;
     default:
       return null;
   }
@@ -204,7 +206,7 @@ async function main(): Promise<number> {
         note(
           error === undefined
             ? `${bold('lambda')} ${eventName} ${decodeURIComponent(k.replace(/\+/g, ' '))} → published to ${stack!.hosts.length} host queues`
-            : `${bold('lambda')} ${eventName} ${k} → FAILED: ${String(error)}`,
+            : `${bold('lambda')} ${eventName} ${k} → FAILED: ${error instanceof Error ? error.message : str(error)}`,
         ),
     });
     say(
