@@ -34,8 +34,8 @@ const bucket = 'thinrelay-dm-crash';
 
 /**
  * Under TCG each point costs two or three CLI runs (10-20 s each), so CI runs
- * one point per kind of recovery — pool change rolled back, pool change
- * committed, volume mid-unpack, activation, held metadata snapshot, delete —
+ * one point per kind of pool recovery — change rolled back, change committed,
+ * volume mid-unpack, delete finished —
  * and THINRELAY_DM_CRASH_POINTS=all (npm run test:dm:full) every point;
  * THINRELAY_DM_CRASH_POINTS=a,b,c runs those.
  */
@@ -43,8 +43,6 @@ const ciPoints = [
   'dm:create_thin:sent',
   'dm:create_snap:committed',
   'unpack:midway',
-  'activate:attached',
-  'dm:metadata_snap:reserved',
   'dm:delete:sent',
 ];
 const requested = process.env.THINRELAY_DM_CRASH_POINTS ?? 'ci';
