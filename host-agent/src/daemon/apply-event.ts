@@ -173,35 +173,19 @@ function decideFailure(
   message: ReceivedMessage,
   opts: ApplyOptions,
 ): EventDecision {
-  const reasonCode = codeOf(err);
-  const reason = errorMessage(err);
-  switch (classifyFailure(err, signal)) {
-    case 'interrupted':
-      return {
-        outcome: 'released',
-        action: { kind: 'release', delaySeconds: 0 },
-        event,
-        reasonCode,
-        reason,
-      };
-    case 'superseded':
-      // OBJECT_NOT_FOUND here: the key was deleted since; its delete event follows.
-      return { outcome: 'superseded', action: { kind: 'delete' }, event, reasonCode, reason };
-    case 'transient':
-      return {
-        outcome: 'retrying',
-        action: { kind: 'release', delaySeconds: opts.retryDelaySeconds(message.receiveCount) },
-        event,
-        reasonCode,
-        reason,
-      };
-    case 'permanent':
-      return {
-        outcome: 'failed',
-        action: { kind: 'release', delaySeconds: 0 },
-        event,
-        reasonCode,
-        reason,
-      };
-  }
+  const release = (delaySeconds: number): MessageAction => ({ kind: 'release', delaySeconds });
+  const [outcome, action]: [MessageOutcome, MessageAction] = (() => {
+    switch (classifyFailure(err, signal)) {
+      case 'interrupted':
+        return ['released', release(0)];
+      case 'superseded':
+        // OBJECT_NOT_FOUND here: the key was deleted since; its delete event follows.
+        return ['superseded', { kind: 'delete' }];
+      case 'transient':
+        return ['retrying', release(opts.retryDelaySeconds(message.receiveCount))];
+      case 'permanent':
+        return ['failed', release(0)];
+    }
+  })();
+  return { outcome, action, event, reasonCode: codeOf(err), reason: errorMessage(err) };
 }

@@ -9,11 +9,12 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, realpathSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { deviceNodeCheck, rootCheck, toolChecks } from '../readiness.js';
 import type { SpaceFloor } from '../../config.js';
 import { EnvironmentError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { StateStore } from '../../store/index.js';
-import { hasCommand, run } from '../../sys/exec.js';
+import { run } from '../../sys/exec.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
 import type {
@@ -292,36 +293,23 @@ export class DevmapperBackend implements StorageBackend {
   // ---- readiness --------------------------------------------------------
 
   async checkReadiness(): Promise<ReadinessCheck[]> {
-    const checks: ReadinessCheck[] = [];
-    const root = process.getuid?.() === 0;
-    checks.push({
-      name: 'root',
-      ok: root,
-      detail: root ? 'running as root' : 'not root',
-      hint: 'run as root (device-mapper needs it)',
-    });
-    const control = existsSync('/dev/mapper/control');
-    checks.push({
-      name: 'device-mapper',
-      ok: control,
-      detail: control ? '/dev/mapper/control present' : '/dev/mapper/control missing',
-      hint: 'modprobe dm_mod (a kernel with device-mapper is required)',
-    });
-    for (const [tool, pkg] of [
-      ['dmsetup', 'dmsetup'],
-      ['thin_dump', 'thin-provisioning-tools'],
-      ['mkfs.ext4', 'e2fsprogs'],
-      ['losetup', 'util-linux'],
-      ['blockdev', 'util-linux'],
-    ] as const) {
-      const ok = await hasCommand(tool);
-      checks.push({
-        name: tool,
-        ok,
-        detail: ok ? 'found' : 'not on PATH',
-        hint: `apt-get install ${pkg}`,
-      });
-    }
+    const device = deviceNodeCheck(
+      'device-mapper',
+      '/dev/mapper/control',
+      'modprobe dm_mod (a kernel with device-mapper is required)',
+    );
+    const checks = [
+      rootCheck('device-mapper needs it'),
+      device,
+      ...(await toolChecks([
+        ['dmsetup', 'dmsetup'],
+        ['thin_dump', 'thin-provisioning-tools'],
+        ['mkfs.ext4', 'e2fsprogs'],
+        ['losetup', 'util-linux'],
+        ['blockdev', 'util-linux'],
+      ])),
+    ];
+    const control = device.ok;
     if (control) {
       let targets: string;
       try {

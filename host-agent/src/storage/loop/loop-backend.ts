@@ -21,7 +21,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { EnvironmentError } from '../../errors.js';
-import { hasCommand, run } from '../../sys/exec.js';
+import { run } from '../../sys/exec.js';
 import { attachLoop, detachLoop, listLoops, loopsFor } from '../../sys/loop-devices.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
@@ -35,6 +35,7 @@ import type {
   StorageBackend,
 } from '../backend.js';
 import { parseObjectName } from '../names.js';
+import { deviceNodeCheck, rootCheck, toolChecks } from '../readiness.js';
 
 const imageSuffix = '.img';
 const partialSuffix = '.img.partial';
@@ -73,31 +74,18 @@ export class LoopBackend implements StorageBackend {
   }
 
   async checkReadiness(): Promise<ReadinessCheck[]> {
-    const checks: ReadinessCheck[] = [];
-    const root = process.getuid?.() === 0;
-    checks.push({
-      name: 'root',
-      ok: root,
-      detail: root ? 'running as root' : 'not root',
-      hint: 'run as root (loop devices and mounts need it)',
-    });
-    const loopCtl = existsSync('/dev/loop-control');
-    checks.push({
-      name: 'loop devices',
-      ok: loopCtl,
-      detail: loopCtl ? '/dev/loop-control present' : '/dev/loop-control missing',
-      hint: 'modprobe loop',
-    });
-    for (const tool of ['losetup', 'mkfs.ext4', 'mount', 'umount', 'cp', 'sync']) {
-      const ok = await hasCommand(tool);
-      checks.push({
-        name: tool,
-        ok,
-        detail: ok ? 'found' : 'not on PATH',
-        hint: 'apt-get install util-linux e2fsprogs mount coreutils',
-      });
-    }
-    return checks;
+    return [
+      rootCheck('loop devices and mounts need it'),
+      deviceNodeCheck('loop devices', '/dev/loop-control', 'modprobe loop'),
+      ...(await toolChecks([
+        ['losetup', 'mount'],
+        ['mkfs.ext4', 'e2fsprogs'],
+        ['mount', 'mount'],
+        ['umount', 'mount'],
+        ['cp', 'coreutils'],
+        ['sync', 'coreutils'],
+      ])),
+    ];
   }
 
   createPool(): Promise<PoolStatus> {
