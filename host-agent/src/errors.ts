@@ -10,6 +10,16 @@ export const ExitCode = {
   imageFailed: 1,
   usage: 2,
   environment: 3,
+  /** The thing named (image, snapshot, host, key) does not exist. */
+  notFound: 4,
+  /** `fleet wait`: the timeout passed before the rollout finished. */
+  timeout: 124,
+  /** A temporary failure (network, throttling, a lock held elsewhere): retrying later may succeed (EX_TEMPFAIL). */
+  temporary: 75,
+  /** Interrupted by SIGINT (128 + 2). */
+  interrupted: 130,
+  /** Interrupted by SIGTERM (128 + 15). */
+  terminated: 143,
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
