@@ -22,17 +22,25 @@ async function run(ctx: CommandContext): Promise<number> {
   });
   ctx.config();
   checkHostReady();
-  const [{ Agent, defaultRetryDelaySeconds }, { HostQueue }, { createSqsClient }, http] =
-    await Promise.all([
-      import('../../daemon/agent.js'),
-      import('../../queue/host-queue.js'),
-      import('../../queue/sqs-client.js'),
-      import('../../daemon/http-endpoint.js'),
-    ]);
+  const [
+    { Agent, defaultRetryDelaySeconds },
+    { HostQueue },
+    { createSqsClient },
+    http,
+    { acquireAgentLock },
+  ] = await Promise.all([
+    import('../../daemon/agent.js'),
+    import('../../queue/host-queue.js'),
+    import('../../queue/sqs-client.js'),
+    import('../../daemon/http-endpoint.js'),
+    import('../../daemon/state-lock.js'),
+  ]);
   let s3: Promise<S3Client> | undefined;
   const rt = ctx.runtime({
     s3: () => (s3 ??= import('../../source/s3-client.js').then((m) => m.createS3Client())),
   });
+  // One agent per state dir: two would apply one key's events out of order.
+  const lock = acquireAgentLock(rt.config.stateDir, rt.owner);
   const sqs = createSqsClient(daemon.queueUrl);
   const agent = new Agent({
     queue: new HostQueue(sqs, daemon.queueUrl),
@@ -77,6 +85,7 @@ async function run(ctx: CommandContext): Promise<number> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await endpoint?.close();
+    lock.release();
     sqs.destroy();
     if (s3 !== undefined) (await s3).destroy();
   }
