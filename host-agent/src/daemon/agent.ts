@@ -121,7 +121,11 @@ export class Agent {
       const fs = statfsSync(stateDir);
       free = fs.bavail * fs.bsize;
     } catch (err) {
-      return { ok: false, freeBytes: null, reason: `cannot read ${stateDir}: ${errorMessage(err)}` };
+      return {
+        ok: false,
+        freeBytes: null,
+        reason: `cannot read ${stateDir}: ${errorMessage(err)}`,
+      };
     }
     const floor = Math.max(reserveBytes, minimumStateFreeBytes);
     return free >= floor

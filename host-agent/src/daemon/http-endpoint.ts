@@ -26,7 +26,10 @@ export async function startHttpEndpoint(
       const h = sources.health();
       res
         .writeHead(h.healthy ? 200 : 503, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ status: h.status ?? (h.healthy ? 'ok' : 'unhealthy'), ...h.detail }) + '\n');
+        .end(
+          JSON.stringify({ status: h.status ?? (h.healthy ? 'ok' : 'unhealthy'), ...h.detail }) +
+            '\n',
+        );
       return;
     }
     if (path === '/metrics') {

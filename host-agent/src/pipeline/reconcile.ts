@@ -71,7 +71,8 @@ function reserveIdsSeen(
     actions.push({
       object: highest.name,
       action: 'reserved ids',
-      reason: 'the pool holds names the store never recorded (a restored backup?): new ids start above',
+      reason:
+        'the pool holds names the store never recorded (a restored backup?): new ids start above',
     });
   let maxThin = 0;
   for (const o of inv.objects) if (o.thinId !== null) maxThin = Math.max(maxThin, o.thinId);

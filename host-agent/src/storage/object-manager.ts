@@ -4,6 +4,7 @@
  * a commit of the outcome. This is the only code that calls the backend's
  * mutating methods, so the intent rule holds everywhere by construction.
  */
+import { UsageError } from '../errors.js';
 import { failpoint } from '../failpoints.js';
 import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
@@ -105,8 +106,7 @@ export class ObjectManager {
   async seal(volume: StorageObjectRow): Promise<void> {
     await this.backend.seal(this.spec(volume));
     failpoint('seal:detached');
-    if (volume.state !== 'sealed')
-      this.transition(volume.id, 'sealed', { owner: null });
+    if (volume.state !== 'sealed') this.transition(volume.id, 'sealed', { owner: null });
   }
 
   async createSnapshot(o: {
@@ -129,14 +129,26 @@ export class ObjectManager {
       ),
     );
     failpoint('snapshot:intent');
-    await this.backend.createSnapshot(this.snapshotSpec(snap));
+    try {
+      await this.backend.createSnapshot(this.snapshotSpec(snap));
+    } catch (err) {
+      // `remove --force` of the image took this snapshot (or its origin) away meanwhile.
+      const now = this.store.objects.get(snap.id);
+      const origin = this.store.objects.get(o.volume.id);
+      if (now?.owner !== this.owner || origin?.state === 'removing' || origin?.state === 'removed')
+        throw new UsageError(
+          'NOT_FOUND',
+          `image ${o.imageId} was removed while snapshot ${snap.id} was being created`,
+          'see `thinrelay images`; process the image again to use it',
+        );
+      throw err;
+    }
     failpoint('snapshot:copied');
     return this.transition(snap.id, 'inactive', { owner: null });
   }
 
   async activate(snap: StorageObjectRow): Promise<string> {
-    if (snap.state === 'inactive')
-      this.transition(snap.id, 'activating', { owner: this.owner });
+    if (snap.state === 'inactive') this.transition(snap.id, 'activating', { owner: this.owner });
     failpoint('activate:intent');
     const devicePath = await this.backend.activate(this.snapshotSpec(snap));
     failpoint('activate:attached');
@@ -171,8 +183,7 @@ export class ObjectManager {
 
   async remove(row: StorageObjectRow): Promise<void> {
     this.store.tx(() => {
-      if (row.state !== 'removing')
-        this.transition(row.id, 'removing', { owner: this.owner });
+      if (row.state !== 'removing') this.transition(row.id, 'removing', { owner: this.owner });
       this.store.snapshots.deactivated(row.id);
     });
     await this.backend.remove(this.spec(row));

@@ -39,7 +39,10 @@ export function databaseError(err: unknown, stateDir: string): EnvironmentError 
   if (code === 'SQLITE_CORRUPT' || code.startsWith('SQLITE_CORRUPT_') || code === 'SQLITE_NOTADB') {
     return new EnvironmentError('DB_CORRUPT', what, restoreHint, cause);
   }
-  if (code.startsWith('SQLITE_FULL') || (code.startsWith('SQLITE_IOERR') && stateDirFull(stateDir))) {
+  if (
+    code.startsWith('SQLITE_FULL') ||
+    (code.startsWith('SQLITE_IOERR') && stateDirFull(stateDir))
+  ) {
     return new EnvironmentError(
       'STATE_FULL',
       what,

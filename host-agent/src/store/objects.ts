@@ -159,8 +159,11 @@ export class ObjectRepo {
       .get() as { seq: number } | undefined;
     const highest = Math.max(
       seq?.seq ?? 0,
-      (this.db.prepare(`SELECT COALESCE(MAX(id), 0) AS m FROM storage_objects`).get() as { m: number })
-        .m,
+      (
+        this.db.prepare(`SELECT COALESCE(MAX(id), 0) AS m FROM storage_objects`).get() as {
+          m: number;
+        }
+      ).m,
     );
     if (maxId <= highest) return false;
     if (seq === undefined)
@@ -168,7 +171,9 @@ export class ObjectRepo {
         .prepare(`INSERT INTO sqlite_sequence (name, seq) VALUES ('storage_objects', ?)`)
         .run(maxId);
     else
-      this.db.prepare(`UPDATE sqlite_sequence SET seq = ? WHERE name = 'storage_objects'`).run(maxId);
+      this.db
+        .prepare(`UPDATE sqlite_sequence SET seq = ? WHERE name = 'storage_objects'`)
+        .run(maxId);
     return true;
   }
 

@@ -1,6 +1,7 @@
 /** thinrelay agent: the daemon. Long-polls this host's queue and applies image events. */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { EnvironmentError } from '../../errors.js';
+import { sdkLogger } from '../../log.js';
 import type { Command, CommandContext } from '../command.js';
 
 function checkHostReady(): void {
@@ -41,7 +42,7 @@ async function run(ctx: CommandContext): Promise<number> {
   });
   // One agent per state dir: two would apply one key's events out of order.
   const lock = acquireAgentLock(rt.config.stateDir, rt.owner);
-  const sqs = createSqsClient(daemon.queueUrl);
+  const sqs = createSqsClient(daemon.queueUrl, { logger: sdkLogger(ctx.logger) });
   const agent = new Agent({
     queue: new HostQueue(sqs, daemon.queueUrl),
     deps: rt,
