@@ -431,7 +431,7 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
     const first = agentFor(t, host);
     await first.waitForLog((l) => l.msg === 'agent started');
     const second = agentFor(t, host);
-    const exit = await second.exited;
+    const exit = await Promise.race([second.exited, sleep(30_000, { code: 'still running' })]);
     assert.equal(exit.code, 3);
     const refusal = second.logs.map((l) => l.msg).join('\n');
     assert.match(refusal, /\[AGENT_RUNNING\] another thinrelay agent \(pid \d+\) is running/);
