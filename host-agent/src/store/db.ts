@@ -22,7 +22,8 @@ export function databasePath(stateDir: string): string {
 
 /** How long a writer waits for another process's write lock (THINRELAY_DB_BUSY_MS). */
 function busyTimeoutMs(): number {
-  const v = Number(process.env.THINRELAY_DB_BUSY_MS ?? '');
+  const text = process.env.THINRELAY_DB_BUSY_MS;
+  const v = text === undefined || text.trim() === '' ? NaN : Number(text);
   return Number.isInteger(v) && v >= 0 ? v : 10_000;
 }
 
