@@ -17,6 +17,11 @@ import { join } from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Database from 'better-sqlite3';
+import { loadConfig } from '../../host-agent/src/config.js';
+import { UsageError } from '../../host-agent/src/errors.js';
+import { silentLogger } from '../../host-agent/src/log.js';
+import { activateImage, removeImage } from '../../host-agent/src/ops/image-ops.js';
+import { openRuntime } from '../../host-agent/src/runtime.js';
 import { dbFileName } from '../../host-agent/src/store/db.js';
 import { serializeImageEvent, type ImageEvent } from '../../schema/image-event.js';
 import { startAgent, type AgentProcess } from '../helpers/agent-process.js';
@@ -489,6 +494,35 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
     } finally {
       execFileSync('umount', [stateDir]);
     }
+  });
+
+  test('`remove --force` while `activate` copies: a coded NOT_FOUND, not a raw ENOENT', async (t) => {
+    const host = await newHost(t);
+    await s3.putObject(bucket, 'images/raced.tar', await smallTar('raced'));
+    assert.equal(
+      (await runCli(['process-image', '--s3-key', 'images/raced.tar'], host.env)).code,
+      0,
+    );
+    const rt = openRuntime({
+      config: loadConfig({ stateDir: host.stateDir }, host.env),
+      logger: silentLogger,
+    });
+    t.after(() => rt.close());
+    // The race, made certain: the removal lands between activate's intent and its copy.
+    const backend = rt.objects.backend;
+    const copy = backend.createSnapshot.bind(backend);
+    backend.createSnapshot = async (spec) => {
+      await removeImage(rt, 'images/raced.tar', { force: true });
+      return copy(spec);
+    };
+    await assert.rejects(activateImage(rt, 'images/raced.tar'), (err: unknown) => {
+      assert.ok(err instanceof UsageError, String(err));
+      assert.equal(err.code, 'NOT_FOUND');
+      assert.match(err.message, /was removed while snapshot \d+ was being created/);
+      return true;
+    });
+    const inv = hostInventory(host.stateDir);
+    assert.deepEqual([inv.mounts, inv.loops, inv.poolFiles], [[], [], []]);
   });
 
   test('terminal escapes in keys are shown escaped; long keys are cut in the log', async (t) => {
