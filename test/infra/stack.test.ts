@@ -15,7 +15,7 @@ import { Match } from 'aws-cdk-lib/assertions';
 import type * as s3assets from 'aws-cdk-lib/aws-s3-assets';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { AwsSolutionsChecks } from 'cdk-nag';
-import { names, parseConfig } from '../../infra/lib/config.js';
+import { parseConfig } from '../../infra/lib/config.js';
 import { deploymentConfigItem } from '../../infra/lib/deployment-item.js';
 import { agentEnv, groupOutputKeys, STACK_OUTPUTS, stackOutputs } from '../../infra/lib/outputs.js';
 import { loadConfig } from '../../lambda/src/config.js';
