@@ -72,7 +72,7 @@ test('each sent event becomes a rollout item naming the queues it went to', asyn
   const out = await dynamo.client.send(new ScanCommand({ TableName: TABLE }));
   const items = (out.Items ?? [])
     .map((i) => fromItem(i))
-    .sort((a, b) => String(a.pk).localeCompare(String(b.pk)));
+    .sort((a, b) => (a.pk as string).localeCompare(b.pk as string));
   assert.equal(items.length, 2);
   const [base, cuda] = items as [Record<string, unknown>, Record<string, unknown>];
   assert.equal(cuda.pk, fleetKeys.rolloutPk('images/gpu/cuda.tar'));

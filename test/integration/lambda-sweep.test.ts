@@ -103,7 +103,7 @@ async function itemsOf(hostId: string): Promise<string[]> {
   return (out.Items ?? [])
     .map((i) => fromItem(i))
     .filter((i) => i.pk === fleetKeys.hostPk(hostId))
-    .map((i) => String(i.sk))
+    .map((i) => i.sk as string)
     .sort();
 }
 
@@ -196,7 +196,7 @@ test('a host that comes back while being swept is not deleted', async () => {
     ...opts(now),
     ddb: new Proxy(dynamo.client, {
       get(target, prop, receiver) {
-        if (prop !== 'send') return Reflect.get(target, prop, receiver);
+        if (prop !== 'send') return Reflect.get(target, prop, receiver) as unknown;
         return async (command: { constructor: { name: string } }) => {
           if (command.constructor.name === 'UpdateItemCommand') await put(back);
           return target.send(command as never);
@@ -244,10 +244,10 @@ test('the handler publishes the fleet metrics as EMF (namespace thinrelay, servi
   // Powertools writes EMF to stdout with its own console: read what reaches the stream.
   const lines: string[] = [];
   const write = process.stdout.write.bind(process.stdout);
-  process.stdout.write = ((chunk: string | Uint8Array, ...rest: never[]) => {
+  process.stdout.write = (chunk: string | Uint8Array, ...rest: never[]) => {
     lines.push(...String(chunk).split('\n'));
     return write(chunk, ...rest);
-  }) as typeof process.stdout.write;
+  };
   try {
     const { runSweep } = await import('../../lambda/src/sweep-handler.js');
     await runSweep();
