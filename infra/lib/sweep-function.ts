@@ -4,7 +4,7 @@
  * metrics the fleet alarms watch, and removes hosts stale for longer than
  * staleAfter + sweepAfter (their queues, DLQs and items).
  *
- * Its role reads the table, deletes only host items (HOST# partitions), lists
+ * Its role reads the table, deletes only host and rollout items, lists
  * queues, reads host queue and DLQ attributes and deletes host queues and
  * DLQs; it sends no message and writes nothing else.
  */
@@ -57,11 +57,23 @@ export class SweepFunction extends Construct {
     );
     this.role.addToPolicy(
       new iam.PolicyStatement({
-        sid: 'RemoveHostItems',
-        actions: ['dynamodb:DeleteItem', 'dynamodb:UpdateItem', 'dynamodb:BatchWriteItem'],
+        // Removal first marks a host gone (conditional on its last heartbeat).
+        sid: 'MarkHostsGone',
+        actions: ['dynamodb:UpdateItem'],
         resources: [table.tableArn],
         conditions: {
           'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': ['HOST#*'] },
+          Null: { 'dynamodb:LeadingKeys': 'false' },
+        },
+      }),
+    );
+    this.role.addToPolicy(
+      new iam.PolicyStatement({
+        sid: 'RemoveHostAndSupersededRolloutItems',
+        actions: ['dynamodb:DeleteItem', 'dynamodb:BatchWriteItem'],
+        resources: [table.tableArn],
+        conditions: {
+          'ForAllValues:StringLike': { 'dynamodb:LeadingKeys': ['HOST#*', 'ROLLOUT#*'] },
           Null: { 'dynamodb:LeadingKeys': 'false' },
         },
       }),

@@ -4,7 +4,8 @@
  * messages waiting in host DLQs, the oldest unfinished rollout) and removes
  * what has been gone too long: hosts not seen for staleAfter + sweepAfter
  * (deregistered ones after sweepAfter), with their queues, DLQ and items, and
- * host queues nobody owns (no HOST item) older than that.
+ * host queues nobody owns (no HOST item) older than that, and rollout items
+ * superseded by a newer rollout of the same key for longer than sweepAfter.
  *
  * Removal is crash-safe and idempotent, intent first: the HOST item is marked
  * `gone` only if the host has not been seen since the scan (a host that came
@@ -66,6 +67,8 @@ export interface SweepReport {
   swept: string[];
   /** Queues without a HOST item that were deleted. */
   orphanQueuesDeleted: string[];
+  /** Rollout items superseded by a newer rollout of their key for longer than sweepAfter, deleted. */
+  rolloutsPruned: number;
   errors: { host: string; error: string }[];
 }
 
@@ -126,6 +129,7 @@ export async function sweep(opts: SweepOptions): Promise<SweepReport> {
     unfinishedRollouts: unfinished,
     swept: [],
     orphanQueuesDeleted: [],
+    rolloutsPruned: 0,
     errors: [],
   };
 
@@ -157,7 +161,28 @@ export async function sweep(opts: SweepOptions): Promise<SweepReport> {
       report.errors.push({ host: q.hostId, error: `queue ${q.name}: ${describe(err)}` });
     }
   }
+  // Superseded rollouts: keep the table (and this scan) proportional to the bucket, not its history.
+  const latest = latestRollouts(rollouts);
+  const superseded = rollouts.filter(
+    (r) => latest.get(r.key)?.sk !== r.sk && opts.now - r.sentAt > sweepMs,
+  );
+  try {
+    await batchDelete(opts.ddb, opts.table, superseded);
+    report.rolloutsPruned = superseded.length;
+  } catch (err) {
+    report.errors.push({ host: '-', error: `pruning rollouts: ${describe(err)}` });
+  }
   return report;
+}
+
+/** The newest rollout item (highest sequencer) of each key. */
+export function latestRollouts(rollouts: readonly RolloutItem[]): Map<string, RolloutItem> {
+  const latest = new Map<string, RolloutItem>();
+  for (const r of rollouts) {
+    const seen = latest.get(r.key);
+    if (seen === undefined || r.sk > seen.sk) latest.set(r.key, r);
+  }
+  return latest;
 }
 
 /**
@@ -173,11 +198,7 @@ export function unfinishedRollouts(
   liveIds: ReadonlySet<string>,
   now: number,
 ): { oldestMs: number; unfinished: string[] } {
-  const latest = new Map<string, RolloutItem>();
-  for (const r of rollouts) {
-    const seen = latest.get(r.key);
-    if (seen === undefined || r.sk > seen.sk) latest.set(r.key, r);
-  }
+  const latest = latestRollouts(rollouts);
   const imageOf = new Map(images.map((i) => [`${i.hostId}\n${i.key}`, i]));
   let oldestMs = 0;
   const unfinished: string[] = [];

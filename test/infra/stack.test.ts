@@ -551,7 +551,7 @@ describe('fleet sweep', () => {
     });
   });
 
-  test('its role reads the table, removes host items and host queues, sends nothing', () => {
+  test('its role reads the table, removes host items, superseded rollouts and host queues, sends nothing', () => {
     const roleId = (fn.Role as { 'Fn::GetAtt': [string, string] })['Fn::GetAtt'][0];
     const statements = roleStatements(json, roleId);
     assert.ok(allows(statements, 'dynamodb:Scan', tableArn));
@@ -562,11 +562,14 @@ describe('fleet sweep', () => {
     ]) {
       assert.ok(allows(statements, action, tableArn, keys(fleetKeys.hostPk('i-1'))), action);
       assert.ok(!allows(statements, action, tableArn, keys(fleetKeys.config.pk)), action);
-      assert.ok(
-        !allows(statements, action, tableArn, keys(fleetKeys.rolloutPk('images/a.tar'))),
-        action,
-      );
     }
+    const rollout = keys(fleetKeys.rolloutPk('images/a.tar'));
+    assert.ok(
+      allows(statements, 'dynamodb:DeleteItem', tableArn, rollout),
+      'prunes superseded rollouts',
+    );
+    assert.ok(allows(statements, 'dynamodb:BatchWriteItem', tableArn, rollout));
+    assert.ok(!allows(statements, 'dynamodb:UpdateItem', tableArn, rollout), 'never rewrites one');
     assert.ok(!allows(statements, 'dynamodb:PutItem', tableArn, keys(fleetKeys.hostPk('i-1'))));
     for (const h of HOSTS) {
       for (const name of [hostQueue(h), dlq(h)]) {

@@ -179,9 +179,23 @@ test('a vanished host goes stale, then is swept with its queues and items; a liv
   assert.deepEqual(await itemsOf('i-vanished'), []);
   assert.deepEqual(await itemsOf('i-live'), ['HOST', fleetKeys.imageSk(key)]);
 
+  // A newer upload of the key supersedes the first rollout; once older than sweepAfter it is pruned.
+  await put({ ...rollout, sk: fleetKeys.rolloutSk('0A1C'), sequencer: '0A1C', sentAt: muchLater });
+  const pruning = await sweep(opts(muchLater));
+  assert.equal(pruning.rolloutsPruned, 1);
+  assert.deepEqual(
+    (await dynamo.client.send(new ScanCommand({ TableName: TABLE })))
+      .Items!.map((i) => fromItem(i))
+      .filter((i) => i.pk === fleetKeys.rolloutPk(key))
+      .map((i) => i.sequencer),
+    ['0A1C'],
+    'the latest rollout of a key is kept',
+  );
+
   // Idempotent: the next sweep finds nothing more to do.
   const fourth = await sweep(opts(muchLater + 60_000));
   assert.deepEqual(fourth.swept, []);
+  assert.equal(fourth.rolloutsPruned, 0);
   assert.equal(fourth.liveHosts, 1);
   assert.equal(fourth.staleHosts, 0);
   assert.equal(fourth.dlqMessages, 0);
