@@ -435,6 +435,9 @@ function migrationError(value: Record<string, unknown>): InfraConfigError {
       '(`thinrelay agent --group G`), and the stack creates one role per group instead of ' +
       'resources per host. Replace "hosts" and "hostPrincipal" with ' +
       `"groups": ${JSON.stringify(groups)} ` +
+      (isObject(principal) && principal.type === 'aws'
+        ? '(an "aws" principal must now tag each session thinrelay-host=<host id>) '
+        : '') +
       '(see infra/README.md, "Migrating from a hosts list")',
   );
 }

@@ -159,7 +159,7 @@ test('the per-host format gets a migration message naming its groups and princip
   rejects(
     { hostPrincipal: { type: 'aws', principalArn: 'arn:aws:iam::123456789012:role/b' }, hosts: [] },
     '$.hosts',
-    /Replace "hosts" and "hostPrincipal"/,
+    /Replace "hosts" and "hostPrincipal".*must now tag each session thinrelay-host=<host id>/,
   );
 });
 
