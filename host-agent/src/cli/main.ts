@@ -15,6 +15,7 @@ import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.j
 import { poolCommand } from './commands/pool.js';
 import { processImageCommand } from './commands/process-image.js';
 import { showCommand } from './commands/show.js';
+import { configCommand } from './commands/config.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { formatError } from './output.js';
 import { databaseError } from '../store/db-errors.js';
@@ -33,6 +34,7 @@ const commands: readonly Command[] = [
   imagesCommand,
   snapshotsCommand,
   showCommand,
+  configCommand,
   failedCommand,
   activateCommand,
   deactivateCommand,
