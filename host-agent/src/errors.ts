@@ -23,29 +23,32 @@ export const ExitCode = {
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
-export type ImageFailureCode =
-  | 'ARCHIVE_EMPTY'
-  | 'ARCHIVE_NOT_TAR'
-  | 'ARCHIVE_TRUNCATED'
-  | 'ARCHIVE_MALFORMED'
-  | 'ARCHIVE_UNSUPPORTED_ENTRY'
-  | 'ARCHIVE_BAD_NAME'
-  | 'ARCHIVE_PATH_ESCAPE'
-  | 'ARCHIVE_LINK_ESCAPE'
-  | 'ARCHIVE_UNSAFE_LINK'
-  | 'ARCHIVE_CONFLICT'
-  | 'LIMIT_BLOB_SIZE'
-  | 'LIMIT_UNPACKED_BYTES'
-  | 'LIMIT_ENTRY_COUNT'
-  | 'LIMIT_PATH_LENGTH'
-  | 'LIMIT_PATH_DEPTH'
-  | 'VOLUME_FULL'
-  | 'OBJECT_NOT_FOUND'
-  | 'OBJECT_CHANGED'
-  | 'CHECKSUM_MISMATCH'
-  | 'DOWNLOAD_FAILED'
-  | 'STORAGE_FAILED'
-  | 'INTERRUPTED';
+/** Reason codes of ImageError (a list at run time: recorded codes are read back by classifyFailure's rule). */
+export const imageFailureCodes = [
+  'ARCHIVE_EMPTY',
+  'ARCHIVE_NOT_TAR',
+  'ARCHIVE_TRUNCATED',
+  'ARCHIVE_MALFORMED',
+  'ARCHIVE_UNSUPPORTED_ENTRY',
+  'ARCHIVE_BAD_NAME',
+  'ARCHIVE_PATH_ESCAPE',
+  'ARCHIVE_LINK_ESCAPE',
+  'ARCHIVE_UNSAFE_LINK',
+  'ARCHIVE_CONFLICT',
+  'LIMIT_BLOB_SIZE',
+  'LIMIT_UNPACKED_BYTES',
+  'LIMIT_ENTRY_COUNT',
+  'LIMIT_PATH_LENGTH',
+  'LIMIT_PATH_DEPTH',
+  'VOLUME_FULL',
+  'OBJECT_NOT_FOUND',
+  'OBJECT_CHANGED',
+  'CHECKSUM_MISMATCH',
+  'DOWNLOAD_FAILED',
+  'STORAGE_FAILED',
+  'INTERRUPTED',
+] as const;
+export type ImageFailureCode = (typeof imageFailureCodes)[number];
 
 export type UsageCode =
   | 'USAGE'
@@ -67,6 +70,8 @@ export type EnvironmentCode =
   | 'DB_CORRUPT'
   | 'POOL_UNAVAILABLE'
   | 'LOW_SPACE'
+  // `agent deregister` while an agent runs on the same state dir.
+  | 'AGENT_RUNNING'
   // Queue commands: SQS unreachable, refusing us, or answering something unexpected.
   | 'QUEUE_UNREACHABLE'
   | 'QUEUE_ACCESS_DENIED'
