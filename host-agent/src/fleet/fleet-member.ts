@@ -62,6 +62,7 @@ export class FleetMember {
   private reporter!: ImageReporter;
   private heartbeat!: HostHeartbeat;
   private stopping = false;
+  private stoppedAt = 0;
   private readonly syncAbort = new AbortController();
   private readonly wakers = new Set<() => void>();
   private syncSoon = false;
@@ -179,6 +180,7 @@ export class FleetMember {
   stop(): void {
     if (this.stopping) return;
     this.stopping = true;
+    this.stoppedAt = Date.now();
     this.wakeAll();
   }
 
@@ -186,7 +188,9 @@ export class FleetMember {
   async close(): Promise<void> {
     this.stop();
     const loops = Promise.all(this.loops);
-    const deadline = sleep(this.opts.drainSeconds * 1000, 'deadline' as const, { ref: false });
+    // The same deadline as the daemon's drain: counted from stop(), not from here.
+    const leftMs = Math.max(0, this.stoppedAt + this.opts.drainSeconds * 1000 - Date.now());
+    const deadline = sleep(leftMs, 'deadline' as const, { ref: false });
     if ((await Promise.race([loops.then(() => 'done' as const), deadline])) === 'deadline') {
       this.opts.logger.warn('drain deadline passed: interrupting sync work', {});
       this.syncAbort.abort(new Error('agent shutdown deadline'));
