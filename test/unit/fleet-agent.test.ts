@@ -123,11 +123,11 @@ describe('deployment item', () => {
     const good = deploymentItem({ bucket: 'b', routes: { 'images/gpu/': ['gpu'] } });
     assert.deepEqual(parseDeployment({ ...good } as never, 't'), good);
     const { groups: _g, ...noGroups } = good;
-    assert.throws(() => parseDeployment(noGroups as never, 't'), /"groups" must be a map/);
+    assert.throws(() => parseDeployment(noGroups, 't'), /"groups" must be a map/);
     assert.throws(
       () =>
         parseDeployment(
-          { ...good, groups: { web: { ...good.groups.default, maxReceiveCount: 0 } } } as never,
+          { ...good, groups: { web: { ...good.groups.default, maxReceiveCount: 0 } } },
           't',
         ),
       /groups\.web\.maxReceiveCount/,
