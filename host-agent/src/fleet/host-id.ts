@@ -92,3 +92,14 @@ export async function instanceIdentity(
     return null;
   }
 }
+
+/** AWS_REGION (or AWS_DEFAULT_REGION), else the instance's region (IMDS), else us-east-1. */
+export async function resolveRegion(
+  known: string | null,
+  env: NodeJS.ProcessEnv = process.env,
+  timeoutMs = IMDS_TIMEOUT_MS,
+): Promise<string> {
+  const configured = env.AWS_REGION ?? env.AWS_DEFAULT_REGION;
+  if (configured !== undefined && configured !== '') return configured;
+  return known ?? (await instanceIdentity(env, timeoutMs))?.region ?? 'us-east-1';
+}

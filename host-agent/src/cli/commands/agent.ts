@@ -19,12 +19,6 @@ function checkHostReady(): void {
   }
 }
 
-/** The region for SQS and DynamoDB: AWS_REGION, else the instance's (IMDS), else us-east-1. */
-function regionOf(imdsRegion: string | null): string {
-  const configured = process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION;
-  return configured !== undefined && configured !== '' ? configured : (imdsRegion ?? 'us-east-1');
-}
-
 async function run(ctx: CommandContext): Promise<number> {
   if (ctx.positionals[0] === 'deregister') return deregister(ctx);
   if (ctx.positionals.length > 0)
@@ -70,14 +64,17 @@ async function run(ctx: CommandContext): Promise<number> {
     if (fleet === null) {
       sqs = createSqsClient(daemon.queueUrl);
     } else {
-      const [{ resolveHostIdentity }, { FleetTable, createDynamoClient }, { FleetMember }] =
-        await Promise.all([
-          import('../../fleet/host-id.js'),
-          import('../../fleet/fleet-table.js'),
-          import('../../fleet/fleet-member.js'),
-        ]);
+      const [
+        { resolveHostIdentity, resolveRegion },
+        { FleetTable, createDynamoClient },
+        { FleetMember },
+      ] = await Promise.all([
+        import('../../fleet/host-id.js'),
+        import('../../fleet/fleet-table.js'),
+        import('../../fleet/fleet-member.js'),
+      ]);
       const identity = await resolveHostIdentity(fleet.hostIdFlag);
-      const region = regionOf(identity.region);
+      const region = await resolveRegion(identity.region);
       sqs = createSqsClient(null, { region });
       const client = createDynamoClient(region);
       dynamo = client;
@@ -168,7 +165,7 @@ async function run(ctx: CommandContext): Promise<number> {
 async function deregister(ctx: CommandContext): Promise<number> {
   const [
     { createSqsClient },
-    { resolveHostIdentity },
+    { resolveHostIdentity, resolveRegion },
     { FleetTable, createDynamoClient },
     { requireTable, checkGroupName },
     { readRecord },
@@ -196,7 +193,7 @@ async function deregister(ctx: CommandContext): Promise<number> {
     hostIdFlag === undefined && (process.env.THINRELAY_HOST_ID ?? '') === '' && record !== null
       ? { hostId: record.hostId, region: null }
       : await resolveHostIdentity(hostIdFlag);
-  const region = regionOf(identity.region);
+  const region = await resolveRegion(identity.region);
   const sqs = createSqsClient(null, { region });
   const client = createDynamoClient(region);
   try {
