@@ -25,6 +25,7 @@ import { processImage } from '../pipeline/process-image.js';
 import { noProgress } from '../pipeline/progress.js';
 import { headObject } from '../source/head.js';
 import type { StateStore } from '../store/index.js';
+import { registerWorker, releaseWorker } from '../store/owner.js';
 import type { FleetMetrics } from './fleet-metrics.js';
 import type { ImageReporter } from './image-reporter.js';
 
@@ -175,15 +176,29 @@ export async function runSyncRound(
   return result;
 }
 
-/** Per task: its own owner (reconcile tells siblings apart) and logger. */
-function taskDeps(ctx: SyncContext, key: string): PipelineDeps {
-  return {
+/**
+ * Runs one key's work as a worker of its own: its own owner (reconcile and
+ * job claims tell siblings apart; a registered worker reads as alive while
+ * it runs) and logger.
+ */
+async function asWorker<T>(
+  ctx: SyncContext,
+  key: string,
+  fn: (deps: PipelineDeps) => Promise<T>,
+): Promise<T> {
+  const deps: PipelineDeps = {
     ...ctx.deps,
     owner: `${ctx.deps.owner}:sync${++taskSeq}`,
     logger: ctx.logger.child({ sync: true, key }),
     progress: noProgress,
     signal: ctx.signal,
   };
+  registerWorker(deps.owner);
+  try {
+    return await fn(deps);
+  } finally {
+    releaseWorker(deps.owner);
+  }
 }
 
 async function processWanted(
@@ -196,37 +211,46 @@ async function processWanted(
     if (ctx.stopping()) return 'unchanged';
     // An event may have done it while this waited for the lock.
     if (ctx.deps.store.images.find(bucket, key, eTag)?.status === 'ready') return 'unchanged';
-    const deps = taskDeps(ctx, key);
-    ctx.reporter.working(bucket, key, eTag, null);
-    try {
-      const r = await processImage(deps, { bucket, key, eTag }, { reconcile: false });
-      ctx.reporter.settled(bucket, key);
-      if (r.outcome === 'already-complete') return 'unchanged';
-      deps.logger.info('sync: image ready', { eTag, outcome: r.outcome });
-      return 'processed';
-    } catch (err) {
-      const kind = classifyFailure(err, ctx.signal);
-      const code = isThinrelayError(err) ? err.code : 'INTERNAL';
-      if (kind === 'permanent') {
-        ctx.reporter.settled(bucket, key);
-        deps.logger.error('sync: image failed', { eTag, code, error: errorMessage(err) });
-        return 'failed';
-      }
-      if (kind === 'superseded') {
-        // Overwritten or deleted since the listing: its event or the next round handles it.
-        ctx.reporter.settled(bucket, key);
-      } else {
-        ctx.reporter.waiting(bucket, key, eTag, code, errorMessage(err));
-      }
-      deps.logger.warn('sync: image deferred to the next round', {
-        eTag,
-        class: kind,
-        code,
-        error: errorMessage(err),
-      });
-      return 'deferred';
-    }
+    return asWorker(ctx, key, (deps) => processWith(ctx, deps, bucket, key, eTag));
   });
+}
+
+async function processWith(
+  ctx: SyncContext,
+  deps: PipelineDeps,
+  bucket: string,
+  key: string,
+  eTag: string,
+): Promise<KeyResult> {
+  ctx.reporter.working(bucket, key, eTag, null);
+  try {
+    const r = await processImage(deps, { bucket, key, eTag }, { reconcile: false });
+    ctx.reporter.settled(bucket, key);
+    if (r.outcome === 'already-complete') return 'unchanged';
+    deps.logger.info('sync: image ready', { eTag, outcome: r.outcome });
+    return 'processed';
+  } catch (err) {
+    const kind = classifyFailure(err, ctx.signal);
+    const code = isThinrelayError(err) ? err.code : 'INTERNAL';
+    if (kind === 'permanent') {
+      ctx.reporter.settled(bucket, key);
+      deps.logger.error('sync: image failed', { eTag, code, error: errorMessage(err) });
+      return 'failed';
+    }
+    if (kind === 'superseded') {
+      // Overwritten or deleted since the listing: its event or the next round handles it.
+      ctx.reporter.settled(bucket, key);
+    } else {
+      ctx.reporter.waiting(bucket, key, eTag, code, errorMessage(err));
+    }
+    deps.logger.warn('sync: image deferred to the next round', {
+      eTag,
+      class: kind,
+      code,
+      error: errorMessage(err),
+    });
+    return 'deferred';
+  }
 }
 
 async function retireGone(
@@ -237,35 +261,44 @@ async function retireGone(
 ): Promise<KeyResult> {
   return ctx.keyLock.run(imageLockKey(bucket, key), async (): Promise<KeyResult> => {
     if (ctx.stopping()) return 'unchanged';
-    const deps = taskDeps(ctx, key);
-    if (deps.store.images.liveByKey(bucket, key).length === 0) return 'unchanged';
-    try {
-      result.requests++;
-      await headObject(await deps.s3(), bucket, key, {
-        maxBlobBytes: Number.MAX_SAFE_INTEGER,
-        signal: ctx.signal,
+    if (ctx.deps.store.images.liveByKey(bucket, key).length === 0) return 'unchanged';
+    return asWorker(ctx, key, (deps) => retireWith(ctx, deps, bucket, key, result));
+  });
+}
+
+async function retireWith(
+  ctx: SyncContext,
+  deps: PipelineDeps,
+  bucket: string,
+  key: string,
+  result: SyncRoundResult,
+): Promise<KeyResult> {
+  try {
+    result.requests++;
+    await headObject(await deps.s3(), bucket, key, {
+      maxBlobBytes: Number.MAX_SAFE_INTEGER,
+      signal: ctx.signal,
+    });
+    // Uploaded after the listing: not gone.
+    return 'unchanged';
+  } catch (err) {
+    if (!(err instanceof ImageError) || err.code !== 'OBJECT_NOT_FOUND') {
+      deps.logger.warn('sync: could not confirm the key is gone; retiring later', {
+        error: errorMessage(err),
       });
-      // Uploaded after the listing: not gone.
-      return 'unchanged';
-    } catch (err) {
-      if (!(err instanceof ImageError) || err.code !== 'OBJECT_NOT_FOUND') {
-        deps.logger.warn('sync: could not confirm the key is gone; retiring later', {
-          error: errorMessage(err),
-        });
-        return 'deferred';
-      }
-    }
-    try {
-      const retired = await retireKey(deps, bucket, key);
-      ctx.reporter.settled(bucket, key);
-      deps.logger.info('sync: key gone from the bucket: retired', {
-        images: retired.imageIds,
-        keptActiveSnapshots: retired.keptActiveSnapshots,
-      });
-      return 'retired';
-    } catch (err) {
-      deps.logger.warn('sync: retire failed; retrying next round', { error: errorMessage(err) });
       return 'deferred';
     }
-  });
+  }
+  try {
+    const retired = await retireKey(deps, bucket, key);
+    ctx.reporter.settled(bucket, key);
+    deps.logger.info('sync: key gone from the bucket: retired', {
+      images: retired.imageIds,
+      keptActiveSnapshots: retired.keptActiveSnapshots,
+    });
+    return 'retired';
+  } catch (err) {
+    deps.logger.warn('sync: retire failed; retrying next round', { error: errorMessage(err) });
+    return 'deferred';
+  }
 }

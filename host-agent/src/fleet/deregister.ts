@@ -1,15 +1,14 @@
 /**
  * `thinrelay agent deregister`: a host leaves the fleet for good. Refused
- * while this state dir's agent runs (stop it first: its SIGTERM drain
- * finishes the images in flight). Then the HostItem is marked gone (rollouts
+ * while this state dir's agent runs (the caller holds the agent lock; stop
+ * the agent first: its SIGTERM drain finishes the images in flight). Then the HostItem is marked gone (rollouts
  * stop expecting the host at once) and the host's queue and DLQ are deleted
  * (the fan-out stops sending after its discovery TTL). Every step is
  * idempotent: running it again finishes what a failed run left.
  */
 import type { SQSClient } from '@aws-sdk/client-sqs';
-import { EnvironmentError, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
-import { isOwnerAlive, ownerPid } from '../store/owner.js';
 import type { FleetTable } from './fleet-table.js';
 import { deleteQueueNamed, hostQueueNames, queueDepth, queueUrlOf } from './host-queues.js';
 import type { RegistrationRecord } from './registration-record.js';
@@ -37,13 +36,6 @@ export async function deregisterHost(
   logger: Logger,
 ): Promise<DeregisterResult> {
   const { group, hostId, record } = req;
-  if (record !== null && record.hostId === hostId && isOwnerAlive(record.owner)) {
-    throw new EnvironmentError(
-      'AGENT_RUNNING',
-      `the agent of host ${hostId} is running on this state dir (pid ${ownerPid(record.owner)})`,
-      'stop it first (systemctl stop thinrelay-agent: in-flight images finish), then deregister',
-    );
-  }
   let namePrefix: string;
   try {
     namePrefix = (await table.readDeployment()).namePrefix;

@@ -25,7 +25,6 @@ import { KeyLock } from '../daemon/key-lock.js';
 import { errorMessage, isThinrelayError, UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { PipelineDeps } from '../pipeline/context.js';
-import { currentOwner } from '../store/owner.js';
 import { agentVersion } from './agent-version.js';
 import { runSyncRound, type SyncRoundResult } from './catch-up-sync.js';
 import { FleetMetrics } from './fleet-metrics.js';
@@ -115,7 +114,6 @@ export class FleetMember {
       namePrefix: this.deployment.namePrefix,
       table: this.opts.table.tableName,
       ...this.urls,
-      owner: currentOwner(),
       registeredAt,
     });
     this.hostQueue = new RegisteredHostQueue(this.opts.sqs, this.urls.queueUrl, () =>
@@ -152,25 +150,39 @@ export class FleetMember {
     });
   }
 
-  /** Reports what the daemon does with each message. */
+  /** Reports what the daemon does with each message; never throws into the daemon. */
   readonly observer: AgentObserver = {
-    started: (t) => {
-      if (t.kind === 'image.put') this.reporter.working(t.bucket, t.key, t.eTag, t.versionId);
-    },
-    decided: (d) => {
-      const e = d.event;
-      if (e === null) return;
-      if (d.outcome === 'retrying' || d.outcome === 'released')
-        this.reporter.waiting(
-          e.bucket,
-          e.key,
-          e.eTag,
-          d.outcome === 'released' ? 'INTERRUPTED' : (d.reasonCode ?? 'UNKNOWN'),
-          d.reason ?? d.outcome,
-        );
-      else this.reporter.settled(e.bucket, e.key);
-    },
+    started: (t) =>
+      this.report(() => {
+        if (t.kind === 'image.put') this.reporter.working(t.bucket, t.key, t.eTag, t.versionId);
+      }),
+    decided: (d) =>
+      this.report(() => {
+        const e = d.event;
+        if (e === null) return;
+        if (d.outcome === 'retrying' || d.outcome === 'released')
+          this.reporter.waiting(
+            e.bucket,
+            e.key,
+            e.eTag,
+            d.outcome === 'released' ? 'INTERRUPTED' : (d.reasonCode ?? 'UNKNOWN'),
+            d.reason ?? d.outcome,
+          );
+        else this.reporter.settled(e.bucket, e.key);
+      }),
   };
+
+  /** A report reads the state database; if that fails, the image's outcome stands. */
+  private report(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.metrics.writeFailures.inc({ item: 'image' });
+      this.opts.logger.warn('could not report an image to the fleet table', {
+        error: errorMessage(err),
+      });
+    }
+  }
 
   /** Heartbeats and sync rounds; call once the daemon has reconciled. */
   start(): void {

@@ -1,7 +1,6 @@
 /**
- * What this state dir's agent registered as (group, host id, queues) and
- * which process runs it: written at registration, read by `agent
- * deregister` to find the host's queues and to refuse while that agent runs.
+ * What this state dir's agent registered as (group, host id, queues):
+ * written at registration, read by `agent deregister` to find the host.
  */
 import { readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -15,8 +14,6 @@ export interface RegistrationRecord {
   table: string;
   queueUrl: string;
   dlqUrl: string;
-  /** The agent process (store/owner.ts form: pid:start:boot). */
-  owner: string;
   registeredAt: number;
 }
 

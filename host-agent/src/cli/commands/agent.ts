@@ -4,8 +4,10 @@
  * queues, heartbeats, catches up with the bucket. `agent deregister` leaves.
  */
 import type { S3Client } from '@aws-sdk/client-s3';
+import { existsSync } from 'node:fs';
 import type { SQSClient } from '@aws-sdk/client-sqs';
 import { EnvironmentError, UsageError } from '../../errors.js';
+import { sdkLogger } from '../../log.js';
 import type { Command, CommandContext } from '../command.js';
 import { printJson } from '../output.js';
 
@@ -40,17 +42,25 @@ async function run(ctx: CommandContext): Promise<number> {
     throw new UsageError('USAGE', '--host-id needs --group', `usage: ${usage}`);
   ctx.config();
   checkHostReady();
-  const [{ Agent, defaultRetryDelaySeconds }, { HostQueue }, { createSqsClient }, http] =
-    await Promise.all([
-      import('../../daemon/agent.js'),
-      import('../../queue/host-queue.js'),
-      import('../../queue/sqs-client.js'),
-      import('../../daemon/http-endpoint.js'),
-    ]);
+  const [
+    { Agent, defaultRetryDelaySeconds },
+    { HostQueue },
+    { createSqsClient },
+    http,
+    { acquireAgentLock },
+  ] = await Promise.all([
+    import('../../daemon/agent.js'),
+    import('../../queue/host-queue.js'),
+    import('../../queue/sqs-client.js'),
+    import('../../daemon/http-endpoint.js'),
+    import('../../daemon/state-lock.js'),
+  ]);
   let s3: Promise<S3Client> | undefined;
   const rt = ctx.runtime({
     s3: () => (s3 ??= import('../../source/s3-client.js').then((m) => m.createS3Client())),
   });
+  // One agent per state dir: two would apply one key's events out of order.
+  const lock = acquireAgentLock(rt.config.stateDir, rt.owner);
   // Signals before the agent runs (registration may be retrying) end start-up.
   const startup = new AbortController();
   const earlySignal = (sig: NodeJS.Signals): void => startup.abort(new Error(`received ${sig}`));
@@ -62,7 +72,7 @@ async function run(ctx: CommandContext): Promise<number> {
   let dynamo: { destroy(): void } | null = null;
   try {
     if (fleet === null) {
-      sqs = createSqsClient(daemon.queueUrl);
+      sqs = createSqsClient(daemon.queueUrl, { logger: sdkLogger(ctx.logger) });
     } else {
       const [
         { resolveHostIdentity, resolveRegion },
@@ -75,7 +85,7 @@ async function run(ctx: CommandContext): Promise<number> {
       ]);
       const identity = await resolveHostIdentity(fleet.hostIdFlag);
       const region = await resolveRegion(identity.region);
-      sqs = createSqsClient(null, { region });
+      sqs = createSqsClient(null, { region, logger: sdkLogger(ctx.logger) });
       const client = createDynamoClient(region);
       dynamo = client;
       member = new FleetMember({
@@ -96,6 +106,7 @@ async function run(ctx: CommandContext): Promise<number> {
       await member.join();
     }
   } catch (err) {
+    lock.release();
     if (startup.signal.aborted) return 143;
     throw err;
   } finally {
@@ -155,6 +166,7 @@ async function run(ctx: CommandContext): Promise<number> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await endpoint?.close();
+    lock.release();
     sqs.destroy();
     dynamo?.destroy();
     if (s3 !== undefined) (await s3).destroy();
@@ -170,6 +182,8 @@ async function deregister(ctx: CommandContext): Promise<number> {
     { requireTable, checkGroupName },
     { readRecord },
     { deregisterHost },
+    { acquireAgentLock },
+    { currentOwner },
   ] = await Promise.all([
     import('../../queue/sqs-client.js'),
     import('../../fleet/host-id.js'),
@@ -177,6 +191,8 @@ async function deregister(ctx: CommandContext): Promise<number> {
     import('../../fleet/fleet-settings.js'),
     import('../../fleet/registration-record.js'),
     import('../../fleet/deregister.js'),
+    import('../../daemon/state-lock.js'),
+    import('../../store/owner.js'),
   ]);
   const record = readRecord(ctx.config().stateDir);
   const groupFlag = ctx.values.group as string | undefined;
@@ -193,8 +209,23 @@ async function deregister(ctx: CommandContext): Promise<number> {
     hostIdFlag === undefined && (process.env.THINRELAY_HOST_ID ?? '') === '' && record !== null
       ? { hostId: record.hostId, region: null }
       : await resolveHostIdentity(hostIdFlag);
+  // The agent's own lock: refused while this state dir's agent runs, and none starts meanwhile.
+  const stateDir = ctx.config().stateDir;
+  let lock: { release(): void } | null = null;
+  if (existsSync(stateDir)) {
+    try {
+      lock = acquireAgentLock(stateDir, currentOwner());
+    } catch (err) {
+      if (!(err instanceof EnvironmentError) || err.code !== 'AGENT_RUNNING') throw err;
+      throw new EnvironmentError(
+        'AGENT_RUNNING',
+        err.message,
+        'stop it first (systemctl stop thinrelay-agent: images in flight finish), then deregister',
+      );
+    }
+  }
   const region = await resolveRegion(identity.region);
-  const sqs = createSqsClient(null, { region });
+  const sqs = createSqsClient(null, { region, logger: sdkLogger(ctx.logger) });
   const client = createDynamoClient(region);
   try {
     const result = await deregisterHost(
@@ -216,6 +247,7 @@ async function deregister(ctx: CommandContext): Promise<number> {
     }
     return 0;
   } finally {
+    lock?.release();
     sqs.destroy();
     client.destroy();
   }
