@@ -9,7 +9,7 @@ import {
   type HostImageItem,
   type HostItem,
 } from '../../schema/fleet.js';
-import { fromItem, toItem, type Plain } from '../../host-agent/src/fleet/item-codec.js';
+import { fromItem, toItem, type Plain } from '../../schema/item-codec.js';
 
 export function deploymentItem(
   over: Partial<DeploymentConfigItem> & { bucket: string },

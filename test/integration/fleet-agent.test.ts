@@ -108,6 +108,20 @@ async function until<T>(
 
 const isRound = (l: LogLine): boolean => l.msg === 'sync round done';
 
+/** An S3 put event as the fan-out Lambda sends it, serialized. */
+const putEvent = (bucket: string, key: string, eTag: string, sequencer: string): string =>
+  serializeImageEvent({
+    schemaVersion: 1,
+    kind: 'image.put',
+    bucket,
+    key,
+    versionId: null,
+    eTag,
+    size: null,
+    sequencer,
+    eventTime: new Date().toISOString().replace(/\.\d+Z$/, '.000Z'),
+  });
+
 describe('thinrelay agent --group (fleet)', { skip: needsRoot, timeout: 600_000 }, () => {
   let s3: S3Emulator;
   let sqs: SqsEmulator;
@@ -335,20 +349,7 @@ describe('thinrelay agent --group (fleet)', { skip: needsRoot, timeout: 600_000 
     const key = 'images/race.tar';
     const { eTag } = await s3.putObject(f.bucket, key, await smallTar('race'));
     const url = await queueUrl(f.queueName);
-    await sqs.send(
-      url,
-      serializeImageEvent({
-        schemaVersion: 1,
-        kind: 'image.put',
-        bucket: f.bucket,
-        key,
-        versionId: null,
-        eTag,
-        size: null,
-        sequencer: '0000000000001000',
-        eventTime: new Date().toISOString().replace(/\.\d+Z$/, '.000Z'),
-      }),
-    );
+    await sqs.send(url, putEvent(f.bucket, key, eTag, '0000000000001000'));
     const agent = agentFor(t, f);
     await agent.waitForLog(isRound, 120_000);
     await agent.waitForLog((l) => l.outcome === 'applied', 60_000);
@@ -382,20 +383,7 @@ describe('thinrelay agent --group (fleet)', { skip: needsRoot, timeout: 600_000 
     assert.ok(attrs.Attributes?.RedrivePolicy, 'redrive policy restored');
     const key = 'images/after.tar';
     const { eTag } = await s3.putObject(f.bucket, key, await smallTar('after'));
-    await sqs.send(
-      url,
-      serializeImageEvent({
-        schemaVersion: 1,
-        kind: 'image.put',
-        bucket: f.bucket,
-        key,
-        versionId: null,
-        eTag,
-        size: null,
-        sequencer: '0000000000002000',
-        eventTime: new Date().toISOString().replace(/\.\d+Z$/, '.000Z'),
-      }),
-    );
+    await sqs.send(url, putEvent(f.bucket, key, eTag, '0000000000002000'));
     const applied = await agent.waitForLog((l) => l.outcome === 'applied', 60_000);
     assert.equal(applied.key, key);
     assert.match(await metricsOf(agent), /^thinrelay_queue_recreated_total 1$/m);

@@ -18,7 +18,7 @@ import {
   type HostItem,
 } from '../../../schema/fleet.js';
 import { UsageError } from '../errors.js';
-import { fromItem, toItem, type Plain } from './item-codec.js';
+import { fromItem, toItem, type Plain } from '../../../schema/item-codec.js';
 
 export const DYNAMO_CONNECTION_TIMEOUT_MS = 5_000;
 export const DYNAMO_SOCKET_TIMEOUT_MS = 15_000;
