@@ -19,6 +19,7 @@ import { ImageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
   RetryBudget,
+  bodyChunks,
   checkPinnedSize,
   destroyAttempt,
   getRange,
@@ -233,18 +234,8 @@ async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undef
         throw new ImageError('DOWNLOAD_FAILED', `GetObject ${where} returned no body`);
       }
 
-      const it = res.body[Symbol.asyncIterator]();
-      let streamErr: unknown = null;
-      for (;;) {
-        let next: IteratorResult<Uint8Array>;
-        try {
-          next = await it.next();
-        } catch (err) {
-          streamErr = err;
-          break;
-        }
-        if (next.done) break;
-        let chunk = next.value;
+      const read = { error: null as unknown };
+      for await (let chunk of bodyChunks(res.body, read)) {
         if (skip > 0) {
           const drop = Math.min(skip, chunk.byteLength);
           skip -= drop;
@@ -260,13 +251,13 @@ async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undef
         yield chunk;
       }
       if (signal?.aborted) throw signal.reason;
-      if (streamErr === null && received === ref.size) {
+      if (read.error === null && received === ref.size) {
         done = true;
         continue;
       }
       destroyAttempt(attempt);
       const reason =
-        streamErr ??
+        read.error ??
         new Error(`response body ended early at byte ${received} of ${ref.size} (premature close)`);
       await budget.failed(reason, position, received > start, received);
     }

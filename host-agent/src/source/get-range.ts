@@ -142,6 +142,28 @@ function parseContentRange(
   return { start: Number(m[1]), end: Number(m[2]), total: m[3] === '*' ? null : Number(m[3]) };
 }
 
+/**
+ * A response body's chunks. A failed read (reset, premature close, socket
+ * timeout) ends them and is left in `outcome.error`: the caller resumes it.
+ */
+export async function* bodyChunks(
+  body: AsyncIterable<Uint8Array>,
+  outcome: { error: unknown },
+): AsyncGenerator<Uint8Array, void, undefined> {
+  const it = body[Symbol.asyncIterator]();
+  for (;;) {
+    let next: IteratorResult<Uint8Array>;
+    try {
+      next = await it.next();
+    } catch (err) {
+      outcome.error = err;
+      return;
+    }
+    if (next.done) return;
+    yield next.value;
+  }
+}
+
 /** Abort the request and destroy its body: the socket is closed, not pooled. */
 export function destroyAttempt(attempt: Attempt): void {
   const body = attempt.body as { destroy?: (err?: Error) => void; destroyed?: boolean } | undefined;

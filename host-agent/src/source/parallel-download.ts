@@ -16,6 +16,7 @@ import { createHash } from 'node:crypto';
 import { ImageError } from '../errors.js';
 import type { DownloadResult, DownloadRun } from './download.js';
 import {
+  bodyChunks,
   checkPinnedSize,
   destroyAttempt,
   getRange,
@@ -101,18 +102,9 @@ export async function* parallelStream(
       // before the range, stop reading once the range is complete.
       const whole = res.whole;
       let skip = res.skip;
-      const it = res.body[Symbol.asyncIterator]();
-      let streamErr: unknown = null;
-      for (;;) {
-        let next: IteratorResult<Uint8Array>;
-        try {
-          next = await it.next();
-        } catch (err) {
-          streamErr = err;
-          break;
-        }
-        if (next.done || state.failure !== null) break;
-        let chunk = next.value;
+      const read = { error: null as unknown };
+      for await (let chunk of bodyChunks(res.body, read)) {
+        if (state.failure !== null) break;
         if (skip > 0) {
           const drop = Math.min(skip, chunk.byteLength);
           skip -= drop;
@@ -132,7 +124,7 @@ export async function* parallelStream(
         if (whole && p.fetched === p.length) break;
       }
       if (state.failure !== null) return destroyAttempt(attempt);
-      if (streamErr === null && p.fetched === p.length) {
+      if (read.error === null && p.fetched === p.length) {
         if (whole) destroyAttempt(attempt); // the rest of the object is not ours to read
         p.attempt = undefined; // its socket goes back to the pool: never abort it from here
         return;
@@ -140,7 +132,7 @@ export async function* parallelStream(
       destroyAttempt(attempt);
       const at = p.start + p.fetched;
       const reason =
-        streamErr ??
+        read.error ??
         new Error(
           `response body for bytes ${from}-${p.end} ended early at byte ${at} (premature close)`,
         );
