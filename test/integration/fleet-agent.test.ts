@@ -23,6 +23,7 @@ import {
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import Database from 'better-sqlite3';
 import dynalite from 'dynalite';
+import { agentVersion } from '../../host-agent/src/fleet/agent-version.js';
 import { dbFileName } from '../../host-agent/src/store/db.js';
 import { serializeImageEvent } from '../../schema/image-event.js';
 import { startAgent, type AgentProcess, type LogLine } from '../helpers/agent-process.js';
@@ -245,6 +246,7 @@ describe('thinrelay agent --group (fleet)', { skip: needsRoot, timeout: 600_000 
     assert.equal(host.state, 'live');
     assert.equal(host.group, 'default');
     assert.equal(host.backend, 'loop');
+    assert.equal(host.agentVersion, agentVersion(), "package.json's version");
     assert.equal(host.queueUrl, await queueUrl(f.queueName));
     assert.equal(host.dlqUrl, await queueUrl(f.dlqName));
     assert.ok(host.pool!.dataTotalBytes > 0 && host.pool!.dataUsedBytes > 0);
