@@ -84,7 +84,10 @@ export function poolTransactionId(pool: string): number {
 }
 
 /** The store's side: live thin ids, active snapshots' device names. */
-export function storeView(stateDir: string): {
+export function storeView(
+  stateDir: string,
+  pool = poolNameOf(stateDir),
+): {
   thinIds: number[];
   activeDevices: string[];
   journalTid: number | null;
@@ -93,7 +96,7 @@ export function storeView(stateDir: string): {
   const store = StateStore.open(stateDir, { readonly: true });
   try {
     const live = store.objects.listLive();
-    const journal = store.poolJournal.get(poolNameOf(stateDir));
+    const journal = store.poolJournal.get(pool);
     return {
       thinIds: live
         .map((o) => o.thin_id)
@@ -156,9 +159,8 @@ export async function withMountedAsync<T>(
 }
 
 /** The invariant of this issue: pool and store agree exactly, nothing else is up. */
-export function assertPoolMatchesStore(stateDir: string): void {
-  const pool = poolNameOf(stateDir);
-  const view = storeView(stateDir);
+export function assertPoolMatchesStore(stateDir: string, pool = poolNameOf(stateDir)): void {
+  const view = storeView(stateDir, pool);
   assert.deepEqual(poolThinIds(pool), view.thinIds, "pool thin ids = the store's live thin ids");
   const inv = dmHostInventory(stateDir);
   assert.deepEqual(
