@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { dmPrefixFor } from '../../host-agent/src/storage/devmapper/devmapper-backend.js';
 import { parseThinDump } from '../../host-agent/src/storage/devmapper/thin-metadata.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
+import type { CliResult } from '../helpers/cli.js';
 
 const sh = (file: string, args: string[]): string =>
   execFileSync(file, args, { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' } });
@@ -175,4 +176,17 @@ export function assertPoolMatchesStore(stateDir: string, pool = poolNameOf(state
     poolTransactionId(pool),
     'journal and pool agree on the transaction id',
   );
+}
+
+/** What `process-image --json` prints. */
+export interface ProcessJson {
+  outcome: string;
+  devicePath: string;
+  imageId: number;
+}
+
+/** A CLI run that must have succeeded, its --json output parsed. */
+export function cliJson<T>(r: CliResult): T {
+  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
 }

@@ -21,6 +21,8 @@ import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import {
   assertPoolMatchesStore,
+  cliJson as json,
+  type ProcessJson,
   devmapperEnv,
   dmDevices,
   dmHostInventory,
@@ -40,17 +42,6 @@ const sh = (file: string, args: string[], env: NodeJS.ProcessEnv = {}): string =
     env: { ...process.env, LC_ALL: 'C', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-
-interface ProcessJson {
-  outcome: string;
-  devicePath: string;
-  imageId: number;
-}
-
-function json<T>(r: CliResult): T {
-  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
 
 /** A "disk": a sparse file on a loop device, in a directory of its own (not the state dir). */
 function disk(dir: string, name: string, size: string, firstBytes?: string): string {
