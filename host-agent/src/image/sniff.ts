@@ -16,7 +16,7 @@ export interface SniffedArchive {
   compression: ImageCompression;
   /** The first few member names, as peeked. */
   names: string[];
-  /** The source's bytes as they came (still compressed). */
+  /** The source's bytes as they came (plain or gzip only: zstd and xz are read through tar()). */
   raw: AsyncIterable<Buffer>;
   /** The tar bytes (decompressed). */
   tar(): AsyncIterable<Buffer>;
@@ -88,7 +88,9 @@ async function* replay(head: Buffer[], it: AsyncIterator<Uint8Array>): AsyncGene
   }
 }
 
-const PEEK_LIMIT = 4 * 1024 * 1024;
+/** Bytes looked at before deciding; the first members' headers lie well within. */
+const PEEK_BYTES = 64 * 1024;
+const GZIP_PEEK_BYTES = 16 * 1024;
 
 export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<SniffedArchive> {
   const it = source[Symbol.asyncIterator]();
@@ -106,7 +108,7 @@ export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<S
     size += b.length;
     return true;
   };
-  while (size < 64 * 1024 && (await more()));
+  while (size < PEEK_BYTES && (await more()));
   const compression = compressionOf(Buffer.concat(head).subarray(0, 8));
   let names: string[] = [];
   let rawUsed = false;
@@ -121,7 +123,9 @@ export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<S
     for (;;) {
       let out: Buffer;
       try {
-        out = gunzipSync(Buffer.concat(head), { finishFlush: constants.Z_SYNC_FLUSH });
+        // A bounded prefix: 16 KiB of gzip inflates to at most ~16 MiB, so a bomb cannot fill memory here.
+        const prefix = Buffer.concat(head).subarray(0, GZIP_PEEK_BYTES);
+        out = gunzipSync(prefix, { finishFlush: constants.Z_SYNC_FLUSH });
       } catch {
         break; // corrupt: the unpacker says so with its own message
       }
@@ -129,14 +133,14 @@ export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<S
         names = firstNames(out);
         break;
       }
-      if (ended || size > PEEK_LIMIT || !(await more())) break;
+      if (ended || size >= GZIP_PEEK_BYTES || !(await more())) break;
     }
   } else {
     // zstd, xz: decompress anyway (the flat unpacker knows neither), peek at the output.
     const plain = decompress(raw(), compression, 'the archive')[Symbol.asyncIterator]();
     const out: Buffer[] = [];
     let outSize = 0;
-    while (outSize < 64 * 1024) {
+    while (outSize < PEEK_BYTES) {
       const r = await plain.next();
       if (r.done === true) break;
       out.push(r.value);
@@ -148,7 +152,9 @@ export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<S
       kind: isContainerArchive(names) ? 'container' : 'flat',
       compression,
       names,
-      raw: emptyIterable(),
+      get raw(): AsyncIterable<Buffer> {
+        throw new Error('internal: a zstd or xz archive is only read decompressed (tar())');
+      },
       tar: () => tar,
     };
   }
@@ -169,5 +175,3 @@ export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<S
 function emptyIterator(): AsyncIterator<Uint8Array> {
   return { next: () => Promise.resolve({ done: true, value: undefined }) };
 }
-
-async function* emptyIterable(): AsyncGenerator<Buffer> {}
