@@ -72,8 +72,26 @@ describe('failure classes', () => {
       'interrupted',
     );
   });
-  test('retry delays double from 15 s up to 15 min', () => {
-    assert.deepEqual([1, 2, 3, 7, 20].map(defaultRetryDelaySeconds), [15, 30, 60, 900, 900]);
+  test('retry delays double from 15 s up to 15 min, each jittered ±20 %', () => {
+    for (const [count, nominal] of [
+      [1, 15],
+      [2, 30],
+      [3, 60],
+      [7, 900],
+      [20, 900],
+    ] as const) {
+      const seen = new Set<number>();
+      for (let i = 0; i < 200; i++) {
+        const d = defaultRetryDelaySeconds(count);
+        assert.ok(
+          d >= Math.round(nominal * 0.8) && d <= Math.round(nominal * 1.2),
+          `${count}: ${d}`,
+        );
+        seen.add(d);
+      }
+      // Jitter: a fleet's hosts do not all pick the same delay.
+      assert.ok(seen.size > 3, `${count}: only ${[...seen].join(',')}`);
+    }
   });
 });
 

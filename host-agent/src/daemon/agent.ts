@@ -13,6 +13,7 @@
  *   interrupted job and releases its storage; a restart completes it.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
+import { backoffDelay, jittered } from '../retry.js';
 import { errorMessage } from '../errors.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { ProgressSink } from '../pipeline/progress.js';
@@ -52,8 +53,9 @@ export interface MessageTiming {
   settledAt: number;
 }
 
+/** Doubles from 15 s up to 15 min, each ±20 % so a fleet's retries spread out. */
 export const defaultRetryDelaySeconds = (receiveCount: number): number =>
-  Math.min(900, 15 * 2 ** Math.max(0, receiveCount - 1));
+  Math.round(jittered(Math.min(900, 15 * 2 ** Math.max(0, receiveCount - 1))));
 
 export class Agent {
   readonly metrics: AgentMetrics;
@@ -123,7 +125,7 @@ export class Agent {
         if (this.stopping) break;
         failures++;
         this.metrics.receiveErrors.inc();
-        const delay = Math.min(30_000, 500 * 2 ** Math.min(failures, 6));
+        const delay = backoffDelay(1000, Math.min(failures, 6), 30_000);
         deps.logger.warn('receive failed; retrying', { error: errorMessage(err), delayMs: delay });
         await sleep(delay, undefined, { signal: this.pollAbort.signal }).catch(() => undefined);
         continue;
@@ -188,7 +190,8 @@ export class Agent {
 
   private async handle(m: ReceivedMessage): Promise<void> {
     const { deps, queue } = this.opts;
-    const logger = deps.logger.child({ messageId: m.messageId });
+    // Every line of this message's work names it and its key (the pipeline adds image and job).
+    const logger = deps.logger.child({ messageId: m.messageId, ...eventFieldsOf(m.body) });
     const heartbeat = new VisibilityHeartbeat(queue, m, {
       visibilitySeconds: this.opts.visibilitySeconds,
       logger,
@@ -208,7 +211,7 @@ export class Agent {
       await heartbeat.stop();
     }
     const decidedAt = Date.now();
-    this.record(m, decision);
+    this.record(m, decision, logger);
     await this.settle(m, decision, logger);
     this.opts.onMessageDone?.({
       messageId: m.messageId,
@@ -235,7 +238,7 @@ export class Agent {
         this.stopping
       )
         return decision;
-      const delayMs = this.opts.transientBaseDelayMs * 2 ** (attempt - 1);
+      const delayMs = backoffDelay(this.opts.transientBaseDelayMs, attempt);
       logger.warn('transient failure; retrying', {
         attempt,
         delayMs,
@@ -273,7 +276,7 @@ export class Agent {
     };
   }
 
-  private record(m: ReceivedMessage, d: EventDecision): void {
+  private record(m: ReceivedMessage, d: EventDecision, logger: PipelineDeps['logger']): void {
     const { deps } = this.opts;
     deps.store.events.recordMessage({
       messageId: m.messageId,
@@ -305,9 +308,9 @@ export class Agent {
       code: d.reasonCode,
       reason: d.reason,
     };
-    if (d.outcome === 'failed') deps.logger.error('image event failed', fields);
-    else if (d.outcome === 'retrying') deps.logger.warn('image event will be retried', fields);
-    else deps.logger.info('image event handled', fields);
+    if (d.outcome === 'failed') logger.error('image event failed', fields);
+    else if (d.outcome === 'retrying') logger.warn('image event will be retried', fields);
+    else logger.info('image event handled', fields);
   }
 
   private async settle(m: ReceivedMessage, d: EventDecision, logger: PipelineDeps['logger']) {
@@ -334,6 +337,16 @@ function releasedUnstarted(): EventDecision {
 }
 
 /** Per-key lock name; an unparseable body locks only itself. */
+/** bucket and key of a message body, for its log lines (empty when the body is not an event). */
+function eventFieldsOf(body: string): { bucket?: string; key?: string } {
+  try {
+    const { bucket, key } = (JSON.parse(body) ?? {}) as { bucket?: unknown; key?: unknown };
+    return typeof bucket === 'string' && typeof key === 'string' ? { bucket, key } : {};
+  } catch {
+    return {};
+  }
+}
+
 function lockKeyOf(body: string): string {
   let o: unknown;
   try {

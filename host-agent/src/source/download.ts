@@ -169,7 +169,7 @@ async function* stream(
       throw new TransientError(
         'DOWNLOAD_FAILED',
         `download of ${where} failed after ${resumes} resume(s) at byte ${received} of ${ref.size}: ${errorMessage(err)}`,
-        'a network or S3 service problem; retried later',
+        'a network or S3 service problem; the agent retries it (exit 75: run the command again later)',
         { cause: err },
       );
     }

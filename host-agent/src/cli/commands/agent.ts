@@ -91,5 +91,28 @@ export const agentCommand: Command = {
     concurrency: { type: 'string' },
     'metrics-addr': { type: 'string' },
   },
+  optionDocs: {
+    'queue-url': {
+      text: "this host's SQS queue (stack outputs)",
+      arg: 'URL',
+      env: 'THINRELAY_QUEUE_URL',
+    },
+    concurrency: {
+      text: 'images handled at once',
+      arg: 'N',
+      env: 'THINRELAY_CONCURRENCY',
+      default: '2',
+    },
+    'metrics-addr': {
+      text: 'health (/healthz) and Prometheus metrics (/metrics) endpoint, or "off"',
+      arg: 'HOST:PORT',
+      env: 'THINRELAY_METRICS_ADDR',
+      default: '127.0.0.1:9464',
+    },
+  },
+  examples: [
+    'thinrelay agent   # settings from /etc/thinrelay/agent.env, as under systemd',
+    'thinrelay agent --queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/thinrelay-host-web-1 --metrics-addr 127.0.0.1:9464',
+  ],
   run,
 };
