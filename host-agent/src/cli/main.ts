@@ -10,6 +10,7 @@ import nodeModule from 'node:module';
 import { parseArgs } from 'node:util';
 import { applySettingsFile } from '../config.js';
 import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
+import { isJournalStream, journalPriority } from '../log.js';
 import { versionLine } from '../version.js';
 import { globalOptions, makeContext, type Command } from './command.js';
 import { agentCommand } from './commands/agent.js';
@@ -70,8 +71,14 @@ function splitCommand(argv: readonly string[]): { name: string | undefined; rest
   return { name: undefined, rest: [...argv] };
 }
 
+/** The one error line; on the journal it is an error (priority 3), not info. */
+function writeError(line: string): void {
+  const prefix = isJournalStream(2) ? `<${journalPriority.error}>` : '';
+  process.stderr.write(prefix + line + '\n');
+}
+
 function usageError(what: string, message: string, hint: string): number {
-  process.stderr.write(formatError(what, new UsageError('USAGE', message, hint)) + '\n');
+  writeError(formatError(what, new UsageError('USAGE', message, hint)));
   return ExitCode.usage;
 }
 
@@ -180,7 +187,7 @@ export async function main(argv: string[]): Promise<number> {
       command.name === 'process-image'
         ? `process-image ${String(values['s3-key'] ?? '')}`
         : command.name;
-    process.stderr.write(formatError(what, err) + '\n');
+    writeError(formatError(what, err));
     if (process.env.THINRELAY_DEBUG === '1' && err instanceof Error)
       process.stderr.write(`${err.stack}\n`);
     return isThinrelayError(err) ? err.exitCode : ExitCode.imageFailed;
