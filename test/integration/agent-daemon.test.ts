@@ -339,6 +339,19 @@ describe('thinrelay agent', { skip: needsRoot, timeout: 300_000 }, () => {
     assert.match(metrics, /^thinrelay_messages_total\{outcome="applied"\} 2$/m);
     assert.match(metrics, /^thinrelay_images_in_flight 0$/m);
     assert.match(metrics, /^thinrelay_image_duration_seconds_count 2$/m);
+    // Capacity, state, build and process: read at scrape time from the pool, the store, the process.
+    assert.match(
+      metrics,
+      /^thinrelay_build_info\{version="\d+\.\d+\.\d+",commit="[^"]+",node="v\d+[^"]*"\} 1$/m,
+    );
+    assert.match(metrics, /^thinrelay_images\{status="removed"\} [1-9]\d*$/m);
+    assert.match(metrics, /^thinrelay_pool_bytes\{area="data",kind="total"\} [1-9]\d*$/m);
+    assert.match(metrics, /^thinrelay_pool_bytes\{area="data",kind="used"\} \d+$/m);
+    assert.match(metrics, /^thinrelay_pool_free_bytes [1-9]\d*$/m);
+    assert.match(metrics, /^thinrelay_pool_healthy 1$/m);
+    assert.match(metrics, /^process_resident_memory_bytes [1-9]\d*$/m);
+    assert.match(metrics, /^process_cpu_user_seconds_total [\d.e-]+$/m);
+    assert.match(metrics, /^nodejs_eventloop_lag_seconds\{quantile="0.99"\} [\d.e-]+$/m);
     assert.equal((await agent.stop()).code, 0);
   });
 });

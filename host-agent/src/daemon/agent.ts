@@ -71,7 +71,11 @@ export class Agent {
   private readonly startedAt = Date.now();
 
   constructor(private readonly opts: AgentOptions) {
-    this.metrics = new AgentMetrics(() => this.inFlight.size);
+    const { store, objects } = opts.deps;
+    this.metrics = new AgentMetrics(() => this.inFlight.size, {
+      imagesByStatus: () => store.images.countByStatus(),
+      pool: () => objects.backend.poolStatus(),
+    });
   }
 
   get inFlightCount(): number {

@@ -119,6 +119,14 @@ export class ImageRepo {
       .get(JSON.stringify(opts.interrupted ?? []), opts.includeRemoved ? 1 : 0) as string;
   }
 
+  /** How many images have each status. */
+  countByStatus(): Record<string, number> {
+    const rows = this.db
+      .prepare(`SELECT status, COUNT(*) AS n FROM images GROUP BY status`)
+      .all() as { status: string; n: number }[];
+    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
+  }
+
   /** Images whose status says a job is running. */
   listProcessing(): ImageRow[] {
     return this.db

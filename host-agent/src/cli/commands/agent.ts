@@ -50,7 +50,7 @@ async function run(ctx: CommandContext): Promise<number> {
       ? null
       : await http.startHttpEndpoint(daemon.metricsAddress, {
           health: () => agent.health(),
-          metrics: () => agent.metrics.render(),
+          metrics: () => agent.metrics.collect(),
         });
   if (endpoint !== null) ctx.logger.info('health and metrics endpoint', { url: endpoint.url });
 
