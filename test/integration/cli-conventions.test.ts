@@ -274,6 +274,23 @@ describe('thinrelay CLI conventions', () => {
     assert.match(oneLine(r.stderr), /\[DOWNLOAD_FAILED\].*exit 75/);
   });
 
+  test("README's global-options example runs as written", async () => {
+    const readme = readFileSync(new URL('README.md', repo), 'utf8');
+    const block = /```sh\n(thinrelay --backend devmapper pool status --json[\s\S]*?)```/.exec(
+      readme,
+    )?.[1];
+    assert.ok(block, 'the example block is in README');
+    const outputs: string[] = [];
+    for (const line of block.trim().split('\n')) {
+      const args = line.replace(/#.*$/, '').trim().split(/\s+/).slice(1);
+      const r = await runCli(args, { ...env, THINRELAY_STATE_DIR: join(dir, 'readme') });
+      assert.equal(r.code, 0, `${line}: ${r.stderr}`);
+      outputs.push(r.stdout);
+    }
+    assert.equal(outputs[0], outputs[1], 'global options before or after the command');
+    assert.equal(existsSync(join(dir, 'readme')), false);
+  });
+
   test("README's exit-code table is errors.ts ExitCode", () => {
     const readme = readFileSync(new URL('README.md', repo), 'utf8');
     const section = readme.split('\n### Exit codes\n')[1]?.split('\n#')[0] ?? '';
