@@ -87,10 +87,10 @@ test('an S3 put notification reaches every host queue as a valid image event', a
   const out: string[] = [];
   const writes = [process.stdout, process.stderr].map((stream) => {
     const write = stream.write.bind(stream);
-    stream.write = ((chunk: string | Uint8Array) => {
+    stream.write = (chunk: string | Uint8Array) => {
       out.push(String(chunk));
       return true;
-    }) as typeof stream.write;
+    };
     return () => (stream.write = write);
   });
   try {
