@@ -57,7 +57,7 @@ export async function processImage(
   opts: ProcessOptions = {},
 ): Promise<ProcessResult> {
   // Every line of this image's work carries its key, then its image and job ids.
-  let deps: PipelineDeps = { ...outer, logger: outer.logger.child({ key: req.key }) };
+  let deps = withLogFields(outer, { key: req.key });
   if (opts.reconcile !== false) await reconcile(deps);
   const known = req.eTag ? deps.store.images.find(req.bucket, req.key, req.eTag) : undefined;
   if (known?.status === 'ready') {
@@ -83,7 +83,7 @@ export async function processImage(
     );
   }
   const image = deps.store.images.upsert(ref);
-  deps = { ...deps, logger: deps.logger.child({ image: image.id }) };
+  deps = withLogFields(deps, { image: image.id });
   if (image.status === 'ready') {
     return {
       outcome: 'already-complete',
@@ -129,10 +129,16 @@ async function runClaimed(
     await reconcile(deps);
   }
   const job = deps.store.jobs.get(claim.job.id)!;
-  deps = { ...deps, logger: deps.logger.child({ job: job.id }) };
+  deps = withLogFields(deps, { job: job.id });
   await runJob({ ...deps, job, image: deps.store.images.get(image.id)!, ref });
   const done = deps.store.images.get(image.id)!;
   return { outcome: 'complete', jobId: job.id, image: done, ...(await ensureActive(deps, done)) };
+}
+
+/** Deps whose logger (and the object manager's) adds `fields` to every line. */
+function withLogFields(deps: PipelineDeps, fields: Record<string, unknown>): PipelineDeps {
+  const logger = deps.logger.child(fields);
+  return { ...deps, logger, objects: deps.objects.withLogger(logger) };
 }
 
 function claimJob(deps: PipelineDeps, image: ImageRow): Claim {

@@ -19,6 +19,11 @@ export class ObjectManager {
     private readonly logger: Logger,
   ) {}
 
+  /** The same manager logging through `logger` (e.g. one carrying an image's key and job). */
+  withLogger(logger: Logger): ObjectManager {
+    return new ObjectManager(this.store, this.backend, this.owner, logger);
+  }
+
   spec(row: StorageObjectRow): ObjectSpec {
     return {
       kind: row.kind,
