@@ -163,6 +163,19 @@ describe('thinrelay agent', { skip: needsRoot, timeout: 300_000 }, () => {
     );
     assert.equal(jobs, 1, 'one job');
     assert.equal(unpacks, 1, 'one unpack');
+    // Every line of the image's work names its message and key; once known, its image and job.
+    const work = agent.logs.filter((l) => l.messageId !== undefined);
+    assert.ok(work.length >= 6, JSON.stringify(agent.logs));
+    for (const l of work) assert.equal(l.key, key, JSON.stringify(l));
+    const stepLines = agent.logs.filter((l) => l.msg === 'step done' || l.msg === 'unpacking');
+    assert.ok(stepLines.length >= 5, JSON.stringify(agent.logs));
+    for (const l of stepLines) {
+      assert.equal(typeof l.messageId, 'string', JSON.stringify(l));
+      assert.equal(typeof l.image, 'number', JSON.stringify(l));
+      assert.equal(typeof l.job, 'number', JSON.stringify(l));
+    }
+    const outcomeLines = agent.logs.filter((l) => l.msg === 'image event handled');
+    assert.ok(outcomeLines.every((l) => typeof l.messageId === 'string'));
 
     // An older event for the key (an overwrite notification that arrived late).
     const older = putEvent(key, '"0123456789abcdef0123456789abcdef"', '0000000000000100');

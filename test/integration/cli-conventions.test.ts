@@ -78,8 +78,8 @@ describe('thinrelay CLI conventions', () => {
     assert.equal((JSON.parse(a.stdout) as unknown[]).length, 1);
   });
 
-  test('--version, -V and `version` print the package version', async () => {
-    for (const args of [['--version'], ['-V'], ['version'], ['images', '--version']]) {
+  test('--version, -V, -v and `version` print the package version', async () => {
+    for (const args of [['--version'], ['-V'], ['-v'], ['version'], ['images', '--version']]) {
       const r = await runCli(args, env);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, new RegExp(`^thinrelay ${pkg.version.replace(/\./g, '\\.')} \\(`));

@@ -118,6 +118,8 @@ function unknownCommand(name: string): number {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // `thinrelay -v` alone: what people try first (not a global flag: commands may want -v).
+  if (argv.length === 1 && argv[0] === '-v') argv = ['--version'];
   const { name, rest } = splitCommand(argv);
   const command = name === undefined ? undefined : findCommand(name);
   if (name !== undefined && name !== 'help' && name !== 'version' && command === undefined)
