@@ -4,6 +4,7 @@ import { loadConfig, type AgentConfig } from '../config.js';
 import { UsageError } from '../errors.js';
 import { createLogger, stderrSink, type Logger, type LogLevel } from '../log.js';
 import { openRuntime, type Runtime, type RuntimeOptions } from '../runtime.js';
+import { printable } from './output.js';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
@@ -83,7 +84,7 @@ function stderrLogger(): Logger {
   const level =
     (process.env.THINRELAY_LOG_LEVEL as LogLevel | undefined) ??
     (process.stderr.isTTY ? 'warn' : 'info');
-  return createLogger(stderrSink(process.stderr), level);
+  return createLogger(stderrSink(process.stderr, printable), level);
 }
 
 export function makeContext(

@@ -23,6 +23,15 @@ import { showCommand } from './commands/show.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { commandHelp, didYouMean, mainHelp, maxPositionalsOf } from './help.js';
 import { formatError } from './output.js';
+import { databaseError } from '../store/db-errors.js';
+
+function stateDirOf(ctx: { config(): { stateDir: string } } | undefined): string {
+  try {
+    return ctx?.config().stateDir ?? 'the state dir';
+  } catch {
+    return 'the state dir';
+  }
+}
 
 export const commands: readonly Command[] = [
   processImageCommand,
@@ -184,7 +193,9 @@ export async function main(argv: string[]): Promise<number> {
     applySettingsFile(process.env, values.config as string | undefined);
     ctx = makeContext(values, positionals);
     return await command.run(ctx);
-  } catch (err) {
+  } catch (thrown) {
+    // A state-database fault is the host's, never "the image failed" (exit 3, or 75 when busy).
+    const err = databaseError(thrown, stateDirOf(ctx)) ?? thrown;
     const what =
       command.name === 'process-image'
         ? `process-image ${String(values['s3-key'] ?? '')}`
