@@ -68,15 +68,21 @@ export function commandHelp(c: Command): string {
   ].join('\n');
 }
 
-/** Bare words in `usage` after the command name (per `|`-separated form): its positionals. */
+/**
+ * Bare words in `usage` after the command name, per form (forms are
+ * separated by ` | ` or a new line): the most positionals it takes.
+ */
 export function maxPositionalsOf(c: Command): number {
   if (c.maxPositionals !== undefined) return c.maxPositionals;
   let max = 0;
-  for (const form of c.usage.split(' | ')) {
-    const words = form.replace(/^thinrelay\s+/, '').split(/\s+/);
+  for (const form of c.usage.split(/\n| \| /)) {
+    const words = form.trim().split(/\s+/);
+    if (words[0] === 'thinrelay') words.shift();
+    if (words[0] === c.name) words.shift();
     let n = 0;
     let afterOption = false;
-    for (const w of words.slice(1)) {
+    for (const w of words) {
+      if (w === '|' || w === '') continue;
       const bare = w.replace(/^\[+/, '');
       if (bare.startsWith('-')) {
         afterOption = !w.endsWith(']');
