@@ -66,13 +66,15 @@ export type ImageFailureCode = (typeof imageFailureCodes)[number];
 export type UsageCode =
   | 'USAGE'
   | 'CONFIG'
-  | 'NOT_FOUND'
   | 'IN_USE'
+  /** The image or snapshot exists but is not in the state the command needs. */
+  | 'NOT_READY'
   // Queue commands (redrive, dlq peek).
-  | 'QUEUE_NOT_FOUND'
   | 'NOT_A_DLQ'
-  | 'TASK_NOT_FOUND'
   | 'TASK_NOT_RUNNING';
+
+/** The thing named does not exist (exit 4). NO_STATE: no state database at the state dir. */
+export type NotFoundCode = 'NOT_FOUND' | 'NO_STATE' | 'QUEUE_NOT_FOUND' | 'TASK_NOT_FOUND';
 
 export type EnvironmentCode =
   | 'NOT_ROOT'
@@ -99,7 +101,8 @@ export type EnvironmentCode =
 /** A queue operation ran to its end without succeeding. */
 export type QueueOperationCode = 'MOVE_TASK_FAILED' | 'MOVE_TASK_CANCELLED' | 'MOVE_TASK_LOST';
 
-export type ReasonCode = ImageFailureCode | UsageCode | EnvironmentCode | QueueOperationCode;
+export type ReasonCode =
+  ImageFailureCode | UsageCode | NotFoundCode | EnvironmentCode | QueueOperationCode;
 
 export abstract class ThinrelayError extends Error {
   abstract readonly exitCode: ExitCode;
@@ -117,7 +120,7 @@ export abstract class ThinrelayError extends Error {
 
 /** The image itself is bad or could not be processed: recorded on the job, exit 1. */
 export class ImageError extends ThinrelayError {
-  readonly exitCode = ExitCode.imageFailed;
+  readonly exitCode: ExitCode = ExitCode.imageFailed;
   constructor(
     code: ImageFailureCode,
     message: string,
@@ -132,6 +135,14 @@ export class ImageError extends ThinrelayError {
 export class UsageError extends ThinrelayError {
   readonly exitCode = ExitCode.usage;
   constructor(code: UsageCode, message: string, hint?: string) {
+    super(code, message, hint);
+  }
+}
+
+/** The image, snapshot, queue or state named does not exist: exit 4. */
+export class NotFoundError extends ThinrelayError {
+  readonly exitCode = ExitCode.notFound;
+  constructor(code: NotFoundCode, message: string, hint?: string) {
     super(code, message, hint);
   }
 }
@@ -164,10 +175,20 @@ export class QueueOperationError extends ThinrelayError {
 
 /**
  * A transient failure (network, throttling) that a caller may retry; the
- * daemon retries these, process-image reports them as a failed image.
+ * daemon retries these; the CLI exits 75 (EX_TEMPFAIL: run it again later).
  */
 export class TransientError extends ImageError {
   readonly transient = true;
+  override readonly exitCode: ExitCode = ExitCode.temporary;
+}
+
+/** The work was stopped by a signal: recorded as INTERRUPTED; exit 130 (SIGINT) or 143 (SIGTERM). */
+export class InterruptedError extends ImageError {
+  override readonly exitCode: ExitCode;
+  constructor(signal: string, message: string, hint?: string, options?: { cause?: unknown }) {
+    super('INTERRUPTED', message, hint, options);
+    this.exitCode = signal === 'SIGTERM' ? ExitCode.terminated : ExitCode.interrupted;
+  }
 }
 
 export function isThinrelayError(err: unknown): err is ThinrelayError {

@@ -9,6 +9,7 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CommandError, run } from '../../sys/exec.js';
+import { jittered } from '../../retry.js';
 
 /** No leading '-': a name must never read as an option. */
 const namePattern = /^[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,126}$/;
@@ -299,7 +300,7 @@ export async function dmRemove(name: string, opts: RetryOptions = {}): Promise<v
       const errno = dmErrno(err);
       if (errno === 'ENXIO') return;
       if (errno !== 'EBUSY' || i >= attempts) throw err;
-      await sleep((opts.delayMs ?? 50) * 2 ** Math.min(i, 5));
+      await sleep(jittered((opts.delayMs ?? 50) * 2 ** Math.min(i, 5)));
     }
   }
 }
