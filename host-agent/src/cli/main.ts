@@ -10,6 +10,7 @@ import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
 import { globalOptions, globalUsage, makeContext, type Command } from './command.js';
 import { agentCommand } from './commands/agent.js';
 import { dlqCommand, redriveCommand } from './commands/dlq.js';
+import { fleetCommand } from './commands/fleet.js';
 import { imagesCommand, snapshotsCommand, failedCommand } from './commands/listings.js';
 import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.js';
 import { poolCommand } from './commands/pool.js';
@@ -34,6 +35,7 @@ const commands: readonly Command[] = [
   stateCommand,
   redriveCommand,
   dlqCommand,
+  fleetCommand,
 ];
 
 function mainHelp(): string {
