@@ -33,7 +33,10 @@ let dirsBefore: string[];
 before(async () => {
   dirsBefore = stackDirs();
   work = mkdtempSync(join(tmpdir(), 'thinrelay-stack-test-'));
-  child = spawn(process.execPath, [stackEntry], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // As package.json's `stack` script runs it (s3rver's list tokens use DES).
+  child = spawn(process.execPath, ['--openssl-legacy-provider', stackEntry], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let out = '';
   child.stderr!.on('data', () => {});
   await new Promise<void>((resolve, reject) => {

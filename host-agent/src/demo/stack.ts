@@ -4,6 +4,10 @@
  * `export VAR=value` lines for agents and the `fleet` commands, then READY;
  * fan-out activity goes to stderr. Stopping removes everything it made.
  *
+ * Run with node --openssl-legacy-provider (package.json does): s3rver's
+ * ListObjectsV2 continuation tokens use DES, which OpenSSL 3 keeps in its
+ * legacy provider; without it any listing past 1,000 keys fails with 500.
+ *
  * Options: --bucket NAME (default thinrelay-images), --group NAME (repeatable;
  * default `default`), --stale-after SECONDS.
  */
