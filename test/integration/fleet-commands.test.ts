@@ -5,11 +5,12 @@
  * are written directly, as agents and the fan-out Lambda write them.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { after, before, test } from 'node:test';
 import { ListQueuesCommand } from '@aws-sdk/client-sqs';
 import { queueNames } from '../../schema/fleet.js';
-import { runCli } from '../helpers/cli.js';
+import { cliPath, runCli } from '../helpers/cli.js';
 import {
   createFleetTable,
   startDynamoEmulator,
@@ -66,6 +67,36 @@ const jsonLines = (out: string): Record<string, unknown>[] =>
     .split('\n')
     .filter((l) => l !== '')
     .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+/** The CLI as a child process whose first stdout line can be awaited. */
+function spawnCli(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): {
+  firstLine: Promise<void>;
+  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+} {
+  const child = spawn(process.execPath, [cliPath, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  let seen: () => void = () => {};
+  const firstLine = new Promise<void>((res) => (seen = res));
+  child.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    if (stdout.includes('\n')) seen();
+  });
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((res) =>
+    child.on('close', (code) => {
+      seen();
+      res({ code, stdout, stderr });
+    }),
+  );
+  return { firstLine, done };
+}
 
 const escape = {
   reasonCode: 'ARCHIVE_PATH_ESCAPE',
@@ -208,12 +239,13 @@ test('fleet wait without --etag follows the object now in the bucket, not an old
     hostImageItem('a', key, 'ready', { eTag: 'old-version' }),
     rolloutItem(key, '0001', [], { eTag: 'old-version' }),
   ]);
-  const waiting = runCli(['fleet', 'wait', key, '--timeout', '20s', '--interval', '200ms'], env);
-  await new Promise((res) => setTimeout(res, 1000));
+  const waiting = spawnCli(['fleet', 'wait', key, '--timeout', '20s', '--interval', '200ms'], env);
+  // Once wait has seen the old version, the host reports the new one.
+  await waiting.firstLine;
   await putItems(dynamo.client, table, [
     hostImageItem('a', key, 'ready', { eTag: eTag.replace(/"/g, '') }),
   ]);
-  const r = await waiting;
+  const r = await waiting.done;
   assert.equal(r.code, 0, r.stderr);
   const lines = jsonLines(r.stdout);
   assert.equal(lines[0]!.outcome, 'in-progress', 'the old version does not count');

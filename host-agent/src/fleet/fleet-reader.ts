@@ -22,6 +22,7 @@ import {
   type RolloutItem,
 } from '../../../schema/fleet.js';
 import { ExitCode, FleetError } from '../errors.js';
+import { NETWORK_CODES } from '../queue/sqs-errors.js';
 
 export type Item = Record<string, unknown>;
 
@@ -56,16 +57,6 @@ export function toItem(item: object): Record<string, AttributeValue> {
   return Object.fromEntries(Object.entries(item).map(([k, v]) => [k, toAttribute(v)]));
 }
 
-const NETWORK_CODES = new Set([
-  'ECONNREFUSED',
-  'ECONNRESET',
-  'ETIMEDOUT',
-  'ENOTFOUND',
-  'EAI_AGAIN',
-  'EHOSTUNREACH',
-  'ENETUNREACH',
-  'EPIPE',
-]);
 const ACCESS_NAMES = new Set([
   'AccessDeniedException',
   'UnrecognizedClientException',
@@ -190,44 +181,48 @@ export class FleetReader {
     return fromItem(out.Item) as unknown as DeploymentConfigItem;
   }
 
-  private async query(what: string, input: Omit<QueryCommandInput, 'TableName'>): Promise<Item[]> {
+  /** Every page of a Query or Scan, following LastEvaluatedKey. */
+  private async paged(
+    what: string,
+    page: (start: Record<string, AttributeValue> | undefined) => Promise<{
+      Items?: Record<string, AttributeValue>[];
+      LastEvaluatedKey?: Record<string, AttributeValue>;
+    }>,
+  ): Promise<Item[]> {
     const items: Item[] = [];
     let start: Record<string, AttributeValue> | undefined;
     do {
-      const out = await this.send(what, () =>
-        this.client.send(
-          new QueryCommand({
-            TableName: this.table,
-            ...input,
-            Limit: this.pageSize,
-            ExclusiveStartKey: start,
-          }),
-        ),
-      );
+      const out = await this.send(what, () => page(start));
       for (const i of out.Items ?? []) items.push(fromItem(i));
       start = out.LastEvaluatedKey;
     } while (start !== undefined);
     return items;
   }
 
-  private async scan(what: string, input: Omit<ScanCommandInput, 'TableName'>): Promise<Item[]> {
-    const items: Item[] = [];
-    let start: Record<string, AttributeValue> | undefined;
-    do {
-      const out = await this.send(what, () =>
-        this.client.send(
-          new ScanCommand({
-            TableName: this.table,
-            ...input,
-            Limit: this.pageSize,
-            ExclusiveStartKey: start,
-          }),
-        ),
-      );
-      for (const i of out.Items ?? []) items.push(fromItem(i));
-      start = out.LastEvaluatedKey;
-    } while (start !== undefined);
-    return items;
+  private query(what: string, input: Omit<QueryCommandInput, 'TableName'>): Promise<Item[]> {
+    return this.paged(what, (start) =>
+      this.client.send(
+        new QueryCommand({
+          TableName: this.table,
+          ...input,
+          Limit: this.pageSize,
+          ExclusiveStartKey: start,
+        }),
+      ),
+    );
+  }
+
+  private scan(what: string, input: Omit<ScanCommandInput, 'TableName'>): Promise<Item[]> {
+    return this.paged(what, (start) =>
+      this.client.send(
+        new ScanCommand({
+          TableName: this.table,
+          ...input,
+          Limit: this.pageSize,
+          ExclusiveStartKey: start,
+        }),
+      ),
+    );
   }
 
   /** Every host item (the table has no index by host: a filtered scan). */
