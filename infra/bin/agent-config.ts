@@ -1,20 +1,20 @@
 /**
- * Prints one host's /etc/thinrelay/agent.env from the outputs of a deployed
- * stack:
+ * Prints a host group's /etc/thinrelay/agent.env (the same for every host of
+ * the group) from the outputs of a deployed stack:
  *
  *   npx cdk deploy --outputs-file outputs.json
- *   node dist/infra/bin/agent-config.js --outputs outputs.json --host web01 > agent.env
+ *   node dist/infra/bin/agent-config.js --outputs outputs.json --group default > agent.env
  *
  * Options: --stack NAME (when the file has several stacks), --backend NAME,
  * --state-dir DIR (written as THINRELAY_BACKEND / THINRELAY_STATE_DIR).
- * Exit codes: 0 printed, 2 usage or a host/output not found.
+ * Exit codes: 0 printed, 2 usage or a group/output not found.
  */
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { AgentConfigError, agentEnv, stackOutputs } from '../lib/outputs.js';
 
 const USAGE =
-  'usage: agent-config --outputs FILE --host NAME [--stack NAME] [--backend loop|devmapper] [--state-dir DIR]';
+  'usage: agent-config --outputs FILE --group NAME [--stack NAME] [--backend loop|devmapper] [--state-dir DIR]';
 
 function main(argv: string[]): number {
   let values;
@@ -23,7 +23,7 @@ function main(argv: string[]): number {
       args: argv,
       options: {
         outputs: { type: 'string' },
-        host: { type: 'string' },
+        group: { type: 'string' },
         stack: { type: 'string' },
         backend: { type: 'string' },
         'state-dir': { type: 'string' },
@@ -39,8 +39,8 @@ function main(argv: string[]): number {
     console.log(USAGE);
     return 0;
   }
-  if (values.outputs === undefined || values.host === undefined) {
-    console.error(`agent-config: --outputs and --host are required\n${USAGE}`);
+  if (values.outputs === undefined || values.group === undefined) {
+    console.error(`agent-config: --outputs and --group are required\n${USAGE}`);
     return 2;
   }
   if (values.backend !== undefined && !['loop', 'devmapper'].includes(values.backend)) {
@@ -59,7 +59,7 @@ function main(argv: string[]): number {
   try {
     const outputs = stackOutputs(text, values.stack ?? null);
     process.stdout.write(
-      agentEnv(outputs, values.host, {
+      agentEnv(outputs, values.group, {
         ...(values.backend !== undefined ? { backend: values.backend } : {}),
         ...(values['state-dir'] !== undefined ? { stateDir: values['state-dir'] } : {}),
       }),

@@ -79,6 +79,119 @@ export function fanoutAlarms(
   ];
 }
 
+/** Metric names the sweep publishes (lambda/src/sweep.ts), namespace `thinrelay`, dimension service. */
+export const FLEET_METRICS = {
+  liveHosts: 'LiveHosts',
+  staleHosts: 'StaleHosts',
+  hostsWithFailedImage: 'HostsWithFailedImage',
+  dlqMessages: 'DlqMessages',
+  oldestUnfinishedRolloutSeconds: 'OldestUnfinishedRolloutSeconds',
+  hostsSwept: 'HostsSwept',
+} as const;
+/** The fan-out's count of rollouts it could not record in the fleet table. */
+export const ROLLOUT_RECORD_FAILED = 'RolloutRecordFailed';
+
+function thinrelayMetric(service: string, metricName: string, period: Duration) {
+  return new cloudwatch.Metric({
+    namespace: 'thinrelay',
+    metricName,
+    dimensionsMap: { service },
+    statistic: 'Maximum',
+    period,
+  });
+}
+
+/**
+ * One alarm per fleet concern, whatever the fleet's size: stale hosts, hosts
+ * with a failed image, messages in any host DLQ, a rollout unfinished for too
+ * long, a sweep that fails or does not run, rollouts the fan-out could not
+ * record. They replace the per-host DLQ alarms of the per-host stack.
+ */
+export function fleetAlarms(
+  scope: Construct,
+  config: ThinrelayConfig,
+  sweep: lambda.IFunction,
+  sweepService: string,
+  fanoutService: string,
+): cloudwatch.Alarm[] {
+  const prefix = config.namePrefix;
+  // The sweep publishes once per run: a period shorter than its interval would see gaps.
+  const period = Duration.minutes(Math.max(5, config.fleet.sweepEveryMinutes));
+  const fleet = (name: string) => thinrelayMetric(sweepService, name, period);
+  const above = (threshold: number) => ({
+    threshold,
+    comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
+    evaluationPeriods: 1,
+    treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,
+  });
+  return [
+    new cloudwatch.Alarm(scope, 'FleetStaleHostsAlarm', {
+      alarmName: `${prefix}-fleet-stale-hosts`,
+      alarmDescription:
+        `Hosts have not sent a heartbeat for over ${config.fleet.staleAfterSeconds} s. ` +
+        '`thinrelay fleet hosts` lists them. A host that was decommissioned without `thinrelay agent deregister` ' +
+        `is removed by the sweep after ${config.fleet.sweepAfterSeconds} s more; otherwise check its agent.`,
+      metric: fleet(FLEET_METRICS.staleHosts),
+      ...above(0),
+    }),
+    new cloudwatch.Alarm(scope, 'FleetFailedImagesAlarm', {
+      alarmName: `${prefix}-fleet-failed-images`,
+      alarmDescription:
+        'Live hosts report an image as failed. `thinrelay fleet status` shows each failure with host, reason code ' +
+        'and message; fix the object (a new upload rolls out again) or the host.',
+      metric: fleet(FLEET_METRICS.hostsWithFailedImage),
+      ...above(0),
+    }),
+    new cloudwatch.Alarm(scope, 'FleetDlqAlarm', {
+      alarmName: `${prefix}-fleet-dlq-not-empty`,
+      alarmDescription:
+        `Messages wait in a host DLQ (${prefix}-dlq-<group>-<host>): an agent failed an event ` +
+        'maxReceiveCount times. `thinrelay fleet hosts` shows DLQ depth per host; fix the cause, then redrive ' +
+        '(infra/README.md, "Redrive").',
+      metric: fleet(FLEET_METRICS.dlqMessages),
+      ...above(0),
+    }),
+    new cloudwatch.Alarm(scope, 'FleetRolloutAlarm', {
+      alarmName: `${prefix}-fleet-rollout-stuck`,
+      alarmDescription:
+        `A rollout has been unfinished for over ${config.fleet.rolloutAlarmMinutes} minutes: a live host of its ` +
+        'groups has neither the image ready nor failed. `thinrelay fleet status KEY` shows which hosts.',
+      metric: fleet(FLEET_METRICS.oldestUnfinishedRolloutSeconds),
+      ...above(config.fleet.rolloutAlarmMinutes * 60),
+    }),
+    new cloudwatch.Alarm(scope, 'SweepErrorsAlarm', {
+      alarmName: `${names.sweepFunction(config)}-errors`,
+      alarmDescription:
+        'The fleet sweep failed: fleet metrics are stale and long-gone hosts are not removed. ' +
+        `Read its log: aws logs tail /aws/lambda/${names.sweepFunction(config)} --since 1h.`,
+      metric: sweep.metricErrors({ statistic: 'Sum', period }),
+      ...above(0),
+    }),
+    new cloudwatch.Alarm(scope, 'SweepMissingAlarm', {
+      alarmName: `${names.sweepFunction(config)}-not-running`,
+      alarmDescription:
+        'The fleet sweep has not run for three periods: the fleet alarms see no data. Check its EventBridge ' +
+        'schedule rule is enabled and the function exists.',
+      metric: sweep.metricInvocations({ statistic: 'Sum', period }),
+      threshold: 1,
+      comparisonOperator: cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+      evaluationPeriods: 3,
+      treatMissingData: cloudwatch.TreatMissingData.BREACHING,
+    }),
+    new cloudwatch.Alarm(scope, 'RolloutRecordAlarm', {
+      alarmName: `${names.fanoutFunction(config)}-rollouts-unrecorded`,
+      alarmDescription:
+        'The fan-out sent image events but could not record the rollout in the fleet table (after retries). ' +
+        'Hosts got their messages; `fleet status`/`fleet wait` lack the expected host set for those keys. ' +
+        'Check the function log (RolloutRecordFailed) and the table.',
+      metric: thinrelayMetric(fanoutService, ROLLOUT_RECORD_FAILED, PERIOD).with({
+        statistic: 'Sum',
+      }),
+      ...above(0),
+    }),
+  ];
+}
+
 /** Where alarms notify; no topic configured = alarms only show in the console. */
 export class AlarmSink extends Construct {
   readonly topic: sns.ITopic | null;

@@ -1,15 +1,18 @@
 /**
  * The deployment's configuration (infra/hosts.json, or the file named by
- * `-c hostsFile=...`): the fleet's hosts and the knobs around them. Parsing is
- * strict: unknown keys, bad names and out-of-range numbers are InfraConfigErrors
- * naming the offending path, raised before any construct exists, so a typo
- * never deploys a half-right fleet.
+ * `-c hostsFile=...`): the fleet's host groups and the knobs around them.
+ * Hosts are not listed: they register themselves (queues named from their
+ * group and host id, schema/fleet.ts), so the stack has nothing per host.
+ * Parsing is strict: unknown keys, bad names and out-of-range numbers are
+ * InfraConfigErrors naming the offending path, raised before any construct
+ * exists, so a typo never deploys a half-right fleet. A config in the old
+ * per-host format gets a migration message with its groups written out.
  *
- * Also the one place that derives resource names from it: the fan-out Lambda
- * discovers host queues by name prefix and routes by the group fragment, so
- * the naming convention is a contract with lambda/src/fanout.ts.
+ * Also the one place that derives stack resource names from it; host queue
+ * names come from schema/fleet.ts (the contract with the Lambdas and agents).
  */
 import { readFileSync } from 'node:fs';
+import { GROUP_NAME, queueNames, type GroupQueueSettings } from '../../schema/fleet.js';
 
 export class InfraConfigError extends Error {
   constructor(
@@ -21,43 +24,41 @@ export class InfraConfigError extends Error {
   }
 }
 
-export interface HostSpec {
-  /** Letters, digits and '-'; unique in the fleet. */
-  name: string;
-  /** Letters, digits and '_' (the Lambda's ROUTES rule: '-' ends the group in a queue name). */
-  group: string;
-}
-
-/** Who may assume a host's role. */
-export type HostPrincipal =
-  /** EC2 instances, through one instance profile per host. */
+/** Who may assume a group's role, and what names a host in IAM. */
+export type GroupPrincipal =
+  /** EC2 instances (launch templates, Auto Scaling groups) through the group's instance profile. */
   | { type: 'ec2' }
-  /** On-prem hosts with IAM Roles Anywhere: the certificate's CN must be the host name. */
+  /** On-prem hosts with IAM Roles Anywhere; a host's id is its certificate's subject CN. */
   | { type: 'rolesAnywhere'; trustAnchorArn: string }
-  /** Any IAM principal ARN (another account, an existing role); trusts every host role to it. */
+  /**
+   * An IAM principal (e.g. a credential broker's role) that assumes the group
+   * role for a host, tagging the session `thinrelay-host=<host id>`.
+   */
   | { type: 'aws'; principalArn: string };
+
+export interface GroupSpec {
+  /** Letters, digits and '_' ('-' ends the group inside a queue name). */
+  name: string;
+  principal: GroupPrincipal;
+  /** The settings its agents create their queues with (the CONFIG item carries them). */
+  queues: GroupQueueSettings;
+}
 
 export interface ThinrelayConfig {
   stackName: string;
-  /** Every queue, function and alarm name starts with it. */
+  /** Every queue, function, table and alarm name starts with it. */
   namePrefix: string;
   /** Images live under this key prefix (ends with '/'); host roles can read nothing else. */
   imagesPrefix: string;
   /** Keys must end with one of these to be published; empty = any. */
   imageSuffixes: string[];
-  /** Key prefix → host groups (the Lambda's ROUTES); other keys go to every host. */
+  /** Key prefix → host groups (top-level `routes` and each group's `routes`); other keys go to every group. */
   routes: Record<string, string[]>;
   bucket: {
     /** null = a CloudFormation-generated name. */
     name: string | null;
     noncurrentVersionDays: number;
     accessLogDays: number;
-  };
-  queues: {
-    maxReceiveCount: number;
-    visibilityTimeoutSeconds: number;
-    /** Must stay below the DLQs' 14 days: expiry counts from the original enqueue. */
-    retentionDays: number;
   };
   fanout: {
     memoryMiB: number;
@@ -67,13 +68,26 @@ export interface ThinrelayConfig {
     discoveryTtlSeconds: number;
     logRetentionDays: number;
   };
+  fleet: {
+    /** A host not seen (heartbeat) for this long is stale. */
+    staleAfterSeconds: number;
+    /** A stale host is removed (queues, items) after this much more. */
+    sweepAfterSeconds: number;
+    /** How often the sweep Lambda runs. */
+    sweepEveryMinutes: number;
+    /** The rollout alarm fires when a rollout is unfinished for longer than this. */
+    rolloutAlarmMinutes: number;
+  };
   alarms: { email: string | null; topicArn: string | null };
-  hostPrincipal: HostPrincipal;
-  hosts: HostSpec[];
+  groups: GroupSpec[];
 }
 
 export const DLQ_RETENTION_DAYS = 14;
+/** Each group adds a role, its policy and an instance profile, and two outputs: 50 keeps far from 500/200. */
+export const MAX_GROUPS = 50;
 const MAX_QUEUE_NAME = 80;
+/** The longest host id schema/fleet.ts HOST_ID admits. */
+const MAX_HOST_ID = 40;
 /** The retention periods CloudWatch Logs accepts. */
 const LOG_RETENTION_DAYS = [
   1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288,
@@ -103,6 +117,9 @@ export function loadConfigFile(file: string): ThinrelayConfig {
 }
 
 export function parseConfig(value: unknown): ThinrelayConfig {
+  if (isObject(value) && ('hosts' in value || 'hostPrincipal' in value)) {
+    throw migrationError(value);
+  }
   const root = new Section(value, '$');
   const namePrefix = root.string(
     'namePrefix',
@@ -119,7 +136,11 @@ export function parseConfig(value: unknown): ThinrelayConfig {
   const bucket = root.section('bucket');
   const queues = root.section('queues');
   const fanout = root.section('fanout');
+  const fleet = root.section('fleet');
   const alarms = root.section('alarms');
+  const queueDefaults = parseQueueSettings(queues, DEFAULT_QUEUES);
+  const routes = parseRoutes(root, imagesPrefix);
+  const groups = parseGroups(root, imagesPrefix, queueDefaults, routes);
   const config: ThinrelayConfig = {
     stackName: root.string(
       'stackName',
@@ -130,7 +151,7 @@ export function parseConfig(value: unknown): ThinrelayConfig {
     namePrefix,
     imagesPrefix,
     imageSuffixes: root.stringList('imageSuffixes', ['.tar', '.tar.gz', '.tgz']),
-    routes: parseRoutes(root, imagesPrefix),
+    routes,
     bucket: {
       name: bucket.optionalString(
         'name',
@@ -139,11 +160,6 @@ export function parseConfig(value: unknown): ThinrelayConfig {
       ),
       noncurrentVersionDays: bucket.int('noncurrentVersionDays', 30, 1, 3650),
       accessLogDays: bucket.int('accessLogDays', 90, 1, 3650),
-    },
-    queues: {
-      maxReceiveCount: queues.int('maxReceiveCount', 5, 1, 1000),
-      visibilityTimeoutSeconds: queues.int('visibilityTimeoutSeconds', 300, 0, 43_200),
-      retentionDays: queues.int('retentionDays', 4, 1, DLQ_RETENTION_DAYS - 1),
     },
     fanout: {
       memoryMiB: fanout.int('memoryMiB', 256, 128, 10_240),
@@ -154,6 +170,13 @@ export function parseConfig(value: unknown): ThinrelayConfig {
       discoveryTtlSeconds: fanout.int('discoveryTtlSeconds', 60, 1, 3600),
       logRetentionDays: fanout.oneOf('logRetentionDays', 30, LOG_RETENTION_DAYS),
     },
+    fleet: {
+      // Agents heartbeat every 60 s: 15 missed heartbeats.
+      staleAfterSeconds: fleet.int('staleAfterSeconds', 900, 120, 30 * 86_400),
+      sweepAfterSeconds: fleet.int('sweepAfterSeconds', 86_400, 0, 90 * 86_400),
+      sweepEveryMinutes: fleet.int('sweepEveryMinutes', 5, 1, 60),
+      rolloutAlarmMinutes: fleet.int('rolloutAlarmMinutes', 60, 5, 7 * 1440),
+    },
     alarms: {
       email: alarms.optionalString('email', /^[^@\s]+@[^@\s]+$/, 'an e-mail address'),
       topicArn: alarms.optionalString(
@@ -162,13 +185,13 @@ export function parseConfig(value: unknown): ThinrelayConfig {
         'an SNS topic ARN',
       ),
     },
-    hostPrincipal: parsePrincipal(root),
-    hosts: parseHosts(root),
+    groups,
   };
   root.done();
   bucket.done();
   queues.done();
   fanout.done();
+  fleet.done();
   alarms.done();
   if (config.alarms.email !== null && config.alarms.topicArn !== null) {
     throw new InfraConfigError(
@@ -180,63 +203,88 @@ export function parseConfig(value: unknown): ThinrelayConfig {
   return config;
 }
 
-/** Derived names: the convention lambda/src/fanout.ts discovers and routes by. */
+/** Stack resource names (host queue names: schema/fleet.ts queueNames). */
 export const names = {
-  /** HOST_QUEUE_PREFIX: every host queue's name, and only host queues', start with it. */
-  hostQueuePrefix: (c: Pick<ThinrelayConfig, 'namePrefix'>) => `${c.namePrefix}-host-`,
-  hostQueue: (c: Pick<ThinrelayConfig, 'namePrefix'>, h: HostSpec) =>
-    `${c.namePrefix}-host-${h.group}-${h.name}`,
-  /** Deliberately not under the host prefix: discovery must never publish into a DLQ. */
-  dlqPrefix: (c: Pick<ThinrelayConfig, 'namePrefix'>) => `${c.namePrefix}-dlq-`,
-  dlq: (c: Pick<ThinrelayConfig, 'namePrefix'>, h: HostSpec) =>
-    `${c.namePrefix}-dlq-${h.group}-${h.name}`,
   failedEventsQueue: (c: Pick<ThinrelayConfig, 'namePrefix'>) => `${c.namePrefix}-fanout-failed`,
   fanoutFunction: (c: Pick<ThinrelayConfig, 'namePrefix'>) => `${c.namePrefix}-fanout`,
+  sweepFunction: (c: Pick<ThinrelayConfig, 'namePrefix'>) => `${c.namePrefix}-sweep`,
+  fleetTable: (c: Pick<ThinrelayConfig, 'namePrefix'>) => `${c.namePrefix}-fleet`,
+  /** Every host queue of a group: `<prefix>-host-<group>-` … */
+  groupQueuePrefix: (c: Pick<ThinrelayConfig, 'namePrefix'>, group: string) =>
+    queueNames.hostQueue(c.namePrefix, group, ''),
+  /** … and every host DLQ of a group. */
+  groupDlqPrefix: (c: Pick<ThinrelayConfig, 'namePrefix'>, group: string) =>
+    queueNames.dlq(c.namePrefix, group, ''),
 };
 
 /**
- * A host's part of stack output keys. Output keys are alphanumeric only, so
- * 'web-01' becomes 'Web01'; parseConfig rejects hosts that would collide.
+ * A group's part of stack output keys. Output keys are alphanumeric only, so
+ * 'gpu_a' becomes 'GpuA'; parseConfig rejects groups that would collide.
  */
-export function hostOutputStem(host: string): string {
-  return host
-    .split('-')
+export function groupOutputStem(group: string): string {
+  return group
+    .split('_')
     .map((part) => part.charAt(0).toUpperCase() + part.slice(1))
     .join('');
 }
 
+const DEFAULT_QUEUES: GroupQueueSettings = {
+  maxReceiveCount: 5,
+  visibilityTimeoutSeconds: 300,
+  retentionDays: 4,
+  dlqRetentionDays: DLQ_RETENTION_DAYS,
+};
+
+function parseQueueSettings(s: Section, dflt: GroupQueueSettings): GroupQueueSettings {
+  const settings: GroupQueueSettings = {
+    maxReceiveCount: s.int('maxReceiveCount', dflt.maxReceiveCount, 1, 1000),
+    visibilityTimeoutSeconds: s.int(
+      'visibilityTimeoutSeconds',
+      dflt.visibilityTimeoutSeconds,
+      0,
+      43_200,
+    ),
+    // Below the DLQ's: a message's expiry counts from its original enqueue.
+    retentionDays: s.int('retentionDays', dflt.retentionDays, 1, DLQ_RETENTION_DAYS - 1),
+    dlqRetentionDays: DLQ_RETENTION_DAYS,
+  };
+  s.done();
+  return settings;
+}
+
 function checkNames(config: ThinrelayConfig): void {
   const stems = new Map<string, string>();
-  config.hosts.forEach((host, i) => {
-    const at = `$.hosts[${i}]`;
-    const stem = hostOutputStem(host.name).toLowerCase();
+  config.groups.forEach((group, i) => {
+    const at = `$.groups[${i}]`;
+    const stem = groupOutputStem(group.name).toLowerCase();
     const clash = stems.get(stem);
     if (clash !== undefined) {
       throw new InfraConfigError(
         `${at}.name`,
-        clash === host.name
-          ? `host ${JSON.stringify(host.name)} is listed twice`
-          : `host ${JSON.stringify(host.name)} collides with ${JSON.stringify(clash)} (stack output keys drop '-' and case)`,
+        clash === group.name
+          ? `group ${JSON.stringify(group.name)} is listed twice`
+          : `group ${JSON.stringify(group.name)} collides with ${JSON.stringify(clash)} (stack output keys drop '_' and case)`,
       );
     }
-    stems.set(stem, host.name);
-    for (const name of [names.hostQueue(config, host), names.dlq(config, host)]) {
-      if (name.length > MAX_QUEUE_NAME) {
-        throw new InfraConfigError(
-          at,
-          `queue name ${JSON.stringify(name)} is longer than SQS's ${MAX_QUEUE_NAME} characters; shorten the host, group or namePrefix`,
-        );
-      }
+    stems.set(stem, group.name);
+    // The longest host id must still fit: SQS names are at most 80 characters.
+    const longest = queueNames.hostQueue(config.namePrefix, group.name, 'h'.repeat(MAX_HOST_ID));
+    if (longest.length > MAX_QUEUE_NAME) {
+      throw new InfraConfigError(
+        `${at}.name`,
+        `queue names of this group (${JSON.stringify(names.groupQueuePrefix(config, group.name))} + a host id of up to ${MAX_HOST_ID}) ` +
+          `would exceed SQS's ${MAX_QUEUE_NAME} characters; shorten the group or namePrefix`,
+      );
     }
   });
-  const groups = new Set(config.hosts.map((h) => h.group));
+  const groups = new Set(config.groups.map((g) => g.name));
   for (const [keyPrefix, routeGroups] of Object.entries(config.routes)) {
     for (const group of routeGroups) {
       if (!groups.has(group)) {
         // Such keys would reach no host at all: almost certainly a typo.
         throw new InfraConfigError(
           `$.routes[${JSON.stringify(keyPrefix)}]`,
-          `group ${JSON.stringify(group)} has no hosts`,
+          `no group ${JSON.stringify(group)} in $.groups`,
         );
       }
     }
@@ -254,38 +302,94 @@ function parseRoutes(root: Section, imagesPrefix: string): Record<string, string
   const routes: Record<string, string[]> = {};
   for (const [keyPrefix, value] of Object.entries(raw)) {
     const at = `$.routes[${JSON.stringify(keyPrefix)}]`;
-    if (!keyPrefix.startsWith(imagesPrefix)) {
-      throw new InfraConfigError(
-        at,
-        `key prefix must start with imagesPrefix ${JSON.stringify(imagesPrefix)} (no other key is published)`,
-      );
-    }
+    checkRoutePrefix(keyPrefix, imagesPrefix, at);
     const groups: unknown[] = Array.isArray(value) ? value : [value];
     if (
       groups.length === 0 ||
-      !groups.every((g): g is string => typeof g === 'string' && GROUP.test(g))
+      !groups.every((g): g is string => typeof g === 'string' && GROUP_NAME.test(g))
     ) {
       throw new InfraConfigError(
         at,
         'groups must be a non-empty list of names of letters, digits and _',
       );
     }
-    routes[keyPrefix] = groups;
+    routes[keyPrefix] = [...new Set(groups)];
   }
   return routes;
 }
 
-function parsePrincipal(root: Section): HostPrincipal {
-  const raw = root.raw('hostPrincipal');
+function checkRoutePrefix(keyPrefix: string, imagesPrefix: string, at: string): void {
+  if (!keyPrefix.startsWith(imagesPrefix)) {
+    throw new InfraConfigError(
+      at,
+      `key prefix must start with imagesPrefix ${JSON.stringify(imagesPrefix)} (no other key is published)`,
+    );
+  }
+}
+
+function parseGroups(
+  root: Section,
+  imagesPrefix: string,
+  queueDefaults: GroupQueueSettings,
+  routes: Record<string, string[]>,
+): GroupSpec[] {
+  const raw = root.raw('groups');
+  if (raw === undefined) {
+    throw new InfraConfigError(
+      '$.groups',
+      'required: a list of {"name": ..., "principal": ..., "routes": [...]} (may be empty)',
+    );
+  }
+  if (!Array.isArray(raw))
+    throw new InfraConfigError('$.groups', 'must be a list of {"name": ...} objects');
+  if (raw.length > MAX_GROUPS) {
+    throw new InfraConfigError(
+      '$.groups',
+      `at most ${MAX_GROUPS} groups (a group holds any number of hosts), got ${raw.length}`,
+    );
+  }
+  return raw.map((item, i) => {
+    const at = `$.groups[${i}]`;
+    const g = new Section(item, at);
+    const name = g.string(
+      'name',
+      null,
+      GROUP_NAME,
+      "letters, digits and '_', at most 32 ('-' separates group from host in queue names)",
+    );
+    const groupRoutes = g.raw('routes');
+    if (groupRoutes !== undefined) {
+      if (
+        !Array.isArray(groupRoutes) ||
+        !groupRoutes.every((r): r is string => typeof r === 'string' && r !== '')
+      ) {
+        throw new InfraConfigError(`${at}.routes`, 'must be a list of key prefixes');
+      }
+      groupRoutes.forEach((prefix, j) => {
+        checkRoutePrefix(prefix, imagesPrefix, `${at}.routes[${j}]`);
+        routes[prefix] = [...new Set([...(routes[prefix] ?? []), name])];
+      });
+    }
+    const spec: GroupSpec = {
+      name,
+      principal: parsePrincipal(g.raw('principal'), `${at}.principal`),
+      queues: parseQueueSettings(g.section('queues'), queueDefaults),
+    };
+    g.done();
+    return spec;
+  });
+}
+
+function parsePrincipal(raw: unknown, path: string): GroupPrincipal {
   if (raw === undefined) return { type: 'ec2' };
-  const p = new Section(raw, '$.hostPrincipal');
+  const p = new Section(raw, path);
   const type = p.string(
     'type',
     'ec2',
     /^(ec2|rolesAnywhere|aws)$/,
     "one of 'ec2', 'rolesAnywhere', 'aws'",
   );
-  let principal: HostPrincipal;
+  let principal: GroupPrincipal;
   if (type === 'rolesAnywhere') {
     const arn = p.optionalString(
       'trustAnchorArn',
@@ -293,10 +397,7 @@ function parsePrincipal(root: Section): HostPrincipal {
       'a Roles Anywhere trust anchor ARN',
     );
     if (arn === null)
-      throw new InfraConfigError(
-        '$.hostPrincipal.trustAnchorArn',
-        "required when type is 'rolesAnywhere'",
-      );
+      throw new InfraConfigError(`${path}.trustAnchorArn`, "required when type is 'rolesAnywhere'");
     principal = { type, trustAnchorArn: arn };
   } else if (type === 'aws') {
     const arn = p.optionalString(
@@ -305,7 +406,7 @@ function parsePrincipal(root: Section): HostPrincipal {
       'an IAM principal ARN',
     );
     if (arn === null)
-      throw new InfraConfigError('$.hostPrincipal.principalArn', "required when type is 'aws'");
+      throw new InfraConfigError(`${path}.principalArn`, "required when type is 'aws'");
     principal = { type, principalArn: arn };
   } else {
     principal = { type: 'ec2' };
@@ -314,32 +415,31 @@ function parsePrincipal(root: Section): HostPrincipal {
   return principal;
 }
 
-const HOST = /^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$/;
-const GROUP = /^[A-Za-z0-9_]+$/;
-
-function parseHosts(root: Section): HostSpec[] {
-  const raw = root.raw('hosts');
-  if (raw === undefined)
-    throw new InfraConfigError(
-      '$.hosts',
-      'required: a list of {"name": ..., "group": ...} (may be empty)',
-    );
-  if (!Array.isArray(raw))
-    throw new InfraConfigError('$.hosts', 'must be a list of {"name": ..., "group": ...}');
-  return raw.map((item, i) => {
-    const h = new Section(item, `$.hosts[${i}]`);
-    const host: HostSpec = {
-      name: h.string('name', null, HOST, "letters, digits and '-' (not at either end)"),
-      group: h.string(
-        'group',
-        'default',
-        GROUP,
-        "letters, digits and '_' ('-' separates group from host in queue names)",
-      ),
-    };
-    h.done();
-    return host;
-  });
+/**
+ * The old format listed every host (`hosts`, `hostPrincipal`). Hosts now
+ * register themselves, so the list is not mapped silently: the error shows
+ * the equivalent `groups` (the host names are no longer needed anywhere).
+ */
+function migrationError(value: Record<string, unknown>): InfraConfigError {
+  const hosts = Array.isArray(value.hosts) ? (value.hosts as unknown[]) : [];
+  const groupNames = [
+    ...new Set(
+      hosts.map((h) => (isObject(h) && typeof h.group === 'string' ? h.group : 'default')),
+    ),
+  ];
+  const principal = isObject(value.hostPrincipal) ? value.hostPrincipal : undefined;
+  const groups = groupNames.map((name) => ({ name, ...(principal ? { principal } : {}) }));
+  return new InfraConfigError(
+    '$.hosts',
+    'the per-host config format is gone: hosts now register themselves in a group ' +
+      '(`thinrelay agent --group G`), and the stack creates one role per group instead of ' +
+      'resources per host. Replace "hosts" and "hostPrincipal" with ' +
+      `"groups": ${JSON.stringify(groups)} ` +
+      (isObject(principal) && principal.type === 'aws'
+        ? '(an "aws" principal must now tag each session thinrelay-host=<host id>) '
+        : '') +
+      '(see infra/README.md, "Migrating from a hosts list")',
+  );
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {

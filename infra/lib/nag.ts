@@ -8,9 +8,12 @@
  */
 import { Stack, Validations } from 'aws-cdk-lib';
 import type { IConstruct } from 'constructs';
-import { hostQueuesArnPattern } from './fanout-function.js';
+import { dlqsArnPattern, hostQueuesArnPattern, queueArnPattern } from './arns.js';
+import { names } from './config.js';
 import type { ThinrelayStack } from './thinrelay-stack.js';
-import { dlqsArnPattern } from './operator-policy.js';
+
+/** The construct id CDK gives the singleton function behind every AwsCustomResource. */
+const AWS_CUSTOM_RESOURCE_ID = 'AWS679f53fac002430cb0da5b7982bd2287';
 
 export interface NagAcknowledgement {
   path: string;
@@ -27,6 +30,7 @@ export function acknowledgeNagFindings(stack: ThinrelayStack): NagAcknowledgemen
   };
   const config = stack.config;
   const hostQueues = resourceFinding(stack, hostQueuesArnPattern(stack, config));
+  const dlqs = resourceFinding(stack, dlqsArnPattern(stack, config));
 
   ack(
     stack.fanout.failedEvents,
@@ -61,13 +65,67 @@ export function acknowledgeNagFindings(stack: ThinrelayStack): NagAcknowledgemen
   );
   ack(
     stack.operator.policy,
-    `AwsSolutions-IAM5[${resourceFinding(stack, dlqsArnPattern(stack, config))}]`,
+    `AwsSolutions-IAM5[${dlqs}]`,
     'Redrive (StartMessageMoveTask and what it needs) from any host DLQ of this deployment, matched by the DLQ name ' +
       'prefix for the same reasons as the host queues.',
   );
-  for (const host of stack.hosts) {
+  ack(
+    stack.sweep.role,
+    'AwsSolutions-IAM5[Resource::*]',
+    'sqs:ListQueues (finding host queues and DLQs by prefix) supports no resource-level permissions: "*" is its only ' +
+      'valid resource. It is the only action on "*" in this policy.',
+  );
+  ack(
+    stack.sweep.role,
+    `AwsSolutions-IAM5[${hostQueues}]`,
+    'The sweep reads the attributes of, and deletes, queues of hosts gone longer than staleAfter + sweepAfter; ' +
+      'hosts create their queues at run time, so they are matched by the host-queue name prefix (no SendMessage, ' +
+      'no ReceiveMessage).',
+  );
+  ack(
+    stack.sweep.role,
+    `AwsSolutions-IAM5[${dlqs}]`,
+    'The sweep sums the depth of every host DLQ (the fleet DLQ alarm) and deletes the DLQs of removed hosts; ' +
+      'they exist only at run time, so they are matched by the DLQ name prefix.',
+  );
+  ack(
+    stack.sweep.function,
+    'AwsSolutions-L1',
+    'Node.js 22 is the runtime the sweep is built (esbuild target node22) and tested for, like the fan-out; ' +
+      'moving to a newer runtime is a deliberate, tested upgrade.',
+  );
+  ack(
+    stack.operator.policy,
+    'AwsSolutions-IAM5[Resource::*]',
+    'sqs:ListQueues (fleet hosts / fleet forget find host queues by prefix) supports no resource-level ' +
+      'permissions: "*" is its only valid resource. It is the only action on "*" in this policy.',
+  );
+  const customResourceFunction = stack.node.tryFindChild(AWS_CUSTOM_RESOURCE_ID);
+  if (customResourceFunction !== undefined) {
     ack(
-      host.role,
+      customResourceFunction,
+      'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
+      "CDK's AwsCustomResource provider that writes the fleet table's CONFIG item at deploy time; its own " +
+        'policy allows only dynamodb:PutItem of the CONFIG partition, and this managed policy only its logs.',
+    );
+  }
+  for (const group of stack.groups) {
+    if (group.group.principal.type === 'ec2') {
+      for (const pattern of [
+        names.groupQueuePrefix(config, group.group.name),
+        names.groupDlqPrefix(config, group.group.name),
+      ]) {
+        ack(
+          group.role,
+          `AwsSolutions-IAM5[${resourceFinding(stack, queueArnPattern(stack, `${pattern}*`))}]`,
+          'Hosts of this group create, consume and delete their own queues at run time, named ' +
+            `${pattern}<host id>. EC2 instance-profile sessions carry no IAM-visible host id equal to it, so the ` +
+            'group\'s names are the narrowest pattern IAM can express (infra/README.md, "What IAM prevents").',
+        );
+      }
+    }
+    ack(
+      group.role,
       `AwsSolutions-IAM5[${resourceFinding(stack, stack.images.bucket.arnForObjects(`${config.imagesPrefix}*`))}]`,
       `The agent reads any image object (s3:GetObject, s3:GetObjectVersion) under the images prefix ` +
         `${JSON.stringify(config.imagesPrefix)}, which is exactly the set of keys the fan-out publishes; nothing outside it.`,

@@ -1,30 +1,31 @@
 /**
- * Stack output keys, and turning a `cdk deploy --outputs-file` file into one
- * host's agent.env. No CDK imports: infra/bin/agent-config.ts runs on an
+ * Stack output keys, and turning a `cdk deploy --outputs-file` file into a
+ * host group's agent.env (the same file for every host of the group: hosts
+ * register themselves). No CDK imports: infra/bin/agent-config.ts runs on an
  * operator's machine with only this and config.ts.
  */
-import { hostOutputStem } from './config.js';
+import { groupOutputStem } from './config.js';
 
 export const STACK_OUTPUTS = {
   bucket: 'ImagesBucketName',
   imagesPrefix: 'ImagesPrefix',
   region: 'Region',
-  /** Comma-separated host names, so agent-config can say which hosts exist. */
-  hosts: 'Hosts',
+  fleetTable: 'FleetTableName',
+  /** Comma-separated group names, so agent-config can say which groups exist. */
+  groups: 'Groups',
   fanoutFunction: 'FanoutFunctionName',
+  sweepFunction: 'SweepFunctionName',
   failedEventsQueue: 'FailedEventsQueueUrl',
   operatorPolicy: 'OperatorPolicyArn',
   alarmTopic: 'AlarmTopicArn',
   rolesAnywhereProfile: 'RolesAnywhereProfileArn',
 } as const;
 
-export function hostOutputKeys(host: string) {
-  const stem = `Host${hostOutputStem(host)}`;
+export function groupOutputKeys(group: string) {
+  const stem = `Group${groupOutputStem(group)}`;
   return {
-    queueUrl: `${stem}QueueUrl`,
-    dlqUrl: `${stem}DlqUrl`,
     roleArn: `${stem}RoleArn`,
-    /** Only when hosts are EC2 instances. */
+    /** Only when the group's hosts are EC2 instances. */
     instanceProfile: `${stem}InstanceProfileName`,
   };
 }
@@ -73,10 +74,10 @@ export interface AgentEnvOptions {
   stateDir?: string;
 }
 
-/** The /etc/thinrelay/agent.env of `host`, from its stack's outputs. */
+/** The /etc/thinrelay/agent.env of every host of `group`, from its stack's outputs. */
 export function agentEnv(
   outputs: Record<string, string>,
-  host: string,
+  group: string,
   opts: AgentEnvOptions = {},
 ): string {
   const need = (key: string, what: string): string => {
@@ -88,24 +89,26 @@ export function agentEnv(
     }
     return v;
   };
-  // No Hosts output: the stack has no hosts.
-  const hosts = (outputs[STACK_OUTPUTS.hosts] ?? '').split(',').filter((h) => h !== '');
-  if (!hosts.includes(host)) {
+  // No Groups output: the stack has no groups.
+  const groups = (outputs[STACK_OUTPUTS.groups] ?? '').split(',').filter((g) => g !== '');
+  if (!groups.includes(group)) {
     throw new AgentConfigError(
-      `no host ${JSON.stringify(host)} in this stack (hosts: ${hosts.join(', ') || 'none'})`,
+      `no group ${JSON.stringify(group)} in this stack (groups: ${groups.join(', ') || 'none'})`,
     );
   }
-  const keys = hostOutputKeys(host);
+  const keys = groupOutputKeys(group);
   const lines = [
-    `# thinrelay agent configuration for host ${host}`,
-    `# Credentials: this host must act as ${need(keys.roleArn, 'host role ARN')}`,
+    `# thinrelay agent configuration for the hosts of group ${group}`,
+    `# Credentials: these hosts must act as ${need(keys.roleArn, 'group role ARN')}`,
     ...(outputs[keys.instanceProfile]
-      ? [`#   (EC2: attach instance profile ${outputs[keys.instanceProfile]})`]
+      ? [
+          `#   (EC2: launch them with instance profile ${outputs[keys.instanceProfile]}, e.g. in the launch template)`,
+        ]
       : []),
     `AWS_REGION=${need(STACK_OUTPUTS.region, 'region')}`,
     `THINRELAY_BUCKET=${need(STACK_OUTPUTS.bucket, 'images bucket')}`,
-    `THINRELAY_QUEUE_URL=${need(keys.queueUrl, 'host queue URL')}`,
-    `THINRELAY_DLQ_URL=${need(keys.dlqUrl, 'host DLQ URL')}`,
+    `THINRELAY_FLEET_TABLE=${need(STACK_OUTPUTS.fleetTable, 'fleet table')}`,
+    `THINRELAY_GROUP=${group}`,
   ];
   if (opts.backend !== undefined) lines.push(`THINRELAY_BACKEND=${opts.backend}`);
   if (opts.stateDir !== undefined) lines.push(`THINRELAY_STATE_DIR=${opts.stateDir}`);

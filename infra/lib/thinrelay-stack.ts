@@ -1,19 +1,24 @@
 /**
- * The whole deployment: images bucket → fan-out Lambda → one queue (+ DLQ,
- * role, alarm) per configured host; the operator policy; the Lambda's alarms;
- * and the outputs agents are configured from (lib/outputs.ts).
+ * The whole deployment: images bucket → fan-out Lambda → host queues (which
+ * agents create and name by group and host id); the fleet table with its
+ * CONFIG item; one role (+ instance profile) per host group; the fleet sweep;
+ * the operator policy; fleet-level alarms; and the outputs agents are
+ * configured from (lib/outputs.ts). Nothing in it is per host, so the
+ * template's size does not depend on the fleet's.
  */
 import { Aws, CfnOutput, Stack, type StackProps } from 'aws-cdk-lib';
 import * as rolesanywhere from 'aws-cdk-lib/aws-rolesanywhere';
 import type { Construct } from 'constructs';
-import { AlarmSink, fanoutAlarms } from './alarms.js';
+import { AlarmSink, fanoutAlarms, fleetAlarms } from './alarms.js';
 import type { ThinrelayConfig } from './config.js';
 import { FanoutFunction } from './fanout-function.js';
-import { HostQueue } from './host-queue.js';
+import { FleetTable } from './fleet-table.js';
+import { HostGroup } from './host-group.js';
 import { ImagesBucket } from './images-bucket.js';
 import { acknowledgeNagFindings, type NagAcknowledgement } from './nag.js';
 import { OperatorPolicy } from './operator-policy.js';
-import { hostOutputKeys, STACK_OUTPUTS } from './outputs.js';
+import { groupOutputKeys, STACK_OUTPUTS } from './outputs.js';
+import { SWEEP_SERVICE, SweepFunction } from './sweep-function.js';
 
 export interface ThinrelayStackProps extends StackProps {
   config: ThinrelayConfig;
@@ -21,8 +26,10 @@ export interface ThinrelayStackProps extends StackProps {
 
 export class ThinrelayStack extends Stack {
   readonly images: ImagesBucket;
+  readonly fleet: FleetTable;
   readonly fanout: FanoutFunction;
-  readonly hosts: HostQueue[];
+  readonly sweep: SweepFunction;
+  readonly groups: HostGroup[];
   readonly operator: OperatorPolicy;
   readonly alarms: AlarmSink;
   readonly config: ThinrelayConfig;
@@ -38,35 +45,36 @@ export class ThinrelayStack extends Stack {
     this.config = config;
 
     this.images = new ImagesBucket(this, 'Images', config);
-    this.fanout = new FanoutFunction(this, 'Fanout', config, this.images.bucket);
+    this.fleet = new FleetTable(this, 'Fleet', config, this.images.bucket.bucketName);
+    const table = this.fleet.table;
+    this.fanout = new FanoutFunction(this, 'Fanout', config, this.images.bucket, table);
+    this.sweep = new SweepFunction(this, 'Sweep', config, table);
     this.alarms = new AlarmSink(this, 'Alarms', config);
-    for (const alarm of fanoutAlarms(
-      this.fanout,
-      config,
-      this.fanout.function,
-      this.fanout.failedEvents,
-    )) {
+    for (const alarm of [
+      ...fanoutAlarms(this.fanout, config, this.fanout.function, this.fanout.failedEvents),
+      ...fleetAlarms(this, config, this.sweep.function, SWEEP_SERVICE, 'thinrelay-fanout'),
+    ]) {
       this.alarms.watch(alarm);
     }
 
-    this.hosts = config.hosts.map((host) => {
-      const hq = new HostQueue(this, `Host-${host.name}`, {
-        config,
-        host,
-        bucket: this.images.bucket,
-      });
-      this.alarms.watch(hq.dlqAlarm);
-      return hq;
-    });
+    this.groups = config.groups.map(
+      (group) =>
+        new HostGroup(this, `Group-${group.name}`, {
+          config,
+          group,
+          bucket: this.images.bucket,
+          table,
+        }),
+    );
 
-    this.operator = new OperatorPolicy(this, 'Operator', config, this.fanout);
+    this.operator = new OperatorPolicy(this, 'Operator', config, this.fanout, table);
 
-    if (config.hostPrincipal.type === 'rolesAnywhere' && this.hosts.length > 0) {
-      // The profile hosts name when they ask Roles Anywhere for credentials;
-      // each role's trust policy still pins the certificate's CN to its host.
+    const anywhere = this.groups.filter((g) => g.group.principal.type === 'rolesAnywhere');
+    if (anywhere.length > 0) {
+      // The profile hosts name when they ask Roles Anywhere for credentials.
       const profile = new rolesanywhere.CfnProfile(this, 'RolesAnywhereProfile', {
         name: `${config.namePrefix}-hosts`,
-        roleArns: this.hosts.map((h) => h.role.roleArn),
+        roleArns: anywhere.map((g) => g.role.roleArn),
         enabled: true,
         durationSeconds: 3600,
       });
@@ -93,15 +101,21 @@ export class ThinrelayStack extends Stack {
       'Images are published from under this key prefix',
     );
     this.output(STACK_OUTPUTS.region, Aws.REGION, 'AWS_REGION for agents');
-    if (config.hosts.length > 0) {
-      // CloudFormation rejects an empty output value: no hosts, no output.
-      this.output(
-        STACK_OUTPUTS.hosts,
-        config.hosts.map((h) => h.name).join(','),
-        'Configured hosts',
-      );
+    this.output(
+      STACK_OUTPUTS.fleetTable,
+      this.fleet.table.tableName,
+      'THINRELAY_FLEET_TABLE: fleet state and the deployment config',
+    );
+    if (config.groups.length > 0) {
+      // CloudFormation rejects an empty output value: no groups, no output.
+      this.output(STACK_OUTPUTS.groups, config.groups.map((g) => g.name).join(','), 'Host groups');
     }
     this.output(STACK_OUTPUTS.fanoutFunction, this.fanout.function.functionName, 'Fan-out Lambda');
+    this.output(
+      STACK_OUTPUTS.sweepFunction,
+      this.sweep.function.functionName,
+      'Fleet sweep Lambda',
+    );
     this.output(
       STACK_OUTPUTS.failedEventsQueue,
       this.fanout.failedEvents.queueUrl,
@@ -110,22 +124,20 @@ export class ThinrelayStack extends Stack {
     this.output(
       STACK_OUTPUTS.operatorPolicy,
       this.operator.policy.managedPolicyArn,
-      'Attach to operators: redrive and replay',
+      'Attach to operators: redrive, replay, fleet status and forget',
     );
     if (this.alarms.topic !== null) {
       this.output(STACK_OUTPUTS.alarmTopic, this.alarms.topic.topicArn, 'Alarm notifications');
     }
-    for (const hq of this.hosts) {
-      const keys = hostOutputKeys(hq.host.name);
-      const who = `host ${hq.host.name}`;
-      this.output(keys.queueUrl, hq.queue.queueUrl, `THINRELAY_QUEUE_URL of ${who}`);
-      this.output(keys.dlqUrl, hq.dlq.queueUrl, `THINRELAY_DLQ_URL of ${who}`);
-      this.output(keys.roleArn, hq.role.roleArn, `IAM role of ${who}`);
-      if (hq.instanceProfile !== null) {
+    for (const g of this.groups) {
+      const keys = groupOutputKeys(g.group.name);
+      const who = `host group ${g.group.name}`;
+      this.output(keys.roleArn, g.role.roleArn, `IAM role of ${who}`);
+      if (g.instanceProfile !== null) {
         this.output(
           keys.instanceProfile,
-          hq.instanceProfile.instanceProfileName,
-          `EC2 instance profile of ${who}`,
+          g.instanceProfile.instanceProfileName,
+          `EC2 instance profile of ${who} (launch templates, Auto Scaling groups)`,
         );
       }
     }

@@ -36,6 +36,8 @@ export interface LambdaConfig {
   fanoutConcurrency: number;
   /** How long a ListQueues discovery stays valid in a warm container. */
   discoveryTtlMs: number;
+  /** The fleet table rollouts are recorded in (FLEET_TABLE); null = record nothing. */
+  fleetTable: string | null;
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): LambdaConfig {
@@ -66,6 +68,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): LambdaConfig {
     imageSuffixes: list(env.IMAGE_SUFFIXES),
     fanoutConcurrency: positiveInt(env, 'FANOUT_CONCURRENCY', 16, 256),
     discoveryTtlMs: positiveInt(env, 'QUEUE_DISCOVERY_TTL_SECONDS', 60, 3600) * 1000,
+    fleetTable: tableName(env.FLEET_TABLE),
   };
 }
 
@@ -97,6 +100,15 @@ function parseRoutes(raw: string | undefined): Route[] {
     routes.push({ keyPrefix, groups });
   }
   return routes.sort((a, b) => b.keyPrefix.length - a.keyPrefix.length);
+}
+
+function tableName(raw: string | undefined): string | null {
+  const name = (raw ?? '').trim();
+  if (name === '') return null;
+  if (!/^[A-Za-z0-9_.-]{3,255}$/.test(name)) {
+    throw new ConfigError('FLEET_TABLE', `not a DynamoDB table name: ${JSON.stringify(name)}`);
+  }
+  return name;
 }
 
 function list(raw: string | undefined): string[] {

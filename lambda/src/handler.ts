@@ -1,18 +1,22 @@
 /**
  * The fan-out Lambda's entry point: S3 notification → image events → one
- * message per event on the queue of every host that should hold the image.
+ * message per event on the queue of every host that should hold the image →
+ * one rollout item per event in the fleet table (when FLEET_TABLE is set).
  *
- * Per container (reused across warm invocations): the SQS client and the
- * queue directory with its discovery cache. The SDK reads region, credentials
- * and AWS_ENDPOINT_URL_SQS from the environment itself.
+ * Per container (reused across warm invocations): the SQS and DynamoDB
+ * clients and the queue directory with its discovery cache. The SDK reads
+ * region, credentials and AWS_ENDPOINT_URL_SQS / _DYNAMODB from the
+ * environment itself.
  */
 import { Logger } from '@aws-lambda-powertools/logger';
 import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { SQSClient } from '@aws-sdk/client-sqs';
 import type { S3Event, S3Handler } from 'aws-lambda';
 import { loadConfig, type LambdaConfig } from './config.js';
-import { FanoutError, publish, QueueDirectory } from './fanout.js';
+import { FanoutError, publish, QueueDirectory, targetsFor } from './fanout.js';
 import { eventsFromNotification } from './records.js';
+import { recordRollouts } from './rollouts.js';
 
 const logger = new Logger({ serviceName: 'thinrelay-fanout' });
 const metrics = new Metrics({ namespace: 'thinrelay', serviceName: 'thinrelay-fanout' });
@@ -20,6 +24,7 @@ const metrics = new Metrics({ namespace: 'thinrelay', serviceName: 'thinrelay-fa
 interface Runtime {
   config: LambdaConfig;
   sqs: SQSClient;
+  ddb: DynamoDBClient | null;
   directory: QueueDirectory | null;
 }
 
@@ -34,22 +39,23 @@ function getRuntime(): Runtime {
       config.queueUrls === null
         ? new QueueDirectory(sqs, config.queuePrefix, config.discoveryTtlMs)
         : null;
-    runtime = { config, sqs, directory };
+    const ddb = config.fleetTable !== null ? new DynamoDBClient({}) : null;
+    runtime = { config, sqs, ddb, directory };
   }
   return runtime;
 }
 
 export async function handleNotification(notification: S3Event): Promise<void> {
-  const { config, sqs, directory } = getRuntime();
+  const { config, sqs, ddb, directory } = getRuntime();
   try {
     const events = eventsFromNotification(notification, config, logger);
     metrics.addMetric('EventsReceived', MetricUnit.Count, events.length);
     if (events.length === 0) return;
     const queueUrls = config.queueUrls ?? (directory ? await directory.list() : []);
     if (queueUrls.length === 0) {
-      // No hosts yet is a valid fleet state, not an error worth retrying.
+      // No hosts yet is a valid fleet state, not an error worth retrying;
+      // the rollout is still recorded (hosts that join catch up by sync).
       logger.warn('no host queues found; nothing to publish', { prefix: config.queuePrefix });
-      return;
     }
     try {
       const result = await publish(events, queueUrls, config, {
@@ -64,6 +70,17 @@ export async function handleNotification(notification: S3Event): Promise<void> {
         messages: result.sent,
         queues: result.queues,
       });
+      if (ddb !== null && config.fleetTable !== null) {
+        const unrecorded = await recordRollouts(
+          events.map((event) => ({ event, queueUrls: targetsFor(event.key, queueUrls, config) })),
+          { ddb, table: config.fleetTable },
+        );
+        metrics.addMetric('RolloutsRecorded', MetricUnit.Count, events.length - unrecorded.length);
+        if (unrecorded.length > 0) {
+          metrics.addMetric('RolloutRecordFailed', MetricUnit.Count, unrecorded.length);
+          logger.error('rollouts sent but not recorded in the fleet table', { unrecorded });
+        }
+      }
     } catch (err) {
       if (err instanceof FanoutError) {
         metrics.addMetric('FailedEntries', MetricUnit.Count, err.failures.length);

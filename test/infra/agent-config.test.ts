@@ -11,29 +11,25 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { hostOutputKeys, STACK_OUTPUTS } from '../../infra/lib/outputs.js';
+import { groupOutputKeys, STACK_OUTPUTS } from '../../infra/lib/outputs.js';
 
 const run = promisify(execFile);
 const CLI = fileURLToPath(new URL('../../infra/bin/agent-config.js', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'thinrelay-agent-config-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-const Q = 'https://sqs.eu-west-1.amazonaws.com/123456789012';
-const web = hostOutputKeys('web-01');
-const gpu = hostOutputKeys('gpu01');
+const web = groupOutputKeys('default');
+const gpu = groupOutputKeys('gpu_a');
 const outputs = {
   Thinrelay: {
     [STACK_OUTPUTS.bucket]: 'thinrelay-images-abc',
     [STACK_OUTPUTS.region]: 'eu-west-1',
-    [STACK_OUTPUTS.hosts]: 'web-01,gpu01',
+    [STACK_OUTPUTS.fleetTable]: 'thinrelay-fleet',
+    [STACK_OUTPUTS.groups]: 'default,gpu_a',
     [STACK_OUTPUTS.imagesPrefix]: 'images/',
-    [web.queueUrl]: `${Q}/thinrelay-host-default-web-01`,
-    [web.dlqUrl]: `${Q}/thinrelay-dlq-default-web-01`,
-    [web.roleArn]: 'arn:aws:iam::123456789012:role/Thinrelay-HostWeb01Role',
-    [web.instanceProfile]: 'Thinrelay-HostWeb01InstanceProfile',
-    [gpu.queueUrl]: `${Q}/thinrelay-host-gpu-gpu01`,
-    [gpu.dlqUrl]: `${Q}/thinrelay-dlq-gpu-gpu01`,
-    [gpu.roleArn]: 'arn:aws:iam::123456789012:role/Thinrelay-HostGpu01Role',
+    [web.roleArn]: 'arn:aws:iam::123456789012:role/Thinrelay-GroupDefaultRole',
+    [web.instanceProfile]: 'Thinrelay-GroupDefaultInstanceProfile',
+    [gpu.roleArn]: 'arn:aws:iam::123456789012:role/Thinrelay-GroupGpuARole',
   },
 };
 const file = join(dir, 'outputs.json');
@@ -59,84 +55,84 @@ function vars(text: string): Record<string, string> {
   );
 }
 
-test("prints a host's agent.env from the outputs file", async () => {
-  const r = await cli('--outputs', file, '--host', 'web-01', '--backend', 'devmapper');
+test("prints a group's agent.env from the outputs file", async () => {
+  const r = await cli('--outputs', file, '--group', 'default', '--backend', 'devmapper');
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(vars(r.stdout), {
     AWS_REGION: 'eu-west-1',
     THINRELAY_BUCKET: 'thinrelay-images-abc',
-    THINRELAY_QUEUE_URL: `${Q}/thinrelay-host-default-web-01`,
-    THINRELAY_DLQ_URL: `${Q}/thinrelay-dlq-default-web-01`,
+    THINRELAY_FLEET_TABLE: 'thinrelay-fleet',
+    THINRELAY_GROUP: 'default',
     THINRELAY_BACKEND: 'devmapper',
   });
   assert.match(
     r.stdout,
-    /# Credentials: this host must act as arn:aws:iam::123456789012:role\/Thinrelay-HostWeb01Role/,
+    /# Credentials: these hosts must act as arn:aws:iam::123456789012:role\/Thinrelay-GroupDefaultRole/,
   );
-  assert.match(r.stdout, /instance profile Thinrelay-HostWeb01InstanceProfile/);
+  assert.match(r.stdout, /instance profile Thinrelay-GroupDefaultInstanceProfile/);
 });
 
-test('each host gets its own queue; no instance profile line for non-EC2 hosts', async () => {
-  const r = await cli('--outputs', file, '--host', 'gpu01', '--state-dir', '/srv/thinrelay');
+test('one file per group, the same for each of its hosts; no instance profile line for non-EC2 groups', async () => {
+  const r = await cli('--outputs', file, '--group', 'gpu_a', '--state-dir', '/srv/thinrelay');
   assert.equal(r.code, 0, r.stderr);
   const v = vars(r.stdout);
-  assert.equal(v.THINRELAY_QUEUE_URL, `${Q}/thinrelay-host-gpu-gpu01`);
-  assert.equal(v.THINRELAY_DLQ_URL, `${Q}/thinrelay-dlq-gpu-gpu01`);
+  assert.equal(v.THINRELAY_GROUP, 'gpu_a');
   assert.equal(v.THINRELAY_STATE_DIR, '/srv/thinrelay');
   assert.equal(v.THINRELAY_BACKEND, undefined);
+  assert.equal(v.THINRELAY_QUEUE_URL, undefined, 'hosts name their own queues');
   assert.doesNotMatch(r.stdout, /instance profile/);
 });
 
-test('an unknown host is an error naming the hosts that exist', async () => {
-  const r = await cli('--outputs', file, '--host', 'web02');
+test('an unknown group is an error naming the groups that exist', async () => {
+  const r = await cli('--outputs', file, '--group', 'web');
   assert.equal(r.code, 2);
   assert.equal(r.stdout, '');
-  assert.match(r.stderr, /no host "web02" in this stack \(hosts: web-01, gpu01\)/);
+  assert.match(r.stderr, /no group "web" in this stack \(groups: default, gpu_a\)/);
 });
 
-test('a stack without hosts says so', async () => {
+test('a stack without groups says so', async () => {
   const none = join(dir, 'none.json');
-  const { [STACK_OUTPUTS.hosts]: _hosts, ...rest } = outputs.Thinrelay;
+  const { [STACK_OUTPUTS.groups]: _groups, ...rest } = outputs.Thinrelay;
   writeFileSync(none, JSON.stringify({ Thinrelay: rest }));
-  const r = await cli('--outputs', none, '--host', 'web-01');
+  const r = await cli('--outputs', none, '--group', 'default');
   assert.equal(r.code, 2);
-  assert.match(r.stderr, /no host "web-01" in this stack \(hosts: none\)/);
+  assert.match(r.stderr, /no group "default" in this stack \(groups: none\)/);
 });
 
 test('usage errors, a missing file, a file with several stacks, a missing output', async () => {
-  assert.match((await cli('--host', 'web-01')).stderr, /--outputs and --host are required/);
+  assert.match((await cli('--group', 'default')).stderr, /--outputs and --group are required/);
   assert.match(
-    (await cli('--outputs', file, '--host', 'web-01', '--backend', 'zfs')).stderr,
+    (await cli('--outputs', file, '--group', 'default', '--backend', 'zfs')).stderr,
     /--backend must be/,
   );
   assert.match(
-    (await cli('--outputs', file, '--host', 'x', '--bogus')).stderr,
-    /Unknown option '--bogus'/,
+    (await cli('--outputs', file, '--group', 'x', '--host', 'web01')).stderr,
+    /Unknown option '--host'/,
   );
   assert.match(
-    (await cli('--outputs', join(dir, 'nope.json'), '--host', 'x')).stderr,
+    (await cli('--outputs', join(dir, 'nope.json'), '--group', 'x')).stderr,
     /cannot read/,
   );
 
   const two = join(dir, 'two.json');
   writeFileSync(two, JSON.stringify({ ...outputs, Other: {} }));
-  const r = await cli('--outputs', two, '--host', 'web-01');
+  const r = await cli('--outputs', two, '--group', 'default');
   assert.equal(r.code, 2);
   assert.match(r.stderr, /several stacks \(Thinrelay, Other\): pass --stack/);
-  assert.equal((await cli('--outputs', two, '--host', 'web-01', '--stack', 'Thinrelay')).code, 0);
+  assert.equal((await cli('--outputs', two, '--group', 'default', '--stack', 'Thinrelay')).code, 0);
   assert.match(
-    (await cli('--outputs', two, '--host', 'web-01', '--stack', 'Nope')).stderr,
+    (await cli('--outputs', two, '--group', 'default', '--stack', 'Nope')).stderr,
     /stack "Nope" is not in the outputs file/,
   );
 
   const partial = join(dir, 'partial.json');
-  const { [web.dlqUrl]: _dropped, ...rest } = outputs.Thinrelay;
+  const { [STACK_OUTPUTS.fleetTable]: _dropped, ...rest } = outputs.Thinrelay;
   writeFileSync(partial, JSON.stringify({ Thinrelay: rest }));
-  const p = await cli('--outputs', partial, '--host', 'web-01');
+  const p = await cli('--outputs', partial, '--group', 'default');
   assert.equal(p.code, 2);
-  assert.match(p.stderr, /output HostWeb01DlqUrl \(host DLQ URL\) is missing/);
+  assert.match(p.stderr, /output FleetTableName \(fleet table\) is missing/);
 
   const bad = join(dir, 'bad.json');
   writeFileSync(bad, '{not json');
-  assert.match((await cli('--outputs', bad, '--host', 'web-01')).stderr, /not JSON/);
+  assert.match((await cli('--outputs', bad, '--group', 'default')).stderr, /not JSON/);
 });

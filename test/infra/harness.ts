@@ -70,12 +70,8 @@ export function synth(
 export const BASE_CONFIG = {
   namePrefix: 'thinrelay',
   imagesPrefix: 'images/',
-  routes: { 'images/gpu/': 'gpu' },
   alarms: { email: 'ops@example.com' },
-  hosts: [
-    { name: 'web01', group: 'default' },
-    { name: 'gpu01', group: 'gpu' },
-  ],
+  groups: [{ name: 'default' }, { name: 'gpu', routes: ['images/gpu/'] }],
 };
 
 export function resourcesOfType(
@@ -124,7 +120,8 @@ export function concrete(json: TemplateJson, node: unknown): string {
       case 'AWS::S3::Bucket':
         return bucketName(json, o.Ref);
       case 'AWS::Lambda::Function':
-        return str(r.Properties?.FunctionName);
+      case 'AWS::DynamoDB::Table':
+        return str(r.Properties?.FunctionName ?? r.Properties?.TableName);
       default:
         return `ref-${o.Ref}`;
     }
@@ -145,6 +142,8 @@ export function concrete(json: TemplateJson, node: unknown): string {
         return `arn:aws:logs:${REGION}:${ACCOUNT}:log-group:${str(r.Properties?.LogGroupName)}:*`;
       case 'AWS::IAM::Role':
         return `arn:aws:iam::${ACCOUNT}:role/${id}`;
+      case 'AWS::DynamoDB::Table':
+        return `arn:aws:dynamodb:${REGION}:${ACCOUNT}:table/${str(r.Properties?.TableName)}`;
       default:
         return `arn:unknown:${id}`;
     }
@@ -217,15 +216,79 @@ function glob(pattern: string, flags = ''): RegExp {
   return new RegExp(`^${body}$`, flags);
 }
 
-/** IAM's answer for one action on one resource (no conditions: these policies have none). */
-export function allows(statements: Statement[], action: string, arn: string): boolean {
-  const matches = (s: Statement) =>
-    s.Action.some((a) => glob(a, 'i').test(action)) && s.Resource.some((r) => glob(r).test(arn));
-  for (const s of statements) {
-    if (s.Condition !== undefined) throw new Error(`unexpected condition in ${JSON.stringify(s)}`);
-  }
+/** What IAM knows about a request: condition keys and policy variables (multi-valued ones as lists). */
+export type RequestContext = Record<string, string | string[]>;
+
+/**
+ * IAM's answer for one action on one resource in a request context: explicit
+ * deny wins, then any allow. Policy variables (`${key}`) in resources and
+ * condition values are filled from the context; a statement whose variable
+ * has no value does not apply. Condition operators this stack uses are
+ * evaluated; any other throws, so a new one cannot pass unexamined.
+ */
+export function allows(
+  statements: Statement[],
+  action: string,
+  arn: string,
+  context: RequestContext = {},
+): boolean {
+  const matches = (s: Statement) => {
+    if (!s.Action.some((a) => glob(a, 'i').test(action))) return false;
+    const resources = s.Resource.map((r) => substitute(r, context));
+    if (!resources.some((r) => r !== null && glob(r).test(arn))) return false;
+    return conditionsHold(s.Condition, context);
+  };
   if (statements.some((s) => s.Effect === 'Deny' && matches(s))) return false;
   return statements.some((s) => s.Effect === 'Allow' && matches(s));
+}
+
+function substitute(value: string, context: RequestContext): string | null {
+  let missing = false;
+  const out = value.replace(/\$\{([^}]+)\}/g, (_, key: string) => {
+    const v = context[key];
+    if (typeof v !== 'string') {
+      missing = true;
+      return '';
+    }
+    return v;
+  });
+  return missing ? null : out;
+}
+
+function conditionsHold(condition: unknown, context: RequestContext): boolean {
+  if (condition === undefined) return true;
+  for (const [operator, block] of Object.entries(condition as Record<string, unknown>)) {
+    for (const [key, raw] of Object.entries(block as Record<string, unknown>)) {
+      const wanted = ([] as unknown[]).concat(raw).map(String);
+      const got = context[key];
+      const values = got === undefined ? [] : ([] as string[]).concat(got);
+      const patterns = wanted.map((w) => substitute(w, context)).filter((w) => w !== null);
+      const equals = (v: string) => patterns.includes(v);
+      const like = (v: string) => patterns.some((p) => glob(p).test(v));
+      switch (operator) {
+        case 'StringEquals':
+        case 'ArnEquals':
+          if (values.length !== 1 || !equals(values[0]!)) return false;
+          break;
+        case 'StringLike':
+        case 'ArnLike':
+          if (values.length !== 1 || !like(values[0]!)) return false;
+          break;
+        case 'ForAllValues:StringEquals':
+          if (!values.every(equals)) return false;
+          break;
+        case 'ForAllValues:StringLike':
+          if (!values.every(like)) return false;
+          break;
+        case 'Null':
+          if ((got === undefined) !== (wanted[0] === 'true')) return false;
+          break;
+        default:
+          throw new Error(`condition operator ${operator} is not evaluated by this harness`);
+      }
+    }
+  }
+  return true;
 }
 
 export const queueArn = (name: string) => `arn:aws:sqs:${REGION}:${ACCOUNT}:${name}`;

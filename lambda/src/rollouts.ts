@@ -1,0 +1,90 @@
+/**
+ * Recording rollouts: after the fan-out has sent an event, one RolloutItem
+ * (schema/fleet.ts) per event in the fleet table says which host queues it
+ * went to and when, so `fleet status`/`fleet wait` and the sweep know the
+ * expected hosts even of a host that never answers.
+ *
+ * The messages already sent are what matters: a write that still fails after
+ * retries is reported to the caller (which logs it and counts it in a metric
+ * with its own alarm), never thrown: throwing would make Lambda re-run the
+ * whole fan-out to record one item.
+ */
+import { PutItemCommand, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { fleetKeys, type RolloutItem } from '../../schema/fleet.js';
+import type { ImageEvent } from '../../schema/image-event.js';
+import { queueNameOf } from './fanout.js';
+import { toItem, type Plain } from './item-codec.js';
+
+export function rolloutItem(
+  event: ImageEvent,
+  queueUrls: readonly string[],
+  sentAt: number,
+): RolloutItem {
+  return {
+    pk: fleetKeys.rolloutPk(event.key),
+    sk: fleetKeys.rolloutSk(event.sequencer),
+    key: event.key,
+    kind: event.kind,
+    eTag: event.eTag,
+    sequencer: event.sequencer,
+    sentAt,
+    queues: queueUrls.map(queueNameOf).sort(),
+  };
+}
+
+export interface RecordOptions {
+  ddb: DynamoDBClient;
+  table: string;
+  /** Attempts per item, on top of the SDK's own retries (default 3). */
+  maxAttempts?: number;
+  baseDelayMs?: number;
+  sleep?: (ms: number) => Promise<void>;
+  now?: () => number;
+}
+
+export interface UnrecordedRollout {
+  key: string;
+  sequencer: string;
+  error: string;
+}
+
+/** Writes one item per (event, its target queues); returns the ones that could not be written. */
+export async function recordRollouts(
+  sent: readonly { event: ImageEvent; queueUrls: readonly string[] }[],
+  opts: RecordOptions,
+): Promise<UnrecordedRollout[]> {
+  const maxAttempts = opts.maxAttempts ?? 3;
+  const baseDelayMs = opts.baseDelayMs ?? 100;
+  const sleep = opts.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
+  const sentAt = (opts.now ?? Date.now)();
+  const failed: UnrecordedRollout[] = [];
+  await Promise.all(
+    sent.map(async ({ event, queueUrls }) => {
+      const item = rolloutItem(event, queueUrls, sentAt);
+      for (let attempt = 1; ; attempt++) {
+        try {
+          // Idempotent: a retried invocation rewrites the same key with the same queues.
+          await opts.ddb.send(
+            new PutItemCommand({
+              TableName: opts.table,
+              Item: toItem(item as unknown as { [k: string]: Plain }),
+            }),
+          );
+          return;
+        } catch (err) {
+          if (attempt >= maxAttempts) {
+            const e = err as Error;
+            failed.push({
+              key: event.key,
+              sequencer: event.sequencer,
+              error: `${e.name}: ${e.message}`,
+            });
+            return;
+          }
+          await sleep(Math.random() * baseDelayMs * 2 ** (attempt - 1));
+        }
+      }
+    }),
+  );
+  return failed;
+}
