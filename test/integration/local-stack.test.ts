@@ -24,6 +24,7 @@ const aws = existsSync('/usr/bin/aws') ? '/usr/bin/aws' : 'aws';
 
 let child: ChildProcess;
 const env: Record<string, string> = {};
+let bigETag = '';
 let work: string;
 /** The stack's own data directories (s3rver's files) in the temp directory. */
 const stackDirs = (): string[] =>
@@ -125,7 +126,7 @@ test('aws s3 cp (PUT and multipart) reaches a host queue through the fan-out han
       ],
       { env: cliEnv },
     );
-    const bigETag = (JSON.parse(head.stdout) as { ETag: string }).ETag.replace(/"/g, '');
+    bigETag = (JSON.parse(head.stdout) as { ETag: string }).ETag.replace(/"/g, '');
 
     const events = new Map<string, { eTag: string; kind: string }>();
     const deadline = Date.now() + 20_000;
@@ -146,14 +147,36 @@ test('aws s3 cp (PUT and multipart) reaches a host queue through the fan-out han
   }
 });
 
-test('the fleet table exists with its deployment item: fleet commands work against it', async () => {
+test('the fleet table has its deployment item and the fan-out records rollouts in it', async () => {
   const hosts = await runCli(['fleet', 'hosts', '--json'], env);
   assert.equal(hosts.code, 0, hosts.stderr);
   assert.deepEqual((JSON.parse(hosts.stdout) as { hosts: unknown[] }).hosts, []);
-  const status = await runCli(['fleet', 'status', 'images/small.tar', '--json'], env);
+  // The fan-out recorded the rollout (FLEET_TABLE): its version and the queue it went to.
+  const status = await runCli(['fleet', 'status', 'images/big.tar', '--json'], env);
   assert.equal(status.code, 0, status.stderr);
-  const s = JSON.parse(status.stdout) as { groups: string[]; outcome: string };
+  const s = JSON.parse(status.stdout) as {
+    groups: string[];
+    outcome: string;
+    etag: string;
+    etagSource: string;
+    hosts: { host: string; liveness: string; expected: boolean }[];
+  };
   assert.deepEqual(s.groups, ['default']);
+  assert.equal(s.etagSource, 'rollout');
+  assert.equal(s.etag, bigETag);
+  assert.deepEqual(s.hosts, [
+    {
+      host: 'h1',
+      group: 'default',
+      state: 'pending',
+      reason: null,
+      message: null,
+      eTag: null,
+      updatedAt: null,
+      liveness: 'unregistered',
+      expected: false,
+    },
+  ]);
   assert.equal(s.outcome, 'no-hosts');
 });
 
