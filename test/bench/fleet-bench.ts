@@ -12,6 +12,11 @@
  * - Listing a 10,000-key bucket (s3rver) with ListObjectsV2 pages, as the
  *   agent's sync round does, against checking each key with HeadObject.
  *
+ * - A new host catching up with 20 images already in the bucket (its first
+ *   sync round, `thinrelay agent --group`), against the same 20 images
+ *   reaching a running host as events (the local stack: s3rver → fan-out
+ *   handler → SQS), loop backend, as root.
+ *
  * Not part of npm test: figures, not assertions (each measurement checks its
  * answer: the counts, the number of hosts, the number of keys).
  */
@@ -20,7 +25,14 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { startLocalStack } from '../../host-agent/src/demo/local-stack.js';
+import { startAgent, type AgentProcess } from '../helpers/agent-process.js';
+import { runCli } from '../helpers/cli.js';
+import { releaseStateDir } from '../helpers/host-leaks.js';
+import { packTar } from '../helpers/tar-fixtures.js';
 import { FleetReader } from '../../host-agent/src/fleet/fleet-reader.js';
 import { imageStatus } from '../../host-agent/src/fleet/fleet-view.js';
 import { createFleetTable, startDynamoEmulator } from '../helpers/dynamo-emulator.js';
@@ -341,20 +353,139 @@ async function bucketListing(rows: BenchRow[], notes: string[]): Promise<void> {
   }
 }
 
+const CATCH_UP_IMAGES = 20;
+const CATCH_UP_RUNS = Number(process.env.THINRELAY_BENCH_CATCHUP_REPS ?? '3');
+
+/** A small image (a directory and a few files), distinct per key and run. */
+const smallImage = (marker: string): Promise<Buffer> =>
+  packTar([
+    { name: 'etc/', type: 'directory' },
+    { name: 'etc/hostname', content: `${marker}\n` },
+    { name: 'bin/tool', content: Buffer.alloc(64 * 1024, marker.length), mode: 0o755 },
+  ]);
+
+/** One host against a fresh local stack; `scenario` times what it measures. */
+async function withHost(
+  scenario: (ctx: {
+    upload: (run: string) => Promise<void>;
+    start: () => AgentProcess;
+  }) => Promise<number>,
+): Promise<number> {
+  const bucket = `bench-catchup-${Date.now()}`;
+  const stack = await startLocalStack({ bucket, maxReceiveCount: 5 });
+  const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-bench-catchup-'));
+  const env = {
+    ...stack.env,
+    THINRELAY_STATE_DIR: stateDir,
+    THINRELAY_RESERVE_BYTES: '0',
+    THINRELAY_VOLUME_SIZE: '16M',
+    THINRELAY_WAIT_SECONDS: '1',
+    THINRELAY_CONCURRENCY: '2',
+    THINRELAY_LOG_LEVEL: 'info',
+  };
+  let agent: AgentProcess | undefined;
+  try {
+    return await scenario({
+      upload: async (run) => {
+        for (let i = 0; i < CATCH_UP_IMAGES; i++)
+          await stack.s3.send(
+            new PutObjectCommand({
+              Bucket: bucket,
+              Key: `images/img-${i}.tar`,
+              Body: await smallImage(`${run}-${i}`),
+            }),
+          );
+      },
+      start: () => {
+        agent = startAgent(
+          ['--group', 'default', '--host-id', 'bench-host', '--metrics-addr', 'off'],
+          env,
+        );
+        return agent;
+      },
+    });
+  } finally {
+    await agent?.stop();
+    await runCli(['pool', 'destroy', '--force'], env);
+    releaseStateDir(stateDir);
+    await stack.stop();
+  }
+}
+
+async function catchUp(rows: BenchRow[], notes: string[]): Promise<void> {
+  if (process.getuid?.() !== 0) {
+    notes.push('catch-up vs events: not measured (needs root for loop devices); run as root.');
+    return;
+  }
+  let listRequests = 0;
+  const sync: number[] = [];
+  const events: number[] = [];
+  for (let r = 0; r < CATCH_UP_RUNS; r++) {
+    // A new host: the images are in the bucket before it starts.
+    sync.push(
+      await withHost(async ({ upload, start }) => {
+        await upload(`sync${r}`);
+        const t0 = performance.now();
+        const agent = start();
+        const round = await agent.waitForLog((l) => l.msg === 'sync round done', 300_000);
+        expectEqual('images caught up', round.processed, CATCH_UP_IMAGES);
+        listRequests = Number(round.listRequests);
+        return performance.now() - t0;
+      }),
+    );
+    // A running host: the same number of images arrive as events.
+    events.push(
+      await withHost(async ({ upload, start }) => {
+        const agent = start();
+        await agent.waitForLog((l) => l.msg === 'sync round done', 120_000);
+        // The fan-out's queue discovery (1 s TTL here) must see the new queue.
+        await new Promise((res) => setTimeout(res, 1500));
+        const t0 = performance.now();
+        await upload(`events${r}`);
+        const deadline = Date.now() + 300_000;
+        while (agent.outcomes().filter((o) => o.outcome === 'applied').length < CATCH_UP_IMAGES) {
+          if (Date.now() > deadline) throw new Error('events: not every image was applied');
+          await new Promise((res) => setTimeout(res, 100));
+        }
+        return performance.now() - t0;
+      }),
+    );
+  }
+  rows.push(
+    row({
+      section: 'catch-up (agent, loop)',
+      scenario: `new host, ${CATCH_UP_IMAGES} images in the bucket: start → all ready (1 sync round)`,
+      hosts: 1,
+      messages: CATCH_UP_IMAGES,
+      runsMs: sync,
+      alternative: {
+        label: `the same images as events to a running host (upload → all applied)`,
+        runsMs: events,
+      },
+    }),
+  );
+  notes.push(
+    `catch-up: the new host's first sync round listed the bucket in ${listRequests} ListObjectsV2 request(s) and processed ${CATCH_UP_IMAGES} images (64 KiB each, 16 MiB volumes, concurrency 2); its time includes the agent's start and registration (queues, host item). The events row starts at the first upload and includes the 20 uploads, the fan-out and the 1 s SQS polls of the local stack. Medians of ${CATCH_UP_RUNS} runs, each on a fresh stack and state dir.`,
+  );
+}
+
 async function main(): Promise<void> {
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const rows: BenchRow[] = [];
   const notes: string[] = [];
   const start = machine();
-  await fleetView(rows, notes);
-  await bucketListing(rows, notes);
+  // THINRELAY_BENCH_ONLY=view|sync|catchup runs one section (THINRELAY_BENCH_OUT: where to write).
+  const only = process.env.THINRELAY_BENCH_ONLY;
+  if (only === undefined || only === 'view') await fleetView(rows, notes);
+  if (only === undefined || only === 'sync') await bucketListing(rows, notes);
+  if (only === undefined || only === 'catchup') await catchUp(rows, notes);
   const end = machine();
   notes.unshift(
     `Machine: ${String(start.cpus)} × ${String(start.cpuModel)}, ${String(start.memoryGiB)} GiB, node ${process.version}; 1-minute load average ${String(start.loadAverage1m)} at start, ${String(end.loadAverage1m)} at the end (other helpers share the 2 cores: noise).`,
     `Medians of ${RUNS} runs after one unrecorded warm-up; whole processes, start to exit, for the CLI rows. Emulators on 127.0.0.1 answer in about a millisecond; real DynamoDB and S3 add a network round trip per request, so request counts matter more there than here.`,
   );
   process.stdout.write(formatTable(rows) + '\n\n' + notes.map((n) => `* ${n}`).join('\n') + '\n');
-  const file = join(repoRoot, 'bench', 'fleet-results.json');
+  const file = process.env.THINRELAY_BENCH_OUT ?? join(repoRoot, 'bench', 'fleet-results.json');
   await writeResults(file, rows, notes);
   process.stdout.write(`\nresults: ${file}\n`);
 }

@@ -37,6 +37,9 @@ import { createFleetTable, startDynamoEmulator } from '../../../test/helpers/dyn
 import { toItem } from '../fleet/fleet-reader.js';
 import { createS3Client } from '../source/s3-client.js';
 
+type HandlerModule = typeof import('../../../lambda/src/handler.js');
+let stacksStarted = 0;
+
 export const LOCAL_REGION = 'us-east-1';
 export const NAME_PREFIX = 'thinrelay';
 export const HOST_QUEUE_PREFIX = queueNames.hostQueuePrefix(NAME_PREFIX);
@@ -167,7 +170,11 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     POWERTOOLS_LOG_LEVEL: process.env.POWERTOOLS_LOG_LEVEL ?? 'ERROR',
     POWERTOOLS_METRICS_DISABLED: 'true',
   });
-  const { handleNotification } = await import('../../../lambda/src/handler.js');
+  // A fresh handler module per stack, as a new Lambda container loads it: the
+  // handler keeps its configuration and clients for the life of its module.
+  const handlerUrl = new URL('../../../lambda/src/handler.js', import.meta.url);
+  handlerUrl.search = `stack=${++stacksStarted}`;
+  const { handleNotification } = (await import(handlerUrl.href)) as HandlerModule;
   const pending = new Set<Promise<void>>();
   s3rver.on('event', (event: S3Event) => {
     const record = event.Records[0];
