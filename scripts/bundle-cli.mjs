@@ -19,6 +19,9 @@ await build({
   minify: true,
   sourcemap: 'linked',
   platform: 'node',
+  // The SDK's ES module builds: esbuild can drop what the CLI never calls
+  // (the CommonJS builds are one module per package, kept whole).
+  mainFields: ['module', 'main'],
   format: 'esm',
   target: 'node20',
   // Native addon: loaded from node_modules at run time.

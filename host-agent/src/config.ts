@@ -23,6 +23,23 @@ export interface DevmapperConfig {
   minFreeMetadata: SpaceFloor;
 }
 
+/** How an object is fetched: parallel ranged GETs of this size, this many at a time. */
+export interface DownloadConfig {
+  partSizeBytes: number;
+  concurrency: number;
+}
+
+/**
+ * Ranged-GET defaults, in the range the AWS CLI (8 MiB × 10) and the CRT
+ * client (8 MiB parts) use; memory held ahead of the unpacker is at most
+ * part size × concurrency (64 MiB).
+ */
+export const DEFAULT_DOWNLOAD_PART_BYTES = 8 * 1024 ** 2;
+export const DEFAULT_DOWNLOAD_CONCURRENCY = 8;
+const MIN_DOWNLOAD_PART_BYTES = 64 * 1024;
+const MAX_DOWNLOAD_PART_BYTES = 1024 ** 3;
+const MAX_DOWNLOAD_CONCURRENCY = 64;
+
 export interface AgentConfig {
   stateDir: string;
   bucket: string | null;
@@ -32,6 +49,7 @@ export interface AgentConfig {
   reserveBytes: number;
   /** Virtual size of a new volume; null = derived from the blob size. */
   volumeSizeBytes: number | null;
+  download: DownloadConfig;
   dm: DevmapperConfig;
 }
 
@@ -90,6 +108,33 @@ function parseBlockSectors(text: string): number {
   return n;
 }
 
+function parseDownload(env: NodeJS.ProcessEnv): DownloadConfig {
+  const part = env.THINRELAY_DOWNLOAD_PART_SIZE;
+  const partSizeBytes =
+    part === undefined || part === ''
+      ? DEFAULT_DOWNLOAD_PART_BYTES
+      : parseSize(part, 'THINRELAY_DOWNLOAD_PART_SIZE');
+  if (partSizeBytes < MIN_DOWNLOAD_PART_BYTES || partSizeBytes > MAX_DOWNLOAD_PART_BYTES) {
+    throw new UsageError(
+      'CONFIG',
+      `THINRELAY_DOWNLOAD_PART_SIZE must be between 64K and 1G, got "${part}"`,
+    );
+  }
+  const conc = env.THINRELAY_DOWNLOAD_CONCURRENCY;
+  const concurrency =
+    conc === undefined || conc === ''
+      ? DEFAULT_DOWNLOAD_CONCURRENCY
+      : parseCount(conc, 'THINRELAY_DOWNLOAD_CONCURRENCY');
+  if (concurrency < 1 || concurrency > MAX_DOWNLOAD_CONCURRENCY) {
+    throw new UsageError(
+      'CONFIG',
+      `THINRELAY_DOWNLOAD_CONCURRENCY must be between 1 and ${MAX_DOWNLOAD_CONCURRENCY}, got "${conc}"`,
+      '1 fetches each object as one stream',
+    );
+  }
+  return { partSizeBytes, concurrency };
+}
+
 function parseBackend(text: string): BackendName {
   if (text === 'loop' || text === 'devmapper') return text;
   throw new UsageError('CONFIG', `unknown backend "${text}"`, 'use --backend loop or devmapper');
@@ -114,6 +159,7 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
     },
     reserveBytes: size('THINRELAY_RESERVE_BYTES', 1024 ** 3),
     volumeSizeBytes: volume === undefined ? null : parseSize(volume, 'THINRELAY_VOLUME_SIZE'),
+    download: parseDownload(env),
     dm: {
       pool:
         env.THINRELAY_DM_POOL === undefined || env.THINRELAY_DM_POOL === ''

@@ -42,6 +42,8 @@ export type ImageFailureCode =
   | 'VOLUME_FULL'
   | 'OBJECT_NOT_FOUND'
   | 'OBJECT_CHANGED'
+  // S3 or KMS refused the agent (a missing grant or a policy denial): never "not found".
+  | 'ACCESS_DENIED'
   | 'CHECKSUM_MISMATCH'
   | 'DOWNLOAD_FAILED'
   | 'STORAGE_FAILED'
@@ -65,8 +67,16 @@ export type EnvironmentCode =
   | 'TOOL_MISSING'
   | 'STATE_DIR'
   | 'DB_CORRUPT'
+  // The state database cannot be written: read-only file or filesystem.
+  | 'DB_READONLY'
+  // Another process holds the state database's write lock past the busy timeout.
+  | 'DB_BUSY'
+  // Another `thinrelay agent` runs on this state dir.
+  | 'AGENT_RUNNING'
   | 'POOL_UNAVAILABLE'
   | 'LOW_SPACE'
+  // The state dir's filesystem (database, loop pool) is full.
+  | 'STATE_FULL'
   // Queue commands: SQS unreachable, refusing us, or answering something unexpected.
   | 'QUEUE_UNREACHABLE'
   | 'QUEUE_ACCESS_DENIED'
@@ -128,7 +138,7 @@ export class UsageError extends ThinrelayError {
 
 /** The host is not ready (not root, no loop devices, no mkfs, ...): exit 3. */
 export class EnvironmentError extends ThinrelayError {
-  readonly exitCode = ExitCode.environment;
+  readonly exitCode: ExitCode = ExitCode.environment;
   constructor(
     code: EnvironmentCode,
     message: string,
@@ -137,6 +147,11 @@ export class EnvironmentError extends ThinrelayError {
   ) {
     super(code, message, hint, options);
   }
+}
+
+/** The host is busy (a lock held elsewhere): retrying later may succeed, exit 75. */
+export class TemporaryEnvironmentError extends EnvironmentError {
+  override readonly exitCode: ExitCode = ExitCode.temporary;
 }
 
 /** A message move task ended FAILED or CANCELLED (or vanished): exit 1, like a failed image. */

@@ -24,6 +24,20 @@ export function jsonLineSink(write: (line: string) => void): LogSink {
   return (record) => write(JSON.stringify(record));
 }
 
+/** Longer string fields are cut (with their length): a 250 KB S3 key must not fill the log. */
+export const maxFieldChars = 1024;
+
+function bounded(fields: LogFields | undefined): LogFields | undefined {
+  if (fields === undefined) return undefined;
+  let out: LogFields | undefined;
+  for (const [k, v] of Object.entries(fields)) {
+    if (typeof v !== 'string' || v.length <= maxFieldChars) continue;
+    out ??= { ...fields };
+    out[k] = `${v.slice(0, maxFieldChars)}…(${v.length} chars)`;
+  }
+  return out ?? fields;
+}
+
 export function createLogger(
   sink: LogSink | null,
   level: LogLevel = 'info',
@@ -31,7 +45,7 @@ export function createLogger(
 ): Logger {
   const emit = (lvl: LogLevel, msg: string, fields?: LogFields): void => {
     if (sink === null || rank[lvl] < rank[level]) return;
-    sink({ ...base, ...fields, time: new Date().toISOString(), level: lvl, msg });
+    sink({ ...bounded(base), ...bounded(fields), time: new Date().toISOString(), level: lvl, msg });
   };
   return {
     debug: (m, f) => emit('debug', m, f),
@@ -43,3 +57,30 @@ export function createLogger(
 }
 
 export const silentLogger: Logger = createLogger(null);
+
+/**
+ * The AWS SDK's logger interface, forwarding warnings and errors into ours
+ * (a client without one prints plain text to the console, which breaks a
+ * JSON-lines log), each distinct text once: the SDK repeats some on every
+ * request (e.g. a queue URL whose host differs from AWS_ENDPOINT_URL_SQS).
+ */
+export function sdkLogger(logger: Logger): {
+  debug(...content: unknown[]): void;
+  info(...content: unknown[]): void;
+  warn(...content: unknown[]): void;
+  error(...content: unknown[]): void;
+} {
+  const seen = new Set<string>();
+  const once = (level: 'warn' | 'error', content: unknown[]): void => {
+    const text = content.map((c) => (c instanceof Error ? c.message : String(c))).join(' ');
+    if (seen.has(text)) return;
+    if (seen.size < 100) seen.add(text);
+    logger[level]('AWS SDK ' + level, { detail: text.trim() });
+  };
+  return {
+    debug: () => undefined,
+    info: () => undefined,
+    warn: (...content) => once('warn', content),
+    error: (...content) => once('error', content),
+  };
+}

@@ -30,3 +30,23 @@ test('volume size leaves headroom over the blob and respects the unpacked limit'
   assert.ok(volumeSizeFor(1024 ** 3, small) <= 110 * 1024 ** 2 + 257 * 1024 ** 2);
   assert.equal(volumeSizeFor(5, loadConfig({}, { THINRELAY_VOLUME_SIZE: '2G' })), 2 * 1024 ** 3);
 });
+
+test('download part size and concurrency: defaults, THINRELAY_DOWNLOAD_*, bounds', () => {
+  assert.deepEqual(loadConfig({}, {}).download, { partSizeBytes: 8 * 1024 ** 2, concurrency: 8 });
+  const c = loadConfig(
+    {},
+    { THINRELAY_DOWNLOAD_PART_SIZE: '16M', THINRELAY_DOWNLOAD_CONCURRENCY: '16' },
+  );
+  assert.deepEqual(c.download, { partSizeBytes: 16 * 1024 ** 2, concurrency: 16 });
+  assert.equal(loadConfig({}, { THINRELAY_DOWNLOAD_CONCURRENCY: '1' }).download.concurrency, 1);
+  for (const env of [
+    { THINRELAY_DOWNLOAD_PART_SIZE: '1K' },
+    { THINRELAY_DOWNLOAD_PART_SIZE: '2G' },
+    { THINRELAY_DOWNLOAD_PART_SIZE: 'big' },
+    { THINRELAY_DOWNLOAD_CONCURRENCY: '0' },
+    { THINRELAY_DOWNLOAD_CONCURRENCY: '65' },
+    { THINRELAY_DOWNLOAD_CONCURRENCY: 'x' },
+  ]) {
+    assert.throws(() => loadConfig({}, env), UsageError, JSON.stringify(env));
+  }
+});

@@ -36,15 +36,27 @@ function code(err: unknown): string {
 }
 
 describe('mapS3Error', () => {
-  it('maps missing objects (GET NoSuchKey, HEAD NotFound, 403 on missing)', () => {
+  it('maps missing objects (GET NoSuchKey, HEAD NotFound) and only those', () => {
     assert.equal(code(sdkError('NoSuchKey', 404)), 'image:OBJECT_NOT_FOUND');
     assert.equal(code(sdkError('NotFound', 404)), 'image:OBJECT_NOT_FOUND');
     assert.equal(code(sdkError('NoSuchVersion', 404)), 'image:OBJECT_NOT_FOUND');
-    assert.equal(code(sdkError('AccessDenied', 403)), 'image:OBJECT_NOT_FOUND');
-    assert.equal(code(sdkError('Unknown', 403)), 'image:OBJECT_NOT_FOUND');
     const msg = mapS3Error(sdkError('NoSuchKey', 404), ctx).message;
     assert.match(msg, /b-images/);
     assert.match(msg, /x\/y\.tar/);
+  });
+
+  it('maps 403 AccessDenied, a bodiless HEAD 403 and KMS refusals to ACCESS_DENIED, naming the grant', () => {
+    assert.equal(code(sdkError('AccessDenied', 403)), 'image:ACCESS_DENIED');
+    assert.equal(code(sdkError('Unknown', 403)), 'image:ACCESS_DENIED');
+    assert.equal(code(sdkError('KMS.DisabledException', 400)), 'image:ACCESS_DENIED');
+    const s3 = mapS3Error(sdkError('AccessDenied', 403), ctx) as ImageError;
+    assert.match(s3.hint ?? '', /s3:GetObject on arn:aws:s3:::b-images\/x\/y\.tar/);
+    const versioned = mapS3Error(sdkError('AccessDenied', 403), { ...ctx, versionId: 'v1' });
+    assert.match((versioned as ImageError).hint ?? '', /s3:GetObjectVersion/);
+    const kmsErr = Object.assign(sdkError('AccessDenied', 403), {
+      message: 'User: arn:aws:sts::1:assumed-role/r is not authorized to perform: kms:Decrypt',
+    });
+    assert.match((mapS3Error(kmsErr, ctx) as ImageError).hint ?? '', /kms:Decrypt/);
   });
 
   it('maps preconditions and ranges to OBJECT_CHANGED', () => {

@@ -1,13 +1,19 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { StateStore } from '../../host-agent/src/store/index.js';
 import { schemaVersion } from '../../host-agent/src/store/db.js';
 import { migrations } from '../../host-agent/src/store/migrations.js';
-import { currentOwner, isOwnerAlive } from '../../host-agent/src/store/owner.js';
+import {
+  currentOwner,
+  isOwnerAlive,
+  registerWorker,
+  releaseWorker,
+} from '../../host-agent/src/store/owner.js';
+import { reservePath } from '../../host-agent/src/store/space-reserve.js';
 
 function tempStore(t: { after(fn: () => void): void }): { store: StateStore; dir: string } {
   const dir = mkdtempSync(join(tmpdir(), 'thinrelay-store-'));
@@ -149,5 +155,60 @@ test('images.listJson is the same data as images.list, with interrupted ids mark
       [a.id, 'interrupted'],
       [b.id, 'failed'],
     ],
+  );
+});
+
+test("a daemon worker's owner is alive only while registered, even though its process lives", () => {
+  const worker = `${currentOwner()}:7`;
+  assert.equal(isOwnerAlive(worker), false, 'an ended worker left work to recover');
+  registerWorker(worker);
+  assert.equal(isOwnerAlive(worker), true);
+  releaseWorker(worker);
+  assert.equal(isOwnerAlive(worker), false);
+  assert.equal(isOwnerAlive(currentOwner()), true, 'the process itself stays alive');
+});
+
+test("a key's applied sequencer never moves backwards", (t) => {
+  const { store } = tempStore(t);
+  const e = { bucket: 'b', key: 'k', kind: 'image.put' as const, imageId: null };
+  assert.equal(store.events.markApplied({ ...e, sequencer: '0200', kind: 'image.delete' }), true);
+  // A second writer applying an older put afterwards: refused, 0200 stays.
+  assert.equal(store.events.markApplied({ ...e, sequencer: '0100' }), false);
+  assert.equal(store.events.markApplied({ ...e, sequencer: '0200' }), false);
+  assert.equal(store.events.applied('b', 'k')?.sequencer, '0200');
+  assert.equal(store.events.applied('b', 'k')?.kind, 'image.delete');
+  // Right-padded comparison: 03 is newer than 0200.
+  assert.equal(store.events.markApplied({ ...e, sequencer: '03' }), true);
+  assert.equal(store.events.applied('b', 'k')?.sequencer, '03');
+});
+
+test('ids are allocated above a name found in the pool (a restored backup)', (t) => {
+  const { store } = tempStore(t);
+  const o = { kind: 'volume' as const, backend: 'loop', sizeBytes: 1 };
+  const first = store.objects.createIntent(o, currentOwner());
+  assert.equal(store.objects.reserveIdsThrough(first.id), false, 'nothing to do');
+  assert.equal(store.objects.reserveIdsThrough(first.id + 5), true);
+  assert.equal(store.objects.createIntent(o, currentOwner()).id, first.id + 6);
+});
+
+test('a full filesystem: the space reserve is given back and the transaction retried', (t) => {
+  const { store, dir } = tempStore(t);
+  assert.ok(existsSync(reservePath(dir)), 'the reserve exists once the database is open');
+  let calls = 0;
+  const result = store.tx(() => {
+    if (++calls === 1)
+      throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    return 'recorded';
+  });
+  assert.equal(result, 'recorded');
+  assert.equal(calls, 2);
+  assert.equal(existsSync(reservePath(dir)), false, 'the reserve was released');
+  // No reserve left: the next full-disk error is the caller's.
+  assert.throws(
+    () =>
+      store.tx(() => {
+        throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+      }),
+    /disk is full/,
   );
 });

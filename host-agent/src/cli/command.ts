@@ -4,6 +4,7 @@ import { loadConfig, type AgentConfig } from '../config.js';
 import { UsageError } from '../errors.js';
 import { createLogger, jsonLineSink, type Logger, type LogLevel } from '../log.js';
 import { openRuntime, type Runtime, type RuntimeOptions } from '../runtime.js';
+import { printable } from './output.js';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
@@ -48,7 +49,7 @@ function stderrLogger(): Logger {
       const extra = Object.entries(fields).map(
         ([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`,
       );
-      process.stderr.write(`${lvl}: ${msg} ${extra.join(' ')}\n`);
+      process.stderr.write(printable(`${lvl}: ${msg} ${extra.join(' ')}`) + '\n');
     }, level);
   }
   return createLogger(

@@ -18,6 +18,15 @@ import { processImageCommand } from './commands/process-image.js';
 import { showCommand } from './commands/show.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { formatError } from './output.js';
+import { databaseError } from '../store/db-errors.js';
+
+function stateDirOf(ctx: { config(): { stateDir: string } } | undefined): string {
+  try {
+    return ctx?.config().stateDir ?? 'the state dir';
+  } catch {
+    return 'the state dir';
+  }
+}
 
 const commands: readonly Command[] = [
   processImageCommand,
@@ -97,7 +106,9 @@ export async function main(argv: string[]): Promise<number> {
     }
     ctx = makeContext(values as Record<string, string | boolean | undefined>, positionals);
     return await command.run(ctx);
-  } catch (err) {
+  } catch (thrown) {
+    // A state-database fault is the host's, never "the image failed" (exit 3, or 75 when busy).
+    const err = databaseError(thrown, stateDirOf(ctx)) ?? thrown;
     const what =
       command.name === 'process-image' && ctx !== undefined
         ? `process-image ${String(ctx.values['s3-key'] ?? '')}`

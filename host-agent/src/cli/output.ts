@@ -1,6 +1,21 @@
 /** Printing: aligned tables for people, JSON for machines, one-line errors. */
 import { isThinrelayError, errorMessage } from '../errors.js';
 
+/**
+ * Text from outside (S3 keys, archive member names, error messages quoting
+ * them) made safe for a terminal: control characters (C0, DEL, C1) and
+ * bidirectional overrides are shown escaped, never interpreted.
+ */
+export function printable(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g, (c) => {
+    const n = c.codePointAt(0)!;
+    return n <= 0xff
+      ? `\\x${n.toString(16).padStart(2, '0')}`
+      : `\\u${n.toString(16).padStart(4, '0')}`;
+  });
+}
+
 export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(value, null, 2) + '\n');
 }
@@ -13,9 +28,9 @@ export function printTable(
     r.map((c) =>
       c === null || c === undefined
         ? '-'
-        : typeof c === 'object'
-          ? JSON.stringify(c)
-          : String(c as string | number | boolean),
+        : printable(
+            typeof c === 'object' ? JSON.stringify(c) : String(c as string | number | boolean),
+          ),
     ),
   );
   const widths = headers.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i]?.length ?? 0)));
@@ -43,7 +58,11 @@ export function formatBytes(n: number | null): string {
 /** The one line an operator reads: what failed, why (with the reason code), what to do. */
 export function formatError(what: string, err: unknown): string {
   if (isThinrelayError(err)) {
-    return `thinrelay: ${what}: [${err.code}] ${err.message}${err.hint === undefined ? '' : ` — ${err.hint}`}`;
+    return printable(
+      `thinrelay: ${what}: [${err.code}] ${err.message}${err.hint === undefined ? '' : ` — ${err.hint}`}`,
+    );
   }
-  return `thinrelay: ${what}: ${errorMessage(err)} (unexpected; THINRELAY_DEBUG=1 prints the stack)`;
+  return printable(
+    `thinrelay: ${what}: ${errorMessage(err)} (unexpected; THINRELAY_DEBUG=1 prints the stack)`,
+  );
 }

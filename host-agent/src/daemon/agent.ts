@@ -11,13 +11,19 @@
  * - stop(): no new receives; in-flight work gets `drainSeconds`, then is
  *   interrupted and its messages released at once. The pipeline records an
  *   interrupted job and releases its storage; a restart completes it.
+ * - Each message runs as its own worker owner, alive only while it runs: a
+ *   worker that could not record its outcome (a failed database write) left
+ *   work that this agent reconciles itself, without a restart, and that the
+ *   next event for the image takes over instead of waiting on.
  */
+import { statfsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errorMessage } from '../errors.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { ProgressSink } from '../pipeline/progress.js';
 import { reconcile } from '../pipeline/reconcile.js';
 import type { HostQueue, ReceivedMessage } from '../queue/host-queue.js';
+import { registerWorker, releaseWorker } from '../store/owner.js';
 import { applyMessage, type EventDecision } from './apply-event.js';
 import { VisibilityHeartbeat } from './heartbeat.js';
 import { KeyLock } from './key-lock.js';
@@ -65,6 +71,9 @@ export class Agent {
   private stopping = false;
   private slotFreed: (() => void) | null = null;
   private workerSeq = 0;
+  /** Work a finished worker left behind (it could not record its outcome): reconcile it. */
+  private leftovers = false;
+  private reconciling: Promise<void> | null = null;
   private lastPollOkAt = 0;
   private readonly startedAt = Date.now();
 
@@ -76,23 +85,56 @@ export class Agent {
     return this.inFlight.size;
   }
 
-  /** Healthy: the poll loop ran recently (or the agent just started) and is not stopping. */
-  health(): { healthy: boolean; detail: Record<string, unknown> } {
+  /**
+   * Healthy: the poll loop ran recently (or the agent just started) and is
+   * not stopping. Degraded: it runs, but this host cannot take images now
+   * (its state filesystem is below the reserve); both answer 503.
+   */
+  health(): { healthy: boolean; status: string; detail: Record<string, unknown> } {
     const now = Date.now();
     const since = this.lastPollOkAt === 0 ? now - this.startedAt : now - this.lastPollOkAt;
     const limitMs = (this.opts.waitSeconds + 45) * 1000;
     const busy = this.inFlight.size >= this.opts.concurrency;
-    const healthy = !this.stopping && (busy || since < limitMs);
+    const polling = !this.stopping && (busy || since < limitMs);
+    const space = this.stateSpace();
+    const healthy = polling && space.ok;
     return {
       healthy,
+      status: healthy ? 'ok' : polling ? 'degraded' : 'unhealthy',
       detail: {
         stopping: this.stopping,
         inFlight: this.inFlight.size,
         concurrency: this.opts.concurrency,
         lastPollOk: this.lastPollOkAt === 0 ? null : new Date(this.lastPollOkAt).toISOString(),
         queueUrl: this.opts.queue.url,
+        stateFreeBytes: space.freeBytes,
+        ...(space.ok ? {} : { degraded: space.reason }),
       },
     };
+  }
+
+  /** Free space on the state filesystem against the reserve (and a floor for the database). */
+  private stateSpace(): { ok: boolean; freeBytes: number | null; reason?: string } {
+    const { stateDir, reserveBytes } = this.opts.deps.config;
+    let free: number;
+    try {
+      const fs = statfsSync(stateDir);
+      free = fs.bavail * fs.bsize;
+    } catch (err) {
+      return {
+        ok: false,
+        freeBytes: null,
+        reason: `cannot read ${stateDir}: ${errorMessage(err)}`,
+      };
+    }
+    const floor = Math.max(reserveBytes, minimumStateFreeBytes);
+    return free >= floor
+      ? { ok: true, freeBytes: free }
+      : {
+          ok: false,
+          freeBytes: free,
+          reason: `${free} bytes free on the filesystem of ${stateDir}, below ${floor}: images wait for space (thinrelay gc)`,
+        };
   }
 
   /** Reconcile, then poll until stop(); resolves when every message is settled. */
@@ -108,6 +150,7 @@ export class Agent {
     while (!this.stopping) {
       await this.waitForSlot();
       if (this.stopping) break;
+      if (this.leftovers) await this.reconcileLeftovers();
       let messages: ReceivedMessage[];
       try {
         messages = await this.opts.queue.receive({
@@ -131,6 +174,7 @@ export class Agent {
       for (const m of messages) this.startMessage(m);
     }
     await this.drain();
+    if (this.leftovers) await this.reconcileLeftovers();
     deps.logger.info('agent stopped', {});
   }
 
@@ -208,7 +252,20 @@ export class Agent {
       await heartbeat.stop();
     }
     const decidedAt = Date.now();
-    this.record(m, decision);
+    try {
+      this.record(m, decision);
+    } catch (err) {
+      // Deleting a message whose outcome is not recorded could lose it: hand it back.
+      logger.error('could not record the outcome; the message is retried', {
+        outcome: decision.outcome,
+        error: errorMessage(err),
+      });
+      decision = {
+        ...decision,
+        outcome: 'retrying',
+        action: { kind: 'release', delaySeconds: this.opts.retryDelaySeconds(m.receiveCount) },
+      };
+    }
     await this.settle(m, decision, logger);
     this.opts.onMessageDone?.({
       messageId: m.messageId,
@@ -225,6 +282,20 @@ export class Agent {
     logger: PipelineDeps['logger'],
   ): Promise<EventDecision> {
     const deps = this.depsFor(logger);
+    registerWorker(deps.owner);
+    try {
+      return await this.applyAttempts(m, deps, logger);
+    } finally {
+      releaseWorker(deps.owner);
+      this.checkLeftovers(deps.owner);
+    }
+  }
+
+  private async applyAttempts(
+    m: ReceivedMessage,
+    deps: PipelineDeps,
+    logger: PipelineDeps['logger'],
+  ): Promise<EventDecision> {
     for (let attempt = 1; ; attempt++) {
       const decision = await applyMessage(deps, m, {
         retryDelaySeconds: this.opts.retryDelaySeconds,
@@ -248,6 +319,45 @@ export class Agent {
         return decision;
       }
     }
+  }
+
+  /** Did this worker leave an open job or an intent behind? Then reconcile soon. */
+  private checkLeftovers(owner: string): void {
+    const { store, logger } = this.opts.deps;
+    try {
+      const left =
+        store.jobs.listOpen().some((j) => j.owner === owner) ||
+        store.objects.listLive().some((o) => o.owner === owner);
+      if (left) {
+        logger.warn('a worker left unfinished work; reconciling it', { owner });
+        this.leftovers = true;
+        this.slotFreed?.();
+      }
+    } catch (err) {
+      // The database is what failed: assume the worst and reconcile once it answers.
+      logger.warn('could not check a worker for leftovers; reconciling', {
+        owner,
+        error: errorMessage(err),
+      });
+      this.leftovers = true;
+    }
+  }
+
+  /** Reconcile what ended workers left (one at a time); on failure, retried before the next poll. */
+  private async reconcileLeftovers(): Promise<void> {
+    this.reconciling ??= (async () => {
+      this.leftovers = false;
+      try {
+        await reconcile(this.opts.deps);
+      } catch (err) {
+        this.leftovers = true;
+        this.opts.deps.logger.warn('reconcile of leftovers failed; retrying before the next poll', {
+          error: errorMessage(err),
+        });
+        await sleep(1000, undefined, { signal: this.pollAbort.signal }).catch(() => undefined);
+      }
+    })().finally(() => (this.reconciling = null));
+    await this.reconciling;
   }
 
   /** Per message: its own owner (so reconcile never mistakes a sibling's work) and progress counter. */
@@ -323,6 +433,9 @@ export class Agent {
     }
   }
 }
+
+/** Below this much free space on the state filesystem the agent reports degraded. */
+const minimumStateFreeBytes = 64 * 1024 * 1024;
 
 function releasedUnstarted(): EventDecision {
   return {

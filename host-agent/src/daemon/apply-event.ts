@@ -23,6 +23,7 @@ import { retireKey } from '../ops/retire.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import { processImage } from '../pipeline/process-image.js';
 import type { ReceivedMessage } from '../queue/host-queue.js';
+import { databaseError } from '../store/db-errors.js';
 import type { MessageOutcome } from '../store/events.js';
 
 /** delete: done with it; release: back to the queue after `delaySeconds`. */
@@ -113,7 +114,8 @@ export async function applyMessage(
       ? await applyPut(deps, event)
       : await applyDelete(deps, event);
   } catch (err) {
-    return decideFailure(err, deps.signal, event, message, opts);
+    const typed = databaseError(err, deps.config.stateDir) ?? err;
+    return decideFailure(typed, deps.signal, event, message, opts);
   }
 }
 
@@ -157,13 +159,19 @@ async function applyDelete(deps: PipelineDeps, event: ImageEvent): Promise<Event
 }
 
 function recordApplied(deps: PipelineDeps, event: ImageEvent, imageId: number | null): void {
-  deps.store.events.markApplied({
+  const newer = deps.store.events.markApplied({
     bucket: event.bucket,
     key: event.key,
     sequencer: event.sequencer,
     kind: event.kind,
     imageId,
   });
+  // Only another writer on this state dir could have recorded a newer one meanwhile.
+  if (!newer)
+    deps.logger.warn('a newer event for this key was recorded meanwhile; kept it', {
+      key: event.key,
+      sequencer: event.sequencer,
+    });
 }
 
 function decideFailure(

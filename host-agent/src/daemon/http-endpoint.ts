@@ -1,13 +1,14 @@
 /**
- * The daemon's local HTTP endpoint: GET /healthz (200 healthy, 503 not, JSON
- * detail) and GET /metrics (Prometheus text). Bound to loopback by default:
+ * The daemon's local HTTP endpoint: GET /healthz (200 healthy, 503 not or
+ * degraded, JSON detail) and GET /metrics (Prometheus text). Bound to loopback by default:
  * it has no authentication and shows queue URLs.
  */
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
 export interface EndpointSources {
-  health(): { healthy: boolean; detail: Record<string, unknown> };
+  /** status: 'ok', or why not ('degraded': running but unable to take images; 'unhealthy'). */
+  health(): { healthy: boolean; status?: string; detail: Record<string, unknown> };
   metrics(): string;
 }
 
@@ -25,7 +26,10 @@ export async function startHttpEndpoint(
       const h = sources.health();
       res
         .writeHead(h.healthy ? 200 : 503, { 'content-type': 'application/json' })
-        .end(JSON.stringify({ status: h.healthy ? 'ok' : 'unhealthy', ...h.detail }) + '\n');
+        .end(
+          JSON.stringify({ status: h.status ?? (h.healthy ? 'ok' : 'unhealthy'), ...h.detail }) +
+            '\n',
+        );
       return;
     }
     if (path === '/metrics') {

@@ -1,7 +1,7 @@
 /** doctor: is this host ready? Each check passes or fails with a fix hint. */
 import { statfsSync, existsSync } from 'node:fs';
 import type { AgentConfig } from '../config.js';
-import { errorMessage } from '../errors.js';
+import { errorMessage, isThinrelayError } from '../errors.js';
 import type { ReadinessCheck } from '../storage/backend.js';
 import { silentLogger } from '../log.js';
 import { DevmapperBackend } from '../storage/devmapper/devmapper-backend.js';
@@ -9,6 +9,7 @@ import { createBackend } from '../storage/index.js';
 import { currentOwner } from '../store/owner.js';
 import { StateStore } from '../store/index.js';
 import { databasePath } from '../store/db.js';
+import { restoreHint } from '../store/db-errors.js';
 
 export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> {
   const checks: ReadinessCheck[] = [];
@@ -55,7 +56,10 @@ function freeSpaceCheck(config: AgentConfig): ReadinessCheck {
     name: 'free space',
     ok: free > config.reserveBytes,
     detail: `${(free / 1024 ** 3).toFixed(1)} GiB free on the filesystem of ${dir} (reserve ${(config.reserveBytes / 1024 ** 3).toFixed(1)} GiB)`,
-    hint: 'free space there, or move --state-dir',
+    hint: 'free space there (`thinrelay gc` releases failed leftovers), or move --state-dir',
+    // The agent must still start: its reconcile is what frees leftovers, and
+    // it refuses images (LOW_SPACE, retried) and reports degraded meanwhile.
+    advisory: true,
   };
 }
 
@@ -79,7 +83,7 @@ function databaseCheck(config: AgentConfig): ReadinessCheck {
           problems.length === 0
             ? `${path}: integrity_check ok`
             : `${path}: ${problems.slice(0, 3).join('; ')}`,
-        hint: 'stop thinrelay, then restore the newest `thinrelay state backup` copy to this path',
+        hint: restoreHint,
       };
     } finally {
       store.close();
@@ -89,7 +93,11 @@ function databaseCheck(config: AgentConfig): ReadinessCheck {
       name: 'state database',
       ok: false,
       detail: errorMessage(err),
-      hint: 'check permissions on the state dir',
+      // DB_CORRUPT: restore a backup; DB_READONLY: the mount; DB_BUSY: the lock holder.
+      hint:
+        isThinrelayError(err) && err.hint !== undefined
+          ? err.hint
+          : 'check permissions on the state dir',
     };
   }
 }

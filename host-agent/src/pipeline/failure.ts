@@ -1,5 +1,12 @@
 /** How a failure is described in the store and released on storage. */
-import { errorMessage, isThinrelayError, type ReasonCode } from '../errors.js';
+import {
+  EnvironmentError,
+  ImageError,
+  errorMessage,
+  isThinrelayError,
+  type ReasonCode,
+} from '../errors.js';
+import { databaseError, stateDirFull } from '../store/db-errors.js';
 import type { StepError } from '../store/jobs.js';
 import type { JobContext } from './context.js';
 
@@ -11,6 +18,50 @@ export function describeFailure(err: unknown, signal: AbortSignal): StepError {
     };
   if (isThinrelayError(err)) return { code: err.code, message: err.message };
   return { code: 'STORAGE_FAILED' satisfies ReasonCode, message: errorMessage(err) };
+}
+
+const spaceErrnos = new Set(['ENOSPC', 'EDQUOT', 'EIO', 'EROFS']);
+
+/** A write that failed for want of space, or an I/O error that a full backing store causes. */
+function isSpaceOrIoError(err: unknown): boolean {
+  if (err instanceof ImageError) return err.code === 'VOLUME_FULL' || err.code === 'STORAGE_FAILED';
+  if (isThinrelayError(err)) return false;
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (typeof code === 'string' && spaceErrnos.has(code)) return true;
+  return /no space left|input\/output error|read-only file system/i.test(errorMessage(err));
+}
+
+/**
+ * What a failure really was when the host is at fault: a database fault, or
+ * a full state filesystem or pool behind an I/O error (a loop file's
+ * filesystem filling shows up inside the volume as EIO, not ENOSPC). These
+ * are environment errors, retried later, never "the image is bad".
+ */
+export async function asHostFault(
+  ctx: Pick<JobContext, 'config' | 'objects'>,
+  err: unknown,
+): Promise<unknown> {
+  const db = databaseError(err, ctx.config.stateDir);
+  if (db !== undefined) return db;
+  if (!isSpaceOrIoError(err)) return err;
+  if (stateDirFull(ctx.config.stateDir)) {
+    return new EnvironmentError(
+      'STATE_FULL',
+      `the filesystem of ${ctx.config.stateDir} is full: ${errorMessage(err)}`,
+      `free space there (\`thinrelay gc\` releases failed leftovers), or move --state-dir; the image is retried`,
+      { cause: err },
+    );
+  }
+  const pool = await ctx.objects.backend.poolStatus().catch(() => undefined);
+  if (pool !== undefined && pool.exists && pool.freeBytes <= 0) {
+    return new EnvironmentError(
+      'LOW_SPACE',
+      `the pool ${pool.location} is out of space: ${errorMessage(err)}`,
+      '`thinrelay gc` releases failed leftovers; grow the pool, or lower THINRELAY_RESERVE_BYTES',
+      { cause: err },
+    );
+  }
+  return err;
 }
 
 /**

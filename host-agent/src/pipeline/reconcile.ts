@@ -18,6 +18,7 @@ import type { StorageObjectRow } from '../store/objects.js';
 import { isOwnerAlive } from '../store/owner.js';
 import { intentStates } from '../store/states.js';
 import type { BackendInventory } from '../storage/backend.js';
+import { deviceInUse } from '../sys/device-use.js';
 import { objectName, parseObjectName } from '../storage/names.js';
 import type { ObjectManager } from '../storage/object-manager.js';
 
@@ -37,12 +38,56 @@ export interface ReconcileDeps {
 export async function reconcile(deps: ReconcileDeps): Promise<ReconcileAction[]> {
   const actions: ReconcileAction[] = [...(await deps.objects.backend.prepare())];
   const inventory = await deps.objects.backend.inventory();
+  reserveIdsSeen(deps, inventory, actions);
   const rows = deps.store.objects.listLive();
   for (const row of rows) await reconcileRow(deps, row, inventory, actions);
   await releaseOrphans(deps, rows, inventory, actions);
   await releaseOrphanThins(deps, inventory, actions);
   for (const a of actions) deps.logger.info('reconcile', { ...a });
   return actions;
+}
+
+/**
+ * Names and thin ids in the pool are never handed out again, even when the
+ * store does not know them (a restored backup): allocation moves above them.
+ */
+function reserveIdsSeen(
+  deps: ReconcileDeps,
+  inv: BackendInventory,
+  actions: ReconcileAction[],
+): void {
+  const names = [
+    ...inv.objects.map((o) => o.name),
+    ...inv.attached.map((a) => a.name),
+    ...inv.mounted.map((m) => m.name),
+    ...inv.strays.map((s) => s.path.split('/').pop()!.split('.')[0]!),
+  ];
+  let highest: { name: string; id: number } | null = null;
+  for (const name of names) {
+    const id = name === null ? undefined : parseObjectName(name)?.id;
+    if (name !== null && id !== undefined && id > (highest?.id ?? 0)) highest = { name, id };
+  }
+  if (highest !== null && deps.store.tx(() => deps.store.objects.reserveIdsThrough(highest.id)))
+    actions.push({
+      object: highest.name,
+      action: 'reserved ids',
+      reason:
+        'the pool holds names the store never recorded (a restored backup?): new ids start above',
+    });
+  let maxThin = 0;
+  for (const o of inv.objects) if (o.thinId !== null) maxThin = Math.max(maxThin, o.thinId);
+  deps.objects.notePoolThinIds(maxThin);
+}
+
+/** A device of `name` attached but not by our own unpack mount, and in use: why, else null. */
+function foreignUse(inv: BackendInventory, name: string): string | null {
+  if (inv.mounted.some((m) => m.name === name)) return null;
+  for (const a of inv.attached) {
+    if (a.name !== name) continue;
+    const why = deviceInUse(a.devicePath);
+    if (why !== null) return `${a.devicePath} is ${why}`;
+  }
+  return null;
 }
 
 /** Take over a row whose owner died; false if it is someone else's live work. */
@@ -103,6 +148,11 @@ async function reconcileRow(
       (row.state === 'sealed' || row.state === 'inactive' || row.state === 'kept') &&
       (attached.length > 0 || mounted)
     ) {
+      const use = foreignUse(inv, name);
+      if (use !== null) {
+        act('left in use', `${row.state} in the store, but ${use}: foreign-in-use, left alone`);
+        return;
+      }
       if (row.kind === 'volume') await deps.objects.backend.seal(deps.objects.spec(row));
       else await deps.objects.backend.deactivate(deps.objects.spec(row));
       act('detached', `${row.state} but attached or mounted`);
@@ -137,6 +187,20 @@ async function releaseOrphans(
     // A live row may have appeared since the inventory: re-check before releasing.
     const row = deps.store.objects.get(parsed.id);
     if (row !== undefined && row.state !== 'removed') continue;
+    // Never detach or delete what someone uses: a device of a restored backup's future.
+    const use = foreignUse(inv, name);
+    if (use !== null) {
+      deps.logger.warn('reconcile: a device the store does not know is in use; left alone', {
+        name,
+        use,
+      });
+      actions.push({
+        object: name,
+        action: 'left in use',
+        reason: `not recorded in the store, but ${use}: foreign-in-use, left alone`,
+      });
+      continue;
+    }
     await deps.objects.backend.remove({ kind: parsed.kind, name, sizeBytes: 0, thinId: null });
     actions.push({ object: name, action: 'removed', reason: 'not recorded in the store (orphan)' });
   }
@@ -172,6 +236,9 @@ async function releaseOrphanThins(
     // Re-read: a row is always committed before its thin device is created.
     const row = deps.store.objects.byThinId(o.thinId);
     if (row !== undefined && row.state !== 'removed') continue;
+    // Its device was left alone above: it is in use.
+    const inUse = inv.attached.find((a) => a.thinId === o.thinId && foreignUse(inv, a.name));
+    if (inUse !== undefined) continue;
     const object = row === undefined ? `thin ${o.thinId}` : objectName(row.kind, row.id);
     const reason =
       row === undefined

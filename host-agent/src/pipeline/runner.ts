@@ -7,7 +7,8 @@
  */
 import { failpoint } from '../failpoints.js';
 import type { JobContext } from './context.js';
-import { describeFailure, releaseFailedJob } from './failure.js';
+import { errorMessage } from '../errors.js';
+import { asHostFault, describeFailure, releaseFailedJob } from './failure.js';
 import { imageSteps } from './steps/index.js';
 
 export const imageStepNames: readonly string[] = imageSteps.map((s) => s.name);
@@ -44,17 +45,29 @@ export async function runJob(ctx: JobContext): Promise<void> {
         status: outcome.status,
         ...outcome.detail,
       });
-    } catch (err) {
+    } catch (thrown) {
+      const err = await asHostFault(ctx, thrown);
       const failure = describeFailure(err, ctx.signal);
       await releaseFailedJob(ctx);
-      store.tx(() => {
-        store.jobs.setStep(job.id, position, 'failed', { error: failure });
-        store.jobs.setStatus(job.id, 'failed', failure);
-        store.images.setStatus(image.id, 'failed', {
-          errorCode: failure.code,
-          errorMessage: failure.message,
+      try {
+        store.tx(() => {
+          store.jobs.setStep(job.id, position, 'failed', { error: failure });
+          store.jobs.setStatus(job.id, 'failed', failure);
+          store.images.setStatus(image.id, 'failed', {
+            errorCode: failure.code,
+            errorMessage: failure.message,
+          });
         });
-      });
+      } catch (recordErr) {
+        // The job stays open under this owner, which is gone once this call
+        // returns (a CLI process exits, a daemon worker is released): the next
+        // attempt takes the job over and reconcile releases what is left.
+        ctx.logger.error('could not record the failure; the next attempt recovers this job', {
+          job: job.id,
+          code: failure.code,
+          error: errorMessage(recordErr),
+        });
+      }
       ctx.logger.error('image failed', {
         job: job.id,
         step: step.name,

@@ -1,22 +1,34 @@
 /**
- * Streaming download of a pinned S3 object, with resume.
+ * Streaming download of a pinned S3 object, with resume: the entry point.
  *
- * The bytes are yielded as they arrive (straight into the unpacker), hashed
- * and counted on the way; nothing is buffered beyond the chunk in hand. Every
- * GET carries the pins (VersionId when known, always If-Match: ETag), and
- * every response is checked against them too (ETag, VersionId, Content-Length
- * / Content-Range), because some S3-compatible stores ignore If-Match. A body
- * that breaks (reset, premature close, stall) is resumed with
- * `Range: bytes=<received>-`. The consumer must treat what it has unpacked as
- * untrusted until `result` resolves: the size and checksum verdict comes last.
+ * The bytes are yielded in order as they arrive (straight into the
+ * unpacker), hashed and counted on the way. An object larger than one part
+ * is fetched as parallel ranged GETs (parallel-download.ts), still yielded
+ * in order, with at most `concurrency` parts in memory; a smaller one (or
+ * concurrency 1) is one GET streamed through with nothing buffered beyond
+ * the chunk in hand. Every GET is pinned and every response checked
+ * (get-range.ts). A body that breaks (reset, premature close, stall) is
+ * resumed with `Range: bytes=<received>-` (of the object, or of its part).
+ * The consumer must treat what it has unpacked as untrusted until `result`
+ * resolves: the size and checksum verdict comes last.
  */
 import { createHash } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { GetObjectCommand, type GetObjectCommandOutput, type S3Client } from '@aws-sdk/client-s3';
-import { ImageError, TransientError, errorMessage } from '../errors.js';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_DOWNLOAD_PART_BYTES } from '../config.js';
+import { ImageError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { objectUrl, sameETag, type ObjectRef } from './object-ref.js';
-import { mapS3Error } from './s3-errors.js';
+import {
+  RetryBudget,
+  bodyChunks,
+  checkPinnedSize,
+  destroyAttempt,
+  getRange,
+  objectChanged,
+  verifyDownload,
+  type Attempt,
+} from './get-range.js';
+import { objectUrl, type ObjectRef } from './object-ref.js';
+import { parallelStream } from './parallel-download.js';
 
 export interface DownloadResult {
   /** Hex SHA-256 of the bytes yielded. */
@@ -37,7 +49,17 @@ export interface DownloadOptions {
   maxResumes?: number;
   /** Base backoff in ms, doubled per consecutive failure, full jitter, capped at 20 s (default 200). */
   backoffMs?: number;
-  /** Called after each chunk with the total bytes received so far. */
+  /**
+   * Bytes per ranged GET (default 8 MiB, THINRELAY_DOWNLOAD_PART_SIZE in the
+   * agent). Objects up to one part are fetched with a single GET.
+   */
+  partSize?: number;
+  /**
+   * Ranged GETs in flight, and so parts held in memory at most (default 8,
+   * THINRELAY_DOWNLOAD_CONCURRENCY in the agent). 1 = one streamed GET.
+   */
+  concurrency?: number;
+  /** Called after each chunk with the total bytes yielded so far (in order). */
   onBytes?: (total: number) => void;
   signal?: AbortSignal;
   logger?: Logger;
@@ -62,10 +84,6 @@ export interface Download {
 const DEFAULT_MAX_RETRIES = 5;
 const DEFAULT_MAX_RESUMES = 100;
 const DEFAULT_BACKOFF_MS = 200;
-const MAX_BACKOFF_MS = 20_000;
-
-const CHANGED_HINT =
-  'the object was overwritten while it was read; the new version is processed from its own notification';
 
 /**
  * Streams the pinned object version. Errors: OBJECT_CHANGED (412, or a
@@ -107,7 +125,34 @@ export function downloadObject(
     },
   };
 
-  const gen = stream(client, ref, opts, settle);
+  const partSize = opts.partSize ?? DEFAULT_DOWNLOAD_PART_BYTES;
+  const concurrency = opts.concurrency ?? DEFAULT_DOWNLOAD_CONCURRENCY;
+  if (!Number.isSafeInteger(partSize) || partSize < 1) {
+    throw new RangeError(`downloadObject: partSize must be a positive integer, got ${partSize}`);
+  }
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+    throw new RangeError(
+      `downloadObject: concurrency must be a positive integer, got ${concurrency}`,
+    );
+  }
+  const log = (opts.logger ?? silentLogger).child({ object: objectUrl(ref) });
+  const where = objectUrl(ref);
+  const budget = new RetryBudget(
+    {
+      maxRetries: opts.maxRetries ?? DEFAULT_MAX_RETRIES,
+      maxResumes: opts.maxResumes ?? DEFAULT_MAX_RESUMES,
+      backoffMs: opts.backoffMs ?? DEFAULT_BACKOFF_MS,
+    },
+    ref,
+    where,
+    log,
+    opts.signal,
+  );
+  const run: DownloadRun = { client, ref, opts, settle, where, log, budget };
+  const gen =
+    concurrency > 1 && ref.size > partSize
+      ? parallelStream(run, { partSize, concurrency })
+      : stream(run);
   let iterated = false;
   const chunks: AsyncIterable<Uint8Array> = {
     [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
@@ -128,109 +173,60 @@ export function downloadObject(
   return { chunks, result };
 }
 
-interface Settle {
+/** What a download generator reports its outcome through. */
+export interface Settle {
   resolve: (r: DownloadResult) => void;
   reject: (e: unknown) => void;
   /** Reject with an AbortError unless already settled. */
   abandon: (received: number) => void;
 }
 
-interface Attempt {
-  controller: AbortController;
-  body: GetObjectCommandOutput['Body'] | undefined;
+/** One download: what both generators work with. */
+export interface DownloadRun {
+  client: S3Client;
+  ref: ObjectRef;
+  opts: DownloadOptions;
+  settle: Settle;
+  /** objectUrl(ref), for messages. */
+  where: string;
+  log: Logger;
+  budget: RetryBudget;
 }
 
-async function* stream(
-  client: S3Client,
-  ref: ObjectRef,
-  opts: DownloadOptions,
-  settle: Settle,
-): AsyncGenerator<Uint8Array, void, undefined> {
-  const maxRetries = opts.maxRetries ?? DEFAULT_MAX_RETRIES;
-  const maxResumes = opts.maxResumes ?? DEFAULT_MAX_RESUMES;
-  const backoffMs = opts.backoffMs ?? DEFAULT_BACKOFF_MS;
-  const log = (opts.logger ?? silentLogger).child({ object: objectUrl(ref) });
-  const where = objectUrl(ref);
+/** The whole object as one GET, streamed through (resumed from the byte it broke at). */
+async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undefined> {
+  const { client, ref, opts, settle, where, log, budget } = run;
   const signal = opts.signal;
 
   const hash = createHash('sha256');
   let received = 0;
-  let resumes = 0;
-  let failuresInARow = 0;
+  const position = { failuresInARow: 0 };
   let attempt: Attempt | undefined;
 
   const onAbort = (): void => attempt?.controller.abort(signal?.reason);
   signal?.addEventListener('abort', onAbort, { once: true });
 
-  /** Record a failed attempt; throws when the retry budget is spent. */
-  const failed = async (err: unknown, progressed: boolean): Promise<void> => {
-    failuresInARow = progressed ? 1 : failuresInARow + 1;
-    if (failuresInARow > maxRetries || resumes >= maxResumes) {
-      throw new TransientError(
-        'DOWNLOAD_FAILED',
-        `download of ${where} failed after ${resumes} resume(s) at byte ${received} of ${ref.size}: ${errorMessage(err)}`,
-        'a network or S3 service problem; retried later',
-        { cause: err },
-      );
-    }
-    const delayMs = Math.round(
-      Math.random() * Math.min(MAX_BACKOFF_MS, backoffMs * 2 ** (failuresInARow - 1)),
-    );
-    resumes += 1;
-    log.warn('s3 download interrupted, resuming', {
-      received,
-      size: ref.size,
-      resume: resumes,
-      failuresInARow,
-      delayMs,
-      error: errorMessage(err),
-    });
-    try {
-      await sleep(delayMs, undefined, { signal });
-    } catch (sleepErr) {
-      throw signal?.aborted ? signal.reason : sleepErr;
-    }
-  };
-
   try {
-    if (!Number.isSafeInteger(ref.size) || ref.size < 0) {
-      throw new ImageError('DOWNLOAD_FAILED', `invalid pinned size ${ref.size} for ${where}`);
-    }
+    checkPinnedSize(ref, where);
     log.debug('s3 download started', { size: ref.size, eTag: ref.eTag });
     let done = false;
     while (!done) {
       if (signal?.aborted) throw signal.reason;
       const start = received;
       attempt = { controller: new AbortController(), body: undefined };
-      let out: GetObjectCommandOutput;
+      let res;
       try {
-        out = await client.send(
-          new GetObjectCommand({
-            Bucket: ref.bucket,
-            Key: ref.key,
-            ...(ref.versionId !== null ? { VersionId: ref.versionId } : {}),
-            IfMatch: ref.eTag,
-            ...(start > 0 ? { Range: `bytes=${start}-` } : {}),
-          }),
-          { abortSignal: attempt.controller.signal },
-        );
+        res = await getRange(client, ref, start, ref.size - 1, attempt, where);
       } catch (err) {
+        throw signal?.aborted ? signal.reason : err;
+      }
+      if (!res.ok) {
         if (signal?.aborted) throw signal.reason;
-        const mapped = mapS3Error(err, {
-          bucket: ref.bucket,
-          key: ref.key,
-          versionId: ref.versionId,
-          operation: 'GetObject',
-        });
-        if (!(mapped instanceof TransientError)) throw mapped;
-        await failed(err, false);
+        await budget.failed(res.error, position, false, received);
         continue;
       }
-      attempt.body = out.Body;
-      // Bytes to drop before yielding: only when a store ignored our Range.
-      let skip = checkResponse(out, ref, start, where);
-      const body = out.Body as AsyncIterable<Uint8Array> | undefined;
-      if (body === undefined || typeof body[Symbol.asyncIterator] !== 'function') {
+      let skip = res.skip;
+      if (res.body === undefined) {
         if (ref.size === start) {
           done = true;
           continue;
@@ -238,18 +234,8 @@ async function* stream(
         throw new ImageError('DOWNLOAD_FAILED', `GetObject ${where} returned no body`);
       }
 
-      const it = body[Symbol.asyncIterator]();
-      let streamErr: unknown = null;
-      for (;;) {
-        let next: IteratorResult<Uint8Array>;
-        try {
-          next = await it.next();
-        } catch (err) {
-          streamErr = err;
-          break;
-        }
-        if (next.done) break;
-        let chunk = next.value;
+      const read = { error: null as unknown };
+      for await (let chunk of bodyChunks(res.body, read)) {
         if (skip > 0) {
           const drop = Math.min(skip, chunk.byteLength);
           skip -= drop;
@@ -257,11 +243,7 @@ async function* stream(
           if (chunk.byteLength === 0) continue;
         }
         if (received + chunk.byteLength > ref.size) {
-          throw new ImageError(
-            'OBJECT_CHANGED',
-            `object changed while it was being read: ${where} sent more than the pinned ${ref.size} bytes`,
-            CHANGED_HINT,
-          );
+          throw objectChanged(where, `sent more than the pinned ${ref.size} bytes`);
         }
         hash.update(chunk);
         received += chunk.byteLength;
@@ -269,32 +251,19 @@ async function* stream(
         yield chunk;
       }
       if (signal?.aborted) throw signal.reason;
-      if (streamErr === null && received === ref.size) {
+      if (read.error === null && received === ref.size) {
         done = true;
         continue;
       }
-      destroyBody(attempt);
+      destroyAttempt(attempt);
       const reason =
-        streamErr ??
+        read.error ??
         new Error(`response body ended early at byte ${received} of ${ref.size} (premature close)`);
-      await failed(reason, received > start);
+      await budget.failed(reason, position, received > start, received);
     }
 
-    const sha256 = hash.digest();
-    if (received !== ref.size) {
-      throw new ImageError(
-        'CHECKSUM_MISMATCH',
-        `download of ${where} is ${received} bytes, expected ${ref.size}`,
-      );
-    }
-    if (ref.checksumSha256 !== null && sha256.toString('base64') !== ref.checksumSha256) {
-      throw new ImageError(
-        'CHECKSUM_MISMATCH',
-        `SHA-256 of ${where} is ${sha256.toString('base64')}, S3 says ${ref.checksumSha256}`,
-        'the object is corrupt in the store or was altered in transit',
-      );
-    }
-    const res: DownloadResult = { sha256: sha256.toString('hex'), size: received, resumes };
+    const sha256 = verifyDownload(ref, received, hash.digest(), where);
+    const res: DownloadResult = { sha256, size: received, resumes: budget.resumes };
     log.debug('s3 download finished', { ...res });
     settle.resolve(res);
   } catch (err) {
@@ -302,66 +271,7 @@ async function* stream(
     throw err;
   } finally {
     signal?.removeEventListener('abort', onAbort);
-    if (attempt) destroyBody(attempt);
+    if (attempt) destroyAttempt(attempt);
     settle.abandon(received); // no-op unless the consumer stopped early
   }
-}
-
-/**
- * Checks a response against the pins and the requested range; returns how
- * many leading bytes to drop (non-zero only when a store answered a ranged
- * request with the whole object).
- */
-function checkResponse(
-  out: GetObjectCommandOutput,
-  ref: ObjectRef,
-  start: number,
-  where: string,
-): number {
-  const changed = (what: string): ImageError =>
-    new ImageError(
-      'OBJECT_CHANGED',
-      `object changed while it was being read: ${where} ${what}`,
-      CHANGED_HINT,
-    );
-  if (out.ETag !== undefined && !sameETag(out.ETag, ref.eTag)) {
-    throw changed(`has ETag ${out.ETag}, pinned ${ref.eTag}`);
-  }
-  if (ref.versionId !== null && out.VersionId !== undefined && out.VersionId !== ref.versionId) {
-    throw changed(`has version ${out.VersionId}, pinned ${ref.versionId}`);
-  }
-  const status = out.$metadata.httpStatusCode;
-  const range = out.ContentRange !== undefined ? parseContentRange(out.ContentRange) : null;
-  if (status === 206 || range !== null) {
-    if (range === null) throw changed(`answered with an unreadable Content-Range`);
-    if (range.total !== null && range.total !== ref.size) {
-      throw changed(`is ${range.total} bytes, pinned ${ref.size}`);
-    }
-    if (range.start !== start || range.end !== ref.size - 1) {
-      throw changed(
-        `answered bytes ${range.start}-${range.end} to a request for bytes=${start}- of ${ref.size}`,
-      );
-    }
-    return 0;
-  }
-  // A whole-object answer (first request, or a store that ignored Range).
-  if (out.ContentLength !== undefined && out.ContentLength !== ref.size) {
-    throw changed(`is ${out.ContentLength} bytes, pinned ${ref.size}`);
-  }
-  return start;
-}
-
-function parseContentRange(
-  value: string,
-): { start: number; end: number; total: number | null } | null {
-  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(value.trim());
-  if (!m || m[1] === undefined || m[2] === undefined || m[3] === undefined) return null;
-  return { start: Number(m[1]), end: Number(m[2]), total: m[3] === '*' ? null : Number(m[3]) };
-}
-
-/** Abort the request and destroy its body: the socket is closed, not pooled. */
-function destroyBody(attempt: Attempt): void {
-  const body = attempt.body as { destroy?: (err?: Error) => void; destroyed?: boolean } | undefined;
-  if (body && typeof body.destroy === 'function' && body.destroyed !== true) body.destroy();
-  attempt.controller.abort();
 }

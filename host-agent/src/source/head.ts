@@ -22,8 +22,8 @@ export interface HeadOptions {
 /**
  * HeadObject (with ChecksumMode ENABLED, to learn S3's SHA-256 when it has one).
  *
- * Errors: missing key/version (404, or 403 when the agent can't list the
- * bucket) → ImageError OBJECT_NOT_FOUND; size > maxBlobBytes → ImageError
+ * Errors: missing key/version (404) → ImageError OBJECT_NOT_FOUND; refused
+ * (403, KMS) → ImageError ACCESS_DENIED; size > maxBlobBytes → ImageError
  * LIMIT_BLOB_SIZE; network, 5xx, throttling → TransientError DOWNLOAD_FAILED;
  * bad credentials, missing bucket, wrong region/endpoint → UsageError CONFIG
  * with a hint; an aborted signal → its reason.

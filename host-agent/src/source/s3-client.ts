@@ -109,6 +109,8 @@ export function createS3Client(overrides: Partial<S3ClientConfig> = {}): S3Clien
     },
     ...overrides,
   };
-  if (config.region === undefined) config.region = regionWithFallback();
+  // AWS_REGION set (as on most hosts): the SDK reads it; no probe client to build.
+  const envRegion = process.env.AWS_REGION?.trim();
+  if (config.region === undefined) config.region = envRegion || regionWithFallback();
   return new S3Client(config);
 }

@@ -120,10 +120,48 @@ export interface S3ErrorContext {
   operation: string;
 }
 
+/** S3 or KMS refused the request: a 403, an AccessDenied body, or a KMS error S3 passes on. */
+function isAccessDenied(f: S3ErrorFacts): boolean {
+  return (
+    f.status === 403 ||
+    f.name === 'AccessDenied' ||
+    f.name === 'Forbidden' ||
+    f.name.startsWith('KMS.') ||
+    f.name === 'KMSAccessDeniedException'
+  );
+}
+
+/**
+ * Never "not found": S3 answers 403 for a key it will not show, but also for a
+ * missing grant, a bucket or VPC endpoint policy denial and a KMS key policy.
+ * A permanent failure of its own (the DLQ, `thinrelay failed`, the failure
+ * metric) whose hint names the permission to grant; after the fix, redrive.
+ */
+function accessDenied(
+  f: S3ErrorFacts,
+  ctx: S3ErrorContext,
+  detail: string,
+  cause: { cause: unknown },
+): ImageError {
+  const where = objectUrl(ctx);
+  const arn = `arn:aws:s3:::${ctx.bucket}/${ctx.key}`;
+  const kms = f.name.startsWith('KMS') || /\bkms[:.]/i.test(f.message);
+  const action = ctx.versionId ? 's3:GetObjectVersion' : 's3:GetObject';
+  const hint = kms
+    ? `grant the agent's role kms:Decrypt on the bucket's KMS key (in the key policy and in IAM), then redrive the DLQ`
+    : `grant the agent's role ${action} on ${arn} (HeadObject and GetObject both need it; a bucket or VPC endpoint policy may deny it), then redrive the DLQ; without s3:ListBucket S3 also answers 403 for a missing key`;
+  return new ImageError(
+    'ACCESS_DENIED',
+    `S3 denied ${ctx.operation} ${where}${kms ? ' (KMS key)' : ''}: ${detail}`,
+    hint,
+    cause,
+  );
+}
+
 /**
  * The thinrelay error for an SDK error. TransientError for anything worth
  * retrying; ImageError OBJECT_NOT_FOUND / OBJECT_CHANGED for the object's own
- * state; UsageError CONFIG for credentials, bucket and endpoint problems.
+ * state; ImageError ACCESS_DENIED when S3 or KMS refuses; UsageError CONFIG for credentials, bucket and endpoint problems.
  * Abort errors are returned unchanged (the caller rethrows them).
  */
 export function mapS3Error(err: unknown, ctx: S3ErrorContext): ThinrelayError | Error {
@@ -169,16 +207,7 @@ export function mapS3Error(err: unknown, ctx: S3ErrorContext): ThinrelayError | 
       cause,
     );
   }
-  if (f.name === 'AccessDenied' || f.status === 403) {
-    // S3 answers 403 rather than 404 for a missing key when the caller may not
-    // list the bucket, so this is "not found" as far as anyone can tell.
-    return new ImageError(
-      'OBJECT_NOT_FOUND',
-      `object not found or not readable: ${where} (bucket ${JSON.stringify(ctx.bucket)}, key ${JSON.stringify(ctx.key)}): ${detail}`,
-      'check the key, and that the agent may s3:GetObject (and s3:ListBucket, to get 404 instead of 403 for missing keys)',
-      cause,
-    );
-  }
+  if (isAccessDenied(f)) return accessDenied(f, ctx, detail, cause);
   if (f.name === 'PreconditionFailed' || f.status === 412) {
     return new ImageError(
       'OBJECT_CHANGED',

@@ -58,6 +58,11 @@ export interface ReadinessCheck {
   detail: string;
   /** How to fix it, when not ok. */
   hint?: string;
+  /**
+   * Reported, but not a reason to refuse to start: the agent copes with it
+   * itself (low space: it reconciles and frees, and reports degraded).
+   */
+  advisory?: boolean;
 }
 
 /** Something start-up or reconcile did, for the log and gc's report. */

@@ -4,6 +4,7 @@
  * a commit of the outcome. This is the only code that calls the backend's
  * mutating methods, so the intent rule holds everywhere by construction.
  */
+import { UsageError } from '../errors.js';
 import { failpoint } from '../failpoints.js';
 import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
@@ -18,6 +19,15 @@ export class ObjectManager {
     private readonly owner: string,
     private readonly logger: Logger,
   ) {}
+
+  /** A single-row transition in its own transaction (which may use the space reserve). */
+  private transition(
+    id: number,
+    to: StorageObjectRow['state'],
+    opts: Parameters<StateStore['objects']['transition']>[2] = {},
+  ): StorageObjectRow {
+    return this.store.tx(() => this.store.objects.transition(id, to, opts));
+  }
 
   spec(row: StorageObjectRow): ObjectSpec {
     return {
@@ -36,9 +46,19 @@ export class ObjectManager {
     return { ...this.spec(row), kind: 'snapshot', origin: this.spec(origin) };
   }
 
-  /** A new thin id: above every id the store has ever recorded (ids are never reused). */
+  /** The highest thin id reconcile found in the pool (a restored store may know fewer). */
+  private poolThinIdFloor = 0;
+
+  /** Reconcile saw these thin ids in the pool: never allocate at or below them. */
+  notePoolThinIds(maxThinId: number): void {
+    this.poolThinIdFloor = Math.max(this.poolThinIdFloor, maxThinId);
+  }
+
+  /** A new thin id: above every id the store has ever recorded or the pool holds (never reused). */
   private nextThinId(): number | null {
-    return this.backend.usesThinIds ? this.store.objects.maxThinId() + 1 : null;
+    return this.backend.usesThinIds
+      ? Math.max(this.store.objects.maxThinId(), this.poolThinIdFloor) + 1
+      : null;
   }
 
   /**
@@ -67,7 +87,7 @@ export class ObjectManager {
     failpoint('volume:intent');
     await this.backend.createVolume(this.spec(volume));
     failpoint('volume:created');
-    this.store.objects.transition(volume.id, 'unpacking', { owner: this.owner });
+    this.transition(volume.id, 'unpacking', { owner: this.owner });
     const { mountpoint } = await this.backend.mountForUnpack(this.spec(volume));
     failpoint('volume:mounted');
     return { volume: this.store.objects.get(volume.id)!, mountpoint };
@@ -78,7 +98,7 @@ export class ObjectManager {
     await this.backend.flush(this.spec(volume));
     failpoint('volume:flushed');
     this.store.tx(() => {
-      this.store.objects.transition(volume.id, 'unpacked', { owner: this.owner });
+      this.transition(volume.id, 'unpacked', { owner: this.owner });
       commit();
     });
   }
@@ -86,8 +106,7 @@ export class ObjectManager {
   async seal(volume: StorageObjectRow): Promise<void> {
     await this.backend.seal(this.spec(volume));
     failpoint('seal:detached');
-    if (volume.state !== 'sealed')
-      this.store.objects.transition(volume.id, 'sealed', { owner: null });
+    if (volume.state !== 'sealed') this.transition(volume.id, 'sealed', { owner: null });
   }
 
   async createSnapshot(o: {
@@ -95,32 +114,46 @@ export class ObjectManager {
     imageId: number;
     jobId: number | null;
   }): Promise<StorageObjectRow> {
-    const snap = this.store.objects.createIntent(
-      {
-        kind: 'snapshot',
-        backend: this.backend.name,
-        sizeBytes: o.volume.size_bytes,
-        parentId: o.volume.id,
-        imageId: o.imageId,
-        jobId: o.jobId,
-        thinId: this.nextThinId(),
-      },
-      this.owner,
+    const snap = this.store.tx(() =>
+      this.store.objects.createIntent(
+        {
+          kind: 'snapshot',
+          backend: this.backend.name,
+          sizeBytes: o.volume.size_bytes,
+          parentId: o.volume.id,
+          imageId: o.imageId,
+          jobId: o.jobId,
+          thinId: this.nextThinId(),
+        },
+        this.owner,
+      ),
     );
     failpoint('snapshot:intent');
-    await this.backend.createSnapshot(this.snapshotSpec(snap));
+    try {
+      await this.backend.createSnapshot(this.snapshotSpec(snap));
+    } catch (err) {
+      // `remove --force` of the image took this snapshot (or its origin) away meanwhile.
+      const now = this.store.objects.get(snap.id);
+      const origin = this.store.objects.get(o.volume.id);
+      if (now?.owner !== this.owner || origin?.state === 'removing' || origin?.state === 'removed')
+        throw new UsageError(
+          'NOT_FOUND',
+          `image ${o.imageId} was removed while snapshot ${snap.id} was being created`,
+          'see `thinrelay images`; process the image again to use it',
+        );
+      throw err;
+    }
     failpoint('snapshot:copied');
-    return this.store.objects.transition(snap.id, 'inactive', { owner: null });
+    return this.transition(snap.id, 'inactive', { owner: null });
   }
 
   async activate(snap: StorageObjectRow): Promise<string> {
-    if (snap.state === 'inactive')
-      this.store.objects.transition(snap.id, 'activating', { owner: this.owner });
+    if (snap.state === 'inactive') this.transition(snap.id, 'activating', { owner: this.owner });
     failpoint('activate:intent');
     const devicePath = await this.backend.activate(this.snapshotSpec(snap));
     failpoint('activate:attached');
     this.store.tx(() => {
-      this.store.objects.transition(snap.id, 'active', { owner: null, devicePath });
+      this.transition(snap.id, 'active', { owner: null, devicePath });
       this.store.snapshots.activated(snap.id, snap.image_id!, devicePath);
     });
     this.logger.info('snapshot active', { object: snap.id, devicePath });
@@ -130,18 +163,18 @@ export class ObjectManager {
   async deactivate(snap: StorageObjectRow): Promise<void> {
     this.store.tx(() => {
       if (snap.state !== 'deactivating')
-        this.store.objects.transition(snap.id, 'deactivating', { owner: this.owner });
+        this.transition(snap.id, 'deactivating', { owner: this.owner });
       this.store.snapshots.deactivated(snap.id);
     });
     await this.backend.deactivate(this.spec(snap));
-    this.store.objects.transition(snap.id, 'inactive', { owner: null, devicePath: null });
+    this.transition(snap.id, 'inactive', { owner: null, devicePath: null });
     this.logger.info('snapshot inactive', { object: snap.id });
   }
 
   /** Keep a failed volume for inspection: released from mounts and devices, backing kept. */
   async keep(volume: StorageObjectRow): Promise<void> {
     await this.backend.seal(this.spec(volume));
-    this.store.objects.transition(volume.id, 'kept', { owner: null });
+    this.transition(volume.id, 'kept', { owner: null });
     this.logger.warn('kept failed volume for inspection', {
       object: volume.id,
       name: this.spec(volume).name,
@@ -150,12 +183,11 @@ export class ObjectManager {
 
   async remove(row: StorageObjectRow): Promise<void> {
     this.store.tx(() => {
-      if (row.state !== 'removing')
-        this.store.objects.transition(row.id, 'removing', { owner: this.owner });
+      if (row.state !== 'removing') this.transition(row.id, 'removing', { owner: this.owner });
       this.store.snapshots.deactivated(row.id);
     });
     await this.backend.remove(this.spec(row));
-    this.store.objects.transition(row.id, 'removed', { owner: null, devicePath: null });
+    this.transition(row.id, 'removed', { owner: null, devicePath: null });
     this.logger.info('removed storage object', { object: row.id, kind: row.kind });
   }
 }

@@ -8,7 +8,9 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { EnvironmentError, errorMessage } from '../errors.js';
+import { databaseError } from './db-errors.js';
 import { migrations } from './migrations.js';
+import { ensureReserve } from './space-reserve.js';
 
 export type Db = Database.Database;
 
@@ -16,6 +18,13 @@ export const dbFileName = 'images.db';
 
 export function databasePath(stateDir: string): string {
   return join(stateDir, dbFileName);
+}
+
+/** How long a writer waits for another process's write lock (THINRELAY_DB_BUSY_MS). */
+function busyTimeoutMs(): number {
+  const text = process.env.THINRELAY_DB_BUSY_MS;
+  const v = text === undefined || text.trim() === '' ? NaN : Number(text);
+  return Number.isInteger(v) && v >= 0 ? v : 10_000;
 }
 
 export function openDatabase(stateDir: string, opts: { readonly?: boolean } = {}): Db {
@@ -27,20 +36,31 @@ export function openDatabase(stateDir: string, opts: { readonly?: boolean } = {}
       fileMustExist: opts.readonly ?? false,
     });
   } catch (err) {
-    throw new EnvironmentError(
-      'STATE_DIR',
-      `cannot open the state database in ${stateDir}: ${errorMessage(err)}`,
-      'check --state-dir / THINRELAY_STATE_DIR and that you are root',
-      { cause: err },
+    throw (
+      databaseError(err, stateDir) ??
+      new EnvironmentError(
+        'STATE_DIR',
+        `cannot open the state database in ${stateDir}: ${errorMessage(err)}`,
+        'check --state-dir / THINRELAY_STATE_DIR and that you are root',
+        { cause: err },
+      )
     );
   }
-  db.pragma('busy_timeout = 10000');
-  if (!opts.readonly) {
-    db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = FULL');
+  try {
+    db.pragma(`busy_timeout = ${busyTimeoutMs()}`);
+    if (!opts.readonly) {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL');
+    }
+    db.pragma('foreign_keys = ON');
+    // A corrupt file opens fine; the first read of the schema tells.
+    schemaVersion(db);
+    if (!opts.readonly) migrate(db);
+  } catch (err) {
+    db.close();
+    throw databaseError(err, stateDir) ?? err;
   }
-  db.pragma('foreign_keys = ON');
-  if (!opts.readonly) migrate(db);
+  if (!opts.readonly) ensureReserve(stateDir);
   return db;
 }
 

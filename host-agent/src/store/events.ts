@@ -2,7 +2,7 @@
  * What the daemon did with queue messages: the newest applied event per key
  * (the stale/duplicate filter) and a journal per SQS message id.
  */
-import type { ImageEventKind } from '../../../schema/image-event.js';
+import { compareSequencers, type ImageEventKind } from '../../../schema/image-event.js';
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
 
@@ -58,22 +58,34 @@ export class EventRepo {
       .get(bucket, key) as KeyEventRow | undefined;
   }
 
-  /** Record an applied event; the caller has checked it is newer. */
+  /**
+   * Record an applied event unless one at least as new is recorded already
+   * (checked again here, in one transaction: a key's sequencer never moves
+   * backwards, whoever applied what in between). False if it was not newer.
+   */
   markApplied(e: {
     bucket: string;
     key: string;
     sequencer: string;
     kind: ImageEventKind;
     imageId: number | null;
-  }): void {
-    this.db
-      .prepare(
-        `INSERT INTO key_events (bucket, key, sequencer, kind, image_id, applied_at)
-         VALUES (?, ?, ?, ?, ?, ?)
-         ON CONFLICT (bucket, key) DO UPDATE SET sequencer = excluded.sequencer,
-           kind = excluded.kind, image_id = excluded.image_id, applied_at = excluded.applied_at`,
-      )
-      .run(e.bucket, e.key, e.sequencer, e.kind, e.imageId, nowIso());
+  }): boolean {
+    return this.db
+      .transaction(() => {
+        const applied = this.applied(e.bucket, e.key);
+        if (applied !== undefined && compareSequencers(e.sequencer, applied.sequencer) <= 0)
+          return false;
+        this.db
+          .prepare(
+            `INSERT INTO key_events (bucket, key, sequencer, kind, image_id, applied_at)
+             VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (bucket, key) DO UPDATE SET sequencer = excluded.sequencer,
+               kind = excluded.kind, image_id = excluded.image_id, applied_at = excluded.applied_at`,
+          )
+          .run(e.bucket, e.key, e.sequencer, e.kind, e.imageId, nowIso());
+        return true;
+      })
+      .immediate();
   }
 
   message(messageId: string): QueueMessageRow | undefined {

@@ -5,6 +5,8 @@
  */
 import type { Db } from './db.js';
 import { openDatabase } from './db.js';
+import { sqliteCode } from './db-errors.js';
+import { releaseReserve } from './space-reserve.js';
 import { BlobRepo } from './blobs.js';
 import { EventRepo } from './events.js';
 import { ImageRepo } from './images.js';
@@ -22,7 +24,11 @@ export class StateStore {
   readonly events: EventRepo;
   readonly poolJournal: PoolJournalRepo;
 
-  constructor(readonly db: Db) {
+  constructor(
+    readonly db: Db,
+    /** Where the database lives (its space reserve too); null for a bare handle. */
+    readonly stateDir: string | null = null,
+  ) {
     this.images = new ImageRepo(db);
     this.blobs = new BlobRepo(db);
     this.jobs = new JobRepo(db);
@@ -33,11 +39,27 @@ export class StateStore {
   }
 
   static open(stateDir: string, opts: { readonly?: boolean } = {}): StateStore {
-    return new StateStore(openDatabase(stateDir, opts));
+    return new StateStore(openDatabase(stateDir, opts), stateDir);
   }
 
+  /**
+   * One IMMEDIATE transaction. On a full filesystem (SQLITE_FULL) the space
+   * reserve is given back and the transaction retried once: the write that
+   * records a failure or an intent to free space must not fail for want of it.
+   */
   tx<T>(fn: () => T): T {
-    return this.db.transaction(fn).immediate();
+    try {
+      return this.db.transaction(fn).immediate();
+    } catch (err) {
+      if (!this.releaseReserveOn(err)) throw err;
+      return this.db.transaction(fn).immediate();
+    }
+  }
+
+  /** On SQLITE_FULL, delete the space reserve; true if that freed something. */
+  releaseReserveOn(err: unknown): boolean {
+    if (this.stateDir === null || !sqliteCode(err)?.startsWith('SQLITE_FULL')) return false;
+    return releaseReserve(this.stateDir);
   }
 
   integrityCheck(): string[] {

@@ -148,6 +148,35 @@ export class ObjectRepo {
       StorageObjectRow | undefined;
   }
 
+  /**
+   * Never hand out an id at or below `maxId` (a name found in the pool that
+   * the store does not know, e.g. after a backup was restored): AUTOINCREMENT
+   * allocates above the sequence, so raise it. True if it was raised.
+   */
+  reserveIdsThrough(maxId: number): boolean {
+    const seq = this.db
+      .prepare(`SELECT seq FROM sqlite_sequence WHERE name = 'storage_objects'`)
+      .get() as { seq: number } | undefined;
+    const highest = Math.max(
+      seq?.seq ?? 0,
+      (
+        this.db.prepare(`SELECT COALESCE(MAX(id), 0) AS m FROM storage_objects`).get() as {
+          m: number;
+        }
+      ).m,
+    );
+    if (maxId <= highest) return false;
+    if (seq === undefined)
+      this.db
+        .prepare(`INSERT INTO sqlite_sequence (name, seq) VALUES ('storage_objects', ?)`)
+        .run(maxId);
+    else
+      this.db
+        .prepare(`UPDATE sqlite_sequence SET seq = ? WHERE name = 'storage_objects'`)
+        .run(maxId);
+    return true;
+  }
+
   /** Highest thin id ever recorded (devmapper allocates above it). */
   maxThinId(): number {
     return (

@@ -1,8 +1,12 @@
 /**
- * Who is doing a piece of work: "pid:starttime:bootid". A row in an
- * intermediate state names its owner; if that exact process is gone (killed,
- * or the host rebooted) the work was interrupted and recovery may take over.
- * The start time guards against pid reuse, the boot id against reboots.
+ * Who is doing a piece of work: "pid:starttime:bootid", and for the daemon's
+ * workers "pid:starttime:bootid:N". A row in an intermediate state names its
+ * owner; if that exact process is gone (killed, or the host rebooted) the
+ * work was interrupted and recovery may take over. The start time guards
+ * against pid reuse, the boot id against reboots. Within this process, a
+ * worker owner is alive only while registered: a worker that ended without
+ * recording its outcome (a failed database write) left work to recover, and
+ * this process must never wait on it as if it were someone else's.
  */
 import { readFileSync } from 'node:fs';
 
@@ -39,9 +43,24 @@ export function currentOwner(): string {
   return self;
 }
 
+/** Worker owners of this process whose work is running now. */
+const liveWorkers = new Set<string>();
+
+/** A worker of this process (e.g. one queue message) starts: its owner is alive until released. */
+export function registerWorker(owner: string): void {
+  liveWorkers.add(owner);
+}
+
+export function releaseWorker(owner: string): void {
+  liveWorkers.delete(owner);
+}
+
 export function isOwnerAlive(owner: string | null): boolean {
   if (owner === null) return false;
+  if (owner === currentOwner()) return true;
   const [pid, start, boot] = owner.split(':');
+  // One of our own workers: alive only while its work runs.
+  if (`${pid}:${start}:${boot}` === currentOwner()) return liveWorkers.has(owner);
   if (boot !== readBootId()) return false;
   const stat = readProcStat(Number(pid));
   // A zombie has exited: its work is not going to finish.

@@ -1,6 +1,7 @@
 /** thinrelay agent: the daemon. Long-polls this host's queue and applies image events. */
 import type { S3Client } from '@aws-sdk/client-s3';
 import { EnvironmentError } from '../../errors.js';
+import { sdkLogger } from '../../log.js';
 import type { Command, CommandContext } from '../command.js';
 
 function checkHostReady(): void {
@@ -22,18 +23,26 @@ async function run(ctx: CommandContext): Promise<number> {
   });
   ctx.config();
   checkHostReady();
-  const [{ Agent, defaultRetryDelaySeconds }, { HostQueue }, { createSqsClient }, http] =
-    await Promise.all([
-      import('../../daemon/agent.js'),
-      import('../../queue/host-queue.js'),
-      import('../../queue/sqs-client.js'),
-      import('../../daemon/http-endpoint.js'),
-    ]);
+  const [
+    { Agent, defaultRetryDelaySeconds },
+    { HostQueue },
+    { createSqsClient },
+    http,
+    { acquireAgentLock },
+  ] = await Promise.all([
+    import('../../daemon/agent.js'),
+    import('../../queue/host-queue.js'),
+    import('../../queue/sqs-client.js'),
+    import('../../daemon/http-endpoint.js'),
+    import('../../daemon/state-lock.js'),
+  ]);
   let s3: Promise<S3Client> | undefined;
   const rt = ctx.runtime({
     s3: () => (s3 ??= import('../../source/s3-client.js').then((m) => m.createS3Client())),
   });
-  const sqs = createSqsClient(daemon.queueUrl);
+  // One agent per state dir: two would apply one key's events out of order.
+  const lock = acquireAgentLock(rt.config.stateDir, rt.owner);
+  const sqs = createSqsClient(daemon.queueUrl, { logger: sdkLogger(ctx.logger) });
   const agent = new Agent({
     queue: new HostQueue(sqs, daemon.queueUrl),
     deps: rt,
@@ -77,6 +86,7 @@ async function run(ctx: CommandContext): Promise<number> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await endpoint?.close();
+    lock.release();
     sqs.destroy();
     if (s3 !== undefined) (await s3).destroy();
   }

@@ -20,13 +20,19 @@ async function gc(ctx: CommandContext): Promise<number> {
 
 async function doctor(ctx: CommandContext): Promise<number> {
   const checks = await runDoctor(ctx.config());
-  if (ctx.json) printJson({ ok: checks.every((c) => c.ok), checks });
+  if (ctx.json) printJson({ ok: checks.every((c) => c.ok || c.advisory === true), checks });
   else
     printTable(
       ['CHECK', 'RESULT', 'DETAIL', 'FIX'],
-      checks.map((c) => [c.name, c.ok ? 'pass' : 'FAIL', c.detail, c.ok ? '' : c.hint]),
+      checks.map((c) => [
+        c.name,
+        c.ok ? 'pass' : c.advisory === true ? 'WARN' : 'FAIL',
+        c.detail,
+        c.ok ? '' : c.hint,
+      ]),
     );
-  return checks.every((c) => c.ok) ? 0 : 3;
+  // Advisory failures (low space) warn; they never keep the agent from starting.
+  return checks.every((c) => c.ok || c.advisory === true) ? 0 : 3;
 }
 
 async function state(ctx: CommandContext): Promise<number> {

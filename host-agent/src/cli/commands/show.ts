@@ -3,7 +3,7 @@ import { findImage } from '../../ops/image-ops.js';
 import { isOwnerAlive, ownerPid } from '../../store/owner.js';
 import type { Command, CommandContext } from '../command.js';
 import { requirePositional } from '../command.js';
-import { printJson, printTable } from '../output.js';
+import { printJson, printTable, printable } from '../output.js';
 
 function run(ctx: CommandContext): Promise<number> {
   const ref = requirePositional(ctx, 'KEY or ID', showCommand.usage);
@@ -25,13 +25,13 @@ function run(ctx: CommandContext): Promise<number> {
     return Promise.resolve(0);
   }
   const out = process.stdout;
-  out.write(`image ${image.id}: s3://${image.bucket}/${image.key}\n`);
+  out.write(printable(`image ${image.id}: s3://${image.bucket}/${image.key}`) + '\n');
   out.write(
     `  status ${image.status}  etag ${image.etag}  version ${image.version_id ?? '-'}  size ${image.size}\n`,
   );
   out.write(`  sha256 ${image.sha256 ?? '-'}\n`);
   if (image.error_code !== null)
-    out.write(`  error [${image.error_code}] ${image.error_message}\n`);
+    out.write(printable(`  error [${image.error_code}] ${image.error_message}`) + '\n');
   for (const s of snapshots) out.write(`  snapshot ${s.object_id} active at ${s.device_path}\n`);
   if (job === undefined) return Promise.resolve(0);
   out.write(

@@ -1,6 +1,7 @@
 /**
  * unpack: a fresh volume, its filesystem mounted nosuid,nodev, and the pinned
- * object streamed from S3 straight into the unpacker, hashed on the way.
+ * object streamed from S3 (parallel ranged GETs, handed over in order)
+ * straight into the unpacker, hashed on the way.
  * The content is flushed before the step completes, so "unpacked" in the
  * store means "on stable storage".
  */
@@ -55,6 +56,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   progress.start('unpack', ref.size);
   const { downloadObject } = await import('../../source/download.js');
   const download = downloadObject(await ctx.s3(), ref, {
+    partSize: ctx.config.download.partSizeBytes,
+    concurrency: ctx.config.download.concurrency,
     onBytes: (n) => progress.update('download', n),
     signal: ctx.signal,
     logger: ctx.logger,

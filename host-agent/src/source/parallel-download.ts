@@ -1,0 +1,212 @@
+/**
+ * The parallel half of downloadObject: the pinned object as consecutive
+ * byte ranges (parts), up to `concurrency` ranged GETs in flight, the bytes
+ * handed to the consumer strictly in order and hashed in order.
+ *
+ * Memory is bounded: a part is requested only when it is among the
+ * `concurrency` parts from the one being handed over, so at most
+ * concurrency × part size bytes wait in memory, however slow the consumer.
+ * The part being handed over streams through as it arrives. A part whose
+ * body breaks is resumed alone (`Range: bytes=<its received>-<its end>`)
+ * after a backoff with full jitter, from the download's one retry budget;
+ * any part that can't be retried (OBJECT_CHANGED, NOT_FOUND…) or spends the
+ * budget stops every other part at once, and nothing after it is handed over.
+ */
+import { createHash } from 'node:crypto';
+import { ImageError } from '../errors.js';
+import type { DownloadResult, DownloadRun } from './download.js';
+import {
+  bodyChunks,
+  checkPinnedSize,
+  destroyAttempt,
+  getRange,
+  objectChanged,
+  verifyDownload,
+  type Attempt,
+} from './get-range.js';
+
+const EMPTY = new Uint8Array(0);
+
+/** One byte range of the object and what has arrived of it. */
+class Part {
+  /** Received chunks not yet handed over; `next` indexes the first. */
+  readonly chunks: Uint8Array[] = [];
+  next = 0;
+  /** Bytes of this part received so far. */
+  fetched = 0;
+  done = false;
+  /** The GET in flight for this part, if any. */
+  attempt: Attempt | undefined;
+
+  constructor(
+    readonly index: number,
+    readonly start: number,
+    /** Inclusive. */
+    readonly end: number,
+  ) {}
+
+  get length(): number {
+    return this.end - this.start + 1;
+  }
+}
+
+export async function* parallelStream(
+  run: DownloadRun,
+  shape: { partSize: number; concurrency: number },
+): AsyncGenerator<Uint8Array, void, undefined> {
+  const { client, ref, opts, settle, where, log, budget } = run;
+  const { partSize, concurrency } = shape;
+  const signal = opts.signal;
+  const parts: Part[] = [];
+
+  /** Stops every part: backoffs, requests in flight, bodies. */
+  const stop = new AbortController();
+  // Set from callbacks: a holder, so checks after an await are not narrowed away.
+  const state: { failure: { error: unknown } | null } = { failure: null };
+  let wake: (() => void) | null = null;
+  const notify = (): void => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  const fail = (error: unknown): void => {
+    state.failure ??= { error };
+    stop.abort(error);
+    for (const p of parts) if (p.attempt !== undefined) destroyAttempt(p.attempt);
+    notify();
+  };
+  const onAbort = (): void => fail(signal?.reason);
+  signal?.addEventListener('abort', onAbort, { once: true });
+
+  /** Fetch one part to its end, resuming it alone; throws what ends the download. */
+  const fetchPart = async (p: Part): Promise<void> => {
+    const position = { failuresInARow: 0 };
+    while (p.fetched < p.length) {
+      if (state.failure !== null) return;
+      const from = p.start + p.fetched;
+      const attempt: Attempt = { controller: new AbortController(), body: undefined };
+      p.attempt = attempt;
+      const res = await getRange(client, ref, from, p.end, attempt, where);
+      if (state.failure !== null) return destroyAttempt(attempt);
+      if (!res.ok) {
+        await budget.failed(res.error, position, false, from, { part: p.index }, stop.signal);
+        continue;
+      }
+      if (res.body === undefined) {
+        throw new ImageError(
+          'DOWNLOAD_FAILED',
+          `GetObject ${where} returned no body for bytes ${from}-${p.end}`,
+        );
+      }
+      // A store that ignored Range sends the whole object: drop what comes
+      // before the range, stop reading once the range is complete.
+      const whole = res.whole;
+      let skip = res.skip;
+      const read = { error: null as unknown };
+      for await (let chunk of bodyChunks(res.body, read)) {
+        if (state.failure !== null) break;
+        if (skip > 0) {
+          const drop = Math.min(skip, chunk.byteLength);
+          skip -= drop;
+          chunk = chunk.subarray(drop);
+        }
+        const room = p.length - p.fetched;
+        if (chunk.byteLength > room) {
+          if (!whole) {
+            throw objectChanged(where, `sent more than the ${p.length} bytes of part ${p.index}`);
+          }
+          chunk = chunk.subarray(0, room);
+        }
+        if (chunk.byteLength === 0) continue;
+        p.chunks.push(chunk);
+        p.fetched += chunk.byteLength;
+        notify();
+        if (whole && p.fetched === p.length) break;
+      }
+      if (state.failure !== null) return destroyAttempt(attempt);
+      if (read.error === null && p.fetched === p.length) {
+        if (whole) destroyAttempt(attempt); // the rest of the object is not ours to read
+        p.attempt = undefined; // its socket goes back to the pool: never abort it from here
+        return;
+      }
+      destroyAttempt(attempt);
+      const at = p.start + p.fetched;
+      const reason =
+        read.error ??
+        new Error(
+          `response body for bytes ${from}-${p.end} ended early at byte ${at} (premature close)`,
+        );
+      await budget.failed(reason, position, at > from, at, { part: p.index }, stop.signal);
+    }
+  };
+
+  let launched = 0;
+  /** Request parts up to (not including) index `limit`. */
+  const launchUpTo = (limit: number): void => {
+    while (launched < Math.min(limit, parts.length) && state.failure === null) {
+      const p = parts[launched++]!;
+      fetchPart(p).then(
+        () => {
+          p.done = true;
+          notify();
+        },
+        (err: unknown) => fail(signal?.aborted ? signal.reason : err),
+      );
+    }
+  };
+
+  const hash = createHash('sha256');
+  let received = 0;
+  try {
+    checkPinnedSize(ref, where);
+    for (let start = 0, i = 0; start < ref.size; start += partSize, i++) {
+      parts.push(new Part(i, start, Math.min(start + partSize, ref.size) - 1));
+    }
+    log.debug('s3 download started', {
+      size: ref.size,
+      eTag: ref.eTag,
+      parts: parts.length,
+      partSize,
+      concurrency,
+    });
+    if (signal?.aborted) throw signal.reason;
+    launchUpTo(concurrency);
+    for (const p of parts) {
+      for (;;) {
+        if (state.failure !== null) throw state.failure.error;
+        if (p.next < p.chunks.length) {
+          const chunk = p.chunks[p.next]!;
+          p.chunks[p.next++] = EMPTY; // handed over: no longer ours to hold
+          if (p.next === p.chunks.length) {
+            p.chunks.length = 0;
+            p.next = 0;
+          }
+          hash.update(chunk);
+          received += chunk.byteLength;
+          opts.onBytes?.(received);
+          yield chunk;
+          continue;
+        }
+        if (p.done) break;
+        await new Promise<void>((resolve) => (wake = resolve));
+      }
+      launchUpTo(p.index + 1 + concurrency);
+    }
+    if (state.failure !== null) throw state.failure.error;
+
+    const sha256 = verifyDownload(ref, received, hash.digest(), where);
+    const res: DownloadResult = { sha256, size: received, resumes: budget.resumes };
+    log.debug('s3 download finished', { ...res, parts: parts.length });
+    settle.resolve(res);
+  } catch (err) {
+    settle.reject(err);
+    throw err;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    // Finished, failed or abandoned: nothing may keep running behind us.
+    const over = new Error(`download of ${where} is over`);
+    over.name = 'AbortError';
+    fail(over);
+    settle.abandon(received); // no-op unless the consumer stopped early
+  }
+}

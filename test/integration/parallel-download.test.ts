@@ -1,0 +1,355 @@
+/**
+ * The parallel ranged download through a realistic link (bandwidth capped
+ * per connection, latency both ways) in front of the S3 emulator, and
+ * against a stub for what s3rver can't show (versions, a store that ignores
+ * Range). Objects and parts are small so the suite stays quick.
+ */
+import { after, afterEach, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { S3Client } from '@aws-sdk/client-s3';
+import { ImageError, TransientError } from '../../host-agent/src/errors.js';
+import { downloadObject, type DownloadOptions } from '../../host-agent/src/source/download.js';
+import { headObject } from '../../host-agent/src/source/head.js';
+import type { ObjectRef } from '../../host-agent/src/source/object-ref.js';
+import { createS3Client } from '../../host-agent/src/source/s3-client.js';
+import { startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
+import { startLinkProxy, type LinkProxy, type LinkProxyOptions } from '../helpers/link-proxy.js';
+
+const BUCKET = 'thinrelay-parallel';
+const KiB = 1024;
+const PART = 256 * KiB;
+const LIMIT = 64 * 1024 * KiB;
+
+const unhandled: unknown[] = [];
+process.on('unhandledRejection', (reason) => unhandled.push(reason));
+
+const sha256hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+async function drain(
+  client: S3Client,
+  ref: ObjectRef,
+  opts: DownloadOptions,
+): Promise<{ data: Buffer; result: Awaited<ReturnType<typeof downloadObject>['result']> }> {
+  const dl = downloadObject(client, ref, opts);
+  const parts: Buffer[] = [];
+  for await (const chunk of dl.chunks) parts.push(Buffer.from(chunk));
+  return { data: Buffer.concat(parts), result: await dl.result };
+}
+
+/** `bytes=a-b` / `bytes=a-` → [a, b] (b = size - 1 when open). */
+function rangeOf(header: string | undefined, size: number): [number, number] {
+  if (header === undefined) return [0, size - 1];
+  const m = /^bytes=(\d+)-(\d*)$/.exec(header);
+  assert.ok(m, `unexpected Range ${header}`);
+  return [Number(m[1]), m[2] === '' ? size - 1 : Number(m[2])];
+}
+
+describe('parallel ranged download through a capped link (s3rver)', () => {
+  let emu: S3Emulator;
+  let data: Buffer;
+  const cleanups: (() => Promise<void>)[] = [];
+
+  before(async () => {
+    emu = await startS3Emulator();
+    await emu.createBucket(BUCKET);
+    data = randomBytes(16 * PART + 12345); // 17 parts, the last one short
+    await emu.putObject(BUCKET, 'images/rootfs.tar', data);
+  });
+  after(async () => {
+    await emu?.stop();
+    assert.deepEqual(unhandled, [], 'no unhandled rejections');
+  });
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  async function link(
+    opts: Omit<LinkProxyOptions, 'targetPort'> = {},
+  ): Promise<{ proxy: LinkProxy; client: S3Client }> {
+    const proxy = await startLinkProxy({
+      targetPort: emu.port,
+      bytesPerSecond: 20 * 1024 * KiB,
+      latencyMs: 2,
+      ...opts,
+    });
+    const client = emu.makeClient({ endpoint: proxy.endpoint, maxAttempts: 1 });
+    cleanups.push(async () => {
+      client.destroy();
+      await proxy.close();
+    });
+    return { proxy, client };
+  }
+
+  const head = (key = 'images/rootfs.tar'): Promise<ObjectRef> =>
+    headObject(emu.client, BUCKET, key, { maxBlobBytes: LIMIT });
+
+  for (const concurrency of [1, 4, 16]) {
+    it(`${concurrency} range(s) at a time: identical bytes and sha256, every GET pinned, ranges tile the object`, async () => {
+      const ref = await head();
+      const { proxy, client } = await link();
+      let last = 0;
+      const { data: got, result } = await drain(client, ref, {
+        partSize: PART,
+        concurrency,
+        onBytes: (n) => (last = n),
+      });
+      assert.ok(got.equals(data), 'bytes identical');
+      assert.deepEqual(result, { sha256: sha256hex(data), size: data.length, resumes: 0 });
+      assert.equal(last, data.length);
+
+      const gets = proxy.requests.filter((r) => r.method === 'GET');
+      for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag, 'every GET is pinned');
+      if (concurrency === 1) {
+        assert.equal(gets.length, 1, 'one streamed GET');
+        assert.equal(gets[0]?.headers.range, undefined);
+        return;
+      }
+      const ranges = gets
+        .map((g) => rangeOf(g.headers.range, data.length))
+        .sort((a, b) => a[0] - b[0]);
+      assert.equal(ranges.length, 17, 'one GET per part');
+      let next = 0;
+      for (const [from, to] of ranges) {
+        assert.equal(from, next, 'parts are contiguous, no overlap');
+        assert.ok(to - from + 1 <= PART);
+        next = to + 1;
+      }
+      assert.equal(next, data.length, 'parts cover the object');
+      assert.ok(proxy.peakConnections > 1, 'ranges were fetched in parallel');
+      assert.ok(proxy.peakConnections <= concurrency, `at most ${concurrency} connections`);
+    });
+  }
+
+  it('an object of one part or less is one GET', async () => {
+    const small = randomBytes(PART);
+    await emu.putObject(BUCKET, 'images/small.tar', small);
+    const ref = await head('images/small.tar');
+    const { proxy, client } = await link();
+    const { data: got } = await drain(client, ref, { partSize: PART, concurrency: 16 });
+    assert.ok(got.equals(small));
+    const gets = proxy.requests.filter((r) => r.method === 'GET');
+    assert.equal(gets.length, 1);
+    assert.equal(gets[0]?.headers.range, undefined);
+  });
+
+  it('a range that breaks mid-way is resumed alone, from where it broke', async () => {
+    const ref = await head();
+    const broken = `bytes=${3 * PART}-${4 * PART - 1}`;
+    let cut = false;
+    const { proxy, client } = await link({
+      cutResponse: (req) => {
+        if (cut || req.headers.range !== broken) return undefined;
+        cut = true;
+        return 100 * KiB;
+      },
+    });
+    const { data: got, result } = await drain(client, ref, {
+      partSize: PART,
+      concurrency: 4,
+      backoffMs: 1,
+    });
+    assert.ok(got.equals(data), 'bytes identical');
+    assert.equal(result.sha256, sha256hex(data));
+    assert.equal(result.resumes, 1);
+    assert.equal(proxy.cuts.length, 1);
+
+    const gets = proxy.requests.filter((r) => r.method === 'GET');
+    assert.equal(gets.length, 18, '17 parts + one resume');
+    const ofPart3 = gets.filter((g) => rangeOf(g.headers.range, data.length)[1] === 4 * PART - 1);
+    assert.equal(ofPart3.length, 2, 'only the broken part was asked again');
+    const [from, to] = rangeOf(ofPart3[1]?.headers.range, data.length);
+    assert.ok(from > 3 * PART && from < 4 * PART - 1, `resumed inside the part, at ${from}`);
+    assert.equal(to, 4 * PART - 1);
+    for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag);
+  });
+
+  it('an overwrite during a parallel download fails with OBJECT_CHANGED; only pinned bytes were handed over', async () => {
+    const key = 'images/overwritten.tar';
+    const original = randomBytes(16 * PART);
+    await emu.putObject(BUCKET, key, original);
+    const ref = await head(key);
+    let cut = false;
+    const { proxy, client } = await link({
+      bytesPerSecond: 4 * 1024 * KiB,
+      cutResponse: (req) => {
+        if (cut || req.headers.range !== `bytes=${2 * PART}-${3 * PART - 1}`) return undefined;
+        cut = true;
+        return 64 * KiB;
+      },
+      // Same size, new bytes: only the ETag tells.
+      onCut: async () => void (await emu.putObject(BUCKET, key, randomBytes(original.length))),
+    });
+    const dl = downloadObject(client, ref, { partSize: PART, concurrency: 4, backoffMs: 1 });
+    const seen: Buffer[] = [];
+    let err: unknown = null;
+    try {
+      for await (const chunk of dl.chunks) seen.push(Buffer.from(chunk));
+    } catch (e) {
+      err = e;
+    }
+    assert.ok(err instanceof ImageError, String(err));
+    assert.equal(err.code, 'OBJECT_CHANGED');
+    // The new ETag, or (s3rver writes in place) the size of a version half written.
+    assert.match(err.message, /ETag|bytes, pinned/);
+    await assert.rejects(dl.result, (e: unknown) => e === err);
+    const handed = Buffer.concat(seen);
+    assert.ok(handed.length < original.length, 'stopped before the end');
+    assert.ok(
+      handed.equals(original.subarray(0, handed.length)),
+      `the ${handed.length} bytes handed over are the pinned version's, nothing mixed`,
+    );
+    assert.equal(proxy.cuts.length, 1);
+  });
+
+  it('memory stays bounded: parts are requested at most `concurrency` ahead of a slow consumer', async () => {
+    const ref = await head();
+    const concurrency = 3;
+    const { proxy, client } = await link({ bytesPerSecond: Infinity, latencyMs: 0 });
+    const dl = downloadObject(client, ref, { partSize: PART, concurrency });
+    let consumed = 0;
+    let checks = 0;
+    for await (const chunk of dl.chunks) {
+      // Parts requested so far must all lie within `concurrency` parts of the one handed over.
+      const current = Math.floor(consumed / PART);
+      for (const g of proxy.requests.filter((r) => r.method === 'GET')) {
+        const part = Math.floor(rangeOf(g.headers.range, data.length)[0] / PART);
+        assert.ok(
+          part < current + concurrency,
+          `part ${part} requested while part ${current} is handed over`,
+        );
+        checks += 1;
+      }
+      consumed += chunk.byteLength;
+      await new Promise((r) => setTimeout(r, 2)); // a slow unpacker
+    }
+    assert.equal((await dl.result).sha256, sha256hex(data));
+    assert.ok(checks > 17);
+  });
+
+  it('a consumer that stops early stops every range: no further requests, result rejects quietly', async () => {
+    const ref = await head();
+    const { proxy, client } = await link({ bytesPerSecond: 2 * 1024 * KiB });
+    const dl = downloadObject(client, ref, { partSize: PART, concurrency: 4 });
+    for await (const chunk of dl.chunks) {
+      assert.ok(chunk.byteLength > 0);
+      break;
+    }
+    await assert.rejects(dl.result, { name: 'AbortError' });
+    const asked = proxy.requests.length;
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(proxy.requests.length, asked, 'nothing requested after the consumer left');
+    assert.ok(asked <= 4);
+  });
+
+  it('gives up with DOWNLOAD_FAILED when one range keeps failing, and stops the others', async () => {
+    const ref = await head();
+    const { proxy, client } = await link({
+      cutResponse: (req) =>
+        req.headers.range?.startsWith(`bytes=${5 * PART}`) === true ? 0 : undefined,
+    });
+    const dl = downloadObject(client, ref, {
+      partSize: PART,
+      concurrency: 4,
+      backoffMs: 1,
+      maxRetries: 2,
+    });
+    let bytes = 0;
+    await assert.rejects(
+      (async () => {
+        for await (const chunk of dl.chunks) bytes += chunk.byteLength;
+      })(),
+      (e: unknown) => e instanceof TransientError && e.code === 'DOWNLOAD_FAILED',
+    );
+    assert.ok(bytes <= 5 * PART, 'nothing past the failed part handed over');
+    assert.equal(proxy.cuts.length, 3, 'one try plus two retries of that part');
+  });
+});
+
+describe('parallel ranged download against a stub (versions, stores that ignore Range)', () => {
+  let server: Server;
+  let client: S3Client;
+  const body = randomBytes(5 * 64 * KiB + 7);
+  const seen: { url: string; range: string | undefined; ifMatch: string | undefined }[] = [];
+
+  before(async () => {
+    server = createServer((req, res) => {
+      req.resume();
+      const key = (req.url ?? '').split('?')[0]?.split('/').slice(2).join('/') ?? '';
+      const headers = { ETag: '"v1etag"', 'x-amz-version-id': 'v1' };
+      if (req.method === 'HEAD') {
+        res.writeHead(200, { ...headers, 'Content-Length': String(body.length) });
+        res.end();
+        return;
+      }
+      seen.push({ url: req.url ?? '', range: req.headers.range, ifMatch: req.headers['if-match'] });
+      const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+      if (key === 'ignores-range.tar' || m === null) {
+        res.writeHead(200, { ...headers, 'Content-Length': String(body.length) });
+        res.end(body);
+        return;
+      }
+      const from = Number(m[1]);
+      const to = m[2] === '' ? body.length - 1 : Math.min(Number(m[2]), body.length - 1);
+      res.writeHead(206, {
+        ...headers,
+        'Content-Length': String(to - from + 1),
+        'Content-Range': `bytes ${from}-${to}/${body.length}`,
+      });
+      res.end(body.subarray(from, to + 1));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    client = createS3Client({
+      endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      region: 'us-east-1',
+      credentials: { accessKeyId: 'x', secretAccessKey: 'y' },
+      maxAttempts: 1,
+    });
+  });
+  after(async () => {
+    client?.destroy();
+    server?.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  it('every ranged GET carries VersionId and If-Match', async () => {
+    seen.length = 0;
+    const ref = await headObject(client, 'stub-bucket', 'versioned.tar', { maxBlobBytes: LIMIT });
+    assert.equal(ref.versionId, 'v1');
+    const { data: got } = await drain(client, ref, { partSize: 64 * KiB, concurrency: 4 });
+    assert.ok(got.equals(body));
+    assert.equal(seen.length, 6);
+    for (const s of seen) {
+      assert.match(s.url, /[?&]versionId=v1(&|$)/);
+      assert.equal(s.ifMatch, '"v1etag"');
+      assert.ok(s.range !== undefined);
+    }
+  });
+
+  it('a store that answers every range with the whole object still yields the exact bytes', async () => {
+    const ref = await headObject(client, 'stub-bucket', 'ignores-range.tar', {
+      maxBlobBytes: LIMIT,
+    });
+    const { data: got, result } = await drain(client, ref, { partSize: 64 * KiB, concurrency: 4 });
+    assert.ok(got.equals(body));
+    assert.equal(result.sha256, sha256hex(body));
+  });
+
+  it('a version other than the pinned one fails every part with OBJECT_CHANGED', async () => {
+    const ref = {
+      ...(await headObject(client, 'stub-bucket', 'versioned.tar', { maxBlobBytes: LIMIT })),
+      versionId: 'v0',
+    };
+    const dl = downloadObject(client, ref, { partSize: 64 * KiB, concurrency: 4 });
+    let bytes = 0;
+    await assert.rejects(
+      (async () => {
+        for await (const chunk of dl.chunks) bytes += chunk.byteLength;
+      })(),
+      (e: unknown) => e instanceof ImageError && e.code === 'OBJECT_CHANGED',
+    );
+    assert.equal(bytes, 0);
+  });
+});
