@@ -23,31 +23,34 @@ export const ExitCode = {
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
-export type ImageFailureCode =
-  | 'ARCHIVE_EMPTY'
-  | 'ARCHIVE_NOT_TAR'
-  | 'ARCHIVE_TRUNCATED'
-  | 'ARCHIVE_MALFORMED'
-  | 'ARCHIVE_UNSUPPORTED_ENTRY'
-  | 'ARCHIVE_BAD_NAME'
-  | 'ARCHIVE_PATH_ESCAPE'
-  | 'ARCHIVE_LINK_ESCAPE'
-  | 'ARCHIVE_UNSAFE_LINK'
-  | 'ARCHIVE_CONFLICT'
-  | 'LIMIT_BLOB_SIZE'
-  | 'LIMIT_UNPACKED_BYTES'
-  | 'LIMIT_ENTRY_COUNT'
-  | 'LIMIT_PATH_LENGTH'
-  | 'LIMIT_PATH_DEPTH'
-  | 'VOLUME_FULL'
-  | 'OBJECT_NOT_FOUND'
-  | 'OBJECT_CHANGED'
+/** Reason codes of ImageError (a list at run time: recorded codes are read back by classifyFailure's rule). */
+export const imageFailureCodes = [
+  'ARCHIVE_EMPTY',
+  'ARCHIVE_NOT_TAR',
+  'ARCHIVE_TRUNCATED',
+  'ARCHIVE_MALFORMED',
+  'ARCHIVE_UNSUPPORTED_ENTRY',
+  'ARCHIVE_BAD_NAME',
+  'ARCHIVE_PATH_ESCAPE',
+  'ARCHIVE_LINK_ESCAPE',
+  'ARCHIVE_UNSAFE_LINK',
+  'ARCHIVE_CONFLICT',
+  'LIMIT_BLOB_SIZE',
+  'LIMIT_UNPACKED_BYTES',
+  'LIMIT_ENTRY_COUNT',
+  'LIMIT_PATH_LENGTH',
+  'LIMIT_PATH_DEPTH',
+  'VOLUME_FULL',
+  'OBJECT_NOT_FOUND',
+  'OBJECT_CHANGED',
   // S3 or KMS refused the agent (a missing grant or a policy denial): never "not found".
-  | 'ACCESS_DENIED'
-  | 'CHECKSUM_MISMATCH'
-  | 'DOWNLOAD_FAILED'
-  | 'STORAGE_FAILED'
-  | 'INTERRUPTED';
+  'ACCESS_DENIED',
+  'CHECKSUM_MISMATCH',
+  'DOWNLOAD_FAILED',
+  'STORAGE_FAILED',
+  'INTERRUPTED',
+] as const;
+export type ImageFailureCode = (typeof imageFailureCodes)[number];
 
 export type UsageCode =
   | 'USAGE'

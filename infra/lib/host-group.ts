@@ -106,6 +106,15 @@ export class HostGroup extends Construct {
     );
     this.role.addToPolicy(
       new iam.PolicyStatement({
+        // Catch-up sync lists the images prefix (ListObjectsV2); with it a missing key is a 404, not a 403.
+        sid: 'ListImages',
+        actions: ['s3:ListBucket'],
+        resources: [bucket.bucketArn],
+        conditions: { StringLike: { 's3:prefix': [`${config.imagesPrefix}*`] } },
+      }),
+    );
+    this.role.addToPolicy(
+      new iam.PolicyStatement({
         sid: 'OwnQueues',
         actions: HOST_QUEUE_ACTIONS,
         resources: [

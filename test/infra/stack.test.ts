@@ -348,7 +348,7 @@ describe('host groups', () => {
       assert.ok(!allows(withAdmin, 'sqs:SendMessage', queueArn(name)), `explicit deny on ${name}`);
   });
 
-  test('it reads images under the prefix only, and nothing else of the bucket', () => {
+  test('it reads and lists images under the prefix only, and nothing else of the bucket', () => {
     for (const group of ['default', 'gpu']) {
       const statements = roleStatements(json, roleIdOf(base, group));
       for (const action of ['s3:GetObject', 's3:GetObjectVersion']) {
@@ -361,6 +361,10 @@ describe('host groups', () => {
         assert.ok(!allows(statements, action, `${bucketArn}/images/a.tar`), action);
         assert.ok(!allows(statements, action, bucketArn), action);
       }
+      // Catch-up sync lists the images prefix, and nothing else of the bucket.
+      assert.ok(allows(statements, 's3:ListBucket', bucketArn, { 's3:prefix': 'images/' }));
+      assert.ok(!allows(statements, 's3:ListBucket', bucketArn, { 's3:prefix': 'secrets/' }));
+      assert.ok(!allows(statements, 's3:ListBucket', bucketArn, { 's3:prefix': '' }));
     }
   });
 

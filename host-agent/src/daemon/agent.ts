@@ -26,7 +26,7 @@ import type { HostQueue, ReceivedMessage } from '../queue/host-queue.js';
 import { registerWorker, releaseWorker } from '../store/owner.js';
 import { applyMessage, type EventDecision } from './apply-event.js';
 import { VisibilityHeartbeat } from './heartbeat.js';
-import { KeyLock } from './key-lock.js';
+import { imageLockKey, KeyLock } from './key-lock.js';
 import { AgentMetrics } from './metrics.js';
 
 export interface AgentOptions {
@@ -44,6 +44,26 @@ export interface AgentOptions {
   retryDelaySeconds: (receiveCount: number) => number;
   /** Called with each message's timings (benchmarks, tests). */
   onMessageDone?: (timing: MessageTiming) => void;
+  /** Shared with whatever else works on keys (catch-up sync), so a key runs one job at a time. */
+  keyLock?: KeyLock;
+  /** Told when a message's work starts and after its outcome is recorded (the fleet table). */
+  observer?: AgentObserver;
+  /** Called once start-up recovery (reconcile) is done, before the first receive. */
+  onReady?: () => void;
+}
+
+export interface AgentObserver {
+  started(target: EventTarget): void;
+  decided(decision: EventDecision): void;
+}
+
+/** What a message is about, read leniently before it is parsed for real. */
+export interface EventTarget {
+  kind: string | null;
+  bucket: string;
+  key: string;
+  eTag: string | null;
+  versionId: string | null;
 }
 
 export interface MessageTiming {
@@ -64,7 +84,7 @@ export const defaultRetryDelaySeconds = (receiveCount: number): number =>
 export class Agent {
   readonly metrics: AgentMetrics;
   private readonly inFlight = new Map<string, Promise<void>>();
-  private readonly keyLock = new KeyLock();
+  private readonly keyLock: KeyLock;
   private readonly pollAbort = new AbortController();
   /** Aborted when the drain deadline passes: in-flight pipelines stop. */
   private readonly workAbort = new AbortController();
@@ -79,6 +99,7 @@ export class Agent {
 
   constructor(private readonly opts: AgentOptions) {
     this.metrics = new AgentMetrics(() => this.inFlight.size);
+    this.keyLock = opts.keyLock ?? new KeyLock();
   }
 
   get inFlightCount(): number {
@@ -141,6 +162,7 @@ export class Agent {
   async run(): Promise<void> {
     const { deps } = this.opts;
     await reconcile(deps);
+    this.opts.onReady?.();
     deps.logger.info('agent started', {
       queueUrl: this.opts.queue.url,
       concurrency: this.opts.concurrency,
@@ -241,11 +263,15 @@ export class Agent {
     heartbeat.start();
     let decision: EventDecision;
     let startedAt = Date.now();
+    const target = targetOf(m.body);
     try {
-      decision = await this.keyLock.run(lockKeyOf(m.body), async () => {
+      const lockName =
+        target === null ? `body:${m.body.slice(0, 64)}` : imageLockKey(target.bucket, target.key);
+      decision = await this.keyLock.run(lockName, async () => {
         startedAt = Date.now();
         // It waited behind its key's lock while a stop began: don't start it.
         if (this.stopping) return releasedUnstarted();
+        if (target !== null) this.opts.observer?.started(target);
         return this.applyWithRetries(m, logger);
       });
     } finally {
@@ -266,6 +292,7 @@ export class Agent {
         action: { kind: 'release', delaySeconds: this.opts.retryDelaySeconds(m.receiveCount) },
       };
     }
+    this.opts.observer?.decided(decision);
     await this.settle(m, decision, logger);
     this.opts.onMessageDone?.({
       messageId: m.messageId,
@@ -446,17 +473,22 @@ function releasedUnstarted(): EventDecision {
   };
 }
 
-/** Per-key lock name; an unparseable body locks only itself. */
-function lockKeyOf(body: string): string {
+/** The bucket and key a body names (null if it names none: it locks only itself). */
+function targetOf(body: string): EventTarget | null {
   let o: unknown;
   try {
     o = JSON.parse(body);
   } catch {
-    // Not JSON: applyMessage reports it; it shares a lock with nothing.
-    o = null;
+    // Not JSON: applyMessage reports it.
+    return null;
   }
-  const { bucket, key } = (o ?? {}) as { bucket?: unknown; key?: unknown };
-  return typeof bucket === 'string' && typeof key === 'string'
-    ? `${bucket}/${key}`
-    : `body:${body.slice(0, 64)}`;
+  const { kind, bucket, key, eTag, versionId } = (o ?? {}) as Record<string, unknown>;
+  if (typeof bucket !== 'string' || typeof key !== 'string') return null;
+  return {
+    kind: typeof kind === 'string' ? kind : null,
+    bucket,
+    key,
+    eTag: typeof eTag === 'string' ? eTag : null,
+    versionId: typeof versionId === 'string' ? versionId : null,
+  };
 }

@@ -14,7 +14,9 @@ import {
 import {
   EnvironmentError,
   ImageError,
+  imageFailureCodes,
   TransientError,
+  type ImageFailureCode,
   UsageError,
   errorMessage,
   isThinrelayError,
@@ -59,6 +61,19 @@ export function classifyFailure(err: unknown, signal: AbortSignal): FailureClass
   }
   // An unexpected error is most likely this host's (a tool, the disk): retry.
   return 'transient';
+}
+
+/**
+ * Whether a failure recorded on an image (its reason code) was permanent, by
+ * classifyFailure's rule: catch-up sync does not retry those at the same ETag.
+ */
+export function isPermanentFailureCode(code: string | null): boolean {
+  const known = (imageFailureCodes as readonly string[]).includes(code ?? '');
+  return (
+    known &&
+    classifyFailure(new ImageError(code as ImageFailureCode, ''), new AbortController().signal) ===
+      'permanent'
+  );
 }
 
 function codeOf(err: unknown): string {

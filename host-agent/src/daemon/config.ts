@@ -6,7 +6,8 @@ import { UsageError } from '../errors.js';
 import { LONG_POLL_SECONDS } from '../queue/sqs-client.js';
 
 export interface DaemonConfig {
-  queueUrl: string;
+  /** null: a group's agent (--group) registers its own queue (fleet/). */
+  queueUrl: string | null;
   concurrency: number;
   /** host:port of the health/metrics endpoint; null = off. */
   metricsAddress: { host: string; port: number } | null;
@@ -19,11 +20,12 @@ export interface DaemonConfig {
 
 export interface DaemonFlags {
   queueUrl?: string | undefined;
+  group?: string | undefined;
   concurrency?: string | undefined;
   metricsAddr?: string | undefined;
 }
 
-function integer(
+export function integer(
   text: string | undefined,
   what: string,
   dflt: number,
@@ -60,11 +62,22 @@ export function loadDaemonConfig(
   env: NodeJS.ProcessEnv = process.env,
 ): DaemonConfig {
   const queueUrl = flags.queueUrl ?? env.THINRELAY_QUEUE_URL;
+  const group = flags.group ?? env.THINRELAY_GROUP;
+  if (group !== undefined && group !== '') {
+    if (queueUrl !== undefined && queueUrl !== '') {
+      throw new UsageError(
+        'CONFIG',
+        'both a queue URL and a group are given',
+        "a group's agent registers its own queue: drop --queue-url / THINRELAY_QUEUE_URL, or --group / THINRELAY_GROUP",
+      );
+    }
+    return { ...loadDaemonTuning(flags, env), queueUrl: null };
+  }
   if (queueUrl === undefined || queueUrl === '') {
     throw new UsageError(
       'CONFIG',
       'no queue given',
-      "pass --queue-url or set THINRELAY_QUEUE_URL (the host's queue from the stack outputs)",
+      'pass --group G (THINRELAY_GROUP) to join a host group, or --queue-url (THINRELAY_QUEUE_URL) for a fixed queue',
     );
   }
   if (!/^https?:\/\/[^/]+\/[^/]+\/[^/]+$/.test(queueUrl)) {
@@ -74,6 +87,13 @@ export function loadDaemonConfig(
       'expected https://sqs.REGION.amazonaws.com/ACCOUNT/NAME',
     );
   }
+  return { ...loadDaemonTuning(flags, env), queueUrl };
+}
+
+function loadDaemonTuning(
+  flags: DaemonFlags,
+  env: NodeJS.ProcessEnv,
+): Omit<DaemonConfig, 'queueUrl'> {
   const visibilitySeconds = integer(
     env.THINRELAY_VISIBILITY_TIMEOUT,
     'THINRELAY_VISIBILITY_TIMEOUT',
@@ -82,7 +102,6 @@ export function loadDaemonConfig(
     43_200,
   );
   return {
-    queueUrl,
     concurrency: integer(flags.concurrency ?? env.THINRELAY_CONCURRENCY, '--concurrency', 2, 1, 64),
     metricsAddress: parseAddress(
       flags.metricsAddr ?? env.THINRELAY_METRICS_ADDR ?? '127.0.0.1:9464',

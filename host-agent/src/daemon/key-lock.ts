@@ -25,3 +25,8 @@ export class KeyLock {
     return this.tails.size;
   }
 }
+
+/** The lock name of one S3 object key (events and catch-up sync share it). */
+export function imageLockKey(bucket: string, key: string): string {
+  return `${bucket}/${key}`;
+}

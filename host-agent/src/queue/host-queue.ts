@@ -33,7 +33,8 @@ export interface ReceiveOptions {
 export class HostQueue {
   constructor(
     readonly sqs: SQSClient,
-    readonly url: string,
+    /** Changes only when a group agent recreates its deleted queue (fleet/registered-queue.ts). */
+    public url: string,
   ) {}
 
   async receive(opts: ReceiveOptions): Promise<ReceivedMessage[]> {

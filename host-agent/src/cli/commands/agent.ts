@@ -1,8 +1,15 @@
-/** thinrelay agent: the daemon. Long-polls this host's queue and applies image events. */
+/**
+ * thinrelay agent: the daemon. Long-polls this host's queue and applies image
+ * events. With --group it joins a host group (fleet/): registers its own
+ * queues, heartbeats, catches up with the bucket. `agent deregister` leaves.
+ */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { EnvironmentError } from '../../errors.js';
+import { existsSync } from 'node:fs';
+import type { SQSClient } from '@aws-sdk/client-sqs';
+import { EnvironmentError, UsageError } from '../../errors.js';
 import { sdkLogger } from '../../log.js';
 import type { Command, CommandContext } from '../command.js';
+import { printJson } from '../output.js';
 
 function checkHostReady(): void {
   if (process.getuid?.() !== 0) {
@@ -15,12 +22,24 @@ function checkHostReady(): void {
 }
 
 async function run(ctx: CommandContext): Promise<number> {
+  if (ctx.positionals[0] === 'deregister') return deregister(ctx);
+  if (ctx.positionals.length > 0)
+    throw new UsageError('USAGE', `unknown argument "${ctx.positionals[0]}"`, `usage: ${usage}`);
   const { loadDaemonConfig } = await import('../../daemon/config.js');
+  const { loadFleetSettings } = await import('../../fleet/fleet-settings.js');
+  const flags = {
+    group: ctx.values.group as string | undefined,
+    hostId: ctx.values['host-id'] as string | undefined,
+  };
   const daemon = loadDaemonConfig({
     queueUrl: ctx.values['queue-url'] as string | undefined,
+    group: flags.group,
     concurrency: ctx.values.concurrency as string | undefined,
     metricsAddr: ctx.values['metrics-addr'] as string | undefined,
   });
+  const fleet = loadFleetSettings(flags);
+  if (fleet === null && flags.hostId !== undefined)
+    throw new UsageError('USAGE', '--host-id needs --group', `usage: ${usage}`);
   ctx.config();
   checkHostReady();
   const [
@@ -42,9 +61,61 @@ async function run(ctx: CommandContext): Promise<number> {
   });
   // One agent per state dir: two would apply one key's events out of order.
   const lock = acquireAgentLock(rt.config.stateDir, rt.owner);
-  const sqs = createSqsClient(daemon.queueUrl, { logger: sdkLogger(ctx.logger) });
+  // Signals before the agent runs (registration may be retrying) end start-up.
+  const startup = new AbortController();
+  const earlySignal = (sig: NodeJS.Signals): void => startup.abort(new Error(`received ${sig}`));
+  process.on('SIGINT', earlySignal);
+  process.on('SIGTERM', earlySignal);
+
+  let sqs: SQSClient;
+  let member: import('../../fleet/fleet-member.js').FleetMember | null = null;
+  let dynamo: { destroy(): void } | null = null;
+  try {
+    if (fleet === null) {
+      sqs = createSqsClient(daemon.queueUrl, { logger: sdkLogger(ctx.logger) });
+    } else {
+      const [
+        { resolveHostIdentity, resolveRegion },
+        { FleetTable, createDynamoClient },
+        { FleetMember },
+      ] = await Promise.all([
+        import('../../fleet/host-id.js'),
+        import('../../fleet/fleet-table.js'),
+        import('../../fleet/fleet-member.js'),
+      ]);
+      const identity = await resolveHostIdentity(fleet.hostIdFlag);
+      const region = await resolveRegion(identity.region);
+      sqs = createSqsClient(null, { region, logger: sdkLogger(ctx.logger) });
+      const client = createDynamoClient(region);
+      dynamo = client;
+      member = new FleetMember({
+        settings: fleet,
+        hostId: identity.hostId,
+        table: new FleetTable(client, fleet.tableName),
+        sqs,
+        deps: rt,
+        logger: ctx.logger,
+        drainSeconds: daemon.drainSeconds,
+        signal: startup.signal,
+      });
+      ctx.logger.info('joining the fleet', {
+        group: fleet.group,
+        hostId: identity.hostId,
+        hostIdFrom: identity.source,
+      });
+      await member.join();
+    }
+  } catch (err) {
+    lock.release();
+    if (startup.signal.aborted) return 143;
+    throw err;
+  } finally {
+    process.off('SIGINT', earlySignal);
+    process.off('SIGTERM', earlySignal);
+  }
+  const fleetMember = member;
   const agent = new Agent({
-    queue: new HostQueue(sqs, daemon.queueUrl),
+    queue: fleetMember?.queue ?? new HostQueue(sqs, daemon.queueUrl!),
     deps: rt,
     concurrency: daemon.concurrency,
     visibilitySeconds: daemon.visibilitySeconds,
@@ -53,13 +124,20 @@ async function run(ctx: CommandContext): Promise<number> {
     transientAttempts: daemon.transientAttempts,
     transientBaseDelayMs: daemon.transientBaseDelayMs,
     retryDelaySeconds: defaultRetryDelaySeconds,
+    ...(fleetMember === null
+      ? {}
+      : {
+          keyLock: fleetMember.keyLock,
+          observer: fleetMember.observer,
+          onReady: () => fleetMember.start(),
+        }),
   });
   const endpoint =
     daemon.metricsAddress === null
       ? null
       : await http.startHttpEndpoint(daemon.metricsAddress, {
           health: () => agent.health(),
-          metrics: () => agent.metrics.render(),
+          metrics: () => agent.metrics.render() + (fleetMember?.metrics.render() ?? ''),
         });
   if (endpoint !== null) ctx.logger.info('health and metrics endpoint', { url: endpoint.url });
 
@@ -68,6 +146,7 @@ async function run(ctx: CommandContext): Promise<number> {
     signals++;
     if (signals === 1) {
       agent.stop(`received ${sig}`);
+      fleetMember?.stop();
       return;
     }
     // Second signal: leave now. Every step is recorded before it happens, so
@@ -81,6 +160,7 @@ async function run(ctx: CommandContext): Promise<number> {
   process.on('SIGTERM', onSignal);
   try {
     await agent.run();
+    await fleetMember?.close();
     return 0;
   } finally {
     process.off('SIGINT', onSignal);
@@ -88,16 +168,103 @@ async function run(ctx: CommandContext): Promise<number> {
     await endpoint?.close();
     lock.release();
     sqs.destroy();
+    dynamo?.destroy();
     if (s3 !== undefined) (await s3).destroy();
   }
 }
 
+/** thinrelay agent deregister [--group G] [--host-id ID] */
+async function deregister(ctx: CommandContext): Promise<number> {
+  const [
+    { createSqsClient },
+    { resolveHostIdentity, resolveRegion },
+    { FleetTable, createDynamoClient },
+    { requireTable, checkGroupName },
+    { readRecord },
+    { deregisterHost },
+    { acquireAgentLock },
+    { currentOwner },
+  ] = await Promise.all([
+    import('../../queue/sqs-client.js'),
+    import('../../fleet/host-id.js'),
+    import('../../fleet/fleet-table.js'),
+    import('../../fleet/fleet-settings.js'),
+    import('../../fleet/registration-record.js'),
+    import('../../fleet/deregister.js'),
+    import('../../daemon/state-lock.js'),
+    import('../../store/owner.js'),
+  ]);
+  const record = readRecord(ctx.config().stateDir);
+  const groupFlag = ctx.values.group as string | undefined;
+  const group = groupFlag ?? process.env.THINRELAY_GROUP ?? record?.group;
+  if (group === undefined || group === '')
+    throw new UsageError(
+      'USAGE',
+      'no group: this state dir has no registration',
+      'pass --group G (and --host-id ID if the host id is not the default)',
+    );
+  checkGroupName(group, groupFlag !== undefined ? '--group' : 'THINRELAY_GROUP');
+  const hostIdFlag = ctx.values['host-id'] as string | undefined;
+  const identity =
+    hostIdFlag === undefined && (process.env.THINRELAY_HOST_ID ?? '') === '' && record !== null
+      ? { hostId: record.hostId, region: null }
+      : await resolveHostIdentity(hostIdFlag);
+  // The agent's own lock: refused while this state dir's agent runs, and none starts meanwhile.
+  const stateDir = ctx.config().stateDir;
+  let lock: { release(): void } | null = null;
+  if (existsSync(stateDir)) {
+    try {
+      lock = acquireAgentLock(stateDir, currentOwner());
+    } catch (err) {
+      if (!(err instanceof EnvironmentError) || err.code !== 'AGENT_RUNNING') throw err;
+      throw new EnvironmentError(
+        'AGENT_RUNNING',
+        err.message,
+        'stop it first (systemctl stop thinrelay-agent: images in flight finish), then deregister',
+      );
+    }
+  }
+  const region = await resolveRegion(identity.region);
+  const sqs = createSqsClient(null, { region, logger: sdkLogger(ctx.logger) });
+  const client = createDynamoClient(region);
+  try {
+    const result = await deregisterHost(
+      new FleetTable(client, requireTable(process.env)),
+      sqs,
+      { group, hostId: identity.hostId, record },
+      ctx.logger,
+    );
+    if (ctx.json) printJson(result);
+    else {
+      const dropped = (n: number | null): string =>
+        n === null ? 'did not exist' : `deleted (${n} message(s) dropped)`;
+      process.stdout.write(
+        `host ${result.hostId} (group ${result.group}) deregistered\n` +
+          `fleet table  ${result.markedGone ? 'marked gone' : 'no host item'}\n` +
+          `queue        ${result.queue.name}: ${dropped(result.queue.messagesDropped)}\n` +
+          `dlq          ${result.dlq.name}: ${dropped(result.dlq.messagesDropped)}\n`,
+      );
+    }
+    return 0;
+  } finally {
+    lock?.release();
+    sqs.destroy();
+    client.destroy();
+  }
+}
+
+const usage = `thinrelay agent [--group G [--host-id ID] | --queue-url URL] [--concurrency N] [--metrics-addr HOST:PORT|off]
+       thinrelay agent deregister [--group G] [--host-id ID] [--json]`;
+
 export const agentCommand: Command = {
   name: 'agent',
-  summary: "run the daemon: apply image events from this host's SQS queue",
-  usage: 'thinrelay agent [--queue-url URL] [--concurrency N] [--metrics-addr HOST:PORT|off]',
+  summary:
+    "run the daemon: apply image events from this host's SQS queue (deregister: leave the fleet)",
+  usage,
   options: {
     'queue-url': { type: 'string' },
+    group: { type: 'string' },
+    'host-id': { type: 'string' },
     concurrency: { type: 'string' },
     'metrics-addr': { type: 'string' },
   },

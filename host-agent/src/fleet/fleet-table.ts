@@ -1,0 +1,177 @@
+/**
+ * The agent's reads and writes of the fleet table (schema/fleet.ts): the
+ * deployment item, its own HostItem and HostImageItems. Every item it writes
+ * is under its own partition key, so IAM can hold it to them.
+ */
+import {
+  ConditionalCheckFailedException,
+  DynamoDBClient,
+  GetItemCommand,
+  PutItemCommand,
+  UpdateItemCommand,
+} from '@aws-sdk/client-dynamodb';
+import {
+  fleetKeys,
+  type DeploymentConfigItem,
+  type GroupQueueSettings,
+  type HostImageItem,
+  type HostItem,
+} from '../../../schema/fleet.js';
+import { UsageError } from '../errors.js';
+import { fromItem, toItem, type Plain } from '../../../schema/item-codec.js';
+
+export const DYNAMO_CONNECTION_TIMEOUT_MS = 5_000;
+export const DYNAMO_SOCKET_TIMEOUT_MS = 15_000;
+
+/** Configured the SDK's way (credentials chain, AWS_ENDPOINT_URL_DYNAMODB); region as given. */
+export function createDynamoClient(region: string): DynamoDBClient {
+  return new DynamoDBClient({
+    region,
+    requestHandler: {
+      connectionTimeout: DYNAMO_CONNECTION_TIMEOUT_MS,
+      socketTimeout: DYNAMO_SOCKET_TIMEOUT_MS,
+    },
+  });
+}
+
+export class FleetTable {
+  constructor(
+    readonly client: DynamoDBClient,
+    readonly tableName: string,
+  ) {}
+
+  /** The stack's deployment item: routing, queue settings per group, stale/sweep times. */
+  async readDeployment(signal?: AbortSignal): Promise<DeploymentConfigItem> {
+    const out = await this.client.send(
+      new GetItemCommand({
+        TableName: this.tableName,
+        Key: toItem(fleetKeys.config),
+        ConsistentRead: true,
+      }),
+      { abortSignal: signal },
+    );
+    if (out.Item === undefined) {
+      throw new UsageError(
+        'CONFIG',
+        `fleet table ${this.tableName} has no deployment item (pk CONFIG, sk DEPLOYMENT)`,
+        'deploy the stack (it writes the item), or check THINRELAY_FLEET_TABLE and AWS_REGION',
+      );
+    }
+    return parseDeployment(fromItem(out.Item), this.tableName);
+  }
+
+  async getHost(hostId: string): Promise<HostItem | undefined> {
+    const out = await this.client.send(
+      new GetItemCommand({
+        TableName: this.tableName,
+        Key: toItem({ pk: fleetKeys.hostPk(hostId), sk: fleetKeys.hostSk }),
+        ConsistentRead: true,
+      }),
+    );
+    return out.Item === undefined ? undefined : (fromItem(out.Item) as unknown as HostItem);
+  }
+
+  async putHost(item: HostItem): Promise<void> {
+    await this.client.send(
+      new PutItemCommand({
+        TableName: this.tableName,
+        Item: toItem(item as unknown as Record<string, Plain>),
+      }),
+    );
+  }
+
+  /**
+   * Write an image's state unless the table already holds a newer one (another
+   * write of this host that overtook this one): false then.
+   */
+  async putHostImage(item: HostImageItem): Promise<boolean> {
+    try {
+      await this.client.send(
+        new PutItemCommand({
+          TableName: this.tableName,
+          Item: toItem(item as unknown as Record<string, Plain>),
+          ConditionExpression: 'attribute_not_exists(pk) OR updatedAt <= :u',
+          ExpressionAttributeValues: { ':u': { N: String(item.updatedAt) } },
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (err instanceof ConditionalCheckFailedException) return false;
+      throw err;
+    }
+  }
+
+  /** Mark a host gone (deregistered); false when the table has no item for it. */
+  async markHostGone(hostId: string, at: number): Promise<boolean> {
+    try {
+      await this.client.send(
+        new UpdateItemCommand({
+          TableName: this.tableName,
+          Key: toItem({ pk: fleetKeys.hostPk(hostId), sk: fleetKeys.hostSk }),
+          UpdateExpression: 'SET #state = :gone, lastSeenAt = :at',
+          ConditionExpression: 'attribute_exists(pk)',
+          ExpressionAttributeNames: { '#state': 'state' },
+          ExpressionAttributeValues: toItem({ ':gone': 'gone', ':at': at }),
+        }),
+      );
+      return true;
+    } catch (err) {
+      if (err instanceof ConditionalCheckFailedException) return false;
+      throw err;
+    }
+  }
+}
+
+/** The deployment item, checked field by field: a bad one names what is wrong. */
+export function parseDeployment(o: { [k: string]: Plain }, table: string): DeploymentConfigItem {
+  const bad = (field: string, want: string): never => {
+    throw new UsageError(
+      'CONFIG',
+      `fleet table ${table}: deployment item field "${field}" must be ${want}, got ${JSON.stringify(o[field] ?? null)}`,
+      'redeploy the stack: it writes this item',
+    );
+  };
+  const str = (f: string): string => (typeof o[f] === 'string' ? o[f] : bad(f, 'a string'));
+  const num = (f: string): number =>
+    typeof o[f] === 'number' && o[f] >= 0 ? o[f] : bad(f, 'a number ≥ 0');
+  const strings = (v: Plain | undefined): v is string[] =>
+    Array.isArray(v) && v.every((s) => typeof s === 'string');
+  const suffixes = o.imageSuffixes ?? [];
+  if (!strings(suffixes)) bad('imageSuffixes', 'a list of strings');
+  const routes = o.routes ?? {};
+  if (
+    typeof routes !== 'object' ||
+    routes === null ||
+    Array.isArray(routes) ||
+    !Object.values(routes).every(strings)
+  )
+    bad('routes', 'a map of key prefix → list of groups');
+  const groups = o.groups;
+  if (typeof groups !== 'object' || groups === null || Array.isArray(groups))
+    return bad('groups', 'a map of group → queue settings');
+  const settings: Record<string, GroupQueueSettings> = {};
+  for (const [name, g] of Object.entries(groups)) {
+    const s = g as { [k: string]: Plain };
+    const field = (f: keyof GroupQueueSettings): number =>
+      typeof s?.[f] === 'number' && s[f] > 0 ? s[f] : bad(`groups.${name}.${f}`, 'a number > 0');
+    settings[name] = {
+      maxReceiveCount: field('maxReceiveCount'),
+      visibilityTimeoutSeconds: field('visibilityTimeoutSeconds'),
+      retentionDays: field('retentionDays'),
+      dlqRetentionDays: field('dlqRetentionDays'),
+    };
+  }
+  return {
+    pk: 'CONFIG',
+    sk: 'DEPLOYMENT',
+    namePrefix: str('namePrefix'),
+    bucket: str('bucket'),
+    imagesPrefix:
+      typeof o.imagesPrefix === 'string' ? o.imagesPrefix : bad('imagesPrefix', 'a string'),
+    imageSuffixes: suffixes as string[],
+    routes: routes as Record<string, string[]>,
+    groups: settings,
+    staleAfterSeconds: num('staleAfterSeconds'),
+    sweepAfterSeconds: num('sweepAfterSeconds'),
+  };
+}

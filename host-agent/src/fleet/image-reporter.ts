@@ -1,0 +1,99 @@
+/**
+ * This host's per-image fleet items: what the state database says about a
+ * key, turned into a HostImageItem and handed to the writer. Called when work
+ * on a key starts, when it must wait for a retry, and after every outcome.
+ */
+import { fleetKeys, type HostImageItem, type HostImageState } from '../../../schema/fleet.js';
+import type { StateStore } from '../store/index.js';
+import type { ImageRow } from '../store/images.js';
+import type { FleetWriter } from './fleet-writer.js';
+
+export interface ReporterHost {
+  hostId: string;
+  group: string;
+  /** The deployment's bucket: items are per key, keys of other buckets are not reported. */
+  bucket: string;
+}
+
+const MESSAGE_LIMIT = 1000;
+
+export class ImageReporter {
+  constructor(
+    private readonly writer: FleetWriter,
+    private readonly store: StateStore,
+    private readonly host: ReporterHost,
+  ) {}
+
+  /** Work on this version starts (nothing is written when it is already ready). */
+  working(bucket: string, key: string, eTag: string | null, versionId: string | null): void {
+    if (bucket !== this.host.bucket) return;
+    if (eTag !== null && this.store.images.find(bucket, key, eTag)?.status === 'ready') return;
+    this.write(key, { state: 'processing', eTag, versionId, reasonCode: null, message: null });
+  }
+
+  /** A transient failure or an interruption: it will be tried again. */
+  waiting(bucket: string, key: string, eTag: string | null, code: string, message: string): void {
+    if (bucket !== this.host.bucket) return;
+    this.write(key, { state: 'pending', eTag, versionId: null, reasonCode: code, message });
+  }
+
+  /** After an outcome: the key's newest live image, or retired when none is live. */
+  settled(bucket: string, key: string): void {
+    if (bucket !== this.host.bucket) return;
+    const live = this.store.images.liveByKey(bucket, key);
+    const newest: ImageRow | undefined = live[live.length - 1];
+    if (newest === undefined) {
+      const last = this.store.images.latestByKey(key, bucket);
+      if (last === undefined) return;
+      this.write(key, {
+        state: 'retired',
+        eTag: last.etag,
+        versionId: last.version_id,
+        reasonCode: null,
+        message: null,
+      });
+      return;
+    }
+    this.write(key, {
+      state: stateOf(newest),
+      eTag: newest.etag,
+      versionId: newest.version_id,
+      reasonCode: newest.status === 'failed' ? newest.error_code : null,
+      message: newest.status === 'failed' ? newest.error_message : null,
+    });
+  }
+
+  private write(
+    key: string,
+    s: Pick<HostImageItem, 'state' | 'eTag' | 'versionId' | 'reasonCode' | 'message'>,
+  ): void {
+    const { hostId, group } = this.host;
+    this.writer.image({
+      pk: fleetKeys.hostPk(hostId),
+      sk: fleetKeys.imageSk(key),
+      gpk: fleetKeys.imageGpk(key),
+      gsk: fleetKeys.hostPk(hostId),
+      hostId,
+      group,
+      key,
+      ...s,
+      message: s.message === null ? null : s.message.slice(0, MESSAGE_LIMIT),
+      updatedAt: Date.now(),
+    });
+  }
+}
+
+function stateOf(row: ImageRow): HostImageState {
+  switch (row.status) {
+    case 'pending':
+      return 'pending';
+    case 'processing':
+      return 'processing';
+    case 'ready':
+      return 'ready';
+    case 'failed':
+      return 'failed';
+    case 'removed':
+      return 'retired';
+  }
+}
