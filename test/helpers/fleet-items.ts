@@ -12,7 +12,7 @@ import {
   type HostItem,
   type RolloutItem,
 } from '../../schema/fleet.js';
-import { toItem } from '../../host-agent/src/fleet/fleet-reader.js';
+import { toItem, type Plain } from '../../schema/item-codec.js';
 
 export function deploymentConfig(over: Partial<DeploymentConfigItem> = {}): DeploymentConfigItem {
   return {
@@ -110,7 +110,9 @@ export async function putItems(
   items: readonly object[],
 ): Promise<void> {
   for (let i = 0; i < items.length; i += 25) {
-    let requests = items.slice(i, i + 25).map((it) => ({ PutRequest: { Item: toItem(it) } }));
+    let requests = items.slice(i, i + 25).map((it) => ({
+      PutRequest: { Item: toItem(it as { [key: string]: Plain }) },
+    }));
     while (requests.length > 0) {
       const out = await client.send(
         new BatchWriteItemCommand({ RequestItems: { [table]: requests } }),

@@ -34,7 +34,7 @@ import {
   type GroupQueueSettings,
 } from '../../../schema/fleet.js';
 import { createFleetTable, startDynamoEmulator } from '../../../test/helpers/dynamo-emulator.js';
-import { toItem } from '../fleet/fleet-reader.js';
+import { toItem, type Plain } from '../../../schema/item-codec.js';
 import { createS3Client } from '../source/s3-client.js';
 
 type HandlerModule = typeof import('../../../lambda/src/handler.js');
@@ -155,7 +155,10 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
   };
   await createFleetTable(dynamoEmulator.client, fleetTable);
   await dynamoEmulator.client.send(
-    new PutItemCommand({ TableName: fleetTable, Item: toItem(deployment) }),
+    new PutItemCommand({
+      TableName: fleetTable,
+      Item: toItem(deployment as unknown as { [key: string]: Plain }),
+    }),
   );
 
   // The Lambda's configuration, as the CDK stack sets it; the handler reads

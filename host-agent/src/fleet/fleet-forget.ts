@@ -15,7 +15,8 @@ import {
 import { HOST_ID, queueNames, type DeploymentConfigItem } from '../../../schema/fleet.js';
 import { ExitCode, FleetError } from '../errors.js';
 import { isSqsNotFound, mapSqsError } from '../queue/sqs-errors.js';
-import { mapDynamoError, toItem, type FleetReader } from './fleet-reader.js';
+import { toItem } from '../../../schema/item-codec.js';
+import { mapDynamoError, type FleetReader } from './fleet-reader.js';
 import { liveness } from './fleet-view.js';
 
 export interface ForgetResult {

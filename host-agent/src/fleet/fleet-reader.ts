@@ -21,41 +21,11 @@ import {
   type HostItem,
   type RolloutItem,
 } from '../../../schema/fleet.js';
+import { fromItem, toItem } from '../../../schema/item-codec.js';
 import { ExitCode, FleetError } from '../errors.js';
 import { NETWORK_CODES } from '../queue/sqs-errors.js';
 
 export type Item = Record<string, unknown>;
-
-/** DynamoDB's attribute values → plain values (the types the fleet items use). */
-export function fromAttribute(v: AttributeValue): unknown {
-  if (v.S !== undefined) return v.S;
-  if (v.N !== undefined) return Number(v.N);
-  if (v.BOOL !== undefined) return v.BOOL;
-  if (v.NULL !== undefined) return null;
-  if (v.L !== undefined) return v.L.map(fromAttribute);
-  if (v.M !== undefined) return fromItem(v.M);
-  if (v.SS !== undefined) return [...v.SS];
-  if (v.NS !== undefined) return v.NS.map(Number);
-  return null;
-}
-
-export function fromItem(item: Record<string, AttributeValue>): Item {
-  return Object.fromEntries(Object.entries(item).map(([k, v]) => [k, fromAttribute(v)]));
-}
-
-/** Plain values → attribute values (for the bench and tests that write items directly). */
-export function toAttribute(v: unknown): AttributeValue {
-  if (v === null || v === undefined) return { NULL: true };
-  if (typeof v === 'string') return { S: v };
-  if (typeof v === 'number') return { N: String(v) };
-  if (typeof v === 'boolean') return { BOOL: v };
-  if (Array.isArray(v)) return { L: v.map(toAttribute) };
-  return { M: toItem(v) };
-}
-
-export function toItem(item: object): Record<string, AttributeValue> {
-  return Object.fromEntries(Object.entries(item).map(([k, v]) => [k, toAttribute(v)]));
-}
 
 const ACCESS_NAMES = new Set([
   'AccessDeniedException',
