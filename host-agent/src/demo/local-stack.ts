@@ -77,7 +77,12 @@ export interface LocalStack {
   s3: S3Client;
   sqs: SQSClient;
   dynamo: DynamoDBClient;
-  /** Environment for an agent or the CLI: endpoints, credentials, region, bucket, table, group. */
+  /** The first group: what `npm run stack` exports as THINRELAY_GROUP. */
+  group: string;
+  /**
+   * Environment for an agent or the CLI: endpoints, credentials, region,
+   * bucket, table. No group: an agent given --queue-url must not have one.
+   */
   env: Record<string, string>;
   /** Resolves when every fan-out invocation started so far has finished. */
   fanoutIdle(): Promise<void>;
@@ -120,7 +125,6 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     AWS_EC2_METADATA_DISABLED: 'true',
     THINRELAY_BUCKET: opts.bucket,
     THINRELAY_FLEET_TABLE: fleetTable,
-    THINRELAY_GROUP: groups[0]!,
   };
   const credentials = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' };
   const s3 = createS3Client({
@@ -202,6 +206,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     sqsEndpoint,
     dynamoEndpoint: dynamoEmulator.endpoint,
     fleetTable,
+    group: groups[0]!,
     deployment,
     s3,
     sqs,

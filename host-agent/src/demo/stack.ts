@@ -75,6 +75,7 @@ async function main(): Promise<void> {
     `# DynamoDB ${stack.dynamoEndpoint} (dynalite); bucket ${stack.bucket}, fleet table ${stack.fleetTable},`,
     `# group(s) ${groups.join(', ')} for ${stack.deployment.imagesPrefix}. Ctrl-C stops it and removes everything.`,
     ...Object.entries(stack.env).map(([k, v]) => `export ${k}=${v}`),
+    `export THINRELAY_GROUP=${stack.group}`,
     // local-aws-sqs holds a long poll for its whole wait even when messages
     // arrive: agents poll in 1 s rounds here (in AWS: 20 s).
     'export THINRELAY_WAIT_SECONDS=1',
