@@ -1,11 +1,23 @@
 // Bundles the thinrelay CLI (dist/cli/thinrelay.mjs). Resolving and compiling the AWS
 // SDK's few hundred modules one by one costs ~200 ms per run; one minified
 // file keeps `process-image` on an already-done image well under 300 ms.
-import { rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
 import { build } from 'esbuild';
 
 // Chunk names carry content hashes: start clean so stale chunks never ship.
 rmSync('dist/cli', { recursive: true, force: true });
+
+const { version } = JSON.parse(readFileSync('package.json', 'utf8'));
+let commit = 'unknown';
+try {
+  commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+  }).trim();
+} catch {
+  // Not a git checkout (e.g. a source tarball): the version alone identifies the build.
+}
 
 await build({
   entryPoints: { thinrelay: 'dist/host-agent/src/cli/main.js' },
@@ -26,6 +38,7 @@ await build({
   target: 'node20',
   // Native addon: loaded from node_modules at run time.
   external: ['better-sqlite3'],
+  define: { THINRELAY_BUILD: JSON.stringify({ version, commit }) },
   banner: {
     js: "import { createRequire as __thinrelayRequire } from 'node:module'; const require = __thinrelayRequire(import.meta.url);",
   },

@@ -1,9 +1,11 @@
 /**
- * Host-agent configuration: command-line flags win over THINRELAY_* variables,
- * which win over defaults. S3 settings are the AWS SDK's own (credentials
- * chain, AWS_REGION, AWS_ENDPOINT_URL_S3) and are not repeated here.
+ * Host-agent configuration: command-line flags win over the environment,
+ * which wins over the host's settings file (/etc/thinrelay/agent.env), which
+ * wins over defaults. S3 settings are the AWS SDK's own (credentials chain,
+ * AWS_REGION, AWS_ENDPOINT_URL_S3) and are not repeated here.
  */
-import { UsageError } from './errors.js';
+import { readFileSync } from 'node:fs';
+import { UsageError, errorMessage } from './errors.js';
 import { defaultLimits, type ImageLimits } from './limits.js';
 import type { BackendName } from './storage/backend.js';
 
@@ -60,6 +62,62 @@ export interface ConfigFlags {
 }
 
 export const defaultStateDir = '/var/lib/thinrelay';
+
+/** The host's settings file: the systemd unit's EnvironmentFile, read by the CLI too. */
+export const defaultSettingsFile = '/etc/thinrelay/agent.env';
+
+/**
+ * Parses an EnvironmentFile as systemd does for the simple cases we write:
+ * KEY=VALUE lines, # or ; comments, optional single or double quotes,
+ * an optional leading `export `.
+ */
+export function parseEnvFile(text: string, file: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#') || line.startsWith(';')) return;
+    const m = /^(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$/.exec(line);
+    if (m === null)
+      throw new UsageError('CONFIG', `${file}:${i + 1}: expected KEY=VALUE, got "${line}"`);
+    let value = m[2]!;
+    const q = value[0];
+    if ((q === '"' || q === "'") && value.length >= 2 && value.endsWith(q)) {
+      value = value.slice(1, -1);
+      if (q === '"') value = value.replace(/\\(["\\$`])/g, '$1');
+    }
+    out[m[1]!] = value;
+  });
+  return out;
+}
+
+/**
+ * Fills `env` from the settings file for every variable not already set, so
+ * flags and the environment still win. The default file may be absent (a
+ * workstation); a file named by THINRELAY_CONFIG_FILE or --config must exist.
+ * Returns the file read, or null.
+ */
+export function applySettingsFile(
+  env: NodeJS.ProcessEnv,
+  explicit: string | undefined,
+): string | null {
+  const file = explicit ?? env.THINRELAY_CONFIG_FILE ?? defaultSettingsFile;
+  const required = explicit !== undefined || env.THINRELAY_CONFIG_FILE !== undefined;
+  if (file === '' || file === 'none') return null;
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (!required && (code === 'ENOENT' || code === 'EACCES')) return null;
+    throw new UsageError(
+      'CONFIG',
+      `cannot read the settings file ${file}: ${errorMessage(err)}`,
+      'check --config / THINRELAY_CONFIG_FILE',
+    );
+  }
+  for (const [k, v] of Object.entries(parseEnvFile(text, file))) env[k] ??= v;
+  return file;
+}
 
 const units: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
 

@@ -55,13 +55,15 @@ export type ImageFailureCode = (typeof imageFailureCodes)[number];
 export type UsageCode =
   | 'USAGE'
   | 'CONFIG'
-  | 'NOT_FOUND'
   | 'IN_USE'
+  /** The image or snapshot exists but is not in the state the command needs. */
+  | 'NOT_READY'
   // Queue commands (redrive, dlq peek).
-  | 'QUEUE_NOT_FOUND'
   | 'NOT_A_DLQ'
-  | 'TASK_NOT_FOUND'
   | 'TASK_NOT_RUNNING';
+
+/** The thing named does not exist (exit 4). NO_STATE: no state database at the state dir. */
+export type NotFoundCode = 'NOT_FOUND' | 'NO_STATE' | 'QUEUE_NOT_FOUND' | 'TASK_NOT_FOUND';
 
 export type EnvironmentCode =
   | 'NOT_ROOT'
@@ -102,7 +104,7 @@ export type FleetCode =
   | 'KEY_NOT_ROUTED';
 
 export type ReasonCode =
-  ImageFailureCode | UsageCode | EnvironmentCode | QueueOperationCode | FleetCode;
+  ImageFailureCode | UsageCode | NotFoundCode | EnvironmentCode | QueueOperationCode | FleetCode;
 
 export abstract class ThinrelayError extends Error {
   abstract readonly exitCode: ExitCode;
@@ -120,7 +122,7 @@ export abstract class ThinrelayError extends Error {
 
 /** The image itself is bad or could not be processed: recorded on the job, exit 1. */
 export class ImageError extends ThinrelayError {
-  readonly exitCode = ExitCode.imageFailed;
+  readonly exitCode: ExitCode = ExitCode.imageFailed;
   constructor(
     code: ImageFailureCode,
     message: string,
@@ -135,6 +137,14 @@ export class ImageError extends ThinrelayError {
 export class UsageError extends ThinrelayError {
   readonly exitCode = ExitCode.usage;
   constructor(code: UsageCode, message: string, hint?: string) {
+    super(code, message, hint);
+  }
+}
+
+/** The image, snapshot, queue or state named does not exist: exit 4. */
+export class NotFoundError extends ThinrelayError {
+  readonly exitCode = ExitCode.notFound;
+  constructor(code: NotFoundCode, message: string, hint?: string) {
     super(code, message, hint);
   }
 }
@@ -181,10 +191,20 @@ export class FleetError extends ThinrelayError {
 
 /**
  * A transient failure (network, throttling) that a caller may retry; the
- * daemon retries these, process-image reports them as a failed image.
+ * daemon retries these; the CLI exits 75 (EX_TEMPFAIL: run it again later).
  */
 export class TransientError extends ImageError {
   readonly transient = true;
+  override readonly exitCode: ExitCode = ExitCode.temporary;
+}
+
+/** The work was stopped by a signal: recorded as INTERRUPTED; exit 130 (SIGINT) or 143 (SIGTERM). */
+export class InterruptedError extends ImageError {
+  override readonly exitCode: ExitCode;
+  constructor(signal: string, message: string, hint?: string, options?: { cause?: unknown }) {
+    super('INTERRUPTED', message, hint, options);
+    this.exitCode = signal === 'SIGTERM' ? ExitCode.terminated : ExitCode.interrupted;
+  }
 }
 
 export function isThinrelayError(err: unknown): err is ThinrelayError {

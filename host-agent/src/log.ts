@@ -1,7 +1,11 @@
 /**
  * A tiny structured logger. Library code only ever calls log.*; the CLI picks
- * the sink: JSON lines for machines, short text lines for a terminal.
+ * the sink: JSON lines for machines, short text lines for a terminal, and
+ * JSON lines with syslog priority prefixes (`<3>` …) when stderr is the
+ * journal, so `journalctl -p err` shows the errors.
  */
+import { fstatSync } from 'node:fs';
+
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 const rank: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
@@ -36,6 +40,48 @@ function bounded(fields: LogFields | undefined): LogFields | undefined {
     out[k] = `${v.slice(0, maxFieldChars)}…(${v.length} chars)`;
   }
   return out ?? fields;
+}
+
+/** Syslog priorities journald reads from a `<N>` line prefix (SyslogLevelPrefix=yes, the default). */
+export const journalPriority: Record<LogLevel, number> = { error: 3, warn: 4, info: 6, debug: 7 };
+
+/** JOURNAL_STREAM names the device:inode of the journal stream systemd connected to fds 1/2. */
+export function isJournalStream(fd: number, env: NodeJS.ProcessEnv = process.env): boolean {
+  const stream = env.JOURNAL_STREAM;
+  if (stream === undefined || stream === '') return false;
+  try {
+    const st = fstatSync(fd);
+    return stream === `${st.dev}:${st.ino}`;
+  } catch {
+    return false;
+  }
+}
+
+/** JSON lines, each prefixed with its journald priority. */
+export function journalLineSink(write: (line: string) => void): LogSink {
+  return (record) => write(`<${journalPriority[record.level]}>${JSON.stringify(record)}`);
+}
+
+/** Short `level: msg k=v` lines for people at a terminal. */
+export function textLineSink(write: (line: string) => void): LogSink {
+  return ({ level, msg, time: _time, ...fields }) => {
+    const extra = Object.entries(fields).map(
+      ([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`,
+    );
+    write(`${level}: ${msg} ${extra.join(' ')}`.trimEnd());
+  };
+}
+
+/** The sink for a process's stderr: text on a terminal, prefixed JSON to the journal, else JSON. */
+export function stderrSink(
+  stream: NodeJS.WriteStream & { fd?: number },
+  /** Makes text lines safe for a terminal (control characters escaped). */
+  printable: (text: string) => string = (t) => t,
+): LogSink {
+  const write = (line: string): void => void stream.write(line + '\n');
+  if (stream.isTTY) return textLineSink((line) => write(printable(line)));
+  if (isJournalStream(stream.fd ?? 2)) return journalLineSink(write);
+  return jsonLineSink(write);
 }
 
 export function createLogger(

@@ -10,7 +10,7 @@
  * at-least-once, so they must anyway).
  */
 import {
-  ListQueuesCommand,
+  paginateListQueues,
   SendMessageBatchCommand,
   type MessageAttributeValue,
   type SendMessageBatchRequestEntry,
@@ -36,14 +36,11 @@ export class QueueDirectory {
   async list(): Promise<string[]> {
     if (this.cached && this.now() - this.cached.at < this.ttlMs) return this.cached.urls;
     const urls: string[] = [];
-    let NextToken: string | undefined;
-    do {
-      const out = await this.sqs.send(
-        new ListQueuesCommand({ QueueNamePrefix: this.prefix, MaxResults: 1000, NextToken }),
-      );
-      urls.push(...(out.QueueUrls ?? []));
-      NextToken = out.NextToken;
-    } while (NextToken);
+    const pages = paginateListQueues(
+      { client: this.sqs, pageSize: 1000 },
+      { QueueNamePrefix: this.prefix },
+    );
+    for await (const page of pages) urls.push(...(page.QueueUrls ?? []));
     urls.sort();
     this.cached = { urls, at: this.now() };
     return urls;

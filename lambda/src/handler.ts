@@ -15,7 +15,7 @@ import { SQSClient } from '@aws-sdk/client-sqs';
 import type { S3Event, S3Handler } from 'aws-lambda';
 import { loadConfig, type LambdaConfig } from './config.js';
 import { FanoutError, publish, QueueDirectory, targetsFor } from './fanout.js';
-import { eventsFromNotification } from './records.js';
+import { eventsFromNotification, type SkipReason } from './records.js';
 import { recordRollouts } from './rollouts.js';
 
 const logger = new Logger({ serviceName: 'thinrelay-fanout' });
@@ -48,8 +48,12 @@ function getRuntime(): Runtime {
 export async function handleNotification(notification: S3Event): Promise<void> {
   const { config, sqs, ddb, directory } = getRuntime();
   try {
-    const events = eventsFromNotification(notification, config, logger);
+    const skipped = new Map<SkipReason, number>();
+    const events = eventsFromNotification(notification, config, logger, (reason) =>
+      skipped.set(reason, (skipped.get(reason) ?? 0) + 1),
+    );
     metrics.addMetric('EventsReceived', MetricUnit.Count, events.length);
+    recordSkips(skipped);
     if (events.length === 0) return;
     const queueUrls = config.queueUrls ?? (directory ? await directory.list() : []);
     if (queueUrls.length === 0) {
@@ -95,6 +99,21 @@ export async function handleNotification(notification: S3Event): Promise<void> {
   }
 }
 
-export const handler: S3Handler = async (event) => {
+/** RecordsSkipped in total, and per reason (a dimension: an alarm can pick one). */
+function recordSkips(skipped: ReadonlyMap<SkipReason, number>): void {
+  let total = 0;
+  for (const [reason, n] of skipped) {
+    total += n;
+    const single = metrics.singleMetric();
+    single.addDimension('reason', reason);
+    single.addMetric('RecordsSkipped', MetricUnit.Count, n);
+  }
+  metrics.addMetric('RecordsSkipped', MetricUnit.Count, total);
+}
+
+export const handler: S3Handler = async (event, context) => {
+  // Every log line of this invocation carries the request id, function and cold start.
+  logger.addContext(context);
+  metrics.captureColdStartMetric();
   await handleNotification(event);
 };

@@ -1,9 +1,10 @@
 /**
  * S3 notification records → image events. Pure: no I/O besides the log.
  *
- * A record we cannot or should not publish is skipped (and logged) rather
- * than thrown: throwing would make Lambda retry the whole invocation, which
- * can never turn a bad record into a good one.
+ * A record we cannot or should not publish is skipped — with a warning and a
+ * reason code the handler counts as a metric — rather than thrown: throwing
+ * would make Lambda retry the whole invocation, which can never turn a bad
+ * record into a good one.
  */
 import type { S3Event, S3EventRecord } from 'aws-lambda';
 import {
@@ -34,27 +35,41 @@ export function kindOf(eventName: string): ImageEventKind | null {
   return null;
 }
 
-export type RecordResult = { event: ImageEvent } | { skipped: string };
+/** Why a record was not published: the `reason` dimension of the RecordsSkipped metric. */
+export type SkipReason =
+  | 'NOT_PUT_OR_DELETE'
+  | 'BUCKET_NOT_CONFIGURED'
+  | 'KEY_BAD_ENCODING'
+  | 'FOLDER_PLACEHOLDER'
+  | 'OUTSIDE_PREFIX'
+  | 'SUFFIX_NOT_CONFIGURED'
+  | 'INVALID_EVENT';
+
+export type RecordResult = { event: ImageEvent } | { skipped: string; reason: SkipReason };
+
+const skip = (reason: SkipReason, skipped: string): RecordResult => ({ skipped, reason });
 
 export function recordToEvent(record: S3EventRecord, rules: FilterRules): RecordResult {
   const kind = kindOf(record.eventName);
-  if (kind === null) return { skipped: `event ${record.eventName} is not a put or delete` };
+  if (kind === null)
+    return skip('NOT_PUT_OR_DELETE', `event ${record.eventName} is not a put or delete`);
   const bucket = record.s3.bucket.name;
   if (rules.buckets.length > 0 && !rules.buckets.includes(bucket)) {
-    return { skipped: `bucket ${bucket} is not configured` };
+    return skip('BUCKET_NOT_CONFIGURED', `bucket ${bucket} is not configured`);
   }
   const obj = record.s3.object;
   let key: string;
   try {
     key = decodeS3Key(obj.key);
   } catch {
-    return { skipped: `key ${JSON.stringify(obj.key)} is not valid URL encoding` };
+    return skip('KEY_BAD_ENCODING', `key ${JSON.stringify(obj.key)} is not valid URL encoding`);
   }
   // Console "folders" are zero-byte keys ending in "/": never an image.
-  if (key.endsWith('/')) return { skipped: 'key is a folder placeholder' };
-  if (!key.startsWith(rules.imagePrefix)) return { skipped: 'key is outside IMAGE_PREFIX' };
+  if (key.endsWith('/')) return skip('FOLDER_PLACEHOLDER', 'key is a folder placeholder');
+  if (!key.startsWith(rules.imagePrefix))
+    return skip('OUTSIDE_PREFIX', 'key is outside IMAGE_PREFIX');
   if (rules.imageSuffixes.length > 0 && !rules.imageSuffixes.some((s) => key.endsWith(s))) {
-    return { skipped: 'key does not end with an IMAGE_SUFFIXES entry' };
+    return skip('SUFFIX_NOT_CONFIGURED', 'key does not end with an IMAGE_SUFFIXES entry');
   }
   const eventTime = new Date(record.eventTime);
   try {
@@ -71,7 +86,7 @@ export function recordToEvent(record: S3EventRecord, rules: FilterRules): Record
     });
     return { event };
   } catch (err) {
-    return { skipped: (err as Error).message };
+    return skip('INVALID_EVENT', (err as Error).message);
   }
 }
 
@@ -80,6 +95,7 @@ export function eventsFromNotification(
   notification: S3Event,
   rules: FilterRules,
   log: Log,
+  onSkipped: (reason: SkipReason) => void = () => undefined,
 ): ImageEvent[] {
   // S3 sends s3:TestEvent when a notification configuration is saved; it has
   // no Records. Recognise it explicitly so it is not mistaken for a bad payload.
@@ -98,8 +114,10 @@ export function eventsFromNotification(
     if ('event' in result) {
       events.push(result.event);
     } else {
-      log.info('record skipped', {
-        reason: result.skipped,
+      onSkipped(result.reason);
+      log.warn('record skipped', {
+        reason: result.reason,
+        detail: result.skipped,
         eventName: record.eventName,
         bucket: record.s3?.bucket?.name,
         rawKey: record.s3?.object?.key,

@@ -1,284 +1,233 @@
 #!/usr/bin/env bash
-# Runs the devicemapper test suite (or the dm bench, or any command) inside a
-# small qemu VM with a real Debian kernel, because the host kernel has no
-# device-mapper. The host's root is shared read-only, the work tree read-write
-# at the same path, so the compiled dist/ and node_modules run as they are.
+# Runs the devicemapper test suite (or the dm bench, or any command) on a real
+# Linux kernel with device-mapper, because the host kernel has none: Debian's
+# User-Mode Linux (`linux.uml`, the kernel as a host process), with the host
+# root as its read-only root (hostfs) and the work tree writable at the same
+# path, so the compiled dist/ and node_modules run as they are. qemu.sh is the
+# second harness (a qemu TCG guest with Debian's own kernel).
 #
 #   bash scripts/test-dm/run.sh                     every dist/test/dm/**/*.test.js
 #   bash scripts/test-dm/run.sh dist/test/dm/x.test.js ...   just those
 #   bash scripts/test-dm/run.sh --bench [args]      node dist/test/bench/dm-bench.js
 #   bash scripts/test-dm/run.sh --exec 'CMD'        any shell command (debugging)
 #
-# Exit status: the guest command's. Does not build: `npm run test:dm` does.
-# Env: THINRELAY_DM_VM_TIMEOUT (seconds, default 900; 2700 for --bench), THINRELAY_DM_VM_MEM (MiB,
-# default 4096), THINRELAY_DM_VM_CPUS (default 2), THINRELAY_DM_KERNEL (a
-# /boot/vmlinuz-* to use). THINRELAY_*, NODE_OPTIONS, CI and FORCE_COLOR/NO_COLOR
+# Installs what it lacks (user-mode-linux, thin-provisioning-tools, lvm2, kmod,
+# a C compiler for the ptrace shim, ...) when run as root. Exit status: the
+# guest command's; 124 if a guest outlived THINRELAY_DM_VM_TIMEOUT, 125 if a
+# guest stopped without reporting (panic, init died): both show the console.
+# Every guest's console is streamed and kept in dist/test-dm/console-N.log.
+# The whole suite runs as two guests, one per core, when the host has two
+# (three quarters of the kill -9 sweep in one, the other files and the last quarter
+# in the other); each guest has its own kernel, so their loop and dm devices
+# are apart by construction.
+# Does not build: `npm run test:dm` does.
+#
+# Env: THINRELAY_DM_VM_TIMEOUT (seconds per guest, default 1200; 1800 for --bench),
+# THINRELAY_DM_VM_MEM (MiB per guest, default 2048), THINRELAY_DM_UML_INSTANCES
+# (1 or 2; default 2 for the whole suite on 2+ cores), THINRELAY_DM_TEST_TIMEOUT_MS
+# (per test and per test file, default 900000). THINRELAY_*, NODE_OPTIONS, CI and FORCE_COLOR/NO_COLOR
 # are passed into the guest, plus THINRELAY_DM_VM_DESC and THINRELAY_DM_HOST_DESC
-# (what the VM and its host are, for benchmark reports).
+# (what the guest and its host are, for benchmark reports).
 set -euo pipefail
 
-readonly self=thinrelay-dm-vm
-log() { printf '%s: %s\n' "$self" "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 2
-}
-
-worktree=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
-# The bench runs several minutes of emulated-CPU unpacks; the test suite must not hang CI that long.
-if [[ ${1:-} == --bench ]]; then timeout_s=${THINRELAY_DM_VM_TIMEOUT:-2700}; else timeout_s=${THINRELAY_DM_VM_TIMEOUT:-900}; fi
-mem_mib=${THINRELAY_DM_VM_MEM:-4096}
-cpus=${THINRELAY_DM_VM_CPUS:-2}
+readonly self=thinrelay-dm-uml
+# shellcheck source=scripts/test-dm/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+whole_suite=$([[ $# -eq 0 ]] && echo yes || echo no)
+parse_guest_command "$@"
+if [[ $mode == bench ]]; then timeout_s=${THINRELAY_DM_VM_TIMEOUT:-1800}; else timeout_s=${THINRELAY_DM_VM_TIMEOUT:-1200}; fi
+mem_mib=${THINRELAY_DM_VM_MEM:-2048}
 [[ $timeout_s =~ ^[0-9]+$ && $timeout_s -gt 0 ]] || die "THINRELAY_DM_VM_TIMEOUT must be a positive number of seconds, got '$timeout_s'"
-
-# --- what to run in the guest ---------------------------------------------------------------------
-guest_cmd=
-case "${1:-}" in
-  --exec)
-    [[ $# -eq 2 && -n $2 ]] || die "usage: run.sh --exec 'COMMAND'"
-    guest_cmd=$2
-    ;;
-  --bench)
-    shift
-    [[ -f $worktree/dist/test/bench/dm-bench.js ]] || die "dist/test/bench/dm-bench.js is missing: run 'npm run build' first (or 'npm run bench:dm')"
-    guest_cmd="node dist/test/bench/dm-bench.js"
-    if [[ $# -gt 0 ]]; then guest_cmd+=$(printf ' %q' "$@"); fi
-    ;;
-  -h | --help)
-    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
-    exit 0
-    ;;
-  -*) die "unknown option '$1' (try --help)" ;;
-  *)
-    files=("$@")
-    if [[ ${#files[@]} -eq 0 ]]; then
-      [[ -d $worktree/dist/test/dm ]] || die "dist/test/dm is missing: run 'npm run build' first (or 'npm run test:dm')"
-      mapfile -t files < <(cd "$worktree" && find dist/test/dm -name '*.test.js' | sort)
-      [[ ${#files[@]} -gt 0 ]] || die "no dist/test/dm/**/*.test.js: nothing to run"
-    fi
-    for i in "${!files[@]}"; do
-      f=${files[$i]}
-      # The guest runs from the work tree: a path relative to somewhere else is made absolute.
-      if [[ ! -f $worktree/$f ]]; then
-        [[ -f $f ]] || die "no such test file: $f"
-        files[$i]=$(realpath "$f")
-      fi
-    done
-    guest_cmd="node --test --test-concurrency=1$(printf ' %q' "${files[@]}")"
-    ;;
-esac
+[[ $mem_mib =~ ^[0-9]+$ && $mem_mib -ge 256 ]] || die "THINRELAY_DM_VM_MEM must be at least 256 (MiB), got '$mem_mib'"
 
 # --- host prerequisites (installed only when missing) ----------------------------------------------
-kernel_with_dm_thin() {
-  local img ver best=
-  for img in /boot/vmlinuz-*; do
-    [[ -e $img ]] || continue
-    ver=${img#/boot/vmlinuz-}
-    compgen -G "/lib/modules/$ver/kernel/drivers/md/dm-thin-pool.ko*" > /dev/null || continue
-    if [[ -z $best ]] || [[ $(printf '%s\n%s\n' "$best" "$ver" | sort -V | tail -n1) == "$ver" ]]; then
-      best=$ver
-    fi
-  done
-  printf '%s' "$best"
-}
-
 missing=()
-command -v qemu-system-x86_64 > /dev/null || missing+=(qemu-system-x86)
-# A static busybox: the initramfs has no libc.
-[[ -x /bin/busybox ]] && ! LC_ALL=C ldd /bin/busybox > /dev/null 2>&1 || missing+=(busybox-static)
+command -v linux.uml > /dev/null || missing+=(user-mode-linux)
 command -v thin_ls > /dev/null || missing+=(thin-provisioning-tools)
 command -v dmsetup > /dev/null || missing+=(dmsetup)
+command -v lvcreate > /dev/null || missing+=(lvm2)
+command -v modprobe > /dev/null || missing+=(kmod)
+command -v ip > /dev/null || missing+=(iproute2)
 command -v mkfs.ext4 > /dev/null || missing+=(e2fsprogs)
 command -v losetup > /dev/null || missing+=(mount)
-if [[ -z ${THINRELAY_DM_KERNEL:-} && -z $(kernel_with_dm_thin) ]]; then missing+=(linux-image-amd64); fi
-if [[ ${#missing[@]} -gt 0 ]]; then
-  [[ $(id -u) -eq 0 ]] || die "missing ${missing[*]}; run as root so they can be installed"
-  log "installing ${missing[*]}"
-  apt_install() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-      -o DPkg::Lock::Timeout=600 "${missing[@]}"
-  }
-  if ! apt_install > /tmp/$self-apt.log 2>&1; then
-    log "apt-get install failed; updating package lists and retrying"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q -o DPkg::Lock::Timeout=600 >> /tmp/$self-apt.log 2>&1 || true
-    apt_install >> /tmp/$self-apt.log 2>&1 || {
-      tail -n 30 /tmp/$self-apt.log >&2
-      die "could not install ${missing[*]} (log: /tmp/$self-apt.log)"
-    }
-  fi
-fi
+command -v taskset > /dev/null || missing+=(util-linux)
+command -v cc > /dev/null || missing+=(gcc libc6-dev)
+install_packages "${missing[@]}"
 
-if [[ -n ${THINRELAY_DM_KERNEL:-} ]]; then
-  kernel=$THINRELAY_DM_KERNEL
-  kver=${kernel#/boot/vmlinuz-}
-else
-  kver=$(kernel_with_dm_thin)
-  [[ -n $kver ]] || die "no /boot/vmlinuz-* with a dm-thin-pool module under /lib/modules (install linux-image-amd64)"
-  kernel=/boot/vmlinuz-$kver
-fi
-moddir=/lib/modules/$kver
-[[ -r $kernel ]] || die "kernel image $kernel is not readable (run as root, or chmod a+r it)"
-[[ -r $moddir/modules.dep ]] || die "$moddir/modules.dep is missing or unreadable"
+kver=$(find /usr/lib/uml/modules -mindepth 1 -maxdepth 1 -printf '%f\n' 2> /dev/null | sort -V | tail -n1)
+[[ -n $kver && -r /usr/lib/uml/modules/$kver/modules.dep ]] || die "no module tree under /usr/lib/uml/modules (reinstall user-mode-linux)"
 
-# --- the initramfs ----------------------------------------------------------------------------------
+cores=$(nproc)
+instances=${THINRELAY_DM_UML_INSTANCES:-}
+if [[ -z $instances ]]; then
+  if [[ $mode == tests && $whole_suite == yes && $cores -ge 2 ]]; then instances=2; else instances=1; fi
+fi
+[[ $instances == 1 || $instances == 2 ]] || die "THINRELAY_DM_UML_INSTANCES must be 1 or 2, got '$instances'"
+
+# --- per-run scratch: the ptrace shim, the module root, one control dir per guest -------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/$self.XXXXXX")
-qemu_pid=
+pids=()
 watchdog_pid=
 cleanup() {
   if [[ -n $watchdog_pid ]]; then kill "$watchdog_pid" 2> /dev/null || true; fi
-  if [[ -n $qemu_pid ]] && kill -0 "$qemu_pid" 2> /dev/null; then
-    kill "$qemu_pid" 2> /dev/null || true
-    wait "$qemu_pid" 2> /dev/null || true
-  fi
+  local pid
+  # Each guest runs in its own process group (setsid): the kernel and every process it runs.
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2> /dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2> /dev/null || true; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
-trap 'log "interrupted: stopping the VM"; exit 130' INT
-trap 'log "terminated: stopping the VM"; exit 143' TERM HUP
+trap 'log "interrupted: stopping the guests"; exit 130' INT
+trap 'log "terminated: stopping the guests"; exit 143' TERM HUP
 
-root=$tmp/initramfs
-ctl=$tmp/ctl # shared read-write: the guest reports its status and timings here
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,newroot,ctl,lib/modules/"$kver"} "$ctl"
-cp /bin/busybox "$root/bin/busybox"
-ln -s busybox "$root/bin/sh"
-ln -s ../bin/busybox "$root/sbin/modprobe" # the kernel's module loader helper, before the host root is there
+# UML 6.1 hands the host a 2696-byte XSAVE area; hosts with AMX want 11008 and
+# answer EFAULT, and the guest panics at its first process. The shim fixes that
+# (and changes nothing on hosts with a small area).
+cc -O2 -shared -fPIC -o "$tmp/xstate.so" "$worktree/scripts/test-dm/uml-ptrace-xstate.c" -ldl ||
+  die "cannot build the ptrace shim (scripts/test-dm/uml-ptrace-xstate.c)"
+# The host has no /lib/modules of this kernel (and the guest root is read-only): modprobe -d
+# with a root whose lib/modules is UML's tree, for our loads and the kernel's own.
+mkdir -p "$tmp/modroot/lib"
+ln -s /usr/lib/uml/modules "$tmp/modroot/lib/modules"
+printf '#!/bin/sh\nexec /usr/sbin/modprobe -d %q "$@"\n' "$tmp/modroot" > "$tmp/modprobe"
+chmod +x "$tmp/modprobe"
 
-# Modules the initramfs itself needs to reach the 9p shares, with their dependencies in load order
-# (modules.dep lists each module's full dependency closure, last = loaded first).
-modules_in_order() {
-  local name path deps dep
-  for name in "$@"; do
-    path=$(awk -v a="/${name//_/-}.ko" -v b="/${name//-/_}.ko" -F: '
-      { p = $1; sub(/\.(xz|zst|gz)$/, "", p) }
-      substr(p, length(p) - length(a) + 1) == a || substr(p, length(p) - length(b) + 1) == b { print $1; exit }
-    ' "$moddir/modules.dep")
-    if [[ -z $path ]]; then
-      grep -qE "/${name//_/[-_]}\.ko" "$moddir/modules.builtin" 2> /dev/null && continue
-      die "kernel $kver has no module $name"
-    fi
-    deps=$(awk -v p="$path" -F': *' '$1 == p { print $2; exit }' "$moddir/modules.dep")
-    for dep in $(printf '%s\n' $deps | tac); do printf '%s\n' "$dep"; done
-    printf '%s\n' "$path"
-  done | awk '!seen[$0]++'
+console_dir=$worktree/dist/test-dm
+mkdir -p "$console_dir"
+
+# The guest command of instance $1 (1-based) of $instances.
+guest_cmd_of() {
+  local i=$1 f crash=() rest=()
+  if [[ $instances -eq 1 ]]; then
+    printf '%s' "$guest_cmd"
+    return
+  fi
+  # The kill -9 sweep is most of the suite's time: guest 1 runs three quarters of its points,
+  # guest 2 the other files and then the last quarter.
+  for f in "${test_files[@]}"; do
+    if [[ $(basename "$f") == dm-crash.test.js ]]; then crash+=("$f"); else rest+=("$f"); fi
+  done
+  if [[ ${#crash[@]} -eq 0 ]]; then
+    if [[ $i -eq 1 ]]; then node_test_cmd "${rest[@]}"; else printf 'true'; fi
+  elif [[ $i -eq 1 ]]; then
+    printf 'THINRELAY_DM_CRASH_SHARD=1,2,3/4 '
+    node_test_cmd "${crash[@]}"
+  else
+    printf 'THINRELAY_DM_CRASH_SHARD=4/4 '
+    node_test_cmd "${rest[@]}" "${crash[@]}"
+  fi
 }
-: > "$root/modules.load"
-while read -r rel; do
-  out=$root/lib/modules/$kver/$(basename "${rel%.xz}")
-  out=${out%.zst}
-  case $rel in
-    *.xz) xz -dc "$moddir/$rel" > "$out" ;;
-    *.zst) zstd -qdc "$moddir/$rel" > "$out" ;;
-    *) cp "$moddir/$rel" "$out" ;;
-  esac
-  echo "/lib/modules/$kver/$(basename "$out")" >> "$root/modules.load"
-done < <(modules_in_order virtio_pci 9pnet_virtio 9p)
 
-# The command, run by bash inside the host-root chroot, from the work tree.
-{
-  echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
-  if [[ -t 1 ]]; then printf 'export TERM=%q\n' "${TERM:-linux}"; else echo "export TERM=dumb"; fi
-  # What the figures were measured on, for benches (the guest sees only an emulated CPU).
-  printf 'export THINRELAY_DM_VM_DESC=%q\n' "qemu TCG, $cpus vCPUs, $mem_mib MiB, kernel $kver"
-  printf 'export THINRELAY_DM_HOST_DESC=%q\n' "$(nproc) × $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r)"
-  while IFS='=' read -r name _; do
-    case $name in
-      THINRELAY_DM_VM_* | THINRELAY_DM_HOST_DESC | THINRELAY_DM_KERNEL) ;;
-      THINRELAY_* | NODE_OPTIONS | CI | FORCE_COLOR | NO_COLOR) printf 'export %s=%q\n' "$name" "${!name}" ;;
-    esac
-  done < <(env)
-} > "$root/guest.env"
-cat > "$root/guest.sh" << EOF
-set -u
-. /run/$self/guest.env
-cd $(printf '%q' "$worktree") || exit 125
-$guest_cmd
-EOF
-
-cat > "$root/init" << EOF
-#!/bin/sh
-# PID 1 of the test VM: reach the shares, build the chroot, run the command, report, power off.
-export PATH=/sbin:/bin
-/bin/busybox --install -s
+write_guest() {
+  local i=$1 ctl=$tmp/$1
+  mkdir -p "$ctl"
+  write_guest_env "User-Mode Linux $kver, 1 vCPU pinned to a host core, $mem_mib MiB" > "$ctl/guest.env"
+  printf 'cd %q || exit 125\n%s\n' "$worktree" "$(guest_cmd_of "$i")" > "$ctl/guest.sh"
+  cat > "$ctl/init" << EOF
+#!/bin/bash
+# PID 1 of guest $i: mounts, modules, loopback, the command, its status to the host, power off.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ctl=$(printf '%q' "$ctl")
+off() {
+  sync
+  poweroff -f > /dev/null 2>&1 || echo o > /proc/sysrq-trigger
+  sleep 10
+}
+fail() {
+  echo "$self guest $i: \$*"
+  off
+}
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-fail() { echo "$self guest: \$*"; poweroff -f; }
-while read -r m; do insmod "\$m" || fail "insmod \$m failed"; done < /modules.load
-p9="trans=virtio,version=9p2000.L,msize=262144"
-mount -t 9p -o "\$p9,ro,cache=loose" hostroot /newroot || fail "cannot mount the host root"
-mount -t 9p -o "\$p9" ctl /ctl || fail "cannot mount the control share"
-# The host's full module tree, so the kernel's on-demand module loads (and ours) find everything.
-mount --bind /newroot/lib/modules /lib/modules
-for m in dm_mod dm_thin_pool loop ext4 crc32c_generic; do modprobe "\$m" || fail "modprobe \$m failed"; done
-modprobe -q crc32c_intel || true
-ip link set lo up
-n=/newroot
-mount -t proc proc \$n/proc
-mount -t sysfs sysfs \$n/sys
-mount -t devtmpfs devtmpfs \$n/dev
-mkdir -p \$n/dev/shm \$n/dev/pts
-mount -t tmpfs -o mode=1777 tmpfs \$n/dev/shm
-mount -t devpts devpts \$n/dev/pts
-mount -t tmpfs -o mode=1777 tmpfs \$n/tmp
-mount -t tmpfs -o mode=0755 tmpfs \$n/run
-mkdir -p \$n/run/$self \$n/run/lock
-# The work tree last, so the fresh tmpfs mounts cannot hide it (a clone under /tmp, say).
-w=\$n$(printf '%q' "$worktree")
-[ -d "\$w" ] || mkdir -p "\$w" || fail "cannot make the work tree's mount point"
-mount -t 9p -o "\$p9" work "\$w" || fail "cannot mount the work tree"
-cp /guest.sh /guest.env \$n/run/$self/
-cut -d' ' -f1 /proc/uptime > /ctl/started
-chroot \$n /bin/bash /run/$self/guest.sh < /dev/console > /dev/console 2>&1
-echo \$? > /ctl/status.tmp && mv /ctl/status.tmp /ctl/status
-cut -d' ' -f1 /proc/uptime > /ctl/finished
-sync
-poweroff -f
+mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+ln -sfn /proc/self/fd /dev/fd
+ln -sfn /proc/self/fd/0 /dev/stdin
+ln -sfn /proc/self/fd/1 /dev/stdout
+ln -sfn /proc/self/fd/2 /dev/stderr
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -p /run/lock /run/lvm
+# Writable host directories last, so the fresh tmpfs mounts cannot hide them (a clone under /tmp).
+scratch=$(printf '%q' "$tmp")
+mkdir -p "\$scratch" && mount -t hostfs -o "\$scratch" hostfs "\$scratch" || fail "cannot mount the harness's scratch dir"
+w=$(printf '%q' "$worktree")
+mkdir -p "\$w" && mount -t hostfs -o "\$w" hostfs "\$w" || fail "cannot mount the work tree"
+echo $(printf '%q' "$tmp/modprobe") > /proc/sys/kernel/modprobe
+$(printf '%q' "$tmp/modprobe") -a dm_thin_pool loop || fail "cannot load dm_thin_pool and loop"
+# Without loopback every test that talks to the S3 emulator fails with ENETUNREACH.
+ip link set lo up || fail "cannot bring up lo"
+# No udev in the guest: libdm makes /dev/mapper nodes itself.
+export DM_DISABLE_UDEV=1
+cut -d' ' -f1 /proc/uptime > "\$ctl/started"
+(
+  set -u
+  . "\$ctl/guest.env"
+  exec bash "\$ctl/guest.sh"
+) < /dev/null
+echo \$? > "\$ctl/status.tmp" && mv "\$ctl/status.tmp" "\$ctl/status"
+cut -d' ' -f1 /proc/uptime > "\$ctl/finished"
+off
 EOF
-chmod +x "$root/init"
-(cd "$root" && find . | busybox cpio -o -H newc --quiet > "$tmp/initrd.cpio") || die "cannot build the initramfs"
+  chmod +x "$ctl/init"
+}
 
-# --- boot -------------------------------------------------------------------------------------------
-log "kernel $kver, ${mem_mib} MiB, $cpus vCPUs (tcg); work tree $worktree; timeout ${timeout_s}s"
-log "running: $guest_cmd"
+# Boots guest $1 pinned to core $2 in its own process group; its console goes to
+# the terminal (prefixed when there are two) and to dist/test-dm/console-N.log.
+boot() {
+  local i=$1 core=$2 ctl=$tmp/$1 prefix=
+  [[ $instances -eq 1 ]] || prefix="[uml $i] "
+  : > "$console_dir/console-$i.log"
+  # The guest's RAM is a sparse file in TMPDIR: /dev/shm keeps it in memory.
+  setsid taskset -c "$core" env TMPDIR=/dev/shm LD_PRELOAD="$tmp/xstate.so" \
+    linux.uml "mem=${mem_mib}M" rootfstype=hostfs rootflags=/ ro quiet loglevel=4 selinux=0 \
+    init="$ctl/init" con=null con0=null,fd:1 "umid=$self-$$-$i" "uml_dir=$tmp" \
+    < /dev/null > >(tee -a "$console_dir/console-$i.log" | sed -u "s/^/$prefix/") 2>&1 &
+  pids+=($!)
+}
+
+# --- boot ---------------------------------------------------------------------------------------------
+for ((i = 1; i <= instances; i++)); do write_guest "$i"; done
+log "User-Mode Linux $kver, $instances guest(s) × 1 vCPU, $mem_mib MiB each; work tree $worktree; timeout ${timeout_s}s"
+for ((i = 1; i <= instances; i++)); do log "guest $i runs: $(tail -n1 "$tmp/$i/guest.sh")"; done
 t0=$(date +%s.%N)
-# KVM hangs in early boot on these hosts (no nested virtualization): TCG it is.
-qemu-system-x86_64 \
-  -accel tcg -cpu max -m "$mem_mib" -smp "$cpus" \
-  -kernel "$kernel" -initrd "$tmp/initrd.cpio" \
-  -append "console=ttyS0 panic=-1 quiet loglevel=3" \
-  -display none -monitor none -serial chardev:con -chardev stdio,id=con,signal=off \
-  -nic none -no-reboot \
-  -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-  -virtfs "local,path=$worktree,mount_tag=work,security_model=none,multidevs=remap" \
-  -virtfs "local,path=$ctl,mount_tag=ctl,security_model=none" \
-  < /dev/null &
-qemu_pid=$!
+for ((i = 1; i <= instances; i++)); do boot "$i" $(((cores - i) % cores)); done
 (
   trap 'kill "$sleep_pid" 2> /dev/null; exit 0' TERM
   sleep "$timeout_s" &
   sleep_pid=$!
   wait "$sleep_pid"
   touch "$tmp/timed-out"
-  kill "$qemu_pid" 2> /dev/null
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2> /dev/null; done
 ) &
 watchdog_pid=$!
-qemu_status=0
-wait "$qemu_pid" || qemu_status=$?
-qemu_pid=
+
+overall=0
+for ((i = 1; i <= instances; i++)); do
+  uml_status=0
+  wait "${pids[$((i - 1))]}" || uml_status=$?
+  t1=$(date +%s.%N)
+  ctl=$tmp/$i
+  if [[ -s $ctl/status ]]; then
+    status=$(< "$ctl/status")
+    awk -v t0="$t0" -v t1="$t1" -v s="$(stat -c %.9Y "$ctl/started")" -v gs="$(< "$ctl/started")" \
+      -v gf="$(< "$ctl/finished")" -v st="$status" -v i="$i" \
+      'BEGIN { printf "'"$self"': guest %d: exit status %d; boot to command start %.1fs (guest uptime %.1fs), command %.1fs, wall %.1fs\n", i, st, s - t0, gs, gf - gs, t1 - t0 }' >&2
+  else
+    if [[ -e $tmp/timed-out ]]; then
+      log "error: guest $i did not finish within ${timeout_s}s (THINRELAY_DM_VM_TIMEOUT); killed it"
+      status=124
+    else
+      log "error: guest $i stopped (linux.uml status $uml_status) without reporting the command's status"
+      status=125
+    fi
+    log "the last lines of its console (all of it: $console_dir/console-$i.log):"
+    tail -n 40 "$console_dir/console-$i.log" | sed 's/^/  | /' >&2
+  fi
+  [[ $overall -ne 0 ]] || overall=$status
+done
 kill "$watchdog_pid" 2> /dev/null || true
 watchdog_pid=
-t1=$(date +%s.%N)
-
-if [[ -e $tmp/timed-out ]]; then
-  log "error: the VM did not finish within ${timeout_s}s (THINRELAY_DM_VM_TIMEOUT); killed it"
-  exit 124
-fi
-if [[ ! -s $ctl/status ]]; then
-  log "error: the VM stopped (qemu status $qemu_status) without reporting the command's status"
-  exit 125
-fi
-status=$(< "$ctl/status")
-started_host=$(stat -c %.9Y "$ctl/started")
-awk -v t0="$t0" -v t1="$t1" -v s="$started_host" -v gs="$(< "$ctl/started")" -v gf="$(< "$ctl/finished")" -v st="$status" \
-  'BEGIN { printf "'"$self"': exit status %d; boot to command start %.1fs (guest uptime %.1fs), command %.1fs, wall %.1fs\n", st, s - t0, gs, gf - gs, t1 - t0 }' >&2
-exit "$status"
+exit "$overall"

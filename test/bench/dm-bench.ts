@@ -1,8 +1,11 @@
 /**
- * npm run bench:dm: device-mapper figures, measured inside the test VM
- * (scripts/test-dm/run.sh --bench). The VM's CPU is emulated (qemu TCG), so
- * absolute times are many times a real host's: compare the ratios. Prints a
- * table and writes bench/dm-results.json. Figures, not assertions.
+ * npm run bench:dm: device-mapper figures, measured on a real kernel with
+ * device-mapper — User-Mode Linux by default (scripts/test-dm/run.sh --bench),
+ * or the qemu TCG guest (scripts/test-dm/qemu.sh --bench). The guest kernel
+ * costs a factor over the host's: compare the ratios, and see the factor
+ * itself — the same loop-device commands timed in the guest and then on the
+ * host (`--host-factor`, which npm run bench:dm runs after the guest).
+ * Prints tables and writes bench/dm-results.json. Figures, not assertions.
  *
  * Raw dmsetup parts: mkfs with lazy init on/off on a thin volume, and the
  * unpack of one rootfs tar into ext4 on pools of 128, 256 and 2048-sector
@@ -610,6 +613,117 @@ async function benchBackends(
   }
 }
 
+// ---- the same commands on the host and in the guest: the UML/host factor -----------------------
+
+interface CommonFigures {
+  /** `node -e 0`, whole process. */
+  nodeStartMs: number;
+  /** 200 × spawnSync('true'): process creation, which UML pays most for. */
+  spawn200Ms: number;
+  /** mkfs.ext4 (lazy init, as thinrelay runs it) of a 2 GiB sparse file on a loop device. */
+  mkfsLoopMs: number;
+  /** GNU tar of the bench rootfs into that ext4, mount to unmount. */
+  untarLoopMs: number;
+}
+
+const commonRows: [keyof CommonFigures, string][] = [
+  ['nodeStartMs', '`node -e 0`'],
+  ['spawn200Ms', '200 × spawnSync(`true`)'],
+  ['mkfsLoopMs', 'mkfs.ext4 of a 2 GiB file on a loop device'],
+  ['untarLoopMs', 'GNU tar unpack into ext4 on a loop device'],
+];
+
+/**
+ * Commands that run alike on the host (which has no device-mapper) and in
+ * the guest, over loop devices on a tmpfs (/dev/shm) in both, so what
+ * differs is the kernel: their ratio is the guest's cost factor.
+ */
+function benchCommon(tar: string): CommonFigures {
+  const work = mkdtempSync('/dev/shm/thinrelay-dm-bench-common-');
+  const runs: Record<keyof CommonFigures, number[]> = {
+    nodeStartMs: [],
+    spawn200Ms: [],
+    mkfsLoopMs: [],
+    untarLoopMs: [],
+  };
+  try {
+    const img = join(work, 'fs.img');
+    const mnt = join(work, 'mnt');
+    mkdirSync(mnt);
+    for (let i = 0; i < reps; i++) {
+      runs.nodeStartMs.push(time(() => sh(process.execPath, ['-e', '0'])));
+      runs.spawn200Ms.push(
+        time(() => {
+          for (let j = 0; j < 200; j++) spawnSync('true');
+        }),
+      );
+      writeFileSync(img, '');
+      sh('truncate', ['-s', String(volumeBytes), img]);
+      const loop = sh('losetup', ['--find', '--show', img]).trim();
+      try {
+        runs.mkfsLoopMs.push(time(() => mkfs(loop, true)));
+        runs.untarLoopMs.push(unpackInto(loop, mnt, tar, 'gnu-tar'));
+      } finally {
+        if (isMountpoint(mnt)) sh('umount', [mnt]);
+        sh('losetup', ['--detach', loop]);
+        rmSync(img, { force: true });
+      }
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  const figures = {} as CommonFigures;
+  for (const [k] of commonRows) figures[k] = median(runs[k]);
+  progress(
+    'commands common to host and guest',
+    commonRows.reduce((sum, [k]) => sum + figures[k], 0),
+  );
+  return figures;
+}
+
+const resultsPath = join(repoRoot, 'bench', 'dm-results.json');
+
+/**
+ * `dm-bench.js --host-factor`, on the host after the guest's run (npm run
+ * bench:dm does both): the common commands again, here, and the guest/host
+ * factor of each, added to bench/dm-results.json.
+ */
+async function hostFactor(): Promise<void> {
+  const results = JSON.parse(readFileSync(resultsPath, 'utf8')) as {
+    machine: Record<string, string>;
+    common?: CommonFigures;
+    hostFactor?: unknown;
+  };
+  const guest = results.common;
+  if (guest === undefined)
+    throw new Error(
+      `${resultsPath} has no guest figures: run npm run bench:dm (not just --host-factor)`,
+    );
+  const work = mkdtempSync('/dev/shm/thinrelay-dm-bench-host-');
+  let host: CommonFigures;
+  try {
+    host = benchCommon((await benchTar(work)).path);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  const factors = {} as CommonFigures;
+  for (const [k] of commonRows) factors[k] = guest[k] / host[k];
+  results.hostFactor = {
+    host: `${sh('nproc', []).trim()} × ${/model name\s*: (.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '?'}, kernel ${sh('uname', ['-r']).trim()}`,
+    loadAverage: readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' '),
+    hostFigures: host,
+    guestOverHost: factors,
+  };
+  writeFileSync(resultsPath, JSON.stringify(results, null, 2) + '\n');
+  console.log(
+    `\nthe same commands in the guest (${results.machine.vm}) and on its host; median of ${reps}\n`,
+  );
+  console.log('| command | guest | host | guest / host |\n|---|---|---|---|');
+  for (const [k, label] of commonRows)
+    console.log(`| ${label} | ${s(guest[k])} | ${s(host[k])} | ${factors[k].toFixed(1)} |`);
+  console.log(`\nwritten: ${resultsPath}`);
+}
+
 function machine(): Record<string, string> {
   return {
     vm:
@@ -678,6 +792,7 @@ async function main(): Promise<void> {
     const entries = sh('tar', ['-tf', tar.path])
       .split('\n')
       .filter((l) => l !== '').length;
+    const commonFigures = benchCommon(tar.path);
     const mkfsFigures = benchMkfs(work, tar.path);
     const blockSizeFigures = benchBlockSizes(work, tar.path);
     let backendFigures: Awaited<ReturnType<typeof benchBackends>> | { error: string };
@@ -699,15 +814,16 @@ async function main(): Promise<void> {
       mkfs: mkfsFigures,
       blockSizes: blockSizeFigures,
       backend: backendFigures,
+      common: commonFigures,
     };
-    const out = join(repoRoot, 'bench', 'dm-results.json');
-    mkdirSync(dirname(out), { recursive: true });
-    writeFileSync(out, JSON.stringify(results, null, 2) + '\n');
+    mkdirSync(dirname(resultsPath), { recursive: true });
+    writeFileSync(resultsPath, JSON.stringify(results, null, 2) + '\n');
     printTable(results);
-    console.log(`\nwritten: ${out}`);
+    console.log(`\nwritten: ${resultsPath}`);
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
 }
 
-await main();
+if (process.argv.includes('--host-factor')) await hostFactor();
+else await main();

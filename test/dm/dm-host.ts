@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { dmPrefixFor } from '../../host-agent/src/storage/devmapper/devmapper-backend.js';
 import { parseThinDump } from '../../host-agent/src/storage/devmapper/thin-metadata.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
+import type { CliResult } from '../helpers/cli.js';
 
 const sh = (file: string, args: string[]): string =>
   execFileSync(file, args, { encoding: 'utf8', env: { ...process.env, LC_ALL: 'C' } });
@@ -84,7 +85,10 @@ export function poolTransactionId(pool: string): number {
 }
 
 /** The store's side: live thin ids, active snapshots' device names. */
-export function storeView(stateDir: string): {
+export function storeView(
+  stateDir: string,
+  pool = poolNameOf(stateDir),
+): {
   thinIds: number[];
   activeDevices: string[];
   journalTid: number | null;
@@ -93,7 +97,7 @@ export function storeView(stateDir: string): {
   const store = StateStore.open(stateDir, { readonly: true });
   try {
     const live = store.objects.listLive();
-    const journal = store.poolJournal.get(poolNameOf(stateDir));
+    const journal = store.poolJournal.get(pool);
     return {
       thinIds: live
         .map((o) => o.thin_id)
@@ -156,9 +160,8 @@ export async function withMountedAsync<T>(
 }
 
 /** The invariant of this issue: pool and store agree exactly, nothing else is up. */
-export function assertPoolMatchesStore(stateDir: string): void {
-  const pool = poolNameOf(stateDir);
-  const view = storeView(stateDir);
+export function assertPoolMatchesStore(stateDir: string, pool = poolNameOf(stateDir)): void {
+  const view = storeView(stateDir, pool);
   assert.deepEqual(poolThinIds(pool), view.thinIds, "pool thin ids = the store's live thin ids");
   const inv = dmHostInventory(stateDir);
   assert.deepEqual(
@@ -173,4 +176,17 @@ export function assertPoolMatchesStore(stateDir: string): void {
     poolTransactionId(pool),
     'journal and pool agree on the transaction id',
   );
+}
+
+/** What `process-image --json` prints. */
+export interface ProcessJson {
+  outcome: string;
+  devicePath: string;
+  imageId: number;
+}
+
+/** A CLI run that must have succeeded, its --json output parsed. */
+export function cliJson<T>(r: CliResult): T {
+  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
 }

@@ -21,6 +21,8 @@ import { gzip, packTar } from '../helpers/tar-fixtures.js';
 import { compareTrees } from '../helpers/tree-compare.js';
 import {
   assertPoolMatchesStore,
+  cliJson as json,
+  type ProcessJson,
   devmapperEnv,
   dmHostInventory,
   freshStateDir,
@@ -33,17 +35,6 @@ import {
 } from './dm-host.js';
 
 const bucket = 'thinrelay-dm';
-
-interface ProcessJson {
-  outcome: string;
-  devicePath: string;
-  imageId: number;
-}
-
-function json<T>(r: CliResult): T {
-  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
 
 describe('process-image on devmapper', { skip: needsRoot }, () => {
   let s3: S3Emulator;

@@ -163,6 +163,19 @@ describe('thinrelay agent', { skip: needsRoot, timeout: 300_000 }, () => {
     );
     assert.equal(jobs, 1, 'one job');
     assert.equal(unpacks, 1, 'one unpack');
+    // Every line of the image's work names its message and key; once known, its image and job.
+    const work = agent.logs.filter((l) => l.messageId !== undefined);
+    assert.ok(work.length >= 6, JSON.stringify(agent.logs));
+    for (const l of work) assert.equal(l.key, key, JSON.stringify(l));
+    const stepLines = agent.logs.filter((l) => l.msg === 'step done' || l.msg === 'unpacking');
+    assert.ok(stepLines.length >= 5, JSON.stringify(agent.logs));
+    for (const l of stepLines) {
+      assert.equal(typeof l.messageId, 'string', JSON.stringify(l));
+      assert.equal(typeof l.image, 'number', JSON.stringify(l));
+      assert.equal(typeof l.job, 'number', JSON.stringify(l));
+    }
+    const outcomeLines = agent.logs.filter((l) => l.msg === 'image event handled');
+    assert.ok(outcomeLines.every((l) => typeof l.messageId === 'string'));
 
     // An older event for the key (an overwrite notification that arrived late).
     const older = putEvent(key, '"0123456789abcdef0123456789abcdef"', '0000000000000100');
@@ -339,6 +352,19 @@ describe('thinrelay agent', { skip: needsRoot, timeout: 300_000 }, () => {
     assert.match(metrics, /^thinrelay_messages_total\{outcome="applied"\} 2$/m);
     assert.match(metrics, /^thinrelay_images_in_flight 0$/m);
     assert.match(metrics, /^thinrelay_image_duration_seconds_count 2$/m);
+    // Capacity, state, build and process: read at scrape time from the pool, the store, the process.
+    assert.match(
+      metrics,
+      /^thinrelay_build_info\{version="\d+\.\d+\.\d+",commit="[^"]+",node="v\d+[^"]*"\} 1$/m,
+    );
+    assert.match(metrics, /^thinrelay_images\{status="removed"\} [1-9]\d*$/m);
+    assert.match(metrics, /^thinrelay_pool_bytes\{area="data",kind="total"\} [1-9]\d*$/m);
+    assert.match(metrics, /^thinrelay_pool_bytes\{area="data",kind="used"\} \d+$/m);
+    assert.match(metrics, /^thinrelay_pool_free_bytes [1-9]\d*$/m);
+    assert.match(metrics, /^thinrelay_pool_healthy 1$/m);
+    assert.match(metrics, /^process_resident_memory_bytes [1-9]\d*$/m);
+    assert.match(metrics, /^process_cpu_user_seconds_total [\d.e-]+$/m);
+    assert.match(metrics, /^nodejs_eventloop_lag_seconds\{quantile="0.99"\} [\d.e-]+$/m);
     assert.equal((await agent.stop()).code, 0);
   });
 });

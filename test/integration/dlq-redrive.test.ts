@@ -431,7 +431,7 @@ test('redrive of a queue that is not a DLQ, a missing queue, an unreachable SQS:
     ['redrive', '--dlq-url', `${endpoint}/123456789012/no-such-queue`],
     env,
   );
-  assert.equal(missing.code, 2);
+  assert.equal(missing.code, 4);
   assert.match(oneLine(missing.stderr), /\[QUEUE_NOT_FOUND\]/);
 
   const unreachable = await runCli(

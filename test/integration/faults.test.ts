@@ -18,7 +18,7 @@ import { after, before, describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import Database from 'better-sqlite3';
 import { loadConfig } from '../../host-agent/src/config.js';
-import { UsageError } from '../../host-agent/src/errors.js';
+import { NotFoundError } from '../../host-agent/src/errors.js';
 import { silentLogger } from '../../host-agent/src/log.js';
 import { activateImage, removeImage } from '../../host-agent/src/ops/image-ops.js';
 import { openRuntime } from '../../host-agent/src/runtime.js';
@@ -459,7 +459,8 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
     const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-baddb-'));
     t.after(() => releaseStateDir(stateDir));
     const env = { THINRELAY_STATE_DIR: stateDir };
-    assert.equal((await runCli(['images'], env)).code, 0);
+    // gc creates the database (read-only commands never do).
+    assert.equal((await runCli(['gc'], env)).code, 0);
 
     writeFileSync(join(stateDir, dbFileName), randomBytes(64 * 1024));
     for (const f of ['images.db-wal', 'images.db-shm']) rmSync(join(stateDir, f), { force: true });
@@ -483,7 +484,7 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
 
     // Read-only: the state dir's filesystem mounted read-only (root ignores file modes).
     rmSync(join(stateDir, dbFileName));
-    assert.equal((await runCli(['images'], env)).code, 0);
+    assert.equal((await runCli(['gc'], env)).code, 0);
     execFileSync('mount', ['--bind', stateDir, stateDir]);
     try {
       execFileSync('mount', ['-o', 'remount,bind,ro', stateDir]);
@@ -516,7 +517,7 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
       return copy(spec);
     };
     await assert.rejects(activateImage(rt, 'images/raced.tar'), (err: unknown) => {
-      assert.ok(err instanceof UsageError, String(err));
+      assert.ok(err instanceof NotFoundError, String(err));
       assert.equal(err.code, 'NOT_FOUND');
       assert.match(err.message, /was removed while snapshot \d+ was being created/);
       return true;

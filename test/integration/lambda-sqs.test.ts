@@ -58,9 +58,66 @@ test('an S3 put notification reaches every host queue as a valid image event', a
     IMAGE_PREFIX: 'images/',
     IMAGE_SUFFIXES: '.tar,.tar.gz',
     POWERTOOLS_LOG_LEVEL: 'WARN',
+    // What Lambda sets for an on-demand environment: Powertools' cold-start detection reads it.
+    AWS_LAMBDA_INITIALIZATION_TYPE: 'on-demand',
   });
   const { handler } = await import('../../lambda/src/handler.js');
-  await handler(s3PutNotification(), {} as Context, () => undefined);
+  // Powertools writes logs and EMF metrics to the console: capture this invocation's
+  const context = {
+    awsRequestId: 'req-0001',
+    functionName: 'thinrelay-fanout',
+    functionVersion: '$LATEST',
+    invokedFunctionArn: 'arn:aws:lambda:eu-west-1:123456789012:function:thinrelay-fanout',
+    memoryLimitInMB: '256',
+  } as Context;
+  const skippedRecord = s3PutNotification().Records[0]!;
+  const notification: S3Event = {
+    Records: [
+      ...s3PutNotification().Records,
+      {
+        ...skippedRecord,
+        s3: {
+          ...skippedRecord.s3,
+          object: { ...skippedRecord.s3.object, key: 'images/notes.txt' },
+        },
+      },
+    ],
+  };
+  // (warnings and errors go to stderr, the rest to stdout).
+  const out: string[] = [];
+  const writes = [process.stdout, process.stderr].map((stream) => {
+    const write = stream.write.bind(stream);
+    stream.write = (chunk: string | Uint8Array) => {
+      out.push(String(chunk));
+      return true;
+    };
+    return () => (stream.write = write);
+  });
+  try {
+    await handler(notification, context, () => undefined);
+  } finally {
+    for (const restore of writes) restore();
+  }
+  const lines = out
+    .join('')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+  // The skipped record: a warning with its reason, the request id and cold start…
+  const warning = lines.find((l) => l.message === 'record skipped');
+  assert.ok(warning, out.join(''));
+  assert.equal(warning.level, 'WARN');
+  assert.equal(warning.reason, 'SUFFIX_NOT_CONFIGURED');
+  assert.equal(warning.function_request_id, 'req-0001');
+  assert.equal(warning.cold_start, true);
+  // …and a metric per reason (EMF), next to the total and the cold start.
+  const emf = lines.filter((l) => '_aws' in l);
+  assert.ok(
+    emf.some((l) => l.reason === 'SUFFIX_NOT_CONFIGURED' && l.RecordsSkipped === 1),
+    JSON.stringify(emf),
+  );
+  assert.ok(emf.some((l) => l.ColdStart === 1));
+  assert.ok(emf.some((l) => l.RecordsSkipped === 1 && l.EventsReceived === 1));
 
   for (const url of hostQueues) {
     const messages = await receiveAll(sqs, url);

@@ -194,14 +194,14 @@ describe('process-image', { skip: needsRoot }, () => {
     assert.deepEqual(hostInventory(stateDir).loops, before.loops);
     assert.deepEqual(hostInventory(stateDir).mounts, []);
     assert.deepEqual(hostInventory(stateDir).poolFiles, before.poolFiles);
-    const failed = json<{ key: string; error_code: string }[]>(await cli('failed', '--json'));
+    const failed = json<{ key: string; errorCode: string }[]>(await cli('failed', '--json'));
     assert.deepEqual(
-      failed.map((f) => [f.key, f.error_code]),
+      failed.map((f) => [f.key, f.errorCode]),
       [['images/hostile.tar', 'ARCHIVE_PATH_ESCAPE']],
     );
     const show = json<{
       job: { status: string };
-      steps: { name: string; status: string; error_code: string | null }[];
+      steps: { name: string; status: string; errorCode: string | null }[];
     }>(await cli('show', 'images/hostile.tar', '--json'));
     assert.equal(show.job.status, 'failed');
     assert.deepEqual(
@@ -238,7 +238,7 @@ describe('process-image', { skip: needsRoot }, () => {
     );
   });
 
-  test('exit codes: usage 2, missing object 1 with its reason, not-found image 2', async () => {
+  test('exit codes: usage 2, missing object 1 with its reason, not-found image 4', async () => {
     const usage = await cli('process-image');
     assert.equal(usage.code, 2);
     assert.match(usage.stderr, /missing --s3-key/);
@@ -253,7 +253,7 @@ describe('process-image', { skip: needsRoot }, () => {
     });
     assert.ok(noBucket.code === 2 || noBucket.code === 1);
     const show = await cli('show', 'no/such/key');
-    assert.equal(show.code, 2);
+    assert.equal(show.code, 4);
     assert.match(show.stderr, /\[NOT_FOUND\]/);
   });
 
@@ -335,13 +335,13 @@ describe('process-image', { skip: needsRoot }, () => {
       if (!sent && stderr.includes('"msg":"unpacking"')) sent = child.kill('SIGINT');
     });
     const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-    assert.equal(code, 1, stderr);
+    assert.equal(code, 130, stderr);
     assert.match(stderr.trim().split('\n').pop() ?? '', /\[INTERRUPTED\] stopped: received SIGINT/);
     assert.deepEqual(hostInventory(stateDir), before, 'nothing left behind');
-    const show = json<{ job: { status: string; error_code: string } }>(
+    const show = json<{ job: { status: string; errorCode: string } }>(
       await cli('show', 'images/interrupted.tar', '--json'),
     );
-    assert.deepEqual([show.job.status, show.job.error_code], ['failed', 'INTERRUPTED']);
+    assert.deepEqual([show.job.status, show.job.errorCode], ['failed', 'INTERRUPTED']);
     assert.equal((await cli('process-image', '--s3-key', 'images/interrupted.tar')).code, 0);
   });
 

@@ -72,8 +72,26 @@ describe('failure classes', () => {
       'interrupted',
     );
   });
-  test('retry delays double from 15 s up to 15 min', () => {
-    assert.deepEqual([1, 2, 3, 7, 20].map(defaultRetryDelaySeconds), [15, 30, 60, 900, 900]);
+  test('retry delays double from 15 s up to 15 min, each jittered ±20 %', () => {
+    for (const [count, nominal] of [
+      [1, 15],
+      [2, 30],
+      [3, 60],
+      [7, 900],
+      [20, 900],
+    ] as const) {
+      const seen = new Set<number>();
+      for (let i = 0; i < 200; i++) {
+        const d = defaultRetryDelaySeconds(count);
+        assert.ok(
+          d >= Math.round(nominal * 0.8) && d <= Math.round(nominal * 1.2),
+          `${count}: ${d}`,
+        );
+        seen.add(d);
+      }
+      // Jitter: a fleet's hosts do not all pick the same delay.
+      assert.ok(seen.size > 3, `${count}: only ${[...seen].join(',')}`);
+    }
   });
 });
 
@@ -118,6 +136,39 @@ describe('metrics', () => {
     assert.match(text, /^thinrelay_image_duration_seconds_bucket\{le="1"\} 1$/m);
     assert.match(text, /^thinrelay_image_duration_seconds_count 1$/m);
     assert.match(text, /^thinrelay_images_in_flight 1$/m);
+  });
+  test('collect: images by status, pool data and metadata, build info, process and event loop', async () => {
+    const m = new AgentMetrics(() => 0, {
+      imagesByStatus: () => ({ ready: 3, failed: 1 }),
+      pool: () =>
+        Promise.resolve({
+          backend: 'devmapper',
+          location: 'pool',
+          exists: true,
+          dataTotalBytes: 1000,
+          dataUsedBytes: 250,
+          metadataTotalBytes: 100,
+          metadataUsedBytes: 10,
+          freeBytes: 650,
+          healthy: true,
+          detail: '',
+        }),
+    });
+    const text = await m.collect();
+    assert.match(text, /^thinrelay_images\{status="ready"\} 3$/m);
+    assert.match(text, /^thinrelay_images\{status="failed"\} 1$/m);
+    assert.match(text, /^thinrelay_pool_bytes\{area="data",kind="used"\} 250$/m);
+    assert.match(text, /^thinrelay_pool_bytes\{area="metadata",kind="total"\} 100$/m);
+    assert.match(text, /^thinrelay_pool_free_bytes 650$/m);
+    assert.match(text, /^thinrelay_pool_healthy 1$/m);
+    assert.match(text, /^thinrelay_build_info\{version="[^"]+",commit="[^"]+",node="v[^"]+"\} 1$/m);
+    assert.match(text, /^# TYPE process_cpu_system_seconds_total counter$/m);
+    assert.match(text, /^process_open_fds [1-9]\d*$/m);
+    assert.match(text, /^nodejs_eventloop_lag_seconds\{quantile="max"\} [\d.e-]+$/m);
+    const failing = new AgentMetrics(() => 0, { pool: () => Promise.reject(new Error('gone')) });
+    const t2 = await failing.collect();
+    assert.match(t2, /^thinrelay_pool_status_errors_total 1$/m);
+    assert.match(t2, /^thinrelay_pool_healthy 0$/m);
   });
   test('label values are escaped', () => {
     const c = new Counter('x_total', 'x');

@@ -144,6 +144,38 @@ test('bucket, prefix and suffix rules filter records', () => {
   assert.ok('event' in recordToEvent(s3Record('ObjectCreated:Put', 'x/dir.tar'), anyRules));
 });
 
+test('every skipped record: a warning and a reason code for the metric', () => {
+  const reasons: string[] = [];
+  const log = captureLog();
+  const rules = { buckets: ['images-bucket'], imagePrefix: 'images/', imageSuffixes: ['.tar'] };
+  eventsFromNotification(
+    {
+      Records: [
+        s3Record('ObjectRestore:Completed', 'images/a.tar'),
+        s3Record('ObjectCreated:Put', 'images/a.tar', {}, 'other-bucket'),
+        s3Record('ObjectCreated:Put', 'images/%E0%A4%A.tar'),
+        s3Record('ObjectCreated:Put', 'images/dir/'),
+        s3Record('ObjectCreated:Put', 'other/a.tar'),
+        s3Record('ObjectCreated:Put', 'images/a.zip'),
+        s3Record('ObjectCreated:Put', 'images/ok.tar'),
+      ],
+    },
+    rules,
+    log,
+    (r) => reasons.push(r),
+  );
+  assert.deepEqual(reasons, [
+    'NOT_PUT_OR_DELETE',
+    'BUCKET_NOT_CONFIGURED',
+    'KEY_BAD_ENCODING',
+    'FOLDER_PLACEHOLDER',
+    'OUTSIDE_PREFIX',
+    'SUFFIX_NOT_CONFIGURED',
+  ]);
+  assert.equal(log.lines.length, 6);
+  assert.ok(log.lines.every((l) => l.startsWith('WARN record skipped')));
+});
+
 test('s3:TestEvent is ignored explicitly, and skipped records are logged', () => {
   const log = captureLog();
   const testEvent = {
@@ -177,5 +209,8 @@ test('s3:TestEvent is ignored explicitly, and skipped records are logged', () =>
     ],
   );
   assert.equal(log2.lines.length, 1);
-  assert.match(log2.lines[0] ?? '', /record skipped.*ObjectRestore:Completed/);
+  assert.match(
+    log2.lines[0] ?? '',
+    /^WARN record skipped .*"reason":"NOT_PUT_OR_DELETE".*ObjectRestore:Completed/,
+  );
 });

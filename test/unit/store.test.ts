@@ -14,6 +14,7 @@ import {
   releaseWorker,
 } from '../../host-agent/src/store/owner.js';
 import { reservePath } from '../../host-agent/src/store/space-reserve.js';
+import { camelKeys } from '../../host-agent/src/cli/output.js';
 
 function tempStore(t: { after(fn: () => void): void }): { store: StateStore; dir: string } {
   const dir = mkdtempSync(join(tmpdir(), 'thinrelay-store-'));
@@ -130,7 +131,7 @@ test('online backup produces a consistent copy', async (t) => {
   copy.close();
 });
 
-test('images.listJson is the same data as images.list, with interrupted ids marked', (t) => {
+test('images.listJson is the same data as images.list (camelCase), with interrupted ids marked', (t) => {
   const { store } = tempStore(t);
   const a = store.images.upsert(ref);
   const b = store.images.upsert({ ...ref, key: 'c/d.tar', versionId: 'v1' });
@@ -140,10 +141,10 @@ test('images.listJson is the same data as images.list, with interrupted ids mark
   });
   const c = store.images.upsert({ ...ref, key: 'gone.tar' });
   store.images.setStatus(c.id, 'removed');
-  assert.deepEqual(JSON.parse(store.images.listJson()), store.images.list());
+  assert.deepEqual(JSON.parse(store.images.listJson()), store.images.list().map(camelKeys));
   assert.deepEqual(
     JSON.parse(store.images.listJson({ includeRemoved: true })),
-    store.images.list({ includeRemoved: true }),
+    store.images.list({ includeRemoved: true }).map(camelKeys),
   );
   const marked = JSON.parse(store.images.listJson({ interrupted: [a.id] })) as {
     id: number;

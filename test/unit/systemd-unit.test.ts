@@ -29,7 +29,7 @@ test('the agent unit drains on SIGTERM within its stop timeout', () => {
   assert.match(unit, /^KillSignal=SIGTERM$/m);
   const stop = Number(/^TimeoutStopSec=(\d+)$/m.exec(unit)?.[1]);
   assert.ok(stop > 60, 'TimeoutStopSec must exceed the default 60 s drain');
-  assert.match(unit, /^ExecStart=\/usr\/local\/bin\/thinrelay agent$/m);
+  assert.match(unit, /^ExecStart=\/usr\/bin\/thinrelay agent$/m);
   assert.match(unit, /^EnvironmentFile=\/etc\/thinrelay\/agent\.env$/m);
   assert.match(unit, /^ProtectSystem=strict$/m);
   assert.match(unit, /^ReadWritePaths=\/var\/lib\/thinrelay$/m);
@@ -42,7 +42,7 @@ test(
     const dir = mkdtempSync(join(tmpdir(), 'thinrelay-unit-'));
     try {
       const copy = join(dir, 'thinrelay-agent.service');
-      writeFileSync(copy, unit.replaceAll('/usr/local/bin/thinrelay', process.execPath));
+      writeFileSync(copy, unit.replaceAll('/usr/bin/thinrelay', process.execPath));
       // verify exits 0 on unknown keys: its warnings on stderr are the verdict.
       const r = spawnSync('systemd-analyze', ['verify', copy], { encoding: 'utf8' });
       assert.equal(r.status, 0, r.stderr);

@@ -2,11 +2,23 @@
 import type { ParseArgsConfig } from 'node:util';
 import { loadConfig, type AgentConfig } from '../config.js';
 import { UsageError } from '../errors.js';
-import { createLogger, jsonLineSink, type Logger, type LogLevel } from '../log.js';
+import { createLogger, stderrSink, type Logger, type LogLevel } from '../log.js';
 import { openRuntime, type Runtime, type RuntimeOptions } from '../runtime.js';
 import { printable } from './output.js';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
+
+/** What `help COMMAND` says about one option. */
+export interface OptionDoc {
+  /** What it does, in a few words. */
+  text: string;
+  /** The value's placeholder in help (string options), e.g. KEY. */
+  arg?: string;
+  /** The environment variable that sets it when the flag is absent. */
+  env?: string;
+  /** The value used when neither flag nor variable is given. */
+  default?: string;
+}
 
 export interface CommandContext {
   values: Record<string, string | boolean | undefined>;
@@ -23,39 +35,56 @@ export interface Command {
   summary: string;
   usage: string;
   options: OptionSpec;
+  /** Help text per option (key: the option's name); `help COMMAND` prints them. */
+  optionDocs?: Record<string, OptionDoc>;
+  /** Command lines that work as written; `help COMMAND` prints them. */
+  examples?: readonly string[];
+  /**
+   * How many positional arguments the command takes at most (more is a usage
+   * error). Absent: counted from `usage` (bare words after the command name).
+   */
+  maxPositionals?: number;
   run(ctx: CommandContext): Promise<number>;
 }
 
 export const globalOptions: OptionSpec = {
   'state-dir': { type: 'string' },
   backend: { type: 'string' },
+  config: { type: 'string' },
   json: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'V' },
 };
 
-export const globalUsage = `Global options:
-  --state-dir DIR   state directory (THINRELAY_STATE_DIR, default /var/lib/thinrelay)
-  --backend NAME    loop | devmapper (THINRELAY_BACKEND, default loop)
-  --json            machine-readable output
-  -h, --help        this help`;
+export const globalDocs: Record<string, OptionDoc> = {
+  'state-dir': {
+    text: 'state directory (database, pool files, mountpoints)',
+    arg: 'DIR',
+    env: 'THINRELAY_STATE_DIR',
+    default: '/var/lib/thinrelay',
+  },
+  backend: {
+    text: 'storage backend: loop or devmapper',
+    arg: 'NAME',
+    env: 'THINRELAY_BACKEND',
+    default: 'loop',
+  },
+  config: {
+    text: 'settings file (KEY=VALUE lines, as the systemd unit reads it); "none" skips it',
+    arg: 'FILE',
+    env: 'THINRELAY_CONFIG_FILE',
+    default: '/etc/thinrelay/agent.env',
+  },
+  json: { text: 'print one JSON document (camelCase fields) on stdout instead of text' },
+  help: { text: 'print help (also: thinrelay help COMMAND)' },
+  version: { text: 'print the version (also: thinrelay version)' },
+};
 
 function stderrLogger(): Logger {
   const level =
     (process.env.THINRELAY_LOG_LEVEL as LogLevel | undefined) ??
     (process.stderr.isTTY ? 'warn' : 'info');
-  if (process.stderr.isTTY) {
-    // People at a terminal get short lines, not JSON.
-    return createLogger(({ level: lvl, msg, time, ...fields }) => {
-      const extra = Object.entries(fields).map(
-        ([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`,
-      );
-      process.stderr.write(printable(`${lvl}: ${msg} ${extra.join(' ')}`) + '\n');
-    }, level);
-  }
-  return createLogger(
-    jsonLineSink((line) => process.stderr.write(line + '\n')),
-    level,
-  );
+  return createLogger(stderrSink(process.stderr, printable), level);
 }
 
 export function makeContext(

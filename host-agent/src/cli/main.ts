@@ -1,13 +1,18 @@
 #!/usr/bin/env node
 /**
- * thinrelay: the host agent's command line. Exit codes: 0 done (also
- * "already done"), 1 the image failed (reason recorded), 2 usage or
- * configuration error, 3 host not ready. Expected failures print one line.
+ * thinrelay: the host agent's command line. Parses global options anywhere,
+ * finds the command, checks its options and arguments (with a did-you-mean),
+ * runs it and turns its error into one line and an exit code (errors.ts
+ * ExitCode: 0 done, 1 image failed, 2 usage, 3 host not ready, 4 not found,
+ * 75 temporary, 130/143 interrupted).
  */
 import nodeModule from 'node:module';
 import { parseArgs } from 'node:util';
+import { applySettingsFile } from '../config.js';
 import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
-import { globalOptions, globalUsage, makeContext, type Command } from './command.js';
+import { isJournalStream, journalPriority } from '../log.js';
+import { versionLine } from '../version.js';
+import { globalOptions, makeContext, type Command } from './command.js';
 import { agentCommand } from './commands/agent.js';
 import { dlqCommand, redriveCommand } from './commands/dlq.js';
 import { fleetCommand } from './commands/fleet.js';
@@ -17,6 +22,7 @@ import { poolCommand } from './commands/pool.js';
 import { processImageCommand } from './commands/process-image.js';
 import { showCommand } from './commands/show.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
+import { commandHelp, didYouMean, mainHelp, maxPositionalsOf } from './help.js';
 import { formatError } from './output.js';
 import { databaseError } from '../store/db-errors.js';
 
@@ -28,7 +34,7 @@ function stateDirOf(ctx: { config(): { stateDir: string } } | undefined): string
   }
 }
 
-const commands: readonly Command[] = [
+export const commands: readonly Command[] = [
   processImageCommand,
   agentCommand,
   imagesCommand,
@@ -47,27 +53,6 @@ const commands: readonly Command[] = [
   fleetCommand,
 ];
 
-function mainHelp(): string {
-  const width = Math.max(...commands.map((c) => c.name.length));
-  return [
-    'thinrelay — S3 image tarballs become ready-to-boot block devices on this host',
-    '',
-    'Usage: thinrelay COMMAND [options]',
-    '',
-    'Commands:',
-    ...commands.map((c) => `  ${c.name.padEnd(width)}  ${c.summary}`),
-    '',
-    globalUsage,
-    '',
-    "S3 access is the AWS SDK's own: credentials chain, AWS_REGION, AWS_ENDPOINT_URL_S3.",
-    "Run `thinrelay COMMAND --help` for a command's options.",
-  ].join('\n');
-}
-
-function commandHelp(c: Command): string {
-  return `${c.summary}\n\nUsage: ${c.usage}\n\n${globalUsage}`;
-}
-
 // Node ≥ 22 can cache compiled code across runs (the AWS SDK chunk is most of
 // process-image's start-up); on Node 20 this is a no-op.
 (nodeModule as { enableCompileCache?: () => unknown }).enableCompileCache?.();
@@ -76,53 +61,148 @@ function commandHelp(c: Command): string {
 // one-line error contract on every run; the lockfile pins the SDK we tested.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
-export async function main(argv: string[]): Promise<number> {
-  const [name, ...rest] = argv;
-  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
-    process.stdout.write(mainHelp() + '\n');
-    return name === undefined ? ExitCode.usage : ExitCode.ok;
+/** Global options that take a value: their value is never the command name. */
+const globalValued = new Set(
+  Object.entries(globalOptions)
+    .filter(([, o]) => o.type === 'string')
+    .flatMap(([name, o]) => [`--${name}`, ...(o.short === undefined ? [] : [`-${o.short}`])]),
+);
+
+/** The command word may come after global options: take it out, keep the rest in order. */
+function splitCommand(argv: readonly string[]): { name: string | undefined; rest: string[] } {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') break;
+    if (a.startsWith('-')) {
+      if (globalValued.has(a)) i++;
+      continue;
+    }
+    return { name: a, rest: [...argv.slice(0, i), ...argv.slice(i + 1)] };
   }
-  const command = commands.find((c) => c.name === name);
-  if (command === undefined) {
-    process.stderr.write(
-      formatError(
-        'usage',
-        new UsageError('USAGE', `unknown command "${name}"`, 'see `thinrelay --help`'),
-      ) + '\n',
+  return { name: undefined, rest: [...argv] };
+}
+
+/** The one error line; on the journal it is an error (priority 3), not info. */
+function writeError(line: string): void {
+  const prefix = isJournalStream(2) ? `<${journalPriority.error}>` : '';
+  process.stderr.write(prefix + line + '\n');
+}
+
+function usageError(what: string, message: string, hint: string): number {
+  writeError(formatError(what, new UsageError('USAGE', message, hint)));
+  return ExitCode.usage;
+}
+
+/** node:util's parse errors, said the way the rest of the CLI says things. */
+function parseErrorMessage(err: Error, known: readonly string[]): [string, string] {
+  const opt = /'(-[^' ]+)/.exec(err.message)?.[1];
+  const code = (err as { code?: string }).code;
+  if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && opt !== undefined) {
+    const guess = didYouMean(
+      opt.replace(/^-+/, ''),
+      known.filter((k) => k.length > 1),
     );
-    return ExitCode.usage;
+    return [`unknown option ${opt}`, guess === undefined ? '' : `did you mean --${guess}? `];
   }
-  let ctx: ReturnType<typeof makeContext> | undefined;
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && opt !== undefined) {
+    return /argument missing|ambiguous/.test(err.message)
+      ? [`option ${opt} needs a value`, '']
+      : [`option ${opt} takes no value`, ''];
+  }
+  return [err.message, ''];
+}
+
+function findCommand(name: string): Command | undefined {
+  return commands.find((c) => c.name === name);
+}
+
+function unknownCommand(name: string): number {
+  const guess = didYouMean(
+    name,
+    commands.map((c) => c.name),
+  );
+  return usageError(
+    'usage',
+    `unknown command "${name}"`,
+    `${guess === undefined ? '' : `did you mean "${guess}"? `}see \`thinrelay help\``,
+  );
+}
+
+export async function main(argv: string[]): Promise<number> {
+  // `thinrelay -v` alone: what people try first (not a global flag: commands may want -v).
+  if (argv.length === 1 && argv[0] === '-v') argv = ['--version'];
+  const { name, rest } = splitCommand(argv);
+  const command = name === undefined ? undefined : findCommand(name);
+  if (name !== undefined && name !== 'help' && name !== 'version' && command === undefined)
+    return unknownCommand(name);
+
+  const options = { ...globalOptions, ...command?.options };
+  let values: Record<string, string | boolean | undefined>;
+  let positionals: string[];
   try {
-    const { values, positionals } = parseArgs({
+    ({ values, positionals } = parseArgs({
       args: rest,
-      options: { ...globalOptions, ...command.options },
+      options,
       allowPositionals: true,
       strict: true,
-    });
-    if (values.help === true) {
-      process.stdout.write(commandHelp(command) + '\n');
-      return ExitCode.ok;
+    }) as { values: Record<string, string | boolean | undefined>; positionals: string[] });
+  } catch (err) {
+    if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') !== true) throw err;
+    const [message, guess] = parseErrorMessage(err as Error, Object.keys(options));
+    return usageError(
+      command?.name ?? 'usage',
+      message,
+      `${guess}see \`thinrelay help${command === undefined ? '' : ` ${command.name}`}\``,
+    );
+  }
+
+  if (name === 'version' || (values.version === true && command === undefined)) {
+    process.stdout.write(versionLine() + '\n');
+    return ExitCode.ok;
+  }
+  if (name === 'help' || command === undefined) {
+    const topic = name === 'help' ? positionals[0] : undefined;
+    if (topic === undefined) {
+      // Bare `thinrelay` is a usage error (help on stderr); asking for help is not.
+      const asked = name === 'help' || values.help === true;
+      (asked ? process.stdout : process.stderr).write(mainHelp(commands) + '\n');
+      return asked ? ExitCode.ok : ExitCode.usage;
     }
-    ctx = makeContext(values as Record<string, string | boolean | undefined>, positionals);
+    const about = findCommand(topic);
+    if (about === undefined) return unknownCommand(topic);
+    process.stdout.write(commandHelp(about) + '\n');
+    return ExitCode.ok;
+  }
+  if (values.help === true) {
+    process.stdout.write(commandHelp(command) + '\n');
+    return ExitCode.ok;
+  }
+  if (values.version === true) {
+    process.stdout.write(versionLine() + '\n');
+    return ExitCode.ok;
+  }
+  const max = maxPositionalsOf(command);
+  if (positionals.length > max) {
+    return usageError(
+      command.name,
+      `unexpected argument${positionals.length - max > 1 ? 's' : ''}: ${positionals.slice(max).join(' ')}`,
+      `usage: ${command.usage}`,
+    );
+  }
+
+  let ctx: ReturnType<typeof makeContext> | undefined;
+  try {
+    applySettingsFile(process.env, values.config as string | undefined);
+    ctx = makeContext(values, positionals);
     return await command.run(ctx);
   } catch (thrown) {
     // A state-database fault is the host's, never "the image failed" (exit 3, or 75 when busy).
     const err = databaseError(thrown, stateDirOf(ctx)) ?? thrown;
     const what =
-      command.name === 'process-image' && ctx !== undefined
-        ? `process-image ${String(ctx.values['s3-key'] ?? '')}`
+      command.name === 'process-image'
+        ? `process-image ${String(values['s3-key'] ?? '')}`
         : command.name;
-    if ((err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') === true) {
-      process.stderr.write(
-        formatError(
-          what,
-          new UsageError('USAGE', (err as Error).message, `usage: ${command.usage}`),
-        ) + '\n',
-      );
-      return ExitCode.usage;
-    }
-    process.stderr.write(formatError(what, err) + '\n');
+    writeError(formatError(what, err));
     if (process.env.THINRELAY_DEBUG === '1' && err instanceof Error)
       process.stderr.write(`${err.stack}\n`);
     return isThinrelayError(err) ? err.exitCode : ExitCode.imageFailed;

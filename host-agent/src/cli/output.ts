@@ -1,4 +1,8 @@
-/** Printing: aligned tables for people, JSON for machines, one-line errors. */
+/**
+ * Printing: aligned tables for people, JSON for machines, one-line errors.
+ * Every --json prints exactly one JSON document on one line, with camelCase
+ * field names (README: "JSON output").
+ */
 import { isThinrelayError, errorMessage } from '../errors.js';
 
 /**
@@ -17,7 +21,17 @@ export function printable(text: string): string {
 }
 
 export function printJson(value: unknown): void {
-  process.stdout.write(JSON.stringify(value, null, 2) + '\n');
+  process.stdout.write(JSON.stringify(value) + '\n');
+}
+
+/** snake_case → camelCase. */
+export function camelName(name: string): string {
+  return name.replace(/_([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+}
+
+/** A database row with camelCase field names (the store's columns are snake_case). */
+export function camelKeys<T extends object>(row: T): Record<string, unknown> {
+  return Object.fromEntries(Object.entries(row).map(([k, v]) => [camelName(k), v as unknown]));
 }
 
 export function printTable(

@@ -18,6 +18,7 @@
  */
 import { statfsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { backoffDelay, jittered } from '../retry.js';
 import { errorMessage } from '../errors.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { ProgressSink } from '../pipeline/progress.js';
@@ -78,8 +79,9 @@ export interface MessageTiming {
   settledAt: number;
 }
 
+/** Doubles from 15 s up to 15 min, each ±20 % so a fleet's retries spread out. */
 export const defaultRetryDelaySeconds = (receiveCount: number): number =>
-  Math.min(900, 15 * 2 ** Math.max(0, receiveCount - 1));
+  Math.round(jittered(Math.min(900, 15 * 2 ** Math.max(0, receiveCount - 1))));
 
 export class Agent {
   readonly metrics: AgentMetrics;
@@ -98,7 +100,11 @@ export class Agent {
   private readonly startedAt = Date.now();
 
   constructor(private readonly opts: AgentOptions) {
-    this.metrics = new AgentMetrics(() => this.inFlight.size);
+    const { store, objects } = opts.deps;
+    this.metrics = new AgentMetrics(() => this.inFlight.size, {
+      imagesByStatus: () => store.images.countByStatus(),
+      pool: () => objects.backend.poolStatus(),
+    });
     this.keyLock = opts.keyLock ?? new KeyLock();
   }
 
@@ -188,7 +194,7 @@ export class Agent {
         if (this.stopping) break;
         failures++;
         this.metrics.receiveErrors.inc();
-        const delay = Math.min(30_000, 500 * 2 ** Math.min(failures, 6));
+        const delay = backoffDelay(1000, Math.min(failures, 6), 30_000);
         deps.logger.warn('receive failed; retrying', { error: errorMessage(err), delayMs: delay });
         await sleep(delay, undefined, { signal: this.pollAbort.signal }).catch(() => undefined);
         continue;
@@ -254,7 +260,12 @@ export class Agent {
 
   private async handle(m: ReceivedMessage): Promise<void> {
     const { deps, queue } = this.opts;
-    const logger = deps.logger.child({ messageId: m.messageId });
+    const target = targetOf(m.body);
+    // Every line of this message's work names it and its key (the pipeline adds image and job).
+    const logger = deps.logger.child({
+      messageId: m.messageId,
+      ...(target === null ? {} : { bucket: target.bucket, key: target.key }),
+    });
     const heartbeat = new VisibilityHeartbeat(queue, m, {
       visibilitySeconds: this.opts.visibilitySeconds,
       logger,
@@ -263,7 +274,6 @@ export class Agent {
     heartbeat.start();
     let decision: EventDecision;
     let startedAt = Date.now();
-    const target = targetOf(m.body);
     try {
       const lockName =
         target === null ? `body:${m.body.slice(0, 64)}` : imageLockKey(target.bucket, target.key);
@@ -279,7 +289,7 @@ export class Agent {
     }
     const decidedAt = Date.now();
     try {
-      this.record(m, decision);
+      this.record(m, decision, logger);
     } catch (err) {
       // Deleting a message whose outcome is not recorded could lose it: hand it back.
       logger.error('could not record the outcome; the message is retried', {
@@ -333,7 +343,7 @@ export class Agent {
         this.stopping
       )
         return decision;
-      const delayMs = this.opts.transientBaseDelayMs * 2 ** (attempt - 1);
+      const delayMs = backoffDelay(this.opts.transientBaseDelayMs, attempt);
       logger.warn('transient failure; retrying', {
         attempt,
         delayMs,
@@ -410,7 +420,7 @@ export class Agent {
     };
   }
 
-  private record(m: ReceivedMessage, d: EventDecision): void {
+  private record(m: ReceivedMessage, d: EventDecision, logger: PipelineDeps['logger']): void {
     const { deps } = this.opts;
     deps.store.events.recordMessage({
       messageId: m.messageId,
@@ -442,9 +452,9 @@ export class Agent {
       code: d.reasonCode,
       reason: d.reason,
     };
-    if (d.outcome === 'failed') deps.logger.error('image event failed', fields);
-    else if (d.outcome === 'retrying') deps.logger.warn('image event will be retried', fields);
-    else deps.logger.info('image event handled', fields);
+    if (d.outcome === 'failed') logger.error('image event failed', fields);
+    else if (d.outcome === 'retrying') logger.warn('image event will be retried', fields);
+    else logger.info('image event handled', fields);
   }
 
   private async settle(m: ReceivedMessage, d: EventDecision, logger: PipelineDeps['logger']) {

@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 export interface EndpointSources {
   /** status: 'ok', or why not ('degraded': running but unable to take images; 'unhealthy'). */
   health(): { healthy: boolean; status?: string; detail: Record<string, unknown> };
-  metrics(): string;
+  metrics(): string | Promise<string>;
 }
 
 export async function startHttpEndpoint(
@@ -33,9 +33,16 @@ export async function startHttpEndpoint(
       return;
     }
     if (path === '/metrics') {
-      res
-        .writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' })
-        .end(sources.metrics());
+      Promise.resolve()
+        .then(() => sources.metrics())
+        .then(
+          (text) =>
+            res
+              .writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' })
+              .end(text),
+          (err: unknown) =>
+            res.writeHead(500, { 'content-type': 'text/plain' }).end(`${String(err)}\n`),
+        );
       return;
     }
     res.writeHead(404, { 'content-type': 'text/plain' }).end('try /healthz or /metrics\n');

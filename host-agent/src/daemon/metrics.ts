@@ -1,8 +1,13 @@
 /**
  * The daemon's metrics, rendered in the Prometheus text exposition format
- * (version 0.0.4). A handful of counters, gauges and histograms do not
- * justify a client library.
+ * (version 0.0.4): work counters, pool capacity, images by state, build
+ * info, and process / event-loop metrics. A few dozen series do not justify
+ * a client library (prom-client would add ~25 ms to the daemon's start).
  */
+import { readdirSync } from 'node:fs';
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import type { PoolStatus } from '../storage/backend.js';
+import { build } from '../version.js';
 
 type Labels = Record<string, string>;
 
@@ -100,6 +105,32 @@ export class Histogram extends Metric {
   }
 }
 
+/** A gauge with labels, set whole at each refresh (e.g. images by status). */
+export class LabeledGauge extends Metric {
+  private values: { labels: Labels; value: number }[] = [];
+  constructor(name: string, help: string) {
+    super(name, help, 'gauge');
+  }
+  replace(values: { labels: Labels; value: number }[]): void {
+    this.values = values;
+  }
+  get(labels: Labels): number | undefined {
+    const k = labelText(labels);
+    return this.values.find((v) => labelText(v.labels) === k)?.value;
+  }
+  samples(): string[] {
+    return this.values.map((v) => `${this.name}${labelText(v.labels)} ${v.value}`);
+  }
+}
+
+/** What the agent's metrics read at scrape time. */
+export interface MetricSources {
+  /** Image count per status (the store). */
+  imagesByStatus?: () => Record<string, number>;
+  /** The storage pool's capacity (the backend). */
+  pool?: () => Promise<PoolStatus>;
+}
+
 const secondsBuckets = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900] as const;
 
 export class AgentMetrics {
@@ -143,16 +174,92 @@ export class AgentMetrics {
     'When the last ReceiveMessage call succeeded (Unix time).',
   );
 
-  constructor(inFlight: () => number) {
+  readonly buildInfo = new LabeledGauge(
+    'thinrelay_build_info',
+    'The running build: version, commit and Node.js version (always 1).',
+  );
+  readonly images = new LabeledGauge(
+    'thinrelay_images',
+    'Images in the state database, by status (pending, processing, ready, failed, removed).',
+  );
+  readonly poolBytes = new LabeledGauge(
+    'thinrelay_pool_bytes',
+    'Storage pool capacity: area (data, metadata) and kind (total, used); metadata only for devmapper.',
+  );
+  readonly poolFree = new Gauge(
+    'thinrelay_pool_free_bytes',
+    'Space a new volume can still take from the pool (after the configured floors).',
+  );
+  readonly poolHealthy = new Gauge(
+    'thinrelay_pool_healthy',
+    '1 when the pool exists and reports healthy, else 0.',
+  );
+  readonly poolErrors = new Counter(
+    'thinrelay_pool_status_errors_total',
+    'Scrapes where the pool status could not be read.',
+  );
+  private readonly process = new ProcessMetrics();
+
+  constructor(
+    inFlight: () => number,
+    private readonly sources: MetricSources = {},
+  ) {
     this.inFlight = new Gauge(
       'thinrelay_images_in_flight',
       'Messages being handled now.',
       inFlight,
     );
+    this.buildInfo.replace([
+      {
+        labels: { version: build.version, commit: build.commit, node: process.version },
+        value: 1,
+      },
+    ]);
+  }
+
+  /** Reads the pool and the store, then renders everything (what GET /metrics serves). */
+  async collect(): Promise<string> {
+    if (this.sources.imagesByStatus !== undefined) {
+      this.images.replace(
+        Object.entries(this.sources.imagesByStatus()).map(([status, value]) => ({
+          labels: { status },
+          value,
+        })),
+      );
+    }
+    if (this.sources.pool !== undefined) {
+      try {
+        const s = await this.sources.pool();
+        const rows = [
+          { labels: { area: 'data', kind: 'total' }, value: s.dataTotalBytes },
+          { labels: { area: 'data', kind: 'used' }, value: s.dataUsedBytes },
+        ];
+        if (s.metadataTotalBytes !== null && s.metadataUsedBytes !== null) {
+          rows.push(
+            { labels: { area: 'metadata', kind: 'total' }, value: s.metadataTotalBytes },
+            { labels: { area: 'metadata', kind: 'used' }, value: s.metadataUsedBytes },
+          );
+        }
+        this.poolBytes.replace(rows);
+        this.poolFree.set(s.freeBytes);
+        this.poolHealthy.set(s.healthy ? 1 : 0);
+      } catch {
+        this.poolErrors.inc();
+        this.poolHealthy.set(0);
+      }
+    }
+    return this.render();
   }
 
   render(): string {
     return [
+      this.buildInfo,
+      this.images,
+      this.poolBytes,
+      this.poolFree,
+      this.poolHealthy,
+      this.poolErrors,
+      ...this.process.metrics(),
       this.messages,
       this.imagesProcessed,
       this.imagesFailed,
@@ -166,5 +273,55 @@ export class AgentMetrics {
     ]
       .map((m) => m.render())
       .join('');
+  }
+}
+
+/** process_* and nodejs_* series under the names prom-client's defaults use. */
+class ProcessMetrics {
+  private readonly loop: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
+  private readonly startSeconds = Math.round(Date.now() / 1000 - process.uptime());
+  constructor() {
+    this.loop.enable();
+  }
+  metrics(): Metric[] {
+    const cpu = process.cpuUsage();
+    const mem = process.memoryUsage();
+    const g = (name: string, help: string, v: number): Gauge => new Gauge(name, help, () => v);
+    const lag = new LabeledGauge(
+      'nodejs_eventloop_lag_seconds',
+      'Event-loop delay since the last scrape, by quantile (and max).',
+    );
+    const s = (ns: number): number => (Number.isFinite(ns) ? ns / 1e9 : 0);
+    lag.replace([
+      { labels: { quantile: '0.5' }, value: s(this.loop.percentile(50)) },
+      { labels: { quantile: '0.99' }, value: s(this.loop.percentile(99)) },
+      { labels: { quantile: 'max' }, value: s(this.loop.max) },
+    ]);
+    this.loop.reset();
+    let fds = 0;
+    try {
+      fds = readdirSync('/proc/self/fd').length;
+    } catch {
+      // Not Linux: no count.
+    }
+    const userCpu = new Counter('process_cpu_user_seconds_total', 'User CPU time spent.');
+    userCpu.inc({}, cpu.user / 1e6);
+    const systemCpu = new Counter('process_cpu_system_seconds_total', 'System CPU time spent.');
+    systemCpu.inc({}, cpu.system / 1e6);
+    return [
+      userCpu,
+      systemCpu,
+      g('process_resident_memory_bytes', 'Resident memory size.', mem.rss),
+      g('process_start_time_seconds', 'Start time of the process (Unix time).', this.startSeconds),
+      g('process_open_fds', 'Open file descriptors.', fds),
+      g('nodejs_heap_size_used_bytes', 'V8 heap in use.', mem.heapUsed),
+      g('nodejs_heap_size_total_bytes', 'V8 heap allocated.', mem.heapTotal),
+      g(
+        'nodejs_external_memory_bytes',
+        'Memory of C++ objects bound to JS (buffers).',
+        mem.external,
+      ),
+      lag,
+    ];
   }
 }

@@ -1,5 +1,9 @@
-/** doctor: is this host ready? Each check passes or fails with a fix hint. */
+/**
+ * doctor: is this host ready? Each check passes or fails with a fix hint.
+ * Read-only: a fresh host with no state dir yet passes.
+ */
 import { statfsSync, existsSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import type { AgentConfig } from '../config.js';
 import { errorMessage, isThinrelayError } from '../errors.js';
 import type { ReadinessCheck } from '../storage/backend.js';
@@ -10,6 +14,21 @@ import { currentOwner } from '../store/owner.js';
 import { StateStore } from '../store/index.js';
 import { databasePath } from '../store/db.js';
 import { restoreHint } from '../store/db-errors.js';
+import { toolChecks } from '../storage/readiness.js';
+
+/**
+ * The tools the unpack runs (unpack/: special-files, metadata, times,
+ * end-script) with the Debian package of each. A test checks this list
+ * against the tools the unpack code really calls.
+ */
+export const unpackTools: readonly (readonly [tool: string, pkg: string])[] = [
+  ['perl', 'perl-base'],
+  ['setfattr', 'attr'],
+  ['xargs', 'findutils'],
+  ['mknod', 'coreutils'],
+  ['mkfifo', 'coreutils'],
+  ['touch', 'coreutils'],
+];
 
 export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> {
   const checks: ReadinessCheck[] = [];
@@ -39,17 +58,21 @@ export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> 
       name: `${config.backend} backend`,
       ok: false,
       detail: errorMessage(err),
-      hint: 'check --backend',
+      hint: 'check --backend / THINRELAY_BACKEND',
     });
   }
   checks.push(...backendChecks);
+  const have = new Set(checks.map((c) => c.name));
+  checks.push(...(await toolChecks(unpackTools.filter(([tool]) => !have.has(tool)))));
   checks.push(freeSpaceCheck(config));
   checks.push(databaseCheck(config));
   return checks;
 }
 
 function freeSpaceCheck(config: AgentConfig): ReadinessCheck {
-  const dir = existsSync(config.stateDir) ? config.stateDir : '/';
+  // A fresh host: the filesystem the state dir will be made on.
+  let dir = resolve(config.stateDir);
+  while (!existsSync(dir) && dirname(dir) !== dir) dir = dirname(dir);
   const fs = statfsSync(dir);
   const free = fs.bavail * fs.bsize;
   return {

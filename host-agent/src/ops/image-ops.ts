@@ -3,7 +3,7 @@
  * a new snapshot, deactivate one, remove an image. All storage changes go
  * through the ObjectManager, so each is recorded before it happens.
  */
-import { UsageError } from '../errors.js';
+import { NotFoundError, UsageError } from '../errors.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { ImageRow } from '../store/images.js';
 import type { StorageObjectRow } from '../store/objects.js';
@@ -14,7 +14,11 @@ export function findImage(deps: Pick<PipelineDeps, 'store'>, ref: string): Image
     ? deps.store.images.get(Number(ref))
     : deps.store.images.latestByKey(ref);
   if (image === undefined || image.status === 'removed') {
-    throw new UsageError('NOT_FOUND', `no image "${ref}" on this host`, 'see `thinrelay images`');
+    throw new NotFoundError(
+      'NOT_FOUND',
+      `no image "${ref}" on this host`,
+      'see `thinrelay images`',
+    );
   }
   return image;
 }
@@ -27,7 +31,7 @@ export function findSnapshot(deps: Pick<PipelineDeps, 'store'>, ref: string): St
   const id = byDevice?.object_id ?? (m === null ? undefined : Number(m[1]));
   const row = id === undefined ? undefined : store.objects.get(id);
   if (row === undefined || row.kind !== 'snapshot' || row.state === 'removed') {
-    throw new UsageError(
+    throw new NotFoundError(
       'NOT_FOUND',
       `no snapshot "${ref}" on this host`,
       'see `thinrelay snapshots`',
@@ -44,7 +48,7 @@ export async function activateImage(
   const image = findImage(deps, ref);
   if (image.status !== 'ready') {
     throw new UsageError(
-      'NOT_FOUND',
+      'NOT_READY',
       `image ${image.id} (${image.key}) is ${image.status}, not ready`,
       'run `thinrelay process-image` for it first',
     );
@@ -62,7 +66,7 @@ export async function deactivateSnapshot(
 ): Promise<StorageObjectRow> {
   const snap = findSnapshot(deps, ref);
   if (snap.state !== 'active')
-    throw new UsageError('NOT_FOUND', `snapshot ${snap.id} is ${snap.state}, not active`);
+    throw new UsageError('NOT_READY', `snapshot ${snap.id} is ${snap.state}, not active`);
   await deps.objects.deactivate(snap);
   return deps.store.objects.get(snap.id)!;
 }

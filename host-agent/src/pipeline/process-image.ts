@@ -17,6 +17,7 @@ import { isOwnerAlive, ownerPid } from '../store/owner.js';
 import type { PipelineDeps } from './context.js';
 import { reconcile } from './reconcile.js';
 import { imageStepNames, runJob } from './runner.js';
+import { jittered } from '../retry.js';
 
 export interface ProcessRequest {
   bucket: string;
@@ -51,10 +52,12 @@ export interface ProcessOptions {
 }
 
 export async function processImage(
-  deps: PipelineDeps,
+  outer: PipelineDeps,
   req: ProcessRequest,
   opts: ProcessOptions = {},
 ): Promise<ProcessResult> {
+  // Every line of this image's work carries its key, then its image and job ids.
+  let deps = withLogFields(outer, { key: req.key });
   if (opts.reconcile !== false) await reconcile(deps);
   const known = req.eTag ? deps.store.images.find(req.bucket, req.key, req.eTag) : undefined;
   if (known?.status === 'ready') {
@@ -80,6 +83,7 @@ export async function processImage(
     );
   }
   const image = deps.store.images.upsert(ref);
+  deps = withLogFields(deps, { image: image.id });
   if (image.status === 'ready') {
     return {
       outcome: 'already-complete',
@@ -125,9 +129,16 @@ async function runClaimed(
     await reconcile(deps);
   }
   const job = deps.store.jobs.get(claim.job.id)!;
+  deps = withLogFields(deps, { job: job.id });
   await runJob({ ...deps, job, image: deps.store.images.get(image.id)!, ref });
   const done = deps.store.images.get(image.id)!;
   return { outcome: 'complete', jobId: job.id, image: done, ...(await ensureActive(deps, done)) };
+}
+
+/** Deps whose logger (and the object manager's) adds `fields` to every line. */
+function withLogFields(deps: PipelineDeps, fields: Record<string, unknown>): PipelineDeps {
+  const logger = deps.logger.child(fields);
+  return { ...deps, logger, objects: deps.objects.withLogger(logger) };
 }
 
 function claimJob(deps: PipelineDeps, image: ImageRow): Claim {
@@ -153,7 +164,7 @@ async function waitForJob(deps: PipelineDeps, job: JobRow): Promise<JobRow> {
     pid: ownerPid(job.owner),
   });
   for (;;) {
-    await sleep(200, undefined, { signal: deps.signal });
+    await sleep(jittered(200), undefined, { signal: deps.signal });
     const now = deps.store.jobs.get(job.id)!;
     if (now.status === 'complete' || now.status === 'failed') return now;
     if (!isOwnerAlive(now.owner)) return now;

@@ -206,11 +206,11 @@ async function releaseOrphans(
   }
   for (const stray of inv.strays) {
     const parsed = parseObjectName(stray.path.split('/').pop()!.split('.')[0]!);
-    const row = parsed === null ? undefined : deps.store.objects.get(parsed.id);
-    if (parsed === null) {
+    if (parsed === null && stray.owned !== true) {
       deps.logger.warn('reconcile: unknown file in the pool left alone', { path: stray.path });
       continue;
     }
+    const row = parsed === null ? undefined : deps.store.objects.get(parsed.id);
     // A partial copy being written right now by a live process is not a stray yet.
     if (
       row !== undefined &&
@@ -219,8 +219,16 @@ async function releaseOrphans(
       isOwnerAlive(row.owner)
     )
       continue;
-    await deps.objects.backend.removeStray(stray.path);
-    actions.push({ object: stray.path, action: 'removed', reason: stray.description });
+    try {
+      await deps.objects.backend.removeStray(stray.path);
+      actions.push({ object: stray.path, action: 'removed', reason: stray.description });
+    } catch (err) {
+      deps.logger.error('reconcile could not remove a stray; will retry next start', {
+        path: stray.path,
+        error: errorMessage(err),
+      });
+      actions.push({ object: stray.path, action: 'failed', reason: errorMessage(err) });
+    }
   }
 }
 

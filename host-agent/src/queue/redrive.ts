@@ -21,7 +21,7 @@ import {
   type ListMessageMoveTasksResultEntry,
   type SQSClient,
 } from '@aws-sdk/client-sqs';
-import { QueueOperationError, UsageError } from '../errors.js';
+import { NotFoundError, QueueOperationError, UsageError } from '../errors.js';
 import { mapSqsError, sqsErrorFacts } from './sqs-errors.js';
 
 export type MoveTaskStatus = 'RUNNING' | 'COMPLETED' | 'CANCELLING' | 'CANCELLED' | 'FAILED';
@@ -232,7 +232,7 @@ export async function cancelMoveTask(sqs: SQSClient, taskHandle: string): Promis
   } catch (err) {
     const f = sqsErrorFacts(err);
     if (f.name === 'ResourceNotFoundException') {
-      throw new UsageError('TASK_NOT_FOUND', `no move task with that handle: ${f.message}`);
+      throw new NotFoundError('TASK_NOT_FOUND', `no move task with that handle: ${f.message}`);
     }
     if (/only active tasks/i.test(f.message)) {
       throw new UsageError('TASK_NOT_RUNNING', `the task is no longer running: ${f.message}`);

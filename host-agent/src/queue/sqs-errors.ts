@@ -11,6 +11,7 @@
  */
 import {
   EnvironmentError,
+  NotFoundError,
   UsageError,
   type EnvironmentCode,
   type ThinrelayError,
@@ -106,7 +107,7 @@ export function mapSqsError(err: unknown, what: string): ThinrelayError {
     new EnvironmentError(code, message, hint, { cause: err });
 
   if (isSqsNotFound(err)) {
-    return new UsageError('QUEUE_NOT_FOUND', `${what}: the queue does not exist`, ENDPOINT_HINT);
+    return new NotFoundError('QUEUE_NOT_FOUND', `${what}: the queue does not exist`, ENDPOINT_HINT);
   }
   if (
     ACCESS.has(f.name) ||

@@ -214,7 +214,7 @@ export class RetryBudget {
       throw new TransientError(
         'DOWNLOAD_FAILED',
         `download of ${this.where} failed after ${this.resumes} resume(s) at byte ${at} of ${this.ref.size}: ${errorMessage(err)}`,
-        'a network or S3 service problem; retried later',
+        'a network or S3 service problem; the agent retries it (exit 75: run the command again later)',
         { cause: err },
       );
     }

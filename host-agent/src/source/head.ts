@@ -132,7 +132,7 @@ async function explainHeadError(
     return new TransientError(
       'DOWNLOAD_FAILED',
       `HeadObject ${objectUrl(ctx)} failed (${mapped.message}) but the object is readable`,
-      'the object probably appeared meanwhile; retried later',
+      'the object probably appeared meanwhile; the agent retries it (exit 75: run the command again later)',
       { cause: err },
     );
   }

@@ -228,7 +228,7 @@ export function mapS3Error(err: unknown, ctx: S3ErrorContext): ThinrelayError | 
     return new TransientError(
       'DOWNLOAD_FAILED',
       `${ctx.operation} ${where} failed: ${detail}`,
-      'a network or S3 service problem; retried later',
+      'a network or S3 service problem; the agent retries it (exit 75: run the command again later)',
       cause,
     );
   }

@@ -33,8 +33,13 @@ export interface BackendInventory {
   attached: { name: string; devicePath: string; thinId?: number }[];
   /** Mounts of our objects, by object name. */
   mounted: { name: string; mountpoint: string }[];
-  /** Things in our namespace that match no object name (partial copies, foreign files). */
-  strays: { description: string; path: string }[];
+  /**
+   * Things in our namespace that match no object name (partial copies, foreign files).
+   * `owned`: only thinrelay makes things there (a dm device with the state dir's prefix),
+   * so reconcile removes it even when its name maps no object; otherwise such a stray
+   * (a file someone put in the pool dir) is left alone.
+   */
+  strays: { description: string; path: string; owned?: boolean }[];
 }
 
 export interface PoolStatus {

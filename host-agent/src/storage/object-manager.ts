@@ -4,7 +4,7 @@
  * a commit of the outcome. This is the only code that calls the backend's
  * mutating methods, so the intent rule holds everywhere by construction.
  */
-import { UsageError } from '../errors.js';
+import { NotFoundError } from '../errors.js';
 import { failpoint } from '../failpoints.js';
 import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
@@ -19,6 +19,11 @@ export class ObjectManager {
     private readonly owner: string,
     private readonly logger: Logger,
   ) {}
+
+  /** The same manager logging through `logger` (e.g. one carrying an image's key and job). */
+  withLogger(logger: Logger): ObjectManager {
+    return new ObjectManager(this.store, this.backend, this.owner, logger);
+  }
 
   /** A single-row transition in its own transaction (which may use the space reserve). */
   private transition(
@@ -136,7 +141,7 @@ export class ObjectManager {
       const now = this.store.objects.get(snap.id);
       const origin = this.store.objects.get(o.volume.id);
       if (now?.owner !== this.owner || origin?.state === 'removing' || origin?.state === 'removed')
-        throw new UsageError(
+        throw new NotFoundError(
           'NOT_FOUND',
           `image ${o.imageId} was removed while snapshot ${snap.id} was being created`,
           'see `thinrelay images`; process the image again to use it',

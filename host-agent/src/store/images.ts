@@ -99,14 +99,15 @@ export class ImageRepo {
   /**
    * The same rows as list(), as one JSON array built by SQLite: turning 10,000
    * rows into JS objects and back costs ~100 ms that `images --json` must not
-   * pay. Ids in `interrupted` read as status "interrupted".
+   * pay. Ids in `interrupted` read as status "interrupted". Field names are
+   * camelCase, as every --json prints them.
    */
   listJson(opts: { includeRemoved?: boolean; interrupted?: readonly number[] } = {}): string {
     const fields = imageColumns
       .map((c) =>
         c === 'status'
           ? `'status', CASE WHEN id IN (SELECT value FROM json_each(?)) THEN 'interrupted' ELSE status END`
-          : `'${c}', ${c}`,
+          : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
       )
       .join(', ');
     return this.db
@@ -116,6 +117,14 @@ export class ImageRepo {
       )
       .pluck()
       .get(JSON.stringify(opts.interrupted ?? []), opts.includeRemoved ? 1 : 0) as string;
+  }
+
+  /** How many images have each status. */
+  countByStatus(): Record<string, number> {
+    const rows = this.db
+      .prepare(`SELECT status, COUNT(*) AS n FROM images GROUP BY status`)
+      .all() as { status: string; n: number }[];
+    return Object.fromEntries(rows.map((r) => [r.status, r.n]));
   }
 
   /** Images whose status says a job is running. */

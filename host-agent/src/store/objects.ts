@@ -106,6 +106,14 @@ export class ObjectRepo {
       .run(devicePath, nowIso(), id);
   }
 
+  /** The backends that live objects belong to (a state dir serves one backend). */
+  backendsInUse(): string[] {
+    return this.db
+      .prepare(`SELECT DISTINCT backend FROM storage_objects WHERE state != 'removed' ORDER BY 1`)
+      .pluck()
+      .all() as string[];
+  }
+
   /** Every object that is not removed: what the backend should really hold. */
   listLive(): StorageObjectRow[] {
     return this.db

@@ -1,6 +1,7 @@
 /** Mounts: mount/umount and a reader for /proc/self/mountinfo. */
 import { readFileSync } from 'node:fs';
 import { run } from './exec.js';
+import { jittered } from '../retry.js';
 
 export interface MountEntry {
   mountpoint: string;
@@ -57,7 +58,7 @@ export async function unmount(mountpoint: string, attempts = 5): Promise<void> {
     } catch (err) {
       if (!isMounted(mountpoint)) return;
       if (i >= attempts) throw err;
-      await new Promise((r) => setTimeout(r, 100 * 2 ** i));
+      await new Promise((r) => setTimeout(r, jittered(100 * 2 ** i)));
     }
   }
 }

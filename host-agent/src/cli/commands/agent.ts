@@ -137,7 +137,8 @@ async function run(ctx: CommandContext): Promise<number> {
       ? null
       : await http.startHttpEndpoint(daemon.metricsAddress, {
           health: () => agent.health(),
-          metrics: () => agent.metrics.render() + (fleetMember?.metrics.render() ?? ''),
+          metrics: async () =>
+            (await agent.metrics.collect()) + (fleetMember?.metrics.render() ?? ''),
         });
   if (endpoint !== null) ctx.logger.info('health and metrics endpoint', { url: endpoint.url });
 
@@ -268,5 +269,41 @@ export const agentCommand: Command = {
     concurrency: { type: 'string' },
     'metrics-addr': { type: 'string' },
   },
+  optionDocs: {
+    group: {
+      text: 'join this host group: the agent registers its own queue and heartbeats in the fleet table',
+      arg: 'G',
+      env: 'THINRELAY_GROUP',
+    },
+    'host-id': {
+      text: "this host's id in the fleet",
+      arg: 'ID',
+      env: 'THINRELAY_HOST_ID',
+      default: 'the EC2 instance id, else the hostname',
+    },
+    'queue-url': {
+      text: "this host's SQS queue (stack outputs)",
+      arg: 'URL',
+      env: 'THINRELAY_QUEUE_URL',
+    },
+    concurrency: {
+      text: 'images handled at once',
+      arg: 'N',
+      env: 'THINRELAY_CONCURRENCY',
+      default: '2',
+    },
+    'metrics-addr': {
+      text: 'health (/healthz) and Prometheus metrics (/metrics) endpoint, or "off"',
+      arg: 'HOST:PORT',
+      env: 'THINRELAY_METRICS_ADDR',
+      default: '127.0.0.1:9464',
+    },
+  },
+  examples: [
+    'thinrelay agent   # settings from /etc/thinrelay/agent.env, as under systemd',
+    'thinrelay agent --group default --host-id web01',
+    'thinrelay agent deregister --group default --json',
+    'thinrelay agent --queue-url https://sqs.eu-west-1.amazonaws.com/123456789012/thinrelay-host-web-1 --metrics-addr 127.0.0.1:9464',
+  ],
   run,
 };

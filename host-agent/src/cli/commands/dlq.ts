@@ -12,8 +12,6 @@ import type { Dlq, MoveTask } from '../../queue/redrive.js';
 import type { Command, CommandContext } from '../command.js';
 import { printJson, printTable } from '../output.js';
 
-/** What a shell reports for a command stopped by Ctrl-C. */
-const EXIT_INTERRUPTED = 130;
 const POLL_INTERVAL_MS = 2000;
 
 function dlqUrlOf(ctx: CommandContext, usage: string): string {
@@ -147,7 +145,11 @@ async function redrive(ctx: CommandContext): Promise<number> {
   const { describeDlq, startRedrive, followMoveTask } = await import('../../queue/redrive.js');
   const sqs = await sqsClient(dlqUrl);
   const aborter = new AbortController();
-  const onSignal = (sig: NodeJS.Signals): void => aborter.abort(new Error(`received ${sig}`));
+  let stoppedBy = 'SIGINT' as NodeJS.Signals;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    stoppedBy = sig;
+    aborter.abort(new Error(`received ${sig}`));
+  };
   try {
     const dlq = await describeDlq(sqs, dlqUrl);
     const started = await startRedrive(sqs, dlq, { destinationUrl: toUrl, maxPerSecond });
@@ -192,7 +194,7 @@ async function redrive(ctx: CommandContext): Promise<number> {
           `  cancel it with: thinrelay redrive --cancel ${started.task.taskHandle ?? 'HANDLE'}\n` +
           `  follow it again: thinrelay redrive --dlq-url ${dlqUrl}\n`,
       );
-      return EXIT_INTERRUPTED;
+      return stoppedBy === 'SIGTERM' ? ExitCode.terminated : ExitCode.interrupted;
     }
     progress.end();
     const secs = ((Date.now() - t0) / 1000).toFixed(1);
@@ -235,6 +237,25 @@ export const redriveCommand: Command = {
     'no-wait': { type: 'boolean' },
     cancel: { type: 'string' },
   },
+  optionDocs: {
+    'dlq-url': { text: 'the dead-letter queue', arg: 'URL', env: 'THINRELAY_DLQ_URL' },
+    'to-url': {
+      text: 'move the messages to this queue instead',
+      arg: 'URL',
+      default: "each message's original queue",
+    },
+    'max-per-second': {
+      text: 'move rate, 1-500 messages/s',
+      arg: 'N',
+      default: 'as fast as SQS goes',
+    },
+    'no-wait': { text: 'start the move task and return (prints how to follow or cancel it)' },
+    cancel: { text: 'cancel a running move task (the handle redrive printed)', arg: 'TASK_HANDLE' },
+  },
+  examples: [
+    'thinrelay redrive --dlq-url https://sqs.eu-west-1.amazonaws.com/123456789012/thinrelay-dlq',
+    'thinrelay redrive --dlq-url "$THINRELAY_DLQ_URL" --max-per-second 10 --no-wait --json',
+  ],
   run: redrive,
 };
 
@@ -325,5 +346,12 @@ export const dlqCommand: Command = {
   summary: 'show what waits in the dead-letter queue, without consuming it',
   usage: 'thinrelay dlq peek --dlq-url URL [--max N] [--json]',
   options: { 'dlq-url': { type: 'string' }, max: { type: 'string' } },
+  optionDocs: {
+    'dlq-url': { text: 'the dead-letter queue', arg: 'URL', env: 'THINRELAY_DLQ_URL' },
+    max: { text: 'stop after this many messages (1-10000)', arg: 'N', default: 'all it sees' },
+  },
+  examples: [
+    'thinrelay dlq peek --dlq-url https://sqs.eu-west-1.amazonaws.com/123456789012/thinrelay-dlq --max 20',
+  ],
   run: dlq,
 };

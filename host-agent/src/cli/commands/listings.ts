@@ -3,7 +3,7 @@ import { isOwnerAlive } from '../../store/owner.js';
 import type { ImageRow } from '../../store/images.js';
 import type { Runtime } from '../../runtime.js';
 import type { Command, CommandContext } from '../command.js';
-import { formatBytes, printJson, printTable } from '../output.js';
+import { camelKeys, formatBytes, printJson, printTable } from '../output.js';
 
 /**
  * Honest status: an image whose job's owner died is not being processed,
@@ -20,7 +20,7 @@ function displayStatus(rt: Runtime, image: ImageRow): ImageView {
 }
 
 function images(ctx: CommandContext): Promise<number> {
-  const rt = ctx.runtime();
+  const rt = ctx.runtime({ readonly: true });
   const includeRemoved = ctx.values.all === true;
   if (ctx.json) {
     const interrupted = rt.store.images
@@ -47,7 +47,7 @@ function images(ctx: CommandContext): Promise<number> {
 }
 
 function snapshots(ctx: CommandContext): Promise<number> {
-  const rt = ctx.runtime();
+  const rt = ctx.runtime({ readonly: true });
   const active = new Map(rt.store.snapshots.list().map((s) => [s.object_id, s]));
   const rows = rt.store.objects
     .listLive()
@@ -75,9 +75,9 @@ function snapshots(ctx: CommandContext): Promise<number> {
 }
 
 function failed(ctx: CommandContext): Promise<number> {
-  const rt = ctx.runtime();
+  const rt = ctx.runtime({ readonly: true });
   const rows = rt.store.images.listFailed();
-  if (ctx.json) printJson(rows);
+  if (ctx.json) printJson(rows.map(camelKeys));
   else
     printTable(
       ['ID', 'KEY', 'CODE', 'MESSAGE', 'WHEN'],
@@ -91,6 +91,8 @@ export const imagesCommand: Command = {
   summary: 'list images on this host',
   usage: 'thinrelay images [--all] [--json]',
   options: { all: { type: 'boolean' } },
+  optionDocs: { all: { text: 'include removed images' } },
+  examples: ['thinrelay images', 'thinrelay images --all --json'],
   run: images,
 };
 
@@ -99,6 +101,7 @@ export const snapshotsCommand: Command = {
   summary: 'list snapshots and their devices',
   usage: 'thinrelay snapshots [--json]',
   options: {},
+  examples: ['thinrelay snapshots --json'],
   run: snapshots,
 };
 
@@ -107,5 +110,6 @@ export const failedCommand: Command = {
   summary: 'list failed images with reason codes',
   usage: 'thinrelay failed [--json]',
   options: {},
+  examples: ['thinrelay failed'],
   run: failed,
 };

@@ -51,14 +51,17 @@ export const gcCommand: Command = {
   summary: 'release what the database does not account for, and failed leftovers',
   usage: 'thinrelay gc [--json]',
   options: {},
+  examples: ['thinrelay gc'],
   run: gc,
 };
 
 export const doctorCommand: Command = {
   name: 'doctor',
-  summary: 'check this host: root, loop/dm, mkfs.ext4, free space, database integrity, pool health',
+  summary:
+    'check this host: root, loop/dm, every tool the unpack uses, free space, database integrity, pool health (read-only)',
   usage: 'thinrelay doctor [--json]',
   options: {},
+  examples: ['thinrelay doctor', 'thinrelay --backend devmapper doctor --json'],
   run: doctor,
 };
 
@@ -67,5 +70,6 @@ export const stateCommand: Command = {
   summary: 'online backup of the state database',
   usage: 'thinrelay state backup FILE',
   options: {},
+  examples: ['thinrelay state backup /var/backups/thinrelay-images.db'],
   run: state,
 };

@@ -2,6 +2,8 @@
 import { parseSize } from '../../config.js';
 import { UsageError } from '../../errors.js';
 import { collectGarbage } from '../../ops/gc.js';
+import { createBackend } from '../../storage/index.js';
+import { currentOwner } from '../../store/owner.js';
 import { removeImage } from '../../ops/image-ops.js';
 import type { PoolStatus } from '../../storage/backend.js';
 import type { Command, CommandContext } from '../command.js';
@@ -31,6 +33,23 @@ function printStatus(ctx: CommandContext, s: PoolStatus): void {
 
 async function run(ctx: CommandContext): Promise<number> {
   const sub = ctx.positionals[0];
+  if (sub === 'status') {
+    // Read-only: the backend alone reports the pool; no state is opened or created.
+    const backend = createBackend(ctx.config(), {
+      store: null,
+      owner: currentOwner(),
+      logger: ctx.logger,
+    });
+    printStatus(ctx, await backend.poolStatus());
+    return 0;
+  }
+  if (sub !== 'create' && sub !== 'destroy') {
+    throw new UsageError(
+      'USAGE',
+      `unknown pool command "${sub ?? ''}"`,
+      `usage: ${poolCommand.usage}`,
+    );
+  }
   const rt = ctx.runtime();
   const backend = rt.objects.backend;
   switch (sub) {
@@ -48,9 +67,6 @@ async function run(ctx: CommandContext): Promise<number> {
       );
       return 0;
     }
-    case 'status':
-      printStatus(ctx, await backend.poolStatus());
-      return 0;
     case 'destroy':
       if (ctx.values.force === true) {
         for (const image of rt.store.images.list())
@@ -61,12 +77,6 @@ async function run(ctx: CommandContext): Promise<number> {
       if (!ctx.json) process.stdout.write('pool destroyed\n');
       else printJson({ destroyed: true });
       return 0;
-    default:
-      throw new UsageError(
-        'USAGE',
-        `unknown pool command "${sub ?? ''}"`,
-        `usage: ${poolCommand.usage}`,
-      );
   }
 }
 
@@ -76,5 +86,22 @@ export const poolCommand: Command = {
   usage:
     'thinrelay pool create [--size 20G] [--devices DATA,META] | pool status | pool destroy [--force]',
   options: { size: { type: 'string' }, devices: { type: 'string' }, force: { type: 'boolean' } },
+  optionDocs: {
+    size: {
+      text: 'devmapper: size of the loop-file pool under the state dir (testing)',
+      arg: 'SIZE',
+      default: '20G',
+    },
+    devices: {
+      text: 'devmapper: build the pool on these data and metadata block devices',
+      arg: 'DATA,META',
+    },
+    force: { text: 'destroy: remove every image and collect garbage first' },
+  },
+  examples: [
+    'thinrelay pool status',
+    'thinrelay --backend devmapper pool create --devices /dev/vg0/thin-data,/dev/vg0/thin-meta',
+    'thinrelay pool status --backend devmapper --json',
+  ],
   run,
 };

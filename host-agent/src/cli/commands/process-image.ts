@@ -1,6 +1,6 @@
 /** thinrelay process-image --s3-key KEY: download, verify, unpack, snapshot, activate. */
 import type { S3Client } from '@aws-sdk/client-s3';
-import { EnvironmentError, ImageError, UsageError, errorMessage } from '../../errors.js';
+import { EnvironmentError, InterruptedError, UsageError, errorMessage } from '../../errors.js';
 import { existsSync } from 'node:fs';
 import type { Command, CommandContext } from '../command.js';
 import { printJson } from '../output.js';
@@ -29,12 +29,20 @@ async function run(ctx: CommandContext): Promise<number> {
     throw new UsageError('USAGE', 'missing --s3-key', `usage: ${processImageCommand.usage}`);
   const config = ctx.config();
   if (config.bucket === null)
-    throw new UsageError('CONFIG', 'no bucket given', 'pass --bucket or set THINRELAY_BUCKET');
+    throw new UsageError(
+      'CONFIG',
+      'no bucket given',
+      'pass --bucket, or set THINRELAY_BUCKET (in the environment or /etc/thinrelay/agent.env)',
+    );
   checkHostReady(config.backend);
 
   const { processImage } = await import('../../pipeline/process-image.js');
   const aborter = new AbortController();
-  const onSignal = (sig: NodeJS.Signals): void => aborter.abort(new Error(`received ${sig}`));
+  let stoppedBy = 'SIGINT' as NodeJS.Signals;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    stoppedBy = sig;
+    aborter.abort(new Error(`received ${sig}`));
+  };
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   // The SDK loads on first use: an image already done at a given --etag never needs it.
@@ -55,8 +63,8 @@ async function run(ctx: CommandContext): Promise<number> {
     }).catch((err: unknown) => {
       if (!aborter.signal.aborted) throw err;
       // Ctrl-C / SIGTERM: the job is recorded as failed (INTERRUPTED) and its storage released.
-      throw new ImageError(
-        'INTERRUPTED',
+      throw new InterruptedError(
+        stoppedBy,
         `stopped: ${errorMessage(aborter.signal.reason)}; what it had created was released`,
         'run the same command again to retry',
         { cause: err },
@@ -97,5 +105,29 @@ export const processImageCommand: Command = {
     etag: { type: 'string' },
     'keep-on-failure': { type: 'boolean' },
   },
+  optionDocs: {
+    's3-key': {
+      text: 'object key of the image tarball (.tar, .tar.gz, .tar.zst); required',
+      arg: 'KEY',
+    },
+    bucket: { text: 'bucket holding the image', arg: 'BUCKET', env: 'THINRELAY_BUCKET' },
+    'version-id': {
+      text: 'a specific object version (versioned buckets)',
+      arg: 'ID',
+      default: 'the current version',
+    },
+    etag: {
+      text: 'the ETag expected; already done at this ETag → no S3 request at all',
+      arg: 'ETAG',
+      default: 'whatever S3 has now',
+    },
+    'keep-on-failure': {
+      text: "keep a failed image's volume for inspection instead of releasing it",
+    },
+  },
+  examples: [
+    'thinrelay process-image --bucket my-images --s3-key images/base.tar.gz',
+    'thinrelay process-image --s3-key images/base.tar.gz --json   # bucket from THINRELAY_BUCKET',
+  ],
   run,
 };

@@ -3,24 +3,23 @@ import { findImage } from '../../ops/image-ops.js';
 import { isOwnerAlive, ownerPid } from '../../store/owner.js';
 import type { Command, CommandContext } from '../command.js';
 import { requirePositional } from '../command.js';
-import { printJson, printTable, printable } from '../output.js';
+import { camelKeys, printJson, printTable, printable } from '../output.js';
 
 function run(ctx: CommandContext): Promise<number> {
   const ref = requirePositional(ctx, 'KEY or ID', showCommand.usage);
-  const rt = ctx.runtime();
+  const rt = ctx.runtime({ readonly: true });
   const image = findImage(rt, ref);
   const job = rt.store.jobs.latestForImage(image.id);
   const steps = job === undefined ? [] : rt.store.jobs.steps(job.id);
   const snapshots = rt.store.snapshots.forImage(image.id);
   if (ctx.json) {
     printJson({
-      image,
-      job: job ?? null,
-      steps: steps.map((s) => ({
-        ...s,
-        detail: s.detail === null ? null : (JSON.parse(s.detail) as unknown),
-      })),
-      snapshots,
+      image: camelKeys(image),
+      job: job === undefined ? null : camelKeys(job),
+      steps: steps.map((s) =>
+        camelKeys({ ...s, detail: s.detail === null ? null : (JSON.parse(s.detail) as unknown) }),
+      ),
+      snapshots: snapshots.map(camelKeys),
     });
     return Promise.resolve(0);
   }
@@ -63,5 +62,6 @@ export const showCommand: Command = {
     "an image and its job's timeline (each step: status, start, end, error; the job's serial)",
   usage: 'thinrelay show KEY|ID [--json]',
   options: {},
+  examples: ['thinrelay show images/base.tar.gz', 'thinrelay show 12 --json'],
   run,
 };

@@ -45,6 +45,7 @@ export const activateCommand: Command = {
   summary: 'create and activate a new snapshot of a ready image (IMAGE: id or key)',
   usage: 'thinrelay activate IMAGE [--json]',
   options: {},
+  examples: ['thinrelay activate images/base.tar.gz'],
   run: activate,
 };
 
@@ -53,6 +54,7 @@ export const deactivateCommand: Command = {
   summary: 'detach an active snapshot (SNAPSHOT: id, snap-NNNNNNNN or device path)',
   usage: 'thinrelay deactivate SNAPSHOT [--json]',
   options: {},
+  examples: ['thinrelay deactivate snap-00000012', 'thinrelay deactivate /dev/loop7'],
   run: deactivate,
 };
 
@@ -62,5 +64,7 @@ export const removeCommand: Command = {
     'remove an image, its snapshots and its unshared content (refuses active snapshots unless --force)',
   usage: 'thinrelay remove IMAGE [--force] [--json]',
   options: { force: { type: 'boolean' } },
+  optionDocs: { force: { text: 'also deactivate its active snapshots' } },
+  examples: ['thinrelay remove images/base.tar.gz', 'thinrelay remove 12 --force'],
   run: remove,
 };

@@ -549,8 +549,11 @@ export class DevmapperBackend implements StorageBackend {
       const samePool = t.pool.major === pool.major && t.pool.minor === pool.minor;
       if (parseObjectName(name) === null || !samePool) {
         inv.strays.push({
-          description: 'device in our namespace that maps no object',
+          description: samePool
+            ? 'device in our namespace that maps no object'
+            : 'device in our namespace that maps another pool',
           path: t.name,
+          owned: true,
         });
         continue;
       }

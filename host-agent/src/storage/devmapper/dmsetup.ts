@@ -3,10 +3,13 @@
  * names from a fixed alphabet, thin ids and sizes as bounded integers, tables
  * built here from numbers (never from text we were given). Argument arrays
  * only, no shell. Parsers for the `status` and `table` lines we rely on.
+ * Whether a device exists (and its number) is read from sysfs instead: a
+ * process per question was most of an activation's cost.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CommandError, run } from '../../sys/exec.js';
+import { jittered } from '../../retry.js';
 
 /** No leading '-': a name must never read as an option. */
 const namePattern = /^[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,126}$/;
@@ -195,37 +198,33 @@ export interface DmDeviceInfo {
   name: string;
   major: number;
   minor: number;
-  openCount: number;
   suspended: boolean;
 }
 
-/** Info on one device, or null when it does not exist. */
-export async function dmInfo(name: string): Promise<DmDeviceInfo | null> {
-  let out: string;
-  try {
-    out = await run('dmsetup', [
-      'info',
-      '-c',
-      '--noheadings',
-      '--separator',
-      ' ',
-      '-o',
-      'name,major,minor,open,attr',
-      '--',
-      checkDmName(name),
-    ]);
-  } catch (err) {
-    if (dmErrno(err) === 'ENXIO') return null;
-    throw err;
+const sysBlock = '/sys/block';
+
+/**
+ * Info on one device, or null when it does not exist — read from sysfs
+ * (/sys/block/dm-N/dm/name, dev, dm/suspended), which the kernel keeps for
+ * every dm device with a table: no dmsetup process.
+ */
+export function dmInfo(name: string): Promise<DmDeviceInfo | null> {
+  checkDmName(name);
+  for (const entry of readdirSync(sysBlock)) {
+    if (!entry.startsWith('dm-')) continue;
+    const dir = `${sysBlock}/${entry}`;
+    try {
+      if (readFileSync(`${dir}/dm/name`, 'utf8').trimEnd() !== name) continue;
+      const [major, minor] = readFileSync(`${dir}/dev`, 'utf8').trim().split(':');
+      const suspended = readFileSync(`${dir}/dm/suspended`, 'utf8').trim() === '1';
+      return Promise.resolve({ name, major: Number(major), minor: Number(minor), suspended });
+    } catch (err) {
+      // Removed while we looked: not the device we want, or gone.
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+      throw err;
+    }
   }
-  const [n, major, minor, open, attr] = out.trim().split(' ');
-  return {
-    name: n!,
-    major: Number(major),
-    minor: Number(minor),
-    openCount: Number(open),
-    suspended: (attr ?? '').includes('s'),
-  };
+  return Promise.resolve(null);
 }
 
 export async function dmCreate(name: string, table: string): Promise<void> {
@@ -301,7 +300,7 @@ export async function dmRemove(name: string, opts: RetryOptions = {}): Promise<v
       const errno = dmErrno(err);
       if (errno === 'ENXIO') return;
       if (errno !== 'EBUSY' || i >= attempts) throw err;
-      await sleep((opts.delayMs ?? 50) * 2 ** Math.min(i, 5));
+      await sleep(jittered((opts.delayMs ?? 50) * 2 ** Math.min(i, 5)));
     }
   }
 }

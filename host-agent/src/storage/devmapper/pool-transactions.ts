@@ -22,6 +22,7 @@ import type { StateStore } from '../../store/index.js';
 import { isOwnerAlive } from '../../store/owner.js';
 import type { PoolJournalRow, PoolOp } from '../../store/pool-journal.js';
 import { dmErrno, dmPoolMessage, dmStatus, parseThinPoolStatus } from './dmsetup.js';
+import { jittered } from '../../retry.js';
 
 export interface PoolAction {
   object: string;
@@ -112,7 +113,7 @@ export class PoolTransactions {
           `thin pool ${this.pool} has been held by ${row.owner} for over ${holdTimeoutMs / 1000} s`,
           'is that process hung? stop it; the next start recovers its change',
         );
-      await sleep(20);
+      await sleep(jittered(20, 0.5));
     }
     try {
       const actions = await this.finishOpen(this.journal());
@@ -180,7 +181,7 @@ export class PoolTransactions {
         const errno = dmErrno(err);
         if (errno === 'ENODATA') return false;
         if (errno !== 'EBUSY' || i >= deleteAttempts) throw err;
-        await sleep(50 * 2 ** Math.min(i, 5));
+        await sleep(jittered(50 * 2 ** Math.min(i, 5)));
       }
     }
   }

@@ -19,7 +19,7 @@ import {
   statfsSync,
   ftruncateSync,
 } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { EnvironmentError } from '../../errors.js';
 import { run } from '../../sys/exec.js';
 import { attachLoop, detachLoop, listLoops, loopsFor } from '../../sys/loop-devices.js';
@@ -110,7 +110,8 @@ export class LoopBackend implements StorageBackend {
 
   poolStatus(): Promise<PoolStatus> {
     const exists = existsSync(this.poolDir);
-    const fs = statfsSync(exists ? this.poolDir : this.opts.stateDir);
+    // A fresh host has no state dir yet: measure the filesystem it will be made on.
+    const fs = statfsSync(exists ? this.poolDir : nearestExisting(this.opts.stateDir));
     let used = 0;
     if (exists) {
       for (const f of readdirSync(this.poolDir))
@@ -274,4 +275,11 @@ export class LoopBackend implements StorageBackend {
     if (existsSync(mountpoint)) rmdirSync(mountpoint);
     for (const dev of await loopsFor(this.fileOf(object))) await detachLoop(dev);
   }
+}
+
+/** The path itself, or its closest existing ancestor. */
+function nearestExisting(path: string): string {
+  let p = resolve(path);
+  while (!existsSync(p) && dirname(p) !== p) p = dirname(p);
+  return p;
 }

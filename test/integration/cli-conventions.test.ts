@@ -1,0 +1,357 @@
+/**
+ * The CLI's conventions, run as an operator runs them: global options
+ * anywhere, version, help for every command, did-you-mean, positionals,
+ * exit codes (and README's table of them), read-only commands that never
+ * create state, the settings file, the backend check, one JSON style, and
+ * journald priorities.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import {
+  existsSync,
+  mkdtempSync,
+  openSync,
+  closeSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { ExitCode } from '../../host-agent/src/errors.js';
+import { unpackTools } from '../../host-agent/src/ops/doctor.js';
+import { StateStore } from '../../host-agent/src/store/index.js';
+import { cliPath, runCli } from '../helpers/cli.js';
+
+const repo = new URL('../../../', import.meta.url);
+const pkg = JSON.parse(readFileSync(new URL('package.json', repo), 'utf8')) as { version: string };
+
+let dir: string;
+/** A state dir holding one failed image and one loop-backend object. */
+let stateDir: string;
+/** No settings file from this machine leaks into the runs. */
+const env = { THINRELAY_CONFIG_FILE: 'none' };
+
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), 'thinrelay-cli-'));
+  stateDir = join(dir, 'state');
+  const store = StateStore.open(stateDir);
+  const image = store.images.upsert({
+    bucket: 'b',
+    key: 'images/bad.tar',
+    versionId: null,
+    eTag: '"e1"',
+    size: 10,
+  });
+  store.images.setStatus(image.id, 'failed', {
+    errorCode: 'ARCHIVE_NOT_TAR',
+    errorMessage: 'not a tar',
+  });
+  store.objects.createIntent({ kind: 'volume', backend: 'loop', sizeBytes: 1024 }, 'test');
+  store.close();
+});
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const oneLine = (s: string): string => s.trim().split('\n').pop() ?? '';
+
+/** Every key of every object in a JSON value. */
+function keysOf(v: unknown, out: string[] = []): string[] {
+  if (Array.isArray(v)) v.forEach((x) => keysOf(x, out));
+  else if (v !== null && typeof v === 'object')
+    for (const [k, x] of Object.entries(v)) {
+      out.push(k);
+      keysOf(x, out);
+    }
+  return out;
+}
+
+describe('thinrelay CLI conventions', () => {
+  test('global options before or after the command give the same result', async () => {
+    const a = await runCli(['--state-dir', stateDir, '--json', 'images'], env);
+    const b = await runCli(['images', '--json', `--state-dir=${stateDir}`], env);
+    const c = await runCli(['--json', 'images', '--state-dir', stateDir], env);
+    assert.equal(a.code, 0, a.stderr);
+    assert.equal(a.stdout, b.stdout);
+    assert.equal(a.stdout, c.stdout);
+    assert.equal((JSON.parse(a.stdout) as unknown[]).length, 1);
+  });
+
+  test('--version, -V, -v and `version` print the package version', async () => {
+    for (const args of [['--version'], ['-V'], ['-v'], ['version'], ['images', '--version']]) {
+      const r = await runCli(args, env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`^thinrelay ${pkg.version.replace(/\./g, '\\.')} \\(`));
+    }
+  });
+
+  test('help COMMAND = COMMAND --help: every option with text, variables, defaults, examples', async () => {
+    const main = await runCli(['help'], env);
+    assert.equal(main.code, 0);
+    const names = [...main.stdout.matchAll(/^ {2}([a-z][a-z-]+) {2,}/gm)]
+      .map((m) => m[1]!)
+      .filter((n) => n !== 'help' && n !== 'version');
+    assert.ok(names.length >= 15, names.join(' '));
+    for (const name of names) {
+      const help = await runCli(['help', name], env);
+      const dash = await runCli([name, '--help'], env);
+      assert.equal(help.code, 0, name);
+      assert.equal(help.stdout, dash.stdout, name);
+      assert.doesNotMatch(help.stdout, /\(undocumented\)/, `${name}: an option has no help text`);
+      assert.match(help.stdout, /\nExamples:\n {2}thinrelay /, `${name}: no example`);
+      const usage = /^Usage: (.*)$/m.exec(help.stdout)?.[1] ?? '';
+      for (const [, opt] of usage.matchAll(/--([a-z0-9-]+)/g)) {
+        assert.match(help.stdout, new RegExp(`\\n {2}.*--${opt}\\b.* {2}\\S`), `${name} --${opt}`);
+      }
+      for (const ex of help.stdout.trimEnd().split('\nExamples:\n')[1]!.split('\n')) {
+        assert.ok(ex.startsWith('  thinrelay '), `${name}: example "${ex}"`);
+      }
+    }
+    const globalHelp = await runCli(['help', 'images'], env);
+    assert.match(
+      globalHelp.stdout,
+      /--state-dir DIR .*\[env THINRELAY_STATE_DIR; default \/var\/lib\/thinrelay\]/,
+    );
+  });
+
+  test('a mistyped command or option: did-you-mean, exit 2; extra arguments are errors', async () => {
+    const opt = await runCli(['process-image', '--s3-ky', 'foo'], env);
+    assert.equal(opt.code, ExitCode.usage);
+    assert.equal(
+      oneLine(opt.stderr),
+      'thinrelay: process-image: [USAGE] unknown option --s3-ky — did you mean --s3-key? see `thinrelay help process-image`',
+    );
+    const cmd = await runCli(['imagse'], env);
+    assert.equal(cmd.code, ExitCode.usage);
+    assert.match(oneLine(cmd.stderr), /unknown command "imagse" — did you mean "images"\?/);
+    const extra = await runCli(['images', 'extra', '--state-dir', stateDir], env);
+    assert.equal(extra.code, ExitCode.usage);
+    assert.match(oneLine(extra.stderr), /\[USAGE\] unexpected argument: extra/);
+    const two = await runCli(['show', 'a', 'b', '--state-dir', stateDir], env);
+    assert.equal(two.code, ExitCode.usage);
+    const missingValue = await runCli(['process-image', '--s3-key'], env);
+    assert.equal(missingValue.code, ExitCode.usage);
+    assert.match(oneLine(missingValue.stderr), /option --s3-key needs a value/);
+    const bare = await runCli([], env);
+    assert.equal(bare.code, ExitCode.usage);
+  });
+
+  test('read-only commands never create state: they say none exists (exit 4)', async () => {
+    const none = join(dir, 'typo');
+    for (const args of [
+      ['images'],
+      ['snapshots'],
+      ['failed'],
+      ['show', 'x'],
+      ['images', '--json'],
+    ]) {
+      const r = await runCli([...args, '--state-dir', none], env);
+      assert.equal(r.code, ExitCode.notFound, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(oneLine(r.stderr), new RegExp(`\\[NO_STATE\\] no thinrelay state at ${none}`));
+      assert.equal(r.stdout, '');
+    }
+    const pool = await runCli(['pool', 'status', '--state-dir', none], env);
+    assert.equal(pool.code, 0, pool.stderr);
+    assert.equal(existsSync(none), false, 'nothing created');
+  });
+
+  test('doctor passes on a fresh host with a fresh state dir, and creates nothing', async () => {
+    const fresh = join(dir, 'fresh', 'state');
+    const r = await runCli(['doctor', '--json', '--state-dir', fresh], env);
+    const out = JSON.parse(r.stdout) as { ok: boolean; checks: { name: string; ok: boolean }[] };
+    assert.deepEqual(
+      out.checks.filter((c) => !c.ok),
+      [],
+    );
+    assert.equal(r.code, 0);
+    for (const [tool] of unpackTools)
+      assert.ok(
+        out.checks.some((c) => c.name === tool),
+        tool,
+      );
+    assert.equal(existsSync(join(dir, 'fresh')), false);
+  });
+
+  test("doctor's tool list covers every tool the unpack runs", () => {
+    const src = new URL('host-agent/src/unpack/', repo);
+    const called = new Set<string>();
+    for (const f of ['end-script.ts', 'special-files.ts', 'metadata.ts', 'times.ts']) {
+      const text = readFileSync(new URL(f, src), 'utf8');
+      for (const m of text.matchAll(/runTool(?:Sync)?\(\s*'([^']+)'(?:,\s*\[([^\]]*)\])?/g)) {
+        called.add(m[1]!);
+        // xargs runs the tool named among its arguments.
+        for (const a of (m[2] ?? '').matchAll(/'([a-z][a-z0-9.]*)'/g)) called.add(a[1]!);
+      }
+    }
+    assert.ok(called.has('perl') && called.has('setfattr'), [...called].join(' '));
+    const listed = new Set(unpackTools.map(([t]) => t));
+    assert.deepEqual(
+      [...called].filter((t) => !listed.has(t)),
+      [],
+    );
+  });
+
+  test('one JSON style: one line, camelCase field names', async () => {
+    const runs = [
+      ['images', '--json', '--all'],
+      ['failed', '--json'],
+      ['snapshots', '--json'],
+      ['show', 'images/bad.tar', '--json'],
+      ['doctor', '--json'],
+      ['pool', 'status', '--json'],
+    ];
+    for (const args of runs) {
+      const r = await runCli([...args, '--state-dir', stateDir], env);
+      assert.ok(r.code === 0 || args[0] === 'doctor', `${args.join(' ')}: ${r.stderr}`);
+      assert.equal(r.stdout.split('\n').length, 2, `${args[0]}: one line`);
+      const keys = keysOf(JSON.parse(r.stdout));
+      assert.deepEqual(
+        keys.filter((k) => !/^[a-z][a-zA-Z0-9]*$/.test(k)),
+        [],
+        args.join(' '),
+      );
+    }
+    const failed = JSON.parse(
+      (await runCli(['failed', '--json', '--state-dir', stateDir], env)).stdout,
+    ) as {
+      errorCode: string;
+    }[];
+    assert.equal(failed[0]?.errorCode, 'ARCHIVE_NOT_TAR');
+  });
+
+  test('the settings file: read by the CLI; the environment and flags win; a named file must exist', async () => {
+    const file = join(dir, 'agent.env');
+    writeFileSync(
+      file,
+      `# written by agent-config\nTHINRELAY_STATE_DIR="${stateDir}"\nexport THINRELAY_BACKEND=loop\n`,
+    );
+    const fromFile = await runCli(['images', '--json'], { THINRELAY_CONFIG_FILE: file });
+    assert.equal(fromFile.code, 0, fromFile.stderr);
+    assert.equal((JSON.parse(fromFile.stdout) as unknown[]).length, 1);
+    const envWins = await runCli(['images'], {
+      THINRELAY_CONFIG_FILE: file,
+      THINRELAY_STATE_DIR: join(dir, 'elsewhere'),
+    });
+    assert.equal(envWins.code, ExitCode.notFound);
+    const flagWins = await runCli(['images', '--state-dir', join(dir, 'flag')], {
+      THINRELAY_CONFIG_FILE: file,
+    });
+    assert.match(oneLine(flagWins.stderr), /no thinrelay state at .*\/flag/);
+    const viaFlag = await runCli(['--config', file, 'images', '--json'], {
+      THINRELAY_CONFIG_FILE: '',
+    });
+    assert.equal(viaFlag.code, 0, viaFlag.stderr);
+    const missing = await runCli(['images'], { THINRELAY_CONFIG_FILE: join(dir, 'nope.env') });
+    assert.equal(missing.code, ExitCode.usage);
+    assert.match(oneLine(missing.stderr), /\[CONFIG\] cannot read the settings file/);
+    writeFileSync(join(dir, 'bad.env'), 'THIS IS NOT AN ASSIGNMENT\n');
+    const bad = await runCli(['images'], { THINRELAY_CONFIG_FILE: join(dir, 'bad.env') });
+    assert.equal(bad.code, ExitCode.usage);
+    assert.match(oneLine(bad.stderr), /bad\.env:1: expected KEY=VALUE/);
+  });
+
+  test('state whose objects belong to another backend is refused (exit 2)', async () => {
+    const r = await runCli(['images', '--backend', 'devmapper', '--state-dir', stateDir], env);
+    assert.equal(r.code, ExitCode.usage);
+    assert.match(
+      oneLine(r.stderr),
+      /\[CONFIG\] the state in .* holds loop storage objects, but the configured backend is devmapper — use --backend loop/,
+    );
+  });
+
+  test('a network failure is temporary: exit 75', async () => {
+    const r = await runCli(['process-image', '--bucket', 'b', '--s3-key', 'k.tar'], {
+      ...env,
+      THINRELAY_STATE_DIR: join(dir, 'net'),
+      AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:1',
+      AWS_REGION: 'us-east-1',
+      AWS_ACCESS_KEY_ID: 'x',
+      AWS_SECRET_ACCESS_KEY: 'x',
+      AWS_MAX_ATTEMPTS: '1',
+    });
+    assert.equal(r.code, ExitCode.temporary, r.stderr);
+    assert.match(oneLine(r.stderr), /\[DOWNLOAD_FAILED\].*exit 75/);
+  });
+
+  test("README's global-options example runs as written", async () => {
+    const readme = readFileSync(new URL('README.md', repo), 'utf8');
+    const block = /```sh\n(thinrelay --backend devmapper pool status --json[\s\S]*?)```/.exec(
+      readme,
+    )?.[1];
+    assert.ok(block, 'the example block is in README');
+    const outputs: string[] = [];
+    for (const line of block.trim().split('\n')) {
+      const args = line.replace(/#.*$/, '').trim().split(/\s+/).slice(1);
+      const r = await runCli(args, { ...env, THINRELAY_STATE_DIR: join(dir, 'readme') });
+      assert.equal(r.code, 0, `${line}: ${r.stderr}`);
+      outputs.push(r.stdout);
+    }
+    assert.equal(outputs[0], outputs[1], 'global options before or after the command');
+    assert.equal(existsSync(join(dir, 'readme')), false);
+  });
+
+  test("README's exit-code table is errors.ts ExitCode", () => {
+    const readme = readFileSync(new URL('README.md', repo), 'utf8');
+    const section = readme.split('\n### Exit codes\n')[1]?.split('\n#')[0] ?? '';
+    const rows = [...section.matchAll(/^\| (\d+) +\|/gm)].map((m) => Number(m[1]));
+    assert.deepEqual(
+      rows.sort((a, b) => a - b),
+      Object.values(ExitCode).sort((a, b) => a - b),
+    );
+  });
+
+  test('stderr on the journal: lines carry syslog priorities', async () => {
+    const logFile = join(dir, 'journal.log');
+    const fd = openSync(logFile, 'w');
+    const st = statSync(logFile);
+    const journal = `${st.dev}:${st.ino}`;
+    try {
+      // A usage error (no queue): the one error line is priority 3.
+      const bad = spawn(process.execPath, [cliPath, 'agent'], {
+        env: { ...process.env, ...env, JOURNAL_STREAM: journal, THINRELAY_QUEUE_URL: '' },
+        stdio: ['ignore', 'ignore', fd],
+      });
+      assert.equal(await new Promise((r) => bad.on('close', r)), ExitCode.usage);
+      // The daemon against a queue nobody answers: info at start (6), warnings on retry (4).
+      const agent = spawn(process.execPath, [cliPath, 'agent'], {
+        env: {
+          ...process.env,
+          ...env,
+          JOURNAL_STREAM: journal,
+          THINRELAY_LOG_LEVEL: 'info',
+          THINRELAY_STATE_DIR: join(dir, 'agent-state'),
+          THINRELAY_QUEUE_URL: 'http://127.0.0.1:1/123456789012/q',
+          AWS_ENDPOINT_URL_SQS: 'http://127.0.0.1:1',
+          THINRELAY_METRICS_ADDR: 'off',
+          AWS_REGION: 'us-east-1',
+          AWS_ACCESS_KEY_ID: 'x',
+          AWS_SECRET_ACCESS_KEY: 'x',
+          AWS_MAX_ATTEMPTS: '1',
+        },
+        stdio: ['ignore', 'ignore', fd],
+      });
+      const deadline = Date.now() + 20_000;
+      while (!readFileSync(logFile, 'utf8').includes('<4>{') && Date.now() < deadline)
+        await new Promise((r) => setTimeout(r, 100));
+      agent.kill('SIGTERM');
+      await new Promise((r) => agent.on('close', r));
+    } finally {
+      closeSync(fd);
+    }
+    const lines = readFileSync(logFile, 'utf8').trim().split('\n');
+    assert.match(lines[0]!, /^<3>thinrelay: agent: \[CONFIG\] no queue given/);
+    assert.ok(
+      lines.some((l) => /^<6>\{.*"msg":"agent started"/.test(l)),
+      lines.join('\n'),
+    );
+    assert.ok(
+      lines.some((l) => /^<4>\{.*"msg":"receive failed; retrying"/.test(l)),
+      lines.join('\n'),
+    );
+    assert.ok(
+      lines.every((l) => /^<[0-7]>/.test(l)),
+      lines.join('\n'),
+    );
+  });
+});
