@@ -54,12 +54,10 @@ describe('fleet rollout: three hosts, one refuses', { skip: needsRoot, timeout: 
   const hosts: Host[] = [];
 
   before(async () => {
-    // maxReceiveCount 1: the refused event goes to the DLQ at once. With
-    // more receives, a redelivery of an event that already failed here is
-    // reported as 'processing' and never settled again (fleet-member's
-    // `started` writes it; apply-event's already-failed path returns no
-    // event): the item would stay 'processing' and wait would time out.
-    stack = await startLocalStack({ bucket, maxReceiveCount: 1, staleAfterSeconds: 60 });
+    // maxReceiveCount 3 (the stack's default): the refused event is
+    // redelivered before it reaches the DLQ, and each redelivery must leave
+    // the host's item 'failed', not 'processing'.
+    stack = await startLocalStack({ bucket, maxReceiveCount: 3, staleAfterSeconds: 60 });
     for (const id of ['host-a', 'host-b', 'host-c']) {
       const stateDir = mkdtempSync(join(tmpdir(), `thinrelay-rollout-${id}-`));
       const env: NodeJS.ProcessEnv = {

@@ -216,8 +216,8 @@ async function main(): Promise<number> {
   try {
     stack = await startLocalStack({
       bucket,
-      // A refused image goes to the DLQ at its first failure.
-      maxReceiveCount: 1,
+      // A refused image reaches the DLQ after its third receive.
+      maxReceiveCount: 3,
       staleAfterSeconds: 60,
       onFanout: ({ key: k, eventName, error }) =>
         note(
