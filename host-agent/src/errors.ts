@@ -101,8 +101,21 @@ export type EnvironmentCode =
 /** A queue operation ran to its end without succeeding. */
 export type QueueOperationCode = 'MOVE_TASK_FAILED' | 'MOVE_TASK_CANCELLED' | 'MOVE_TASK_LOST';
 
+/** The fleet commands: the fleet table missing, refusing us, unreachable; a host or key unknown. */
+export type FleetCode =
+  | 'FLEET_TABLE_UNSET'
+  | 'FLEET_TABLE_NOT_FOUND'
+  | 'FLEET_NOT_CONFIGURED'
+  | 'FLEET_ACCESS_DENIED'
+  | 'FLEET_UNREACHABLE'
+  | 'FLEET_REQUEST_FAILED'
+  | 'HOST_NOT_FOUND'
+  | 'HOST_LIVE'
+  | 'KEY_NOT_FOUND'
+  | 'KEY_NOT_ROUTED';
+
 export type ReasonCode =
-  ImageFailureCode | UsageCode | NotFoundCode | EnvironmentCode | QueueOperationCode;
+  ImageFailureCode | UsageCode | NotFoundCode | EnvironmentCode | QueueOperationCode | FleetCode;
 
 export abstract class ThinrelayError extends Error {
   abstract readonly exitCode: ExitCode;
@@ -170,6 +183,20 @@ export class QueueOperationError extends ThinrelayError {
   readonly exitCode = ExitCode.imageFailed;
   constructor(code: QueueOperationCode, message: string, hint?: string) {
     super(code, message, hint);
+  }
+}
+
+/** A fleet-table fault: exit 3 (missing, not configured, refused) or 75 (unreachable: retry later). */
+export class FleetError extends ThinrelayError {
+  readonly exitCode: ExitCode;
+  constructor(
+    code: FleetCode,
+    message: string,
+    hint?: string,
+    options?: { cause?: unknown; exitCode?: ExitCode },
+  ) {
+    super(code, message, hint, options);
+    this.exitCode = options?.exitCode ?? ExitCode.environment;
   }
 }
 

@@ -15,6 +15,7 @@ import { versionLine } from '../version.js';
 import { globalOptions, makeContext, type Command } from './command.js';
 import { agentCommand } from './commands/agent.js';
 import { dlqCommand, redriveCommand } from './commands/dlq.js';
+import { fleetCommand } from './commands/fleet.js';
 import { imagesCommand, snapshotsCommand, failedCommand } from './commands/listings.js';
 import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.js';
 import { poolCommand } from './commands/pool.js';
@@ -51,6 +52,7 @@ export const commands: readonly Command[] = [
   stateCommand,
   redriveCommand,
   dlqCommand,
+  fleetCommand,
 ];
 
 // Node ≥ 22 can cache compiled code across runs (the AWS SDK chunk is most of

@@ -1,23 +1,24 @@
 /**
  * npm run demo (as root): the whole thinrelay path on this machine.
  *
- * Embedded S3 (s3rver) and SQS (local-aws-sqs) emulators; s3rver's object
- * events go into the real fan-out Lambda handler, which publishes to two host
- * queues (each with a DLQ); two `thinrelay agent` processes (separate state
- * dirs, the loop backend) apply them. A sample rootfs becomes a snapshot on
- * both hosts; a hostile archive reaches both DLQs; the operator fixes the
- * object and redrives. Everything is removed on exit, also on Ctrl-C.
+ * The local stack (local-stack.ts): S3 (s3rver) whose object events go into
+ * the real fan-out Lambda handler, SQS (local-aws-sqs), and the fleet table
+ * in DynamoDB (dynalite). Two `thinrelay agent --group default` processes
+ * (separate state dirs, the loop backend) register their own queues; a
+ * sample rootfs becomes a snapshot on both and `fleet wait` follows it; a
+ * hostile archive fails on both, `fleet status` says why and `fleet wait`
+ * exits 1; the operator fixes the object. A third host joins late and
+ * catches up from the bucket with no new upload; `fleet status` and `fleet
+ * wait` then count it. Everything is removed on exit, also on Ctrl-C.
  */
-import { spawn } from 'node:child_process';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs';
-import { startLocalStack, type LocalHost, type LocalStack } from './local-stack.js';
+import { startLocalStack, type LocalStack } from './local-stack.js';
 import { buildHostileArchive, buildSampleRootfs } from './sample-rootfs.js';
 
 const cli = fileURLToPath(new URL('../../../cli/thinrelay.mjs', import.meta.url));
@@ -55,10 +56,19 @@ function thinrelay(
   });
 }
 
+/** An operator's command, shown with its output and exit code. */
+async function operator(args: string[], env: NodeJS.ProcessEnv): Promise<number | null> {
+  process.stdout.write(`  ${bold('$')} thinrelay ${args.join(' ')}\n`);
+  const r = await thinrelay(args, env);
+  process.stdout.write(r.stdout.replace(/^/gm, '    ').replace(/ +$/, ''));
+  process.stdout.write(`    ${dim(`(exit ${String(r.code)})`)}\n`);
+  return r.code;
+}
+
 interface Agent {
-  host: LocalHost;
+  hostId: string;
   env: NodeJS.ProcessEnv;
-  outcomes: Record<string, unknown>[];
+  logs: Record<string, unknown>[];
   stop(): Promise<void>;
 }
 
@@ -68,22 +78,24 @@ const str = (v: unknown): string => (typeof v === 'string' ? v : JSON.stringify(
 function describeLog(l: Record<string, unknown>): string | null {
   const key = typeof l.key === 'string' ? l.key : '';
   switch (l.msg) {
-    case 'agent started':
-      return `agent started (queue ${str(l.queueUrl).split('/').pop()})`;
+    case 'registered in the fleet':
+      return `registered in group ${str(l.group)} (queue ${str(l.queueUrl).split('/').pop()})`;
+    case 'sync round done':
+      return `sync round: ${str(l.keys)} keys in the bucket, ${str(l.processed)} processed`;
+    case 'sync: image ready':
+      return `sync: ${key} ready`;
     case 'unpacking':
-      return `unpacking into a fresh ${(Number(l.sizeBytes) / 1024 ** 2).toFixed(0)} MiB volume`;
-    case 'step done':
-      return `step ${str(l.step)}: ${str(l.status)}${l.step === 'unpack' && l.entries !== undefined ? ` (${str(l.entries)} entries)` : ''}`;
+      return `unpacking${key === '' ? '' : ` ${key}`} into a fresh ${(Number(l.sizeBytes) / 1024 ** 2).toFixed(0)} MiB volume`;
     case 'image event handled':
     case 'image event failed':
     case 'image event will be retried':
-      return `${str(l.kind ?? 'message')} ${key} → ${str(l.outcome).toUpperCase()}${l.code ? ` [${str(l.code)}]` : ''} (receive #${str(l.receiveCount)})${l.reason && l.outcome !== 'failed' ? ` — ${str(l.reason)}` : ''}`;
+      return `${str(l.kind ?? 'message')} ${key} → ${str(l.outcome).toUpperCase()}${l.code ? ` [${str(l.code)}]` : ''} (receive #${str(l.receiveCount)})`;
     default:
       return null;
   }
 }
 
-function startAgent(host: LocalHost, stack: LocalStack, stateDir: string): Agent {
+function startAgent(hostId: string, stack: LocalStack, stateDir: string): Agent {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
     ...stack.env,
@@ -93,33 +105,34 @@ function startAgent(host: LocalHost, stack: LocalStack, stateDir: string): Agent
     // local-aws-sqs holds every long poll for its full wait even when
     // messages are queued: poll in 1 s rounds here (production: 20 s).
     THINRELAY_WAIT_SECONDS: '1',
+    THINRELAY_HEARTBEAT_SECONDS: '5',
     THINRELAY_METRICS_ADDR: 'off',
   };
-  const child = spawn(process.execPath, [cli, 'agent', '--queue-url', host.queueUrl], {
+  const child = spawn(process.execPath, [cli, 'agent', '--group', 'default', '--host-id', hostId], {
     env,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
-  const outcomes: Record<string, unknown>[] = [];
+  const logs: Record<string, unknown>[] = [];
   let partial = '';
   child.stderr.on('data', (d: Buffer) => {
     const lines = (partial + d.toString()).split('\n');
     partial = lines.pop()!;
     for (const line of lines) {
       if (!line.startsWith('{')) {
-        if (line.trim() !== '') note(`${host.name}: ${line}`);
+        if (line.trim() !== '') note(`${hostId}: ${line}`);
         continue;
       }
       const l = JSON.parse(line) as Record<string, unknown>;
-      if (typeof l.outcome === 'string') outcomes.push(l);
+      logs.push(l);
       const text = describeLog(l);
-      if (text !== null) note(`${bold(host.name)} ${text}`);
+      if (text !== null) note(`${bold(hostId)} ${text}`);
     }
   });
   const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
   return {
-    host,
+    hostId,
     env,
-    outcomes,
+    logs,
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGTERM');
       await exited;
@@ -128,21 +141,16 @@ function startAgent(host: LocalHost, stack: LocalStack, stateDir: string): Agent
 }
 
 async function waitFor(what: string, check: () => Promise<boolean> | boolean): Promise<void> {
-  const deadline = Date.now() + 90_000;
+  const deadline = Date.now() + 120_000;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(200);
   }
 }
 
-async function dlqDepth(stack: LocalStack, host: LocalHost): Promise<number> {
-  const out = await stack.sqs.send(
-    new GetQueueAttributesCommand({
-      QueueUrl: host.dlqUrl,
-      AttributeNames: ['ApproximateNumberOfMessages'],
-    }),
-  );
-  return Number(out.Attributes?.ApproximateNumberOfMessages ?? 0);
+async function liveHosts(env: NodeJS.ProcessEnv): Promise<number> {
+  const r = await thinrelay(['fleet', 'hosts', '--json'], env);
+  return r.code === 0 ? (JSON.parse(r.stdout) as { counts: { live: number } }).counts.live : 0;
 }
 
 function listTree(root: string, limit: number): string[] {
@@ -185,7 +193,7 @@ async function main(): Promise<number> {
   const cleanup = async (): Promise<void> => {
     if (cleaned) return;
     cleaned = true;
-    say('7/7', 'cleaning up: agents stopped, snapshots and pools removed, emulators stopped');
+    say('8/8', 'cleaning up: agents stopped, snapshots and pools removed, emulators stopped');
     for (const a of agents) await a.stop();
     for (const a of agents) await thinrelay(['pool', 'destroy', '--force'], a.env);
     await stack?.stop();
@@ -197,30 +205,37 @@ async function main(): Promise<number> {
   ] as const)
     process.once(sig, () => void cleanup().then(() => process.exit(code)));
 
+  const join_ = (hostId: string): Agent => {
+    const stateDir = join(work, hostId);
+    mkdirSync(stateDir);
+    const a = startAgent(hostId, stack!, stateDir);
+    agents.push(a);
+    return a;
+  };
+
   try {
     stack = await startLocalStack({
       bucket,
-      hosts: ['host-a', 'host-b'],
+      // A refused image reaches the DLQ after its third receive.
       maxReceiveCount: 3,
+      staleAfterSeconds: 60,
       onFanout: ({ key: k, eventName, error }) =>
         note(
           error === undefined
-            ? `${bold('lambda')} ${eventName} ${decodeURIComponent(k.replace(/\+/g, ' '))} → published to ${stack!.hosts.length} host queues`
+            ? `${bold('lambda')} ${eventName} ${k} → published to the group's host queues`
             : `${bold('lambda')} ${eventName} ${k} → FAILED: ${error instanceof Error ? error.message : str(error)}`,
         ),
     });
+    const env = stack.env;
     say(
-      '1/7',
-      `local stack: S3 ${stack.s3Endpoint} (s3rver) → fan-out Lambda handler → SQS ${stack.sqsEndpoint} (local-aws-sqs)`,
+      '1/8',
+      `local stack (as \`npm run stack\`): S3 ${stack.s3Endpoint} → fan-out Lambda handler → SQS ${stack.sqsEndpoint}; fleet table ${stack.fleetTable} in DynamoDB ${stack.dynamoEndpoint}`,
     );
-    for (const h of stack.hosts) note(`${h.name}: ${h.queueUrl}  (DLQ after 3 receives)`);
 
-    say('2/7', 'two agents, one per host (loop backend, separate state dirs)');
-    for (const h of stack.hosts) {
-      const stateDir = join(work, h.name);
-      mkdirSync(stateDir);
-      agents.push(startAgent(h, stack, stateDir));
-    }
+    say('2/8', 'two hosts join group `default`: each agent creates its own queue and DLQ');
+    join_('host-a');
+    join_('host-b');
+    await waitFor('both hosts to register', async () => (await liveHosts(env)) === 2);
 
     const image = await buildSampleRootfs({
       gzip: true,
@@ -228,20 +243,18 @@ async function main(): Promise<number> {
       seed: 'demo',
     });
     say(
-      '3/7',
-      `upload a generated rootfs (${(image.length / 1024 ** 2).toFixed(1)} MiB gzip) to s3://${bucket}/${key}`,
+      '3/8',
+      `upload a generated rootfs (${(image.length / 1024 ** 2).toFixed(1)} MiB gzip) to s3://${bucket}/${key}; a deploy pipeline waits for the fleet`,
     );
     await upload(stack, key, image);
-    await waitFor('both hosts to apply the image', () =>
-      agents.every((a) => a.outcomes.some((o) => o.key === key && o.outcome === 'applied')),
-    );
+    await operator(['fleet', 'wait', key, '--timeout', '2m', '--interval', '500ms'], env);
 
-    say('4/7', 'each host has an activated snapshot device:');
+    say('4/8', 'each host has an activated snapshot device:');
     let device = '';
     for (const a of agents) {
       const r = await thinrelay(['snapshots', '--json'], a.env);
       const snaps = JSON.parse(r.stdout) as { devicePath: string; key: string }[];
-      for (const s of snaps) note(`${a.host.name}: ${s.devicePath}  ${s.key}`);
+      for (const s of snaps) note(`${a.hostId}: ${s.devicePath}  ${s.key}`);
       device ||= snaps[0]?.devicePath ?? '';
     }
     const mnt = join(work, 'mnt');
@@ -254,40 +267,27 @@ async function main(): Promise<number> {
       execFileSync('umount', [mnt]);
     }
 
-    say('5/7', `upload a hostile archive (a member named ../../escape) to ${hostileKey}`);
+    say('5/8', `upload a hostile archive (a member named ../../escape) to ${hostileKey}`);
     await upload(stack, hostileKey, await buildHostileArchive());
-    await waitFor('the hostile image to reach both DLQs', async () => {
-      const depths = await Promise.all(stack!.hosts.map((h) => dlqDepth(stack!, h)));
-      return depths.every((d) => d === 1);
-    });
-    note('both DLQs hold the event; on a host, `thinrelay failed` says why:');
-    const failed = await thinrelay(['failed'], agents[0]!.env);
-    process.stdout.write(failed.stdout.replace(/^/gm, '    '));
-    const peek = await thinrelay(
-      ['dlq', 'peek', '--dlq-url', stack.hosts[0]!.dlqUrl],
-      agents[0]!.env,
-    );
-    process.stdout.write(peek.stdout.replace(/^/gm, '    '));
+    await operator(['fleet', 'wait', hostileKey, '--timeout', '2m', '--interval', '500ms'], env);
+    await operator(['fleet', 'status', hostileKey], env);
 
-    say('6/7', 'the operator fixes the object in S3, then redrives both DLQs');
+    say('6/8', 'the operator fixes the object in S3; the fleet converges');
     await upload(
       stack,
       hostileKey,
       await buildSampleRootfs({ gzip: false, payloadBytes: 1024 ** 2, seed: 'fixed' }),
     );
-    await waitFor('both hosts to apply the fixed object', () =>
-      agents.every((a) => a.outcomes.some((o) => o.key === hostileKey && o.outcome === 'applied')),
+    await operator(['fleet', 'wait', hostileKey, '--timeout', '2m', '--interval', '500ms'], env);
+
+    say('7/8', 'host-c joins late: no new upload, it catches up from the bucket');
+    const late = join_('host-c');
+    await waitFor('host-c to finish a sync round', () =>
+      late.logs.some((l) => l.msg === 'sync round done'),
     );
-    for (const a of agents) {
-      const r = await thinrelay(['redrive', '--dlq-url', a.host.dlqUrl], a.env);
-      process.stdout.write(r.stdout.replace(/^/gm, `    ${a.host.name}: `));
-    }
-    // The redriven (old) events are older than the fixed upload's: dropped as stale.
-    await waitFor('the redriven events to be handled', () =>
-      agents.every(
-        (a) => a.outcomes.filter((o) => o.key === hostileKey && o.outcome === 'stale').length > 0,
-      ),
-    );
+    await operator(['fleet', 'hosts'], env);
+    await operator(['fleet', 'status'], env);
+    await operator(['fleet', 'wait', key, '--timeout', '1m'], env);
     process.stdout.write(`\n  done in ${clock().trim()}\n`);
     return 0;
   } finally {

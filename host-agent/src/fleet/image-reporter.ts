@@ -24,10 +24,15 @@ export class ImageReporter {
     private readonly host: ReporterHost,
   ) {}
 
-  /** Work on this version starts (nothing is written when it is already ready). */
+  /**
+   * Work on this version starts. Nothing is written when the version is
+   * already settled here (ready, or failed for good): a redelivered message for
+   * it is answered without work, so `processing` would never be corrected.
+   */
   working(bucket: string, key: string, eTag: string | null, versionId: string | null): void {
     if (bucket !== this.host.bucket) return;
-    if (eTag !== null && this.store.images.find(bucket, key, eTag)?.status === 'ready') return;
+    const status = eTag === null ? undefined : this.store.images.find(bucket, key, eTag)?.status;
+    if (status === 'ready' || status === 'failed') return;
     this.write(key, { state: 'processing', eTag, versionId, reasonCode: null, message: null });
   }
 

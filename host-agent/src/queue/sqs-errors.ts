@@ -79,7 +79,8 @@ const UNREACHABLE_NAMES = new Set([
   'InternalFailure',
 ]);
 
-const NETWORK_CODES = new Set([
+/** Node's codes for a connection that failed or broke (any AWS service). */
+export const NETWORK_CODES = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
   'ETIMEDOUT',
