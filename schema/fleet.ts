@@ -5,11 +5,11 @@
  * (host-agent/) all import this module, so each has exactly one definition.
  *
  * Fleet table (one DynamoDB table, on-demand, keys `pk`/`sk`, one GSI
- * `byImage` on `gpk`/`gsk`):
+ * `byImage` on `gpk`/`gsk`, which also lists every host under gpk HOSTS):
  *
  *   pk                 sk                     item
  *   CONFIG             DEPLOYMENT             DeploymentConfigItem (written by the stack)
- *   HOST#<hostId>      HOST                   HostItem (the agent; the sweep deletes it)
+ *   HOST#<hostId>      HOST                   HostItem (the agent; the sweep deletes it), gpk = HOSTS, gsk = HOST#<hostId>
  *   HOST#<hostId>      IMAGE#<key>            HostImageItem (the agent), gpk = IMAGE#<key>, gsk = HOST#<hostId>
  *   ROLLOUT#<key>      SEQ#<sequencer>        RolloutItem (the fan-out Lambda)
  *
@@ -28,6 +28,8 @@ export const fleetKeys = {
   config: { pk: 'CONFIG', sk: 'DEPLOYMENT' },
   hostPk: (hostId: string) => `HOST#${hostId}`,
   hostSk: 'HOST',
+  /** GSI partition holding every host item: `fleet hosts` reads hosts without scanning images. */
+  hostsGpk: 'HOSTS',
   imageSk: (key: string) => `IMAGE#${key}`,
   /** GSI partition: every host's item for one image key. */
   imageGpk: (key: string) => `IMAGE#${key}`,
@@ -100,6 +102,8 @@ export type HostState = 'live' | 'gone';
 export interface HostItem {
   pk: string;
   sk: 'HOST';
+  gpk: 'HOSTS';
+  gsk: string;
   hostId: string;
   group: string;
   state: HostState;

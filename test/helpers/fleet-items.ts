@@ -45,6 +45,8 @@ export function hostItem(
   return {
     pk: fleetKeys.hostPk(hostId),
     sk: fleetKeys.hostSk,
+    gpk: fleetKeys.hostsGpk,
+    gsk: fleetKeys.hostPk(hostId),
     hostId,
     group,
     state: 'live',

@@ -54,6 +54,8 @@ async function register(hostId: string, group: string, seenAt: number): Promise<
   const host: HostItem = {
     pk: fleetKeys.hostPk(hostId),
     sk: 'HOST',
+    gpk: fleetKeys.hostsGpk,
+    gsk: fleetKeys.hostPk(hostId),
     hostId,
     group,
     state: 'live',

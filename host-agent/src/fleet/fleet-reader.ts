@@ -195,11 +195,12 @@ export class FleetReader {
     );
   }
 
-  /** Every host item (the table has no index by host: a filtered scan). */
+  /** Every host item: the index's HOSTS partition (no image items are read). */
   async hosts(): Promise<HostItem[]> {
-    const items = await this.scan('Scan hosts', {
-      FilterExpression: 'sk = :host',
-      ExpressionAttributeValues: { ':host': { S: fleetKeys.hostSk } },
+    const items = await this.query(`Query ${FLEET_GSI} hosts`, {
+      IndexName: FLEET_GSI,
+      KeyConditionExpression: 'gpk = :gpk',
+      ExpressionAttributeValues: { ':gpk': { S: fleetKeys.hostsGpk } },
     });
     return items as unknown as HostItem[];
   }

@@ -58,6 +58,8 @@ export class HostHeartbeat {
     const item: HostItem = {
       pk: fleetKeys.hostPk(f.hostId),
       sk: fleetKeys.hostSk,
+      gpk: fleetKeys.hostsGpk,
+      gsk: fleetKeys.hostPk(f.hostId),
       hostId: f.hostId,
       group: f.group,
       state: 'live',
