@@ -150,7 +150,8 @@ export function parseConfig(value: unknown): ThinrelayConfig {
     ),
     namePrefix,
     imagesPrefix,
-    imageSuffixes: root.stringList('imageSuffixes', ['.tar', '.tar.gz', '.tgz']),
+    // Empty: every object under the prefix goes to the hosts, which tell formats apart by content.
+    imageSuffixes: root.stringList('imageSuffixes', []),
     routes,
     bucket: {
       name: bucket.optionalString(

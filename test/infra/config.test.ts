@@ -34,7 +34,7 @@ test('defaults fill everything but the groups', () => {
   assert.equal(c.stackName, 'Thinrelay');
   assert.equal(c.namePrefix, 'thinrelay');
   assert.equal(c.imagesPrefix, 'images/');
-  assert.deepEqual(c.imageSuffixes, ['.tar', '.tar.gz', '.tgz']);
+  assert.deepEqual(c.imageSuffixes, [], 'no suffix filter: content decides, on the host');
   assert.deepEqual(c.routes, {});
   assert.deepEqual(c.groups, [
     {

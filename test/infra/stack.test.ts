@@ -149,7 +149,7 @@ describe('fan-out Lambda', () => {
       ROUTES: '{"images/gpu/":["gpu"]}',
       IMAGE_BUCKETS: { Ref: bucketId },
       IMAGE_PREFIX: 'images/',
-      IMAGE_SUFFIXES: '.tar,.tar.gz,.tgz',
+      IMAGE_SUFFIXES: '',
       FANOUT_CONCURRENCY: '16',
       QUEUE_DISCOVERY_TTL_SECONDS: '60',
       FLEET_TABLE: { Ref: tableId },

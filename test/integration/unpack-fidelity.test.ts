@@ -1,6 +1,6 @@
 /**
  * Fidelity: what unpackArchive writes must equal, entry for entry, what
- * `tar --numeric-owner --xattrs -xpf` (GNU tar, as root) extracts from the
+ * `tar --numeric-owner --xattrs -xpf` (GNU tar, as root; with security.capability included) extracts from the
  * same bytes. Needs root (ownership, device nodes).
  */
 import assert from 'node:assert/strict';
@@ -55,7 +55,9 @@ function freshDir(name: string): string {
 
 async function gnuExtract(archive: Buffer): Promise<string> {
   const dir = freshDir('gnu');
-  await execa('tar', ['--numeric-owner', '--xattrs', '-xpf', '-', '-C', dir], {
+  // user.* is GNU tar's default; security.capability is restored as container runtimes do.
+  const include = ['--xattrs-include=user.*', '--xattrs-include=security.capability'];
+  await execa('tar', ['--numeric-owner', '--xattrs', ...include, '-xpf', '-', '-C', dir], {
     input: archive,
     env: { LC_ALL: 'C' },
   });

@@ -21,6 +21,7 @@ import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.j
 import { poolCommand } from './commands/pool.js';
 import { processImageCommand } from './commands/process-image.js';
 import { showCommand } from './commands/show.js';
+import { configCommand } from './commands/config.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { commandHelp, didYouMean, mainHelp, maxPositionalsOf } from './help.js';
 import { formatError } from './output.js';
@@ -40,6 +41,7 @@ export const commands: readonly Command[] = [
   imagesCommand,
   snapshotsCommand,
   showCommand,
+  configCommand,
   failedCommand,
   activateCommand,
   deactivateCommand,

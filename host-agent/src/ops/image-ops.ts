@@ -23,6 +23,19 @@ export function findImage(deps: Pick<PipelineDeps, 'store'>, ref: string): Image
   return image;
 }
 
+/**
+ * A container image's recorded format, layers and run config (Entrypoint,
+ * Cmd, Env, ...), as the unpack step stored it with the content; null for a
+ * flat rootfs tar or content not unpacked yet.
+ */
+export function containerConfigOf(deps: Pick<PipelineDeps, 'store'>, image: ImageRow): unknown {
+  for (const id of deps.store.images.blobIds(image.id)) {
+    const json = deps.store.blobs.get(id)?.image_config;
+    if (json !== undefined && json !== null) return JSON.parse(json) as unknown;
+  }
+  return null;
+}
+
 /** SNAPSHOT is a snapshot object id, its name (snap-00000012) or its device path. */
 export function findSnapshot(deps: Pick<PipelineDeps, 'store'>, ref: string): StorageObjectRow {
   const { store } = deps;

@@ -9,6 +9,8 @@ export interface BlobRow {
   expected_sha256: string | null;
   size: number | null;
   compression: string | null;
+  /** JSON of a container image's format, layers and run config; null for a flat tar. */
+  image_config: string | null;
   status: BlobStatus;
   volume_id: number | null;
   created_at: string;
@@ -45,12 +47,15 @@ export class BlobRepo {
   }
 
   /** Content is known: record what was unpacked (still not ready until sealed). */
-  recordContent(id: number, c: { sha256: string; size: number; compression: string }): void {
+  recordContent(
+    id: number,
+    c: { sha256: string; size: number; compression: string; imageConfig?: string | null },
+  ): void {
     this.db
       .prepare(
-        `UPDATE blobs SET sha256 = ?, size = ?, compression = ?, updated_at = ? WHERE id = ?`,
+        `UPDATE blobs SET sha256 = ?, size = ?, compression = ?, image_config = ?, updated_at = ? WHERE id = ?`,
       )
-      .run(c.sha256, c.size, c.compression, nowIso(), id);
+      .run(c.sha256, c.size, c.compression, c.imageConfig ?? null, nowIso(), id);
   }
 
   setStatus(id: number, status: BlobStatus): void {

@@ -150,4 +150,10 @@ export const migrations: readonly string[] = [
     updated_at      TEXT NOT NULL
   );
   `,
+  // 4: container images (docker save, OCI layout): what the image is and
+  // its run config (Entrypoint, Cmd, Env, ...), as JSON, kept with the
+  // content; NULL for a flat rootfs tar.
+  `
+  ALTER TABLE blobs ADD COLUMN image_config TEXT;
+  `,
 ];

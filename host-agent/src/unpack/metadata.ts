@@ -53,14 +53,16 @@ export class DirectoryMetadata {
  * Which archived xattrs are restored: GNU tar 1.34 with --xattrs and no
  * --xattrs-include restores only the user.* namespace on extraction
  * (xattrs_kw_included); security.*, trusted.* and system.* need explicit
- * include patterns there, and are left out here too.
+ * include patterns there, and are left out here too, except
+ * security.capability, which container runtimes restore (file capabilities,
+ * e.g. on ping); it is set after the owner, whose change would clear it.
  */
 export function restorableXattrs(
   all: ReadonlyMap<string, Buffer>,
 ): Map<string, Buffer> | undefined {
   let kept: Map<string, Buffer> | undefined;
   for (const [name, value] of all) {
-    if (!name.startsWith('user.')) continue;
+    if (!name.startsWith('user.') && name !== 'security.capability') continue;
     kept ??= new Map();
     kept.set(name, value);
   }

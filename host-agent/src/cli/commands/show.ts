@@ -1,5 +1,5 @@
 /** thinrelay show KEY|ID: an image and its latest job's timeline. */
-import { findImage } from '../../ops/image-ops.js';
+import { containerConfigOf, findImage } from '../../ops/image-ops.js';
 import { isOwnerAlive, ownerPid } from '../../store/owner.js';
 import type { Command, CommandContext } from '../command.js';
 import { requirePositional } from '../command.js';
@@ -20,6 +20,8 @@ function run(ctx: CommandContext): Promise<number> {
         camelKeys({ ...s, detail: s.detail === null ? null : (JSON.parse(s.detail) as unknown) }),
       ),
       snapshots: snapshots.map(camelKeys),
+      // docker save / OCI archives: format, layers and run config; null for a flat tar.
+      container: containerConfigOf(rt, image),
     });
     return Promise.resolve(0);
   }

@@ -5,9 +5,11 @@
  * The content is flushed before the step completes, so "unpacked" in the
  * store means "on stable storage".
  */
+import { join } from 'node:path';
 import { volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
 import { failpoint } from '../../failpoints.js';
+import { describeContainer, prepareUpload } from '../../image/index.js';
 import { unpackArchive } from '../../unpack/index.js';
 import type { JobContext, StepOutcome } from '../context.js';
 import type { Step } from './index.js';
@@ -63,8 +65,24 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
     logger: ctx.logger,
   });
   let stats;
+  let upload;
   try {
-    stats = await unpackArchive(download.chunks, {
+    // Content decides: a flat tar streams through; a container image is spooled and verified first.
+    upload = await prepareUpload(download.chunks, {
+      spoolDir: join(ctx.config.stateDir, 'spool', `job-${job.id}`),
+      limits: ctx.config.limits,
+    });
+    if (upload.container !== undefined) {
+      const { layout, chosen, layers, whiteouts, spooledBytes } = upload.container;
+      ctx.logger.info('container image verified', {
+        layout,
+        chosen,
+        layers: layers.length,
+        whiteouts,
+        spooledBytes,
+      });
+    }
+    stats = await unpackArchive(upload.source, {
       root: mountpoint,
       limits: ctx.config.limits,
       onProgress: (n: number) => {
@@ -78,6 +96,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
     download.result.catch(() => undefined);
     throw asVolumeFull(err, sizeBytes);
   } finally {
+    upload?.release();
     progress.end('download');
     progress.end('unpack');
   }
@@ -86,7 +105,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
     store.blobs.recordContent(blob.id, {
       sha256: fetched.sha256,
       size: fetched.size,
-      compression: stats.compression,
+      compression: upload.compression,
+      imageConfig: upload.container === undefined ? null : describeContainer(upload.container),
     }),
   );
   return {
@@ -97,6 +117,10 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       sha256: fetched.sha256,
       resumes: fetched.resumes,
       ...stats,
+      compression: upload.compression,
+      ...(upload.container === undefined
+        ? {}
+        : { format: upload.container.layout, layers: upload.container.layers.length }),
     },
   };
 }

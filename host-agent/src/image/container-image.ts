@@ -1,0 +1,171 @@
+/**
+ * A container image archive (OCI layout or `docker save`) made into one tar
+ * stream for the unpacker: spool, index, read the manifest, verify every
+ * blob and layer digest, work out the flattened tree of the layers, then
+ * stream the surviving members' bytes. Nothing is written to the volume
+ * until every check has passed.
+ */
+import { Readable } from 'node:stream';
+import { ImageError, isThinrelayError } from '../errors.js';
+import type { ImageLimits } from '../limits.js';
+import { compressionOf, decompress, type ImageCompression } from './compression.js';
+import { parseImageConfig, type RunConfig } from './image-config.js';
+import { LayerTree, type LayerInput, type TreeNode } from './layer-tree.js';
+import { ArchiveMembers, readImagePlan, type BlobRef, type ImageLayout } from './manifest.js';
+import type { SpoolDir } from './spool.js';
+import { indexTar, readRange, type IndexedMember } from './tar-index.js';
+import { hashRange, refuseRepeatedBlobs, verifyBlob, verifyDiffId } from './verify.js';
+
+export interface ContainerImage {
+  layout: ImageLayout;
+  chosen: string;
+  config: RunConfig;
+  layers: { diffId: string; compression: ImageCompression; size: number }[];
+  whiteouts: number;
+  spooledBytes: number;
+  /** The flattened image as one tar (end marker included). */
+  tar(): AsyncIterable<Buffer>;
+}
+
+const MAX_JSON_BYTES = 4 * 1024 * 1024;
+
+function jsonReader(fd: number) {
+  return (member: IndexedMember, what: string): unknown => {
+    if (member.size > MAX_JSON_BYTES)
+      throw new ImageError(
+        'IMAGE_MANIFEST_INVALID',
+        `${what} is ${member.size} bytes, too large for image metadata`,
+      );
+    try {
+      return JSON.parse(readRange(fd, member.dataOffset, member.size).toString('utf8'));
+    } catch (err) {
+      throw new ImageError('IMAGE_MANIFEST_INVALID', `${what} is not valid JSON`, undefined, {
+        cause: err,
+      });
+    }
+  };
+}
+
+function* rangeOf(fd: number, offset: number, length: number): Generator<Buffer> {
+  const CHUNK = 1024 * 1024;
+  for (let done = 0; done < length;) {
+    const buf = readRange(fd, offset + done, Math.min(CHUNK, length - done));
+    if (buf.length === 0) return;
+    yield buf;
+    done += buf.length;
+  }
+}
+
+const LAYER_TYPES = new Set([
+  undefined,
+  'application/vnd.oci.image.layer.v1.tar',
+  'application/vnd.oci.image.layer.v1.tar+gzip',
+  'application/vnd.oci.image.layer.v1.tar+zstd',
+  'application/vnd.docker.image.rootfs.diff.tar',
+  'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  'application/vnd.docker.image.rootfs.diff.tar.zstd',
+]);
+
+/** A layer's plain tar: its member range when uncompressed, else a spooled decompression. */
+async function layerTar(
+  spool: SpoolDir,
+  fd: number,
+  blob: BlobRef,
+  n: number,
+): Promise<{
+  input: { fd: number; offset: number; length: number };
+  sha256: string;
+  compression: ImageCompression;
+}> {
+  if (!LAYER_TYPES.has(blob.mediaType))
+    throw new ImageError(
+      'LAYER_NOT_TAR',
+      `layer ${n} has media type ${blob.mediaType}, not a tar layer`,
+    );
+  const { member } = blob;
+  const compression = compressionOf(readRange(fd, member.dataOffset, Math.min(8, member.size)));
+  if (compression === 'none') {
+    // A verified blob digest of an uncompressed layer is its diff_id already.
+    const sha256 = blob.sha256 ?? hashRange(fd, member.dataOffset, member.size);
+    return { input: { fd, offset: member.dataOffset, length: member.size }, sha256, compression };
+  }
+  if (compression === 'xz')
+    throw new ImageError(
+      'LAYER_NOT_TAR',
+      `layer ${n} is xz-compressed, which no layer media type allows`,
+    );
+  try {
+    const out = await spool.write(
+      `layer-${n}.tar`,
+      decompress(rangeOf(fd, member.dataOffset, member.size), compression, `layer ${n}`),
+    );
+    return { input: { fd: out.fd, offset: 0, length: out.size }, sha256: out.sha256, compression };
+  } catch (err) {
+    if (isThinrelayError(err) && err.code === 'ARCHIVE_MALFORMED')
+      throw new ImageError('LAYER_NOT_TAR', `layer ${n}: ${err.message}`, undefined, {
+        cause: err,
+      });
+    throw err;
+  }
+}
+
+function* mergedTar(nodes: TreeNode[]): Generator<Buffer> {
+  for (const node of nodes) {
+    const { start, end } = node.member;
+    yield* rangeOf(node.fd, start, end - start);
+  }
+  yield Buffer.alloc(1024);
+}
+
+/** Reads, verifies and flattens the spooled archive at `fd`. */
+export async function openContainerImage(
+  spool: SpoolDir,
+  archive: { fd: number; size: number },
+  limits: Pick<ImageLimits, 'maxEntries' | 'maxPathLength' | 'maxPathDepth'>,
+): Promise<ContainerImage> {
+  const { fd } = archive;
+  const members = new ArchiveMembers(
+    indexTar({ fd, offset: 0, length: archive.size }, 'the archive', limits.maxEntries),
+  );
+  const read = jsonReader(fd);
+  const plan = readImagePlan(members, read);
+  verifyBlob(fd, plan.config, 'the image config');
+  const config = parseImageConfig(read(plan.config.member, 'the image config'));
+  if (config.diffIds.length !== plan.layers.length) {
+    throw new ImageError(
+      'IMAGE_MANIFEST_INVALID',
+      `the manifest names ${plan.layers.length} layers but the config's rootfs.diff_ids has ${config.diffIds.length}`,
+    );
+  }
+  refuseRepeatedBlobs(plan.layers);
+  const tree = new LayerTree(limits);
+  const layers: ContainerImage['layers'] = [];
+  let entries = 0;
+  for (const [i, blob] of plan.layers.entries()) {
+    const n = i + 1;
+    verifyBlob(fd, blob, `layer ${n}`);
+    const layer = await layerTar(spool, fd, blob, n);
+    verifyDiffId(layer.sha256, config.diffIds[i]!, n);
+    const indexed = indexTar(
+      { ...layer.input },
+      `layer ${n}`,
+      limits.maxEntries - entries,
+      'LAYER_NOT_TAR',
+    );
+    entries += indexed.length;
+    const input: LayerInput = { fd: layer.input.fd, members: indexed };
+    tree.apply(n, input);
+    layers.push({ diffId: layer.sha256, compression: layer.compression, size: blob.member.size });
+  }
+  const nodes = tree.ordered();
+  return {
+    layout: plan.layout,
+    chosen: plan.chosen,
+    config: config.run,
+    layers,
+    whiteouts: tree.whiteouts,
+    spooledBytes: archive.size,
+    // A stream, so reads of the spool interleave with the unpacker's writes.
+    tar: () => Readable.from(mergedTar(nodes), { objectMode: true }) as AsyncIterable<Buffer>,
+  };
+}

@@ -1,0 +1,146 @@
+/**
+ * An index of a tar held in a local file: every member's name, type, link
+ * target and where its header run (extended headers included) and data lie,
+ * found by reading headers and skipping data by offset. Used for the spooled
+ * outer archive and for each layer; the unpacker proper parses the bytes again.
+ */
+import fs from 'node:fs';
+import { ImageError, type ImageFailureCode } from '../errors.js';
+import { parsePaxRecords } from '../unpack/pax.js';
+import {
+  BLOCK_SIZE,
+  checksumMatches,
+  decodeHeader,
+  EXT_GNU_LONGLINK,
+  EXT_GNU_LONGNAME,
+  EXT_PAX,
+  EXT_PAX_GLOBAL,
+  isZeroBlock,
+  memberType,
+  type MemberType,
+} from '../unpack/tar-header.js';
+
+export interface IndexedMember {
+  name: string;
+  linkname: string;
+  type: MemberType;
+  /** File offset of the first header of this member (its extended headers come first). */
+  start: number;
+  /** File offset of the member's data. */
+  dataOffset: number;
+  size: number;
+  /** File offset just past the data's padding: [start, end) is the whole member. */
+  end: number;
+}
+
+/** A byte range of a local file. */
+export interface FileRange {
+  fd: number;
+  offset: number;
+  length: number;
+}
+
+function padded(size: number): number {
+  return Math.ceil(size / BLOCK_SIZE) * BLOCK_SIZE;
+}
+
+export function readRange(fd: number, offset: number, length: number): Buffer {
+  const buf = Buffer.alloc(length);
+  let done = 0;
+  while (done < length) {
+    const n = fs.readSync(fd, buf, done, length - done, offset + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done === length ? buf : buf.subarray(0, done);
+}
+
+function nameOf(bytes: Buffer): string {
+  return new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+}
+
+/**
+ * Indexes the tar in `range`. `notTar` is the reason code when the first
+ * block is not a tar header at all (LAYER_NOT_TAR for a layer); later
+ * damage is ARCHIVE_MALFORMED or ARCHIVE_TRUNCATED, as for a flat tar.
+ */
+export function indexTar(
+  range: FileRange,
+  what: string,
+  maxEntries: number,
+  notTar: ImageFailureCode = 'ARCHIVE_NOT_TAR',
+): IndexedMember[] {
+  const members: IndexedMember[] = [];
+  const limit = range.offset + range.length;
+  let pos = range.offset;
+  let runStart = -1;
+  let longName: string | undefined;
+  let longLink: string | undefined;
+  let pax: Map<string, Buffer> | undefined;
+  for (;;) {
+    if (pos + BLOCK_SIZE > limit) {
+      if (members.length === 0 && pos === range.offset)
+        throw new ImageError(notTar, `${what} is empty, not a tar`);
+      throw new ImageError('ARCHIVE_TRUNCATED', `${what} ends before its end-of-archive marker`);
+    }
+    const block = readRange(range.fd, pos, BLOCK_SIZE);
+    // An empty tar (just the end marker) is a valid, empty layer.
+    if (isZeroBlock(block)) return members;
+    if (!checksumMatches(block)) {
+      throw new ImageError(
+        members.length === 0 && runStart < 0 ? notTar : 'ARCHIVE_MALFORMED',
+        `${what}: bad tar header checksum at byte ${pos - range.offset}`,
+      );
+    }
+    const header = decodeHeader(block);
+    if (header === 'bad-name')
+      throw new ImageError('ARCHIVE_BAD_NAME', `${what}: a member name is malformed`);
+    if (runStart < 0) runStart = pos;
+    const dataOffset = pos + BLOCK_SIZE;
+    const flag = header.typeflag;
+    if (
+      flag === EXT_PAX ||
+      flag === EXT_PAX_GLOBAL ||
+      flag === EXT_GNU_LONGNAME ||
+      flag === EXT_GNU_LONGLINK
+    ) {
+      if (header.size > 8 * 1024 * 1024)
+        throw new ImageError('ARCHIVE_MALFORMED', `${what}: an extended header is too large`);
+      const data = readRange(range.fd, dataOffset, header.size);
+      if (data.length < header.size)
+        throw new ImageError('ARCHIVE_TRUNCATED', `${what}: an extended header is cut short`);
+      if (flag === EXT_PAX) pax = parsePaxRecords(data);
+      else if (flag === EXT_GNU_LONGNAME)
+        longName = nameOf(data.subarray(0, data.indexOf(0) < 0 ? data.length : data.indexOf(0)));
+      else if (flag === EXT_GNU_LONGLINK)
+        longLink = nameOf(data.subarray(0, data.indexOf(0) < 0 ? data.length : data.indexOf(0)));
+      pos = dataOffset + padded(header.size);
+      continue;
+    }
+    const paxPath = pax?.get('path');
+    const paxLink = pax?.get('linkpath');
+    const paxSize = pax?.get('size');
+    const name = paxPath !== undefined ? nameOf(paxPath) : (longName ?? nameOf(header.name));
+    const linkname =
+      paxLink !== undefined ? nameOf(paxLink) : (longLink ?? nameOf(header.linkname));
+    const size = paxSize !== undefined ? Number(paxSize.toString('latin1')) : header.size;
+    const type = memberType(flag, name);
+    if (typeof type !== 'string')
+      throw new ImageError(
+        'ARCHIVE_UNSUPPORTED_ENTRY',
+        `${what}: member ${name} is ${type.unsupported}`,
+      );
+    // Data follows the header whatever the type (the unpacker skips it for links and directories).
+    const dataSize = size;
+    const end = dataOffset + padded(dataSize);
+    if (end > limit)
+      throw new ImageError('ARCHIVE_TRUNCATED', `${what}: member ${name} is cut short`);
+    members.push({ name, linkname, type, start: runStart, dataOffset, size: dataSize, end });
+    if (members.length > maxEntries)
+      throw new ImageError('LIMIT_ENTRY_COUNT', `${what} has more than ${maxEntries} members`);
+    runStart = -1;
+    pos = end;
+    longName = longLink = undefined;
+    pax = undefined;
+  }
+}

@@ -1,0 +1,353 @@
+/**
+ * Container images end to end: images built offline with umoci and skopeo
+ * (docker-archive and oci-archive; outer gzip, zstd, xz; a tar+zstd layer),
+ * uploaded to the S3 emulator and processed by the built CLI onto real loop
+ * devices; each result must equal `umoci raw unpack` of the same image entry
+ * for entry. Then the bad ones: digest mismatches, hostile whiteouts, a write
+ * beneath a lower layer's symlink, a blob named twice, a layer that is not a
+ * tar, and the hand-made `docker save` archive from issue 10.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import {
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmdirSync,
+  writeFileSync,
+} from 'node:fs';
+import { createHash } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { gzipSync } from 'node:zlib';
+import { pack } from 'tar-stream';
+import { runCli, type CliResult } from '../helpers/cli.js';
+import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { appendLayer, buildOciFixture, type OciFixture } from '../helpers/oci-fixtures.js';
+import { needsRoot } from '../helpers/root.js';
+import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
+import { compareTrees } from '../helpers/tree-compare.js';
+
+const bucket = 'thinrelay-images';
+const needsTools =
+  needsRoot ||
+  (['umoci', 'skopeo', 'zstd', 'xz'].some((t) => {
+    try {
+      execFileSync('sh', ['-c', `command -v ${t}`]);
+      return false;
+    } catch {
+      return true;
+    }
+  })
+    ? 'needs umoci, skopeo, zstd and xz (.ci/run installs them)'
+    : false);
+
+function json<T>(r: CliResult): T {
+  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+async function tarStream(
+  entries: { name: string; type?: 'symlink' | 'directory'; linkname?: string; body?: string }[],
+): Promise<Buffer> {
+  const p = pack();
+  for (const e of entries) {
+    if (e.type === 'symlink') p.entry({ name: e.name, type: 'symlink', linkname: e.linkname! });
+    else if (e.type === 'directory') p.entry({ name: e.name, type: 'directory', mode: 0o755 });
+    else p.entry({ name: e.name, mode: 0o644 }, e.body ?? '');
+  }
+  p.finalize();
+  const chunks: Buffer[] = [];
+  for await (const c of p) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** An oci-archive of `layout`'s image `tag` alone, tarred as skopeo lays it out (blobs first). */
+function ociArchiveOf(layout: string, tag: string): Buffer {
+  const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as {
+    manifests: { annotations?: Record<string, string> }[];
+  };
+  index.manifests = index.manifests.filter(
+    (m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag,
+  );
+  writeFileSync(join(layout, 'index.json'), JSON.stringify(index));
+  return execFileSync('tar', ['-C', layout, '-cf', '-', 'blobs', 'oci-layout', 'index.json'], {
+    maxBuffer: 1 << 28,
+  });
+}
+
+describe('container images', { skip: needsTools }, () => {
+  let s3: S3Emulator;
+  let work: string;
+  let stateDir: string;
+  let env: NodeJS.ProcessEnv;
+  let fx: OciFixture;
+  const cli = (...args: string[]): Promise<CliResult> => runCli(args, env);
+
+  /** A copy of the fixture's layout with one more layer on `final`, as an oci-archive. */
+  const withLayer = (
+    name: string,
+    layer: Buffer,
+    diffId = sha256(layer),
+    twice = false,
+  ): Buffer => {
+    const copy = join(work, `layout-${name}`);
+    cpSync(fx.layout, copy, { recursive: true });
+    appendLayer(copy, 'final', name, layer, 'application/vnd.oci.image.layer.v1.tar', diffId);
+    if (twice)
+      appendLayer(copy, name, name, layer, 'application/vnd.oci.image.layer.v1.tar', diffId);
+    return ociArchiveOf(copy, name);
+  };
+
+  before(async () => {
+    s3 = await startS3Emulator();
+    await s3.createBucket(bucket);
+    work = mkdtempSync(join(tmpdir(), 'thinrelay-oci-'));
+    stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-state-'));
+    env = {
+      ...s3EnvFor(s3),
+      THINRELAY_STATE_DIR: stateDir,
+      THINRELAY_BUCKET: bucket,
+      THINRELAY_RESERVE_BYTES: '0',
+    };
+    fx = await buildOciFixture(work);
+    const docker = readFileSync(fx.dockerArchive);
+    const oci = readFileSync(fx.ociArchive);
+    const zstd = (b: Buffer): Buffer =>
+      execFileSync('zstd', ['-q', '-c'], { input: b, maxBuffer: 1 << 28 });
+    const xz = (b: Buffer): Buffer => execFileSync('xz', ['-c'], { input: b, maxBuffer: 1 << 28 });
+    await s3.putObject(bucket, 'images/docker.tar', docker);
+    await s3.putObject(bucket, 'images/docker.tar.zst', zstd(docker));
+    await s3.putObject(bucket, 'images/docker.tar.xz', xz(docker));
+    await s3.putObject(bucket, 'images/oci.tar', oci);
+    await s3.putObject(bucket, 'images/oci.tar.gz', gzipSync(oci));
+    await s3.putObject(bucket, 'images/oci.tar.xz', xz(oci));
+    await s3.putObject(
+      bucket,
+      'images/oci-zstd-layer.tar.zst',
+      zstd(readFileSync(fx.ociZstdLayerArchive)),
+    );
+  });
+  after(async () => {
+    releaseStateDir(stateDir);
+    await s3.stop();
+    execFileSync('rm', ['-rf', work]);
+  });
+
+  const keys = [
+    'images/docker.tar',
+    'images/docker.tar.zst',
+    'images/docker.tar.xz',
+    'images/oci.tar',
+    'images/oci.tar.gz',
+    'images/oci.tar.xz',
+    'images/oci-zstd-layer.tar.zst',
+  ];
+  for (const key of keys) {
+    test(`${key} equals umoci raw unpack, entry for entry`, async () => {
+      const r = json<{ outcome: string; devicePath: string }>(
+        await cli('process-image', '--s3-key', key, '--json'),
+      );
+      assert.equal(r.outcome, 'complete');
+      const mnt = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
+      execFileSync('mount', ['-o', 'ro', r.devicePath, mnt]);
+      try {
+        const diffs = await compareTrees(fx.reference, mnt, {
+          skip: (rel) => rel === 'lost+found',
+          ignoreMtime: (rel) => rel === '.',
+        });
+        assert.deepEqual(diffs, []);
+        // The things the layers did, spelled out (compareTrees already covers them).
+        const top = readdirSync(mnt).sort();
+        assert.ok(!top.includes('manifest.json') && !top.includes('blobs'));
+        assert.deepEqual(readdirSync(join(mnt, 'data')), ['new']);
+        assert.equal(readFileSync(join(mnt, 'swapdir'), 'utf8'), 'nowfile\n');
+        const cap = execFileSync(
+          'getfattr',
+          ['-n', 'security.capability', '-e', 'base64', join(mnt, 'usr/bin/tool')],
+          { encoding: 'utf8' },
+        );
+        assert.match(cap, /security.capability=0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=/);
+      } finally {
+        execFileSync('umount', [mnt]);
+        rmdirSync(mnt);
+      }
+      assert.deepEqual(readdirSync(join(stateDir, 'spool')), [], 'the spool is released');
+    });
+  }
+
+  test('show --json and `thinrelay config` give the image config', async () => {
+    const show = json<{
+      container: { format: string; layers: unknown[]; config: Record<string, unknown> };
+    }>(await cli('show', 'images/oci.tar.gz', '--json'));
+    assert.equal(show.container.format, 'oci-archive');
+    assert.equal(show.container.layers.length, 3);
+    const config = json<{ format: string; config: Record<string, unknown> }>(
+      await cli('config', 'images/docker.tar'),
+    );
+    assert.equal(config.format, 'docker-archive');
+    assert.deepEqual(config.config.entrypoint, ['/usr/bin/tool']);
+    assert.deepEqual(config.config.cmd, ['serve']);
+    assert.ok((config.config.env as string[]).includes('APP=1'));
+    assert.equal(config.config.workingDir, '/home/u');
+    assert.equal(config.config.user, '1000:1001');
+    assert.deepEqual(config.config.exposedPorts, ['8080/tcp']);
+    assert.deepEqual(config.config.labels, { 'org.test': 'yes' });
+    assert.equal(config.config.architecture, 'amd64');
+  });
+
+  const refusals: [string, () => Promise<Buffer>, string][] = [
+    [
+      'diff-id',
+      async () => withLayer('diffid', await tarStream([{ name: 'x', body: 'x' }]), 'ab'.repeat(32)),
+      'LAYER_DIGEST_MISMATCH',
+    ],
+    [
+      'blob-digest',
+      async () => {
+        const archive = withLayer('blobdigest', await tarStream([{ name: 'y', body: 'original' }]));
+        const at = archive.indexOf(Buffer.from('original'));
+        archive.write('tampered', at);
+        return archive;
+      },
+      'BLOB_DIGEST_MISMATCH',
+    ],
+    [
+      'whiteout-dotdot',
+      async () => withLayer('wdd', await tarStream([{ name: 'etc/../../.wh.passwd' }])),
+      'LAYER_UNSAFE_WHITEOUT',
+    ],
+    [
+      'whiteout-absolute',
+      async () => withLayer('wabs', await tarStream([{ name: '/etc/.wh.hostname' }])),
+      'LAYER_UNSAFE_WHITEOUT',
+    ],
+    [
+      'whiteout-root',
+      async () => withLayer('wroot', await tarStream([{ name: '.wh..' }])),
+      'LAYER_UNSAFE_WHITEOUT',
+    ],
+    [
+      'whiteout-through-symlink',
+      async () => withLayer('wlink', await tarStream([{ name: 'etc-link/.wh.hostname' }])),
+      'LAYER_UNSAFE_WHITEOUT',
+    ],
+    [
+      'write-beneath-lower-symlink',
+      async () => withLayer('escape', await tarStream([{ name: 'etc-link/evil', body: 'x' }])),
+      'LAYER_UNSAFE_LINK',
+    ],
+    [
+      'symlink-planted-then-written',
+      async () => {
+        const copy = join(work, 'layout-plant');
+        cpSync(fx.layout, copy, { recursive: true });
+        const l1 = await tarStream([{ name: 'up', type: 'symlink', linkname: '../../../../tmp' }]);
+        const l2 = await tarStream([{ name: 'up/pwned', body: 'x' }]);
+        appendLayer(
+          copy,
+          'final',
+          'plant',
+          l1,
+          'application/vnd.oci.image.layer.v1.tar',
+          sha256(l1),
+        );
+        appendLayer(
+          copy,
+          'plant',
+          'plant',
+          l2,
+          'application/vnd.oci.image.layer.v1.tar',
+          sha256(l2),
+        );
+        return ociArchiveOf(copy, 'plant');
+      },
+      'LAYER_UNSAFE_LINK',
+    ],
+    [
+      'blob-named-twice',
+      async () => withLayer('twice', await tarStream([{ name: 'z', body: 'z' }]), undefined, true),
+      'IMAGE_BLOB_REPEATED',
+    ],
+    [
+      'layer-not-a-tar',
+      () =>
+        Promise.resolve(
+          withLayer(
+            'nottar',
+            Buffer.from('this is not a tar archive at all, just text\n'.repeat(40)),
+          ),
+        ),
+      'LAYER_NOT_TAR',
+    ],
+  ];
+  for (const [name, build, code] of refusals) {
+    test(`refused with ${code}, nothing kept: ${name}`, async () => {
+      const key = `bad/${name}.tar`;
+      await s3.putObject(bucket, key, await build());
+      const before = hostInventory(stateDir);
+      const r = await cli('process-image', '--s3-key', key);
+      assert.equal(r.code, 1, r.stderr);
+      assert.match(r.stderr, new RegExp(`\\[${code}\\]`));
+      const after = hostInventory(stateDir);
+      assert.deepEqual(after.loops, before.loops);
+      assert.deepEqual(after.mounts, []);
+      assert.deepEqual(after.poolFiles, before.poolFiles);
+      assert.deepEqual(readdirSync(join(stateDir, 'spool')), []);
+      execFileSync('sh', ['-c', 'test ! -e /tmp/pwned']);
+    });
+  }
+
+  test('the docker save archive of issue 10 (manifest.json, config.json, l1/layer.tar) is applied, not kept as files', async () => {
+    const dir = join(work, 'issue10');
+    mkdirSync(join(dir, 'l1'), { recursive: true });
+    const layer = await tarStream([
+      { name: 'etc/', type: 'directory' },
+      { name: 'etc/os-release', body: 'ID=app\n' },
+    ]);
+    writeFileSync(join(dir, 'l1/layer.tar'), layer);
+    writeFileSync(
+      join(dir, 'config.json'),
+      JSON.stringify({
+        architecture: 'amd64',
+        os: 'linux',
+        config: { Cmd: ['/bin/sh'] },
+        rootfs: { type: 'layers', diff_ids: [`sha256:${sha256(layer)}`] },
+      }),
+    );
+    writeFileSync(
+      join(dir, 'manifest.json'),
+      JSON.stringify([{ Config: 'config.json', RepoTags: ['app:1'], Layers: ['l1/layer.tar'] }]),
+    );
+    for (const [order, key] of [
+      [['l1', 'l1/layer.tar', 'config.json', 'manifest.json'], 'images/app.tar'],
+      [['manifest.json', 'config.json', 'l1', 'l1/layer.tar'], 'images/app-manifest-first.tar'],
+    ] as const) {
+      await s3.putObject(
+        bucket,
+        key,
+        execFileSync('tar', ['-C', dir, '--no-recursion', '-cf', '-', ...order]),
+      );
+      const r = json<{ devicePath: string }>(await cli('process-image', '--s3-key', key, '--json'));
+      const mnt = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
+      execFileSync('mount', ['-o', 'ro', r.devicePath, mnt]);
+      try {
+        assert.deepEqual(readdirSync(mnt).sort(), ['etc', 'lost+found']);
+        assert.equal(readFileSync(join(mnt, 'etc/os-release'), 'utf8'), 'ID=app\n');
+      } finally {
+        execFileSync('umount', [mnt]);
+        rmdirSync(mnt);
+      }
+      const config = json<{ chosen: string; config: { cmd: string[] } }>(await cli('config', key));
+      assert.equal(config.chosen, 'app:1');
+      assert.deepEqual(config.config.cmd, ['/bin/sh']);
+    }
+  });
+});
