@@ -4,6 +4,7 @@
  * bad checksums, lying size fields, truncation, NUL bytes and '..' in GNU
  * long names or PAX records, binary xattr values, device numbers.
  */
+import { randomBytes } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
 import { pack, type Header } from 'tar-stream';
 
@@ -149,3 +150,11 @@ export async function* chunked(data: Buffer, size = 7919): AsyncGenerator<Uint8A
     yield new Uint8Array(data.buffer, data.byteOffset + i, Math.min(size, data.length - i));
   }
 }
+
+/** A tiny rootfs whose /etc/hostname holds `marker` (content differs per call: random tool bytes). */
+export const smallRootfsTar = (marker: string): Promise<Buffer> =>
+  packTar([
+    { name: 'etc/', type: 'directory' },
+    { name: 'etc/hostname', content: `${marker}\n` },
+    { name: 'bin/tool', content: randomBytes(4096), mode: 0o755 },
+  ]);

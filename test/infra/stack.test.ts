@@ -810,7 +810,7 @@ describe('bundled functions', () => {
       try {
         Object.assign(process.env, set);
         const mod = (await import(pathToFileURL(entry).href)) as {
-          handler: (e: unknown) => Promise<void>;
+          handler: (e: unknown, context: unknown) => Promise<void>;
         };
         assert.equal(typeof mod.handler, 'function');
         // A notification with nothing under the images prefix: config parsed, nothing sent.
@@ -822,7 +822,15 @@ describe('bundled functions', () => {
             object: { key: 'elsewhere/a.tar', size: 1, eTag: 'e', sequencer: '0A' },
           },
         };
-        await mod.handler({ Records: [record] });
+        // Lambda always passes a context (Powertools reads it for every log line).
+        const context = {
+          awsRequestId: 'req-bundle',
+          functionName: 'thinrelay-fanout',
+          functionVersion: '$LATEST',
+          invokedFunctionArn: 'arn:aws:lambda:eu-west-1:123456789012:function:thinrelay-fanout',
+          memoryLimitInMB: '256',
+        };
+        await mod.handler({ Records: [record] }, context);
       } finally {
         for (const [k, v] of Object.entries(saved)) {
           if (v === undefined) delete process.env[k];

@@ -18,40 +18,23 @@ import {
 } from '@aws-sdk/client-sqs';
 import { dbFileName } from '../../host-agent/src/store/db.js';
 import { serializeImageEvent, type ImageEvent } from '../../schema/image-event.js';
+import { putImageEvent, sequencerCounter } from '../helpers/image-events.js';
 import { startAgent, type AgentProcess, type LogLine } from '../helpers/agent-process.js';
 import { runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { sqsEnvFor, startSqsEmulator, type SqsEmulator } from '../helpers/sqs-emulator.js';
-import { packTar } from '../helpers/tar-fixtures.js';
+import { packTar, smallRootfsTar } from '../helpers/tar-fixtures.js';
 import { startThrottleProxy } from '../helpers/throttle-proxy.js';
 
 const bucket = 'thinrelay-images';
-let seq = 0x1000;
-/** S3 sequencers: hex, increasing per key. */
-const nextSequencer = (): string => (seq += 16).toString(16).toUpperCase().padStart(16, '0');
+const nextSequencer = sequencerCounter(0x1000);
 
-function putEvent(key: string, eTag: string, sequencer = nextSequencer()): ImageEvent {
-  return {
-    schemaVersion: 1,
-    kind: 'image.put',
-    bucket,
-    key,
-    versionId: null,
-    eTag,
-    size: null,
-    sequencer,
-    eventTime: new Date().toISOString().replace(/\.\d+Z$/, '.000Z'),
-  };
-}
+const putEvent = (key: string, eTag: string, sequencer = nextSequencer()): ImageEvent =>
+  putImageEvent(bucket, key, eTag, sequencer);
 
-const smallTar = (marker: string): Promise<Buffer> =>
-  packTar([
-    { name: 'etc/', type: 'directory' },
-    { name: 'etc/hostname', content: `${marker}\n` },
-    { name: 'bin/tool', content: randomBytes(4096), mode: 0o755 },
-  ]);
+const smallTar = smallRootfsTar;
 
 /** Incompressible content: a download that takes bytes/rate seconds behind the throttle. */
 const bigTar = (bytes: number): Promise<Buffer> =>

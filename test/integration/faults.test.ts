@@ -24,39 +24,23 @@ import { activateImage, removeImage } from '../../host-agent/src/ops/image-ops.j
 import { openRuntime } from '../../host-agent/src/runtime.js';
 import { dbFileName } from '../../host-agent/src/store/db.js';
 import { serializeImageEvent, type ImageEvent } from '../../schema/image-event.js';
+import { putImageEvent, sequencerCounter } from '../helpers/image-events.js';
 import { startAgent, type AgentProcess } from '../helpers/agent-process.js';
 import { runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { sqsEnvFor, startSqsEmulator, type SqsEmulator } from '../helpers/sqs-emulator.js';
-import { gzip, packTar } from '../helpers/tar-fixtures.js';
+import { gzip, packTar, smallRootfsTar } from '../helpers/tar-fixtures.js';
 import { startThrottleProxy } from '../helpers/throttle-proxy.js';
 
 const bucket = 'thinrelay-faults';
-let seq = 0x2000;
-const nextSequencer = (): string => (seq += 16).toString(16).toUpperCase().padStart(16, '0');
+const nextSequencer = sequencerCounter(0x2000);
 
-function putEvent(key: string, eTag: string, sequencer = nextSequencer()): ImageEvent {
-  return {
-    schemaVersion: 1,
-    kind: 'image.put',
-    bucket,
-    key,
-    versionId: null,
-    eTag,
-    size: null,
-    sequencer,
-    eventTime: new Date().toISOString().replace(/\.\d+Z$/, '.000Z'),
-  };
-}
+const putEvent = (key: string, eTag: string, sequencer = nextSequencer()): ImageEvent =>
+  putImageEvent(bucket, key, eTag, sequencer);
 
-const smallTar = (marker: string): Promise<Buffer> =>
-  packTar([
-    { name: 'etc/', type: 'directory' },
-    { name: 'etc/hostname', content: `${marker}\n` },
-    { name: 'bin/tool', content: randomBytes(4096), mode: 0o755 },
-  ]);
+const smallTar = smallRootfsTar;
 
 function query<T>(stateDir: string, sql: string, ...params: unknown[]): T[] {
   const db = new Database(join(stateDir, dbFileName), { readonly: true, fileMustExist: true });
@@ -424,6 +408,14 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
       `SELECT outcome, reason_code FROM queue_messages`,
     );
     assert.deepEqual(msg, { outcome: 'failed', reason_code: 'ACCESS_DENIED' });
+    // No image row exists (the HEAD was refused), yet `failed` shows it.
+    const listed = await runCli(['failed', '--json'], host.env);
+    assert.equal(listed.code, 0, listed.stderr);
+    const rows = JSON.parse(listed.stdout) as { key: string; errorCode: string }[];
+    assert.deepEqual(
+      rows.map((r) => [r.key, r.errorCode]),
+      [[key, 'ACCESS_DENIED']],
+    );
     assert.equal(
       agent.outcomes().some((l) => l.outcome === 'superseded'),
       false,

@@ -39,6 +39,7 @@ import { releaseStateDir } from '../helpers/host-leaks.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { sqsEnvFor, startSqsEmulator, type SqsEmulator } from '../helpers/sqs-emulator.js';
+import { putImageEvent } from '../helpers/image-events.js';
 import { packTar } from '../helpers/tar-fixtures.js';
 
 const smallTar = (marker: string): Promise<Buffer> =>
@@ -111,17 +112,7 @@ const isRound = (l: LogLine): boolean => l.msg === 'sync round done';
 
 /** An S3 put event as the fan-out Lambda sends it, serialized. */
 const putEvent = (bucket: string, key: string, eTag: string, sequencer: string): string =>
-  serializeImageEvent({
-    schemaVersion: 1,
-    kind: 'image.put',
-    bucket,
-    key,
-    versionId: null,
-    eTag,
-    size: null,
-    sequencer,
-    eventTime: new Date().toISOString().replace(/\.\d+Z$/, '.000Z'),
-  });
+  serializeImageEvent(putImageEvent(bucket, key, eTag, sequencer));
 
 describe('thinrelay agent --group (fleet)', { skip: needsRoot, timeout: 600_000 }, () => {
   let s3: S3Emulator;

@@ -118,6 +118,21 @@ export class EventRepo {
       );
   }
 
+  /**
+   * Messages that failed before any image of their key existed here (e.g. the
+   * HEAD was refused: ACCESS_DENIED), newest first: `thinrelay failed` lists
+   * them beside failed images, so no permanent failure is invisible.
+   */
+  failedWithoutImage(): QueueMessageRow[] {
+    return this.db
+      .prepare(
+        `SELECT * FROM queue_messages m WHERE m.outcome = 'failed'
+           AND NOT EXISTS (SELECT 1 FROM images i WHERE i.bucket = m.bucket AND i.key = m.key)
+         ORDER BY m.last_seen_at DESC, m.rowid DESC`,
+      )
+      .all() as QueueMessageRow[];
+  }
+
   /** Newest first: what the queue brought lately (for `thinrelay messages`). */
   recentMessages(limit: number): QueueMessageRow[] {
     return this.db

@@ -466,6 +466,31 @@ export const fleetCommand: Command = {
     interval: { type: 'string' },
     force: { type: 'boolean' },
   },
+  optionDocs: {
+    table: {
+      text: 'the fleet table the stack created',
+      arg: 'NAME',
+      env: 'THINRELAY_FLEET_TABLE',
+    },
+    etag: {
+      text: '`wait`: the version to wait for',
+      arg: 'ETAG',
+      default: "the object's current ETag, else the newest rollout's",
+    },
+    timeout: {
+      text: '`wait`: give up after this long (exit 124); 90s, 10m, 1h',
+      arg: 'DURATION',
+      default: '10m',
+    },
+    interval: { text: '`wait`: how often the table is read', arg: 'DURATION', default: '2s' },
+    force: { text: '`forget`: also a host that is still live', default: 'off' },
+  },
+  examples: [
+    'thinrelay fleet status images/app.tar',
+    'thinrelay fleet hosts --json',
+    'thinrelay fleet wait images/app.tar --timeout 10m   # after: aws s3 cp app.tar s3://BUCKET/images/app.tar',
+    'thinrelay fleet forget i-0123456789abcdef0',
+  ],
   async run(ctx) {
     const sub = ctx.positionals[0];
     switch (sub) {

@@ -76,12 +76,30 @@ function snapshots(ctx: CommandContext): Promise<number> {
 
 function failed(ctx: CommandContext): Promise<number> {
   const rt = ctx.runtime({ readonly: true });
-  const rows = rt.store.images.listFailed();
-  if (ctx.json) printJson(rows.map(camelKeys));
-  else
+  const images = rt.store.images.listFailed();
+  // Failures that never got as far as an image (the object could not even be
+  // looked at): only the message journal knows them.
+  const messages = rt.store.events.failedWithoutImage();
+  if (ctx.json) {
+    printJson([
+      ...images.map(camelKeys),
+      ...messages.map((m) => ({
+        id: null,
+        bucket: m.bucket,
+        key: m.key,
+        errorCode: m.reason_code,
+        errorMessage: m.reason,
+        updatedAt: m.last_seen_at,
+        messageId: m.message_id,
+      })),
+    ]);
+  } else
     printTable(
       ['ID', 'KEY', 'CODE', 'MESSAGE', 'WHEN'],
-      rows.map((r) => [r.id, r.key, r.error_code, r.error_message, r.updated_at]),
+      [
+        ...images.map((r) => [r.id, r.key, r.error_code, r.error_message, r.updated_at]),
+        ...messages.map((m) => ['-', m.key, m.reason_code, m.reason, m.last_seen_at]),
+      ],
     );
   return Promise.resolve(0);
 }
