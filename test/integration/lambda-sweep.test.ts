@@ -26,6 +26,7 @@ import {
   startDynamoEmulator,
   type DynamoEmulator,
 } from '../helpers/dynamo-emulator.js';
+import { hostImageItem } from '../helpers/fleet-items.js';
 import { startSqsEmulator, type SqsEmulator } from '../helpers/sqs-emulator.js';
 
 const TABLE = 'tr-fleet';
@@ -72,28 +73,19 @@ async function register(hostId: string, group: string, seenAt: number): Promise<
   return host;
 }
 
-function image(
+/** A host's image item as the agent writes it; failed ones carry a reason. */
+const image = (
   hostId: string,
   key: string,
   state: HostImageItem['state'],
   eTag: string,
-): HostImageItem {
-  return {
-    pk: fleetKeys.hostPk(hostId),
-    sk: fleetKeys.imageSk(key),
-    gpk: fleetKeys.imageGpk(key),
-    gsk: fleetKeys.hostPk(hostId),
-    hostId,
-    group: 'default',
-    key,
+): HostImageItem =>
+  hostImageItem(hostId, key, state, {
     eTag,
-    versionId: null,
-    state,
     reasonCode: state === 'failed' ? 'HOSTILE_ARCHIVE' : null,
     message: state === 'failed' ? 'member escapes the root' : null,
     updatedAt: T0,
-  };
-}
+  });
 
 async function queueNamesNow(): Promise<string[]> {
   const out = await sqs.client.send(new ListQueuesCommand({ QueueNamePrefix: PREFIX }));
