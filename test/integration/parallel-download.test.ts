@@ -355,6 +355,27 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     assert.ok(checks > 17);
   });
 
+  it('starts with two ranges and opens more only while the consumer waits for bytes', async () => {
+    const ref = await head();
+    // A slow link and an instant consumer: the consumer starves, the download widens.
+    const slow = await link({ bytesPerSecond: 4 * 1024 * KiB });
+    const { data: got } = await drain(slow.client, ref, { partSize: PART, concurrency: 8 });
+    assert.ok(got.equals(data));
+    assert.ok(slow.proxy.peakConnections > 2, `widened (peak ${slow.proxy.peakConnections})`);
+    assert.ok(slow.proxy.peakConnections <= 8);
+    // A fast link and a slow consumer: bytes are always waiting, two ranges suffice.
+    const fast = await link({ bytesPerSecond: Infinity, latencyMs: 0 });
+    const dl = downloadObject(fast.client, ref, { partSize: PART, concurrency: 8 });
+    const seen: Buffer[] = [];
+    for await (const chunk of dl.chunks) {
+      seen.push(Buffer.from(chunk));
+      await new Promise((r) => setTimeout(r, 20)); // a slow unpacker
+    }
+    assert.ok(Buffer.concat(seen).equals(data));
+    assert.equal((await dl.result).sha256, sha256hex(data));
+    assert.equal(fast.proxy.peakConnections, 2, 'never widened');
+  });
+
   it('a consumer that stops early stops every range: no further requests, result rejects quietly', async () => {
     const ref = await head();
     const { proxy, client } = await link({ bytesPerSecond: 2 * 1024 * KiB });

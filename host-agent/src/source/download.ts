@@ -55,13 +55,15 @@ export interface DownloadOptions {
   /** Base backoff in ms, doubled per consecutive failure, full jitter, capped at 20 s (default 200). */
   backoffMs?: number;
   /**
-   * Bytes per ranged GET (default 8 MiB, THINRELAY_DOWNLOAD_PART_SIZE in the
+   * Bytes per ranged GET (default 4 MiB, THINRELAY_DOWNLOAD_PART_SIZE in the
    * agent). Objects up to one part are fetched with a single GET.
    */
   partSize?: number;
   /**
-   * Ranged GETs in flight, and so parts held in memory at most (default 8,
-   * THINRELAY_DOWNLOAD_CONCURRENCY in the agent). 1 = one streamed GET.
+   * Ranged GETs in flight at most, and so parts held in memory at most
+   * (default 8, THINRELAY_DOWNLOAD_CONCURRENCY in the agent). The download
+   * starts with 2 and opens more only while the consumer waits for bytes
+   * (parallel-download.ts). 1 = one streamed GET.
    */
   concurrency?: number;
   /**
