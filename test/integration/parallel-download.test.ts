@@ -47,6 +47,24 @@ function rangeOf(header: string | undefined, size: number): [number, number] {
   return [Number(m[1]), m[2] === '' ? size - 1 : Number(m[2])];
 }
 
+/** The ranges the GETs through `proxy` asked for, sorted; checks that every GET was pinned. */
+function pinnedRanges(proxy: LinkProxy, ref: ObjectRef): [number, number][] {
+  const gets = proxy.requests.filter((r) => r.method === 'GET');
+  for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag, 'every GET is pinned');
+  return gets.map((g) => rangeOf(g.headers.range, ref.size)).sort((a, b) => a[0] - b[0]);
+}
+
+/** Sorted ranges tile exactly bytes `from`..`to`: contiguous, no overlap, none over `maxPart`. */
+function assertTiling(ranges: [number, number][], from: number, to: number, maxPart: number): void {
+  let next = from;
+  for (const [a, b] of ranges) {
+    assert.equal(a, next, 'ranges are contiguous, no overlap');
+    assert.ok(b - a + 1 <= maxPart);
+    next = b + 1;
+  }
+  assert.equal(next, to + 1, 'ranges cover exactly the bytes asked for');
+}
+
 describe('parallel ranged download through a capped link (s3rver)', () => {
   let emu: S3Emulator;
   let data: Buffer;
@@ -100,24 +118,14 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
       assert.deepEqual(result, { sha256: sha256hex(data), size: data.length, resumes: 0 });
       assert.equal(last, data.length);
 
-      const gets = proxy.requests.filter((r) => r.method === 'GET');
-      for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag, 'every GET is pinned');
+      const ranges = pinnedRanges(proxy, ref);
       if (concurrency === 1) {
-        assert.equal(gets.length, 1, 'one streamed GET');
-        assert.equal(gets[0]?.headers.range, undefined);
+        assert.equal(ranges.length, 1, 'one streamed GET');
+        assert.equal(proxy.requests.find((r) => r.method === 'GET')?.headers.range, undefined);
         return;
       }
-      const ranges = gets
-        .map((g) => rangeOf(g.headers.range, data.length))
-        .sort((a, b) => a[0] - b[0]);
       assert.equal(ranges.length, 17, 'one GET per part');
-      let next = 0;
-      for (const [from, to] of ranges) {
-        assert.equal(from, next, 'parts are contiguous, no overlap');
-        assert.ok(to - from + 1 <= PART);
-        next = to + 1;
-      }
-      assert.equal(next, data.length, 'parts cover the object');
+      assertTiling(ranges, 0, data.length - 1, PART);
       assert.ok(proxy.peakConnections > 1, 'ranges were fetched in parallel');
       assert.ok(proxy.peakConnections <= concurrency, `at most ${concurrency} connections`);
     });
@@ -150,20 +158,10 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
       assert.ok(got.equals(want), 'bytes identical to the window');
       assert.deepEqual(result, { sha256: sha256hex(want), size: want.length, resumes: 0 });
       assert.equal(last, want.length);
-      const gets = proxy.requests.filter((r) => r.method === 'GET');
-      for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag, 'every GET is pinned');
-      const ranges = gets
-        .map((g) => rangeOf(g.headers.range, data.length))
-        .sort((a, b) => a[0] - b[0]);
+      const ranges = pinnedRanges(proxy, ref);
       const single = w.concurrency === 1 || want.length <= PART;
       assert.equal(ranges.length, single ? 1 : Math.ceil(want.length / PART));
-      let next = w.start;
-      for (const [from, to] of ranges) {
-        assert.equal(from, next, 'ranges are contiguous, no overlap');
-        assert.ok(to - from + 1 <= (single ? want.length : PART));
-        next = to + 1;
-      }
-      assert.equal(next, w.end + 1, 'ranges cover exactly the window');
+      assertTiling(ranges, w.start, w.end, single ? want.length : PART);
       if (!single) assert.ok(proxy.peakConnections > 1, 'ranges were fetched in parallel');
     });
   }
