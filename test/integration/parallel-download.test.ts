@@ -101,6 +101,23 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     return { proxy, client };
   }
 
+  /** A link that cuts the first response to `range` after `bytes` bytes of its body. */
+  function cutOnce(
+    range: string,
+    bytes: number,
+    opts: Omit<LinkProxyOptions, 'targetPort' | 'cutResponse'> = {},
+  ): ReturnType<typeof link> {
+    let cut = false;
+    return link({
+      ...opts,
+      cutResponse: (req) => {
+        if (cut || req.headers.range !== range) return undefined;
+        cut = true;
+        return bytes;
+      },
+    });
+  }
+
   const head = (key = 'images/rootfs.tar'): Promise<ObjectRef> =>
     headObject(emu.client, BUCKET, key, { maxBlobBytes: LIMIT });
 
@@ -184,14 +201,7 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     const ref = await head();
     const window = { start: 2 * PART + 100, end: 8 * PART - 100 };
     const broken = `bytes=${3 * PART + 100}-${4 * PART + 99}`;
-    let cut = false;
-    const { proxy, client } = await link({
-      cutResponse: (req) => {
-        if (cut || req.headers.range !== broken) return undefined;
-        cut = true;
-        return 100 * KiB;
-      },
-    });
+    const { proxy, client } = await cutOnce(broken, 100 * KiB);
     const want = data.subarray(window.start, window.end + 1);
     const { data: got, result } = await drain(client, ref, {
       partSize: PART,
@@ -217,17 +227,14 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     await emu.putObject(BUCKET, key, original);
     const ref = await head(key);
     const window = { start: PART / 2, end: 12 * PART };
-    let cut = false;
-    const { client } = await link({
-      bytesPerSecond: 4 * 1024 * KiB,
-      cutResponse: (req) => {
-        if (cut || req.headers.range !== `bytes=${PART / 2 + 2 * PART}-${PART / 2 + 3 * PART - 1}`)
-          return undefined;
-        cut = true;
-        return 64 * KiB;
+    const { client } = await cutOnce(
+      `bytes=${PART / 2 + 2 * PART}-${PART / 2 + 3 * PART - 1}`,
+      64 * KiB,
+      {
+        bytesPerSecond: 4 * 1024 * KiB,
+        onCut: async () => void (await emu.putObject(BUCKET, key, randomBytes(original.length))),
       },
-      onCut: async () => void (await emu.putObject(BUCKET, key, randomBytes(original.length))),
-    });
+    );
     const dl = downloadObject(client, ref, {
       partSize: PART,
       concurrency: 4,
@@ -262,14 +269,7 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
   it('a range that breaks mid-way is resumed alone, from where it broke', async () => {
     const ref = await head();
     const broken = `bytes=${3 * PART}-${4 * PART - 1}`;
-    let cut = false;
-    const { proxy, client } = await link({
-      cutResponse: (req) => {
-        if (cut || req.headers.range !== broken) return undefined;
-        cut = true;
-        return 100 * KiB;
-      },
-    });
+    const { proxy, client } = await cutOnce(broken, 100 * KiB);
     const { data: got, result } = await drain(client, ref, {
       partSize: PART,
       concurrency: 4,
@@ -295,14 +295,8 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     const original = randomBytes(16 * PART);
     await emu.putObject(BUCKET, key, original);
     const ref = await head(key);
-    let cut = false;
-    const { proxy, client } = await link({
+    const { proxy, client } = await cutOnce(`bytes=${2 * PART}-${3 * PART - 1}`, 64 * KiB, {
       bytesPerSecond: 4 * 1024 * KiB,
-      cutResponse: (req) => {
-        if (cut || req.headers.range !== `bytes=${2 * PART}-${3 * PART - 1}`) return undefined;
-        cut = true;
-        return 64 * KiB;
-      },
       // Same size, new bytes: only the ETag tells.
       onCut: async () => void (await emu.putObject(BUCKET, key, randomBytes(original.length))),
     });
