@@ -32,6 +32,15 @@ export class DirectoryMetadata {
     this.dirs.set(path, meta);
   }
 
+  has(path: string): boolean {
+    return this.dirs.has(path);
+  }
+
+  /** The directory was removed (layer mode): nothing to apply. */
+  delete(path: string): void {
+    this.dirs.delete(path);
+  }
+
   /** Deepest first, the root (a "./" member) last. */
   ordered(): Array<{ path: string; meta: EntryMetadata }> {
     const byDepth = [...this.dirs].map(([path, meta]) => ({ path, meta, depth: depth(path) }));
