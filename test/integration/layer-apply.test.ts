@@ -183,6 +183,9 @@ const layer5 = (): Promise<Buffer> =>
     file('etc/hostname', 'new hostname'),
     whiteout('nothere/.wh.x'),
     whiteout('data/.wh..wh..opq'),
+    dir('home/u/', { mode: 0o750, uid: 1000, gid: 1001 }),
+    file('home/newfile', 'in a lower directory the layer does not list'),
+    whiteout('usr/bin/.wh.alt'),
   ]);
 
 describe('applyLayer', { skip: needsTools }, () => {
@@ -239,6 +242,6 @@ describe('applyLayer', { skip: needsTools }, () => {
     assert.equal(stats[1]!.whiteouts, 3);
     assert.equal(stats[3]!.whiteouts, 2);
     assert.equal(stats[3]!.removed, 2);
-    assert.equal(stats[4]!.whiteouts, 3);
+    assert.equal(stats[4]!.whiteouts, 4);
   });
 });

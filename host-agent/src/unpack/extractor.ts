@@ -376,6 +376,7 @@ export class Extractor implements TarSink {
     if (this.layer !== undefined) {
       // umoci: an upper directory's xattrs replace the lower (or earlier) ones.
       this.xattrs.move(path, undefined);
+      if (this.model.isLowerDirectory(path)) this.xattrs.clear(path);
       if (xattrs !== undefined) this.xattrs.set(path, xattrs);
     } else if (xattrs !== undefined) this.xattrs.merge(path, xattrs);
   }
