@@ -21,7 +21,13 @@ const what = (): string => "member 'x'";
 /** A lower filesystem that counts how often each path is asked for. */
 class FakeLower implements LowerTree {
   readonly asked = new Map<string, number>();
-  constructor(private readonly tree: Record<string, NodeKind>) {}
+  constructor(private readonly tree: Record<string, NodeKind | undefined>) {}
+  /** What the caller does on disk after PathModel.removeTree. */
+  remove(path: string): void {
+    for (const p of Object.keys(this.tree))
+      if (p === path || p.startsWith(`${path}/`)) delete this.tree[p];
+  }
+
   kindOf(path: string): NodeKind | undefined {
     this.asked.set(path, (this.asked.get(path) ?? 0) + 1);
     return this.tree[path];
@@ -100,7 +106,8 @@ describe('PathModel over lower layers', () => {
   });
 
   it('forgets a removed subtree whole, and a directory made again starts empty', () => {
-    const model = layeredModel(lowerTree());
+    const lower = lowerTree();
+    const model = layeredModel(lower);
     assert.deepEqual(model.missingAncestors('usr/bin/x', what), []);
     assert.equal(model.lookup('usr/bin/tool'), 'file');
     model.set('usr/bin/x', 'file');
@@ -113,6 +120,7 @@ describe('PathModel over lower layers', () => {
       'usr/bin/tool',
       'usr/bin/x',
     ]);
+    lower.remove('usr/bin');
     for (const p of ['usr/bin', 'usr/bin/x', 'usr/bin/d/y', 'usr/bin/tool'])
       assert.equal(model.get(p), undefined, p);
     // The fast path for "same directory as last time" must not survive the removal.
