@@ -199,11 +199,43 @@ const layer5 = (): Promise<Buffer> =>
     whiteout('usr/bin/.wh.alt'),
   ]);
 
+/**
+ * Layer 6: an opaque marker first, as docker writes it (the lower children
+ * go, the directory's own upper entries follow); device nodes and a fifo,
+ * one of them over a lower file; a symlink over a lower directory.
+ */
+const layer6 = (): Promise<Buffer> =>
+  packTar([
+    whiteout('home/.wh..wh..opq'),
+    dir('home/', { mode: 0o755 }),
+    dir('home/u/', { mode: 0o700, uid: 1000, gid: 1001 }),
+    file('home/u/new', 'only this', { uid: 1000, gid: 1001 }),
+    dir('dev/'),
+    {
+      name: 'dev/null',
+      type: 'character-device',
+      devmajor: 1,
+      devminor: 3,
+      mode: 0o666,
+      mtime: MTIME,
+    },
+    {
+      name: 'dev/loopx',
+      type: 'block-device',
+      devmajor: 7,
+      devminor: 200,
+      mode: 0o660,
+      mtime: MTIME,
+    },
+    { name: 'etc/hostname-hard', type: 'fifo', mode: 0o600, mtime: MTIME },
+    { name: 'newdir', type: 'symlink', linkname: 'usr', mtime: MTIME },
+  ]);
+
 describe('applyLayer', { skip: needsTools }, () => {
   let work: string;
   let layout: string;
   /** Tags of the image's prefixes: tags[k-1] has k layers. */
-  const tags = ['base', 'v2', 'final', 'l4', 'l5'];
+  const tags = ['base', 'v2', 'final', 'l4', 'l5', 'l6'];
 
   before(async () => {
     work = fs.mkdtempSync(join(os.tmpdir(), 'thinrelay-layer-apply-'));
@@ -213,6 +245,8 @@ describe('applyLayer', { skip: needsTools }, () => {
     appendLayer(layout, 'final', 'l4', l4, PLAIN, sha256(l4));
     const l5 = await layer5();
     appendLayer(layout, 'l4', 'l5', l5, PLAIN, sha256(l5));
+    const l6 = await layer6();
+    appendLayer(layout, 'l5', 'l6', l6, PLAIN, sha256(l6));
     for (const tag of tags) {
       const ref = join(work, `ref-${tag}`);
       execFileSync('umoci', ['raw', 'unpack', '--image', `${layout}:${tag}`, ref], {
@@ -227,7 +261,7 @@ describe('applyLayer', { skip: needsTools }, () => {
   });
 
   it('after each layer k, the filesystem equals umoci raw unpack of the first k layers', async () => {
-    const layers = layersOf(layout, 'l5');
+    const layers = layersOf(layout, 'l6');
     assert.equal(layers.length, tags.length);
     const vol = freshVolume(work, 'chain');
     const stats: LayerApplyStats[] = [];
@@ -243,7 +277,7 @@ describe('applyLayer', { skip: needsTools }, () => {
     const at = (p: string): string => join(vol.root, p);
     assert.equal(fs.readFileSync(at('usr/bin/tool2'), 'utf8'), 'bin');
     assert.equal(fs.readFileSync(at('usr/bin/tool'), 'utf8'), 'newbin');
-    assert.equal(fs.readFileSync(at('etc/hostname-hard'), 'utf8'), 'hi\n');
+    assert.ok(fs.lstatSync(at('etc/hostname-hard')).isFIFO());
     assert.equal(fs.readFileSync(at('etc/hostname'), 'utf8'), 'new hostname');
     assert.equal(fs.readFileSync(at('etc/a.conf'), 'utf8'), 'rewritten');
     assert.ok(!fs.existsSync(at('etc-link')) && fs.statSync(at('etc')).isDirectory());
@@ -254,6 +288,10 @@ describe('applyLayer', { skip: needsTools }, () => {
     assert.equal(stats[3]!.whiteouts, 2);
     assert.equal(stats[3]!.removed, 2);
     assert.equal(stats[4]!.whiteouts, 4);
+    assert.deepEqual(fs.readdirSync(at('home')), ['u']);
+    assert.deepEqual(fs.readdirSync(at('home/u')), ['new']);
+    assert.equal(fs.readlinkSync(at('newdir')), 'usr');
+    assert.equal(stats[5]!.removed, 2);
   });
 });
 
