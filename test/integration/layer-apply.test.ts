@@ -20,6 +20,7 @@ import { gunzipSync } from 'node:zlib';
 import { ImageError, type ImageFailureCode } from '../../host-agent/src/errors.js';
 import { applyLayer, type LayerApplyStats } from '../../host-agent/src/image/apply-layer.js';
 import { defaultLimits } from '../../host-agent/src/limits.js';
+import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { appendLayer, buildOciFixture } from '../helpers/oci-fixtures.js';
 import { needsRoot } from '../helpers/root.js';
 import { packTar, type PackEntry } from '../helpers/tar-fixtures.js';
@@ -92,6 +93,14 @@ function freshVolume(work: string, name: string): Volume {
 
 function releaseVolumes(): void {
   for (const v of volumes.splice(0)) v.release();
+}
+
+/** No loop device or mount of ours may outlive the tests; then the work directory goes. */
+function assertNothingLeft(work: string): void {
+  const left = hostInventory(work);
+  releaseStateDir(work);
+  assert.deepEqual(left.loops, [], 'loop devices left behind');
+  assert.deepEqual(left.mounts, [], 'mounts left behind');
 }
 
 /** The layers of `tag` in `layout`, base first, as plain tars. */
@@ -257,7 +266,7 @@ describe('applyLayer', { skip: needsTools }, () => {
 
   after(() => {
     releaseVolumes();
-    if (work !== undefined) fs.rmSync(work, { recursive: true, force: true });
+    if (work !== undefined) assertNothingLeft(work);
   });
 
   it('after each layer k, the filesystem equals umoci raw unpack of the first k layers', async () => {
@@ -334,7 +343,7 @@ describe(
     });
     after(() => {
       releaseVolumes();
-      if (work !== undefined) fs.rmSync(work, { recursive: true, force: true });
+      if (work !== undefined) assertNothingLeft(work);
     });
 
     /** Upper layers, each refused at its first member, with the code it must get. */
@@ -467,6 +476,27 @@ describe(
         );
       }
       assert.ok(!fs.existsSync(join(vol.root, '..', 'escape')));
+    });
+
+    it('in a base layer, whiteouts remove nothing and never appear', async (t: TestContext) => {
+      const vol = freshVolume(work, 'base-whiteouts');
+      t.after(() => vol.release());
+      const stats = await apply(
+        await packTar([
+          dir('d/'),
+          file('d/kept', 'written before the opaque marker'),
+          whiteout('d/.wh..wh..opq'),
+          file('x', 'written before its whiteout'),
+          whiteout('.wh.x'),
+          whiteout('.wh.nothing'),
+          whiteout('missing/.wh.y'),
+        ]),
+        vol.root,
+        false,
+      );
+      assert.deepEqual(stats, { entries: 7, bytes: 59, whiteouts: 4, removed: 0 });
+      assert.deepEqual(fs.readdirSync(vol.root).sort(), ['d', 'lost+found', 'x']);
+      assert.deepEqual(fs.readdirSync(join(vol.root, 'd')), ['kept']);
     });
 
     it('takes only a plain tar: gzip, empty and non-tar streams are LAYER_NOT_TAR; an abort stops it', async (t: TestContext) => {
