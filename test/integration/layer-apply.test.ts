@@ -455,6 +455,8 @@ describe(
         ['LAYER_UNSAFE_LINK', [file('a/a/etc/passwd', 'pwned')]],
         ['ARCHIVE_PATH_ESCAPE', [file('../escape', 'pwned')]],
         ['ARCHIVE_PATH_ESCAPE', [file('/abs', 'pwned')]],
+        ['ARCHIVE_CONFLICT', [{ name: './', type: 'symlink', linkname: '/', mtime: MTIME }]],
+        ['ARCHIVE_CONFLICT', [file('.', 'the root as a file')]],
         // Last: it leaves its link behind (written before the refused member).
         [
           'LAYER_UNSAFE_LINK',
