@@ -209,6 +209,7 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
     key: string,
     client: S3Client = s3.client,
     limits = defaultLimits,
+    maxWalkRequests?: number,
   ): Promise<OpenedImage | null> => {
     const ref = await headObject(client, bucket, key, { maxBlobBytes: defaultLimits.maxBlobBytes });
     return openRemoteArchive(client, ref, {
@@ -217,6 +218,7 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
       concurrency: 4,
       signal: new AbortController().signal,
       logger: silentLogger,
+      ...(maxWalkRequests !== undefined ? { maxWalkRequests } : {}),
     });
   };
   const put = async (key: string, file: string): Promise<void> => {
@@ -378,6 +380,13 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
       );
       const seen = proxy.responseBytes - bytes0;
       const requests = proxy.requests.length - req0;
+      const gets = proxy.requests.slice(req0).filter((r) => r.method === 'GET');
+      assert.equal(gets.length, requests - 1, 'a HEAD, then GETs');
+      for (const r of gets) {
+        assert.equal(r.headers['if-match'], head.eTag, 'every GET is pinned to the ETag');
+        // A GET of the whole object is unranged: only when it fits in one header window.
+        if (size > 64 * 1024) assert.match(r.headers.range ?? '', /^bytes=\d+-\d*$/, 'ranged');
+      }
       // The link carried the counted bytes plus HTTP heads (well under 1 KiB each), nothing more.
       assert.ok(seen >= image.bytesFetched(), `${seen} on the link`);
       assert.ok(
@@ -497,6 +506,11 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
     } finally {
       await cutting.close();
     }
+  });
+
+  test('an archive whose header walk would need too many GETs is left to the caller: null', async () => {
+    assert.notEqual(await open('images/ten-oci.tar', s3.client, defaultLimits, 8), null);
+    assert.equal(await open('images/ten-oci.tar', s3.client, defaultLimits, 7), null);
   });
 
   test('a container archive over the entry limit fails with LIMIT_ENTRY_COUNT', async () => {

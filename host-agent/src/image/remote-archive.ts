@@ -48,6 +48,12 @@ export interface RemoteArchiveOptions {
   concurrency: number;
   signal: AbortSignal;
   logger: Logger;
+  /**
+   * GETs the header walk may spend (default MAX_WALK_REQUESTS). An archive
+   * needing more (thousands of large members: no real image) is left to the
+   * caller's streamed path, which reads it once whole: null.
+   */
+  maxWalkRequests?: number;
 }
 
 /** Bytes fetched at each header that is not already in hand. */
@@ -61,6 +67,8 @@ const KEEP_HEADS = 4096;
 const HEAD_BYTES = 8;
 /** Member names looked at to tell a container archive from a flat tar (as sniff.ts does). */
 const SNIFF_MEMBERS = 4;
+/** A header per layer and a few for metadata; Docker allows 127 layers. */
+export const MAX_WALK_REQUESTS = 1024;
 
 /** What reading the archive's structure cost, for logs and benchmarks. */
 export interface HeaderWalkStats {
@@ -165,7 +173,8 @@ class RangedArchive {
 async function walkMembers(
   archive: RangedArchive,
   limits: ImageLimits,
-): Promise<IndexedMember[] | null> {
+  maxRequests: number,
+): Promise<IndexedMember[] | null | 'too-many-requests'> {
   const size = archive.ref.size;
   const members: IndexedMember[] = [];
   const names: string[] = [];
@@ -189,7 +198,9 @@ async function walkMembers(
       const { offset, length } = step.value.read;
       // Past the first window: the members seen so far decide, as sniff.ts's peek would.
       if (!decided && offset + length > HEADER_WINDOW_BYTES && !decide()) return null;
-      step = walk.next(await archive.read(offset, length));
+      const bytes = await archive.read(offset, length);
+      if (archive.requests > maxRequests) return 'too-many-requests';
+      step = walk.next(bytes);
     }
   } catch (err) {
     if (!decided && !decide()) return null;
@@ -222,8 +233,15 @@ export async function openRemoteArchive(
   const archive = new RangedArchive(s3, ref, opts);
   const log = opts.logger.child({ reader: 'remote-archive' });
   if (!startsWithTarHeader(await archive.read(0, Math.min(512, ref.size)))) return null;
-  const list = await walkMembers(archive, opts.limits);
+  const list = await walkMembers(archive, opts.limits, opts.maxWalkRequests ?? MAX_WALK_REQUESTS);
   if (list === null) return null;
+  if (list === 'too-many-requests') {
+    log.warn('container archive has too many members to read by range; streaming it instead', {
+      requests: archive.requests,
+      bytes: archive.bytes,
+    });
+    return null;
+  }
   archive.dropWindow();
   const members = new ArchiveMembers(list);
   const readJson = async (member: IndexedMember, what: string): Promise<unknown> => {
