@@ -3,8 +3,9 @@
  * it lies in S3, without downloading it: ranged GETs of the member headers
  * (a window at each header, so small members next to it, such as the image
  * JSON, come with it), the manifest and config from those windows or by
- * range, then each layer's blob only when the pipeline opens it. Layers the
- * host already holds are never fetched. An object compressed as a whole, or
+ * range, then each layer's blob only when the pipeline opens it (a small
+ * one that came with a header window is not fetched again). Layers the host
+ * already holds are never fetched. An object compressed as a whole, or
  * a flat rootfs tar, is not for this reader: null, and the caller streams or
  * spools it as before.
  */
@@ -146,6 +147,11 @@ class RangedArchive {
     }
   }
 
+  /** A member's whole data if a window held it, else undefined. */
+  keptData(m: IndexedMember): Buffer | undefined {
+    return this.kept.get(m.dataOffset);
+  }
+
   /** A member's whole data (image JSON): kept, or fetched by range. */
   async dataOf(m: IndexedMember): Promise<Buffer> {
     return this.kept.get(m.dataOffset) ?? (await this.fetch(m.dataOffset, m.size));
@@ -285,6 +291,7 @@ export async function openRemoteArchive(
         diffId: diffIds[i]!,
         chainId: chainIds[i]!,
         compression,
+        kept: archive.keptData(blob.member),
         onBytes: (b) => (layerBytes += b),
       }),
     );
@@ -324,6 +331,8 @@ function remoteLayer(
     diffId: string;
     chainId: string;
     compression: ImageCompression;
+    /** The whole blob when the header walk already holds it. */
+    kept: Buffer | undefined;
     onBytes: (bytes: number) => void;
   },
 ): LayerSource {
@@ -331,10 +340,15 @@ function remoteLayer(
   const { member } = blob;
   let found: LayerDigests | null = null;
 
-  async function* open(signal: AbortSignal): AsyncGenerator<Buffer> {
-    found = null;
+  /** The blob's bytes: kept from the header walk (a small layer), else fetched by range now. */
+  function blobBytes(signal: AbortSignal): AsyncIterator<Uint8Array> {
+    const kept = layer.kept;
+    if (kept !== undefined)
+      return (async function* () {
+        yield kept;
+      })();
     let counted = 0;
-    const download = downloadObject(s3, ref, {
+    return downloadObject(s3, ref, {
       window: { start: member.dataOffset, end: member.dataOffset + member.size - 1 },
       partSize: opts.partSize,
       concurrency: opts.concurrency,
@@ -344,10 +358,14 @@ function remoteLayer(
         layer.onBytes(total - counted);
         counted = total;
       },
-    });
-    // The blob is hashed here too, so a layer that fails to decompress can be
+    }).chunks[Symbol.asyncIterator]();
+  }
+
+  async function* open(signal: AbortSignal): AsyncGenerator<Buffer> {
+    found = null;
+    // The blob is hashed here, so a layer that fails to decompress can be
     // told apart: a blob that is not what its digest names, or a bad layer.
-    const blobIt = download.chunks[Symbol.asyncIterator]();
+    const blobIt = blobBytes(signal);
     const blobHash = createHash('sha256');
     async function* blobChunks(): AsyncGenerator<Uint8Array> {
       for (;;) {
@@ -378,7 +396,8 @@ function remoteLayer(
       // Stopped early or failed: the download must not keep running behind us.
       await blobIt.return?.();
     }
-    const blobSha256 = (await download.result).sha256;
+    // The downloader has checked the length; the digests are ours to check.
+    const blobSha256 = blobHash.digest('hex');
     const diffId = diff.digest('hex');
     // The diff_id first: for an uncompressed layer it is the blob digest too, and says more.
     verifyDiffId(diffId, layer.diffId.slice(7), n);
