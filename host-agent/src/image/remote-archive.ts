@@ -10,6 +10,7 @@
  * spools it as before.
  */
 import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ImageError, isThinrelayError } from '../errors.js';
 import type { ImageLimits } from '../limits.js';
@@ -343,10 +344,7 @@ function remoteLayer(
   /** The blob's bytes: kept from the header walk (a small layer), else fetched by range now. */
   function blobBytes(signal: AbortSignal): AsyncIterator<Uint8Array> {
     const kept = layer.kept;
-    if (kept !== undefined)
-      return (async function* () {
-        yield kept;
-      })();
+    if (kept !== undefined) return Readable.from([kept])[Symbol.asyncIterator]();
     let counted = 0;
     return downloadObject(s3, ref, {
       window: { start: member.dataOffset, end: member.dataOffset + member.size - 1 },
