@@ -525,6 +525,26 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
     assert.equal(await open('images/ten-oci.tar', s3.client, defaultLimits, 7), null);
   });
 
+  test('an aborted layer read stops with the signal reason, and the layer can be read again', async () => {
+    const image = await open('images/ten-oci.tar');
+    const controller = new AbortController();
+    const reason = new Error('stop: the job was cancelled');
+    let chunks = 0;
+    await assert.rejects(
+      (async () => {
+        for await (const _ of image!.layers[9]!.open(controller.signal)) {
+          chunks += 1;
+          controller.abort(reason);
+        }
+      })(),
+      (err) => err === reason,
+    );
+    assert.ok(chunks >= 1);
+    assert.equal(image!.layers[9]!.digests(), null);
+    assert.ok((await readLayer(image!, 10)).length > 0);
+    assert.notEqual(image!.layers[9]!.digests(), null);
+  });
+
   test('a container archive over the entry limit fails with LIMIT_ENTRY_COUNT', async () => {
     await assert.rejects(
       open('images/oci.tar', s3.client, { ...defaultLimits, maxEntries: 5 }),
