@@ -32,12 +32,11 @@ export interface DownloadConfig {
 }
 
 /**
- * Ranged-GET defaults. Up to 8 connections, as the AWS CLI (10) and the CRT
- * client open; 4 MiB parts rather than their 8 MiB because memory held ahead
- * of the unpacker is at most part size × concurrency (32 MiB), and 4 MiB
- * parts were as fast through a 25 MB/s-per-connection link in `npm run bench`.
+ * Ranged-GET defaults, in the range the AWS CLI (8 MiB × 10) and the CRT
+ * client (8 MiB parts) use; memory held ahead of the unpacker is at most
+ * part size × concurrency (64 MiB).
  */
-export const DEFAULT_DOWNLOAD_PART_BYTES = 4 * 1024 ** 2;
+export const DEFAULT_DOWNLOAD_PART_BYTES = 8 * 1024 ** 2;
 export const DEFAULT_DOWNLOAD_CONCURRENCY = 8;
 const MIN_DOWNLOAD_PART_BYTES = 64 * 1024;
 const MAX_DOWNLOAD_PART_BYTES = 1024 ** 3;

@@ -473,12 +473,12 @@ async function benchDownload(
 ): Promise<DownloadFigures> {
   const MiB = 1024 ** 2;
   const settings: [string, string[]][] = [
-    ['4 MiB × 8 (default)', [String(4 * MiB), '8', '1']],
-    ['8 MiB × 8', [String(8 * MiB), '8', '1']],
+    ['8 MiB × 8 (default)', [String(8 * MiB), '8', '1']],
     ['8 MiB × 16', [String(8 * MiB), '16', '1']],
+    ['16 MiB × 8', [String(16 * MiB), '8', '1']],
     ['16 MiB × 16', [String(16 * MiB), '16', '1']],
-    ['2 MiB × 8', [String(2 * MiB), '8', '1']],
-    ['4 MiB × 8, keep-alive off', [String(4 * MiB), '8', '0']],
+    ['4 MiB × 8', [String(4 * MiB), '8', '1']],
+    ['8 MiB × 8, keep-alive off', [String(8 * MiB), '8', '0']],
   ];
   const proxy = await startLinkProxy({ targetPort: s3.port, bytesPerSecond: 25e6, latencyMs: 2 });
   const load0 = loadAverage();

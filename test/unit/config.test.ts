@@ -32,7 +32,7 @@ test('volume size leaves headroom over the blob and respects the unpacked limit'
 });
 
 test('download part size and concurrency: defaults, THINRELAY_DOWNLOAD_*, bounds', () => {
-  assert.deepEqual(loadConfig({}, {}).download, { partSizeBytes: 4 * 1024 ** 2, concurrency: 8 });
+  assert.deepEqual(loadConfig({}, {}).download, { partSizeBytes: 8 * 1024 ** 2, concurrency: 8 });
   const c = loadConfig(
     {},
     { THINRELAY_DOWNLOAD_PART_SIZE: '16M', THINRELAY_DOWNLOAD_CONCURRENCY: '16' },

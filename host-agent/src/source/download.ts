@@ -55,7 +55,7 @@ export interface DownloadOptions {
   /** Base backoff in ms, doubled per consecutive failure, full jitter, capped at 20 s (default 200). */
   backoffMs?: number;
   /**
-   * Bytes per ranged GET (default 4 MiB, THINRELAY_DOWNLOAD_PART_SIZE in the
+   * Bytes per ranged GET (default 8 MiB, THINRELAY_DOWNLOAD_PART_SIZE in the
    * agent). Objects up to one part are fetched with a single GET.
    */
   partSize?: number;
