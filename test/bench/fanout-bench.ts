@@ -338,7 +338,6 @@ async function inProcessEmulator(): Promise<Emulator> {
 async function childProcessEmulator(): Promise<Emulator> {
   const script = `
     import { createSqsServer } from 'local-aws-sqs';
-import { format, resolveConfig } from 'prettier';
     const server = await createSqsServer({ port: 0, hostname: '127.0.0.1', region: '${REGION}', emulateQueueCreationLifecycle: false });
     process.stdout.write(String(server.address().port) + '\\n');
     process.stdin.on('end', () => process.exit(0));
