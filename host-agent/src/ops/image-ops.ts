@@ -25,10 +25,13 @@ export function findImage(deps: Pick<PipelineDeps, 'store'>, ref: string): Image
 
 /**
  * A container image's recorded format, layers and run config (Entrypoint,
- * Cmd, Env, ...), as the unpack step stored it with the content; null for a
+ * Cmd, Env, ...), as the unpack step stored it with the image; null for a
  * flat rootfs tar or content not unpacked yet.
  */
 export function containerConfigOf(deps: Pick<PipelineDeps, 'store'>, image: ImageRow): unknown {
+  const own = deps.store.images.configJson(image.id);
+  if (own !== null) return JSON.parse(own) as unknown;
+  // Written by a version before layers: kept with the content.
   for (const id of deps.store.images.blobIds(image.id)) {
     const json = deps.store.blobs.get(id)?.image_config;
     if (json !== undefined && json !== null) return JSON.parse(json) as unknown;
