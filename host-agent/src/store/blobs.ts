@@ -78,11 +78,17 @@ export class BlobRepo {
       .all(chainId) as BlobRow[];
   }
 
-  /** A flat tar's layer identity, known once its bytes were read. */
-  recordLayer(id: number, l: { diffId: string; chainId: string }): void {
+  /** A layer's content is applied: its identity (a flat tar's is known only now) and size. */
+  recordLayer(
+    id: number,
+    l: { diffId: string | null; chainId: string | null; size: number; compression: string },
+  ): void {
     this.db
-      .prepare(`UPDATE blobs SET diff_id = ?, chain_id = ?, updated_at = ? WHERE id = ?`)
-      .run(l.diffId, l.chainId, nowIso(), id);
+      .prepare(
+        `UPDATE blobs SET diff_id = COALESCE(?, diff_id), chain_id = COALESCE(?, chain_id),
+           size = ?, compression = ?, updated_at = ? WHERE id = ?`,
+      )
+      .run(l.diffId, l.chainId, l.size, l.compression, nowIso(), id);
   }
 
   /** Ready blobs no live image links: what gc releases. */
