@@ -22,14 +22,12 @@ function run(ctx: CommandContext): Promise<number> {
       ),
       snapshots: snapshots.map(camelKeys),
       // Base first: each layer's chain ID, the volume holding it, and how many live images share it.
-      layers: rt.store.images
-        .layers(image.id)
-        .map((l) =>
-          camelKeys({
-            ...l,
-            volume: l.volume_id === null ? null : objectName('volume', l.volume_id),
-          }),
-        ),
+      layers: rt.store.images.layers(image.id).map((l) =>
+        camelKeys({
+          ...l,
+          volume: l.volume_id === null ? null : objectName('volume', l.volume_id),
+        }),
+      ),
       // docker save / OCI archives: format, layers and run config; null for a flat tar.
       container: containerConfigOf(rt, image),
     });
