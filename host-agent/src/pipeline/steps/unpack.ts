@@ -76,8 +76,14 @@ async function finishLeftovers(ctx: JobContext): Promise<BlobRow | null> {
 
 async function run(ctx: JobContext): Promise<StepOutcome> {
   const { store, job, image, ref, progress } = ctx;
-  if (contentComplete(ctx))
-    return { status: 'skipped', detail: { reason: 'content already unpacked' } };
+  if (contentComplete(ctx)) {
+    // Done by this job before a crash, or by another (resolve found the same bytes).
+    const top = store.blobs.get(store.images.topBlobId(image.id)!)!;
+    const mine = top.volume_id !== null && store.objects.get(top.volume_id)?.job_id === job.id;
+    return mine
+      ? { status: 'complete', detail: { blob: top.id, resumed: true, layersApplied: 0 } }
+      : { status: 'skipped', detail: { reason: 'content already unpacked' } };
+  }
   const resumed = await finishLeftovers(ctx);
   if (resumed !== null)
     return { status: 'complete', detail: { blob: resumed.id, resumed: true, layersApplied: 0 } };
