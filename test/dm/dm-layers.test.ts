@@ -138,7 +138,7 @@ describe('layer chains on a thin pool', { skip: needsRoot }, () => {
     const top = (n: string): Promise<Buffer> => layer({ [`app-${n}.txt`]: `app ${n}\n` });
     await s3.putObject(bucket, 'images/base.tar', await ociArchive([base]));
     await s3.putObject(bucket, 'images/app.tar', await ociArchive([base, await top('a')]));
-    for (const n of ['c1', 'c2', 'c3', 'c4']) {
+    for (const n of ['c2', 'c3', 'c4']) {
       const mid = await layer({ [`mid-${n}.bin`]: Buffer.alloc(4 * MiB, n) });
       await s3.putObject(
         bucket,
@@ -177,8 +177,8 @@ describe('layer chains on a thin pool', { skip: needsRoot }, () => {
     assertPoolMatchesStore(stateDir);
   });
 
+  // Inside a clone's pool transaction, mid-layer, between layers (the loop sweep has the rest).
   const crashes: { point: string; key: string; applyAfter: number }[] = [
-    { point: 'layer:clone-intent', key: 'images/crash-c1.tar', applyAfter: 2 },
     { point: 'dm:create_snap:sent', key: 'images/crash-c2.tar', applyAfter: 2 },
     { point: 'layer:2:midway', key: 'images/crash-c3.tar', applyAfter: 2 },
     { point: 'layer:2:ready', key: 'images/crash-c4.tar', applyAfter: 1 },
@@ -207,7 +207,6 @@ describe('layer chains on a thin pool', { skip: needsRoot }, () => {
     assert.equal(poolThinIds(pool).length, before - 1);
     for (const key of [
       'images/app.tar',
-      'images/crash-c1.tar',
       'images/crash-c2.tar',
       'images/crash-c3.tar',
       'images/crash-c4.tar',
