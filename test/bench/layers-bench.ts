@@ -271,7 +271,8 @@ export async function benchLayers(
   const releases = new HostReleases();
   const dir = mkdtempSync(join(work, 'layers-'));
   releases.add(dir, () => rmSync(dir, { recursive: true, force: true }));
-  // Ctrl-C or SIGTERM: stop the running child, let every `finally` release, then exit.
+  // Ctrl-C or SIGTERM: the running child is stopped and no other starts, so the section
+  // fails and every `finally` (this one's releases, then the caller's) runs before the exit.
   let running: ChildProcess | null = null;
   let stoppedBy: NodeJS.Signals | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -421,10 +422,7 @@ export async function benchLayers(
           const stateDir = join(fs.mnt, 'state');
           mkdirSync(stateDir);
           const releaseState = releases.add(stateDir, () => {
-            execFileSync(process.execPath, [
-              cliPath,
-              ...['pool', 'destroy', '--force', '--state-dir', stateDir],
-            ]);
+            sh(process.execPath, [cliPath, 'pool', 'destroy', '--force', '--state-dir', stateDir]);
             releaseStateDir(stateDir);
           });
           const umociFirst = pass.versusUmoci && i % 2 === 1;
@@ -525,7 +523,6 @@ export async function benchLayers(
     process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
     for (const close of closers) await close().catch(() => undefined);
     releases.releaseAfter();
-    if (stoppedBy !== null) process.exit(stoppedBy === 'SIGINT' ? 130 : 143);
   }
 }
 
