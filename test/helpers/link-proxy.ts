@@ -48,6 +48,8 @@ export interface LinkProxy {
   readonly connections: number;
   /** Most connections open at the same time. */
   readonly peakConnections: number;
+  /** Response bytes forwarded to clients so far, HTTP heads included. */
+  readonly responseBytes: number;
   setBytesPerSecond(rate: number): void;
   close(): Promise<void>;
 }
@@ -67,6 +69,7 @@ export async function startLinkProxy(opts: LinkProxyOptions): Promise<LinkProxy>
   let connections = 0;
   let open = 0;
   let peak = 0;
+  let forwarded = 0;
 
   const server: Server = createServer((client) => {
     const index = connections++;
@@ -144,6 +147,7 @@ export async function startLinkProxy(opts: LinkProxyOptions): Promise<LinkProxy>
             cutNow = true;
           }
           responseBytes += part.length;
+          forwarded += part.length;
           const flushed = part.length === 0 || client.write(part);
           nextFree = Math.max(nextFree, at) + (part.length / rate) * 1000;
           if (cutNow) {
@@ -203,6 +207,9 @@ export async function startLinkProxy(opts: LinkProxyOptions): Promise<LinkProxy>
     },
     get peakConnections() {
       return peak;
+    },
+    get responseBytes() {
+      return forwarded;
     },
     setBytesPerSecond(r: number) {
       rate = r;

@@ -123,6 +123,132 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     });
   }
 
+  // Windows not aligned to parts: inside, to the end, within one part.
+  const windows: { name: string; start: number; end: number; concurrency: number }[] = [
+    { name: 'across parts, 4 at a time', start: PART + 1000, end: 9 * PART + 17, concurrency: 4 },
+    {
+      name: 'to the end, 16 at a time',
+      start: 5 * PART - 3,
+      end: 16 * PART + 12344,
+      concurrency: 16,
+    },
+    { name: 'across parts, one stream', start: 3 * PART + 5, end: 7 * PART, concurrency: 1 },
+    { name: 'within one part', start: 2 * PART + 7, end: 2 * PART + 9000, concurrency: 8 },
+  ];
+  for (const w of windows) {
+    it(`a byte window ${w.name}: exactly its bytes and sha256, pinned GETs tiling only the window`, async () => {
+      const ref = await head();
+      const { proxy, client } = await link();
+      const want = data.subarray(w.start, w.end + 1);
+      let last = 0;
+      const { data: got, result } = await drain(client, ref, {
+        partSize: PART,
+        concurrency: w.concurrency,
+        window: { start: w.start, end: w.end },
+        onBytes: (n) => (last = n),
+      });
+      assert.ok(got.equals(want), 'bytes identical to the window');
+      assert.deepEqual(result, { sha256: sha256hex(want), size: want.length, resumes: 0 });
+      assert.equal(last, want.length);
+      const gets = proxy.requests.filter((r) => r.method === 'GET');
+      for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag, 'every GET is pinned');
+      const ranges = gets
+        .map((g) => rangeOf(g.headers.range, data.length))
+        .sort((a, b) => a[0] - b[0]);
+      const single = w.concurrency === 1 || want.length <= PART;
+      assert.equal(ranges.length, single ? 1 : Math.ceil(want.length / PART));
+      let next = w.start;
+      for (const [from, to] of ranges) {
+        assert.equal(from, next, 'ranges are contiguous, no overlap');
+        assert.ok(to - from + 1 <= (single ? want.length : PART));
+        next = to + 1;
+      }
+      assert.equal(next, w.end + 1, 'ranges cover exactly the window');
+      if (!single) assert.ok(proxy.peakConnections > 1, 'ranges were fetched in parallel');
+    });
+  }
+
+  it('a byte window out of the object, or empty, is refused before any request', async () => {
+    const ref = await head();
+    const { proxy, client } = await link();
+    for (const window of [
+      { start: -1, end: 10 },
+      { start: 10, end: 9 },
+      { start: 0, end: data.length },
+      { start: 0.5, end: 10 },
+    ]) {
+      assert.throws(() => downloadObject(client, ref, { window }), RangeError);
+    }
+    assert.equal(proxy.requests.length, 0);
+  });
+
+  it('a range of a byte window that breaks mid-way is resumed alone, inside the window', async () => {
+    const ref = await head();
+    const window = { start: 2 * PART + 100, end: 8 * PART - 100 };
+    const broken = `bytes=${3 * PART + 100}-${4 * PART + 99}`;
+    let cut = false;
+    const { proxy, client } = await link({
+      cutResponse: (req) => {
+        if (cut || req.headers.range !== broken) return undefined;
+        cut = true;
+        return 100 * KiB;
+      },
+    });
+    const want = data.subarray(window.start, window.end + 1);
+    const { data: got, result } = await drain(client, ref, {
+      partSize: PART,
+      concurrency: 4,
+      backoffMs: 1,
+      window,
+    });
+    assert.ok(got.equals(want), 'bytes identical to the window');
+    assert.equal(result.sha256, sha256hex(want));
+    assert.equal(result.resumes, 1);
+    assert.equal(proxy.cuts.length, 1);
+    const gets = proxy.requests.filter((r) => r.method === 'GET');
+    assert.equal(gets.length, 7, '6 parts + one resume');
+    const resumed = gets.filter((g) => rangeOf(g.headers.range, data.length)[1] === 4 * PART + 99);
+    assert.equal(resumed.length, 2, 'only the broken part was asked again');
+    const [from] = rangeOf(resumed[1]?.headers.range, data.length);
+    assert.ok(from > 3 * PART + 100 && from < 4 * PART + 99, `resumed inside the part, at ${from}`);
+  });
+
+  it('an overwrite during a byte-window download fails with OBJECT_CHANGED; only pinned bytes were handed over', async () => {
+    const key = 'images/window-overwritten.tar';
+    const original = randomBytes(16 * PART);
+    await emu.putObject(BUCKET, key, original);
+    const ref = await head(key);
+    const window = { start: PART / 2, end: 12 * PART };
+    let cut = false;
+    const { client } = await link({
+      bytesPerSecond: 4 * 1024 * KiB,
+      cutResponse: (req) => {
+        if (cut || req.headers.range !== `bytes=${PART / 2 + 2 * PART}-${PART / 2 + 3 * PART - 1}`)
+          return undefined;
+        cut = true;
+        return 64 * KiB;
+      },
+      onCut: async () => void (await emu.putObject(BUCKET, key, randomBytes(original.length))),
+    });
+    const dl = downloadObject(client, ref, {
+      partSize: PART,
+      concurrency: 4,
+      backoffMs: 1,
+      window,
+    });
+    const seen: Buffer[] = [];
+    await assert.rejects(
+      (async () => {
+        for await (const chunk of dl.chunks) seen.push(Buffer.from(chunk));
+      })(),
+      (e: unknown) => e instanceof ImageError && e.code === 'OBJECT_CHANGED',
+    );
+    await assert.rejects(dl.result, { code: 'OBJECT_CHANGED' });
+    const handed = Buffer.concat(seen);
+    assert.ok(handed.length < window.end - window.start + 1, 'stopped before the end');
+    assert.ok(handed.equals(original.subarray(window.start, window.start + handed.length)));
+  });
+
   it('an object of one part or less is one GET', async () => {
     const small = randomBytes(PART);
     await emu.putObject(BUCKET, 'images/small.tar', small);
@@ -336,6 +462,23 @@ describe('parallel ranged download against a stub (versions, stores that ignore 
     assert.ok(got.equals(body));
     assert.equal(result.sha256, sha256hex(body));
   });
+
+  for (const concurrency of [1, 4]) {
+    it(`a byte window from a store that ignores Range (${concurrency} at a time): exactly the window`, async () => {
+      const ref = await headObject(client, 'stub-bucket', 'ignores-range.tar', {
+        maxBlobBytes: LIMIT,
+      });
+      const window = { start: 64 * KiB + 3, end: 4 * 64 * KiB + 1 };
+      const want = body.subarray(window.start, window.end + 1);
+      const { data: got, result } = await drain(client, ref, {
+        partSize: 64 * KiB,
+        concurrency,
+        window,
+      });
+      assert.ok(got.equals(want));
+      assert.deepEqual(result, { sha256: sha256hex(want), size: want.length, resumes: 0 });
+    });
+  }
 
   it('a version other than the pinned one fails every part with OBJECT_CHANGED', async () => {
     const ref = {

@@ -79,7 +79,56 @@ function normalise(name: string): string {
   return n === '.' ? '' : n;
 }
 
+/** Image metadata (index, manifest, config) larger than this is refused. */
+export const MAX_JSON_BYTES = 4 * 1024 * 1024;
+
+/** Refuses a metadata member too large to read into memory (IMAGE_MANIFEST_INVALID). */
+export function checkJsonMember(member: IndexedMember, what: string): void {
+  if (member.size > MAX_JSON_BYTES)
+    throw invalid(`${what} is ${member.size} bytes, too large for image metadata`);
+}
+
+/** A metadata member's bytes as JSON; IMAGE_MANIFEST_INVALID when they are not. */
+export function parseJsonBytes(bytes: Buffer, what: string): unknown {
+  try {
+    return JSON.parse(bytes.toString('utf8'));
+  } catch (err) {
+    throw new ImageError('IMAGE_MANIFEST_INVALID', `${what} is not valid JSON`, undefined, {
+      cause: err,
+    });
+  }
+}
+
+const LAYER_MEDIA_TYPES = new Set([
+  undefined,
+  'application/vnd.oci.image.layer.v1.tar',
+  'application/vnd.oci.image.layer.v1.tar+gzip',
+  'application/vnd.oci.image.layer.v1.tar+zstd',
+  'application/vnd.docker.image.rootfs.diff.tar',
+  'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  'application/vnd.docker.image.rootfs.diff.tar.zstd',
+]);
+
+/** A layer descriptor must name a tar layer media type (docker's legacy layout names none). */
+export function checkLayerMediaType(blob: BlobRef, layer: number): void {
+  if (!LAYER_MEDIA_TYPES.has(blob.mediaType))
+    throw new ImageError(
+      'LAYER_NOT_TAR',
+      `layer ${layer} has media type ${blob.mediaType}, not a tar layer`,
+    );
+}
+
 export type JsonReader = (member: IndexedMember, what: string) => unknown;
+export type AsyncJsonReader = (member: IndexedMember, what: string) => Promise<unknown>;
+
+/** A JSON member the plan needs next: the walker is answered with its parsed value. */
+interface JsonRead {
+  member: IndexedMember;
+  what: string;
+}
+
+/** Working out a plan: yields the JSON members it needs, returns the plan. */
+type PlanSteps = Generator<JsonRead, ImagePlan, unknown>;
 
 interface Descriptor {
   mediaType?: string;
@@ -117,8 +166,8 @@ function blobOf(members: ArchiveMembers, d: Descriptor, what: string): BlobRef {
   };
 }
 
-function ociPlan(members: ArchiveMembers, read: JsonReader, arch: string): ImagePlan {
-  let doc = read(members.file('index.json', 'index.json'), 'index.json');
+function* ociPlan(members: ArchiveMembers, arch: string): PlanSteps {
+  let doc = yield { member: members.file('index.json', 'index.json'), what: 'index.json' };
   let where = 'index.json';
   for (let depth = 0; depth < 4; depth++) {
     const list = descriptors(doc, 'manifests', where);
@@ -143,7 +192,7 @@ function ociPlan(members: ArchiveMembers, read: JsonReader, arch: string): Image
       label = chosen.annotations?.['org.opencontainers.image.ref.name'] ?? `${where} manifests[0]`;
     }
     const blob = blobOf(members, chosen, where);
-    const body = read(blob.member, `manifest ${chosen.digest}`);
+    const body = yield { member: blob.member, what: `manifest ${chosen.digest}` };
     const mediaType = chosen.mediaType ?? (body as { mediaType?: string } | null)?.mediaType;
     if (mediaType === OCI_INDEX || mediaType === DOCKER_LIST) {
       doc = body;
@@ -170,8 +219,11 @@ function digestInName(name: string): string | undefined {
   return m?.[1];
 }
 
-function dockerPlan(members: ArchiveMembers, read: JsonReader): ImagePlan {
-  const doc = read(members.file('manifest.json', 'manifest.json'), 'manifest.json');
+function* dockerPlan(members: ArchiveMembers): PlanSteps {
+  const doc = yield {
+    member: members.file('manifest.json', 'manifest.json'),
+    what: 'manifest.json',
+  };
   if (!Array.isArray(doc) || doc.length === 0)
     throw invalid('manifest.json is not a list of images');
   if (doc.length > 1)
@@ -202,16 +254,36 @@ function dockerPlan(members: ArchiveMembers, read: JsonReader): ImagePlan {
   };
 }
 
+function* planSteps(members: ArchiveMembers): PlanSteps {
+  if (members.has('index.json') && members.has('oci-layout'))
+    return yield* ociPlan(members, hostArchitecture());
+  if (members.has('manifest.json')) return yield* dockerPlan(members);
+  throw new ImageError(
+    'IMAGE_FORMAT_UNKNOWN',
+    'the archive looks like a container image (its first member is image metadata) but has neither index.json with oci-layout nor manifest.json',
+  );
+}
+
 /**
  * The plan of the archive's image. OCI's index.json is preferred when both
  * are present (Docker 25+ writes both; they name the same blobs).
  */
 export function readImagePlan(members: ArchiveMembers, read: JsonReader): ImagePlan {
-  if (members.has('index.json') && members.has('oci-layout'))
-    return ociPlan(members, read, hostArchitecture());
-  if (members.has('manifest.json')) return dockerPlan(members, read);
-  throw new ImageError(
-    'IMAGE_FORMAT_UNKNOWN',
-    'the archive looks like a container image (its first member is image metadata) but has neither index.json with oci-layout nor manifest.json',
-  );
+  const steps = planSteps(members);
+  for (let step = steps.next(); ;) {
+    if (step.done === true) return step.value;
+    step = steps.next(read(step.value.member, step.value.what));
+  }
+}
+
+/** readImagePlan with JSON members read asynchronously (by ranged GETs). */
+export async function readImagePlanAsync(
+  members: ArchiveMembers,
+  read: AsyncJsonReader,
+): Promise<ImagePlan> {
+  const steps = planSteps(members);
+  for (let step = steps.next(); ;) {
+    if (step.done === true) return step.value;
+    step = steps.next(await read(step.value.member, step.value.what));
+  }
 }

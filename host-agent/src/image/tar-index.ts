@@ -2,7 +2,8 @@
  * An index of a tar held in a local file: every member's name, type, link
  * target and where its header run (extended headers included) and data lie,
  * found by reading headers and skipping data by offset. Used for the spooled
- * outer archive and for each layer; the unpacker proper parses the bytes again.
+ * outer archive and for each layer, and (walkTar) for an archive read by
+ * ranged GETs; the unpacker proper parses the bytes again.
  */
 import fs from 'node:fs';
 import { ImageError, type ImageFailureCode } from '../errors.js';
@@ -59,18 +60,32 @@ function nameOf(bytes: Buffer): string {
   return new TextDecoder('utf-8', { fatal: false }).decode(bytes);
 }
 
+/** What the walker asks its driver for: `length` bytes of the tar at `offset`. */
+export interface TarRead {
+  offset: number;
+  length: number;
+}
+
+/** One step of walking a tar: bytes to read (answered with them), or a member found. */
+export type TarStep = { read: TarRead } | { member: IndexedMember };
+
 /**
- * Indexes the tar in `range`. `notTar` is the reason code when the first
- * block is not a tar header at all (LAYER_NOT_TAR for a layer); later
- * damage is ARCHIVE_MALFORMED or ARCHIVE_TRUNCATED, as for a flat tar.
+ * Walks the tar in [offset, offset + length) header by header, asking its
+ * driver for bytes (`yield { read }` is answered with those bytes, fewer
+ * only at the end of the source) and yielding each member as it is found;
+ * data is skipped by offset. The one tar header parser of the image code,
+ * driven by a local file (indexTar) or by ranged GETs (remote-archive.ts).
+ * `notTar` is the reason code when the first block is not a tar header at
+ * all (LAYER_NOT_TAR for a layer); later damage is ARCHIVE_MALFORMED or
+ * ARCHIVE_TRUNCATED, as for a flat tar.
  */
-export function indexTar(
-  range: FileRange,
+export function* walkTar(
+  range: { offset: number; length: number },
   what: string,
   maxEntries: number,
   notTar: ImageFailureCode = 'ARCHIVE_NOT_TAR',
-): IndexedMember[] {
-  const members: IndexedMember[] = [];
+): Generator<TarStep, void, Buffer> {
+  let count = 0;
   const limit = range.offset + range.length;
   let pos = range.offset;
   let runStart = -1;
@@ -79,16 +94,18 @@ export function indexTar(
   let pax: Map<string, Buffer> | undefined;
   for (;;) {
     if (pos + BLOCK_SIZE > limit) {
-      if (members.length === 0 && pos === range.offset)
+      if (count === 0 && pos === range.offset)
         throw new ImageError(notTar, `${what} is empty, not a tar`);
       throw new ImageError('ARCHIVE_TRUNCATED', `${what} ends before its end-of-archive marker`);
     }
-    const block = readRange(range.fd, pos, BLOCK_SIZE);
+    const block = yield { read: { offset: pos, length: BLOCK_SIZE } };
+    if (block.length < BLOCK_SIZE)
+      throw new ImageError('ARCHIVE_TRUNCATED', `${what} ends before its end-of-archive marker`);
     // An empty tar (just the end marker) is a valid, empty layer.
-    if (isZeroBlock(block)) return members;
+    if (isZeroBlock(block)) return;
     if (!checksumMatches(block)) {
       throw new ImageError(
-        members.length === 0 && runStart < 0 ? notTar : 'ARCHIVE_MALFORMED',
+        count === 0 && runStart < 0 ? notTar : 'ARCHIVE_MALFORMED',
         `${what}: bad tar header checksum at byte ${pos - range.offset}`,
       );
     }
@@ -106,14 +123,17 @@ export function indexTar(
     ) {
       if (header.size > 8 * 1024 * 1024)
         throw new ImageError('ARCHIVE_MALFORMED', `${what}: an extended header is too large`);
-      const data = readRange(range.fd, dataOffset, header.size);
+      const data =
+        header.size === 0
+          ? Buffer.alloc(0)
+          : yield {
+              read: { offset: dataOffset, length: Math.min(header.size, limit - dataOffset) },
+            };
       if (data.length < header.size)
         throw new ImageError('ARCHIVE_TRUNCATED', `${what}: an extended header is cut short`);
       if (flag === EXT_PAX) pax = parsePaxRecords(data);
-      else if (flag === EXT_GNU_LONGNAME)
-        longName = nameOf(data.subarray(0, data.indexOf(0) < 0 ? data.length : data.indexOf(0)));
-      else if (flag === EXT_GNU_LONGLINK)
-        longLink = nameOf(data.subarray(0, data.indexOf(0) < 0 ? data.length : data.indexOf(0)));
+      else if (flag === EXT_GNU_LONGNAME) longName = cString(data);
+      else if (flag === EXT_GNU_LONGLINK) longLink = cString(data);
       pos = dataOffset + padded(header.size);
       continue;
     }
@@ -124,6 +144,8 @@ export function indexTar(
     const linkname =
       paxLink !== undefined ? nameOf(paxLink) : (longLink ?? nameOf(header.linkname));
     const size = paxSize !== undefined ? Number(paxSize.toString('latin1')) : header.size;
+    if (!Number.isSafeInteger(size) || size < 0)
+      throw new ImageError('ARCHIVE_MALFORMED', `${what}: member ${name} has an invalid size`);
     const type = memberType(flag, name);
     if (typeof type !== 'string')
       throw new ImageError(
@@ -131,16 +153,41 @@ export function indexTar(
         `${what}: member ${name} is ${type.unsupported}`,
       );
     // Data follows the header whatever the type (the unpacker skips it for links and directories).
-    const dataSize = size;
-    const end = dataOffset + padded(dataSize);
+    const end = dataOffset + padded(size);
     if (end > limit)
       throw new ImageError('ARCHIVE_TRUNCATED', `${what}: member ${name} is cut short`);
-    members.push({ name, linkname, type, start: runStart, dataOffset, size: dataSize, end });
-    if (members.length > maxEntries)
+    if (++count > maxEntries)
       throw new ImageError('LIMIT_ENTRY_COUNT', `${what} has more than ${maxEntries} members`);
+    yield { member: { name, linkname, type, start: runStart, dataOffset, size, end } };
     runStart = -1;
     pos = end;
     longName = longLink = undefined;
     pax = undefined;
   }
+}
+
+function cString(data: Buffer): string {
+  const nul = data.indexOf(0);
+  return nameOf(nul < 0 ? data : data.subarray(0, nul));
+}
+
+/** Indexes the tar in `range` of a local file (see walkTar for the reason codes). */
+export function indexTar(
+  range: FileRange,
+  what: string,
+  maxEntries: number,
+  notTar: ImageFailureCode = 'ARCHIVE_NOT_TAR',
+): IndexedMember[] {
+  const members: IndexedMember[] = [];
+  const walk = walkTar(range, what, maxEntries, notTar);
+  for (let step = walk.next(); step.done !== true;) {
+    if ('member' in step.value) {
+      members.push(step.value.member);
+      step = walk.next();
+    } else {
+      const { offset, length } = step.value.read;
+      step = walk.next(readRange(range.fd, offset, length));
+    }
+  }
+  return members;
 }

@@ -22,19 +22,34 @@ export function hashRange(fd: number, offset: number, length: number): string {
 }
 
 export function verifyBlob(fd: number, blob: BlobRef, what: string): void {
-  const { member } = blob;
-  if (blob.size !== undefined && blob.size !== member.size) {
+  checkBlobSize(blob, what);
+  if (blob.sha256 === undefined) return;
+  checkBlobDigest(blob, hashRange(fd, blob.member.dataOffset, blob.member.size), what);
+}
+
+/** verifyBlob for a blob whose bytes are in memory (read by range from S3). */
+export function verifyBlobBytes(bytes: Buffer, blob: BlobRef, what: string): void {
+  checkBlobSize(blob, what);
+  if (blob.sha256 === undefined) return;
+  checkBlobDigest(blob, createHash('sha256').update(bytes).digest('hex'), what);
+}
+
+/** The descriptor's size against the archive member's (no bytes needed). */
+export function checkBlobSize(blob: BlobRef, what: string): void {
+  if (blob.size !== undefined && blob.size !== blob.member.size) {
     throw new ImageError(
       'BLOB_DIGEST_MISMATCH',
-      `${what}: the descriptor says ${blob.size} bytes, the archive member ${member.name} has ${member.size}`,
+      `${what}: the descriptor says ${blob.size} bytes, the archive member ${blob.member.name} has ${blob.member.size}`,
     );
   }
-  if (blob.sha256 === undefined) return;
-  const actual = hashRange(fd, member.dataOffset, member.size);
-  if (actual !== blob.sha256) {
+}
+
+/** The blob's bytes hashed to `actual` (hex): it must be the digest that names it, if any. */
+export function checkBlobDigest(blob: BlobRef, actual: string, what: string): void {
+  if (blob.sha256 !== undefined && actual !== blob.sha256) {
     throw new ImageError(
       'BLOB_DIGEST_MISMATCH',
-      `${what}: member ${member.name} hashes to sha256:${actual}, not sha256:${blob.sha256}`,
+      `${what}: member ${blob.member.name} hashes to sha256:${actual}, not sha256:${blob.sha256}`,
     );
   }
 }

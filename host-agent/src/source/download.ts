@@ -11,6 +11,10 @@
  * resumed with `Range: bytes=<received>-` (of the object, or of its part).
  * The consumer must treat what it has unpacked as untrusted until `result`
  * resolves: the size and checksum verdict comes last.
+ *
+ * With `window`, only bytes [start, end] of the pinned object are fetched
+ * (one layer blob out of an archive), the same way: in parallel parts when
+ * larger than one, hashed in order, every GET pinned and checked.
  */
 import { createHash } from 'node:crypto';
 import type { S3Client } from '@aws-sdk/client-s3';
@@ -31,8 +35,9 @@ import { objectUrl, type ObjectRef } from './object-ref.js';
 import { parallelStream } from './parallel-download.js';
 
 export interface DownloadResult {
-  /** Hex SHA-256 of the bytes yielded. */
+  /** Hex SHA-256 of the bytes yielded (of the window, when one was given). */
   sha256: string;
+  /** Bytes yielded: the object's size, or the window's length. */
   size: number;
   /** How many times the download was resumed after a broken or failed request. */
   resumes: number;
@@ -59,10 +64,23 @@ export interface DownloadOptions {
    * THINRELAY_DOWNLOAD_CONCURRENCY in the agent). 1 = one streamed GET.
    */
   concurrency?: number;
+  /**
+   * Only bytes `start`..`end` (inclusive, 0 ≤ start ≤ end < size) of the
+   * pinned object. The result's sha256 and size are the window's; the S3
+   * full-object checksum can't be checked on part of the object, so the
+   * caller checks the window's digest against what it expects (a layer's).
+   */
+  window?: ByteWindow;
   /** Called after each chunk with the total bytes yielded so far (in order). */
   onBytes?: (total: number) => void;
   signal?: AbortSignal;
   logger?: Logger;
+}
+
+/** Bytes `start`..`end` of an object, both inclusive (as in an HTTP Range). */
+export interface ByteWindow {
+  start: number;
+  end: number;
 }
 
 export interface Download {
@@ -135,6 +153,8 @@ export function downloadObject(
       `downloadObject: concurrency must be a positive integer, got ${concurrency}`,
     );
   }
+  const window = opts.window ?? { start: 0, end: ref.size - 1 };
+  if (opts.window !== undefined) checkWindow(opts.window, ref);
   const log = (opts.logger ?? silentLogger).child({ object: objectUrl(ref) });
   const where = objectUrl(ref);
   const budget = new RetryBudget(
@@ -148,9 +168,9 @@ export function downloadObject(
     log,
     opts.signal,
   );
-  const run: DownloadRun = { client, ref, opts, settle, where, log, budget };
+  const run: DownloadRun = { client, ref, window, opts, settle, where, log, budget };
   const gen =
-    concurrency > 1 && ref.size > partSize
+    concurrency > 1 && window.end - window.start + 1 > partSize
       ? parallelStream(run, { partSize, concurrency })
       : stream(run);
   let iterated = false;
@@ -185,6 +205,8 @@ export interface Settle {
 export interface DownloadRun {
   client: S3Client;
   ref: ObjectRef;
+  /** What to fetch: the whole object ([0, size - 1]) unless a window was given. */
+  window: ByteWindow;
   opts: DownloadOptions;
   settle: Settle;
   /** objectUrl(ref), for messages. */
@@ -193,10 +215,44 @@ export interface DownloadRun {
   budget: RetryBudget;
 }
 
-/** The whole object as one GET, streamed through (resumed from the byte it broke at). */
+function checkWindow(w: ByteWindow, ref: ObjectRef): void {
+  if (
+    !Number.isSafeInteger(w.start) ||
+    !Number.isSafeInteger(w.end) ||
+    w.start < 0 ||
+    w.end < w.start ||
+    w.end >= ref.size
+  ) {
+    throw new RangeError(
+      `downloadObject: window must satisfy 0 <= start <= end < ${ref.size}, got ${w.start}-${w.end}`,
+    );
+  }
+}
+
+/**
+ * The verdict at the end: every byte of the window, and the S3 full-object
+ * SHA-256 when the window is the whole object. Returns the hex digest.
+ */
+export function verifyWindow(run: DownloadRun, received: number, sha256: Buffer): string {
+  const { ref, window, where } = run;
+  if (window.start === 0 && window.end === ref.size - 1) {
+    return verifyDownload(ref, received, sha256, where);
+  }
+  const length = window.end - window.start + 1;
+  if (received !== length) {
+    throw new ImageError(
+      'CHECKSUM_MISMATCH',
+      `download of bytes ${window.start}-${window.end} of ${where} is ${received} bytes, expected ${length}`,
+    );
+  }
+  return sha256.toString('hex');
+}
+
+/** The window as one GET, streamed through (resumed from the byte it broke at). */
 async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undefined> {
-  const { client, ref, opts, settle, where, log, budget } = run;
+  const { client, ref, window, opts, settle, where, log, budget } = run;
   const signal = opts.signal;
+  const length = window.end - window.start + 1;
 
   const hash = createHash('sha256');
   let received = 0;
@@ -208,7 +264,7 @@ async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undef
 
   try {
     checkPinnedSize(ref, where);
-    log.debug('s3 download started', { size: ref.size, eTag: ref.eTag });
+    log.debug('s3 download started', { size: ref.size, eTag: ref.eTag, ...windowOf(run) });
     let done = false;
     while (!done) {
       if (signal?.aborted) throw signal.reason;
@@ -216,7 +272,7 @@ async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undef
       attempt = { controller: new AbortController(), body: undefined };
       let res;
       try {
-        res = await getRange(client, ref, start, ref.size - 1, attempt, where);
+        res = await getRange(client, ref, window.start + start, window.end, attempt, where);
       } catch (err) {
         throw signal?.aborted ? signal.reason : err;
       }
@@ -227,13 +283,16 @@ async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undef
       }
       let skip = res.skip;
       if (res.body === undefined) {
-        if (ref.size === start) {
+        if (length === start) {
           done = true;
           continue;
         }
         throw new ImageError('DOWNLOAD_FAILED', `GetObject ${where} returned no body`);
       }
 
+      // A store that ignored Range sends the whole object: drop what comes
+      // before the window, stop reading at its end.
+      const cut = res.whole && window.end < ref.size - 1;
       const read = { error: null as unknown };
       for await (let chunk of bodyChunks(res.body, read)) {
         if (skip > 0) {
@@ -242,27 +301,33 @@ async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undef
           chunk = chunk.subarray(drop);
           if (chunk.byteLength === 0) continue;
         }
-        if (received + chunk.byteLength > ref.size) {
-          throw objectChanged(where, `sent more than the pinned ${ref.size} bytes`);
+        if (received + chunk.byteLength > length) {
+          if (!cut) {
+            throw objectChanged(where, `sent more than the pinned ${ref.size} bytes`);
+          }
+          chunk = chunk.subarray(0, length - received);
         }
         hash.update(chunk);
         received += chunk.byteLength;
         opts.onBytes?.(received);
         yield chunk;
+        if (cut && received === length) break;
       }
       if (signal?.aborted) throw signal.reason;
-      if (read.error === null && received === ref.size) {
+      if (read.error === null && received === length) {
+        if (cut) destroyAttempt(attempt); // the rest of the object is not ours to read
         done = true;
         continue;
       }
       destroyAttempt(attempt);
+      const at = window.start + received;
       const reason =
         read.error ??
-        new Error(`response body ended early at byte ${received} of ${ref.size} (premature close)`);
-      await budget.failed(reason, position, received > start, received);
+        new Error(`response body ended early at byte ${at} of ${ref.size} (premature close)`);
+      await budget.failed(reason, position, received > start, at);
     }
 
-    const sha256 = verifyDownload(ref, received, hash.digest(), where);
+    const sha256 = verifyWindow(run, received, hash.digest());
     const res: DownloadResult = { sha256, size: received, resumes: budget.resumes };
     log.debug('s3 download finished', { ...res });
     settle.resolve(res);
@@ -274,4 +339,12 @@ async function* stream(run: DownloadRun): AsyncGenerator<Uint8Array, void, undef
     if (attempt) destroyAttempt(attempt);
     settle.abandon(received); // no-op unless the consumer stopped early
   }
+}
+
+/** The window, for log lines, when it is not the whole object. */
+export function windowOf(run: DownloadRun): { window?: string } {
+  const { window, ref } = run;
+  return window.start === 0 && window.end === ref.size - 1
+    ? {}
+    : { window: `${window.start}-${window.end}` };
 }

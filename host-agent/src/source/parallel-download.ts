@@ -1,6 +1,6 @@
 /**
- * The parallel half of downloadObject: the pinned object as consecutive
- * byte ranges (parts), up to `concurrency` ranged GETs in flight, the bytes
+ * The parallel half of downloadObject: the pinned object (or the window of
+ * it asked for) as consecutive byte ranges (parts), up to `concurrency` ranged GETs in flight, the bytes
  * handed to the consumer strictly in order and hashed in order.
  *
  * Memory is bounded: a part is requested only when it is among the
@@ -14,14 +14,13 @@
  */
 import { createHash } from 'node:crypto';
 import { ImageError } from '../errors.js';
-import type { DownloadResult, DownloadRun } from './download.js';
+import { verifyWindow, windowOf, type DownloadResult, type DownloadRun } from './download.js';
 import {
   bodyChunks,
   checkPinnedSize,
   destroyAttempt,
   getRange,
   objectChanged,
-  verifyDownload,
   type Attempt,
 } from './get-range.js';
 
@@ -54,7 +53,7 @@ export async function* parallelStream(
   run: DownloadRun,
   shape: { partSize: number; concurrency: number },
 ): AsyncGenerator<Uint8Array, void, undefined> {
-  const { client, ref, opts, settle, where, log, budget } = run;
+  const { client, ref, window, opts, settle, where, log, budget } = run;
   const { partSize, concurrency } = shape;
   const signal = opts.signal;
   const parts: Part[] = [];
@@ -159,12 +158,13 @@ export async function* parallelStream(
   let received = 0;
   try {
     checkPinnedSize(ref, where);
-    for (let start = 0, i = 0; start < ref.size; start += partSize, i++) {
-      parts.push(new Part(i, start, Math.min(start + partSize, ref.size) - 1));
+    for (let start = window.start, i = 0; start <= window.end; start += partSize, i++) {
+      parts.push(new Part(i, start, Math.min(start + partSize - 1, window.end)));
     }
     log.debug('s3 download started', {
       size: ref.size,
       eTag: ref.eTag,
+      ...windowOf(run),
       parts: parts.length,
       partSize,
       concurrency,
@@ -194,7 +194,7 @@ export async function* parallelStream(
     }
     if (state.failure !== null) throw state.failure.error;
 
-    const sha256 = verifyDownload(ref, received, hash.digest(), where);
+    const sha256 = verifyWindow(run, received, hash.digest());
     const res: DownloadResult = { sha256, size: received, resumes: budget.resumes };
     log.debug('s3 download finished', { ...res, parts: parts.length });
     settle.resolve(res);
