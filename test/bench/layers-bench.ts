@@ -23,7 +23,6 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs';
-import { createServer, Socket, type Server } from 'node:net';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
@@ -183,44 +182,6 @@ function scratchFs(dir: string, kind: PoolFs, name: string, releases: HostReleas
   };
 }
 
-/** A TCP relay that counts the response bytes (HTTP headers included) sent back to its clients. */
-async function startByteCounter(
-  targetPort: number,
-): Promise<{ port: number; bytes(): number; close(): Promise<void> }> {
-  let bytes = 0;
-  const sockets = new Set<Socket>();
-  const server: Server = createServer((client) => {
-    const upstream = new Socket();
-    sockets.add(client).add(upstream);
-    const close = (): void => {
-      client.destroy();
-      upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
-    };
-    client.on('error', close).on('close', close);
-    upstream.on('error', close).on('close', close);
-    upstream.on('data', (d: Buffer) => (bytes += d.length));
-    client.pipe(upstream);
-    upstream.pipe(client);
-    upstream.connect(targetPort, '127.0.0.1');
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const address = server.address();
-  if (address === null || typeof address === 'string') throw new Error('no TCP address');
-  return {
-    port: address.port,
-    bytes: () => bytes,
-    async close() {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
-
 interface LogLine {
   time?: string;
   msg?: string;
@@ -301,10 +262,8 @@ export async function benchLayers(
   try {
     const s3 = await startS3Emulator();
     closers.unshift(() => s3.stop());
-    const counter = await startByteCounter(s3.port);
-    closers.unshift(() => counter.close());
     const proxy = await startLinkProxy({
-      targetPort: counter.port,
+      targetPort: s3.port,
       bytesPerSecond: link.bytesPerSecond,
       latencyMs: link.latencyMs,
     });
@@ -355,10 +314,10 @@ export async function benchLayers(
     ): Promise<{ run: ImageRun; devicePath: string }> => {
       const used0 = fs.usedBytes();
       const status0 = await poolStatusUsed(stateDir);
-      const link0 = counter.bytes();
+      const link0 = proxy.responseBytes;
       sh('sync', []);
       const r = await cli(['process-image', '--s3-key', key, '--state-dir', stateDir, '--json']);
-      const linkBytes = counter.bytes() - link0;
+      const linkBytes = proxy.responseBytes - link0;
       const lines = logLines(r.stderr);
       const run: ImageRun = {
         ms: r.ms,
