@@ -13,7 +13,7 @@
  * mount and filesystem image made here is released on every way out, Ctrl-C
  * included.
  */
-import { execFile, execFileSync, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import {
   createReadStream,
   mkdirSync,
@@ -111,6 +111,22 @@ function median(xs: number[]): number {
 }
 
 const loadAverage = (): number => Number(loadavg()[0]!.toFixed(2));
+
+/** The Debian packages this section drives, installed when missing (as bench.ts does awscli). */
+function installMissingTools(): void {
+  const packageOf: Record<string, string> = {
+    'mkfs.xfs': 'xfsprogs',
+    umoci: 'umoci',
+    skopeo: 'skopeo',
+  };
+  const missing = Object.keys(packageOf).filter(
+    (tool) => spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0,
+  );
+  if (missing.length === 0) return;
+  const packages = missing.map((tool) => packageOf[tool]!);
+  console.error(`installing ${packages.join(', ')} (Debian packages) for the layers section…`);
+  sh('apt-get', ['install', '-y', '-qq', ...packages]);
+}
 
 /** What this section made on the host, released last-made first on every way out. */
 class HostReleases {
@@ -229,6 +245,7 @@ export async function benchLayers(
   baseTar: string,
   reps: number,
 ): Promise<LayersFigures> {
+  installMissingTools();
   const releases = new HostReleases();
   const dir = mkdtempSync(join(work, 'layers-'));
   releases.add(dir, () => rmSync(dir, { recursive: true, force: true }));
