@@ -16,6 +16,8 @@
 import { execFile, execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
 import {
   createReadStream,
+  existsSync,
+  readFileSync,
   mkdirSync,
   mkdtempSync,
   rmSync,
@@ -24,13 +26,15 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { loadavg } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { makeExt4, unpackMountOptions } from '../../host-agent/src/sys/mkfs.js';
 import { cliPath } from '../helpers/cli.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { startLinkProxy } from '../helpers/link-proxy.js';
-import { buildSharedBaseImages } from '../helpers/oci-fixtures.js';
+import { buildSharedBaseImages, type SharedBaseImages } from '../helpers/oci-fixtures.js';
+import { devmapperEnv, releaseDmStateDir } from '../dm/dm-host.js';
 import { s3EnvFor, startS3Emulator } from '../helpers/s3-emulator.js';
 import { compareTrees } from '../helpers/tree-compare.js';
 
@@ -100,8 +104,12 @@ export interface LayersFigures {
   umoci: UmociFigures;
 }
 
-function sh(cmd: string, args: string[]): string {
-  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+function sh(cmd: string, args: string[], env?: Record<string, string>): string {
+  return execFileSync(cmd, args, {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: env === undefined ? process.env : { ...process.env, ...env },
+  });
 }
 
 function median(xs: number[]): number {
@@ -240,40 +248,73 @@ function reportedBytesOf(lines: LogLine[], stdout: string): number | null {
   return found;
 }
 
-export async function benchLayers(
-  work: string,
-  baseTar: string,
-  reps: number,
-): Promise<LayersFigures> {
-  installMissingTools();
-  const releases = new HostReleases();
-  const dir = mkdtempSync(join(work, 'layers-'));
-  releases.add(dir, () => rmSync(dir, { recursive: true, force: true }));
-  // Ctrl-C or SIGTERM: the running child is stopped and no other starts, so the section
-  // fails and every `finally` (this one's releases, then the caller's) runs before the exit.
-  let running: ChildProcess | null = null;
-  let stoppedBy: NodeJS.Signals | null = null;
-  const onSignal = (sig: NodeJS.Signals): void => {
-    stoppedBy = sig;
-    running?.kill('SIGTERM');
+/** Starts child processes so that Ctrl-C or SIGTERM stops the one running and no other starts. */
+class Children {
+  private running: ChildProcess | null = null;
+  private stoppedBy: NodeJS.Signals | null = null;
+  private readonly onSignal = (sig: NodeJS.Signals): void => {
+    this.stoppedBy = sig;
+    this.running?.kill('SIGTERM');
   };
-  process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
-  const run = (
+
+  constructor() {
+    process.on('SIGINT', this.onSignal).on('SIGTERM', this.onSignal);
+  }
+
+  run(
     cmd: string,
     args: string[],
     env: NodeJS.ProcessEnv = process.env,
-  ): Promise<{ ms: number; stdout: string; stderr: string }> => {
-    if (stoppedBy !== null) return Promise.reject(new Error(`stopped by ${stoppedBy}`));
+  ): Promise<{ ms: number; stdout: string; stderr: string }> {
+    if (this.stoppedBy !== null) return Promise.reject(new Error(`stopped by ${this.stoppedBy}`));
     const t0 = performance.now();
     return new Promise((resolve, reject) => {
-      running = execFile(cmd, args, { env, maxBuffer: 256 * MiB }, (err, stdout, stderr) => {
-        running = null;
+      this.running = execFile(cmd, args, { env, maxBuffer: 256 * MiB }, (err, stdout, stderr) => {
+        this.running = null;
         if (err !== null) reject(new Error(`${cmd} ${args.join(' ')}: ${err.message}\n${stderr}`));
         else resolve({ ms: performance.now() - t0, stdout, stderr });
       });
     });
-  };
+  }
 
+  close(): void {
+    process.off('SIGINT', this.onSignal).off('SIGTERM', this.onSignal);
+  }
+}
+
+/** Where the images go: a state dir, the backend settings for it, and how its growth is measured. */
+interface PoolUnderTest {
+  label: string;
+  stateDir: string;
+  /** THINRELAY_BACKEND and the like, for every CLI call on this state dir. */
+  env: Record<string, string>;
+  usedBytes(): Promise<number>;
+}
+
+/** The archives in the S3 emulator behind the link proxy, and the CLI pointed at them. */
+interface Stage {
+  images: SharedBaseImages;
+  children: Children;
+  releases: HostReleases;
+  keyOf(format: ArchiveFormat, name: 'a' | 'b'): string;
+  fileOf(format: ArchiveFormat, name: 'a' | 'b'): string;
+  cli(args: string[], env?: Record<string, string>): Promise<{ ms: number; stdout: string }>;
+  processImage(pool: PoolUnderTest, name: 'a' | 'b', format: ArchiveFormat): Promise<ImageRun>;
+  /** The device path of the last image processed in each pool. */
+  lastDevice: Map<PoolUnderTest, string>;
+}
+
+/**
+ * Runs `fn` with the images uploaded (in `formats`) to an S3 emulator behind
+ * the link proxy; every server, child and host object is released afterwards.
+ */
+async function withStage<T>(
+  images: SharedBaseImages,
+  formats: ArchiveFormat[],
+  fn: (stage: Stage) => Promise<T>,
+): Promise<T> {
+  const releases = new HostReleases();
+  const children = new Children();
   /** Servers in this process, closed (newest first) before the host releases. */
   const closers: (() => Promise<void>)[] = [];
   try {
@@ -294,18 +335,14 @@ export async function benchLayers(
       THINRELAY_RESERVE_BYTES: '0',
       THINRELAY_LOG_LEVEL: 'info',
     };
-    const cli = (args: string[]): Promise<{ ms: number; stdout: string; stderr: string }> =>
-      run(process.execPath, [cliPath, ...args], env);
-    console.error('layers: building two images on the 200 MiB base with umoci and skopeo…');
-    const images = await buildSharedBaseImages(mkdtempSync(join(dir, 'images-')), baseTar);
-    await s3.createBucket(bucket);
     const keyOf = (format: ArchiveFormat, name: 'a' | 'b'): string =>
       `images/app-${name}.${format === 'docker-archive' ? 'docker' : 'oci'}.tar`;
     const fileOf = (format: ArchiveFormat, name: 'a' | 'b'): string =>
       format === 'docker-archive'
         ? images.archives[name].dockerArchive
         : images.archives[name].ociArchive;
-    for (const format of ['docker-archive', 'oci-archive'] as const) {
+    await s3.createBucket(bucket);
+    for (const format of formats) {
       for (const name of ['a', 'b'] as const) {
         const file = fileOf(format, name);
         await s3.client.send(
@@ -318,188 +355,296 @@ export async function benchLayers(
         );
       }
     }
-
-    const poolStatusUsed = async (stateDir: string): Promise<number> => {
-      const { stdout } = await cli(['pool', 'status', '--state-dir', stateDir, '--json']);
+    const cli = (
+      args: string[],
+      extra: Record<string, string> = {},
+    ): Promise<{ ms: number; stdout: string; stderr: string }> =>
+      children.run(process.execPath, [cliPath, ...args], { ...env, ...extra });
+    const poolStatusUsed = async (pool: PoolUnderTest): Promise<number> => {
+      const { stdout } = await cli(
+        ['pool', 'status', '--state-dir', pool.stateDir, '--json'],
+        pool.env,
+      );
       return (JSON.parse(stdout) as { dataUsedBytes: number }).dataUsedBytes;
     };
-    /** process-image of one key in `stateDir`, with what it cost the pool and the link. */
-    const processImage = async (
-      fs: ScratchFs,
-      stateDir: string,
-      key: string,
-    ): Promise<{ run: ImageRun; devicePath: string }> => {
-      const used0 = fs.usedBytes();
-      const status0 = await poolStatusUsed(stateDir);
-      const link0 = proxy.responseBytes;
-      sh('sync', []);
-      const r = await cli(['process-image', '--s3-key', key, '--state-dir', stateDir, '--json']);
-      const linkBytes = proxy.responseBytes - link0;
-      const lines = logLines(r.stderr);
-      const run: ImageRun = {
-        ms: r.ms,
-        poolGrowthBytes: fs.usedBytes() - used0,
-        poolStatusGrowthBytes: (await poolStatusUsed(stateDir)) - status0,
-        linkBytes,
-        reportedBytes: reportedBytesOf(lines, r.stdout),
-        stepsMs: stepsMsOf(lines),
-      };
-      console.error(`  ${key} on ${fs.mnt}: ${JSON.stringify(run)}`);
-      return { run, devicePath: (JSON.parse(r.stdout) as { devicePath: string }).devicePath };
-    };
-
-    /** mkfs + mount a fresh ext4 in `fs`, `umoci raw unpack` the image, flush, umount: ms. */
-    const umociUnpack = async (fs: ScratchFs, tag: string, keepTree: string | null) => {
-      sh('sync', []);
-      const file = join(fs.mnt, `umoci-${tag}.img`);
-      const mnt = join(fs.mnt, `umoci-${tag}`);
-      const t0 = performance.now();
-      writeFileSync(file, '');
-      sh('truncate', ['-s', String(umociVolumeBytes), file]);
-      await makeExt4(file);
-      const dev = sh('losetup', ['--find', '--show', file]).trim();
-      const detach = releases.add(dev, () => sh('losetup', ['-d', dev]));
-      mkdirSync(mnt);
-      sh('mount', ['-t', 'ext4', '-o', unpackMountOptions.join(','), dev, mnt]);
-      const unmount = releases.add(mnt, () => sh('umount', [mnt]));
-      // umoci unpacks into a directory it may create; lost+found sits beside it.
-      await run('umoci', ['raw', 'unpack', '--image', `${images.layout}:${tag}`, join(mnt, 'r')]);
-      sh('sync', ['--file-system', mnt]);
-      unmount();
-      const ms = performance.now() - t0;
-      if (keepTree !== null) {
-        sh('mount', ['-o', 'ro', dev, keepTree]);
-        releases.add(keepTree, () => sh('umount', [keepTree]));
-      }
-      if (keepTree === null) {
-        detach();
-        rmSync(file);
-      }
-      return ms;
-    };
-
-    const pairs: ImagePairFigures[] = [];
-    let umoci: UmociFigures | null = null;
-    const passes: { pool: PoolFs; format: ArchiveFormat; versusUmoci: boolean }[] = [
-      { pool: 'xfs', format: 'docker-archive', versusUmoci: false },
-      { pool: 'ext4', format: 'docker-archive', versusUmoci: false },
-      { pool: 'xfs', format: 'oci-archive', versusUmoci: true },
-    ];
-    for (const pass of passes) {
-      const load0 = loadAverage();
-      const runs: { first: ImageRun; second: ImageRun }[] = [];
-      const umociRuns: number[] = [];
-      let identical = { first: false, second: false };
-      let differences: string[] = [];
-      for (let i = 0; i < reps; i++) {
-        const mark = releases.mark();
-        try {
-          const fs = scratchFs(dir, pass.pool, `${pass.pool}-${pass.format}-${i}`, releases);
-          const stateDir = join(fs.mnt, 'state');
-          mkdirSync(stateDir);
-          const releaseState = releases.add(stateDir, () => {
-            sh(process.execPath, [cliPath, 'pool', 'destroy', '--force', '--state-dir', stateDir]);
-            releaseStateDir(stateDir);
-          });
-          const umociFirst = pass.versusUmoci && i % 2 === 1;
-          if (umociFirst) umociRuns.push(await umociUnpack(fs, 'a', null));
-          const first = await processImage(fs, stateDir, keyOf(pass.format, 'a'));
-          const second = await processImage(fs, stateDir, keyOf(pass.format, 'b'));
-          runs.push({ first: first.run, second: second.run });
-          if (pass.versusUmoci && !umociFirst) {
-            // Last rep: keep umoci's tree mounted to compare both results with.
-            const last = i === reps - 1;
-            const refA = join(fs.mnt, 'ref-a');
-            if (last) mkdirSync(refA);
-            umociRuns.push(await umociUnpack(fs, 'a', last ? refA : null));
-            if (last)
-              ({ identical, differences } = await compareWithUmoci(fs, refA, first, second));
-          }
-          releaseState();
-        } finally {
-          releases.releaseAfter(mark);
-        }
-      }
-      const first = medianRun(runs.map((r) => r.first));
-      const second = medianRun(runs.map((r) => r.second));
-      const archiveBytes = {
-        first: statSync(fileOf(pass.format, 'a')).size,
-        second: statSync(fileOf(pass.format, 'b')).size,
-      };
-      pairs.push({
-        pool: pass.pool === 'xfs' ? 'loop on xfs (reflink)' : 'loop on ext4 (no reflink)',
-        format: pass.format,
-        archiveBytes,
-        first,
-        second,
-        runs,
-        timeRatio: second.ms / first.ms,
-        spaceRatio: second.poolGrowthBytes / first.poolGrowthBytes,
-        downloadRatio: second.linkBytes / archiveBytes.second,
-        loadAverage: [load0, loadAverage()],
-      });
-      console.error(`layers: ${JSON.stringify({ ...pairs.at(-1), runs: undefined })}`);
-      if (pass.versusUmoci) {
-        const umociMs = median(umociRuns);
-        const unpackStep = first.stepsMs.unpack ?? null;
-        umoci = {
-          format: pass.format,
-          thinrelayMs: first.ms,
-          umociMs,
-          ratio: first.ms / umociMs,
-          thinrelayUnpackStepMs: unpackStep,
-          unpackStepRatio: unpackStep === null ? null : unpackStep / umociMs,
-          loadAverage: [load0, loadAverage()],
-          identicalToUmoci: identical,
-          differences: differences.slice(0, 20),
+    const lastDevice = new Map<PoolUnderTest, string>();
+    const stage: Stage = {
+      images,
+      children,
+      releases,
+      keyOf,
+      fileOf,
+      cli,
+      lastDevice,
+      async processImage(pool, name, format) {
+        const key = keyOf(format, name);
+        const used0 = await pool.usedBytes();
+        const status0 = await poolStatusUsed(pool);
+        const link0 = proxy.responseBytes;
+        sh('sync', []);
+        const r = await cli(
+          ['process-image', '--s3-key', key, '--state-dir', pool.stateDir, '--json'],
+          pool.env,
+        );
+        const linkBytes = proxy.responseBytes - link0;
+        const lines = logLines(r.stderr);
+        const run: ImageRun = {
+          ms: r.ms,
+          poolGrowthBytes: (await pool.usedBytes()) - used0,
+          poolStatusGrowthBytes: (await poolStatusUsed(pool)) - status0,
+          linkBytes,
+          reportedBytes: reportedBytesOf(lines, r.stdout),
+          stepsMs: stepsMsOf(lines),
         };
-      }
-    }
-    return {
-      link: link.name,
-      base: { tarBytes: statSync(baseTar).size },
-      appLayerTarBytes: images.appLayerTarBytes,
-      pairs,
-      umoci: umoci!,
+        lastDevice.set(pool, (JSON.parse(r.stdout) as { devicePath: string }).devicePath);
+        console.error(`  ${key}, ${pool.label}: ${JSON.stringify(run)}`);
+        return run;
+      },
     };
-
-    /** Mounts both thinrelay devices read-only and compares them with umoci's trees of a and b. */
-    async function compareWithUmoci(
-      fs: ScratchFs,
-      refA: string,
-      first: { devicePath: string },
-      second: { devicePath: string },
-    ): Promise<{ identical: { first: boolean; second: boolean }; differences: string[] }> {
-      const refB = join(fs.mnt, 'ref-b');
-      await run('umoci', ['raw', 'unpack', '--image', `${images.layout}:b`, refB]);
-      const diffs: string[] = [];
-      const identical = { first: true, second: true };
-      for (const [which, device, ref] of [
-        ['first', first.devicePath, join(refA, 'r')],
-        ['second', second.devicePath, refB],
-      ] as const) {
-        const mnt = join(fs.mnt, `probe-${which}`);
-        mkdirSync(mnt);
-        sh('mount', ['-o', 'ro', device, mnt]);
-        const unmount = releases.add(mnt, () => sh('umount', [mnt]));
-        try {
-          const d = await compareTrees(ref, mnt, {
-            skip: (rel) => rel === 'lost+found',
-            ignoreMtime: (rel) => rel === '.',
-          });
-          identical[which] = d.length === 0;
-          diffs.push(...d.map((x) => `${which}: ${x}`));
-        } finally {
-          unmount();
-        }
-      }
-      return { identical, differences: diffs };
-    }
+    return await fn(stage);
   } finally {
-    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+    children.close();
     for (const close of closers) await close().catch(() => undefined);
     releases.releaseAfter();
   }
+}
+
+/** A fresh xfs or ext4 image as the loop pool's filesystem: growth is its statfs. */
+function loopPoolOn(
+  dir: string,
+  kind: PoolFs,
+  name: string,
+  releases: HostReleases,
+): PoolUnderTest {
+  const fs = scratchFs(dir, kind, name, releases);
+  const stateDir = join(fs.mnt, 'state');
+  mkdirSync(stateDir);
+  releases.add(stateDir, () => {
+    sh(process.execPath, [cliPath, 'pool', 'destroy', '--force', '--state-dir', stateDir]);
+    releaseStateDir(stateDir);
+  });
+  return {
+    label: kind === 'xfs' ? 'loop on xfs (reflink)' : 'loop on ext4 (no reflink)',
+    stateDir,
+    env: { THINRELAY_BACKEND: 'loop' },
+    usedBytes: () => Promise.resolve(fs.usedBytes()),
+  };
+}
+
+/** A fresh thin pool (loop-backed, made by `pool create`): growth is its used data blocks. */
+async function thinPool(stage: Stage, dir: string): Promise<PoolUnderTest> {
+  const stateDir = mkdtempSync(join(dir, 'state-dm-'));
+  const env = devmapperEnv(stateDir);
+  stage.releases.add(stateDir, () => {
+    try {
+      sh(process.execPath, [cliPath, 'pool', 'destroy', '--force'], env);
+    } finally {
+      releaseDmStateDir(stateDir);
+    }
+  });
+  await stage.cli(['pool', 'create', '--size', '2G'], env);
+  const pool: PoolUnderTest = {
+    label: 'devmapper thin pool',
+    stateDir,
+    env,
+    async usedBytes() {
+      const { stdout } = await stage.cli(['pool', 'status', '--json'], env);
+      return (JSON.parse(stdout) as { dataUsedBytes: number }).dataUsedBytes;
+    },
+  };
+  return pool;
+}
+
+/** Image a then image b into a fresh pool, `reps` times; `each` runs after both, pool still there. */
+async function pairOn(
+  stage: Stage,
+  format: ArchiveFormat,
+  reps: number,
+  freshPool: (rep: number) => Promise<PoolUnderTest>,
+  each: (
+    rep: number,
+    pool: PoolUnderTest,
+    devices: { a: string; b: string },
+  ) => Promise<void> = () => Promise.resolve(),
+): Promise<ImagePairFigures> {
+  const load0 = loadAverage();
+  const runs: { first: ImageRun; second: ImageRun }[] = [];
+  let label = '';
+  for (let i = 0; i < reps; i++) {
+    const mark = stage.releases.mark();
+    try {
+      const pool = await freshPool(i);
+      label = pool.label;
+      const first = await stage.processImage(pool, 'a', format);
+      const a = stage.lastDevice.get(pool)!;
+      const second = await stage.processImage(pool, 'b', format);
+      runs.push({ first, second });
+      await each(i, pool, { a, b: stage.lastDevice.get(pool)! });
+    } finally {
+      stage.releases.releaseAfter(mark);
+    }
+  }
+  const first = medianRun(runs.map((r) => r.first));
+  const second = medianRun(runs.map((r) => r.second));
+  const archiveBytes = {
+    first: statSync(stage.fileOf(format, 'a')).size,
+    second: statSync(stage.fileOf(format, 'b')).size,
+  };
+  const figures: ImagePairFigures = {
+    pool: label,
+    format,
+    archiveBytes,
+    first,
+    second,
+    runs,
+    timeRatio: second.ms / first.ms,
+    spaceRatio: second.poolGrowthBytes / first.poolGrowthBytes,
+    downloadRatio: second.linkBytes / archiveBytes.second,
+    loadAverage: [load0, loadAverage()],
+  };
+  console.error(`layers: ${JSON.stringify({ ...figures, runs: undefined })}`);
+  return figures;
+}
+
+/** The `layers` section of npm run bench: loop pools on xfs and ext4, and umoci side by side. */
+export async function benchLayers(
+  work: string,
+  baseTar: string,
+  reps: number,
+): Promise<LayersFigures> {
+  installMissingTools();
+  const dir = mkdtempSync(join(work, 'layers-'));
+  try {
+    console.error('layers: building two images on the 200 MiB base with umoci and skopeo…');
+    const images = await buildSharedBaseImages(mkdtempSync(join(dir, 'images-')), baseTar);
+    return await withStage(images, ['docker-archive', 'oci-archive'], async (stage) => {
+      const onLoop = (kind: PoolFs, format: ArchiveFormat) => (rep: number) =>
+        Promise.resolve(loopPoolOn(dir, kind, `${kind}-${format}-${rep}`, stage.releases));
+      const pairs = [
+        await pairOn(stage, 'docker-archive', reps, onLoop('xfs', 'docker-archive')),
+        await pairOn(stage, 'docker-archive', reps, onLoop('ext4', 'docker-archive')),
+      ];
+      // The oci-archive pair, with umoci's unpack of image a beside it, alternating.
+      const umociRuns: number[] = [];
+      let compared: { identical: { first: boolean; second: boolean }; differences: string[] } = {
+        identical: { first: false, second: false },
+        differences: ['not compared'],
+      };
+      const load0 = loadAverage();
+      const oci = await pairOn(
+        stage,
+        'oci-archive',
+        reps,
+        async (rep) => {
+          const pool = await onLoop('xfs', 'oci-archive')(rep);
+          if (rep % 2 === 1) umociRuns.push(await umociUnpack(stage, pool, null));
+          return pool;
+        },
+        async (rep, pool, devices) => {
+          const last = rep === reps - 1;
+          const refA = last ? mkdtempSync(join(dir, 'ref-a-')) : null;
+          if (rep % 2 === 0) umociRuns.push(await umociUnpack(stage, pool, refA));
+          else if (refA !== null) await umociUnpack(stage, pool, refA);
+          if (refA !== null)
+            compared = await compareWithUmoci(stage, dir, join(refA, 'r'), devices);
+        },
+      );
+      pairs.push(oci);
+      const umociMs = median(umociRuns);
+      const unpackStep = oci.first.stepsMs.unpack ?? null;
+      return {
+        link: link.name,
+        base: { tarBytes: statSync(baseTar).size },
+        appLayerTarBytes: images.appLayerTarBytes,
+        pairs,
+        umoci: {
+          format: 'oci-archive',
+          thinrelayMs: oci.first.ms,
+          umociMs,
+          ratio: oci.first.ms / umociMs,
+          thinrelayUnpackStepMs: unpackStep,
+          unpackStepRatio: unpackStep === null ? null : unpackStep / umociMs,
+          loadAverage: [load0, loadAverage()],
+          identicalToUmoci: compared.identical,
+          differences: compared.differences.slice(0, 20),
+        },
+      };
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * mkfs + mount a fresh ext4 volume file beside `pool`'s state dir (the same
+ * filesystem as thinrelay's volumes), `umoci raw unpack` image a into it,
+ * flush, umount: the ms that took. With `keepAt`, the volume is then mounted
+ * read-only there. Released with the stage's next release back to a mark.
+ */
+async function umociUnpack(
+  stage: Stage,
+  pool: PoolUnderTest,
+  keepAt: string | null,
+): Promise<number> {
+  const { releases } = stage;
+  sh('sync', []);
+  const file = join(dirname(pool.stateDir), `umoci-${process.hrtime.bigint()}.img`);
+  const mnt = `${file}.mnt`;
+  releases.add(file, () => rmSync(file, { force: true }));
+  const t0 = performance.now();
+  writeFileSync(file, '');
+  sh('truncate', ['-s', String(umociVolumeBytes), file]);
+  await makeExt4(file);
+  const dev = sh('losetup', ['--find', '--show', file]).trim();
+  releases.add(dev, () => sh('losetup', ['-d', dev]));
+  releases.add(mnt, () => rmSync(mnt, { recursive: true, force: true }));
+  mkdirSync(mnt);
+  sh('mount', ['-t', 'ext4', '-o', unpackMountOptions.join(','), dev, mnt]);
+  const unmount = releases.add(`mount ${mnt}`, () => sh('umount', [mnt]));
+  // umoci unpacks into a directory of its own; lost+found sits beside it.
+  const image = `${stage.images.layout}:a`;
+  await stage.children.run('umoci', ['raw', 'unpack', '--image', image, join(mnt, 'r')]);
+  sh('sync', ['--file-system', mnt]);
+  unmount();
+  const ms = performance.now() - t0;
+  if (keepAt !== null) {
+    sh('mount', ['-o', 'ro', dev, keepAt]);
+    releases.add(`mount ${keepAt}`, () => sh('umount', [keepAt]));
+  }
+  return ms;
+}
+
+/** Both thinrelay devices mounted read-only, compared with umoci's trees of images a and b. */
+async function compareWithUmoci(
+  stage: Stage,
+  dir: string,
+  refA: string,
+  devices: { a: string; b: string },
+): Promise<{ identical: { first: boolean; second: boolean }; differences: string[] }> {
+  const refB = join(mkdtempSync(join(dir, 'ref-b-')), 'r');
+  const image = `${stage.images.layout}:b`;
+  await stage.children.run('umoci', ['raw', 'unpack', '--image', image, refB]);
+  const differences: string[] = [];
+  const identical = { first: true, second: true };
+  for (const [which, device, ref] of [
+    ['first', devices.a, refA],
+    ['second', devices.b, refB],
+  ] as const) {
+    const mnt = mkdtempSync(join(dir, `probe-${which}-`));
+    sh('mount', ['-o', 'ro', device, mnt]);
+    const unmount = stage.releases.add(`mount ${mnt}`, () => sh('umount', [mnt]));
+    try {
+      const d = await compareTrees(ref, mnt, {
+        skip: (rel) => rel === 'lost+found',
+        ignoreMtime: (rel) => rel === '.',
+      });
+      identical[which] = d.length === 0;
+      differences.push(...d.map((x) => `${which}: ${x}`));
+    } finally {
+      unmount();
+    }
+  }
+  return { identical, differences };
 }
 
 /** The run of median time, with its own pool and link figures (one run, not a mix of runs). */
@@ -508,52 +653,139 @@ function medianRun(runs: ImageRun[]): ImageRun {
   return [...runs].sort((a, b) => Math.abs(a.ms - ms) - Math.abs(b.ms - ms))[0]!;
 }
 
-export function layersRows(f: LayersFigures): [string, string, string, string, string][] {
-  const s = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
-  const m = (b: number): string => `${(b / MiB).toFixed(1)} MiB`;
-  const rows: [string, string, string, string, string][] = [];
-  for (const p of f.pairs) {
-    const load = `load ${p.loadAverage.join('→')}`;
-    rows.push(
-      [
-        `second image's process-image, ${p.format}, ${p.pool} (${load})`,
-        `second ${s(p.second.ms)}`,
-        `first ${s(p.first.ms)}`,
-        p.timeRatio.toFixed(2),
-        '≤ 0.1',
-      ],
-      [
-        `second image's pool growth (filesystem blocks), ${p.format}, ${p.pool}`,
-        `second ${m(p.second.poolGrowthBytes)}`,
-        `first ${m(p.first.poolGrowthBytes)}`,
-        p.spaceRatio.toFixed(2),
-        '≤ 0.1',
-      ],
-      [
-        `bytes fetched for the second image (link count; agent: ${p.second.reportedBytes === null ? 'not reported' : m(p.second.reportedBytes)}), ${p.format}`,
-        m(p.second.linkBytes),
-        `archive ${m(p.archiveBytes.second)}`,
-        p.downloadRatio.toFixed(3),
-        '—',
-      ],
-    );
-  }
+type Row = [string, string, string, string, string];
+
+const seconds = (ms: number): string => `${(ms / 1000).toFixed(2)} s`;
+const mebibytes = (b: number): string => `${(b / MiB).toFixed(1)} MiB`;
+
+function pairRows(p: ImagePairFigures): Row[] {
+  const load = `load ${p.loadAverage.join('→')}`;
+  const reported =
+    p.second.reportedBytes === null ? 'not reported' : mebibytes(p.second.reportedBytes);
+  return [
+    [
+      `second image's process-image, ${p.format}, ${p.pool} (${load})`,
+      `second ${seconds(p.second.ms)}`,
+      `first ${seconds(p.first.ms)}`,
+      p.timeRatio.toFixed(2),
+      '≤ 0.1',
+    ],
+    [
+      `second image's pool growth, ${p.format}, ${p.pool}`,
+      `second ${mebibytes(p.second.poolGrowthBytes)}`,
+      `first ${mebibytes(p.first.poolGrowthBytes)}`,
+      p.spaceRatio.toFixed(2),
+      '≤ 0.1',
+    ],
+    [
+      `bytes fetched for the second image (link count; agent: ${reported}), ${p.format}`,
+      mebibytes(p.second.linkBytes),
+      `archive ${mebibytes(p.archiveBytes.second)}`,
+      p.downloadRatio.toFixed(3),
+      '—',
+    ],
+  ];
+}
+
+export function layersRows(f: LayersFigures): Row[] {
   const u = f.umoci;
-  rows.push(
+  return [
+    ...f.pairs.flatMap(pairRows),
     [
       `process-image of one image (${u.format}), whole process (load ${u.loadAverage.join('→')})`,
-      s(u.thinrelayMs),
-      `umoci raw unpack into fresh ext4, flush ${s(u.umociMs)}`,
+      seconds(u.thinrelayMs),
+      `umoci raw unpack into fresh ext4, flush ${seconds(u.umociMs)}`,
       u.ratio.toFixed(2),
       '—',
     ],
     [
-      'the same, the agent’s unpack step alone (download, verify, unpack)',
-      u.thinrelayUnpackStepMs === null ? 'not logged' : s(u.thinrelayUnpackStepMs),
-      s(u.umociMs),
+      'the same, the agent’s unpack step (download, verify, unpack)',
+      u.thinrelayUnpackStepMs === null ? 'not logged' : seconds(u.thinrelayUnpackStepMs),
+      seconds(u.umociMs),
       u.unpackStepRatio === null ? '—' : u.unpackStepRatio.toFixed(2),
       '—',
     ],
-  );
-  return rows;
+    [
+      'both results identical to umoci raw unpack of the same image',
+      String(u.identicalToUmoci.first && u.identicalToUmoci.second),
+      '',
+      '',
+      'true',
+    ],
+  ];
+}
+
+/** What the guest run writes: the thin-pool pair and what the guest and host were. */
+interface ThinPoolFigures {
+  vm: string;
+  host: string;
+  pair: ImagePairFigures;
+}
+
+/** Inside a guest with device-mapper: the docker-archive pair on a fresh thin pool. */
+async function benchThinPoolInGuest(imagesJson: string, out: string, reps: number): Promise<void> {
+  const images = JSON.parse(readFileSync(imagesJson, 'utf8')) as SharedBaseImages;
+  // The guest's tmpfs, as dm-bench's pools: what differs is the kernel's work, not a disk.
+  const dir = mkdtempSync('/dev/shm/thinrelay-layers-dm-');
+  try {
+    const pair = await withStage(images, ['docker-archive'], (stage) =>
+      pairOn(stage, 'docker-archive', reps, () => thinPool(stage, dir)),
+    );
+    const figures: ThinPoolFigures = {
+      vm: process.env.THINRELAY_DM_VM_DESC ?? 'unknown',
+      host: process.env.THINRELAY_DM_HOST_DESC ?? 'unknown',
+      pair,
+    };
+    writeFileSync(out, JSON.stringify(figures));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `node dist/test/bench/layers-bench.js --devmapper` (as root, after `npm run
+ * build`): builds the two images here, then runs the pair on a thin pool in a
+ * User-Mode Linux guest (scripts/test-dm/run.sh --exec), which reads them from
+ * the host's root; prints the guest's figures and rows.
+ */
+async function benchThinPool(): Promise<void> {
+  const cacheDir = process.env.THINRELAY_BENCH_CACHE ?? '/var/cache/thinrelay-bench';
+  const baseTar = join(cacheDir, 'bookworm-minbase.tar');
+  if (!existsSync(baseTar)) throw new Error(`${baseTar} is missing: npm run bench builds it`);
+  installMissingTools();
+  const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+  const dir = mkdtempSync(join(cacheDir, 'layers-dm-'));
+  try {
+    const images = await buildSharedBaseImages(dir, baseTar);
+    const imagesJson = join(dir, 'images.json');
+    writeFileSync(imagesJson, JSON.stringify(images));
+    // The work tree is writable in the guest.
+    const out = join(repoRoot, 'dist', 'test-dm', 'layers-thin-pool.json');
+    mkdirSync(dirname(out), { recursive: true });
+    rmSync(out, { force: true });
+    const guest = `node dist/test/bench/layers-bench.js --in-guest ${imagesJson} ${out}`;
+    const r = spawnSync('bash', [join(repoRoot, 'scripts/test-dm/run.sh'), '--exec', guest], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+      // Two 206 MiB archives in the guest's emulator, the pool and a spool: all in guest RAM.
+      env: { ...process.env, THINRELAY_DM_VM_MEM: process.env.THINRELAY_DM_VM_MEM ?? '3072' },
+    });
+    if (r.status !== 0) throw new Error(`the guest run failed (exit ${r.status})`);
+    const figures = JSON.parse(readFileSync(out, 'utf8')) as ThinPoolFigures;
+    console.log(JSON.stringify(figures));
+    console.log(`\nguest: ${figures.vm}\nhost: ${figures.host}\n`);
+    console.log('| measure | thinrelay | versus | ratio | target |\n|---|---|---|---|---|');
+    for (const row of pairRows(figures.pair)) console.log(`| ${row.join(' | ')} |`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const reps = Number(process.env.THINRELAY_BENCH_REPS ?? '1');
+  const [mode, imagesJson, out] = process.argv.slice(2);
+  if (process.getuid?.() !== 0) throw new Error('layers-bench needs root');
+  if (mode === '--devmapper') await benchThinPool();
+  else if (mode === '--in-guest' && imagesJson !== undefined && out !== undefined)
+    await benchThinPoolInGuest(imagesJson, out, reps);
+  else throw new Error('usage: layers-bench.js --devmapper (the guest runs --in-guest IMAGES OUT)');
 }
