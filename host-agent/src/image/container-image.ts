@@ -1,16 +1,17 @@
 /**
- * A container image archive (OCI layout or `docker save`) made into one tar
- * stream for the unpacker: spool, index, read the manifest, verify every
- * blob and layer digest, work out the flattened tree of the layers, then
- * stream the surviving members' bytes. Nothing is written to the volume
- * until every check has passed.
+ * A spooled container image archive (OCI layout or `docker save`), read and
+ * checked whole before any layer is applied: index, read the manifest,
+ * verify every blob and layer digest, and run the layers through the layer
+ * tree (hostile whiteouts and cross-layer symlink escapes are refused here,
+ * before the pool is touched). Then each layer's plain tar is read from the
+ * spool on its own, to be applied on top of the layers below it.
  */
 import { Readable } from 'node:stream';
 import { ImageError, isThinrelayError } from '../errors.js';
 import type { ImageLimits } from '../limits.js';
 import { compressionOf, decompress, type ImageCompression } from './compression.js';
 import { parseImageConfig, type RunConfig } from './image-config.js';
-import { LayerTree, type LayerInput, type TreeNode } from './layer-tree.js';
+import { LayerTree, type LayerInput } from './layer-tree.js';
 import { ArchiveMembers, readImagePlan, type BlobRef, type ImageLayout } from './manifest.js';
 import type { SpoolDir } from './spool.js';
 import { indexTar, readRange, type IndexedMember } from './tar-index.js';
@@ -20,11 +21,12 @@ export interface ContainerImage {
   layout: ImageLayout;
   chosen: string;
   config: RunConfig;
+  /** diffId: hex sha256 of the uncompressed layer (verified against the config). */
   layers: { diffId: string; compression: ImageCompression; size: number }[];
   whiteouts: number;
   spooledBytes: number;
-  /** The flattened image as one tar (end marker included). */
-  tar(): AsyncIterable<Buffer>;
+  /** Layer n's plain tar (0-based), read from the spool. */
+  layerTar(index: number): AsyncIterable<Buffer>;
 }
 
 const MAX_JSON_BYTES = 4 * 1024 * 1024;
@@ -109,14 +111,6 @@ async function layerTar(
   }
 }
 
-function* mergedTar(nodes: TreeNode[]): Generator<Buffer> {
-  for (const node of nodes) {
-    const { start, end } = node.member;
-    yield* rangeOf(node.fd, start, end - start);
-  }
-  yield Buffer.alloc(1024);
-}
-
 /** Reads, verifies and flattens the spooled archive at `fd`. */
 export async function openContainerImage(
   spool: SpoolDir,
@@ -140,6 +134,7 @@ export async function openContainerImage(
   refuseRepeatedBlobs(plan.layers);
   const tree = new LayerTree(limits);
   const layers: ContainerImage['layers'] = [];
+  const ranges: { fd: number; offset: number; length: number }[] = [];
   let entries = 0;
   for (const [i, blob] of plan.layers.entries()) {
     const n = i + 1;
@@ -156,8 +151,8 @@ export async function openContainerImage(
     const input: LayerInput = { fd: layer.input.fd, members: indexed };
     tree.apply(n, input);
     layers.push({ diffId: layer.sha256, compression: layer.compression, size: blob.member.size });
+    ranges.push(layer.input);
   }
-  const nodes = tree.ordered();
   return {
     layout: plan.layout,
     chosen: plan.chosen,
@@ -165,7 +160,12 @@ export async function openContainerImage(
     layers,
     whiteouts: tree.whiteouts,
     spooledBytes: archive.size,
-    // A stream, so reads of the spool interleave with the unpacker's writes.
-    tar: () => Readable.from(mergedTar(nodes), { objectMode: true }) as AsyncIterable<Buffer>,
+    // A stream, so reads of the spool interleave with the layer's writes.
+    layerTar: (i) => {
+      const r = ranges[i]!;
+      return Readable.from(rangeOf(r.fd, r.offset, r.length), {
+        objectMode: true,
+      }) as AsyncIterable<Buffer>;
+    },
   };
 }

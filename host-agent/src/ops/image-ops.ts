@@ -25,10 +25,13 @@ export function findImage(deps: Pick<PipelineDeps, 'store'>, ref: string): Image
 
 /**
  * A container image's recorded format, layers and run config (Entrypoint,
- * Cmd, Env, ...), as the unpack step stored it with the content; null for a
+ * Cmd, Env, ...), as the unpack step stored it with the image; null for a
  * flat rootfs tar or content not unpacked yet.
  */
 export function containerConfigOf(deps: Pick<PipelineDeps, 'store'>, image: ImageRow): unknown {
+  const own = deps.store.images.configJson(image.id);
+  if (own !== null) return JSON.parse(own) as unknown;
+  // Written by a version before layers: kept with the content.
   for (const id of deps.store.images.blobIds(image.id)) {
     const json = deps.store.blobs.get(id)?.image_config;
     if (json !== undefined && json !== null) return JSON.parse(json) as unknown;
@@ -66,7 +69,7 @@ export async function activateImage(
       'run `thinrelay process-image` for it first',
     );
   }
-  const blob = deps.store.blobs.get(deps.store.images.blobIds(image.id)[0]!)!;
+  const blob = deps.store.blobs.get(deps.store.images.topBlobId(image.id)!)!;
   const volume = deps.store.objects.get(blob.volume_id!)!;
   const snap = await deps.objects.createSnapshot({ volume, imageId: image.id, jobId: null });
   const devicePath = await deps.objects.activate(snap);
@@ -86,7 +89,8 @@ export async function deactivateSnapshot(
 
 /**
  * Remove an image: its snapshots (refused while any is active, unless
- * force), then its content if no other image shares it.
+ * force), then each of its layers that no other image uses (a layer another
+ * image shares stays, with its volume).
  */
 export async function removeImage(
   deps: PipelineDeps,
@@ -118,11 +122,12 @@ export async function removeImage(
   }
   const blobIds = store.images.blobIds(image.id);
   store.images.setStatus(image.id, 'removed');
-  for (const blobId of blobIds) {
+  // Top layer first; a layer's volume is independent of the one it was cloned from.
+  for (const blobId of blobIds.reverse()) {
     const blob = store.blobs.get(blobId)!;
     if (store.blobs.liveImageCount(blobId) > 0 || blob.volume_id === null) continue;
     const volume = store.objects.get(blob.volume_id)!;
-    if (store.objects.childrenOf(volume.id).length > 0) continue;
+    if (hasSnapshots(deps, volume.id)) continue;
     store.blobs.setStatus(blobId, 'removed');
     if (volume.state !== 'removed') {
       await objects.remove(volume);
@@ -130,4 +135,9 @@ export async function removeImage(
     }
   }
   return { image: store.images.get(image.id)!, removedObjects: removed };
+}
+
+/** Snapshots (of any image) still taken of this volume; cloned layer volumes do not count. */
+export function hasSnapshots(deps: Pick<PipelineDeps, 'store'>, volumeId: number): boolean {
+  return deps.store.objects.childrenOf(volumeId).some((c) => c.kind === 'snapshot');
 }

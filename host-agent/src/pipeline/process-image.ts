@@ -187,7 +187,7 @@ async function ensureActive(
   if (inactive !== undefined) {
     return { devicePath: await objects.activate(inactive), snapshotObjectId: inactive.id };
   }
-  const blobId = store.images.blobIds(image.id)[0]!;
+  const blobId = store.images.topBlobId(image.id)!;
   const volume = store.objects.get(store.blobs.get(blobId)!.volume_id!)!;
   const snap = await objects.createSnapshot({ volume, imageId: image.id, jobId: null });
   return { devicePath: await objects.activate(snap), snapshotObjectId: snap.id };

@@ -22,6 +22,12 @@ export interface SnapshotSpec extends ObjectSpec {
   origin: ObjectSpec;
 }
 
+/** A volume made as a writable clone of a sealed volume (the layer below it). */
+export interface CloneSpec extends ObjectSpec {
+  kind: 'volume';
+  origin: ObjectSpec;
+}
+
 /** What the backend really holds right now, for reconcile and gc. */
 export interface BackendInventory {
   /**
@@ -102,6 +108,15 @@ export interface StorageBackend {
   createVolume(volume: ObjectSpec): Promise<void>;
   /** Make a fresh ext4 on the volume and mount it (nosuid,nodev) for the unpack. */
   mountForUnpack(volume: ObjectSpec): Promise<{ mountpoint: string }>;
+  /**
+   * Create a volume as a writable clone of a sealed volume, holding its
+   * filesystem as it is (devmapper: create_snap of the origin's thin id;
+   * loop: a reflink copy where the filesystem can, a sparse copy otherwise).
+   * Fails if it already exists; a partial clone is cleaned by remove().
+   */
+  createVolumeFrom(volume: CloneSpec): Promise<void>;
+  /** Mount a cloned volume's filesystem (nosuid,nodev) WITHOUT mkfs, to apply a layer on top. */
+  mountForApply(volume: ObjectSpec): Promise<{ mountpoint: string }>;
   /** Flush the unpacked filesystem to stable storage. */
   flush(volume: ObjectSpec): Promise<void>;
   /** Unmount and detach: the volume becomes a read-only origin. Idempotent. */

@@ -9,7 +9,7 @@ import { failpoint } from '../failpoints.js';
 import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
 import type { Logger } from '../log.js';
-import type { ObjectSpec, SnapshotSpec, StorageBackend } from './backend.js';
+import type { CloneSpec, ObjectSpec, SnapshotSpec, StorageBackend } from './backend.js';
 import { objectName } from './names.js';
 
 export class ObjectManager {
@@ -98,6 +98,51 @@ export class ObjectManager {
     return { volume: this.store.objects.get(volume.id)!, mountpoint };
   }
 
+  cloneSpec(row: StorageObjectRow): CloneSpec {
+    if (row.kind !== 'volume' || row.parent_id === null) {
+      throw new Error(`storage object ${row.id} is not a cloned volume`);
+    }
+    const origin = this.store.objects.get(row.parent_id)!;
+    return { ...this.spec(row), kind: 'volume', origin: this.spec(origin) };
+  }
+
+  /**
+   * Intent, then a writable clone of the sealed volume `parent` (the layer
+   * below), mounted without mkfs so the next layer is applied on top of it.
+   * `onIntent` runs inside the intent's transaction (the layer's blob row).
+   */
+  async cloneVolumeForApply(
+    o: { parent: StorageObjectRow; jobId: number },
+    onIntent: (volume: StorageObjectRow) => void,
+  ): Promise<{ volume: StorageObjectRow; mountpoint: string }> {
+    if (o.parent.state !== 'sealed')
+      throw new Error(
+        `volume ${o.parent.id} is ${o.parent.state}, not sealed: it cannot be cloned`,
+      );
+    const volume = this.store.tx(() => {
+      const row = this.store.objects.createIntent(
+        {
+          kind: 'volume',
+          backend: this.backend.name,
+          sizeBytes: o.parent.size_bytes,
+          parentId: o.parent.id,
+          jobId: o.jobId,
+          thinId: this.nextThinId(),
+        },
+        this.owner,
+      );
+      onIntent(row);
+      return row;
+    });
+    this.logger.debug('layer volume intent', { object: volume.id, parent: o.parent.id });
+    failpoint('layer:clone-intent');
+    await this.backend.createVolumeFrom(this.cloneSpec(volume));
+    failpoint('layer:cloned');
+    this.transition(volume.id, 'unpacking', { owner: this.owner });
+    const { mountpoint } = await this.backend.mountForApply(this.spec(volume));
+    return { volume: this.store.objects.get(volume.id)!, mountpoint };
+  }
+
   /** The unpacked content is on stable storage. */
   async markUnpacked(volume: StorageObjectRow, commit: () => void): Promise<void> {
     await this.backend.flush(this.spec(volume));
@@ -108,10 +153,15 @@ export class ObjectManager {
     });
   }
 
-  async seal(volume: StorageObjectRow): Promise<void> {
+  /** Detach: a read-only origin. `commit` runs in the transaction that records it sealed. */
+  async seal(volume: StorageObjectRow, commit: () => void = () => undefined): Promise<void> {
     await this.backend.seal(this.spec(volume));
     failpoint('seal:detached');
-    if (volume.state !== 'sealed') this.transition(volume.id, 'sealed', { owner: null });
+    this.store.tx(() => {
+      if (this.store.objects.get(volume.id)!.state !== 'sealed')
+        this.transition(volume.id, 'sealed', { owner: null });
+      commit();
+    });
   }
 
   async createSnapshot(o: {

@@ -18,6 +18,18 @@ export interface ImageRow {
   updated_at: string;
 }
 
+/** One layer of an image, as `show --json` prints it. */
+export interface ImageLayerRow {
+  position: number;
+  blob_id: number;
+  chain_id: string | null;
+  diff_id: string | null;
+  status: string;
+  volume_id: number | null;
+  /** Live images linking this layer (this one included). */
+  shared_by: number;
+}
+
 const imageColumns = [
   'id',
   'bucket',
@@ -32,6 +44,9 @@ const imageColumns = [
   'created_at',
   'updated_at',
 ] as const satisfies readonly (keyof ImageRow)[];
+
+/** Rows carry these columns; the run config is read on its own (configJson). */
+const rowColumns = imageColumns.join(', ');
 
 export interface ImageIdentity {
   bucket: string;
@@ -55,7 +70,7 @@ export class ImageRepo {
       )
       .run(ref.bucket, ref.key, ref.versionId, ref.eTag, ref.size, now, now);
     return this.db
-      .prepare(`SELECT * FROM images WHERE bucket = ? AND key = ? AND etag = ?`)
+      .prepare(`SELECT ${rowColumns} FROM images WHERE bucket = ? AND key = ? AND etag = ?`)
       .get(ref.bucket, ref.key, ref.eTag) as ImageRow;
   }
 
@@ -63,19 +78,20 @@ export class ImageRepo {
   find(bucket: string, key: string, eTag: string): ImageRow | undefined {
     const quoted = eTag.startsWith('"') ? eTag : `"${eTag}"`;
     return this.db
-      .prepare(`SELECT * FROM images WHERE bucket = ? AND key = ? AND etag IN (?, ?)`)
+      .prepare(`SELECT ${rowColumns} FROM images WHERE bucket = ? AND key = ? AND etag IN (?, ?)`)
       .get(bucket, key, quoted, quoted.slice(1, -1)) as ImageRow | undefined;
   }
 
   get(id: number): ImageRow | undefined {
-    return this.db.prepare(`SELECT * FROM images WHERE id = ?`).get(id) as ImageRow | undefined;
+    return this.db.prepare(`SELECT ${rowColumns} FROM images WHERE id = ?`).get(id) as
+      ImageRow | undefined;
   }
 
   /** Newest row for a key (any bucket unless given). */
   latestByKey(key: string, bucket?: string): ImageRow | undefined {
     return this.db
       .prepare(
-        `SELECT * FROM images WHERE key = ? AND (? IS NULL OR bucket = ?)
+        `SELECT ${rowColumns} FROM images WHERE key = ? AND (? IS NULL OR bucket = ?)
          ORDER BY id DESC LIMIT 1`,
       )
       .get(key, bucket ?? null, bucket ?? null) as ImageRow | undefined;
@@ -85,14 +101,14 @@ export class ImageRepo {
   liveByKey(bucket: string, key: string): ImageRow[] {
     return this.db
       .prepare(
-        `SELECT * FROM images WHERE bucket = ? AND key = ? AND status != 'removed' ORDER BY id`,
+        `SELECT ${rowColumns} FROM images WHERE bucket = ? AND key = ? AND status != 'removed' ORDER BY id`,
       )
       .all(bucket, key) as ImageRow[];
   }
 
   list(opts: { includeRemoved?: boolean } = {}): ImageRow[] {
     return this.db
-      .prepare(`SELECT * FROM images WHERE ? OR status != 'removed' ORDER BY id`)
+      .prepare(`SELECT ${rowColumns} FROM images WHERE ? OR status != 'removed' ORDER BY id`)
       .all(opts.includeRemoved ? 1 : 0) as ImageRow[];
   }
 
@@ -113,7 +129,7 @@ export class ImageRepo {
     return this.db
       .prepare(
         `SELECT json_group_array(json_object(${fields})) FROM
-           (SELECT * FROM images WHERE ? OR status != 'removed' ORDER BY id)`,
+           (SELECT ${rowColumns} FROM images WHERE ? OR status != 'removed' ORDER BY id)`,
       )
       .pluck()
       .get(JSON.stringify(opts.interrupted ?? []), opts.includeRemoved ? 1 : 0) as string;
@@ -130,13 +146,13 @@ export class ImageRepo {
   /** Images whose status says a job is running. */
   listProcessing(): ImageRow[] {
     return this.db
-      .prepare(`SELECT * FROM images WHERE status = 'processing' ORDER BY id`)
+      .prepare(`SELECT ${rowColumns} FROM images WHERE status = 'processing' ORDER BY id`)
       .all() as ImageRow[];
   }
 
   listFailed(): ImageRow[] {
     return this.db
-      .prepare(`SELECT * FROM images WHERE status = 'failed' ORDER BY updated_at DESC`)
+      .prepare(`SELECT ${rowColumns} FROM images WHERE status = 'failed' ORDER BY updated_at DESC`)
       .all() as ImageRow[];
   }
 
@@ -160,6 +176,52 @@ export class ImageRepo {
         extra.errorMessage ?? null,
         id,
       );
+  }
+
+  /** Keep a container image's format, layers and run config with the image. */
+  setConfig(id: number, json: string | null): void {
+    this.db
+      .prepare(`UPDATE images SET image_config = ?, updated_at = ? WHERE id = ?`)
+      .run(json, nowIso(), id);
+  }
+
+  /** A container image's format, layers and run config as JSON; null for a flat tar. */
+  configJson(id: number): string | null {
+    return (
+      (this.db.prepare(`SELECT image_config FROM images WHERE id = ?`).pluck().get(id) as
+        string | null | undefined) ?? null
+    );
+  }
+
+  /** The image's top layer: what its snapshots are taken of. */
+  topBlobId(imageId: number): number | undefined {
+    return this.db
+      .prepare(`SELECT blob_id FROM image_blobs WHERE image_id = ? ORDER BY position DESC LIMIT 1`)
+      .pluck()
+      .get(imageId) as number | undefined;
+  }
+
+  /** Link one layer at its position (0 = base), replacing whatever was there. */
+  linkBlob(imageId: number, position: number, blobId: number): void {
+    this.db
+      .prepare(
+        `INSERT INTO image_blobs (image_id, position, blob_id) VALUES (?, ?, ?)
+         ON CONFLICT (image_id, position) DO UPDATE SET blob_id = excluded.blob_id`,
+      )
+      .run(imageId, position, blobId);
+  }
+
+  /** The image's layers, base first, with how many live images share each. */
+  layers(imageId: number): ImageLayerRow[] {
+    return this.db
+      .prepare(
+        `SELECT ib.position, b.id AS blob_id, b.chain_id, b.diff_id, b.status, b.volume_id,
+                (SELECT count(*) FROM image_blobs o JOIN images i ON i.id = o.image_id
+                  WHERE o.blob_id = b.id AND i.status != 'removed') AS shared_by
+           FROM image_blobs ib JOIN blobs b ON b.id = ib.blob_id
+          WHERE ib.image_id = ? ORDER BY ib.position`,
+      )
+      .all(imageId) as ImageLayerRow[];
   }
 
   /** The image's blobs in layer order. */

@@ -156,4 +156,27 @@ export const migrations: readonly string[] = [
   `
   ALTER TABLE blobs ADD COLUMN image_config TEXT;
   `,
+  // 5: layers as chains of volumes. A layer is a blob: unpacked content with
+  // its own volume, shared by images through image_blobs (position = layer
+  // order, base first), now also named by its OCI chain ID. A layer above the
+  // base records the layer it was cloned from. The run config moves to the
+  // image: two images may share every layer yet run different commands.
+  // A flat tar already unpacked is a one-layer image: when it was stored
+  // uncompressed its sha256 is its diff_id and so its chain ID.
+  `
+  ALTER TABLE blobs ADD COLUMN chain_id TEXT;
+  ALTER TABLE blobs ADD COLUMN diff_id TEXT;
+  ALTER TABLE blobs ADD COLUMN parent_blob_id INTEGER REFERENCES blobs(id);
+  ALTER TABLE blobs ADD COLUMN depth INTEGER NOT NULL DEFAULT 1;
+  -- Layer identity: at most one usable volume per chain ID.
+  CREATE UNIQUE INDEX blobs_ready_chain ON blobs(chain_id) WHERE status = 'ready';
+  CREATE INDEX blobs_by_chain ON blobs(chain_id);
+  CREATE INDEX blobs_by_parent ON blobs(parent_blob_id);
+  UPDATE blobs SET diff_id = 'sha256:' || sha256, chain_id = 'sha256:' || sha256
+   WHERE status = 'ready' AND compression = 'none' AND sha256 IS NOT NULL AND image_config IS NULL;
+  ALTER TABLE images ADD COLUMN image_config TEXT;
+  UPDATE images SET image_config = (
+    SELECT b.image_config FROM image_blobs ib JOIN blobs b ON b.id = ib.blob_id
+     WHERE ib.image_id = images.id AND b.image_config IS NOT NULL ORDER BY ib.position LIMIT 1);
+  `,
 ];

@@ -31,7 +31,19 @@ export const stepTransitions: Record<StepStatus, readonly StepStatus[]> = {
 
 export type ImageStatus = 'pending' | 'processing' | 'ready' | 'failed' | 'removed';
 
+/**
+ * Blobs: unpacked content on its own volume (a flat image's one volume, or
+ * one layer of a chain). `unpacking` is held while the volume is written;
+ * `ready` content is sealed and shared by chain ID (and sha256 for flat tars).
+ */
 export type BlobStatus = 'unpacking' | 'ready' | 'failed' | 'removed';
+
+export const blobTransitions: Record<BlobStatus, readonly BlobStatus[]> = {
+  unpacking: ['ready', 'failed', 'removed'],
+  ready: ['removed'],
+  failed: ['removed'],
+  removed: [],
+};
 
 /**
  * Storage objects. States ending in -ing are intents: the row was written

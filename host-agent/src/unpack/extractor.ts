@@ -4,14 +4,21 @@
  * synchronously as their data streams by; what must wait for the last member
  * (directory metadata, xattrs, device nodes, exact times) is queued and
  * applied by finish().
+ *
+ * In layer mode (an OCI layer, see image/apply-layer.ts) the same writer
+ * follows the image-spec's rules instead of GNU tar's: whiteouts remove what
+ * the lower layers hold, a non-directory replaces a directory with its
+ * subtree, an upper directory's metadata replaces the lower one's, and lower
+ * directories the layer only wrote into keep their time.
  */
 import fs from 'node:fs';
-import { EnvironmentError, ImageError } from '../errors.js';
+import { EnvironmentError, ImageError, type ImageFailureCode } from '../errors.js';
 import { EndScript } from './end-script.js';
 import {
   closeFile,
   createFile,
   finishFile,
+  fsFailure,
   makeDirectory,
   makeHardlink,
   makeSymlink,
@@ -26,6 +33,7 @@ import {
   XattrPlan,
   type EntryMetadata,
 } from './metadata.js';
+import { DiskLowerTree } from './lower-tree.js';
 import {
   checkSymlinkTarget,
   kindName,
@@ -38,6 +46,7 @@ import { printable } from './printable.js';
 import { SpecialFileBatch, type SpecialFile } from './special-files.js';
 import type { TarMember, TarSink } from './tar-reader.js';
 import { ExactTimes, nodeSeconds } from './times.js';
+import { isWhiteoutName, parseWhiteout, unsafeWhiteout } from './whiteout.js';
 
 /** What unpackArchive reports, less the compression. */
 export interface MemberCounts {
@@ -49,6 +58,19 @@ export interface MemberCounts {
   devices: number;
   fifos: number;
   contentBytes: number;
+}
+
+/** What only layer mode counts. */
+export interface WhiteoutCounts {
+  /** Whiteout members (never written). */
+  whiteouts: number;
+  /** Lower paths they removed (a directory with its subtree counts once). */
+  removed: number;
+}
+
+/** OCI layer semantics; `lower`: the filesystem already holds the layers below. */
+export interface LayerMode {
+  lower: boolean;
 }
 
 interface PendingSpecial extends SpecialFile {
@@ -157,7 +179,16 @@ export class Extractor implements TarSink {
     fifos: 0,
     contentBytes: 0,
   };
-  private readonly model = new PathModel();
+  readonly whiteoutStats: WhiteoutCounts = { whiteouts: 0, removed: 0 };
+  private readonly model: PathModel;
+  /** Layer mode over lower layers: what they held, as far as the layer touched it. */
+  private readonly lowerTree: DiskLowerTree | undefined;
+  /**
+   * Layer mode over lower layers: every path this layer wrote, with its
+   * ancestors. Whiteouts remove only what is not in here, wherever they
+   * stand in the layer (umoci's upperPaths).
+   */
+  private readonly upper: Set<string> | undefined;
   private readonly dirs = new DirectoryMetadata();
   private readonly xattrs = new XattrPlan();
   private readonly exactTimes = new ExactTimes();
@@ -171,15 +202,33 @@ export class Extractor implements TarSink {
   constructor(
     private readonly root: string,
     private readonly limits: PathLimits,
+    private readonly layer?: LayerMode,
   ) {
-    seedModel(root, this.model);
+    if (layer?.lower === true) {
+      this.lowerTree = new DiskLowerTree(root);
+      this.upper = new Set();
+    }
+    this.model = new PathModel({
+      layered: layer !== undefined,
+      lower: this.lowerTree,
+      unsafeLinkCode: layer === undefined ? undefined : 'LAYER_UNSAFE_LINK',
+    });
+    if (this.lowerTree === undefined) seedModel(root, this.model);
     this.creation = creationDefaults(root);
   }
 
   member(member: TarMember): void {
     this.stats.entries++;
     const what = describe(member);
+    if (this.layer !== undefined && isWhiteoutName(member.name)) {
+      return this.whiteout(member, what);
+    }
     const path = normaliseArchivePath(member.name, this.limits, what);
+    this.write(member, path, what);
+    if (this.upper !== undefined) this.markUpper(path);
+  }
+
+  private write(member: TarMember, path: string, what: () => string): void {
     switch (member.type) {
       case 'directory':
         return this.directory(member, path, what);
@@ -214,6 +263,7 @@ export class Extractor implements TarSink {
 
   /** Everything that waits for the last member, in the order that keeps times intact. */
   async finish(signal?: AbortSignal): Promise<void> {
+    if (this.lowerTree !== undefined) this.restoreLowerDirectoryTimes();
     const script = this.endScript();
     if (script !== undefined) {
       // Only regular files and directories carry xattrs: they exist already.
@@ -287,10 +337,14 @@ export class Extractor implements TarSink {
       makeDirectory(this.abs(dir), 0o777, member.name);
       this.model.set(dir, 'dir');
     }
-    const existing = this.model.get(path);
+    const existing = this.model.lookup(path);
     if (existing === undefined) return true;
     if (existing === 'dir') {
       if (kind === 'dir') return false;
+      if (this.layer !== undefined) {
+        this.removeTree(path, member.name);
+        return true;
+      }
       throw new ImageError(
         'ARCHIVE_CONFLICT',
         `${what()}: would replace a directory with a ${kindName(kind)}`,
@@ -319,7 +373,12 @@ export class Extractor implements TarSink {
     this.stats.directories++;
     this.dirs.set(path, metadataOf(member));
     const xattrs = restorableXattrs(member.xattrs);
-    if (xattrs !== undefined) this.xattrs.merge(path, xattrs);
+    if (this.layer !== undefined) {
+      // umoci: an upper directory's xattrs replace the lower (or earlier) ones.
+      this.xattrs.move(path, undefined);
+      if (this.model.isLowerDirectory(path)) this.xattrs.clear(path);
+      if (xattrs !== undefined) this.xattrs.set(path, xattrs);
+    } else if (xattrs !== undefined) this.xattrs.merge(path, xattrs);
   }
 
   private regularFile(member: TarMember, path: string, what: () => string): void {
@@ -353,11 +412,23 @@ export class Extractor implements TarSink {
       linkWhat,
       'ARCHIVE_LINK_ESCAPE',
     );
-    const kind = this.model.get(target);
+    let kind: NodeKind | undefined;
+    let code: ImageFailureCode = 'ARCHIVE_UNSAFE_LINK';
+    if (this.layer === undefined) kind = this.model.get(target);
+    else {
+      // A lower layer's file will do, found without passing through a link.
+      code = 'LAYER_UNSAFE_LINK';
+      const parents = this.model.parentState(target, linkWhat, code);
+      kind = parents === 'dir' ? this.model.lookup(target) : undefined;
+    }
     if (kind !== 'file' && kind !== 'special') {
       const problem =
-        kind === undefined ? 'does not exist in the archive before it' : `is a ${kindName(kind)}`;
-      throw new ImageError('ARCHIVE_UNSAFE_LINK', `${linkWhat()} ${problem}`);
+        kind !== undefined
+          ? `is a ${kindName(kind)}`
+          : this.layer === undefined
+            ? 'does not exist in the archive before it'
+            : 'does not exist in this layer before it or below it';
+      throw new ImageError(code, `${linkWhat()} ${problem}`);
     }
     this.stats.hardlinks++;
     if (target === path) return; // a link to itself: GNU tar accepts it and leaves the file as is
@@ -384,6 +455,90 @@ export class Extractor implements TarSink {
     this.model.set(path, 'special');
     if (member.type === 'fifo') this.stats.fifos++;
     else this.stats.devices++;
+  }
+
+  /**
+   * A whiteout (layer mode): checked like a member, never written. Over
+   * lower layers it removes what they hold at its target, keeping whatever
+   * this layer wrote there (an opaque whiteout keeps the directory itself).
+   * Beneath a file or a missing directory there is nothing to remove.
+   */
+  private whiteout(member: TarMember, what: () => string): void {
+    const w = parseWhiteout(member.name, this.limits, what);
+    this.whiteoutStats.whiteouts++;
+    const parents = this.model.parentState(w.target, what, 'LAYER_UNSAFE_WHITEOUT');
+    if (parents !== 'dir') return;
+    const kind = this.model.lookup(w.target);
+    if (w.opaque && kind === 'symlink') {
+      throw unsafeWhiteout(what(), 'marks a symbolic link opaque; links are never followed');
+    }
+    if (this.upper === undefined || kind === undefined) return;
+    if (w.opaque && kind !== 'dir') return;
+    this.removeLower(w.target, w.opaque, member.name);
+  }
+
+  /**
+   * Removes `path` unless this layer wrote it or something beneath it; then
+   * looks inside instead. lost+found at the root belongs to the filesystem,
+   * not to the image: an opaque root keeps it.
+   */
+  private removeLower(path: string, keepSelf: boolean, name: string): void {
+    const upper = this.upper!;
+    if (!keepSelf && !upper.has(path)) {
+      this.removeTree(path, name);
+      this.whiteoutStats.removed++;
+      return;
+    }
+    if (this.model.get(path) !== 'dir') return;
+    let entries: string[];
+    try {
+      entries = fs.readdirSync(this.abs(path));
+    } catch (err) {
+      throw fsFailure(err, 'read directory', name);
+    }
+    for (const entry of entries) {
+      if (path === '' && entry === 'lost+found') continue;
+      this.removeLower(path === '' ? entry : `${path}/${entry}`, false, name);
+    }
+  }
+
+  /** Layer mode: removes `path` (a directory with its subtree; a link itself, never its target). */
+  private removeTree(path: string, name: string): void {
+    // A pending device node or fifo might lie beneath: make it first.
+    if (this.specials.peek().length > 0) this.specials.flush();
+    try {
+      fs.rmSync(this.abs(path), { recursive: true });
+    } catch (err) {
+      throw fsFailure(err, 'remove', name);
+    }
+    for (const gone of this.model.removeTree(path)) {
+      const survivor = this.links.detach(gone);
+      this.exactTimes.move(this.abs(gone), survivor === undefined ? undefined : this.abs(survivor));
+      this.xattrs.move(gone, survivor);
+      this.dirs.delete(gone);
+      this.lowerTree?.directoryTimes.delete(gone);
+    }
+  }
+
+  private markUpper(path: string): void {
+    const upper = this.upper!;
+    for (let p = path; p !== '' && !upper.has(p);) {
+      upper.add(p);
+      const slash = p.lastIndexOf('/');
+      p = slash < 0 ? '' : p.slice(0, slash);
+    }
+  }
+
+  /**
+   * Lower directories keep the time the lower layers gave them, however
+   * many entries this layer added or removed in them (umoci restores each
+   * parent after every entry); those the layer lists take the layer's.
+   */
+  private restoreLowerDirectoryTimes(): void {
+    for (const [path, time] of this.lowerTree!.directoryTimes) {
+      if (this.dirs.has(path) || !this.model.isLowerDirectory(path)) continue;
+      this.exactTimes.set(this.abs(path), time);
+    }
   }
 
   private specialCreated(file: PendingSpecial): void {

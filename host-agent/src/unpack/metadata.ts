@@ -4,8 +4,10 @@
  * once all of them exist) and extended attributes (Node has no xattr API:
  * one `setfattr --restore` run for the whole tree).
  */
+import { EnvironmentError } from '../errors.js';
 import { setPathMetadata, type Ownership } from './entry-writer.js';
 import { nodeSeconds, type ExactTimes, type Timestamp } from './times.js';
+import { run } from '../sys/exec.js';
 import { runTool } from './tools.js';
 
 export interface EntryMetadata extends Ownership {
@@ -32,6 +34,15 @@ export class DirectoryMetadata {
     this.dirs.set(path, meta);
   }
 
+  has(path: string): boolean {
+    return this.dirs.has(path);
+  }
+
+  /** The directory was removed (layer mode): nothing to apply. */
+  delete(path: string): void {
+    this.dirs.delete(path);
+  }
+
   /** Deepest first, the root (a "./" member) last. */
   ordered(): Array<{ path: string; meta: EntryMetadata }> {
     const byDepth = [...this.dirs].map(([path, meta]) => ({ path, meta, depth: depth(path) }));
@@ -49,6 +60,11 @@ export class DirectoryMetadata {
   }
 }
 
+/** Whether an xattr name is one restorableXattrs keeps (names are latin1 strings of raw bytes). */
+export function isRestorableXattr(name: string): boolean {
+  return name.startsWith('user.') || name === 'security.capability';
+}
+
 /**
  * Which archived xattrs are restored: GNU tar 1.34 with --xattrs and no
  * --xattrs-include restores only the user.* namespace on extraction
@@ -62,7 +78,7 @@ export function restorableXattrs(
 ): Map<string, Buffer> | undefined {
   let kept: Map<string, Buffer> | undefined;
   for (const [name, value] of all) {
-    if (!name.startsWith('user.') && name !== 'security.capability') continue;
+    if (!isRestorableXattr(name)) continue;
     kept ??= new Map();
     kept.set(name, value);
   }
@@ -84,9 +100,83 @@ function dumpQuote(bytes: Buffer): string {
   return out;
 }
 
+/*
+ * For each NUL-separated path on stdin: llistxattr, then lremovexattr of
+ * every name in the restorable namespaces (isRestorableXattr). Never follows
+ * a link; the buffer is the kernel's limit for a name list.
+ */
+const PERL_CLEAR_XATTRS = [
+  'my ($list, $remove) = @ARGV; $/ = "\\0";',
+  'while (defined(my $path = <STDIN>)) {',
+  '  chomp $path; my $buf = "\\0" x 65536;',
+  '  my $n = syscall($list + 0, $path, $buf, 65536);',
+  '  $n >= 0 or die "llistxattr $path: $!\\n";',
+  '  for my $name (split /\\0/, substr($buf, 0, $n)) {',
+  '    next unless $name =~ /^user\\./ || $name eq "security.capability";',
+  '    syscall($remove + 0, $path, $name) == 0 or die "lremovexattr $path $name: $!\\n";',
+  '  }',
+  '}',
+].join('\n');
+
+const XATTR_SYSCALLS: Partial<
+  Record<NodeJS.Architecture, { llistxattr: number; lremovexattr: number }>
+> = {
+  x64: { llistxattr: 195, lremovexattr: 198 },
+  arm64: { llistxattr: 12, lremovexattr: 15 },
+};
+
+/** The same with getfattr and setfattr: one process per path, the fallback only. */
+async function clearWithTools(paths: readonly string[], signal?: AbortSignal): Promise<void> {
+  for (const path of paths) {
+    const listing = await run('getfattr', ['-h', '--absolute-names', '-m', '-', '--', path], {
+      signal,
+    });
+    for (const line of listing.split('\n')) {
+      if (line === '' || line.startsWith('#') || !isRestorableXattr(line)) continue;
+      await runTool(
+        'setfattr',
+        ['-h', '-x', line, '--', path],
+        Buffer.alloc(0),
+        'clear extended attributes',
+        signal,
+      );
+    }
+  }
+}
+
+/**
+ * Removes the restorable xattrs of each absolute path: umoci clears a
+ * lower directory's attributes before giving it an upper entry's.
+ */
+async function clearRestorableXattrs(
+  paths: readonly string[],
+  signal?: AbortSignal,
+): Promise<void> {
+  if (paths.length === 0) return;
+  const nr = XATTR_SYSCALLS[process.arch];
+  if (nr !== undefined) {
+    const input = Buffer.from(paths.map((p) => `${p}\0`).join(''));
+    const args = ['-e', PERL_CLEAR_XATTRS, String(nr.llistxattr), String(nr.lremovexattr)];
+    try {
+      await runTool('perl', args, input, 'clear extended attributes', signal);
+      return;
+    } catch (err) {
+      if (!(err instanceof EnvironmentError && err.code === 'TOOL_MISSING')) throw err;
+    }
+  }
+  await clearWithTools(paths, signal);
+}
+
 /** Extended attributes per path; names are latin1 strings holding the archive's raw bytes. */
 export class XattrPlan {
   private readonly byPath = new Map<string, Map<string, Buffer>>();
+  /** Root-relative paths whose restorable attributes go before the plan's are set. */
+  private readonly cleared = new Set<string>();
+
+  /** An existing inode whose attributes the plan replaces rather than adds to (layer mode). */
+  clear(path: string): void {
+    this.cleared.add(path);
+  }
 
   /** A new inode: only its own attributes. */
   set(path: string, xattrs: Map<string, Buffer>): void {
@@ -102,6 +192,7 @@ export class XattrPlan {
 
   /** `path` was replaced: its attributes stay with the old inode, at `to` if it has another name. */
   move(path: string, to: string | undefined): void {
+    this.cleared.delete(path);
     const xattrs = this.byPath.get(path);
     if (xattrs === undefined) return;
     this.byPath.delete(path);
@@ -122,6 +213,8 @@ export class XattrPlan {
   }
 
   async apply(root: string, signal?: AbortSignal): Promise<void> {
+    const cleared = [...this.cleared].map((path) => absolutePath(root, path));
+    await clearRestorableXattrs(cleared, signal);
     if (this.byPath.size === 0) return;
     const input = Buffer.from(this.dump(root));
     await runTool('setfattr', ['-h', '--restore=-'], input, 'restore extended attributes', signal);

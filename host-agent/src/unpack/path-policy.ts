@@ -1,12 +1,17 @@
 /**
- * Where a member may go. The filesystem is fresh and private to this unpack,
- * so instead of asking the kernel (racy, and it follows symlinks) we keep a
+ * Where a member may go. The filesystem is private to this unpack, so
+ * instead of asking the kernel (racy, and it follows symlinks) we keep a
  * model of every path created so far and check each member against it before
- * anything touches the disk. Two invariants make the check cheap and sound:
- * a path is recorded as a directory only if all its ancestors were
- * directories when it was made, and directories are never removed or
- * replaced. Symlinks are created but never traversed: a member whose parent
- * is a symlink is refused, so link targets are data, never directions.
+ * anything touches the disk. A path is recorded as a directory only if all
+ * its ancestors were directories when it was made. Symlinks are created but
+ * never traversed: a member whose parent is a symlink is refused, so link
+ * targets are data, never directions.
+ *
+ * A flat tar goes into a fresh filesystem, where directories are never
+ * removed or replaced. An OCI layer may remove them (whiteouts, a file over
+ * a directory), and may go onto a filesystem that holds lower layers: the
+ * model then learns those lazily, one lstat per path the first time a member
+ * touches it, ancestors first, so no lookup ever passes through a link.
  */
 import { ImageError, type ImageFailureCode } from '../errors.js';
 import type { ImageLimits } from '../limits.js';
@@ -131,22 +136,85 @@ export function checkSymlinkTarget(target: string, limits: PathLimits, what: () 
   }
 }
 
-/** What is at each root-relative path the unpack has created ("" is the root). */
+/**
+ * What lies beneath a directory the model did not create: a filesystem that
+ * already holds lower layers. `kindOf` asks the disk (lstat, never following
+ * a link) for one path whose ancestors the model knows to be real
+ * directories; undefined when nothing is there.
+ */
+export interface LowerTree {
+  kindOf(path: string): NodeKind | undefined;
+}
+
+export interface PathModelOptions {
+  /**
+   * Layer semantics (OCI image-spec): directories can be removed (whiteouts,
+   * a non-directory over a directory), so the model keeps each directory's
+   * children to forget a whole subtree at once.
+   */
+  layered?: boolean;
+  /** The filesystem is not empty: paths the model has not seen are looked up there, lazily. */
+  lower?: LowerTree;
+  /** The reason code for a path beneath a symlink (LAYER_UNSAFE_LINK for layers). */
+  unsafeLinkCode?: ImageFailureCode;
+}
+
+/** Where a path's ancestors lead (see PathModel.parentState). */
+export type ParentState = 'dir' | 'missing' | 'not-dir';
+
+/** What is at each root-relative path the unpack has created or seen ("" is the root). */
 const SLASH = 0x2f;
 const NO_PATHS: string[] = [];
+
+function parentOf(path: string): string {
+  const slash = path.lastIndexOf('/');
+  return slash < 0 ? '' : path.slice(0, slash);
+}
 
 export class PathModel {
   private readonly kinds = new Map<string, NodeKind>([['', 'dir']]);
   /** A directory known to exist in the model (see inLastDirectory). */
   private lastDirectory: string | undefined;
+  /** Layered only: the known children of each directory. */
+  private readonly children: Map<string, Set<string>> | undefined;
+  /** Directories found on the lower filesystem: children the model has not seen may exist. */
+  private readonly lowerDirs = new Set<string>();
+  private readonly lower: LowerTree | undefined;
+  private readonly unsafeLinkCode: ImageFailureCode;
+
+  constructor(opts: PathModelOptions = {}) {
+    this.children = opts.layered === true || opts.lower !== undefined ? new Map() : undefined;
+    this.lower = opts.lower;
+    this.unsafeLinkCode = opts.unsafeLinkCode ?? 'ARCHIVE_UNSAFE_LINK';
+    if (this.lower !== undefined) this.lowerDirs.add('');
+  }
 
   get(path: string): NodeKind | undefined {
     return this.kinds.get(path);
   }
 
+  /**
+   * What is at `path`, asking the lower filesystem when the model has not
+   * seen it. Its parent must be known (missingAncestors or parentState first).
+   */
+  lookup(path: string): NodeKind | undefined {
+    const known = this.kinds.get(path);
+    if (known !== undefined || this.lower === undefined || path === '') return known;
+    if (!this.lowerDirs.has(parentOf(path))) return undefined;
+    const kind = this.lower.kindOf(path);
+    if (kind !== undefined) this.learn(path, kind);
+    return kind;
+  }
+
+  /** Whether `path` is a directory the lower layers made (not one this unpack created). */
+  isLowerDirectory(path: string): boolean {
+    return this.lowerDirs.has(path);
+  }
+
   set(path: string, kind: NodeKind): void {
     this.kinds.set(path, kind);
     if (kind === 'dir') this.lastDirectory = path;
+    if (this.children !== undefined && path !== '') this.addChild(path);
   }
 
   /** Only non-directories are ever removed (a directory is never replaced). */
@@ -154,6 +222,35 @@ export class PathModel {
     if (this.kinds.get(path) === 'dir')
       throw new Error(`internal: refusing to forget directory ${path}`);
     this.kinds.delete(path);
+    this.children?.get(parentOf(path))?.delete(path);
+  }
+
+  /**
+   * Layered only: forgets `path` and everything known beneath it (the caller
+   * removes them from disk). Returns the forgotten paths, `path` first.
+   */
+  removeTree(path: string): string[] {
+    const children = this.children;
+    if (children === undefined) throw new Error('internal: removeTree needs a layered model');
+    if (path === '') throw new Error('internal: refusing to forget the root');
+    const removed: string[] = [];
+    const visit = (p: string): void => {
+      removed.push(p);
+      const kids = children.get(p);
+      if (kids !== undefined) {
+        for (const kid of kids) visit(kid);
+        children.delete(p);
+      }
+      this.kinds.delete(p);
+      this.lowerDirs.delete(p);
+    };
+    visit(path);
+    children.get(parentOf(path))?.delete(path);
+    const last = this.lastDirectory;
+    if (last !== undefined && (last === path || last.startsWith(`${path}/`))) {
+      this.lastDirectory = undefined;
+    }
+    return removed;
   }
 
   /**
@@ -171,27 +268,75 @@ export class PathModel {
         if (missing.length === 0) this.lastDirectory = ancestor;
         break;
       }
-      if (kind === 'symlink') {
-        throw new ImageError(
-          'ARCHIVE_UNSAFE_LINK',
-          `${what()}: its parent ${printable(ancestor)} is a symbolic link; writing through links is refused`,
-        );
-      }
-      if (kind !== undefined) {
-        throw new ImageError(
-          'ARCHIVE_CONFLICT',
-          `${what()}: its parent ${printable(ancestor)} is a ${kindName(kind)}, not a directory`,
-        );
-      }
+      if (kind !== undefined) throw this.notADirectory(ancestor, kind, what);
       missing.push(ancestor);
     }
-    return missing.reverse();
+    missing.reverse();
+    if (this.lower === undefined || missing.length === 0) return missing;
+    // The model has not seen them: those the lower layers made are on disk.
+    let i = 0;
+    for (; i < missing.length; i++) {
+      const kind = this.lookup(missing[i]!);
+      if (kind === undefined) break;
+      if (kind !== 'dir') throw this.notADirectory(missing[i]!, kind, what);
+    }
+    if (i === missing.length) this.lastDirectory = missing[i - 1];
+    return missing.slice(i);
+  }
+
+  /**
+   * Where the ancestors of `path` lead, learning the lower ones: 'dir' when
+   * all exist as directories, 'missing' when one does not exist, 'not-dir'
+   * when one is a file or device. Throws when one is a symlink, with `code`
+   * (a whiteout or hard link target must never resolve through a link).
+   */
+  parentState(path: string, what: () => string, code: ImageFailureCode): ParentState {
+    for (let end = path.indexOf('/'); end > 0; end = path.indexOf('/', end + 1)) {
+      const ancestor = path.slice(0, end);
+      const kind = this.lookup(ancestor);
+      if (kind === undefined) return 'missing';
+      if (kind === 'symlink') {
+        throw new ImageError(
+          code,
+          `${what()}: ${printable(ancestor)} on its path is a symbolic link; links are never followed`,
+        );
+      }
+      if (kind !== 'dir') return 'not-dir';
+    }
+    return 'dir';
+  }
+
+  private notADirectory(ancestor: string, kind: NodeKind, what: () => string): ImageError {
+    if (kind === 'symlink') {
+      return new ImageError(
+        this.unsafeLinkCode,
+        `${what()}: its parent ${printable(ancestor)} is a symbolic link; writing through links is refused`,
+      );
+    }
+    return new ImageError(
+      'ARCHIVE_CONFLICT',
+      `${what()}: its parent ${printable(ancestor)} is a ${kindName(kind)}, not a directory`,
+    );
+  }
+
+  /** A path found on the lower filesystem. */
+  private learn(path: string, kind: NodeKind): void {
+    this.kinds.set(path, kind);
+    if (kind === 'dir') this.lowerDirs.add(path);
+    this.addChild(path);
+  }
+
+  private addChild(path: string): void {
+    const parent = parentOf(path);
+    let kids = this.children!.get(parent);
+    if (kids === undefined) this.children!.set(parent, (kids = new Set()));
+    kids.add(path);
   }
 
   /**
    * Members of one directory come together in a tar, so the parent checked
    * last is usually the parent again: a string compare instead of slicing
-   * and hashing. Directories are never replaced, so the answer cannot go stale.
+   * and hashing. Only removeTree forgets a directory, and it resets this.
    */
   private inLastDirectory(path: string): boolean {
     const dir = this.lastDirectory;

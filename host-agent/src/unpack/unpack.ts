@@ -7,7 +7,7 @@
  * cannot set exactly are applied at the end.
  */
 import { resolve } from 'node:path';
-import { ImageError, isThinrelayError } from '../errors.js';
+import { ImageError, isThinrelayError, type ImageFailureCode } from '../errors.js';
 import type { ImageLimits } from '../limits.js';
 import {
   openArchive,
@@ -56,9 +56,29 @@ export async function unpackArchive(
   opts: UnpackOptions,
 ): Promise<UnpackStats> {
   opts.signal?.throwIfAborted();
-  const root = resolve(opts.root);
-  const extractor = new Extractor(root, opts.limits);
+  const extractor = new Extractor(resolve(opts.root), opts.limits);
+  const compression = await extractArchive(source, extractor, opts);
+  return { ...extractor.stats, compression };
+}
+
+/**
+ * Streams `source` through the tar reader into `extractor`, then applies
+ * what waits for the end. `plainOnly`: a gzip source is refused with that
+ * code (a layer is handed over already decompressed).
+ */
+export async function extractArchive(
+  source: ArchiveSource,
+  extractor: Extractor,
+  opts: Omit<UnpackOptions, 'root'> & { plainOnly?: ImageFailureCode },
+): Promise<Compression> {
   const archive = await openArchive(source, { onProgress: opts.onProgress, signal: opts.signal });
+  if (opts.plainOnly !== undefined && archive.compression !== 'none') {
+    await archive.close();
+    throw new ImageError(
+      opts.plainOnly,
+      `the stream is ${archive.compression}-compressed, not a plain tar`,
+    );
+  }
   const reader = new TarReader(extractor, {
     maxContentBytes: opts.limits.maxUnpackedBytes,
     maxEntries: opts.limits.maxEntries,
@@ -80,5 +100,5 @@ export async function unpackArchive(
     throw withFormatHint(err, archive);
   }
   archive.reportProgress();
-  return { ...extractor.stats, compression: archive.compression };
+  return archive.compression;
 }

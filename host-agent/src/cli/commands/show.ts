@@ -1,5 +1,6 @@
 /** thinrelay show KEY|ID: an image and its latest job's timeline. */
 import { containerConfigOf, findImage } from '../../ops/image-ops.js';
+import { objectName } from '../../storage/names.js';
 import { isOwnerAlive, ownerPid } from '../../store/owner.js';
 import type { Command, CommandContext } from '../command.js';
 import { requirePositional } from '../command.js';
@@ -20,6 +21,13 @@ function run(ctx: CommandContext): Promise<number> {
         camelKeys({ ...s, detail: s.detail === null ? null : (JSON.parse(s.detail) as unknown) }),
       ),
       snapshots: snapshots.map(camelKeys),
+      // Base first: each layer's chain ID, the volume holding it, and how many live images share it.
+      layers: rt.store.images.layers(image.id).map((l) =>
+        camelKeys({
+          ...l,
+          volume: l.volume_id === null ? null : objectName('volume', l.volume_id),
+        }),
+      ),
       // docker save / OCI archives: format, layers and run config; null for a flat tar.
       container: containerConfigOf(rt, image),
     });
@@ -34,6 +42,10 @@ function run(ctx: CommandContext): Promise<number> {
   if (image.error_code !== null)
     out.write(printable(`  error [${image.error_code}] ${image.error_message}`) + '\n');
   for (const s of snapshots) out.write(`  snapshot ${s.object_id} active at ${s.device_path}\n`);
+  for (const l of rt.store.images.layers(image.id))
+    out.write(
+      `  layer ${l.position + 1} ${l.chain_id ?? '(no chain id)'} ${l.status} vol ${l.volume_id ?? '-'} shared by ${l.shared_by}\n`,
+    );
   if (job === undefined) return Promise.resolve(0);
   out.write(
     `job ${job.id}: ${job.status}  serial ${job.serial}  created ${job.created_at}  finished ${job.finished_at ?? '-'}\n`,

@@ -1,5 +1,10 @@
 /** thinrelay activate IMAGE | deactivate SNAPSHOT | remove IMAGE. */
-import { activateImage, deactivateSnapshot, removeImage } from '../../ops/image-ops.js';
+import {
+  activateImage,
+  containerConfigOf,
+  deactivateSnapshot,
+  removeImage,
+} from '../../ops/image-ops.js';
 import { reconcile } from '../../pipeline/reconcile.js';
 import type { Command, CommandContext } from '../command.js';
 import { requirePositional } from '../command.js';
@@ -10,8 +15,12 @@ async function activate(ctx: CommandContext): Promise<number> {
   const rt = ctx.runtime();
   await reconcile(rt);
   const { snapshot, devicePath } = await activateImage(rt, ref);
-  if (ctx.json) printJson({ snapshotId: snapshot.id, devicePath });
-  else process.stdout.write(devicePath + '\n');
+  if (ctx.json) {
+    // What a VM's init needs with the device: the run config (null for a flat rootfs tar).
+    const image = rt.store.images.get(snapshot.image_id!)!;
+    const container = containerConfigOf(rt, image) as { config?: unknown } | null;
+    printJson({ snapshotId: snapshot.id, devicePath, config: container?.config ?? null });
+  } else process.stdout.write(devicePath + '\n');
   return 0;
 }
 

@@ -1,43 +1,37 @@
 /**
- * seal: unmount and detach the unpacked volume, then make its blob ready —
- * unless another volume already holds the same bytes (two keys, one
- * content), in which case the image shares that one and this copy goes.
+ * seal: make sure every volume this job unpacked is sealed and its layer
+ * ready (or shared with an identical one). The unpack step seals each layer
+ * as it goes; this finishes what a crash, or a job begun by an earlier
+ * version that sealed here, left between "flushed" and "ready".
  */
 import type { JobContext, StepOutcome } from '../context.js';
+import { finishLayer } from '../layer-unit.js';
 import type { Step } from './index.js';
 
 async function run(ctx: JobContext): Promise<StepOutcome> {
-  const { store, job, image, objects } = ctx;
-  const volume = store.objects
+  const { store, job, image } = ctx;
+  const pending = store.objects
     .forJob(job.id)
-    .find((o) => o.kind === 'volume' && (o.state === 'unpacked' || o.state === 'sealed'));
-  if (volume === undefined)
-    return { status: 'skipped', detail: { reason: 'no volume of its own' } };
-
-  await objects.seal(volume);
-  const blob = store.blobs.byVolume(volume.id)!;
-  if (blob.sha256 === null) throw new Error(`blob ${blob.id} was sealed without a recorded sha256`);
-  const sha256 = blob.sha256;
-
-  const sharedWith = store.tx(() => {
-    const fresh = store.blobs.get(blob.id)!;
-    if (fresh.status === 'removed') return store.blobs.readyBySha256(sha256)?.id ?? null;
-    const existing = store.blobs.readyBySha256(sha256);
-    if (existing !== undefined && existing.id !== blob.id) {
-      store.blobs.setStatus(blob.id, 'removed');
-      store.images.setBlobs(image.id, [existing.id]);
-      store.images.setStatus(image.id, 'processing', { sha256 });
-      return existing.id;
-    }
-    store.blobs.setStatus(blob.id, 'ready');
-    store.images.setStatus(image.id, 'processing', { sha256 });
-    return null;
-  });
-  if (sharedWith !== null) {
-    ctx.logger.info('identical content already unpacked: sharing it', { blob: sharedWith });
-    await objects.remove(store.objects.get(volume.id)!);
+    .filter(
+      (o) =>
+        o.kind === 'volume' &&
+        (o.state === 'unpacked' || o.state === 'sealed') &&
+        store.blobs.byVolume(o.id)?.status === 'unpacking',
+    );
+  if (pending.length === 0) return { status: 'skipped', detail: { reason: 'layers sealed' } };
+  const sealed: number[] = [];
+  for (const volume of pending) {
+    const blob = store.blobs.byVolume(volume.id)!;
+    const ready = await finishLayer(ctx, volume);
+    sealed.push(ready.id);
+    // A flat tar's one volume (the only kind an earlier version left here).
+    if (blob.sha256 !== null)
+      store.tx(() => {
+        store.images.setBlobs(image.id, [ready.id]);
+        store.images.setStatus(image.id, 'processing', { sha256: blob.sha256 });
+      });
   }
-  return { status: 'complete', detail: { volume: volume.id, sha256, sharedWithBlob: sharedWith } };
+  return { status: 'complete', detail: { sealedLayers: sealed } };
 }
 
 export const sealStep: Step = { name: 'seal', jobStatus: 'unpacking', run };

@@ -1,4 +1,4 @@
-/** snapshot: a writable snapshot of the image's sealed volume. */
+/** snapshot: a writable snapshot of the image's top layer's sealed volume. */
 import type { JobContext, StepOutcome } from '../context.js';
 import type { Step } from './index.js';
 
@@ -10,7 +10,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   if (existing !== undefined)
     return { status: 'complete', detail: { snapshot: existing.id, resumed: true } };
 
-  const blobId = store.images.blobIds(image.id)[0];
+  const blobId = store.images.topBlobId(image.id);
   const blob = blobId === undefined ? undefined : store.blobs.get(blobId);
   if (blob?.status !== 'ready' || blob.volume_id === null) {
     throw new Error(`image ${image.id} has no ready content to snapshot`);

@@ -1,17 +1,23 @@
 /**
- * unpack: a fresh volume, its filesystem mounted nosuid,nodev, and the pinned
- * object streamed from S3 (parallel ranged GETs, handed over in order)
- * straight into the unpacker, hashed on the way.
- * The content is flushed before the step completes, so "unpacked" in the
- * store means "on stable storage".
+ * unpack: the image's layers onto a chain of volumes, one recorded unit per
+ * layer (pipeline/layer-unit.ts). The pinned object is streamed from S3
+ * (parallel ranged GETs, handed over in order) into image/image-source.ts:
+ * a flat tar is one layer, unpacked on a fresh volume by today's unpacker as
+ * it streams; a container archive is spooled and verified whole, then each
+ * layer the host does not hold yet is applied on a clone of the layer below
+ * (held layers are reused, never applied again). Every layer is flushed and
+ * sealed before it counts, so "ready" in the store means "on stable storage".
  */
 import { join } from 'node:path';
 import { volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
 import { failpoint } from '../../failpoints.js';
-import { describeContainer, prepareUpload } from '../../image/index.js';
+import { applyLayer } from '../../image/apply-layer.js';
+import { describeImage, openImage, type SourcedImage } from '../../image/index.js';
 import { unpackArchive } from '../../unpack/index.js';
+import type { BlobRow } from '../../store/blobs.js';
 import type { JobContext, StepOutcome } from '../context.js';
+import { finishLayer, linkIfReady, obtainLayer } from '../layer-unit.js';
 import type { Step } from './index.js';
 
 function hexOf(b64: string | null): string | null {
@@ -32,18 +38,110 @@ function asVolumeFull(err: unknown, sizeBytes: number): unknown {
   return err;
 }
 
+/** The image's content is complete: its object hash recorded and its top layer ready. */
+function contentComplete(ctx: JobContext): boolean {
+  const { store, image } = ctx;
+  const top = store.images.topBlobId(image.id);
+  return (
+    store.images.get(image.id)!.sha256 !== null &&
+    top !== undefined &&
+    store.blobs.get(top)?.status === 'ready'
+  );
+}
+
+/**
+ * Layers this job applied and flushed before a crash, not yet sealed or
+ * ready: finish them (the work is on stable storage). A flat tar's layer
+ * finished this way completes the image without reading it again.
+ */
+async function finishLeftovers(ctx: JobContext): Promise<BlobRow | null> {
+  const { store, job, image } = ctx;
+  let flat: BlobRow | null = null;
+  for (const volume of store.objects.forJob(job.id)) {
+    if (volume.kind !== 'volume' || (volume.state !== 'unpacked' && volume.state !== 'sealed'))
+      continue;
+    const blob = store.blobs.byVolume(volume.id);
+    if (blob?.status !== 'unpacking') continue;
+    const ready = await finishLayer(ctx, volume);
+    if (blob.sha256 !== null) {
+      store.tx(() => {
+        store.images.setBlobs(image.id, [ready.id]);
+        store.images.setStatus(image.id, 'processing', { sha256: blob.sha256 });
+      });
+      flat = ready;
+    }
+  }
+  return flat;
+}
+
 async function run(ctx: JobContext): Promise<StepOutcome> {
   const { store, job, image, ref, progress } = ctx;
-  const linked = store.images.blobIds(image.id).map((id) => store.blobs.get(id));
-  if (linked.length > 0 && linked.every((b) => b?.status === 'ready')) {
+  if (contentComplete(ctx))
     return { status: 'skipped', detail: { reason: 'content already unpacked' } };
-  }
-  const done = store.objects
-    .forJob(job.id)
-    .find((o) => o.kind === 'volume' && (o.state === 'unpacked' || o.state === 'sealed'));
-  if (done !== undefined) return { status: 'complete', detail: { volume: done.id, resumed: true } };
+  const resumed = await finishLeftovers(ctx);
+  if (resumed !== null)
+    return { status: 'complete', detail: { blob: resumed.id, resumed: true, layersApplied: 0 } };
 
   const sizeBytes = volumeSizeFor(ref.size, ctx.config);
+  progress.start('download', ref.size);
+  const { downloadObject } = await import('../../source/download.js');
+  let fetchedBytes = 0;
+  const download = downloadObject(await ctx.s3(), ref, {
+    partSize: ctx.config.download.partSizeBytes,
+    concurrency: ctx.config.download.concurrency,
+    onBytes: (n) => {
+      fetchedBytes = n;
+      progress.update('download', n);
+    },
+    signal: ctx.signal,
+    logger: ctx.logger,
+  });
+  let source: SourcedImage | undefined;
+  let detail: Record<string, unknown>;
+  try {
+    // Content decides: a flat tar streams through; a container image is spooled and verified first.
+    source = await openImage(download.chunks, {
+      spoolDir: join(ctx.config.stateDir, 'spool', `job-${job.id}`),
+      limits: ctx.config.limits,
+      bytesFetched: () => fetchedBytes,
+    });
+    detail =
+      source.flatBytes === null
+        ? await applyLayers(ctx, source, sizeBytes)
+        : await unpackFlat(ctx, source, sizeBytes, download.result);
+  } catch (err) {
+    // The unpacker stopped first; the download's own outcome is secondary.
+    download.result.catch(() => undefined);
+    throw asVolumeFull(err, sizeBytes);
+  } finally {
+    source?.release();
+    progress.end('download');
+  }
+  const fetched = await download.result;
+  store.tx(() => {
+    store.images.setConfig(image.id, describeImage(source));
+    store.images.setStatus(image.id, 'processing', { sha256: fetched.sha256 });
+  });
+  return {
+    status: 'complete',
+    detail: {
+      ...detail,
+      sha256: fetched.sha256,
+      resumes: fetched.resumes,
+      compression: source.compression,
+      format: source.format,
+    },
+  };
+}
+
+/** A flat tar: one layer on a fresh volume, unpacked as it streams by today's unpacker. */
+async function unpackFlat(
+  ctx: JobContext,
+  source: SourcedImage,
+  sizeBytes: number,
+  result: Promise<{ sha256: string; size: number }>,
+): Promise<Record<string, unknown>> {
+  const { store, job, image, ref, progress } = ctx;
   const { volume, mountpoint } = await ctx.objects.createVolumeForUnpack(
     { sizeBytes, jobId: job.id },
     (vol) => {
@@ -53,36 +151,10 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   );
   const blob = store.blobs.byVolume(volume.id)!;
   ctx.logger.info('unpacking', { volume: volume.id, blob: blob.id, sizeBytes, mountpoint });
-
-  progress.start('download', ref.size);
   progress.start('unpack', ref.size);
-  const { downloadObject } = await import('../../source/download.js');
-  const download = downloadObject(await ctx.s3(), ref, {
-    partSize: ctx.config.download.partSizeBytes,
-    concurrency: ctx.config.download.concurrency,
-    onBytes: (n) => progress.update('download', n),
-    signal: ctx.signal,
-    logger: ctx.logger,
-  });
   let stats;
-  let upload;
   try {
-    // Content decides: a flat tar streams through; a container image is spooled and verified first.
-    upload = await prepareUpload(download.chunks, {
-      spoolDir: join(ctx.config.stateDir, 'spool', `job-${job.id}`),
-      limits: ctx.config.limits,
-    });
-    if (upload.container !== undefined) {
-      const { layout, chosen, layers, whiteouts, spooledBytes } = upload.container;
-      ctx.logger.info('container image verified', {
-        layout,
-        chosen,
-        layers: layers.length,
-        whiteouts,
-        spooledBytes,
-      });
-    }
-    stats = await unpackArchive(upload.source, {
+    stats = await unpackArchive(source.flatBytes!(), {
       root: mountpoint,
       limits: ctx.config.limits,
       onProgress: (n: number) => {
@@ -91,37 +163,112 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       },
       signal: ctx.signal,
     });
-  } catch (err) {
-    // The unpacker stopped first; the download's own outcome is secondary.
-    download.result.catch(() => undefined);
-    throw asVolumeFull(err, sizeBytes);
   } finally {
-    upload?.release();
-    progress.end('download');
     progress.end('unpack');
   }
-  const fetched = await download.result;
-  await ctx.objects.markUnpacked(volume, () =>
+  const fetched = await result;
+  // An uncompressed tar's sha256 is its diff_id, so its chain ID: a base others can share.
+  const id = source.compression === 'none' ? `sha256:${fetched.sha256}` : null;
+  await ctx.objects.markUnpacked(volume, () => {
     store.blobs.recordContent(blob.id, {
       sha256: fetched.sha256,
       size: fetched.size,
-      compression: upload.compression,
-      imageConfig: upload.container === undefined ? null : describeContainer(upload.container),
-    }),
-  );
+      compression: source.compression,
+    });
+    store.blobs.recordLayer(blob.id, {
+      diffId: id,
+      chainId: id,
+      size: fetched.size,
+      compression: source.compression,
+    });
+  });
+  failpoint('layer:1:flushed');
+  const ready = await finishLayer(ctx, store.objects.get(volume.id)!);
+  store.tx(() => store.images.setBlobs(image.id, [ready.id]));
   return {
-    status: 'complete',
-    detail: {
-      volume: volume.id,
-      blob: blob.id,
-      sha256: fetched.sha256,
-      resumes: fetched.resumes,
-      ...stats,
-      compression: upload.compression,
-      ...(upload.container === undefined
-        ? {}
-        : { format: upload.container.layout, layers: upload.container.layers.length }),
-    },
+    volume: volume.id,
+    blob: ready.id,
+    sharedWithBlob: ready.id === blob.id ? null : ready.id,
+    layers: 1,
+    layersApplied: 1,
+    layersReused: 0,
+    ...stats,
+  };
+}
+
+/**
+ * A container image: layers the host holds are reused (the highest one held
+ * is the start: nothing below it is needed), every layer above is applied on
+ * a clone of the one below.
+ */
+async function applyLayers(
+  ctx: JobContext,
+  source: SourcedImage,
+  sizeBytes: number,
+): Promise<Record<string, unknown>> {
+  const { store, image, progress } = ctx;
+  const layers = source.layers;
+  ctx.logger.info('container image verified', {
+    format: source.format,
+    chosen: source.chosen,
+    layers: layers.length,
+    spooledBytes: source.spooledBytes(),
+  });
+  store.tx(() => store.images.setBlobs(image.id, []));
+  let start = -1;
+  for (const [i, l] of layers.entries())
+    if (store.blobs.readyByChain(l.chainId!) !== undefined) start = i;
+  let parent: BlobRow | null = null;
+  let applied = 0;
+  const totals = { entries: 0, bytes: 0, whiteouts: 0, removed: 0 };
+  for (const [i, layer] of layers.entries()) {
+    if (i < start) {
+      linkIfReady(store, image.id, i, layer.chainId!);
+      continue;
+    }
+    const outcome = await obtainLayer(ctx, {
+      index: i,
+      chainId: layer.chainId!,
+      diffId: layer.diffId!,
+      parent,
+      sizeBytes,
+      apply: async (mountpoint, lower) => {
+        progress.start('unpack', null);
+        try {
+          const stats = await applyLayer(layer.open(ctx.signal), {
+            root: mountpoint,
+            lower,
+            limits: ctx.config.limits,
+            signal: ctx.signal,
+            onProgress: (n) => {
+              progress.update('unpack', n);
+              failpoint(`layer:${i + 1}:midway`);
+            },
+          });
+          const found = layer.digests();
+          if (found === null || found.diffId !== layer.diffId)
+            throw new ImageError(
+              'LAYER_DIGEST_MISMATCH',
+              `layer ${i + 1}: its content hashes to ${found?.diffId ?? 'nothing'}, not ${layer.diffId}`,
+            );
+          for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += stats[k];
+          ctx.logger.info('layer applied', { layer: i + 1, chainId: layer.chainId, ...stats });
+          return { tarBytes: found.tarBytes, compression: layer.compression };
+        } finally {
+          progress.end('unpack');
+        }
+      },
+    });
+    if (outcome.applied) applied++;
+    parent = outcome.blob;
+  }
+  return {
+    blob: parent?.id ?? null,
+    layers: layers.length,
+    layersApplied: applied,
+    layersReused: layers.length - applied,
+    layersHeldBelow: Math.max(0, start),
+    ...totals,
   };
 }
 

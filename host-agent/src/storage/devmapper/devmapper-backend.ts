@@ -1,7 +1,9 @@
 /**
  * The devmapper backend: volumes and snapshots are thin devices of one thin
- * pool. A volume is a thin device (mkfs'd, unpacked, then deactivated); a
- * snapshot is a create_snap of it, activated as /dev/mapper/<name>.
+ * pool. A volume is a thin device (mkfs'd, unpacked, then deactivated) or,
+ * for a layer above a base, a create_snap of the layer below it (mounted
+ * without mkfs, the layer applied on top, deactivated); a snapshot is a
+ * create_snap of a volume, activated as /dev/mapper/<name>.
  * Thin ids come from the store; every create and delete is a pool
  * transaction (pool-transactions.ts). Device names are derived from object
  * ids plus a per-state-dir prefix, never from anything an uploader controls.
@@ -20,6 +22,7 @@ import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../..
 import type {
   BackendAction,
   BackendInventory,
+  CloneSpec,
   ObjectSpec,
   PoolStatus,
   ReadinessCheck,
@@ -424,6 +427,19 @@ export class DevmapperBackend implements StorageBackend {
     return { mountpoint };
   }
 
+  async createVolumeFrom(volume: CloneSpec): Promise<void> {
+    await this.snapOf(volume, `layer volume ${volume.name} from ${volume.origin.name}`);
+  }
+
+  async mountForApply(volume: ObjectSpec): Promise<{ mountpoint: string }> {
+    const mountpoint = this.mountpointOf(volume);
+    if (isMounted(mountpoint)) await unmount(mountpoint);
+    const device = await this.activateThin(volume);
+    mkdirSync(mountpoint, { recursive: true, mode: 0o700 });
+    await mountExt4(device, mountpoint, unpackMountOptions);
+    return { mountpoint };
+  }
+
   async flush(volume: ObjectSpec): Promise<void> {
     // syncfs ends in a flush to the thin device, which commits the pool's metadata.
     try {
@@ -448,20 +464,20 @@ export class DevmapperBackend implements StorageBackend {
   }
 
   async createSnapshot(snapshot: SnapshotSpec): Promise<void> {
-    const thinId = this.requireThinId(snapshot);
-    const originId = this.requireThinId(snapshot.origin);
-    const origin = this.deviceName(snapshot.origin);
+    await this.snapOf(snapshot, `snapshot ${snapshot.name} of ${snapshot.origin.name}`);
+  }
+
+  /** create_snap of `o.origin` as one pool transaction. */
+  private async snapOf(o: SnapshotSpec | CloneSpec, purpose: string): Promise<void> {
+    const thinId = this.requireThinId(o);
+    const originId = this.requireThinId(o.origin);
+    const origin = this.deviceName(o.origin);
     await this.tx.hold(async () => {
       // The kernel's rule: an active origin is suspended around create_snap.
       const active = (await dmInfo(origin)) !== null;
       if (active) await dmSuspend(origin);
       try {
-        await this.tx.change({
-          op: 'create_snap',
-          thinId,
-          originId,
-          purpose: `snapshot ${snapshot.name} of ${snapshot.origin.name}`,
-        });
+        await this.tx.change({ op: 'create_snap', thinId, originId, purpose });
       } finally {
         if (active) await dmResume(origin);
       }

@@ -1,8 +1,9 @@
 /**
  * The loop backend: each object is a sparse file under <state-dir>/pool/,
- * attached as a real loop device when in use. Snapshots are reflink copies
- * where the filesystem supports them (cp --reflink=auto), sparse copies
- * otherwise. Meant for development, CI and hosts without a thin pool.
+ * attached as a real loop device when in use. Snapshots, and the volumes of
+ * layers above a base, are reflink copies where the filesystem supports them
+ * (cp --reflink=auto: xfs, btrfs), sparse copies otherwise. Meant for
+ * development, CI and hosts without a thin pool.
  */
 import {
   constants,
@@ -28,6 +29,7 @@ import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../..
 import type {
   BackendAction,
   BackendInventory,
+  CloneSpec,
   ObjectSpec,
   PoolStatus,
   ReadinessCheck,
@@ -162,13 +164,26 @@ export class LoopBackend implements StorageBackend {
   }
 
   async mountForUnpack(volume: ObjectSpec): Promise<{ mountpoint: string }> {
-    const file = this.fileOf(volume);
-    const mountpoint = this.mountpointOf(volume);
     // A retried unpack starts from a fresh filesystem: release any earlier attempt.
     await this.unmountAndDetach(volume);
-    await makeExt4(file, { label: volume.name });
+    await makeExt4(this.fileOf(volume), { label: volume.name });
+    return this.mountExisting(volume);
+  }
+
+  async createVolumeFrom(volume: CloneSpec): Promise<void> {
+    await this.createPool();
+    await this.copyComplete(this.fileOf(volume.origin), volume);
+  }
+
+  async mountForApply(volume: ObjectSpec): Promise<{ mountpoint: string }> {
+    await this.unmountAndDetach(volume);
+    return this.mountExisting(volume);
+  }
+
+  private async mountExisting(volume: ObjectSpec): Promise<{ mountpoint: string }> {
+    const mountpoint = this.mountpointOf(volume);
     mkdirSync(mountpoint, { recursive: true, mode: 0o700 });
-    const device = await attachLoop(file);
+    const device = await attachLoop(this.fileOf(volume));
     try {
       await mountExt4(device, mountpoint, unpackMountOptions);
     } catch (err) {
@@ -193,23 +208,21 @@ export class LoopBackend implements StorageBackend {
   }
 
   async createSnapshot(snapshot: SnapshotSpec): Promise<void> {
-    const partial = this.partialOf(snapshot);
+    await this.copyComplete(this.fileOf(snapshot.origin), snapshot);
+  }
+
+  /** Copy `from` to the object's file: a partial name first, the final name once complete. */
+  private async copyComplete(from: string, to: ObjectSpec): Promise<void> {
+    const partial = this.partialOf(to);
     rmSync(partial, { force: true });
-    await run('cp', [
-      '--reflink=auto',
-      '--sparse=always',
-      '--',
-      this.fileOf(snapshot.origin),
-      partial,
-    ]);
+    await run('cp', ['--reflink=auto', '--sparse=always', '--', from, partial]);
     const fd = openSync(partial, constants.O_RDONLY);
     try {
       fsyncSync(fd);
     } finally {
       closeSync(fd);
     }
-    // The final name appears only once the copy is complete.
-    renameSync(partial, this.fileOf(snapshot));
+    renameSync(partial, this.fileOf(to));
   }
 
   async activate(snapshot: SnapshotSpec): Promise<string> {

@@ -1,0 +1,264 @@
+/**
+ * Layers as chains of volumes shared between images, end to end with the
+ * built CLI on real loop devices, the state dir on an xfs filesystem (so the
+ * loop backend's clones are reflink copies, as a thin pool's snapshots
+ * share blocks). Images are built with umoci and skopeo: a second image on
+ * the same base applies only its top layer and costs the pool about that
+ * layer; its result equals `umoci raw unpack`; remove keeps layers another
+ * image uses and releases the rest; gc releases what no image uses; a digest
+ * mismatch leaves the pool as it was; two jobs needing one new layer build
+ * it once.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmdirSync,
+  statfsSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { StateStore } from '../../host-agent/src/store/index.js';
+import { runCli, type CliResult } from '../helpers/cli.js';
+import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { appendLayer, buildOciFixture, tarOf, type OciFixture } from '../helpers/oci-fixtures.js';
+import { needsRoot } from '../helpers/root.js';
+import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
+import { compareTrees } from '../helpers/tree-compare.js';
+
+const bucket = 'thinrelay-layers';
+const tar = 'application/vnd.oci.image.layer.v1.tar';
+const MiB = 1024 ** 2;
+const needsTools =
+  needsRoot ||
+  (['umoci', 'skopeo', 'zstd', 'mkfs.xfs'].some((t) => {
+    try {
+      execFileSync('sh', ['-c', `command -v ${t}`]);
+      return false;
+    } catch {
+      return true;
+    }
+  })
+    ? 'needs umoci, skopeo, zstd and xfsprogs'
+    : false);
+
+function json<T>(r: CliResult): T {
+  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+interface Show {
+  image: { id: number; status: string };
+  steps: { name: string; detail: Record<string, unknown> | null }[];
+  layers: { position: number; chainId: string; volume: string; sharedBy: number }[];
+}
+
+describe('layer chains shared between images', { skip: needsTools }, () => {
+  let s3: S3Emulator;
+  let work: string;
+  let xfsMount: string;
+  let stateDir: string;
+  let env: NodeJS.ProcessEnv;
+  let fx: OciFixture;
+  const cli = (...args: string[]): Promise<CliResult> => runCli(args, env);
+
+  /** Bytes in use on the xfs filesystem holding the pool (shared extents counted once). */
+  const xfsUsed = (): number => {
+    execFileSync('sync', ['-f', xfsMount]);
+    const s = statfsSync(xfsMount);
+    return (s.blocks - s.bfree) * s.bsize;
+  };
+
+  /** Image `tag` of the layout alone, as an oci-archive tarred as skopeo lays it out. */
+  const archiveOf = (tag: string): Buffer => {
+    const copy = mkdtempSync(join(work, 'archive-'));
+    cpSync(fx.layout, copy, { recursive: true });
+    const index = JSON.parse(readFileSync(join(copy, 'index.json'), 'utf8')) as {
+      manifests: { annotations?: Record<string, string> }[];
+    };
+    index.manifests = index.manifests.filter(
+      (m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag,
+    );
+    writeFileSync(join(copy, 'index.json'), JSON.stringify(index));
+    return execFileSync('tar', ['-C', copy, '-cf', '-', 'blobs', 'oci-layout', 'index.json'], {
+      maxBuffer: 1 << 30,
+    });
+  };
+
+  /** A new layer holding `files` (name → content) on top of image `from`, tagged `to`. */
+  const addLayer = async (
+    from: string,
+    to: string,
+    files: Record<string, Buffer>,
+    diffId?: string,
+  ): Promise<void> => {
+    const stage = mkdtempSync(join(work, 'stage-'));
+    for (const [name, body] of Object.entries(files)) writeFileSync(join(stage, name), body);
+    const layer = await tarOf(stage, Object.keys(files));
+    appendLayer(fx.layout, from, to, layer, tar, diffId ?? sha256(layer));
+  };
+
+  const show = async (key: string): Promise<Show> => json<Show>(await cli('show', key, '--json'));
+  const unpackDetail = (s: Show): Record<string, unknown> =>
+    s.steps.find((x) => x.name === 'unpack')!.detail!;
+  const processImage = async (key: string): Promise<{ devicePath: string }> =>
+    json<{ devicePath: string }>(await cli('process-image', '--s3-key', key, '--json'));
+
+  before(async () => {
+    s3 = await startS3Emulator();
+    await s3.createBucket(bucket);
+    work = mkdtempSync(join(tmpdir(), 'thinrelay-chains-'));
+    xfsMount = join(work, 'xfs');
+    mkdirSync(xfsMount);
+    const img = join(work, 'xfs.img');
+    execFileSync('truncate', ['-s', '3G', img]);
+    execFileSync('mkfs.xfs', ['-q', '-m', 'reflink=1', img]);
+    execFileSync('mount', ['-o', 'loop', img, xfsMount]);
+    stateDir = join(xfsMount, 'state');
+    env = {
+      ...s3EnvFor(s3),
+      THINRELAY_STATE_DIR: stateDir,
+      THINRELAY_BUCKET: bucket,
+      THINRELAY_RESERVE_BYTES: '0',
+    };
+    fx = await buildOciFixture(work);
+    // base: the fixture's three layers and a 48 MiB one; app: base + a 1 MiB top layer.
+    await addLayer(fx.tag, 'base', { 'big.bin': randomBytes(48 * MiB) });
+    await addLayer('base', 'app', { 'app.bin': randomBytes(1 * MiB) });
+    await addLayer('base', 'app2', { 'app2.bin': randomBytes(1 * MiB) });
+    await addLayer('base', 'bad', { 'bad.bin': Buffer.from('x') }, 'ab'.repeat(32));
+    // Two images on a new layer nobody holds yet.
+    await addLayer(fx.tag, 'mid', { 'mid.bin': randomBytes(4 * MiB) });
+    await addLayer('mid', 'c', { 'c.bin': Buffer.from('c') });
+    await addLayer('mid', 'd', { 'd.bin': Buffer.from('d') });
+    execFileSync('umoci', ['raw', 'unpack', '--image', `${fx.layout}:app`, join(work, 'app-ref')]);
+    for (const tag of ['base', 'app', 'app2', 'bad', 'c', 'd'])
+      await s3.putObject(bucket, `images/${tag}.tar`, archiveOf(tag));
+  });
+  after(async () => {
+    releaseStateDir(stateDir);
+    execFileSync('umount', [xfsMount]);
+    await s3.stop();
+    execFileSync('rm', ['-rf', work]);
+  });
+
+  test('a second image on the same base applies only its top layer, and costs about that layer', async (t) => {
+    const before0 = xfsUsed();
+    await processImage('images/base.tar');
+    const first = await show('images/base.tar');
+    assert.equal(unpackDetail(first).layersApplied, 4);
+    assert.equal(first.layers.length, 4);
+    const before1 = xfsUsed();
+
+    const app = await processImage('images/app.tar');
+    const second = await show('images/app.tar');
+    assert.equal(unpackDetail(second).layersApplied, 1, 'only the top layer is applied');
+    assert.equal(unpackDetail(second).layersReused, 4);
+    assert.deepEqual(
+      second.layers.slice(0, 4).map((l) => l.chainId),
+      first.layers.map((l) => l.chainId),
+      'the base layers are the same volumes',
+    );
+    assert.deepEqual(
+      second.layers.map((l) => l.sharedBy),
+      [2, 2, 2, 2, 1],
+    );
+    const growFirst = before1 - before0;
+    const growSecond = xfsUsed() - before1;
+    t.diagnostic(`pool growth: first image ${growFirst} bytes, second ${growSecond} bytes`);
+    // The first image holds 48+ MiB of layers; the second adds 1 MiB of content and ext4 metadata.
+    assert.ok(growFirst > 48 * MiB, `the first image grew the pool by ${growFirst}`);
+    assert.ok(
+      growSecond < 0.2 * growFirst,
+      `the second image grew the pool by ${growSecond} bytes, the first by ${growFirst}`,
+    );
+
+    const mnt = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
+    execFileSync('mount', ['-o', 'ro', app.devicePath, mnt]);
+    try {
+      const diffs = await compareTrees(join(work, 'app-ref'), mnt, {
+        skip: (rel) => rel === 'lost+found',
+        ignoreMtime: (rel) => rel === '.',
+      });
+      assert.deepEqual(diffs, [], 'the chain equals umoci raw unpack');
+    } finally {
+      execFileSync('umount', [mnt]);
+      rmdirSync(mnt);
+    }
+  });
+
+  test('a digest mismatch above held layers leaves the pool as it was', async () => {
+    const pool = hostInventory(stateDir).poolFiles;
+    const r = await cli('process-image', '--s3-key', 'images/bad.tar', '--json');
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /LAYER_DIGEST_MISMATCH/);
+    assert.deepEqual(hostInventory(stateDir).poolFiles, pool);
+    assert.deepEqual(hostInventory(stateDir).mounts, []);
+  });
+
+  test('two jobs needing the same new layer build it once', async () => {
+    const [c, d] = await Promise.all([
+      cli('process-image', '--s3-key', 'images/c.tar', '--json'),
+      cli('process-image', '--s3-key', 'images/d.tar', '--json'),
+    ]);
+    assert.equal(c.code, 0, c.stderr);
+    assert.equal(d.code, 0, d.stderr);
+    const applied = [await show('images/c.tar'), await show('images/d.tar')].map(
+      (s) => unpackDetail(s).layersApplied as number,
+    );
+    // Fixture layers are held; "mid" is built by one of them; each applies its own top.
+    assert.equal(applied[0]! + applied[1]!, 3, `layers applied: ${applied.join(' + ')}`);
+    const cMid = (await show('images/c.tar')).layers[3]!;
+    const dMid = (await show('images/d.tar')).layers[3]!;
+    assert.equal(cMid.volume, dMid.volume, 'one volume for the shared new layer');
+  });
+
+  test('remove keeps layers another image uses; gc releases what no image uses', async () => {
+    const base = await show('images/base.tar');
+    const app = await show('images/app.tar');
+    const r = json<{ removedObjects: number }>(
+      await cli('remove', 'images/base.tar', '--force', '--json'),
+    );
+    assert.equal(r.removedObjects, 1, 'only its snapshot: every layer is shared with app');
+    let files = hostInventory(stateDir).poolFiles;
+    for (const l of base.layers) assert.ok(files.includes(`${l.volume}.img`), l.volume);
+    for (const key of ['images/c.tar', 'images/d.tar'])
+      json(await cli('remove', key, '--force', '--json'));
+    files = hostInventory(stateDir).poolFiles;
+    for (const l of app.layers) assert.ok(files.includes(`${l.volume}.img`), l.volume);
+
+    // Its object deleted from S3, the daemon retires app (the image reads as removed, its
+    // layers stay until gc): as ops/retire.ts does, once its snapshot is inactive.
+    const snap = (await show('images/app.tar')) as Show & { snapshots: { objectId: number }[] };
+    json(await cli('deactivate', String(snap.snapshots[0]!.objectId), '--json'));
+    const store = StateStore.open(stateDir);
+    try {
+      store.images.setStatus(app.image.id, 'removed');
+    } finally {
+      store.close();
+    }
+    const gc = json<{ actions: { object: string; action: string; reason: string }[] }>(
+      await cli('gc', '--json'),
+    );
+    const collected = gc.actions.filter((a) => /^layer \d+ \(sha256:/.test(a.reason));
+    assert.deepEqual(
+      collected.map((a) => a.object).sort(),
+      app.layers.map((l) => l.volume).sort(),
+      'gc says which layers it released',
+    );
+    const inv = hostInventory(stateDir);
+    assert.deepEqual(inv.poolFiles, [], 'no layer is left once no image uses it');
+    assert.deepEqual(inv.loops, []);
+    assert.deepEqual(inv.mounts, []);
+  });
+});
