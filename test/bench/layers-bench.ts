@@ -62,6 +62,8 @@ export interface ImageRun {
   reportedBytes: number | null;
   /** The pipeline's steps as the agent logged them done, in ms (from its log timestamps). */
   stepsMs: Record<string, number>;
+  /** Layers the agent applied and reused, as its unpack step logged them; null: not logged. */
+  layers: { applied: number; reused: number } | null;
 }
 
 export interface ImagePairFigures {
@@ -211,6 +213,8 @@ interface LogLine {
   msg?: string;
   step?: string;
   bytesFetched?: unknown;
+  layersApplied?: unknown;
+  layersReused?: unknown;
 }
 
 function logLines(stderr: string): LogLine[] {
@@ -237,6 +241,15 @@ function stepsMsOf(lines: LogLine[]): Record<string, number> {
     since = at;
   }
   return steps;
+}
+
+function layersOf(lines: LogLine[]): ImageRun['layers'] {
+  const done = lines.find((l) => l.msg === 'step done' && l.step === 'unpack');
+  if (typeof done?.layersApplied !== 'number') return null;
+  return {
+    applied: done.layersApplied,
+    reused: typeof done.layersReused === 'number' ? done.layersReused : 0,
+  };
 }
 
 /** The bytes the agent says it fetched from S3: the largest `bytesFetched` it logged or printed. */
@@ -395,6 +408,7 @@ async function withStage<T>(
           linkBytes,
           reportedBytes: reportedBytesOf(lines, r.stdout),
           stepsMs: stepsMsOf(lines),
+          layers: layersOf(lines),
         };
         lastDevice.set(pool, (JSON.parse(r.stdout) as { devicePath: string }).devicePath);
         console.error(`  ${key}, ${pool.label}: ${JSON.stringify(run)}`);
@@ -662,9 +676,13 @@ function pairRows(p: ImagePairFigures): Row[] {
   const load = `load ${p.loadAverage.join('→')}`;
   const reported =
     p.second.reportedBytes === null ? 'not reported' : mebibytes(p.second.reportedBytes);
+  const layers =
+    p.second.layers === null
+      ? 'layers not logged'
+      : `${p.second.layers.applied} layer(s) applied, ${p.second.layers.reused} reused`;
   return [
     [
-      `second image's process-image, ${p.format}, ${p.pool} (${load})`,
+      `second image's process-image, ${p.format}, ${p.pool} (${layers}; ${load})`,
       `second ${seconds(p.second.ms)}`,
       `first ${seconds(p.first.ms)}`,
       p.timeRatio.toFixed(2),
