@@ -645,9 +645,11 @@ async function main(): Promise<void> {
     };
     const out = join(repoRoot, 'bench', 'results.json');
     mkdirSync(dirname(out), { recursive: true });
-    // Formatted as the repository's prettier would: `npm run lint` stays green.
-    const { format } = await import('prettier');
-    writeFileSync(out, await format(JSON.stringify(results), { parser: 'json' }));
+    // Formatted with the repository's prettier settings: `npm run lint` stays green.
+    const { format, resolveConfig } = await import('prettier');
+    const options = (await resolveConfig(out)) ?? {};
+    const json = JSON.stringify(results, null, 2);
+    writeFileSync(out, await format(json, { ...options, filepath: out }));
     printTable(results);
     console.log(`\nwritten: ${out}`);
   } finally {
