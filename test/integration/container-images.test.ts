@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import {
   cpSync,
+  existsSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
@@ -90,6 +91,9 @@ describe('container images', { skip: needsTools }, () => {
   let env: NodeJS.ProcessEnv;
   let fx: OciFixture;
   const cli = (...args: string[]): Promise<CliResult> => runCli(args, env);
+  /** What is left in the spool (an archive read by range never makes one). */
+  const spooled = (): string[] =>
+    existsSync(join(stateDir, 'spool')) ? readdirSync(join(stateDir, 'spool')) : [];
 
   /** A copy of the fixture's layout with one more layer on `final`, as an oci-archive. */
   const withLayer = (
@@ -179,7 +183,7 @@ describe('container images', { skip: needsTools }, () => {
         execFileSync('umount', [mnt]);
         rmdirSync(mnt);
       }
-      assert.deepEqual(readdirSync(join(stateDir, 'spool')), [], 'the spool is released');
+      assert.deepEqual(spooled(), [], 'the spool is released');
     });
   }
 
@@ -295,12 +299,14 @@ describe('container images', { skip: needsTools }, () => {
       const before = hostInventory(stateDir);
       const r = await cli('process-image', '--s3-key', key);
       assert.equal(r.code, 1, r.stderr);
-      assert.match(r.stderr, new RegExp(`\\[${code}\\]`));
+      // Read by range, an uncompressed layer's diff_id (= its blob digest) is checked first.
+      const codes = code === 'BLOB_DIGEST_MISMATCH' ? '(?:BLOB|LAYER)_DIGEST_MISMATCH' : code;
+      assert.match(r.stderr, new RegExp(`\\[${codes}\\]`));
       const after = hostInventory(stateDir);
       assert.deepEqual(after.loops, before.loops);
       assert.deepEqual(after.mounts, []);
       assert.deepEqual(after.poolFiles, before.poolFiles);
-      assert.deepEqual(readdirSync(join(stateDir, 'spool')), []);
+      assert.deepEqual(spooled(), []);
       execFileSync('sh', ['-c', 'test ! -e /tmp/pwned']);
     });
   }

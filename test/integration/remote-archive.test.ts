@@ -209,6 +209,7 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
     key: string,
     client: S3Client = s3.client,
     limits = defaultLimits,
+    maxWalkRequests?: number,
   ): Promise<OpenedImage | null> => {
     const ref = await headObject(client, bucket, key, { maxBlobBytes: defaultLimits.maxBlobBytes });
     return openRemoteArchive(client, ref, {
@@ -217,6 +218,7 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
       concurrency: 4,
       signal: new AbortController().signal,
       logger: silentLogger,
+      ...(maxWalkRequests !== undefined ? { maxWalkRequests } : {}),
     });
   };
   const put = async (key: string, file: string): Promise<void> => {
@@ -337,11 +339,12 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
     assert.deepEqual(oci!.config, docker!.config);
   });
 
-  for (const [key, layers] of [
-    ['images/two-oci.tar', 2],
-    ['images/two-docker.tar', 2],
-    ['images/ten-oci.tar', 10],
-    ['images/ten-docker.tar', 10],
+  for (const [key, layers, topFetched] of [
+    // Two-layer archives lie whole in the first header window: the top layer comes with it.
+    ['images/two-oci.tar', 2, false],
+    ['images/two-docker.tar', 2, false],
+    ['images/ten-oci.tar', 10, true],
+    ['images/ten-docker.tar', 10, true],
   ] as const) {
     test(`${key}: opening and reading the top layer fetches headers, JSON and that layer only`, async (t) => {
       const size = readFileSync(archives.get(key)!).length;
@@ -373,11 +376,19 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
       assert.ok(body.length > 0);
       assert.equal(
         image.bytesFetched(),
-        walkBytes + top.blobBytes,
-        'only the top layer was fetched',
+        walkBytes + (topFetched ? top.blobBytes : 0),
+        topFetched ? 'only the top layer was fetched' : 'nothing more was fetched',
       );
+      if (!topFetched) assert.equal(proxy.requests.length - req0, walkRequests + 1, 'no more GETs');
       const seen = proxy.responseBytes - bytes0;
       const requests = proxy.requests.length - req0;
+      const gets = proxy.requests.slice(req0).filter((r) => r.method === 'GET');
+      assert.equal(gets.length, requests - 1, 'a HEAD, then GETs');
+      for (const r of gets) {
+        assert.equal(r.headers['if-match'], head.eTag, 'every GET is pinned to the ETag');
+        // A GET of the whole object is unranged: only when it fits in one header window.
+        if (size > 64 * 1024) assert.match(r.headers.range ?? '', /^bytes=\d+-\d*$/, 'ranged');
+      }
       // The link carried the counted bytes plus HTTP heads (well under 1 KiB each), nothing more.
       assert.ok(seen >= image.bytesFetched(), `${seen} on the link`);
       assert.ok(
@@ -401,52 +412,44 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
   });
 
   test('an overwrite between open and a layer fetch fails with OBJECT_CHANGED', async () => {
-    await put('images/overwritten.tar', fx.ociArchive);
+    await put('images/overwritten.tar', archives.get('images/ten-oci.tar')!);
     const image = await open('images/overwritten.tar');
     assert.ok(image !== null);
     await s3.putObject(bucket, 'images/overwritten.tar', readFileSync(fx.dockerArchive));
-    await assert.rejects(readLayer(image, 3), hasCode('OBJECT_CHANGED'));
-    assert.equal(image.layers[2]!.digests(), null);
+    await assert.rejects(readLayer(image, 10), hasCode('OBJECT_CHANGED'));
+    assert.equal(image.layers[9]!.digests(), null);
+    // A small layer that came with the header walk is the pinned version's: it still reads.
+    assert.ok((await readLayer(image, 3)).length > 0);
   });
 
-  for (const [name, file] of [
-    ['oci-archive', () => archives.get('images/plain-oci.tar')!],
-    ['docker-archive', () => fx.dockerArchive],
+  for (const [name, key, marker, layers] of [
+    // Small top layers (served from the header walk's window) and big ones (fetched by range).
+    ['oci-archive', 'images/plain-oci.tar', 'data/new', 3],
+    ['docker-archive', 'images/docker.tar', 'data/new', 3],
+    ['oci-archive, 10 layers', 'images/ten-oci.tar', 'big/layer10.bin', 10],
+    ['docker-archive, 10 layers', 'images/ten-docker.tar', 'big/layer10.bin', 10],
   ] as const) {
     test(`${name}: a layer with a changed byte but the old digests fails with LAYER_DIGEST_MISMATCH`, async () => {
-      // Re-pack the archive, member order kept, with one content byte of the
-      // plain top layer changed (data/new holds "n\n"; it becomes "m\n").
-      const dir = join(work, `tamper-${name}`);
-      const expected = expectedOf(file(), dir);
-      const top = expected.layers.at(-1)!;
-      const names = execFileSync('tar', ['-tf', file()]).toString().trim().split('\n');
-      let patched = 0;
-      for (const member of names) {
-        const path = join(dir, member);
-        let bytes: Buffer;
-        try {
-          bytes = readFileSync(path);
-        } catch {
-          continue; // a directory
-        }
-        if (!bytes.equals(top)) continue;
-        const at = bytes.indexOf('data/new\0');
-        assert.ok(at >= 0);
-        assert.equal(bytes[at + 512], 'n'.charCodeAt(0));
-        bytes[at + 512] = 'm'.charCodeAt(0);
-        writeFileSync(path, bytes);
-        patched += 1;
-      }
-      assert.equal(patched, 1, 'one member holds the top layer');
-      const out = join(work, `tampered-${name}.tar`);
+      // Re-pack the archive, member order kept, with one content byte of its
+      // plain top layer changed (the first byte of `marker`'s data).
+      const file = archives.get(key)!;
+      const dir = join(work, `tamper-${name.replace(/\W/g, '_')}`);
+      const expected = expectedOf(file, dir);
+      const top = readFileSync(expected.layerFiles.at(-1)!);
+      const at = top.indexOf(`${marker}\0`);
+      assert.ok(at >= 0 && at % 512 === 0, `${marker} is a member of the top layer`);
+      top[at + 512] = top[at + 512]! ^ 0x01;
+      writeFileSync(expected.layerFiles.at(-1)!, top);
+      const names = execFileSync('tar', ['-tf', file]).toString().trim().split('\n');
+      const out = `${dir}-repacked.tar`;
       execFileSync('tar', ['--no-recursion', '-C', dir, '-cf', out, ...names]);
-      const key = `images/tampered-${name}.tar`;
-      await put(key, out);
-      const image = await open(key);
+      const tampered = `images/tampered-${name.replace(/\W/g, '_')}.tar`;
+      await put(tampered, out);
+      const image = await open(tampered);
       assert.ok(image !== null, 'the structure and config are intact');
       assert.ok((await readLayer(image, 1)).equals(expected.layers[0]!), 'layer 1 is untouched');
-      await assert.rejects(readLayer(image, 3), hasCode('LAYER_DIGEST_MISMATCH'));
-      assert.equal(image.layers[2]!.digests(), null);
+      await assert.rejects(readLayer(image, layers), hasCode('LAYER_DIGEST_MISMATCH'));
+      assert.equal(image.layers[layers - 1]!.digests(), null);
     });
   }
 
@@ -497,6 +500,11 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
     } finally {
       await cutting.close();
     }
+  });
+
+  test('an archive whose header walk would need too many GETs is left to the caller: null', async () => {
+    assert.notEqual(await open('images/ten-oci.tar', s3.client, defaultLimits, 8), null);
+    assert.equal(await open('images/ten-oci.tar', s3.client, defaultLimits, 7), null);
   });
 
   test('a container archive over the entry limit fails with LIMIT_ENTRY_COUNT', async () => {

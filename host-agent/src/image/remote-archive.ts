@@ -3,12 +3,14 @@
  * it lies in S3, without downloading it: ranged GETs of the member headers
  * (a window at each header, so small members next to it, such as the image
  * JSON, come with it), the manifest and config from those windows or by
- * range, then each layer's blob only when the pipeline opens it. Layers the
- * host already holds are never fetched. An object compressed as a whole, or
+ * range, then each layer's blob only when the pipeline opens it (a small
+ * one that came with a header window is not fetched again). Layers the host
+ * already holds are never fetched. An object compressed as a whole, or
  * a flat rootfs tar, is not for this reader: null, and the caller streams or
  * spools it as before.
  */
 import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ImageError, isThinrelayError } from '../errors.js';
 import type { ImageLimits } from '../limits.js';
@@ -48,6 +50,12 @@ export interface RemoteArchiveOptions {
   concurrency: number;
   signal: AbortSignal;
   logger: Logger;
+  /**
+   * GETs the header walk may spend (default MAX_WALK_REQUESTS). An archive
+   * needing more (thousands of large members: no real image) is left to the
+   * caller's streamed path, which reads it once whole: null.
+   */
+  maxWalkRequests?: number;
 }
 
 /** Bytes fetched at each header that is not already in hand. */
@@ -61,6 +69,8 @@ const KEEP_HEADS = 4096;
 const HEAD_BYTES = 8;
 /** Member names looked at to tell a container archive from a flat tar (as sniff.ts does). */
 const SNIFF_MEMBERS = 4;
+/** A header per layer and a few for metadata; Docker allows 127 layers. */
+export const MAX_WALK_REQUESTS = 1024;
 
 /** What reading the archive's structure cost, for logs and benchmarks. */
 export interface HeaderWalkStats {
@@ -138,6 +148,11 @@ class RangedArchive {
     }
   }
 
+  /** A member's whole data if a window held it, else undefined. */
+  keptData(m: IndexedMember): Buffer | undefined {
+    return this.kept.get(m.dataOffset);
+  }
+
   /** A member's whole data (image JSON): kept, or fetched by range. */
   async dataOf(m: IndexedMember): Promise<Buffer> {
     return this.kept.get(m.dataOffset) ?? (await this.fetch(m.dataOffset, m.size));
@@ -165,7 +180,8 @@ class RangedArchive {
 async function walkMembers(
   archive: RangedArchive,
   limits: ImageLimits,
-): Promise<IndexedMember[] | null> {
+  maxRequests: number,
+): Promise<IndexedMember[] | null | 'too-many-requests'> {
   const size = archive.ref.size;
   const members: IndexedMember[] = [];
   const names: string[] = [];
@@ -189,7 +205,9 @@ async function walkMembers(
       const { offset, length } = step.value.read;
       // Past the first window: the members seen so far decide, as sniff.ts's peek would.
       if (!decided && offset + length > HEADER_WINDOW_BYTES && !decide()) return null;
-      step = walk.next(await archive.read(offset, length));
+      const bytes = await archive.read(offset, length);
+      if (archive.requests > maxRequests) return 'too-many-requests';
+      step = walk.next(bytes);
     }
   } catch (err) {
     if (!decided && !decide()) return null;
@@ -222,8 +240,15 @@ export async function openRemoteArchive(
   const archive = new RangedArchive(s3, ref, opts);
   const log = opts.logger.child({ reader: 'remote-archive' });
   if (!startsWithTarHeader(await archive.read(0, Math.min(512, ref.size)))) return null;
-  const list = await walkMembers(archive, opts.limits);
+  const list = await walkMembers(archive, opts.limits, opts.maxWalkRequests ?? MAX_WALK_REQUESTS);
   if (list === null) return null;
+  if (list === 'too-many-requests') {
+    log.warn('container archive has too many members to read by range; streaming it instead', {
+      requests: archive.requests,
+      bytes: archive.bytes,
+    });
+    return null;
+  }
   archive.dropWindow();
   const members = new ArchiveMembers(list);
   const readJson = async (member: IndexedMember, what: string): Promise<unknown> => {
@@ -267,6 +292,7 @@ export async function openRemoteArchive(
         diffId: diffIds[i]!,
         chainId: chainIds[i]!,
         compression,
+        kept: archive.keptData(blob.member),
         onBytes: (b) => (layerBytes += b),
       }),
     );
@@ -306,6 +332,8 @@ function remoteLayer(
     diffId: string;
     chainId: string;
     compression: ImageCompression;
+    /** The whole blob when the header walk already holds it. */
+    kept: Buffer | undefined;
     onBytes: (bytes: number) => void;
   },
 ): LayerSource {
@@ -313,10 +341,12 @@ function remoteLayer(
   const { member } = blob;
   let found: LayerDigests | null = null;
 
-  async function* open(signal: AbortSignal): AsyncGenerator<Buffer> {
-    found = null;
+  /** The blob's bytes: kept from the header walk (a small layer), else fetched by range now. */
+  function blobBytes(signal: AbortSignal): AsyncIterator<Uint8Array> {
+    const kept = layer.kept;
+    if (kept !== undefined) return Readable.from([kept])[Symbol.asyncIterator]();
     let counted = 0;
-    const download = downloadObject(s3, ref, {
+    return downloadObject(s3, ref, {
       window: { start: member.dataOffset, end: member.dataOffset + member.size - 1 },
       partSize: opts.partSize,
       concurrency: opts.concurrency,
@@ -326,10 +356,14 @@ function remoteLayer(
         layer.onBytes(total - counted);
         counted = total;
       },
-    });
-    // The blob is hashed here too, so a layer that fails to decompress can be
+    }).chunks[Symbol.asyncIterator]();
+  }
+
+  async function* open(signal: AbortSignal): AsyncGenerator<Buffer> {
+    found = null;
+    // The blob is hashed here, so a layer that fails to decompress can be
     // told apart: a blob that is not what its digest names, or a bad layer.
-    const blobIt = download.chunks[Symbol.asyncIterator]();
+    const blobIt = blobBytes(signal);
     const blobHash = createHash('sha256');
     async function* blobChunks(): AsyncGenerator<Uint8Array> {
       for (;;) {
@@ -360,7 +394,8 @@ function remoteLayer(
       // Stopped early or failed: the download must not keep running behind us.
       await blobIt.return?.();
     }
-    const blobSha256 = (await download.result).sha256;
+    // The downloader has checked the length; the digests are ours to check.
+    const blobSha256 = blobHash.digest('hex');
     const diffId = diff.digest('hex');
     // The diff_id first: for an uncompressed layer it is the blob digest too, and says more.
     verifyDiffId(diffId, layer.diffId.slice(7), n);

@@ -66,18 +66,30 @@ export async function asHostFault(
 
 /**
  * Release what a failed job created: its snapshots, and its volumes unless
- * they hold a ready blob (shared content) — or are kept for inspection.
- * A release that itself fails leaves the object in `removing` for the next
- * reconcile, and is logged, never hidden.
+ * they hold a ready layer another image uses (shared content) — or are kept
+ * for inspection. Layers this job made ready that no other image uses go
+ * too: a failed image leaves the pool as it was (a crash, which runs no
+ * release, keeps them for the resumed job). A release that itself fails
+ * leaves the object in `removing` for the next reconcile, and is logged,
+ * never hidden.
  */
 export async function releaseFailedJob(ctx: JobContext): Promise<void> {
-  const { store, objects, job } = ctx;
-  for (const row of store.objects.forJob(job.id)) {
+  const { store, objects, job, image } = ctx;
+  for (const row of [...store.objects.forJob(job.id)].reverse()) {
     if (row.state === 'removed') continue;
     const blob = row.kind === 'volume' ? store.blobs.byVolume(row.id) : undefined;
-    if (blob?.status === 'ready') continue;
+    const layerReady = blob?.status === 'ready';
+    if (layerReady) {
+      const released = store.tx(() => {
+        if (store.blobs.liveImageCount(blob.id, image.id) > 0) return false;
+        store.blobs.setStatus(blob.id, 'removed');
+        return true;
+      });
+      if (!released) continue;
+    }
     try {
-      if (row.kind === 'volume' && ctx.keepOnFailure && row.state !== 'kept')
+      // A ready layer is good content, not the failure: nothing there to inspect.
+      if (row.kind === 'volume' && ctx.keepOnFailure && row.state !== 'kept' && !layerReady)
         await objects.keep(row);
       else if (row.state !== 'kept') await objects.remove(row);
       if (blob !== undefined && blob.status === 'unpacking')

@@ -139,15 +139,15 @@ export class BlobRepo {
       .run(status, nowIso(), id);
   }
 
-  /** Images (not removed) that still use a blob. */
-  liveImageCount(blobId: number): number {
+  /** Images (not removed, other than `except`) that still use a blob. */
+  liveImageCount(blobId: number, except: number | null = null): number {
     return (
       this.db
         .prepare(
           `SELECT count(*) AS n FROM image_blobs ib JOIN images i ON i.id = ib.image_id
-           WHERE ib.blob_id = ? AND i.status != 'removed'`,
+           WHERE ib.blob_id = ? AND i.status != 'removed' AND i.id IS NOT ?`,
         )
-        .get(blobId) as { n: number }
+        .get(blobId, except) as { n: number }
     ).n;
   }
 }

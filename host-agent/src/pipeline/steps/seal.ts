@@ -18,7 +18,6 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
         (o.state === 'unpacked' || o.state === 'sealed') &&
         store.blobs.byVolume(o.id)?.status === 'unpacking',
     );
-  if (pending.length === 0) return { status: 'skipped', detail: { reason: 'layers sealed' } };
   const sealed: number[] = [];
   for (const volume of pending) {
     const blob = store.blobs.byVolume(volume.id)!;

@@ -13,7 +13,12 @@ import { volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
 import { failpoint } from '../../failpoints.js';
 import { applyLayer } from '../../image/apply-layer.js';
-import { describeImage, openImage, type SourcedImage } from '../../image/index.js';
+import {
+  describeImage,
+  openImage,
+  type OpenedImage,
+  type SourcedImage,
+} from '../../image/index.js';
 import { unpackArchive } from '../../unpack/index.js';
 import type { BlobRow } from '../../store/blobs.js';
 import type { JobContext, StepOutcome } from '../context.js';
@@ -38,15 +43,33 @@ function asVolumeFull(err: unknown, sizeBytes: number): unknown {
   return err;
 }
 
-/** The image's content is complete: its object hash recorded and its top layer ready. */
+/**
+ * The image's content is complete: its top layer ready, and the end of the
+ * unpack recorded (the object's sha256 once it was read whole, the image's
+ * config once a container image read by range was applied).
+ */
 function contentComplete(ctx: JobContext): boolean {
   const { store, image } = ctx;
   const top = store.images.topBlobId(image.id);
-  return (
-    store.images.get(image.id)!.sha256 !== null &&
-    top !== undefined &&
-    store.blobs.get(top)?.status === 'ready'
-  );
+  const ended =
+    store.images.get(image.id)!.sha256 !== null || store.images.configJson(image.id) !== null;
+  return ended && top !== undefined && store.blobs.get(top)?.status === 'ready';
+}
+
+/**
+ * An archive uncompressed at the outer level is read where it lies, by
+ * ranged GETs: its structure first, then only the layers the host does not
+ * hold. Null for anything else (streamed or spooled instead).
+ */
+async function openRanged(ctx: JobContext): Promise<OpenedImage | null> {
+  const { openRemoteArchive } = await import('../../image/remote-archive.js');
+  return openRemoteArchive(await ctx.s3(), ctx.ref, {
+    limits: ctx.config.limits,
+    partSize: ctx.config.download.partSizeBytes,
+    concurrency: ctx.config.download.concurrency,
+    signal: ctx.signal,
+    logger: ctx.logger,
+  });
 }
 
 /**
@@ -76,13 +99,41 @@ async function finishLeftovers(ctx: JobContext): Promise<BlobRow | null> {
 
 async function run(ctx: JobContext): Promise<StepOutcome> {
   const { store, job, image, ref, progress } = ctx;
-  if (contentComplete(ctx))
-    return { status: 'skipped', detail: { reason: 'content already unpacked' } };
+  if (contentComplete(ctx)) {
+    // Done by this job before a crash, or by another (resolve found the same bytes).
+    const top = store.blobs.get(store.images.topBlobId(image.id)!)!;
+    const mine = top.volume_id !== null && store.objects.get(top.volume_id)?.job_id === job.id;
+    return mine
+      ? { status: 'complete', detail: { blob: top.id, resumed: true, layersApplied: 0 } }
+      : { status: 'skipped', detail: { reason: 'content already unpacked' } };
+  }
   const resumed = await finishLeftovers(ctx);
   if (resumed !== null)
     return { status: 'complete', detail: { blob: resumed.id, resumed: true, layersApplied: 0 } };
 
   const sizeBytes = volumeSizeFor(ref.size, ctx.config);
+  const ranged = await openRanged(ctx);
+  if (ranged !== null) {
+    let detail: Record<string, unknown>;
+    try {
+      detail = await applyLayers(ctx, ranged, sizeBytes);
+    } catch (err) {
+      throw asVolumeFull(err, sizeBytes);
+    } finally {
+      ranged.release();
+    }
+    store.tx(() => store.images.setConfig(image.id, describeImage(ranged)));
+    return {
+      status: 'complete',
+      detail: {
+        ...detail,
+        bytesFetched: ranged.bytesFetched(),
+        compression: ranged.compression,
+        format: ranged.format,
+        reader: 'ranged',
+      },
+    };
+  }
   progress.start('download', ref.size);
   const { downloadObject } = await import('../../source/download.js');
   let fetchedBytes = 0;
@@ -128,6 +179,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       ...detail,
       sha256: fetched.sha256,
       resumes: fetched.resumes,
+      bytesFetched: fetched.size,
       compression: source.compression,
       format: source.format,
     },
@@ -203,7 +255,7 @@ async function unpackFlat(
  */
 async function applyLayers(
   ctx: JobContext,
-  source: SourcedImage,
+  source: OpenedImage,
   sizeBytes: number,
 ): Promise<Record<string, unknown>> {
   const { store, image, progress } = ctx;
