@@ -93,20 +93,31 @@ function expectedOf(archive: string, dir: string): Expected {
 }
 
 /** Writes `files` under `dir` and tars them in the order given (directories end in "/"). */
-function tarInOrder(dir: string, files: [name: string, body: Buffer | string | null][]): string {
+function tarInOrder(
+  dir: string,
+  files: [name: string, body: Buffer | string | null][],
+  format: 'gnu' | 'pax' = 'gnu',
+): string {
   for (const [name, body] of files) {
     if (body === null) mkdirSync(join(dir, name), { recursive: true });
     else writeFileSync(join(dir, name), body);
   }
   const out = `${dir}.tar`;
-  execFileSync('tar', ['--no-recursion', '-C', dir, '-cf', out, ...files.map(([n]) => n)]);
+  const names = files.map(([n]) => n);
+  execFileSync('tar', [`--format=${format}`, '--no-recursion', '-C', dir, '-cf', out, ...names]);
   return out;
 }
 
-/** A `docker save` of Docker before 25: <id>/layer.tar files, <config>.json, manifest.json last. */
-function legacyDockerSave(image: Expected, dir: string): string {
+/**
+ * A `docker save` of Docker before 25: <id>/layer.tar files, <config>.json,
+ * manifest.json last. `long`: layer directories named past ustar's 100
+ * bytes, so the names are in GNU long-name or pax headers (`format`).
+ */
+function legacyDockerSave(image: Expected, dir: string, long?: { format: 'gnu' | 'pax' }): string {
   const config = readFileSync(image.configFile);
-  const ids = image.layers.map((_, i) => sha256(Buffer.from(`legacy layer ${i}`)));
+  const ids = image.layers.map(
+    (_, i) => sha256(Buffer.from(`legacy layer ${i}`)) + (long ? '-'.repeat(120) : ''),
+  );
   const files: [string, Buffer | string | null][] = [];
   for (const [i, id] of ids.entries()) {
     files.push([`${id}/`, null], [`${id}/VERSION`, '1.0'], [`${id}/json`, JSON.stringify({ id })]);
@@ -127,7 +138,7 @@ function legacyDockerSave(image: Expected, dir: string): string {
     ],
     ['repositories', JSON.stringify({ app: { legacy: ids.at(-1) } })],
   );
-  return tarInOrder(dir, files);
+  return tarInOrder(dir, files, long?.format);
 }
 
 /** A `docker save` of Docker 25+: an OCI layout (plain layers) with manifest.json besides index.json. */
@@ -273,6 +284,11 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
     await put('images/plain-oci.tar', skopeo(fx.layout, 'final', 'plain-oci.tar', true));
     const plain = expectedOf(archives.get('images/plain-oci.tar')!, join(work, 'src-plain'));
     await put('images/legacy-docker.tar', legacyDockerSave(plain, join(work, 'legacy')));
+    for (const format of ['gnu', 'pax'] as const)
+      await put(
+        `images/legacy-${format}-long.tar`,
+        legacyDockerSave(plain, join(work, `legacy-${format}`), { format }),
+      );
     await put('images/docker25.tar', docker25Save(plain, join(work, 'docker25')));
     await put('images/ten-docker.tar', skopeo(ten, 'l10', 'docker-ten.tar'));
   });
@@ -288,6 +304,8 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
     ['images/oci-zstd-layer.tar', 'oci-archive', 3],
     ['images/plain-oci.tar', 'oci-archive', 3],
     ['images/legacy-docker.tar', 'docker-archive', 3],
+    ['images/legacy-gnu-long.tar', 'docker-archive', 3],
+    ['images/legacy-pax-long.tar', 'docker-archive', 3],
     ['images/docker25.tar', 'oci-archive', 3],
     ['images/two-oci.tar', 'oci-archive', 2],
     ['images/two-docker.tar', 'docker-archive', 2],
@@ -505,6 +523,26 @@ describe('remote container archives (ranged GETs)', { skip: needsTools }, () => 
   test('an archive whose header walk would need too many GETs is left to the caller: null', async () => {
     assert.notEqual(await open('images/ten-oci.tar', s3.client, defaultLimits, 8), null);
     assert.equal(await open('images/ten-oci.tar', s3.client, defaultLimits, 7), null);
+  });
+
+  test('an aborted layer read stops with the signal reason, and the layer can be read again', async () => {
+    const image = await open('images/ten-oci.tar');
+    const controller = new AbortController();
+    const reason = new Error('stop: the job was cancelled');
+    let chunks = 0;
+    await assert.rejects(
+      (async () => {
+        for await (const chunk of image!.layers[9]!.open(controller.signal)) {
+          chunks += chunk.length > 0 ? 1 : 0;
+          controller.abort(reason);
+        }
+      })(),
+      (err) => err === reason,
+    );
+    assert.ok(chunks >= 1);
+    assert.equal(image!.layers[9]!.digests(), null);
+    assert.ok((await readLayer(image!, 10)).length > 0);
+    assert.notEqual(image!.layers[9]!.digests(), null);
   });
 
   test('a container archive over the entry limit fails with LIMIT_ENTRY_COUNT', async () => {
