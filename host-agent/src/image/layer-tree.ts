@@ -15,10 +15,8 @@ import { posix } from 'node:path';
 import { ImageError } from '../errors.js';
 import { normaliseArchivePath, type PathLimits } from '../unpack/path-policy.js';
 import { printable } from '../unpack/printable.js';
+import { isWhiteoutName, OPAQUE_WHITEOUT, parseWhiteout } from '../unpack/whiteout.js';
 import type { IndexedMember } from './tar-index.js';
-
-const WHITEOUT = '.wh.';
-const OPAQUE = '.wh..wh..opq';
 
 export interface TreeNode {
   member: IndexedMember;
@@ -33,13 +31,6 @@ export interface TreeNode {
 export interface LayerInput {
   fd: number;
   members: IndexedMember[];
-}
-
-function unsafeWhiteout(layer: number, name: string, why: string): ImageError {
-  return new ImageError(
-    'LAYER_UNSAFE_WHITEOUT',
-    `layer ${layer}: whiteout ${printable(name)} ${why}`,
-  );
 }
 
 function isDir(node: TreeNode | undefined): boolean {
@@ -57,21 +48,17 @@ export class LayerTree {
   apply(layer: number, input: LayerInput): void {
     // Opaque markers first: they hide only lower children, wherever they appear in the tar.
     for (const m of input.members) {
-      if (posix.basename(m.name) !== OPAQUE) continue;
-      const dir = this.whiteoutParent(layer, m.name);
+      if (posix.basename(m.name) !== OPAQUE_WHITEOUT) continue;
+      const dir = this.parseWhiteout(layer, m.name).dir;
       this.whiteouts++;
       if (!this.checkNotBeneathLink(layer, dir, m.name, 'LAYER_UNSAFE_WHITEOUT')) continue;
       if (this.nodes.has(dir) && !isDir(this.nodes.get(dir))) continue; // replaced by a file in this layer
       for (const child of [...(this.children.get(dir) ?? [])]) this.remove(child);
     }
     for (const m of input.members) {
-      const base = posix.basename(m.name);
-      if (base === OPAQUE) continue;
-      if (base.startsWith(WHITEOUT)) {
-        this.whiteout(layer, m, base.slice(WHITEOUT.length));
-        continue;
-      }
-      this.add(layer, input.fd, m);
+      if (posix.basename(m.name) === OPAQUE_WHITEOUT) continue;
+      if (isWhiteoutName(m.name)) this.whiteout(layer, m);
+      else this.add(layer, input.fd, m);
     }
   }
 
@@ -90,24 +77,12 @@ export class LayerTree {
     return out;
   }
 
-  private whiteoutParent(layer: number, raw: string): string {
-    if (raw.includes('\0')) throw unsafeWhiteout(layer, raw, 'contains a NUL byte');
-    if (raw.startsWith('/')) throw unsafeWhiteout(layer, raw, 'is an absolute path');
-    if (raw.split('/').includes('..')) throw unsafeWhiteout(layer, raw, "has a '..' component");
-    const path = normaliseArchivePath(
-      raw,
-      this.limits,
-      () => `layer ${layer}: whiteout ${printable(raw)}`,
-    );
-    const slash = path.lastIndexOf('/');
-    return slash < 0 ? '' : path.slice(0, slash);
+  private parseWhiteout(layer: number, raw: string): ReturnType<typeof parseWhiteout> {
+    return parseWhiteout(raw, this.limits, () => `layer ${layer}: member ${printable(raw)}`);
   }
 
-  private whiteout(layer: number, m: IndexedMember, name: string): void {
-    const dir = this.whiteoutParent(layer, m.name);
-    if (name === '' || name === '.' || name === '..')
-      throw unsafeWhiteout(layer, m.name, 'would remove the root or a parent');
-    const target = dir === '' ? name : `${dir}/${name}`;
+  private whiteout(layer: number, m: IndexedMember): void {
+    const { target } = this.parseWhiteout(layer, m.name);
     this.whiteouts++;
     if (!this.checkNotBeneathLink(layer, target, m.name, 'LAYER_UNSAFE_WHITEOUT')) return;
     const node = this.nodes.get(target);
@@ -191,7 +166,7 @@ export class LayerTree {
     }
     if (
       code === 'LAYER_UNSAFE_WHITEOUT' &&
-      raw.endsWith(OPAQUE) &&
+      raw.endsWith(OPAQUE_WHITEOUT) &&
       this.nodes.get(path)?.member.type === 'symlink'
     ) {
       throw new ImageError(code, `layer ${layer}: ${printable(raw)} marks a symbolic link opaque`);

@@ -256,10 +256,8 @@ export async function openRemoteArchive(
     return parseJsonBytes(await archive.dataOf(member), what);
   };
   const plan = await readImagePlanAsync(members, readJson);
-  const configBytes = await (async () => {
-    checkJsonMember(plan.config.member, 'the image config');
-    return archive.dataOf(plan.config.member);
-  })();
+  checkJsonMember(plan.config.member, 'the image config');
+  const configBytes = await archive.dataOf(plan.config.member);
   verifyBlobBytes(configBytes, plan.config, 'the image config');
   const config = parseImageConfig(parseJsonBytes(configBytes, 'the image config'));
   if (config.diffIds.length !== plan.layers.length) {

@@ -341,13 +341,13 @@ export class Extractor implements TarSink {
     if (existing === undefined) return true;
     if (existing === 'dir') {
       if (kind === 'dir') return false;
-      if (this.layer !== undefined) {
+      if (this.layer !== undefined && path !== '') {
         this.removeTree(path, member.name);
         return true;
       }
       throw new ImageError(
         'ARCHIVE_CONFLICT',
-        `${what()}: would replace a directory with a ${kindName(kind)}`,
+        `${what()}: would replace ${path === '' ? 'the root directory' : 'a directory'} with a ${kindName(kind)}`,
       );
     }
     this.replace(member, path);
