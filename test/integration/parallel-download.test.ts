@@ -47,6 +47,24 @@ function rangeOf(header: string | undefined, size: number): [number, number] {
   return [Number(m[1]), m[2] === '' ? size - 1 : Number(m[2])];
 }
 
+/** The ranges the GETs through `proxy` asked for, sorted; checks that every GET was pinned. */
+function pinnedRanges(proxy: LinkProxy, ref: ObjectRef): [number, number][] {
+  const gets = proxy.requests.filter((r) => r.method === 'GET');
+  for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag, 'every GET is pinned');
+  return gets.map((g) => rangeOf(g.headers.range, ref.size)).sort((a, b) => a[0] - b[0]);
+}
+
+/** Sorted ranges tile exactly bytes `from`..`to`: contiguous, no overlap, none over `maxPart`. */
+function assertTiling(ranges: [number, number][], from: number, to: number, maxPart: number): void {
+  let next = from;
+  for (const [a, b] of ranges) {
+    assert.equal(a, next, 'ranges are contiguous, no overlap');
+    assert.ok(b - a + 1 <= maxPart);
+    next = b + 1;
+  }
+  assert.equal(next, to + 1, 'ranges cover exactly the bytes asked for');
+}
+
 describe('parallel ranged download through a capped link (s3rver)', () => {
   let emu: S3Emulator;
   let data: Buffer;
@@ -83,6 +101,23 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     return { proxy, client };
   }
 
+  /** A link that cuts the first response to `range` after `bytes` bytes of its body. */
+  function cutOnce(
+    range: string,
+    bytes: number,
+    opts: Omit<LinkProxyOptions, 'targetPort' | 'cutResponse'> = {},
+  ): ReturnType<typeof link> {
+    let cut = false;
+    return link({
+      ...opts,
+      cutResponse: (req) => {
+        if (cut || req.headers.range !== range) return undefined;
+        cut = true;
+        return bytes;
+      },
+    });
+  }
+
   const head = (key = 'images/rootfs.tar'): Promise<ObjectRef> =>
     headObject(emu.client, BUCKET, key, { maxBlobBytes: LIMIT });
 
@@ -100,24 +135,14 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
       assert.deepEqual(result, { sha256: sha256hex(data), size: data.length, resumes: 0 });
       assert.equal(last, data.length);
 
-      const gets = proxy.requests.filter((r) => r.method === 'GET');
-      for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag, 'every GET is pinned');
+      const ranges = pinnedRanges(proxy, ref);
       if (concurrency === 1) {
-        assert.equal(gets.length, 1, 'one streamed GET');
-        assert.equal(gets[0]?.headers.range, undefined);
+        assert.equal(ranges.length, 1, 'one streamed GET');
+        assert.equal(proxy.requests.find((r) => r.method === 'GET')?.headers.range, undefined);
         return;
       }
-      const ranges = gets
-        .map((g) => rangeOf(g.headers.range, data.length))
-        .sort((a, b) => a[0] - b[0]);
       assert.equal(ranges.length, 17, 'one GET per part');
-      let next = 0;
-      for (const [from, to] of ranges) {
-        assert.equal(from, next, 'parts are contiguous, no overlap');
-        assert.ok(to - from + 1 <= PART);
-        next = to + 1;
-      }
-      assert.equal(next, data.length, 'parts cover the object');
+      assertTiling(ranges, 0, data.length - 1, PART);
       assert.ok(proxy.peakConnections > 1, 'ranges were fetched in parallel');
       assert.ok(proxy.peakConnections <= concurrency, `at most ${concurrency} connections`);
     });
@@ -150,20 +175,10 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
       assert.ok(got.equals(want), 'bytes identical to the window');
       assert.deepEqual(result, { sha256: sha256hex(want), size: want.length, resumes: 0 });
       assert.equal(last, want.length);
-      const gets = proxy.requests.filter((r) => r.method === 'GET');
-      for (const g of gets) assert.equal(g.headers['if-match'], ref.eTag, 'every GET is pinned');
-      const ranges = gets
-        .map((g) => rangeOf(g.headers.range, data.length))
-        .sort((a, b) => a[0] - b[0]);
+      const ranges = pinnedRanges(proxy, ref);
       const single = w.concurrency === 1 || want.length <= PART;
       assert.equal(ranges.length, single ? 1 : Math.ceil(want.length / PART));
-      let next = w.start;
-      for (const [from, to] of ranges) {
-        assert.equal(from, next, 'ranges are contiguous, no overlap');
-        assert.ok(to - from + 1 <= (single ? want.length : PART));
-        next = to + 1;
-      }
-      assert.equal(next, w.end + 1, 'ranges cover exactly the window');
+      assertTiling(ranges, w.start, w.end, single ? want.length : PART);
       if (!single) assert.ok(proxy.peakConnections > 1, 'ranges were fetched in parallel');
     });
   }
@@ -186,14 +201,7 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     const ref = await head();
     const window = { start: 2 * PART + 100, end: 8 * PART - 100 };
     const broken = `bytes=${3 * PART + 100}-${4 * PART + 99}`;
-    let cut = false;
-    const { proxy, client } = await link({
-      cutResponse: (req) => {
-        if (cut || req.headers.range !== broken) return undefined;
-        cut = true;
-        return 100 * KiB;
-      },
-    });
+    const { proxy, client } = await cutOnce(broken, 100 * KiB);
     const want = data.subarray(window.start, window.end + 1);
     const { data: got, result } = await drain(client, ref, {
       partSize: PART,
@@ -219,17 +227,14 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     await emu.putObject(BUCKET, key, original);
     const ref = await head(key);
     const window = { start: PART / 2, end: 12 * PART };
-    let cut = false;
-    const { client } = await link({
-      bytesPerSecond: 4 * 1024 * KiB,
-      cutResponse: (req) => {
-        if (cut || req.headers.range !== `bytes=${PART / 2 + 2 * PART}-${PART / 2 + 3 * PART - 1}`)
-          return undefined;
-        cut = true;
-        return 64 * KiB;
+    const { client } = await cutOnce(
+      `bytes=${PART / 2 + 2 * PART}-${PART / 2 + 3 * PART - 1}`,
+      64 * KiB,
+      {
+        bytesPerSecond: 4 * 1024 * KiB,
+        onCut: async () => void (await emu.putObject(BUCKET, key, randomBytes(original.length))),
       },
-      onCut: async () => void (await emu.putObject(BUCKET, key, randomBytes(original.length))),
-    });
+    );
     const dl = downloadObject(client, ref, {
       partSize: PART,
       concurrency: 4,
@@ -264,14 +269,7 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
   it('a range that breaks mid-way is resumed alone, from where it broke', async () => {
     const ref = await head();
     const broken = `bytes=${3 * PART}-${4 * PART - 1}`;
-    let cut = false;
-    const { proxy, client } = await link({
-      cutResponse: (req) => {
-        if (cut || req.headers.range !== broken) return undefined;
-        cut = true;
-        return 100 * KiB;
-      },
-    });
+    const { proxy, client } = await cutOnce(broken, 100 * KiB);
     const { data: got, result } = await drain(client, ref, {
       partSize: PART,
       concurrency: 4,
@@ -297,14 +295,8 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     const original = randomBytes(16 * PART);
     await emu.putObject(BUCKET, key, original);
     const ref = await head(key);
-    let cut = false;
-    const { proxy, client } = await link({
+    const { proxy, client } = await cutOnce(`bytes=${2 * PART}-${3 * PART - 1}`, 64 * KiB, {
       bytesPerSecond: 4 * 1024 * KiB,
-      cutResponse: (req) => {
-        if (cut || req.headers.range !== `bytes=${2 * PART}-${3 * PART - 1}`) return undefined;
-        cut = true;
-        return 64 * KiB;
-      },
       // Same size, new bytes: only the ETag tells.
       onCut: async () => void (await emu.putObject(BUCKET, key, randomBytes(original.length))),
     });
@@ -353,6 +345,27 @@ describe('parallel ranged download through a capped link (s3rver)', () => {
     }
     assert.equal((await dl.result).sha256, sha256hex(data));
     assert.ok(checks > 17);
+  });
+
+  it('starts with two ranges and opens more only while the consumer waits for bytes', async () => {
+    const ref = await head();
+    // A slow link and an instant consumer: the consumer starves, the download widens.
+    const slow = await link({ bytesPerSecond: 4 * 1024 * KiB });
+    const { data: got } = await drain(slow.client, ref, { partSize: PART, concurrency: 8 });
+    assert.ok(got.equals(data));
+    assert.ok(slow.proxy.peakConnections > 2, `widened (peak ${slow.proxy.peakConnections})`);
+    assert.ok(slow.proxy.peakConnections <= 8);
+    // A fast link and a slow consumer: bytes are always waiting, two ranges suffice.
+    const fast = await link({ bytesPerSecond: Infinity, latencyMs: 0 });
+    const dl = downloadObject(fast.client, ref, { partSize: PART, concurrency: 8 });
+    const seen: Buffer[] = [];
+    for await (const chunk of dl.chunks) {
+      seen.push(Buffer.from(chunk));
+      await new Promise((r) => setTimeout(r, 20)); // a slow unpacker
+    }
+    assert.ok(Buffer.concat(seen).equals(data));
+    assert.equal((await dl.result).sha256, sha256hex(data));
+    assert.equal(fast.proxy.peakConnections, 2, 'never widened');
   });
 
   it('a consumer that stops early stops every range: no further requests, result rejects quietly', async () => {

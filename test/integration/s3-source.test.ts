@@ -149,7 +149,12 @@ describe('S3 source against s3rver', () => {
       jsonLineSink((l) => lines.push(l)),
       'debug',
     );
-    const { data: got, result } = await drain(client, ref, { backoffMs: 1, logger });
+    // One stream (the parallel download's ranges are tested in parallel-download.test.ts).
+    const { data: got, result } = await drain(client, ref, {
+      backoffMs: 1,
+      logger,
+      concurrency: 1,
+    });
 
     assert.ok(got.equals(data), 'bytes identical');
     assert.equal(result.sha256, sha256hex(data));
@@ -201,6 +206,7 @@ describe('S3 source against s3rver', () => {
     const { err, resultErr, bytes } = await drainExpectingError(client, ref, {
       maxRetries: 2,
       backoffMs: 1,
+      concurrency: 1,
     });
     assertImageError(err, 'DOWNLOAD_FAILED', TransientError);
     assert.equal(resultErr, err, 'result rejects with the same error');
@@ -218,6 +224,7 @@ describe('S3 source against s3rver', () => {
       maxRetries: 2,
       maxResumes: 3,
       backoffMs: 1,
+      concurrency: 1,
     });
     assertImageError(err, 'DOWNLOAD_FAILED', TransientError);
     assert.ok(bytes > 0 && bytes < data.length);

@@ -60,8 +60,10 @@ export interface DownloadOptions {
    */
   partSize?: number;
   /**
-   * Ranged GETs in flight, and so parts held in memory at most (default 8,
-   * THINRELAY_DOWNLOAD_CONCURRENCY in the agent). 1 = one streamed GET.
+   * Ranged GETs in flight at most, and so parts held in memory at most
+   * (default 8, THINRELAY_DOWNLOAD_CONCURRENCY in the agent). The download
+   * starts with 2 and opens more only while the consumer waits for bytes
+   * (parallel-download.ts). 1 = one streamed GET.
    */
   concurrency?: number;
   /**

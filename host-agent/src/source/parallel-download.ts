@@ -3,10 +3,13 @@
  * it asked for) as consecutive byte ranges (parts), up to `concurrency` ranged GETs in flight, the bytes
  * handed to the consumer strictly in order and hashed in order.
  *
- * Memory is bounded: a part is requested only when it is among the
- * `concurrency` parts from the one being handed over, so at most
- * concurrency × part size bytes wait in memory, however slow the consumer.
- * The part being handed over streams through as it arrives. A part whose
+ * Memory is bounded: a part is requested only when it is among the `width`
+ * parts from the one being handed over, so at most width × part size bytes
+ * wait in memory, however slow the consumer. The width adapts: it starts at
+ * 2 and doubles (up to `concurrency`) whenever the consumer has been kept
+ * waiting for bytes, so a slow link gets many connections while a fast one
+ * (faster than the unpack) keeps two and little memory. The part being
+ * handed over streams through in slices of about 1 MiB as they arrive. A part whose
  * body breaks is resumed alone (`Range: bytes=<its received>-<its end>`)
  * after a backoff with full jitter, from the download's one retry budget;
  * any part that can't be retried (OBJECT_CHANGED, NOT_FOUND…) or spends the
@@ -24,15 +27,33 @@ import {
   type Attempt,
 } from './get-range.js';
 
-const EMPTY = new Uint8Array(0);
+/**
+ * Bytes handed to the consumer at once: about what the unpacker gathers
+ * before writing (so it needs no copy of its own), few enough that a slice
+ * written synchronously doesn't keep the sockets unread for long.
+ */
+const SLICE_BYTES = 1024 * 1024;
+
+/** Ranged GETs in flight at first (at most `concurrency`). */
+const START_WIDTH = 2;
+/**
+ * Widen when the consumer waited at least this long, and for at least this
+ * share of the time, since the last change (counted over windows of
+ * STARVED_WINDOW_MS, so a link that slows down later is still noticed).
+ */
+const STARVED_MS_TO_WIDEN = 20;
+const STARVED_SHARE = 0.25;
+const STARVED_WINDOW_MS = 1000;
 
 /** One byte range of the object and what has arrived of it. */
 class Part {
-  /** Received chunks not yet handed over; `next` indexes the first. */
-  readonly chunks: Uint8Array[] = [];
-  next = 0;
+  /** Received chunks not yet handed over. */
+  private queue: Uint8Array[] = [];
+  private queued = 0;
   /** Bytes of this part received so far. */
   fetched = 0;
+  /** Bytes of this part handed to the consumer so far. */
+  handed = 0;
   done = false;
   /** The GET in flight for this part, if any. */
   attempt: Attempt | undefined;
@@ -46,6 +67,31 @@ class Part {
 
   get length(): number {
     return this.end - this.start + 1;
+  }
+
+  push(chunk: Uint8Array): void {
+    this.queue.push(chunk);
+    this.queued += chunk.byteLength;
+    this.fetched += chunk.byteLength;
+  }
+
+  /** Whether the consumer has a slice to take: a full one, or the part's last bytes. */
+  get ready(): boolean {
+    return this.queued >= SLICE_BYTES || (this.queued > 0 && this.fetched === this.length);
+  }
+
+  /**
+   * The next slice: the queued chunks up to about SLICE_BYTES, in one buffer
+   * (the copy the unpacker would otherwise make to gather them).
+   */
+  take(): Uint8Array {
+    let n = 0;
+    let bytes = 0;
+    while (n < this.queue.length && bytes < SLICE_BYTES) bytes += this.queue[n++]!.byteLength;
+    const taken = this.queue.splice(0, n);
+    this.queued -= bytes;
+    this.handed += bytes;
+    return taken.length === 1 ? taken[0]! : Buffer.concat(taken, bytes);
   }
 }
 
@@ -117,9 +163,8 @@ export async function* parallelStream(
           chunk = chunk.subarray(0, room);
         }
         if (chunk.byteLength === 0) continue;
-        p.chunks.push(chunk);
-        p.fetched += chunk.byteLength;
-        notify();
+        p.push(chunk);
+        if (p.ready) notify();
         if (whole && p.fetched === p.length) break;
       }
       if (state.failure !== null) return destroyAttempt(attempt);
@@ -139,19 +184,44 @@ export async function* parallelStream(
     }
   };
 
+  // Adaptive width: few ranges at first, twice as many each time the consumer
+  // has been kept waiting for bytes (a link slower than the unpack). A fast
+  // link never widens: more ranges would only fill memory ahead of the consumer.
+  let width = Math.min(START_WIDTH, concurrency);
+  let inFlight = 0;
+  /** The part being handed over: parts are requested at most `width` from it. */
+  let handing = 0;
   let launched = 0;
-  /** Request parts up to (not including) index `limit`. */
-  const launchUpTo = (limit: number): void => {
-    while (launched < Math.min(limit, parts.length) && state.failure === null) {
+  const launch = (): void => {
+    const limit = Math.min(handing + width, parts.length);
+    while (launched < limit && inFlight < width && state.failure === null) {
       const p = parts[launched++]!;
+      inFlight += 1;
       fetchPart(p).then(
         () => {
           p.done = true;
+          inFlight -= 1;
+          launch();
           notify();
         },
         (err: unknown) => fail(signal?.aborted ? signal.reason : err),
       );
     }
+  };
+  const starved = { ms: 0, since: performance.now() };
+  /** The consumer waited `ms` for bytes of a part already streaming: widen when that is often. */
+  const waited = (ms: number): void => {
+    if (width >= concurrency) return;
+    const now = performance.now();
+    if (now - starved.since > STARVED_WINDOW_MS) Object.assign(starved, { ms: 0, since: now });
+    starved.ms += ms;
+    if (starved.ms < STARVED_MS_TO_WIDEN || starved.ms < (now - starved.since) * STARVED_SHARE) {
+      return;
+    }
+    width = Math.min(concurrency, width * 2);
+    Object.assign(starved, { ms: 0, since: now });
+    log.debug('s3 download widened', { ranges: width, at: received });
+    launch();
   };
 
   const hash = createHash('sha256');
@@ -170,27 +240,25 @@ export async function* parallelStream(
       concurrency,
     });
     if (signal?.aborted) throw signal.reason;
-    launchUpTo(concurrency);
+    launch();
     for (const p of parts) {
-      for (;;) {
+      while (p.handed < p.length) {
         if (state.failure !== null) throw state.failure.error;
-        if (p.next < p.chunks.length) {
-          const chunk = p.chunks[p.next]!;
-          p.chunks[p.next++] = EMPTY; // handed over: no longer ours to hold
-          if (p.next === p.chunks.length) {
-            p.chunks.length = 0;
-            p.next = 0;
-          }
-          hash.update(chunk);
-          received += chunk.byteLength;
-          opts.onBytes?.(received);
-          yield chunk;
+        if (!p.ready) {
+          // Waiting for the first bytes of the first part is latency, not a slow link.
+          const since = received > 0 ? performance.now() : null;
+          await new Promise<void>((resolve) => (wake = resolve));
+          if (since !== null) waited(performance.now() - since);
           continue;
         }
-        if (p.done) break;
-        await new Promise<void>((resolve) => (wake = resolve));
+        const chunk = p.take();
+        hash.update(chunk);
+        received += chunk.byteLength;
+        opts.onBytes?.(received);
+        yield chunk;
       }
-      launchUpTo(p.index + 1 + concurrency);
+      handing = p.index + 1;
+      launch();
     }
     if (state.failure !== null) throw state.failure.error;
 
