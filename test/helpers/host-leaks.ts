@@ -4,9 +4,12 @@
  * behind. Tests assert on the inventory BEFORE this cleanup runs: cleanup
  * hides nothing from the assertions.
  */
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { StateStore } from '../../host-agent/src/store/index.js';
+import { objectName } from '../../host-agent/src/storage/names.js';
 
 export interface HostInventory {
   loops: { device: string; backingFile: string }[];
@@ -53,4 +56,29 @@ export function releaseStateDir(stateDir: string): void {
   for (const m of inv.mounts.sort().reverse()) execFileSync('umount', ['-l', m]);
   for (const l of inv.loops) execFileSync('losetup', ['-d', l.device]);
   rmSync(stateDir, { recursive: true, force: true });
+}
+
+/** The database and the host agree: every pool file, loop device and mount is accounted for. */
+export function assertHostMatchesStore(stateDir: string): void {
+  const inv = hostInventory(stateDir);
+  const store = StateStore.open(stateDir, { readonly: true });
+  try {
+    assert.deepEqual(inv.mounts, [], 'no mounts left');
+    const active = store.snapshots
+      .list()
+      .map((s) => s.device_path)
+      .sort();
+    assert.deepEqual(
+      inv.loops.map((l) => l.device).sort(),
+      active,
+      'loop devices = active snapshots',
+    );
+    const live = store.objects
+      .listLive()
+      .map((o) => objectName(o.kind, o.id) + '.img')
+      .sort();
+    assert.deepEqual(inv.poolFiles, live, 'pool files = live storage objects');
+  } finally {
+    store.close();
+  }
 }

@@ -13,40 +13,14 @@ import { after, before, describe, test } from 'node:test';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { failpointNames } from '../../host-agent/src/failpoints.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
-import { objectName } from '../../host-agent/src/storage/names.js';
 import { runCli } from '../helpers/cli.js';
-import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { assertHostMatchesStore, hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { withMounted } from '../helpers/mount-probe.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 
 const bucket = 'thinrelay-crash';
 const key = 'images/crash.tar';
-
-/** The database and the host agree: every pool file, loop device and mount is accounted for. */
-function assertNoLeaks(stateDir: string): void {
-  const inv = hostInventory(stateDir);
-  const store = StateStore.open(stateDir, { readonly: true });
-  try {
-    assert.deepEqual(inv.mounts, [], 'no mounts left');
-    const active = store.snapshots
-      .list()
-      .map((s) => s.device_path)
-      .sort();
-    assert.deepEqual(
-      inv.loops.map((l) => l.device).sort(),
-      active,
-      'loop devices = active snapshots',
-    );
-    const live = store.objects
-      .listLive()
-      .map((o) => objectName(o.kind, o.id) + '.img')
-      .sort();
-    assert.deepEqual(inv.poolFiles, live, 'pool files = live storage objects');
-  } finally {
-    store.close();
-  }
-}
 
 describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => {
   let s3: S3Emulator;
@@ -135,7 +109,7 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
       } finally {
         store.close();
       }
-      assertNoLeaks(stateDir);
+      assertHostMatchesStore(stateDir);
 
       withMounted(out.devicePath, (root) =>
         assert.match(readFileSync(join(root, 'etc/os-release'), 'utf8'), /VERSION_ID="crash"/),
@@ -151,7 +125,7 @@ describe('kill -9 at every fail point, then resume', { skip: needsRoot }, () => 
     const again = await runCli(['process-image', '--s3-key', key, '--json'], env);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stderr, /reactivated/);
-    assertNoLeaks(stateDir);
+    assertHostMatchesStore(stateDir);
     assert.equal(hostInventory(stateDir).loops.length, 1);
   });
 });

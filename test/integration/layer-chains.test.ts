@@ -12,15 +12,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import {
-  cpSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmdirSync,
-  statfsSync,
-  writeFileSync,
-} from 'node:fs';
+import { mkdirSync, mkdtempSync, rmdirSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -28,25 +20,14 @@ import { StateStore } from '../../host-agent/src/store/index.js';
 import { runCli, type CliResult } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { appendLayer, buildOciFixture, tarOf, type OciFixture } from '../helpers/oci-fixtures.js';
-import { needsRoot } from '../helpers/root.js';
+import { needsRootAndTools, ociArchiveOfTag } from '../helpers/oci-archive.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { compareTrees } from '../helpers/tree-compare.js';
 
 const bucket = 'thinrelay-layers';
 const tar = 'application/vnd.oci.image.layer.v1.tar';
 const MiB = 1024 ** 2;
-const needsTools =
-  needsRoot ||
-  (['umoci', 'skopeo', 'zstd', 'mkfs.xfs'].some((t) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${t}`]);
-      return false;
-    } catch {
-      return true;
-    }
-  })
-    ? 'needs umoci, skopeo, zstd and xfsprogs'
-    : false);
+const needsTools = needsRootAndTools(['umoci', 'skopeo', 'zstd', 'mkfs.xfs']);
 
 function json<T>(r: CliResult): T {
   assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
@@ -78,22 +59,6 @@ describe('layer chains shared between images', { skip: needsTools }, () => {
     execFileSync('sync', ['-f', xfsMount]);
     const s = statfsSync(xfsMount);
     return (s.blocks - s.bfree) * s.bsize;
-  };
-
-  /** Image `tag` of the layout alone, as an oci-archive tarred as skopeo lays it out. */
-  const archiveOf = (tag: string): Buffer => {
-    const copy = mkdtempSync(join(work, 'archive-'));
-    cpSync(fx.layout, copy, { recursive: true });
-    const index = JSON.parse(readFileSync(join(copy, 'index.json'), 'utf8')) as {
-      manifests: { annotations?: Record<string, string> }[];
-    };
-    index.manifests = index.manifests.filter(
-      (m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag,
-    );
-    writeFileSync(join(copy, 'index.json'), JSON.stringify(index));
-    return execFileSync('tar', ['-C', copy, '-cf', '-', 'blobs', 'oci-layout', 'index.json'], {
-      maxBuffer: 1 << 30,
-    });
   };
 
   /** A new layer holding `files` (name → content) on top of image `from`, tagged `to`. */
@@ -143,7 +108,7 @@ describe('layer chains shared between images', { skip: needsTools }, () => {
     await addLayer('mid', 'd', { 'd.bin': Buffer.from('d') });
     execFileSync('umoci', ['raw', 'unpack', '--image', `${fx.layout}:app`, join(work, 'app-ref')]);
     for (const tag of ['base', 'app', 'bad', 'c', 'd']) {
-      const archive = archiveOf(tag);
+      const archive = ociArchiveOfTag(fx.layout, tag, work);
       archiveSizes.set(`images/${tag}.tar`, archive.length);
       await s3.putObject(bucket, `images/${tag}.tar`, archive);
     }

@@ -8,32 +8,20 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { cpSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { StateStore } from '../../host-agent/src/store/index.js';
-import { objectName } from '../../host-agent/src/storage/names.js';
 import { runCli } from '../helpers/cli.js';
-import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { assertHostMatchesStore, releaseStateDir } from '../helpers/host-leaks.js';
 import { withMounted } from '../helpers/mount-probe.js';
 import { appendLayer, buildOciFixture, tarOf, type OciFixture } from '../helpers/oci-fixtures.js';
-import { needsRoot } from '../helpers/root.js';
+import { needsRootAndTools, ociArchiveOfTag } from '../helpers/oci-archive.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 
 const bucket = 'thinrelay-layer-crash';
-const needsTools =
-  needsRoot ||
-  (['umoci', 'skopeo', 'zstd'].some((t) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${t}`]);
-      return false;
-    } catch {
-      return true;
-    }
-  })
-    ? 'needs umoci, skopeo and zstd'
-    : false);
+const needsTools = needsRootAndTools(['umoci', 'skopeo', 'zstd']);
 
 /**
  * Where to die, whether the host already holds the three base layers (image
@@ -58,52 +46,11 @@ function sha256(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
 }
 
-/** The database and the host agree: every pool file, loop device and mount is accounted for. */
-function assertNoLeaks(stateDir: string): void {
-  const inv = hostInventory(stateDir);
-  const store = StateStore.open(stateDir, { readonly: true });
-  try {
-    assert.deepEqual(inv.mounts, [], 'no mounts left');
-    const active = store.snapshots
-      .list()
-      .map((s) => s.device_path)
-      .sort();
-    assert.deepEqual(
-      inv.loops.map((l) => l.device).sort(),
-      active,
-      'loop devices = active snapshots',
-    );
-    const live = store.objects
-      .listLive()
-      .map((o) => objectName(o.kind, o.id) + '.img')
-      .sort();
-    assert.deepEqual(inv.poolFiles, live, 'pool files = live storage objects');
-  } finally {
-    store.close();
-  }
-}
-
 describe('kill -9 between layers and mid-layer, then resume', { skip: needsTools }, () => {
   let s3: S3Emulator;
   let work: string;
   let fx: OciFixture;
   const stateDirs: string[] = [];
-
-  /** Image `tag` of `layout` alone as an oci-archive. */
-  const archiveOf = (layout: string, tag: string): Buffer => {
-    const copy = mkdtempSync(join(work, 'archive-'));
-    cpSync(layout, copy, { recursive: true });
-    const index = JSON.parse(readFileSync(join(copy, 'index.json'), 'utf8')) as {
-      manifests: { annotations?: Record<string, string> }[];
-    };
-    index.manifests = index.manifests.filter(
-      (m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag,
-    );
-    writeFileSync(join(copy, 'index.json'), JSON.stringify(index));
-    return execFileSync('tar', ['-C', copy, '-cf', '-', 'blobs', 'oci-layout', 'index.json'], {
-      maxBuffer: 1 << 28,
-    });
-  };
 
   before(async () => {
     s3 = await startS3Emulator();
@@ -127,8 +74,8 @@ describe('kill -9 between layers and mid-layer, then resume', { skip: needsTools
       );
       from = `l${n}`;
     }
-    await s3.putObject(bucket, 'images/held.tar', archiveOf(fx.layout, fx.tag));
-    await s3.putObject(bucket, 'images/app.tar', archiveOf(fx.layout, 'l5'));
+    await s3.putObject(bucket, 'images/held.tar', ociArchiveOfTag(fx.layout, fx.tag, work));
+    await s3.putObject(bucket, 'images/app.tar', ociArchiveOfTag(fx.layout, 'l5', work));
   });
   after(async () => {
     for (const d of stateDirs) releaseStateDir(d);
@@ -198,7 +145,7 @@ describe('kill -9 between layers and mid-layer, then resume', { skip: needsTools
       } finally {
         store.close();
       }
-      assertNoLeaks(stateDir);
+      assertHostMatchesStore(stateDir);
       withMounted(out.devicePath, (root) => {
         assert.equal(readFileSync(join(root, 'layer4.txt'), 'utf8'), 'layer 4\n');
         assert.equal(readFileSync(join(root, 'layer5.txt'), 'utf8'), 'layer 5\n');

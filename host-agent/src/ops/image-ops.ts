@@ -124,12 +124,16 @@ export async function removeImage(
   store.images.setStatus(image.id, 'removed');
   // Top layer first; a layer's volume is independent of the one it was cloned from.
   for (const blobId of blobIds.reverse()) {
-    const blob = store.blobs.get(blobId)!;
-    if (store.blobs.liveImageCount(blobId) > 0 || blob.volume_id === null) continue;
-    const volume = store.objects.get(blob.volume_id)!;
-    if (hasSnapshots(deps, volume.id)) continue;
-    store.blobs.setStatus(blobId, 'removed');
-    if (volume.state !== 'removed') {
+    // Decided and marked in one transaction: a job that links the layer meanwhile keeps it.
+    const volume = store.tx(() => {
+      const blob = store.blobs.get(blobId)!;
+      if (store.blobs.liveImageCount(blobId) > 0 || blob.volume_id === null) return undefined;
+      const row = store.objects.get(blob.volume_id)!;
+      if (hasSnapshots(deps, row.id)) return undefined;
+      store.blobs.setStatus(blobId, 'removed');
+      return row;
+    });
+    if (volume !== undefined && volume.state !== 'removed') {
       await objects.remove(volume);
       removed++;
     }
