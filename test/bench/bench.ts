@@ -34,6 +34,7 @@ import {
 } from '../helpers/s3-emulator.js';
 import { cliPath } from '../helpers/cli.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
+import { benchLayers, layersRows, type LayersFigures } from './layers-bench.js';
 
 const execFileAsync = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -41,7 +42,7 @@ const repoRoot = join(here, '..', '..', '..');
 const cacheDir = process.env.THINRELAY_BENCH_CACHE ?? '/var/cache/thinrelay-bench';
 const mirror = process.env.THINRELAY_BENCH_MIRROR ?? 'http://deb.debian.org/debian';
 const reps = Number(process.env.THINRELAY_BENCH_REPS ?? '3');
-/** THINRELAY_BENCH_ONLY=unpack,e2e,store: run only these sections (figures printed, not saved). */
+/** THINRELAY_BENCH_ONLY=unpack,e2e,store,layers: run only these sections (figures printed, not saved). */
 const only = process.env.THINRELAY_BENCH_ONLY?.split(',') ?? null;
 const volumeBytes = 1536 * 1024 ** 2;
 
@@ -617,11 +618,17 @@ async function main(): Promise<void> {
       if (only.includes('unpack')) console.log(JSON.stringify(await benchUnpack(work, tar)));
       if (only.includes('e2e')) console.log(JSON.stringify(await benchEndToEnd(work, tar)));
       if (only.includes('store')) console.log(JSON.stringify(benchStore(work)));
+      if (only.includes('layers')) {
+        const layers = await benchLayers(work, tar, reps);
+        console.log(JSON.stringify(layers));
+        printRows(layersRows(layers));
+      }
       return;
     }
     const unpack = await benchUnpack(work, tar);
     const e2e = await benchEndToEnd(work, tar);
     const store = benchStore(work);
+    const layers = await benchLayers(work, tar, reps);
     const results = {
       date: new Date().toISOString(),
       machine: machine(),
@@ -634,12 +641,15 @@ async function main(): Promise<void> {
       unpack,
       endToEnd: e2e,
       store,
+      layers,
     };
     const out = join(repoRoot, 'bench', 'results.json');
     mkdirSync(dirname(out), { recursive: true });
-    // Formatted as the repository's prettier would: `npm run lint` stays green.
-    const { format } = await import('prettier');
-    writeFileSync(out, await format(JSON.stringify(results), { parser: 'json' }));
+    // Formatted with the repository's prettier settings: `npm run lint` stays green.
+    const { format, resolveConfig } = await import('prettier');
+    const options = (await resolveConfig(out)) ?? {};
+    const json = JSON.stringify(results, null, 2);
+    writeFileSync(out, await format(json, { ...options, filepath: out }));
     printTable(results);
     console.log(`\nwritten: ${out}`);
   } finally {
@@ -651,6 +661,7 @@ function printTable(r: {
   unpack: UnpackFigures;
   endToEnd: EndToEndFigures;
   store: StoreFigures;
+  layers: LayersFigures;
   input: { tarBytes: number; entries: number };
   machine: Record<string, string>;
 }): void {
@@ -739,11 +750,16 @@ function printTable(r: {
       '',
       '≤ 2 ms',
     ],
+    ...layersRows(r.layers),
   ];
   console.log(
     `\nrootfs: ${(r.input.tarBytes / 1024 ** 2).toFixed(0)} MiB tar, ${r.input.entries} entries; result identical to GNU tar's: ${r.unpack.identicalToGnuTar}`,
   );
   console.log(`machine: ${Object.values(r.machine).join('; ')}\n`);
+  printRows(rows);
+}
+
+function printRows(rows: [string, string, string, string, string][]): void {
   console.log('| measure | thinrelay | alternative | ratio | target |\n|---|---|---|---|---|');
   for (const row of rows) console.log(`| ${row.join(' | ')} |`);
 }

@@ -8,7 +8,7 @@
  * docker-archive and oci-archive, and `umoci raw unpack` gives the
  * reference tree. Needs root and the Debian packages umoci, skopeo, zstd.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -185,5 +185,60 @@ export async function buildOciFixture(work: string): Promise<OciFixture> {
     dockerArchive: join(work, 'docker.tar'),
     ociArchive: join(work, 'oci.tar'),
     ociZstdLayerArchive: join(work, 'oci-zstd-layer.tar'),
+  };
+}
+
+/** Two images on one base layer (see buildSharedBaseImages). */
+export interface SharedBaseImages {
+  /** The OCI layout holding tags `base`, `a` and `b`. */
+  layout: string;
+  /** skopeo's archives of each image: docker-archive (layers uncompressed) and oci-archive (tar+gzip). */
+  archives: Record<'a' | 'b', { dockerArchive: string; ociArchive: string }>;
+  /** Bytes of each app layer's plain tar. */
+  appLayerTarBytes: number;
+}
+
+/**
+ * Two images that share their base layer, built with real umoci and skopeo:
+ * `umoci raw add-layer` puts `baseTar` verbatim on an empty image (tag
+ * `base`), then a different app layer on it for each of `a` and `b`
+ * (`opt/app/app.bin`: `appBytes` of random, incompressible bytes, and
+ * `opt/app/name`). Equal base diff_ids give equal chain IDs in both images
+ * and in both archive forms. Needs root and the Debian packages umoci, skopeo.
+ */
+export async function buildSharedBaseImages(
+  work: string,
+  baseTar: string,
+  appBytes = 5 * 1024 ** 2,
+): Promise<SharedBaseImages> {
+  await sh('umoci init --layout L; umoci new --image L:empty', work);
+  await execa('umoci', ['raw', 'add-layer', '--image', 'L:empty', '--tag', 'base', baseTar], {
+    cwd: work,
+  });
+  let appLayerTarBytes = 0;
+  for (const name of ['a', 'b'] as const) {
+    const stage = join(work, `app-${name}`);
+    fs.mkdirSync(join(stage, 'opt/app'), { recursive: true });
+    fs.writeFileSync(join(stage, 'opt/app/app.bin'), randomBytes(appBytes));
+    fs.writeFileSync(join(stage, 'opt/app/name'), `${name}\n`);
+    const layer = await tarOf(stage, ['opt', 'opt/app', 'opt/app/app.bin', 'opt/app/name']);
+    fs.writeFileSync(join(work, `app-${name}.tar`), layer);
+    appLayerTarBytes = layer.length;
+    await sh(
+      `umoci raw add-layer --image L:base --tag ${name} app-${name}.tar
+       skopeo copy -q oci:L:${name} docker-archive:${name}-docker.tar:app:${name}
+       skopeo copy -q oci:L:${name} oci-archive:${name}-oci.tar
+       rm -rf app-${name} app-${name}.tar`,
+      work,
+    );
+  }
+  const archivesOf = (name: string): { dockerArchive: string; ociArchive: string } => ({
+    dockerArchive: join(work, `${name}-docker.tar`),
+    ociArchive: join(work, `${name}-oci.tar`),
+  });
+  return {
+    layout: join(work, 'L'),
+    archives: { a: archivesOf('a'), b: archivesOf('b') },
+    appLayerTarBytes,
   };
 }
