@@ -23,7 +23,7 @@ import type { CloneSpec, ObjectSpec, PoolStatus } from '../../host-agent/src/sto
 import { LoopBackend } from '../../host-agent/src/storage/loop/loop-backend.js';
 import { runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
-import { needsRootAndTools } from '../helpers/oci-archive.js';
+import { needsRootAndTools } from '../helpers/root.js';
 
 const MiB = 1024 ** 2;
 /** Room for per-file extent-map blocks and the filesystem's own bookkeeping. */

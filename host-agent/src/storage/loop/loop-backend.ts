@@ -16,7 +16,6 @@ import {
   renameSync,
   rmSync,
   rmdirSync,
-  statSync,
   statfsSync,
   ftruncateSync,
 } from 'node:fs';
