@@ -51,6 +51,7 @@ async function readSharedExtents(files: readonly string[], into: SharedExtents):
   const child = spawn('filefrag', args, {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, LC_ALL: 'C' },
+    timeout: 120_000,
   });
   const ended = new Promise<{ code: number | null; error?: Error }>((resolve) => {
     child.once('error', (e) => resolve({ code: null, error: spawnFailure(e, 'filefrag', args) }));
@@ -80,8 +81,9 @@ async function readSharedExtents(files: readonly string[], into: SharedExtents):
   }
   const { code, error } = await ended;
   if (error !== undefined) throw error;
-  // A file removed since it was listed fails alone (exit 1); the others were read.
-  if (code !== 0 && filesRead === 0) {
+  // A file removed since it was listed fails alone (exit 1): the others were
+  // read. A killed run (the timeout) read only some: never a figure.
+  if (code === null || (code !== 0 && filesRead === 0)) {
     throw new CommandError(`filefrag -v -e (${files.length} files)`, code, stderr.join(''));
   }
 }
