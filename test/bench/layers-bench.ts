@@ -47,7 +47,8 @@ const umociVolumeBytes = 1536 * MiB;
 const link = { bytesPerSecond: 25e6, latencyMs: 2, name: '25 MB/s per connection, 2 ms' };
 
 type PoolFs = 'xfs' | 'ext4';
-type ArchiveFormat = 'docker-archive' | 'oci-archive';
+/** docker-archive+zstd: the docker archive compressed whole, which the host must spool whole. */
+type ArchiveFormat = 'docker-archive' | 'oci-archive' | 'docker-archive+zstd';
 
 /** One process-image run, whole process. */
 export interface ImageRun {
@@ -130,6 +131,7 @@ function installMissingTools(): void {
     'mkfs.xfs': 'xfsprogs',
     umoci: 'umoci',
     skopeo: 'skopeo',
+    zstd: 'zstd',
   };
   const missing = Object.keys(packageOf).filter(
     (tool) => spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0,
@@ -352,16 +354,25 @@ async function withStage<T>(
       THINRELAY_RESERVE_BYTES: '0',
       THINRELAY_LOG_LEVEL: 'info',
     };
+    const suffixOf: Record<ArchiveFormat, string> = {
+      'docker-archive': 'docker.tar',
+      'oci-archive': 'oci.tar',
+      'docker-archive+zstd': 'docker.tar.zst',
+    };
     const keyOf = (format: ArchiveFormat, name: 'a' | 'b'): string =>
-      `images/app-${name}.${format === 'docker-archive' ? 'docker' : 'oci'}.tar`;
+      `images/app-${name}.${suffixOf[format]}`;
     const fileOf = (format: ArchiveFormat, name: 'a' | 'b'): string =>
-      format === 'docker-archive'
-        ? images.archives[name].dockerArchive
-        : images.archives[name].ociArchive;
+      format === 'oci-archive'
+        ? images.archives[name].ociArchive
+        : format === 'docker-archive'
+          ? images.archives[name].dockerArchive
+          : `${images.archives[name].dockerArchive}.zst`;
     await s3.createBucket(bucket);
     for (const format of formats) {
       for (const name of ['a', 'b'] as const) {
         const file = fileOf(format, name);
+        if (format === 'docker-archive+zstd' && !existsSync(file))
+          sh('zstd', ['-q', '-T0', '-o', file, images.archives[name].dockerArchive]);
         await s3.client.send(
           new PutObjectCommand({
             Bucket: bucket,
@@ -540,12 +551,15 @@ export async function benchLayers(
   try {
     console.error('layers: building two images on the 200 MiB base with umoci and skopeo…');
     const images = await buildSharedBaseImages(mkdtempSync(join(dir, 'images-')), baseTar);
-    return await withStage(images, ['docker-archive', 'oci-archive'], async (stage) => {
+    const formats: ArchiveFormat[] = ['docker-archive', 'oci-archive', 'docker-archive+zstd'];
+    return await withStage(images, formats, async (stage) => {
       const onLoop = (kind: PoolFs, format: ArchiveFormat) => (rep: number) =>
         Promise.resolve(loopPoolOn(dir, kind, `${kind}-${format}-${rep}`, stage.releases));
       const pairs = [
         await pairOn(stage, 'docker-archive', reps, onLoop('xfs', 'docker-archive')),
         await pairOn(stage, 'docker-archive', reps, onLoop('ext4', 'docker-archive')),
+        // Compressed whole, the archive is spooled whole: held layers are not applied, but fetched.
+        await pairOn(stage, 'docker-archive+zstd', reps, onLoop('xfs', 'docker-archive+zstd')),
       ];
       // The oci-archive pair, with umoci's unpack of image a beside it, alternating.
       const umociRuns: number[] = [];

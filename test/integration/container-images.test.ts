@@ -28,23 +28,12 @@ import { pack } from 'tar-stream';
 import { runCli, type CliResult } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { appendLayer, buildOciFixture, type OciFixture } from '../helpers/oci-fixtures.js';
-import { needsRoot } from '../helpers/root.js';
+import { needsRootAndTools } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { compareTrees } from '../helpers/tree-compare.js';
 
 const bucket = 'thinrelay-images';
-const needsTools =
-  needsRoot ||
-  (['umoci', 'skopeo', 'zstd', 'xz'].some((t) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${t}`]);
-      return false;
-    } catch {
-      return true;
-    }
-  })
-    ? 'needs umoci, skopeo, zstd and xz (.ci/run installs them)'
-    : false);
+const needsTools = needsRootAndTools(['umoci', 'skopeo', 'zstd', 'xz']);
 
 function json<T>(r: CliResult): T {
   assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);

@@ -22,22 +22,11 @@ import { applyLayer, type LayerApplyStats } from '../../host-agent/src/image/app
 import { defaultLimits } from '../../host-agent/src/limits.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { appendLayer, buildOciFixture } from '../helpers/oci-fixtures.js';
-import { needsRoot } from '../helpers/root.js';
+import { needsRootAndTools } from '../helpers/root.js';
 import { packTar, type PackEntry } from '../helpers/tar-fixtures.js';
 import { compareTrees, snapshotTree, diffSnapshots } from '../helpers/tree-compare.js';
 
-const needsTools =
-  needsRoot ||
-  (['umoci', 'skopeo', 'zstd', 'mkfs.ext4'].some((t) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${t}`]);
-      return false;
-    } catch {
-      return true;
-    }
-  })
-    ? 'needs umoci, skopeo, zstd and e2fsprogs (.ci/run installs them)'
-    : false);
+const needsTools = needsRootAndTools(['umoci', 'skopeo', 'zstd', 'mkfs.ext4']);
 
 const PLAIN = 'application/vnd.oci.image.layer.v1.tar';
 /** security.capability v2: cap_net_raw (ping's), as raw bytes in a latin1 string. */

@@ -25,22 +25,11 @@ import { silentLogger } from '../../host-agent/src/log.js';
 import { headObject } from '../../host-agent/src/source/head.js';
 import { startLinkProxy, type LinkProxy } from '../helpers/link-proxy.js';
 import { appendLayer, buildOciFixture, tarOf, type OciFixture } from '../helpers/oci-fixtures.js';
-import { needsRoot } from '../helpers/root.js';
+import { needsRootAndTools } from '../helpers/root.js';
 import { startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 
 const bucket = 'thinrelay-remote';
-const needsTools =
-  needsRoot ||
-  (['umoci', 'skopeo', 'zstd'].some((t) => {
-    try {
-      execFileSync('sh', ['-c', `command -v ${t}`]);
-      return false;
-    } catch {
-      return true;
-    }
-  })
-    ? 'needs umoci, skopeo and zstd (.ci/run installs them)'
-    : false);
+const needsTools = needsRootAndTools(['umoci', 'skopeo', 'zstd']);
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
