@@ -4,14 +4,16 @@
  * applies only its top layer and costs the pool about that layer; remove
  * keeps shared layers; gc releases what no image uses; kill -9 between
  * layers and mid-layer (also inside a clone's pool transaction) resumes
- * without reapplying committed layers. After each test the pool's thin ids
- * equal the store's. Images are OCI archives made here (no umoci in the
- * guest's time budget): plain-tar layers, a config, a manifest, an index.
+ * without reapplying committed layers; an image that needs more room than
+ * its held base was made with lands on a clone activated longer, its ext4
+ * grown. After each test the pool's thin ids equal the store's. Images are
+ * OCI archives made here (no umoci in the guest's time budget): plain-tar
+ * layers, a config, a manifest, an index.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { StateStore } from '../../host-agent/src/store/index.js';
@@ -146,6 +148,11 @@ describe('layer chains on a thin pool', { skip: needsRoot }, () => {
         await ociArchive([base, mid, await top(n)]),
       );
     }
+    await s3.putObject(
+      bucket,
+      'images/grown.tar',
+      await ociArchive([base, await layer({ 'app-gr.txt': 'app gr\n' })]),
+    );
     stateDir = freshStateDir('thinrelay-dm-layers-');
     env = { ...s3EnvFor(s3), ...devmapperEnv(stateDir), THINRELAY_BUCKET: bucket };
     const created = await cli('pool', 'create', '--size', '2G');
@@ -199,6 +206,35 @@ describe('layer chains on a thin pool', { skip: needsRoot }, () => {
     });
   }
 
+  test('an image that needs more room than its held base: the clone is activated longer and its ext4 grown', async () => {
+    // The base was made 1 GiB (the default for its size); this image asks for 1.5 GiB.
+    const grown = json<ProcessJson>(
+      await runCli(['process-image', '--s3-key', 'images/grown.tar', '--json'], {
+        ...env,
+        THINRELAY_VOLUME_SIZE: '1536M',
+      }),
+    );
+    assert.equal(appliedBy('images/grown.tar'), 1, 'only the new layer');
+    const store = StateStore.open(stateDir, { readonly: true });
+    let sizes: number[];
+    try {
+      const image = store.images.latestByKey('images/grown.tar')!;
+      sizes = store.images.layers(image.id).map((l) => l.volume_size_bytes!);
+    } finally {
+      store.close();
+    }
+    assert.deepEqual(sizes, [1024 * MiB, 1536 * MiB], 'the held base as it was, the clone larger');
+    const length = Number(runSync('blockdev', ['--getsize64', grown.devicePath]).trim());
+    assert.equal(length, 1536 * MiB, "the image's thin snapshot has the grown length");
+    withMounted(grown.devicePath, (root) => {
+      const fs = statfsSync(root);
+      assert.ok(fs.blocks * fs.bsize > 1280 * MiB, `its ext4 holds ${fs.blocks * fs.bsize} bytes`);
+      assert.equal(readFileSync(join(root, 'os-release'), 'utf8'), 'ID=layers\n');
+      assert.equal(readFileSync(join(root, 'app-gr.txt'), 'utf8'), 'app gr\n');
+    });
+    assertPoolMatchesStore(stateDir);
+  });
+
   test('remove keeps the shared base; once no image uses a layer, its thin device goes', async () => {
     const pool = poolNameOf(stateDir);
     const before = poolThinIds(pool).length;
@@ -210,6 +246,7 @@ describe('layer chains on a thin pool', { skip: needsRoot }, () => {
       'images/crash-c2.tar',
       'images/crash-c3.tar',
       'images/crash-c4.tar',
+      'images/grown.tar',
     ])
       json(await cli('remove', key, '--force', '--json'));
     json(await cli('gc', '--json'));

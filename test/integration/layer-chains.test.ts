@@ -7,12 +7,13 @@
  * layer; its result equals `umoci raw unpack`; remove keeps layers another
  * image uses and releases the rest; gc releases what no image uses; a digest
  * mismatch leaves the pool as it was; two jobs needing one new layer build
- * it once.
+ * it once; a new layer that outgrows the volumes its held layers were made
+ * with is applied on a clone grown to the size the image needs.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmdirSync, statfsSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -41,7 +42,13 @@ function sha256(b: Buffer): string {
 interface Show {
   image: { id: number; status: string };
   steps: { name: string; detail: Record<string, unknown> | null }[];
-  layers: { position: number; chainId: string; volume: string; sharedBy: number }[];
+  layers: {
+    position: number;
+    chainId: string;
+    volume: string;
+    volumeSizeBytes: number;
+    sharedBy: number;
+  }[];
 }
 
 describe('layer chains shared between images', { skip: needsTools }, () => {
@@ -72,6 +79,22 @@ describe('layer chains shared between images', { skip: needsTools }, () => {
     for (const [name, body] of Object.entries(files)) writeFileSync(join(stage, name), body);
     const layer = await tarOf(stage, Object.keys(files));
     appendLayer(fx.layout, from, to, layer, tar, diffId ?? sha256(layer));
+  };
+
+  /** The activated device's tree equals `umoci raw unpack`'s (the root's own mtime aside). */
+  const assertEqualsUmoci = async (devicePath: string, reference: string): Promise<void> => {
+    const mnt = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
+    execFileSync('mount', ['-o', 'ro', devicePath, mnt]);
+    try {
+      const diffs = await compareTrees(reference, mnt, {
+        skip: (rel) => rel === 'lost+found',
+        ignoreMtime: (rel) => rel === '.',
+      });
+      assert.deepEqual(diffs, [], 'the chain equals umoci raw unpack');
+    } finally {
+      execFileSync('umount', [mnt]);
+      rmdirSync(mnt);
+    }
   };
 
   const show = async (key: string): Promise<Show> => json<Show>(await cli('show', key, '--json'));
@@ -106,8 +129,18 @@ describe('layer chains shared between images', { skip: needsTools }, () => {
     await addLayer(fx.tag, 'mid', { 'mid.bin': randomBytes(4 * MiB) });
     await addLayer('mid', 'c', { 'c.bin': Buffer.from('c') });
     await addLayer('mid', 'd', { 'd.bin': Buffer.from('d') });
+    // An image held on small volumes, and one on top of it whose new layer outgrows them.
+    await addLayer(fx.tag, 'tiny', { 'tiny.txt': Buffer.from('tiny\n') });
+    await addLayer('tiny', 'grown', { 'grown.bin': randomBytes(80 * MiB) });
     execFileSync('umoci', ['raw', 'unpack', '--image', `${fx.layout}:app`, join(work, 'app-ref')]);
-    for (const tag of ['base', 'app', 'bad', 'c', 'd']) {
+    execFileSync('umoci', [
+      'raw',
+      'unpack',
+      '--image',
+      `${fx.layout}:grown`,
+      join(work, 'grown-ref'),
+    ]);
+    for (const tag of ['base', 'app', 'bad', 'c', 'd', 'tiny', 'grown']) {
       const archive = ociArchiveOfTag(fx.layout, tag, work);
       archiveSizes.set(`images/${tag}.tar`, archive.length);
       await s3.putObject(bucket, `images/${tag}.tar`, archive);
@@ -157,18 +190,7 @@ describe('layer chains shared between images', { skip: needsTools }, () => {
       `the second image grew the pool by ${growSecond} bytes, the first by ${growFirst}`,
     );
 
-    const mnt = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
-    execFileSync('mount', ['-o', 'ro', app.devicePath, mnt]);
-    try {
-      const diffs = await compareTrees(join(work, 'app-ref'), mnt, {
-        skip: (rel) => rel === 'lost+found',
-        ignoreMtime: (rel) => rel === '.',
-      });
-      assert.deepEqual(diffs, [], 'the chain equals umoci raw unpack');
-    } finally {
-      execFileSync('umount', [mnt]);
-      rmdirSync(mnt);
-    }
+    await assertEqualsUmoci(app.devicePath, join(work, 'app-ref'));
   });
 
   test('a digest mismatch above held layers leaves the pool as it was', async () => {
@@ -238,5 +260,38 @@ describe('layer chains shared between images', { skip: needsTools }, () => {
     assert.deepEqual(inv.poolFiles, [], 'no layer is left once no image uses it');
     assert.deepEqual(inv.loops, []);
     assert.deepEqual(inv.mounts, []);
+  });
+  test('an image whose new layer outgrows the volumes its held layers were made with completes on a grown clone', async (t) => {
+    // The held image's layers on 64 MiB volumes (as if that host had set THINRELAY_VOLUME_SIZE).
+    const r = await runCli(['process-image', '--s3-key', 'images/tiny.tar', '--json'], {
+      ...env,
+      THINRELAY_VOLUME_SIZE: '64M',
+    });
+    assert.equal(r.code, 0, r.stderr);
+    const held = await show('images/tiny.tar');
+    assert.deepEqual(
+      held.layers.map((l) => l.volumeSizeBytes),
+      [64 * MiB, 64 * MiB, 64 * MiB, 64 * MiB],
+    );
+
+    // Its 80 MiB layer does not fit a 64 MiB filesystem: the clone is made as large as the image needs.
+    const out = await processImage('images/grown.tar');
+    const grown = await show('images/grown.tar');
+    const detail = unpackDetail(grown);
+    assert.equal(detail.layersApplied, 1, 'only the new layer is applied');
+    const needed = detail.volumeSizeBytes as number;
+    t.diagnostic(`volume size chosen for the image: ${needed} bytes`);
+    assert.ok(needed >= 4 * 80 * MiB, `${needed} bytes: 4x the archive's size or more`);
+    const top = grown.layers.at(-1)!;
+    assert.equal(top.volumeSizeBytes, needed, "the grown clone's size is recorded");
+    assert.deepEqual(
+      grown.layers.slice(0, -1).map((l) => [l.volume, l.volumeSizeBytes]),
+      held.layers.map((l) => [l.volume, 64 * MiB]),
+      'the held layers are shared and stay as they were',
+    );
+    assert.equal(statSync(join(stateDir, 'pool', `${top.volume}.img`)).size, needed);
+    const device = execFileSync('blockdev', ['--getsize64', out.devicePath], { encoding: 'utf8' });
+    assert.equal(Number(device), needed, "the image's snapshot has the grown size");
+    await assertEqualsUmoci(out.devicePath, join(work, 'grown-ref'));
   });
 });

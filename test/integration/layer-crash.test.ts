@@ -28,7 +28,7 @@ const needsTools = needsRootAndTools(['umoci', 'skopeo', 'zstd']);
  * `held`), and how many layers the run after the crash must still apply.
  * The image processed has five layers: the fixture's three, then two new.
  */
-const cases: { point: string; held: boolean; applyAfter: number }[] = [
+const cases: { point: string; held: boolean | 'small'; applyAfter: number }[] = [
   { point: 'layer:clone-intent', held: true, applyAfter: 2 },
   { point: 'layer:cloned', held: true, applyAfter: 2 },
   { point: 'layer:4:mounted', held: true, applyAfter: 2 },
@@ -40,6 +40,10 @@ const cases: { point: string; held: boolean; applyAfter: number }[] = [
   { point: 'layer:5:ready', held: true, applyAfter: 0 },
   { point: 'layer:1:midway', held: false, applyAfter: 5 },
   { point: 'layer:2:ready', held: false, applyAfter: 3 },
+  // Held on 12 MiB volumes, too small for layers 4 and 5: layer 4's clone is grown first.
+  { point: 'layer:grow:checked', held: 'small', applyAfter: 2 },
+  { point: 'layer:cloned', held: 'small', applyAfter: 2 },
+  { point: 'layer:4:mounted', held: 'small', applyAfter: 2 },
 ];
 
 function sha256(b: Buffer): string {
@@ -84,7 +88,13 @@ describe('kill -9 between layers and mid-layer, then resume', { skip: needsTools
   });
 
   for (const c of cases) {
-    test(`crash at ${c.point}${c.held ? ' (base layers held)' : ''}`, async () => {
+    const held =
+      c.held === 'small'
+        ? ' (base layers held on small volumes)'
+        : c.held
+          ? ' (base layers held)'
+          : '';
+    test(`crash at ${c.point}${held}`, async () => {
       const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-lcrash-'));
       stateDirs.push(stateDir);
       const env = {
@@ -93,8 +103,11 @@ describe('kill -9 between layers and mid-layer, then resume', { skip: needsTools
         THINRELAY_BUCKET: bucket,
         THINRELAY_RESERVE_BYTES: '0',
       };
-      if (c.held) {
-        const r = await runCli(['process-image', '--s3-key', 'images/held.tar'], env);
+      if (c.held !== false) {
+        const r = await runCli(
+          ['process-image', '--s3-key', 'images/held.tar'],
+          c.held === 'small' ? { ...env, THINRELAY_VOLUME_SIZE: '12M' } : env,
+        );
         assert.equal(r.code, 0, r.stderr);
       }
       const crashed = await runCli(['process-image', '--s3-key', 'images/app.tar'], {
@@ -137,6 +150,15 @@ describe('kill -9 between layers and mid-layer, then resume', { skip: needsTools
         const volumes = store.objects.listLive().filter((o) => o.kind === 'volume');
         assert.equal(volumes.length, 5, 'one volume per layer, none left over');
         assert.ok(volumes.every((v) => v.state === 'sealed'));
+        if (c.held === 'small') {
+          const sizes = layers.map((l) => store.objects.get(l.volume_id!)!.size_bytes);
+          assert.deepEqual(
+            sizes.slice(0, 3),
+            [12, 12, 12].map((m) => m * 1024 ** 2),
+          );
+          assert.ok(sizes[3]! > 12 * 1024 ** 2, `layer 4's clone grew: ${sizes[3]} bytes`);
+          assert.equal(sizes[4], sizes[3], 'layer 5 keeps the grown size');
+        }
         const chains = store.db
           .prepare(`SELECT chain_id FROM blobs WHERE status = 'ready'`)
           .pluck()

@@ -1,12 +1,23 @@
 /**
  * The storage seam for layer chains on real loop devices: a volume cloned
  * from a sealed parent holds the parent's filesystem (mounted without mkfs),
- * writes to it leave the parent untouched, the clone is recorded before it
- * is made, and reconcile releases an interrupted clone (a partial copy, or a
- * clone whose owner died mid-apply) without touching its parent.
+ * writes to it leave the parent untouched, a clone asked for more room is
+ * made larger with its filesystem grown (never smaller), the clone is
+ * recorded before it is made, and reconcile releases an interrupted clone
+ * (a partial copy, or a clone whose owner died mid-apply) without touching
+ * its parent.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  statfsSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -19,6 +30,8 @@ import { objectName } from '../../host-agent/src/storage/names.js';
 import { ObjectManager } from '../../host-agent/src/storage/object-manager.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { needsRoot } from '../helpers/root.js';
+
+const MiB = 1024 ** 2;
 
 function tempHost(t: { after(fn: () => void): void }): {
   stateDir: string;
@@ -104,6 +117,53 @@ test(
       mounted: [],
       strays: [],
     });
+  },
+);
+
+test(
+  'a clone asked for more room than its parent is made that large, its filesystem grown; never shrunk',
+  { skip: needsRoot },
+  async (t) => {
+    const { stateDir, store, objects, backend } = tempHost(t);
+    const jobId = newJob(store, 'k-grow');
+    const small = 32 * MiB;
+    const base = await objects.createVolumeForUnpack({ sizeBytes: small, jobId }, () => undefined);
+    writeFileSync(join(base.mountpoint, 'lower'), 'from the base layer');
+    await objects.markUnpacked(base.volume, () => undefined);
+    await objects.seal(store.objects.get(base.volume.id)!);
+    const parent = store.objects.get(base.volume.id)!;
+
+    const grown = await objects.cloneVolumeForApply(
+      { parent, jobId, sizeBytes: 256 * MiB },
+      () => undefined,
+    );
+    assert.equal(grown.volume.size_bytes, 256 * MiB, 'the intent records the grown size');
+    assert.equal(statSync(backend.fileOf(objects.spec(grown.volume))).size, 256 * MiB);
+    const fs = statfsSync(grown.mountpoint);
+    assert.ok(fs.blocks * fs.bsize > 200 * MiB, `the filesystem has ${fs.blocks * fs.bsize} bytes`);
+    assert.equal(readFileSync(join(grown.mountpoint, 'lower'), 'utf8'), 'from the base layer');
+    // More than the whole parent volume holds: it fits only because the filesystem grew.
+    writeFileSync(join(grown.mountpoint, 'big.bin'), randomBytes(48 * MiB));
+    await objects.markUnpacked(grown.volume, () => undefined);
+    await objects.seal(store.objects.get(grown.volume.id)!);
+    assert.equal(statSync(backend.fileOf(objects.spec(parent))).size, small, 'parent as it was');
+    execFileSync('e2fsck', ['-f', '-n', backend.fileOf(objects.spec(grown.volume))], {
+      stdio: 'ignore',
+    });
+
+    // A clone of the grown volume asked for less keeps its parent's size.
+    const top = store.objects.get(grown.volume.id)!;
+    const above = await objects.cloneVolumeForApply(
+      { parent: top, jobId, sizeBytes: small },
+      () => undefined,
+    );
+    assert.equal(above.volume.size_bytes, 256 * MiB, 'never shrunk');
+    assert.equal(readFileSync(join(above.mountpoint, 'big.bin')).length, 48 * MiB);
+    for (const id of [above.volume.id, top.id, parent.id])
+      await objects.remove(store.objects.get(id)!);
+    assert.deepEqual(hostInventory(stateDir).poolFiles, []);
+    assert.deepEqual(hostInventory(stateDir).loops, []);
+    assert.deepEqual(hostInventory(stateDir).mounts, []);
   },
 );
 

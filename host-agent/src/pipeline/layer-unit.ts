@@ -30,7 +30,10 @@ export interface LayerPlan {
   diffId: string;
   /** The ready layer below, whose volume this one's is cloned from; null for the base. */
   parent: BlobRow | null;
-  /** A base layer's volume size (a clone takes its parent's). */
+  /**
+   * The volume size this image needs: a base layer's volume is made this
+   * size; a clone is grown to it when its parent's is smaller (never shrunk).
+   */
   sizeBytes: number;
   /** Apply the layer onto the mounted filesystem; its counts go to the log and the step detail. */
   apply(mountpoint: string, lower: boolean): Promise<{ tarBytes: number; compression: string }>;
@@ -149,7 +152,10 @@ async function buildLayer(ctx: JobContext, plan: LayerPlan): Promise<BlobRow> {
   const { volume, mountpoint } =
     parentVolume === null || parentVolume === undefined
       ? await objects.createVolumeForUnpack({ sizeBytes: plan.sizeBytes, jobId: job.id }, onIntent)
-      : await objects.cloneVolumeForApply({ parent: parentVolume, jobId: job.id }, onIntent);
+      : await objects.cloneVolumeForApply(
+          { parent: parentVolume, jobId: job.id, sizeBytes: plan.sizeBytes },
+          onIntent,
+        );
   failpoint(`layer:${n}:mounted`);
   const blob = store.blobs.byVolume(volume.id)!;
   ctx.logger.info('applying layer', {

@@ -117,6 +117,8 @@ export interface StorageBackend {
    * Create a volume as a writable clone of a sealed volume, holding its
    * filesystem as it is (devmapper: create_snap of the origin's thin id;
    * loop: a reflink copy where the filesystem can, a sparse copy otherwise).
+   * When `volume.sizeBytes` exceeds the origin's, the clone is that large and
+   * its filesystem is grown to fill it before it is mounted; never shrunk.
    * Fails if it already exists; a partial clone is cleaned by remove().
    */
   createVolumeFrom(volume: CloneSpec): Promise<void>;

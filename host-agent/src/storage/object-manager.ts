@@ -109,22 +109,26 @@ export class ObjectManager {
   /**
    * Intent, then a writable clone of the sealed volume `parent` (the layer
    * below), mounted without mkfs so the next layer is applied on top of it.
+   * The clone is `sizeBytes` when the parent is smaller (its filesystem
+   * grown to fit; the intent records the size, so recovery and the snapshots
+   * above know it), else the parent's size: never shrunk.
    * `onIntent` runs inside the intent's transaction (the layer's blob row).
    */
   async cloneVolumeForApply(
-    o: { parent: StorageObjectRow; jobId: number },
+    o: { parent: StorageObjectRow; jobId: number; sizeBytes?: number },
     onIntent: (volume: StorageObjectRow) => void,
   ): Promise<{ volume: StorageObjectRow; mountpoint: string }> {
     if (o.parent.state !== 'sealed')
       throw new Error(
         `volume ${o.parent.id} is ${o.parent.state}, not sealed: it cannot be cloned`,
       );
+    const sizeBytes = Math.max(o.parent.size_bytes, o.sizeBytes ?? 0);
     const volume = this.store.tx(() => {
       const row = this.store.objects.createIntent(
         {
           kind: 'volume',
           backend: this.backend.name,
-          sizeBytes: o.parent.size_bytes,
+          sizeBytes,
           parentId: o.parent.id,
           jobId: o.jobId,
           thinId: this.nextThinId(),
@@ -135,6 +139,13 @@ export class ObjectManager {
       return row;
     });
     this.logger.debug('layer volume intent', { object: volume.id, parent: o.parent.id });
+    if (sizeBytes > o.parent.size_bytes)
+      this.logger.info('layer volume grown beyond its parent', {
+        object: volume.id,
+        parent: o.parent.id,
+        fromBytes: o.parent.size_bytes,
+        toBytes: sizeBytes,
+      });
     failpoint('layer:clone-intent');
     await this.backend.createVolumeFrom(this.cloneSpec(volume));
     failpoint('layer:cloned');

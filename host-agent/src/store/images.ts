@@ -26,6 +26,8 @@ export interface ImageLayerRow {
   diff_id: string | null;
   status: string;
   volume_id: number | null;
+  /** The virtual size of the layer's volume (a clone may be larger than the layer below). */
+  volume_size_bytes: number | null;
   /** Live images linking this layer (this one included). */
   shared_by: number;
 }
@@ -216,6 +218,8 @@ export class ImageRepo {
     return this.db
       .prepare(
         `SELECT ib.position, b.id AS blob_id, b.chain_id, b.diff_id, b.status, b.volume_id,
+                (SELECT size_bytes FROM storage_objects s WHERE s.id = b.volume_id)
+                  AS volume_size_bytes,
                 (SELECT count(*) FROM image_blobs o JOIN images i ON i.id = o.image_id
                   WHERE o.blob_id = b.id AND i.status != 'removed') AS shared_by
            FROM image_blobs ib JOIN blobs b ON b.id = ib.blob_id

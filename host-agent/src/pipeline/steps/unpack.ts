@@ -249,6 +249,17 @@ async function unpackFlat(
 }
 
 /**
+ * The volume size a container image needs, from what is known before any
+ * layer is read: the object's size, and its layers' stored sizes (more than
+ * the object's when the archive is compressed as a whole). A clone whose
+ * parent layer was made smaller (for a smaller image) is grown to this.
+ */
+function imageVolumeSize(ctx: JobContext, source: OpenedImage, objectVolumeBytes: number): number {
+  const layerBytes = source.layers.reduce((n, l) => n + l.blobBytes, 0);
+  return Math.max(objectVolumeBytes, volumeSizeFor(layerBytes, ctx.config));
+}
+
+/**
  * A container image: layers the host holds are reused (the highest one held
  * is the start: nothing below it is needed), every layer above is applied on
  * a clone of the one below.
@@ -256,15 +267,17 @@ async function unpackFlat(
 async function applyLayers(
   ctx: JobContext,
   source: OpenedImage,
-  sizeBytes: number,
+  objectVolumeBytes: number,
 ): Promise<Record<string, unknown>> {
   const { store, image, progress } = ctx;
   const layers = source.layers;
+  const sizeBytes = imageVolumeSize(ctx, source, objectVolumeBytes);
   ctx.logger.info('container image verified', {
     format: source.format,
     chosen: source.chosen,
     layers: layers.length,
     spooledBytes: source.spooledBytes(),
+    volumeSizeBytes: sizeBytes,
   });
   store.tx(() => store.images.setBlobs(image.id, []));
   let start = -1;
@@ -316,6 +329,7 @@ async function applyLayers(
   }
   return {
     blob: parent?.id ?? null,
+    volumeSizeBytes: sizeBytes,
     layers: layers.length,
     layersApplied: applied,
     layersReused: layers.length - applied,

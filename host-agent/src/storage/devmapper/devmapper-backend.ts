@@ -17,6 +17,7 @@ import { EnvironmentError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { StateStore } from '../../store/index.js';
 import { run } from '../../sys/exec.js';
+import { growExt4 } from '../../sys/grow-ext4.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
 import type {
@@ -308,6 +309,8 @@ export class DevmapperBackend implements StorageBackend {
         ['dmsetup', 'dmsetup'],
         ['thin_dump', 'thin-provisioning-tools'],
         ['mkfs.ext4', 'e2fsprogs'],
+        ['e2fsck', 'e2fsprogs'],
+        ['resize2fs', 'e2fsprogs'],
         ['losetup', 'util-linux'],
         ['blockdev', 'util-linux'],
       ])),
@@ -429,6 +432,9 @@ export class DevmapperBackend implements StorageBackend {
 
   async createVolumeFrom(volume: CloneSpec): Promise<void> {
     await this.snapOf(volume, `layer volume ${volume.name} from ${volume.origin.name}`);
+    // A thin device is as long as its table says: activated at the clone's larger
+    // size, its filesystem is grown to fill it (left active for mountForApply).
+    if (volume.sizeBytes > volume.origin.sizeBytes) await growExt4(await this.activateThin(volume));
   }
 
   async mountForApply(volume: ObjectSpec): Promise<{ mountpoint: string }> {

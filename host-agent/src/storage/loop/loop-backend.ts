@@ -18,12 +18,14 @@ import {
   rmdirSync,
   statfsSync,
   ftruncateSync,
+  truncateSync,
 } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { EnvironmentError, errorMessage } from '../../errors.js';
 import { run } from '../../sys/exec.js';
 import { sharesExtents, spaceUsage, type SpaceUsage } from '../../sys/extents.js';
 import { attachLoop, detachLoop, listLoops, loopsFor } from '../../sys/loop-devices.js';
+import { growExt4 } from '../../sys/grow-ext4.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
 import type {
@@ -82,6 +84,8 @@ export class LoopBackend implements StorageBackend {
       ...(await toolChecks([
         ['losetup', 'mount'],
         ['mkfs.ext4', 'e2fsprogs'],
+        ['e2fsck', 'e2fsprogs'],
+        ['resize2fs', 'e2fsprogs'],
         ['mount', 'mount'],
         ['umount', 'mount'],
         ['cp', 'coreutils'],
@@ -195,7 +199,9 @@ export class LoopBackend implements StorageBackend {
 
   async createVolumeFrom(volume: CloneSpec): Promise<void> {
     await this.createPool();
-    await this.copyComplete(this.fileOf(volume.origin), volume);
+    // Grown on the partial copy, before its rename: a clone that exists is a grown one.
+    const grow = volume.sizeBytes > volume.origin.sizeBytes;
+    await this.copyComplete(this.fileOf(volume.origin), volume, grow ? growExt4 : undefined);
   }
 
   async mountForApply(volume: ObjectSpec): Promise<{ mountpoint: string }> {
@@ -234,11 +240,24 @@ export class LoopBackend implements StorageBackend {
     await this.copyComplete(this.fileOf(snapshot.origin), snapshot);
   }
 
-  /** Copy `from` to the object's file: a partial name first, the final name once complete. */
-  private async copyComplete(from: string, to: ObjectSpec): Promise<void> {
+  /**
+   * Copy `from` to the object's file: a partial name first, the final name
+   * once complete. With `grow`, a copy smaller than `to.sizeBytes` is
+   * extended (sparse) to it and `grow` makes its filesystem use the room;
+   * never shrunk.
+   */
+  private async copyComplete(
+    from: string,
+    to: ObjectSpec,
+    grow?: (file: string) => Promise<void>,
+  ): Promise<void> {
     const partial = this.partialOf(to);
     rmSync(partial, { force: true });
     await run('cp', ['--reflink=auto', '--sparse=always', '--', from, partial]);
+    if (grow !== undefined && statSync(partial).size < to.sizeBytes) {
+      truncateSync(partial, to.sizeBytes);
+      await grow(partial);
+    }
     const fd = openSync(partial, constants.O_RDONLY);
     try {
       fsyncSync(fd);
