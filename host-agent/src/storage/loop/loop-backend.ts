@@ -16,6 +16,7 @@ import {
   renameSync,
   rmSync,
   rmdirSync,
+  statSync,
   statfsSync,
   ftruncateSync,
   truncateSync,
