@@ -55,7 +55,7 @@ export interface ImageRun {
   ms: number;
   /** Blocks the pool's filesystem gained (statfs, after sync): reflink-shared extents count once. */
   poolGrowthBytes: number;
-  /** What `thinrelay pool status` says the pool gained (allocated blocks of the pool files). */
+  /** What `thinrelay pool status` says the pool gained (on loop: shared extents counted once too). */
   poolStatusGrowthBytes: number;
   /** Response bytes (HTTP headers included) that crossed the link for this run. */
   linkBytes: number;

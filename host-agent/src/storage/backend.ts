@@ -54,7 +54,12 @@ export interface PoolStatus {
   location: string;
   exists: boolean;
   dataTotalBytes: number;
+  /** Bytes the pool's data takes, blocks shared between volumes counted once. */
   dataUsedBytes: number;
+  /** loop: the sum of each volume's own allocation (what `du` adds up). */
+  dataReferencedBytes?: number;
+  /** loop: bytes in extents reflinked volumes share (in dataUsedBytes once). */
+  dataSharedBytes?: number;
   metadataTotalBytes: number | null;
   metadataUsedBytes: number | null;
   /** Space a new volume can still take. */

@@ -37,7 +37,7 @@ function describe(file: string, args: readonly string[]): string {
   return [file, ...args].join(' ');
 }
 
-function spawnFailure(err: unknown, file: string, args: readonly string[]): Error {
+export function spawnFailure(err: unknown, file: string, args: readonly string[]): Error {
   if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT') {
     return new EnvironmentError(
       'TOOL_MISSING',

@@ -23,6 +23,11 @@ function printStatus(ctx: CommandContext, s: PoolStatus): void {
   out.write(
     `data      ${formatBytes(s.dataUsedBytes)} used of ${formatBytes(s.dataTotalBytes)} (${pct(s.dataUsedBytes, s.dataTotalBytes)})\n`,
   );
+  if (s.dataSharedBytes !== undefined && s.dataSharedBytes > 0) {
+    out.write(
+      `shared    ${formatBytes(s.dataSharedBytes)} shared between volumes, counted once (${formatBytes(s.dataReferencedBytes ?? 0)} without sharing)\n`,
+    );
+  }
   if (s.metadataTotalBytes !== null && s.metadataUsedBytes !== null) {
     out.write(
       `metadata  ${formatBytes(s.metadataUsedBytes)} used of ${formatBytes(s.metadataTotalBytes)} (${pct(s.metadataUsedBytes, s.metadataTotalBytes)})\n`,
