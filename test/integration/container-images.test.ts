@@ -25,20 +25,16 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { pack } from 'tar-stream';
-import { runCli, type CliResult } from '../helpers/cli.js';
+import { okJson as json, runCli, type CliResult } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { appendLayer, buildOciFixture, type OciFixture } from '../helpers/oci-fixtures.js';
+import { ociArchiveOfTag } from '../helpers/oci-archive.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { compareTrees } from '../helpers/tree-compare.js';
 
 const bucket = 'thinrelay-images';
 const needsTools = needsRootAndTools(['umoci', 'skopeo', 'zstd', 'xz']);
-
-function json<T>(r: CliResult): T {
-  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
 
 function sha256(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
@@ -57,20 +53,6 @@ async function tarStream(
   const chunks: Buffer[] = [];
   for await (const c of p) chunks.push(c as Buffer);
   return Buffer.concat(chunks);
-}
-
-/** An oci-archive of `layout`'s image `tag` alone, tarred as skopeo lays it out (blobs first). */
-function ociArchiveOf(layout: string, tag: string): Buffer {
-  const index = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as {
-    manifests: { annotations?: Record<string, string> }[];
-  };
-  index.manifests = index.manifests.filter(
-    (m) => m.annotations?.['org.opencontainers.image.ref.name'] === tag,
-  );
-  writeFileSync(join(layout, 'index.json'), JSON.stringify(index));
-  return execFileSync('tar', ['-C', layout, '-cf', '-', 'blobs', 'oci-layout', 'index.json'], {
-    maxBuffer: 1 << 28,
-  });
 }
 
 describe('container images', { skip: needsTools }, () => {
@@ -96,7 +78,7 @@ describe('container images', { skip: needsTools }, () => {
     appendLayer(copy, 'final', name, layer, 'application/vnd.oci.image.layer.v1.tar', diffId);
     if (twice)
       appendLayer(copy, name, name, layer, 'application/vnd.oci.image.layer.v1.tar', diffId);
-    return ociArchiveOf(copy, name);
+    return ociArchiveOfTag(copy, name, work);
   };
 
   before(async () => {
@@ -260,7 +242,7 @@ describe('container images', { skip: needsTools }, () => {
           'application/vnd.oci.image.layer.v1.tar',
           sha256(l2),
         );
-        return ociArchiveOf(copy, 'plant');
+        return ociArchiveOfTag(copy, 'plant', work);
       },
       'LAYER_UNSAFE_LINK',
     ],

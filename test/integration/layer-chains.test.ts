@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { StateStore } from '../../host-agent/src/store/index.js';
-import { runCli, type CliResult } from '../helpers/cli.js';
+import { okJson as json, runCli, type CliResult } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { appendLayer, buildOciFixture, tarOf, type OciFixture } from '../helpers/oci-fixtures.js';
 import { needsRootAndTools, ociArchiveOfTag } from '../helpers/oci-archive.js';
@@ -29,11 +29,6 @@ const bucket = 'thinrelay-layers';
 const tar = 'application/vnd.oci.image.layer.v1.tar';
 const MiB = 1024 ** 2;
 const needsTools = needsRootAndTools(['umoci', 'skopeo', 'zstd', 'mkfs.xfs']);
-
-function json<T>(r: CliResult): T {
-  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
 
 function sha256(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');

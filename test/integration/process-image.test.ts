@@ -11,18 +11,13 @@ import { after, before, describe, test } from 'node:test';
 import { pack } from 'tar-stream';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
-import { cliPath, runCli, type CliResult } from '../helpers/cli.js';
+import { cliPath, okJson as json, runCli, type CliResult } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { withMounted } from '../helpers/mount-probe.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 
 const bucket = 'thinrelay-images';
-
-function json<T>(r: CliResult): T {
-  assert.equal(r.code, 0, `exit ${r.code}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
 
 interface ProcessJson {
   outcome: string;

@@ -12,7 +12,15 @@ import type { ImageLimits } from '../limits.js';
 import { compressionOf, decompress, type ImageCompression } from './compression.js';
 import { parseImageConfig, type RunConfig } from './image-config.js';
 import { LayerTree, type LayerInput } from './layer-tree.js';
-import { ArchiveMembers, readImagePlan, type BlobRef, type ImageLayout } from './manifest.js';
+import {
+  ArchiveMembers,
+  checkJsonMember,
+  checkLayerMediaType,
+  parseJsonBytes,
+  readImagePlan,
+  type BlobRef,
+  type ImageLayout,
+} from './manifest.js';
 import type { SpoolDir } from './spool.js';
 import { indexTar, readRange, type IndexedMember } from './tar-index.js';
 import { hashRange, refuseRepeatedBlobs, verifyBlob, verifyDiffId } from './verify.js';
@@ -29,22 +37,10 @@ export interface ContainerImage {
   layerTar(index: number): AsyncIterable<Buffer>;
 }
 
-const MAX_JSON_BYTES = 4 * 1024 * 1024;
-
 function jsonReader(fd: number) {
   return (member: IndexedMember, what: string): unknown => {
-    if (member.size > MAX_JSON_BYTES)
-      throw new ImageError(
-        'IMAGE_MANIFEST_INVALID',
-        `${what} is ${member.size} bytes, too large for image metadata`,
-      );
-    try {
-      return JSON.parse(readRange(fd, member.dataOffset, member.size).toString('utf8'));
-    } catch (err) {
-      throw new ImageError('IMAGE_MANIFEST_INVALID', `${what} is not valid JSON`, undefined, {
-        cause: err,
-      });
-    }
+    checkJsonMember(member, what);
+    return parseJsonBytes(readRange(fd, member.dataOffset, member.size), what);
   };
 }
 
@@ -58,16 +54,6 @@ function* rangeOf(fd: number, offset: number, length: number): Generator<Buffer>
   }
 }
 
-const LAYER_TYPES = new Set([
-  undefined,
-  'application/vnd.oci.image.layer.v1.tar',
-  'application/vnd.oci.image.layer.v1.tar+gzip',
-  'application/vnd.oci.image.layer.v1.tar+zstd',
-  'application/vnd.docker.image.rootfs.diff.tar',
-  'application/vnd.docker.image.rootfs.diff.tar.gzip',
-  'application/vnd.docker.image.rootfs.diff.tar.zstd',
-]);
-
 /** A layer's plain tar: its member range when uncompressed, else a spooled decompression. */
 async function layerTar(
   spool: SpoolDir,
@@ -79,11 +65,7 @@ async function layerTar(
   sha256: string;
   compression: ImageCompression;
 }> {
-  if (!LAYER_TYPES.has(blob.mediaType))
-    throw new ImageError(
-      'LAYER_NOT_TAR',
-      `layer ${n} has media type ${blob.mediaType}, not a tar layer`,
-    );
+  checkLayerMediaType(blob, n);
   const { member } = blob;
   const compression = compressionOf(readRange(fd, member.dataOffset, Math.min(8, member.size)));
   if (compression === 'none') {
