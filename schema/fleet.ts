@@ -73,6 +73,21 @@ export interface GroupQueueSettings {
   dlqRetentionDays: number;
 }
 
+/**
+ * A group's pool policy (host-agent/src/pool/policy.ts): versions kept per
+ * key, eviction watermarks (percent of pool capacity), and keys or globs
+ * whose current version is never evicted. A host's agent.env may override
+ * each field; pins add up.
+ */
+export type GroupPoolSettings = {
+  retainVersions: number;
+  highWatermarkPercent: number;
+  lowWatermarkPercent: number;
+  metadataHighWatermarkPercent: number;
+  metadataLowWatermarkPercent: number;
+  pins: string[];
+};
+
 /** The one deployment item: routing and per-group settings, written by the stack. */
 export interface DeploymentConfigItem {
   pk: 'CONFIG';
@@ -85,6 +100,8 @@ export interface DeploymentConfigItem {
   /** Key prefix → groups; keys under no route go to every group. */
   routes: Record<string, string[]>;
   groups: Record<string, GroupQueueSettings>;
+  /** Each group's pool policy; read as {} from items written before it existed (defaults apply). */
+  pools: Record<string, GroupPoolSettings>;
   /** A host not seen for this long is stale; after sweepAfterSeconds more it is removed. */
   staleAfterSeconds: number;
   sweepAfterSeconds: number;
@@ -118,7 +135,8 @@ export interface HostItem {
   dlqDepth: number | null;
 }
 
-export type HostImageState = 'pending' | 'processing' | 'ready' | 'failed' | 'retired';
+/** `evicted`: the host had the key's current version and dropped it for pool space. */
+export type HostImageState = 'pending' | 'processing' | 'ready' | 'failed' | 'retired' | 'evicted';
 
 export interface HostImageItem {
   pk: string;

@@ -8,6 +8,13 @@ import { readFileSync } from 'node:fs';
 import { UsageError, errorMessage } from './errors.js';
 import { defaultLimits, type ImageLimits } from './limits.js';
 import type { BackendName } from './storage/backend.js';
+import {
+  poolOverridesFromEnv,
+  readGroupPolicy,
+  resolvePoolPolicy,
+  type PoolPolicy,
+  type PoolPolicyOverrides,
+} from './pool/policy.js';
 
 /** A free-space floor: a share of the pool, or an absolute number of bytes. */
 export type SpaceFloor = { percent: number } | { bytes: number };
@@ -53,6 +60,13 @@ export interface AgentConfig {
   volumeSizeBytes: number | null;
   download: DownloadConfig;
   dm: DevmapperConfig;
+  /**
+   * Retention, watermarks and pins in force. A group agent replaces it once
+   * it has read its group's settings (fleet/fleet-member.ts).
+   */
+  pool: PoolPolicy;
+  /** The pool settings this host's environment gives (they win over the group's). */
+  poolOverrides: PoolPolicyOverrides;
 }
 
 export interface ConfigFlags {
@@ -204,8 +218,12 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
   const count = (name: string, fallback: number): number =>
     env[name] === undefined ? fallback : parseCount(env[name], name);
   const volume = env.THINRELAY_VOLUME_SIZE;
+  const poolOverrides = poolOverridesFromEnv(env);
+  const stateDir = flags.stateDir ?? env.THINRELAY_STATE_DIR ?? defaultStateDir;
   return {
-    stateDir: flags.stateDir ?? env.THINRELAY_STATE_DIR ?? defaultStateDir,
+    pool: resolvePoolPolicy(poolOverrides, readGroupPolicy(stateDir)),
+    poolOverrides,
+    stateDir,
     bucket: flags.bucket ?? env.THINRELAY_BUCKET ?? null,
     backend: parseBackend(flags.backend ?? env.THINRELAY_BACKEND ?? 'loop'),
     limits: {

@@ -12,7 +12,12 @@
  * names come from schema/fleet.ts (the contract with the Lambdas and agents).
  */
 import { readFileSync } from 'node:fs';
-import { GROUP_NAME, queueNames, type GroupQueueSettings } from '../../schema/fleet.js';
+import {
+  GROUP_NAME,
+  queueNames,
+  type GroupPoolSettings,
+  type GroupQueueSettings,
+} from '../../schema/fleet.js';
 
 export class InfraConfigError extends Error {
   constructor(
@@ -42,6 +47,8 @@ export interface GroupSpec {
   principal: GroupPrincipal;
   /** The settings its agents create their queues with (the CONFIG item carries them). */
   queues: GroupQueueSettings;
+  /** Its agents' pool policy: retention, watermarks, pins (the CONFIG item carries it). */
+  pool: GroupPoolSettings;
 }
 
 export interface ThinrelayConfig {
@@ -139,8 +146,9 @@ export function parseConfig(value: unknown): ThinrelayConfig {
   const fleet = root.section('fleet');
   const alarms = root.section('alarms');
   const queueDefaults = parseQueueSettings(queues, DEFAULT_QUEUES);
+  const poolDefaults = parsePoolSettings(root.section('pool'), DEFAULT_POOL);
   const routes = parseRoutes(root, imagesPrefix);
-  const groups = parseGroups(root, imagesPrefix, queueDefaults, routes);
+  const groups = parseGroups(root, imagesPrefix, queueDefaults, poolDefaults, routes);
   const config: ThinrelayConfig = {
     stackName: root.string(
       'stackName',
@@ -253,6 +261,49 @@ function parseQueueSettings(s: Section, dflt: GroupQueueSettings): GroupQueueSet
   return settings;
 }
 
+/** As the agent's defaults (host-agent/src/pool/policy.ts). */
+const DEFAULT_POOL: GroupPoolSettings = {
+  retainVersions: 2,
+  highWatermarkPercent: 85,
+  lowWatermarkPercent: 80,
+  metadataHighWatermarkPercent: 75,
+  metadataLowWatermarkPercent: 65,
+  pins: [],
+};
+
+function parsePoolSettings(s: Section, dflt: GroupPoolSettings): GroupPoolSettings {
+  const settings: GroupPoolSettings = {
+    retainVersions: s.int('retainVersions', dflt.retainVersions, 1, 1000),
+    highWatermarkPercent: s.int('highWatermarkPercent', dflt.highWatermarkPercent, 2, 100),
+    lowWatermarkPercent: s.int('lowWatermarkPercent', dflt.lowWatermarkPercent, 1, 99),
+    metadataHighWatermarkPercent: s.int(
+      'metadataHighWatermarkPercent',
+      dflt.metadataHighWatermarkPercent,
+      2,
+      100,
+    ),
+    metadataLowWatermarkPercent: s.int(
+      'metadataLowWatermarkPercent',
+      dflt.metadataLowWatermarkPercent,
+      1,
+      99,
+    ),
+    pins: s.stringList('pins', dflt.pins),
+  };
+  if (settings.lowWatermarkPercent >= settings.highWatermarkPercent)
+    throw new InfraConfigError(
+      `${s.path}.lowWatermarkPercent`,
+      'must be below highWatermarkPercent',
+    );
+  if (settings.metadataLowWatermarkPercent >= settings.metadataHighWatermarkPercent)
+    throw new InfraConfigError(
+      `${s.path}.metadataLowWatermarkPercent`,
+      'must be below metadataHighWatermarkPercent',
+    );
+  s.done();
+  return settings;
+}
+
 function checkNames(config: ThinrelayConfig): void {
   const stems = new Map<string, string>();
   config.groups.forEach((group, i) => {
@@ -332,6 +383,7 @@ function parseGroups(
   root: Section,
   imagesPrefix: string,
   queueDefaults: GroupQueueSettings,
+  poolDefaults: GroupPoolSettings,
   routes: Record<string, string[]>,
 ): GroupSpec[] {
   const raw = root.raw('groups');
@@ -375,6 +427,7 @@ function parseGroups(
       name,
       principal: parsePrincipal(g.raw('principal'), `${at}.principal`),
       queues: parseQueueSettings(g.section('queues'), queueDefaults),
+      pool: parsePoolSettings(g.section('pool'), poolDefaults),
     };
     g.done();
     return spec;
@@ -454,7 +507,7 @@ class Section {
 
   constructor(
     value: unknown,
-    private readonly path: string,
+    readonly path: string,
   ) {
     if (value === undefined) value = {};
     if (!isObject(value)) throw new InfraConfigError(path, 'must be an object');

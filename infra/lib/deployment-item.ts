@@ -1,6 +1,6 @@
 /**
  * The fleet table's CONFIG/DEPLOYMENT item for a config: routes and per-group
- * queue settings, so agents learn them from the deployment instead of a
+ * queue and pool settings, so agents learn them from the deployment instead of a
  * second hand-kept list. The stack writes it (lib/fleet-table.ts); a local
  * stack can write the same item from the same config. No CDK imports.
  */
@@ -20,6 +20,9 @@ export function deploymentConfigItem(
     imageSuffixes: [...config.imageSuffixes],
     routes: Object.fromEntries(Object.entries(config.routes).map(([k, v]) => [k, [...v]])),
     groups: Object.fromEntries(config.groups.map((g) => [g.name, { ...g.queues }])),
+    pools: Object.fromEntries(
+      config.groups.map((g) => [g.name, { ...g.pool, pins: [...g.pool.pins] }]),
+    ),
     staleAfterSeconds: config.fleet.staleAfterSeconds,
     sweepAfterSeconds: config.fleet.sweepAfterSeconds,
   };

@@ -544,7 +544,9 @@ function benchStore(work: string): StoreFigures {
         eTag: `"${i.toString(16).padStart(32, '0')}"`,
         size: 200_000_000 + i,
       });
-      store.images.setStatus(image.id, 'ready', { sha256: i.toString(16).padStart(64, '0') });
+      store.images.markProcessing(image.id);
+      store.images.recordDigest(image.id, i.toString(16).padStart(64, '0'));
+      store.images.markReady(image.id);
     }
   });
   const image = store.images.upsert({

@@ -29,6 +29,7 @@ export function deploymentItem(
         dlqRetentionDays: 14,
       },
     },
+    pools: {},
     staleAfterSeconds: 600,
     sweepAfterSeconds: 3600,
     ...over,

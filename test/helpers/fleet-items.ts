@@ -30,6 +30,7 @@ export function deploymentConfig(over: Partial<DeploymentConfigItem> = {}): Depl
         dlqRetentionDays: 14,
       },
     },
+    pools: {},
     staleAfterSeconds: 300,
     sweepAfterSeconds: 86_400,
     ...over,

@@ -46,6 +46,14 @@ test('defaults fill everything but the groups', () => {
         retentionDays: 4,
         dlqRetentionDays: 14,
       },
+      pool: {
+        retainVersions: 2,
+        highWatermarkPercent: 85,
+        lowWatermarkPercent: 80,
+        metadataHighWatermarkPercent: 75,
+        metadataLowWatermarkPercent: 65,
+        pins: [],
+      },
     },
   ]);
   assert.deepEqual(c.fleet, {
@@ -267,4 +275,34 @@ test('loadConfigFile: errors name the file; the shipped infra/hosts.json is vali
     shipped.groups.map((g) => g.name),
     ['default', 'gpu'],
   );
+});
+
+test("pool policy: a top-level pool sets every group's default, a group's own pool overrides it", () => {
+  const c = parseConfig({
+    pool: { retainVersions: 3, pins: ['images/base/*'] },
+    groups: [
+      { name: 'web' },
+      { name: 'gpu', pool: { highWatermarkPercent: 70, lowWatermarkPercent: 60 } },
+    ],
+  });
+  assert.deepEqual(
+    c.groups.map((g) => [
+      g.name,
+      g.pool.retainVersions,
+      g.pool.highWatermarkPercent,
+      g.pool.lowWatermarkPercent,
+      g.pool.pins,
+    ]),
+    [
+      ['web', 3, 85, 80, ['images/base/*']],
+      ['gpu', 3, 70, 60, ['images/base/*']],
+    ],
+  );
+  rejects(
+    { groups: [{ name: 'web', pool: { highWatermarkPercent: 70 } }] },
+    '$.groups[0].pool.lowWatermarkPercent',
+    /must be below highWatermarkPercent/,
+  );
+  rejects({ pool: { retainVersions: 0 }, groups }, '$.pool.retainVersions', /./);
+  rejects({ pool: { evict: true }, groups }, '$.pool', /unknown key\(s\) "evict"/);
 });

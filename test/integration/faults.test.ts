@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -28,6 +28,7 @@ import { putImageEvent, sequencerCounter } from '../helpers/image-events.js';
 import { startAgent, type AgentProcess } from '../helpers/agent-process.js';
 import { runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { queryState, smallFilesystem } from '../helpers/small-fs.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { sqsEnvFor, startSqsEmulator, type SqsEmulator } from '../helpers/sqs-emulator.js';
@@ -42,15 +43,6 @@ const putEvent = (key: string, eTag: string, sequencer = nextSequencer()): Image
 
 const smallTar = smallRootfsTar;
 
-function query<T>(stateDir: string, sql: string, ...params: unknown[]): T[] {
-  const db = new Database(join(stateDir, dbFileName), { readonly: true, fileMustExist: true });
-  try {
-    return db.prepare(sql).all(...params) as T[];
-  } finally {
-    db.close();
-  }
-}
-
 async function metricsOf(agent: AgentProcess): Promise<string> {
   const line = await agent.waitForLog((l) => l.msg === 'health and metrics endpoint');
   return (await fetch(`${String(line.url)}/metrics`)).text();
@@ -59,30 +51,6 @@ async function metricsOf(agent: AgentProcess): Promise<string> {
 function metric(text: string, name: string, labels = ''): number {
   const re = new RegExp(`^${name}${labels.replace(/[{}]/g, '\\$&')}\\s+(\\d+(?:\\.\\d+)?)$`, 'm');
   return Number(re.exec(text)?.[1] ?? 'NaN');
-}
-
-/**
- * A small ext4 filesystem on a loop device, mounted at a fresh dir: a state
- * dir that can fill. `release` goes in t.after once the host's own cleanup
- * is registered: hooks run in the order they were added.
- */
-function smallFilesystem(sizeMiB: number): { stateDir: string; release(): void } {
-  const base = mkdtempSync(join(tmpdir(), 'thinrelay-smallfs-'));
-  const image = join(base, 'fs.img');
-  const mnt = join(base, 'mnt');
-  mkdirSync(mnt);
-  execFileSync('truncate', ['-s', `${sizeMiB}M`, image]);
-  execFileSync('mkfs.ext4', ['-q', '-F', '-m', '0', image]);
-  execFileSync('mount', ['-o', 'loop', image, mnt]);
-  const stateDir = join(mnt, 'state');
-  return {
-    stateDir,
-    release: () => {
-      releaseStateDir(stateDir);
-      execFileSync('umount', [mnt]);
-      rmSync(base, { recursive: true, force: true });
-    },
-  };
 }
 
 /** Take every free block of the filesystem of `dir` (a file that stays until removed). */
@@ -192,9 +160,9 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
       agent.logs.some((l) => /another process is working on this image/.test(l.msg)),
       false,
     );
-    const [image] = query<{ status: string }>(host.stateDir, `SELECT status FROM images`);
+    const [image] = queryState<{ status: string }>(host.stateDir, `SELECT status FROM images`);
     assert.equal(image?.status, 'ready');
-    const open = query(
+    const open = queryState(
       host.stateDir,
       `SELECT id FROM jobs WHERE status NOT IN ('complete', 'failed')`,
     );
@@ -223,7 +191,7 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
     assert.equal(r.code, 3, r.stderr);
     assert.match(r.stderr, /\[STATE_FULL\]/);
     assert.doesNotMatch(r.stderr, /unexpected/);
-    const [failed] = query<{ status: string; error_code: string }>(
+    const [failed] = queryState<{ status: string; error_code: string }>(
       stateDir,
       `SELECT status, error_code FROM images WHERE key = ?`,
       'images/too-big.tar.gz',
@@ -403,7 +371,7 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
     const deadline = Date.now() + 60_000;
     while ((await sqs.depth(host.dlqUrl)).visible === 0 && Date.now() < deadline) await sleep(300);
     assert.equal((await sqs.depth(host.dlqUrl)).visible, 1, 'the message reached the DLQ');
-    const [msg] = query<{ outcome: string; reason_code: string }>(
+    const [msg] = queryState<{ outcome: string; reason_code: string }>(
       host.stateDir,
       `SELECT outcome, reason_code FROM queue_messages`,
     );

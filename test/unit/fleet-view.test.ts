@@ -95,6 +95,7 @@ test('counts only live hosts of the routed groups; stale, gone and other groups 
     pending: 1,
     failed: 0,
     retired: 0,
+    evicted: 0,
     notLive: 1,
   });
   assert.equal(s.outcome, 'in-progress');

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { StateStore } from '../../host-agent/src/store/index.js';
+import type { ImageRow } from '../../host-agent/src/store/images.js';
 import { schemaVersion } from '../../host-agent/src/store/db.js';
 import { migrations } from '../../host-agent/src/store/migrations.js';
 import {
@@ -141,10 +142,12 @@ test('images.listJson is the same data as images.list (camelCase), with interrup
   });
   const c = store.images.upsert({ ...ref, key: 'gone.tar' });
   store.images.setStatus(c.id, 'removed');
-  assert.deepEqual(JSON.parse(store.images.listJson()), store.images.list().map(camelKeys));
+  // `pinned` is printed as a boolean: the pin in force (the image's own, or its key's).
+  const asJson = (r: ImageRow) => ({ ...camelKeys(r), pinned: r.pinned === 1 });
+  assert.deepEqual(JSON.parse(store.images.listJson()), store.images.list().map(asJson));
   assert.deepEqual(
     JSON.parse(store.images.listJson({ includeRemoved: true })),
-    store.images.list({ includeRemoved: true }).map(camelKeys),
+    store.images.list({ includeRemoved: true }).map(asJson),
   );
   const marked = JSON.parse(store.images.listJson({ interrupted: [a.id] })) as {
     id: number;

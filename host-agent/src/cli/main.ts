@@ -19,6 +19,7 @@ import { fleetCommand } from './commands/fleet.js';
 import { imagesCommand, snapshotsCommand, failedCommand } from './commands/listings.js';
 import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.js';
 import { poolCommand } from './commands/pool.js';
+import { pinCommand, unpinCommand } from './commands/pins.js';
 import { processImageCommand } from './commands/process-image.js';
 import { showCommand } from './commands/show.js';
 import { configCommand } from './commands/config.js';
@@ -46,6 +47,8 @@ export const commands: readonly Command[] = [
   activateCommand,
   deactivateCommand,
   removeCommand,
+  pinCommand,
+  unpinCommand,
   gcCommand,
   doctorCommand,
   poolCommand,

@@ -29,6 +29,12 @@ import { applyMessage, type EventDecision } from './apply-event.js';
 import { VisibilityHeartbeat } from './heartbeat.js';
 import { imageLockKey, KeyLock } from './key-lock.js';
 import { AgentMetrics } from './metrics.js';
+import {
+  evictionPass,
+  type PassResult,
+  type PassTrigger,
+  type PoolEvents,
+} from '../pool/keeper.js';
 
 export interface AgentOptions {
   queue: HostQueue;
@@ -56,6 +62,8 @@ export interface AgentOptions {
 export interface AgentObserver {
   started(target: EventTarget): void;
   decided(decision: EventDecision): void;
+  /** The pool policy removed (retired or evicted) an image of this key. */
+  removedByPolicy?(bucket: string, key: string): void;
 }
 
 /** What a message is about, read leniently before it is parsed for real. */
@@ -99,6 +107,11 @@ export class Agent {
   private lastPollOkAt = 0;
   private readonly startedAt = Date.now();
 
+  /** The last pool pass (retention, eviction): its degraded reason feeds /healthz. */
+  private lastPass: PassResult | null = null;
+  /** A pass is queued or running: another request joins it. */
+  private passPending: Promise<void> | null = null;
+
   constructor(private readonly opts: AgentOptions) {
     const { store, objects } = opts.deps;
     this.metrics = new AgentMetrics(() => this.inFlight.size, {
@@ -106,6 +119,62 @@ export class Agent {
       pool: () => objects.backend.poolStatus(),
     });
     this.keyLock = opts.keyLock ?? new KeyLock();
+    // Every pipeline of this process (queue workers, catch-up sync) reports through the base deps.
+    opts.deps.poolEvents = this.poolEvents();
+  }
+
+  private poolEvents(): PoolEvents {
+    return {
+      removed: (r) => {
+        this.metrics.poolRetirements.inc({ reason: r.reason });
+        if (r.reason === 'evicted')
+          this.metrics.poolEvictions.inc({ trigger: r.trigger ?? 'unknown' });
+        this.metrics.poolReclaimed.inc({}, r.freedBytes);
+        try {
+          this.opts.observer?.removedByPolicy?.(r.image.bucket, r.image.key);
+        } catch (err) {
+          this.opts.deps.logger.warn('could not report a removal', { error: errorMessage(err) });
+        }
+      },
+      pass: (r) => {
+        this.lastPass = r;
+        this.metrics.poolPinned.set(r.holders.pinnedBytes);
+        this.metrics.poolLastPass.set(Math.floor(Date.now() / 1000));
+        this.metrics.poolPassDuration.observe(r.durationMs / 1000);
+        this.metrics.poolDegraded.set(r.degraded === null ? 0 : 1);
+      },
+    };
+  }
+
+  /**
+   * One pool pass; a request while one is queued joins it. Never throws: a
+   * pass that fails is logged and the next one (timer, image) tries again.
+   */
+  private poolPass(trigger: PassTrigger): Promise<void> {
+    if (this.passPending !== null) return this.passPending;
+    const { deps } = this.opts;
+    this.passPending = evictionPass(deps, { trigger })
+      .then(() => undefined)
+      .catch((err: unknown) => {
+        deps.logger.warn('pool pass failed; the next one retries', { error: errorMessage(err) });
+      })
+      .finally(() => (this.passPending = null));
+    return this.passPending;
+  }
+
+  /** A pass every THINRELAY_POOL_CHECK_SECONDS until stop. */
+  private async poolLoop(): Promise<void> {
+    for (;;) {
+      try {
+        await sleep(this.opts.deps.config.pool.checkSeconds * 1000, undefined, {
+          signal: this.pollAbort.signal,
+        });
+      } catch {
+        return;
+      }
+      if (this.stopping) return;
+      await this.poolPass('timer');
+    }
   }
 
   get inFlightCount(): number {
@@ -124,7 +193,8 @@ export class Agent {
     const busy = this.inFlight.size >= this.opts.concurrency;
     const polling = !this.stopping && (busy || since < limitMs);
     const space = this.stateSpace();
-    const healthy = polling && space.ok;
+    const poolDegraded = this.lastPass?.degraded ?? null;
+    const healthy = polling && space.ok && poolDegraded === null;
     return {
       healthy,
       status: healthy ? 'ok' : polling ? 'degraded' : 'unhealthy',
@@ -136,6 +206,7 @@ export class Agent {
         queueUrl: this.opts.queue.url,
         stateFreeBytes: space.freeBytes,
         ...(space.ok ? {} : { degraded: space.reason }),
+        ...(poolDegraded === null ? {} : { degraded: poolDegraded }),
       },
     };
   }
@@ -168,6 +239,8 @@ export class Agent {
   async run(): Promise<void> {
     const { deps } = this.opts;
     await reconcile(deps);
+    await this.poolPass('start');
+    const poolLoop = this.poolLoop();
     this.opts.onReady?.();
     deps.logger.info('agent started', {
       queueUrl: this.opts.queue.url,
@@ -202,6 +275,8 @@ export class Agent {
       for (const m of messages) this.startMessage(m);
     }
     await this.drain();
+    await poolLoop;
+    await this.passPending;
     if (this.leftovers) await this.reconcileLeftovers();
     deps.logger.info('agent stopped', {});
   }
@@ -304,6 +379,8 @@ export class Agent {
     }
     this.opts.observer?.decided(decision);
     await this.settle(m, decision, logger);
+    // A new image may have taken the pool over its high watermark: look now, not at the timer.
+    if (decision.outcome === 'applied' && !this.stopping) void this.poolPass('image');
     this.opts.onMessageDone?.({
       messageId: m.messageId,
       outcome: decision.outcome,

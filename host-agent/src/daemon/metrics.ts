@@ -198,6 +198,35 @@ export class AgentMetrics {
     'thinrelay_pool_status_errors_total',
     'Scrapes where the pool status could not be read.',
   );
+  readonly poolEvictions = new Counter(
+    'thinrelay_pool_evictions_total',
+    'Images evicted for pool space, by what started the pass (timer, admission, image, start, operator).',
+  );
+  readonly poolRetirements = new Counter(
+    'thinrelay_pool_retirements_total',
+    'Images removed by policy, by reason (superseded: newer versions kept; evicted: space).',
+  );
+  readonly poolReclaimed = new Counter(
+    'thinrelay_pool_reclaimed_bytes_total',
+    'Pool bytes given back by retirements and evictions (measured before and after each).',
+  );
+  readonly poolPinned = new Gauge(
+    'thinrelay_pool_pinned_bytes',
+    'Bytes of layers that pinned images hold (as unpacked), at the last pool pass.',
+  );
+  readonly poolLastPass = new Gauge(
+    'thinrelay_pool_last_pass_timestamp_seconds',
+    'When the last pool pass (retention, eviction) ended (Unix time).',
+  );
+  readonly poolPassDuration = new Histogram(
+    'thinrelay_pool_pass_duration_seconds',
+    'How long a pool pass took.',
+    secondsBuckets,
+  );
+  readonly poolDegraded = new Gauge(
+    'thinrelay_pool_degraded',
+    '1 when the pool is over its high watermark with nothing left to evict (pins, devices in use), else 0.',
+  );
   private readonly process = new ProcessMetrics();
 
   constructor(
@@ -259,6 +288,13 @@ export class AgentMetrics {
       this.poolFree,
       this.poolHealthy,
       this.poolErrors,
+      this.poolEvictions,
+      this.poolRetirements,
+      this.poolReclaimed,
+      this.poolPinned,
+      this.poolLastPass,
+      this.poolPassDuration,
+      this.poolDegraded,
       ...this.process.metrics(),
       this.messages,
       this.imagesProcessed,

@@ -154,6 +154,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     imageSuffixes: [],
     routes: { [IMAGES_PREFIX]: groups },
     groups: Object.fromEntries(groups.map((g) => [g, settings])),
+    pools: {},
     staleAfterSeconds: opts.staleAfterSeconds ?? 180,
     sweepAfterSeconds: 86_400,
   };

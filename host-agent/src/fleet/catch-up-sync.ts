@@ -20,6 +20,8 @@ import { imageLockKey, type KeyLock } from '../daemon/key-lock.js';
 import { errorMessage, ImageError, isThinrelayError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { retireKey } from '../ops/retire.js';
+import { volumeSizeFor } from '../config.js';
+import { roomWithoutEvicting } from '../pool/keeper.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import { processImage } from '../pipeline/process-image.js';
 import { noProgress } from '../pipeline/progress.js';
@@ -72,7 +74,8 @@ export async function listGroupKeys(
 }
 
 export interface SyncPlan {
-  process: { key: string; eTag: string }[];
+  /** `evicted`: this version was here and was evicted for space; it comes back only if it fits. */
+  process: { key: string; eTag: string; size: number; evicted: boolean }[];
   retire: string[];
   /** Held at the listed ETag (ready, or failed for good). */
   upToDate: number;
@@ -89,10 +92,18 @@ export function planSync(
     const image = store.images.find(deployment.bucket, key, o.eTag);
     if (
       image?.status === 'ready' ||
-      (image?.status === 'failed' && isPermanentFailureCode(image.error_code))
+      (image?.status === 'failed' && isPermanentFailureCode(image.error_code)) ||
+      // Retention dropped it for newer versions: never brought back.
+      (image?.status === 'removed' && image.removed_reason === 'superseded')
     )
       plan.upToDate++;
-    else plan.process.push({ key, eTag: o.eTag });
+    else
+      plan.process.push({
+        key,
+        eTag: o.eTag,
+        size: o.size,
+        evicted: image?.status === 'removed' && image.removed_reason === 'evicted',
+      });
   }
   const held = new Set(
     store.images
@@ -160,7 +171,7 @@ export async function runSyncRound(
   };
   const tasks: (() => Promise<KeyResult>)[] = [
     ...plan.retire.map((key) => () => retireGone(ctx, deployment.bucket, key, result)),
-    ...plan.process.map((p) => () => processWanted(ctx, deployment.bucket, p.key, p.eTag)),
+    ...plan.process.map((p) => () => processWanted(ctx, deployment.bucket, p)),
   ];
   let next = 0;
   const worker = async (): Promise<void> => {
@@ -204,15 +215,36 @@ async function asWorker<T>(
 async function processWanted(
   ctx: SyncContext,
   bucket: string,
-  key: string,
-  eTag: string,
+  want: SyncPlan['process'][number],
 ): Promise<KeyResult> {
+  const { key, eTag } = want;
   return ctx.keyLock.run(imageLockKey(bucket, key), async (): Promise<KeyResult> => {
     if (ctx.stopping()) return 'unchanged';
     // An event may have done it while this waited for the lock.
     if (ctx.deps.store.images.find(bucket, key, eTag)?.status === 'ready') return 'unchanged';
+    if (want.evicted && !(await roomFor(ctx, want.size))) {
+      ctx.logger.info(
+        'sync: an evicted current version stays out: no room below the low watermark',
+        {
+          key,
+          eTag,
+          sizeBytes: want.size,
+        },
+      );
+      return 'deferred';
+    }
     return asWorker(ctx, key, (deps) => processWith(ctx, deps, bucket, key, eTag));
   });
+}
+
+/**
+ * An evicted version comes back only if it fits below the low watermark
+ * without evicting anything: two images never push each other out in turn.
+ */
+async function roomFor(ctx: SyncContext, objectBytes: number): Promise<boolean> {
+  const { deps } = ctx;
+  const need = Math.min(volumeSizeFor(objectBytes, deps.config), 4 * objectBytes);
+  return roomWithoutEvicting(deps, need);
 }
 
 async function processWith(

@@ -21,6 +21,7 @@ import {
   type GroupQueueSettings,
 } from '../../../schema/fleet.js';
 import type { AgentObserver } from '../daemon/agent.js';
+import { resolvePoolPolicy, writeGroupPolicy } from '../pool/policy.js';
 import { KeyLock } from '../daemon/key-lock.js';
 import { errorMessage, isThinrelayError, UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -170,6 +171,7 @@ export class FleetMember {
           );
         else this.reporter.settled(e.bucket, e.key);
       }),
+    removedByPolicy: (bucket, key) => this.report(() => this.reporter.settled(bucket, key)),
   };
 
   /** A report reads the state database; if that fails, the image's outcome stands. */
@@ -228,6 +230,17 @@ export class FleetMember {
         `THINRELAY_BUCKET is ${settings.bucket} but the deployment's bucket is ${d.bucket}`,
         'unset THINRELAY_BUCKET (group agents take the bucket from the deployment)',
       );
+    }
+    // The group's pool policy, under this host's own settings: in force from the next pass.
+    const config = this.opts.deps.config;
+    const group = d.pools[settings.group];
+    config.pool = resolvePoolPolicy(config.poolOverrides, group);
+    try {
+      writeGroupPolicy(config.stateDir, group);
+    } catch (err) {
+      this.opts.logger.warn('could not keep the group pool policy for the CLI', {
+        error: errorMessage(err),
+      });
     }
     return d;
   }

@@ -13,6 +13,7 @@ import {
 import {
   fleetKeys,
   type DeploymentConfigItem,
+  type GroupPoolSettings,
   type GroupQueueSettings,
   type HostImageItem,
   type HostItem,
@@ -164,6 +165,7 @@ export function parseDeployment(o: { [k: string]: Plain }, table: string): Deplo
   return {
     pk: 'CONFIG',
     sk: 'DEPLOYMENT',
+    pools: parsePools(o.pools, bad),
     namePrefix: str('namePrefix'),
     bucket: str('bucket'),
     imagesPrefix:
@@ -174,4 +176,44 @@ export function parseDeployment(o: { [k: string]: Plain }, table: string): Deplo
     staleAfterSeconds: num('staleAfterSeconds'),
     sweepAfterSeconds: num('sweepAfterSeconds'),
   };
+}
+
+/**
+ * Each group's pool policy, field by field; a stack deployed before pools
+ * existed wrote none ({}: the agents' defaults apply).
+ */
+function parsePools(
+  raw: Plain | undefined,
+  bad: (field: string, want: string) => never,
+): Record<string, GroupPoolSettings> {
+  if (raw === undefined || raw === null) return {};
+  if (typeof raw !== 'object' || Array.isArray(raw))
+    return bad('pools', 'a map of group → pool policy');
+  const out: Record<string, GroupPoolSettings> = {};
+  for (const [name, p] of Object.entries(raw)) {
+    const s = (p ?? {}) as { [k: string]: Plain };
+    const pct = (f: keyof GroupPoolSettings): number => {
+      const v = s[f];
+      return typeof v === 'number' && v > 0 && v <= 100
+        ? v
+        : bad(`pools.${name}.${f}`, 'a percentage');
+    };
+    const pins = s.pins ?? [];
+    if (!Array.isArray(pins) || !pins.every((x) => typeof x === 'string'))
+      bad(`pools.${name}.pins`, 'a list of key patterns');
+    out[name] = {
+      retainVersions:
+        typeof s.retainVersions === 'number' &&
+        Number.isInteger(s.retainVersions) &&
+        s.retainVersions >= 1
+          ? s.retainVersions
+          : bad(`pools.${name}.retainVersions`, 'a whole number ≥ 1'),
+      highWatermarkPercent: pct('highWatermarkPercent'),
+      lowWatermarkPercent: pct('lowWatermarkPercent'),
+      metadataHighWatermarkPercent: pct('metadataHighWatermarkPercent'),
+      metadataLowWatermarkPercent: pct('metadataLowWatermarkPercent'),
+      pins,
+    };
+  }
+  return out;
 }

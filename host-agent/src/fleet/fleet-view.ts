@@ -76,6 +76,8 @@ export interface ImageCounts {
   pending: number;
   failed: number;
   retired: number;
+  /** Had the version, then dropped it for pool space: the rollout is not whole there. */
+  evicted: number;
   /** Shown, not counted: hosts that are stale or gone, or never registered. */
   notLive: number;
 }
@@ -150,6 +152,7 @@ export function imageStatus(input: ImageStatusInput): ImageStatus {
     pending: 0,
     failed: 0,
     retired: 0,
+    evicted: 0,
     notLive: 0,
   };
   const rows: ImageHostRow[] = [];
@@ -163,8 +166,8 @@ export function imageStatus(input: ImageStatusInput): ImageStatus {
       host,
       group,
       state,
-      reason: current && state === 'failed' ? item.reasonCode : null,
-      message: current && state === 'failed' ? item.message : null,
+      reason: current && (state === 'failed' || state === 'evicted') ? item.reasonCode : null,
+      message: current && (state === 'failed' || state === 'evicted') ? item.message : null,
       eTag: itemETag,
       updatedAt: item === undefined ? null : new Date(item.updatedAt).toISOString(),
       liveness: l,
@@ -182,7 +185,10 @@ export function imageStatus(input: ImageStatusInput): ImageStatus {
   let outcome: RolloutOutcome;
   if (counts.expected === 0) outcome = 'no-hosts';
   else if (counts.ready === counts.expected) outcome = 'ready';
-  else if (counts.failed > 0 && counts.ready + counts.failed === counts.expected)
+  else if (
+    counts.failed + counts.evicted > 0 &&
+    counts.ready + counts.failed + counts.evicted === counts.expected
+  )
     outcome = 'failed';
   else outcome = 'in-progress';
 

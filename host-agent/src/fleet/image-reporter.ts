@@ -50,12 +50,13 @@ export class ImageReporter {
     if (newest === undefined) {
       const last = this.store.images.latestByKey(key, bucket);
       if (last === undefined) return;
+      const evicted = last.removed_reason === 'evicted';
       this.write(key, {
-        state: 'retired',
+        state: evicted ? 'evicted' : 'retired',
         eTag: last.etag,
         versionId: last.version_id,
-        reasonCode: null,
-        message: null,
+        reasonCode: evicted ? 'EVICTED' : null,
+        message: evicted ? evictedMessage(last) : null,
       });
       return;
     }
@@ -101,4 +102,16 @@ function stateOf(row: ImageRow): HostImageState {
     case 'removed':
       return 'retired';
   }
+}
+
+/** What an operator reads in `fleet status` for an evicted version. */
+function evictedMessage(row: ImageRow): string {
+  let trigger = '';
+  try {
+    const d = JSON.parse(row.removed_detail ?? '{}') as { usage?: string };
+    if (d.usage !== undefined) trigger = ` at ${d.usage}`;
+  } catch {
+    // An unreadable detail still says what happened.
+  }
+  return `evicted for pool space${trigger}; it comes back when there is room (catch-up sync) or with thinrelay process-image`;
 }

@@ -7,6 +7,7 @@ import { NotFoundError, UsageError } from '../errors.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { ImageRow } from '../store/images.js';
 import type { StorageObjectRow } from '../store/objects.js';
+import { releaseImage } from '../pool/release.js';
 
 /** IMAGE is an image id or an S3 key (newest image with that key). */
 export function findImage(deps: Pick<PipelineDeps, 'store'>, ref: string): ImageRow {
@@ -97,7 +98,7 @@ export async function removeImage(
   ref: string,
   opts: { force: boolean },
 ): Promise<{ image: ImageRow; removedObjects: number }> {
-  const { store, objects } = deps;
+  const { store } = deps;
   const image = findImage(deps, ref);
   if (store.jobs.openForImage(image.id) !== undefined && image.status === 'processing') {
     throw new UsageError(
@@ -115,33 +116,11 @@ export async function removeImage(
       'deactivate them first, or use --force',
     );
   }
-  let removed = 0;
-  for (const s of snaps) {
-    await objects.remove(s);
-    removed++;
-  }
-  const blobIds = store.images.blobIds(image.id);
-  store.images.setStatus(image.id, 'removed');
-  // Top layer first; a layer's volume is independent of the one it was cloned from.
-  for (const blobId of blobIds.reverse()) {
-    // Decided and marked in one transaction: a job that links the layer meanwhile keeps it.
-    const volume = store.tx(() => {
-      const blob = store.blobs.get(blobId)!;
-      if (store.blobs.liveImageCount(blobId) > 0 || blob.volume_id === null) return undefined;
-      const row = store.objects.get(blob.volume_id)!;
-      if (hasSnapshots(deps, row.id)) return undefined;
-      store.blobs.setStatus(blobId, 'removed');
-      return row;
-    });
-    if (volume !== undefined && volume.state !== 'removed') {
-      await objects.remove(volume);
-      removed++;
-    }
-  }
-  return { image: store.images.get(image.id)!, removedObjects: removed };
-}
-
-/** Snapshots (of any image) still taken of this volume; cloned layer volumes do not count. */
-export function hasSnapshots(deps: Pick<PipelineDeps, 'store'>, volumeId: number): boolean {
-  return deps.store.objects.childrenOf(volumeId).some((c) => c.kind === 'snapshot');
+  const result = await releaseImage(deps, image.id, {
+    reason: 'removed',
+    snapshots: 'remove-all',
+  });
+  if (!result.released)
+    throw new UsageError('IN_USE', `image ${image.id} (${image.key}): ${result.why}`, 'try again');
+  return { image: store.images.get(image.id)!, removedObjects: result.removedObjects };
 }

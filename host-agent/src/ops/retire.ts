@@ -1,11 +1,12 @@
 /**
  * An image.delete event retires every image of the key: no new snapshots
- * (the images read as removed), inactive snapshots go now, active ones stay
- * until an operator (or the VM manager) releases them — a running VM may
- * still use them — and gc collects the volume once no snapshot uses it.
+ * (the images read as removed), snapshots nobody uses go now, one in use
+ * (mounted, opened: the kernel says so) stays until its VM lets go, and gc
+ * or the agent's next pool pass collects it and its layers then.
  */
 import { TransientError } from '../errors.js';
 import type { PipelineDeps } from '../pipeline/context.js';
+import { releaseImage } from '../pool/release.js';
 import { collectGarbage } from './gc.js';
 
 export interface RetireResult {
@@ -19,7 +20,7 @@ export async function retireKey(
   bucket: string,
   key: string,
 ): Promise<RetireResult> {
-  const { store, objects, logger } = deps;
+  const { store, logger } = deps;
   const result: RetireResult = { imageIds: [], removedSnapshots: 0, keptActiveSnapshots: 0 };
   for (const image of store.images.liveByKey(bucket, key)) {
     if (store.jobs.openForImage(image.id) !== undefined) {
@@ -29,21 +30,22 @@ export async function retireKey(
         `image ${image.id} (${key}) is being processed by another process; retiring it later`,
       );
     }
-    store.images.setStatus(image.id, 'removed');
+    const released = await releaseImage(deps, image.id, {
+      reason: 'deleted',
+      snapshots: 'keep-in-use',
+    });
+    if (!released.released)
+      throw new TransientError('STORAGE_FAILED', `${key}: ${released.why}; retiring it later`);
     result.imageIds.push(image.id);
-    for (const snap of store.objects.snapshotsOfImage(image.id)) {
-      if (snap.state === 'active') {
-        result.keptActiveSnapshots++;
-        logger.warn('image retired; its active snapshot stays until released', {
-          image: image.id,
-          key,
-          snapshot: snap.id,
-          hint: `thinrelay deactivate ${snap.id} && thinrelay gc`,
-        });
-        continue;
-      }
-      await objects.remove(snap);
-      result.removedSnapshots++;
+    result.removedSnapshots += released.removedObjects;
+    for (const snap of released.keptInUse) {
+      result.keptActiveSnapshots++;
+      logger.warn('image retired; its snapshot is in use and stays until released', {
+        image: image.id,
+        key,
+        snapshot: snap.id,
+        device: snap.device_path,
+      });
     }
   }
   await collectGarbage(deps);

@@ -8,6 +8,7 @@ import type { ImageRow } from '../store/images.js';
 import type { JobRow } from '../store/jobs.js';
 import type { ObjectManager } from '../storage/object-manager.js';
 import type { ProgressSink } from './progress.js';
+import type { PoolEvents } from '../pool/keeper.js';
 
 export interface PipelineDeps {
   store: StateStore;
@@ -21,6 +22,8 @@ export interface PipelineDeps {
   progress: ProgressSink;
   signal: AbortSignal;
   keepOnFailure: boolean;
+  /** Told of retirements, evictions and passes (the agent's metrics and fleet items). */
+  poolEvents?: PoolEvents | undefined;
 }
 
 export interface JobContext extends PipelineDeps {

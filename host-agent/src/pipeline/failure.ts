@@ -8,6 +8,7 @@ import {
 } from '../errors.js';
 import { databaseError, stateDirFull } from '../store/db-errors.js';
 import type { StepError } from '../store/jobs.js';
+import { releaseBlobIfUnused } from '../pool/release.js';
 import type { JobContext } from './context.js';
 
 export function describeFailure(err: unknown, signal: AbortSignal): StepError {
@@ -79,14 +80,7 @@ export async function releaseFailedJob(ctx: JobContext): Promise<void> {
     if (row.state === 'removed') continue;
     const blob = row.kind === 'volume' ? store.blobs.byVolume(row.id) : undefined;
     const layerReady = blob?.status === 'ready';
-    if (layerReady) {
-      const released = store.tx(() => {
-        if (store.blobs.liveImageCount(blob.id, image.id) > 0) return false;
-        store.blobs.setStatus(blob.id, 'removed');
-        return true;
-      });
-      if (!released) continue;
-    }
+    if (layerReady && releaseBlobIfUnused(ctx, blob.id, image.id) === undefined) continue;
     try {
       // A ready layer is good content, not the failure: nothing there to inspect.
       if (row.kind === 'volume' && ctx.keepOnFailure && row.state !== 'kept' && !layerReady)

@@ -9,7 +9,8 @@
  * 5. run the remaining steps.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ImageError, type ImageFailureCode } from '../errors.js';
+import { ImageError, errorMessage, type ImageFailureCode } from '../errors.js';
+import { applyRetention } from '../pool/keeper.js';
 import { sameETag, type ObjectRef } from '../source/object-ref.js';
 import type { ImageRow } from '../store/images.js';
 import type { JobRow } from '../store/jobs.js';
@@ -132,7 +133,23 @@ async function runClaimed(
   deps = withLogFields(deps, { job: job.id });
   await runJob({ ...deps, job, image: deps.store.images.get(image.id)!, ref });
   const done = deps.store.images.get(image.id)!;
+  await retainVersions(deps, done);
   return { outcome: 'complete', jobId: job.id, image: done, ...(await ensureActive(deps, done)) };
+}
+
+/**
+ * A new version is ready: older versions of its key beyond the retention
+ * count are retired. The image is done whatever happens here: a failure is
+ * logged and the next version (or pool pass) retires them.
+ */
+async function retainVersions(deps: PipelineDeps, image: ImageRow): Promise<void> {
+  try {
+    await applyRetention(deps, image);
+  } catch (err) {
+    deps.logger.warn('retention of older versions failed; the next pool pass retries', {
+      error: errorMessage(err),
+    });
+  }
 }
 
 /** Deps whose logger (and the object manager's) adds `fields` to every line. */
@@ -147,7 +164,7 @@ function claimJob(deps: PipelineDeps, image: ImageRow): Claim {
     const open = store.jobs.openForImage(image.id);
     if (open === undefined) {
       const job = store.jobs.create(image.id, owner, imageStepNames);
-      store.images.setStatus(image.id, 'processing');
+      store.images.markProcessing(image.id);
       return { kind: 'mine', job, takeover: false };
     }
     if (open.owner === owner) return { kind: 'mine', job: open, takeover: false };

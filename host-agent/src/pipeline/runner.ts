@@ -53,10 +53,7 @@ export async function runJob(ctx: JobContext): Promise<void> {
         store.tx(() => {
           store.jobs.setStep(job.id, position, 'failed', { error: failure });
           store.jobs.setStatus(job.id, 'failed', failure);
-          store.images.setStatus(image.id, 'failed', {
-            errorCode: failure.code,
-            errorMessage: failure.message,
-          });
+          store.images.fail(image.id, failure.code, failure.message);
         });
       } catch (recordErr) {
         // The job stays open under this owner, which is gone once this call
@@ -79,6 +76,6 @@ export async function runJob(ctx: JobContext): Promise<void> {
   }
   store.tx(() => {
     store.jobs.setStatus(job.id, 'complete');
-    store.images.setStatus(image.id, 'ready');
+    store.images.markReady(image.id);
   });
 }

@@ -180,8 +180,9 @@ export class ObjectManager {
     imageId: number;
     jobId: number | null;
   }): Promise<StorageObjectRow> {
-    const snap = this.store.tx(() =>
-      this.store.objects.createIntent(
+    const snap = this.store.tx(() => {
+      this.refuseRemovedImage(o.imageId);
+      return this.store.objects.createIntent(
         {
           kind: 'snapshot',
           backend: this.backend.name,
@@ -192,8 +193,8 @@ export class ObjectManager {
           thinId: this.nextThinId(),
         },
         this.owner,
-      ),
-    );
+      );
+    });
     failpoint('snapshot:intent');
     try {
       await this.backend.createSnapshot(this.snapshotSpec(snap));
@@ -213,14 +214,35 @@ export class ObjectManager {
     return this.transition(snap.id, 'inactive', { owner: null });
   }
 
+  /**
+   * An image being released (removed, retired, evicted) takes no new
+   * activation. Checked in the activation's intent transaction, and the
+   * release refuses while an activation's intent stands: whichever commits
+   * first wins, and the other fails cleanly (pool/release.ts).
+   */
+  private refuseRemovedImage(imageId: number | null): void {
+    const image = imageId === null ? undefined : this.store.images.get(imageId);
+    if (image?.status === 'removed')
+      throw new NotFoundError(
+        'NOT_FOUND',
+        `image ${image.id} (${image.key}) was ${image.removed_reason ?? 'removed'}: it takes no new snapshot`,
+        'process the image again to use it (thinrelay process-image)',
+      );
+  }
+
   async activate(snap: StorageObjectRow): Promise<string> {
-    if (snap.state === 'inactive') this.transition(snap.id, 'activating', { owner: this.owner });
+    if (snap.state === 'inactive')
+      this.store.tx(() => {
+        this.refuseRemovedImage(snap.image_id);
+        this.store.objects.transition(snap.id, 'activating', { owner: this.owner });
+      });
     failpoint('activate:intent');
     const devicePath = await this.backend.activate(this.snapshotSpec(snap));
     failpoint('activate:attached');
     this.store.tx(() => {
       this.transition(snap.id, 'active', { owner: null, devicePath });
       this.store.snapshots.activated(snap.id, snap.image_id!, devicePath);
+      this.store.images.touchActivated(snap.image_id!);
     });
     this.logger.info('snapshot active', { object: snap.id, devicePath });
     return devicePath;

@@ -1,7 +1,12 @@
 /** Images: a (bucket, key, ETag) the host was asked to hold, and its outcome. */
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
-import type { ImageStatus } from './states.js';
+import {
+  assertTransition,
+  imageTransitions,
+  type ImageStatus,
+  type RemovedReason,
+} from './states.js';
 
 export interface ImageRow {
   id: number;
@@ -14,6 +19,15 @@ export interface ImageRow {
   status: ImageStatus;
   error_code: string | null;
   error_message: string | null;
+  /** Why a removed image was removed (null while it is not). */
+  removed_reason: RemovedReason | null;
+  /** JSON: what triggered a removal by policy (usage, thresholds, the newer versions). */
+  removed_detail: string | null;
+  /** 1: pinned by an operator (`thinrelay pin IMAGE`): never retired or evicted by policy. */
+  pinned: number;
+  last_activated_at: string | null;
+  /** Last time an eviction pass saw one of its snapshots in use (mounted, opened, held). */
+  last_used_at: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -43,6 +57,11 @@ const imageColumns = [
   'status',
   'error_code',
   'error_message',
+  'removed_reason',
+  'removed_detail',
+  'pinned',
+  'last_activated_at',
+  'last_used_at',
   'created_at',
   'updated_at',
 ] as const satisfies readonly (keyof ImageRow)[];
@@ -120,21 +139,34 @@ export class ImageRepo {
    * pay. Ids in `interrupted` read as status "interrupted". Field names are
    * camelCase, as every --json prints them.
    */
-  listJson(opts: { includeRemoved?: boolean; interrupted?: readonly number[] } = {}): string {
+  listJson(
+    opts: {
+      includeRemoved?: boolean;
+      interrupted?: readonly number[];
+      /** Key patterns pinned by configuration (not stored). */
+      configPins?: readonly string[];
+    } = {},
+  ): string {
     const fields = imageColumns
       .map((c) =>
         c === 'status'
           ? `'status', CASE WHEN id IN (SELECT value FROM json_each(?)) THEN 'interrupted' ELSE status END`
-          : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
+          : c === 'pinned'
+            ? `'pinned', json(CASE WHEN ${effectivePinSql('images', '?')} THEN 'true' ELSE 'false' END)`
+            : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
       )
       .join(', ');
     return this.db
       .prepare(
         `SELECT json_group_array(json_object(${fields})) FROM
-           (SELECT ${rowColumns} FROM images WHERE ? OR status != 'removed' ORDER BY id)`,
+           (SELECT ${rowColumns} FROM images WHERE ? OR status != 'removed' ORDER BY id) AS images`,
       )
       .pluck()
-      .get(JSON.stringify(opts.interrupted ?? []), opts.includeRemoved ? 1 : 0) as string;
+      .get(
+        JSON.stringify(opts.interrupted ?? []),
+        JSON.stringify(opts.configPins ?? []),
+        opts.includeRemoved ? 1 : 0,
+      ) as string;
   }
 
   /** How many images have each status. */
@@ -158,26 +190,132 @@ export class ImageRepo {
       .all() as ImageRow[];
   }
 
+  /**
+   * The one writer of an image's status: checked against imageTransitions.
+   * The error columns always say why the image is in this status (cleared
+   * otherwise); the removal columns likewise.
+   */
   setStatus(
     id: number,
     status: ImageStatus,
-    extra: { sha256?: string | null; errorCode?: string | null; errorMessage?: string | null } = {},
+    extra: {
+      errorCode?: string | null;
+      errorMessage?: string | null;
+      removedReason?: RemovedReason;
+      removedDetail?: string | null;
+    } = {},
   ): void {
+    const row = this.get(id);
+    if (row === undefined) throw new Error(`image ${id} does not exist`);
+    assertTransition(imageTransitions, 'image', row.status, status);
+    const removed = status === 'removed';
     this.db
       .prepare(
-        `UPDATE images SET status = ?, updated_at = ?,
-           sha256 = COALESCE(?, sha256),
-           error_code = ?, error_message = ?
+        `UPDATE images SET status = ?, updated_at = ?, error_code = ?, error_message = ?,
+           removed_reason = ?, removed_detail = ?
          WHERE id = ?`,
       )
       .run(
         status,
         nowIso(),
-        extra.sha256 ?? null,
         extra.errorCode ?? null,
         extra.errorMessage ?? null,
+        removed ? (extra.removedReason ?? row.removed_reason ?? 'removed') : null,
+        removed ? (extra.removedDetail ?? row.removed_detail ?? null) : null,
         id,
       );
+  }
+
+  /** A job starts (or restarts) on the image. */
+  markProcessing(id: number): void {
+    this.setStatus(id, 'processing');
+  }
+
+  /** The object's bytes are known: their sha256 (status unchanged). */
+  recordDigest(id: number, sha256: string | null): void {
+    if (sha256 === null) return;
+    this.db
+      .prepare(`UPDATE images SET sha256 = ?, updated_at = ? WHERE id = ?`)
+      .run(sha256, nowIso(), id);
+  }
+
+  markReady(id: number): void {
+    this.setStatus(id, 'ready');
+  }
+
+  fail(id: number, code: string, message: string): void {
+    this.setStatus(id, 'failed', { errorCode: code, errorMessage: message });
+  }
+
+  /** No new snapshots; its storage is released by the caller (ops/release-image.ts). */
+  retire(id: number, reason: RemovedReason, detail: Record<string, unknown> | null = null): void {
+    this.setStatus(id, 'removed', {
+      removedReason: reason,
+      removedDetail: detail === null ? null : JSON.stringify(detail),
+    });
+  }
+
+  /** Pin or unpin one image (operator). */
+  setPinned(id: number, pinned: boolean): void {
+    this.db
+      .prepare(`UPDATE images SET pinned = ?, updated_at = ? WHERE id = ?`)
+      .run(pinned ? 1 : 0, nowIso(), id);
+  }
+
+  /** A snapshot of the image was activated now. */
+  touchActivated(id: number): void {
+    this.db.prepare(`UPDATE images SET last_activated_at = ? WHERE id = ?`).run(nowIso(), id);
+  }
+
+  /** These images' snapshots were seen in use now. */
+  touchUsed(ids: readonly number[]): void {
+    const now = nowIso();
+    const update = this.db.prepare(`UPDATE images SET last_used_at = ? WHERE id = ?`);
+    for (const id of ids) update.run(now, id);
+  }
+
+  /** Key patterns (globs; a plain key matches itself) an operator pinned. */
+  keyPins(): string[] {
+    return this.db
+      .prepare(`SELECT pattern FROM key_pins ORDER BY pattern`)
+      .pluck()
+      .all() as string[];
+  }
+
+  /** True if the pattern was new. */
+  addKeyPin(pattern: string): boolean {
+    return (
+      this.db
+        .prepare(`INSERT INTO key_pins (pattern, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING`)
+        .run(pattern, nowIso()).changes > 0
+    );
+  }
+
+  /** True if the pattern was pinned. */
+  removeKeyPin(pattern: string): boolean {
+    return this.db.prepare(`DELETE FROM key_pins WHERE pattern = ?`).run(pattern).changes > 0;
+  }
+
+  /**
+   * Is the image pinned, by itself or, as its key's current (newest ready)
+   * version, by a key pattern (stored, or `configPins`)?
+   */
+  isPinned(id: number, configPins: readonly string[] = []): boolean {
+    return (
+      this.db
+        .prepare(`SELECT ${effectivePinSql('images', '?')} FROM images WHERE id = ?`)
+        .pluck()
+        .get(JSON.stringify(configPins), id) === 1
+    );
+  }
+
+  /** The newest ready version of each key: what a host serves now. */
+  isCurrent(row: ImageRow): boolean {
+    const newest = this.db
+      .prepare(`SELECT max(id) FROM images WHERE bucket = ? AND key = ? AND status = 'ready'`)
+      .pluck()
+      .get(row.bucket, row.key) as number | null;
+    return newest === row.id;
   }
 
   /** Keep a container image's format, layers and run config with the image. */
@@ -244,4 +382,17 @@ export class ImageRepo {
     );
     blobIds.forEach((blobId, position) => insert.run(imageId, position, blobId));
   }
+}
+
+/**
+ * SQL: is the row `t` pinned — itself, or as its key's current (newest
+ * ready) version by a stored key pattern or one in the JSON array bound at
+ * `configPins`. Patterns are globs (`*`, `?`, `[…]`); a plain key matches itself.
+ */
+function effectivePinSql(t: string, configPins: string): string {
+  return `(${t}.pinned = 1 OR (${t}.status = 'ready'
+    AND ${t}.id = (SELECT max(c.id) FROM images c
+                    WHERE c.bucket = ${t}.bucket AND c.key = ${t}.key AND c.status = 'ready')
+    AND (EXISTS (SELECT 1 FROM key_pins p WHERE ${t}.key GLOB p.pattern)
+         OR EXISTS (SELECT 1 FROM json_each(${configPins}) WHERE ${t}.key GLOB value))))`;
 }

@@ -179,4 +179,23 @@ export const migrations: readonly string[] = [
     SELECT b.image_config FROM image_blobs ib JOIN blobs b ON b.id = ib.blob_id
      WHERE ib.image_id = images.id AND b.image_config IS NOT NULL ORDER BY ib.position LIMIT 1);
   `,
+  // 6: pool lifecycle. Why an image left (removed_reason: removed by an
+  // operator, deleted from the bucket, superseded by newer versions of its
+  // key, evicted for space) and what triggered it; pins on an image and on
+  // key patterns (globs); when an image was last activated and last seen in
+  // use, for least-recently-used eviction.
+  `
+  ALTER TABLE images ADD COLUMN removed_reason TEXT
+    CHECK (removed_reason IN ('removed', 'deleted', 'superseded', 'evicted'));
+  ALTER TABLE images ADD COLUMN removed_detail TEXT;
+  ALTER TABLE images ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+  ALTER TABLE images ADD COLUMN last_activated_at TEXT;
+  ALTER TABLE images ADD COLUMN last_used_at TEXT;
+  UPDATE images SET last_activated_at = (
+    SELECT max(activated_at) FROM snapshots s WHERE s.image_id = images.id);
+  CREATE TABLE key_pins (
+    pattern       TEXT PRIMARY KEY,
+    created_at    TEXT NOT NULL
+  );
+  `,
 ];

@@ -32,6 +32,27 @@ export const stepTransitions: Record<StepStatus, readonly StepStatus[]> = {
 export type ImageStatus = 'pending' | 'processing' | 'ready' | 'failed' | 'removed';
 
 /**
+ * Images. `removed` is final for the image's storage but not for its
+ * identity: the same object version may be asked for again (an operator's
+ * process-image, a catch-up of an evicted current version) and is processed
+ * anew. Why it was removed is on the row (RemovedReason).
+ */
+export const imageTransitions: Record<ImageStatus, readonly ImageStatus[]> = {
+  pending: ['processing', 'failed', 'removed'],
+  processing: ['processing', 'ready', 'failed', 'removed'],
+  ready: ['removed'],
+  failed: ['processing', 'failed', 'removed'],
+  removed: ['processing', 'removed'],
+};
+
+/**
+ * Why an image was removed: `removed` by an operator, `deleted` from the
+ * bucket, `superseded` by newer versions of its key (retention), `evicted`
+ * for pool space.
+ */
+export type RemovedReason = 'removed' | 'deleted' | 'superseded' | 'evicted';
+
+/**
  * Blobs: unpacked content on its own volume (a flat image's one volume, or
  * one layer of a chain). `unpacking` is held while the volume is written;
  * `ready` content is sealed and shared by chain ID (and sha256 for flat tars).

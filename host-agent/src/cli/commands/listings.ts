@@ -27,20 +27,28 @@ function images(ctx: CommandContext): Promise<number> {
       .listProcessing()
       .filter((i) => displayStatus(rt, i).status === 'interrupted')
       .map((i) => i.id);
-    process.stdout.write(rt.store.images.listJson({ includeRemoved, interrupted }) + '\n');
+    process.stdout.write(
+      rt.store.images.listJson({ includeRemoved, interrupted, configPins: rt.config.pool.pins }) +
+        '\n',
+    );
     return Promise.resolve(0);
   }
   const rows = rt.store.images.list({ includeRemoved }).map((r) => displayStatus(rt, r));
+  const pins = rt.config.pool.pins;
   printTable(
-    ['ID', 'STATUS', 'KEY', 'SIZE', 'SHA256', 'UPDATED', 'ERROR'],
+    ['ID', 'STATUS', 'KEY', 'SIZE', 'SHA256', 'UPDATED', 'ERROR', 'PIN'],
     rows.map((r) => [
       r.id,
-      r.status,
+      // Why it left: removed (operator), deleted (bucket), superseded (newer versions), evicted (space).
+      r.status === 'removed' && r.removed_reason !== null && r.removed_reason !== 'removed'
+        ? r.removed_reason
+        : r.status,
       r.key,
       formatBytes(r.size),
       r.sha256?.slice(0, 12),
       r.updated_at,
       r.error_code,
+      r.status !== 'removed' && rt.store.images.isPinned(r.id, pins) ? 'pinned' : '',
     ]),
   );
   return Promise.resolve(0);

@@ -15,7 +15,10 @@ function run(ctx: CommandContext): Promise<number> {
   const snapshots = rt.store.snapshots.forImage(image.id);
   if (ctx.json) {
     printJson({
-      image: camelKeys(image),
+      image: {
+        ...camelKeys(image),
+        pinned: rt.store.images.isPinned(image.id, rt.config.pool.pins),
+      },
       job: job === undefined ? null : camelKeys(job),
       steps: steps.map((s) =>
         camelKeys({ ...s, detail: s.detail === null ? null : (JSON.parse(s.detail) as unknown) }),
@@ -39,6 +42,9 @@ function run(ctx: CommandContext): Promise<number> {
     `  status ${image.status}  etag ${image.etag}  version ${image.version_id ?? '-'}  size ${image.size}\n`,
   );
   out.write(`  sha256 ${image.sha256 ?? '-'}\n`);
+  out.write(
+    `  ${rt.store.images.isPinned(image.id, rt.config.pool.pins) ? 'pinned' : 'not pinned'}  last activated ${image.last_activated_at ?? '-'}  last seen in use ${image.last_used_at ?? '-'}\n`,
+  );
   if (image.error_code !== null)
     out.write(printable(`  error [${image.error_code}] ${image.error_message}`) + '\n');
   for (const s of snapshots) out.write(`  snapshot ${s.object_id} active at ${s.device_path}\n`);

@@ -27,7 +27,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
     if (blob.sha256 !== null)
       store.tx(() => {
         store.images.setBlobs(image.id, [ready.id]);
-        store.images.setStatus(image.id, 'processing', { sha256: blob.sha256 });
+        store.images.recordDigest(image.id, blob.sha256);
       });
   }
   return { status: 'complete', detail: { sealedLayers: sealed } };

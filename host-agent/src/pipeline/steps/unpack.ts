@@ -19,6 +19,7 @@ import {
   type OpenedImage,
   type SourcedImage,
 } from '../../image/index.js';
+import { admit } from '../../pool/keeper.js';
 import { unpackArchive } from '../../unpack/index.js';
 import type { BlobRow } from '../../store/blobs.js';
 import type { JobContext, StepOutcome } from '../context.js';
@@ -89,7 +90,7 @@ async function finishLeftovers(ctx: JobContext): Promise<BlobRow | null> {
     if (blob.sha256 !== null) {
       store.tx(() => {
         store.images.setBlobs(image.id, [ready.id]);
-        store.images.setStatus(image.id, 'processing', { sha256: blob.sha256 });
+        store.images.recordDigest(image.id, blob.sha256);
       });
       flat = ready;
     }
@@ -116,6 +117,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   if (ranged !== null) {
     let detail: Record<string, unknown>;
     try {
+      const need = bytesToApply(ctx, ranged, sizeBytes);
+      await admit(ctx, need.bytes, `${ref.key} (${need.layers} layer(s) not held here)`);
       detail = await applyLayers(ctx, ranged, sizeBytes);
     } catch (err) {
       throw asVolumeFull(err, sizeBytes);
@@ -134,6 +137,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       },
     };
   }
+  // Streamed or spooled: what it holds is known only once read, so it needs room for all of it.
+  await admit(ctx, Math.min(sizeBytes, 4 * ref.size), ref.key);
   progress.start('download', ref.size);
   const { downloadObject } = await import('../../source/download.js');
   let fetchedBytes = 0;
@@ -171,7 +176,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   const fetched = await download.result;
   store.tx(() => {
     store.images.setConfig(image.id, describeImage(source));
-    store.images.setStatus(image.id, 'processing', { sha256: fetched.sha256 });
+    store.images.recordDigest(image.id, fetched.sha256);
   });
   return {
     status: 'complete',
@@ -257,6 +262,31 @@ async function unpackFlat(
 function imageVolumeSize(ctx: JobContext, source: OpenedImage, objectVolumeBytes: number): number {
   const layerBytes = source.layers.reduce((n, l) => n + l.blobBytes, 0);
   return Math.max(objectVolumeBytes, volumeSizeFor(layerBytes, ctx.config));
+}
+
+/**
+ * What a container image read by range will write: the layers above the
+ * highest one the host holds (held layers cost nothing), each as unpacked —
+ * its stored size, four times that when compressed — and never more than
+ * the volume it asks for.
+ */
+function bytesToApply(
+  ctx: JobContext,
+  source: OpenedImage,
+  objectVolumeBytes: number,
+): { bytes: number; layers: number } {
+  let start = -1;
+  for (const [i, l] of source.layers.entries())
+    if (ctx.store.blobs.readyByChain(l.chainId!) !== undefined) start = i;
+  const missing = source.layers.slice(start + 1);
+  const bytes = missing.reduce(
+    (n, l) => n + (l.compression === 'none' ? l.blobBytes : 4 * l.blobBytes),
+    0,
+  );
+  return {
+    bytes: Math.min(bytes, imageVolumeSize(ctx, source, objectVolumeBytes)),
+    layers: missing.length,
+  };
 }
 
 /**
