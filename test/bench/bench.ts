@@ -35,6 +35,7 @@ import {
 import { cliPath } from '../helpers/cli.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { benchLayers, layersRows, type LayersFigures } from './layers-bench.js';
+import { benchLifecycle, lifecycleRows, type LifecycleFigures } from './lifecycle-bench.js';
 
 const execFileAsync = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -42,7 +43,7 @@ const repoRoot = join(here, '..', '..', '..');
 const cacheDir = process.env.THINRELAY_BENCH_CACHE ?? '/var/cache/thinrelay-bench';
 const mirror = process.env.THINRELAY_BENCH_MIRROR ?? 'http://deb.debian.org/debian';
 const reps = Number(process.env.THINRELAY_BENCH_REPS ?? '3');
-/** THINRELAY_BENCH_ONLY=unpack,e2e,store,layers: run only these sections (figures printed, not saved). */
+/** THINRELAY_BENCH_ONLY=unpack,e2e,store,layers,lifecycle: run only these sections (figures printed, not saved). */
 const only = process.env.THINRELAY_BENCH_ONLY?.split(',') ?? null;
 const volumeBytes = 1536 * 1024 ** 2;
 
@@ -609,6 +610,19 @@ function machine(): Record<string, string> {
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0)
     throw new Error('npm run bench needs root (loop devices, mkfs, mounts)');
+  if (only?.every((section) => section === 'lifecycle') === true) {
+    // The lifecycle section makes its own small images: no Debian rootfs needed.
+    mkdirSync(cacheDir, { recursive: true });
+    const work = mkdtempSync(join(cacheDir, 'run-'));
+    try {
+      const lifecycle = await benchLifecycle(work);
+      console.log(JSON.stringify(lifecycle));
+      printRows(lifecycleRows(lifecycle));
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+    return;
+  }
   const tar = rootfsTar();
   const entries = sh('tar', ['-tf', tar])
     .split('\n')
@@ -625,12 +639,18 @@ async function main(): Promise<void> {
         console.log(JSON.stringify(layers));
         printRows(layersRows(layers));
       }
+      if (only.includes('lifecycle')) {
+        const lifecycle = await benchLifecycle(work);
+        console.log(JSON.stringify(lifecycle));
+        printRows(lifecycleRows(lifecycle));
+      }
       return;
     }
     const unpack = await benchUnpack(work, tar);
     const e2e = await benchEndToEnd(work, tar);
     const store = benchStore(work);
     const layers = await benchLayers(work, tar, reps);
+    const lifecycle = await benchLifecycle(work);
     const results = {
       date: new Date().toISOString(),
       machine: machine(),
@@ -644,6 +664,7 @@ async function main(): Promise<void> {
       endToEnd: e2e,
       store,
       layers,
+      lifecycle,
     };
     const out = join(repoRoot, 'bench', 'results.json');
     mkdirSync(dirname(out), { recursive: true });
@@ -664,6 +685,7 @@ function printTable(r: {
   endToEnd: EndToEndFigures;
   store: StoreFigures;
   layers: LayersFigures;
+  lifecycle: LifecycleFigures;
   input: { tarBytes: number; entries: number };
   machine: Record<string, string>;
 }): void {
@@ -753,6 +775,7 @@ function printTable(r: {
       '≤ 2 ms',
     ],
     ...layersRows(r.layers),
+    ...lifecycleRows(r.lifecycle),
   ];
   console.log(
     `\nrootfs: ${(r.input.tarBytes / 1024 ** 2).toFixed(0)} MiB tar, ${r.input.entries} entries; result identical to GNU tar's: ${r.unpack.identicalToGnuTar}`,

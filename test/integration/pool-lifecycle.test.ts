@@ -291,6 +291,14 @@ describe(
       assert.ok(pool.usage.dataPercent > 85, `${pool.usage.dataPercent}`);
       assert.match(pool.degraded ?? '', /over the high watermark 85% and nothing is left to evict/);
       assert.match(pool.degraded ?? '', /pinned image\(s\)/);
+      // doctor says it too (a warning: the agent still starts, and reports degraded).
+      const doctor = okJson<{
+        ok: boolean;
+        checks: { name: string; ok: boolean; detail: string }[];
+      }>(await host.cli(['doctor', '--json']));
+      const check = doctor.checks.find((c) => c.name === 'pool policy');
+      assert.equal(check?.ok, false);
+      assert.match(check?.detail ?? '', /nothing is left to evict/);
     });
 
     test("docs/pool-lifecycle.md's pin commands run as written", async (t) => {

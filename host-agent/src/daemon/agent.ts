@@ -162,6 +162,39 @@ export class Agent {
     return this.passPending;
   }
 
+  /**
+   * Thin pools: a pass whenever the pool raises an event (its low-water mark
+   * crossed, out of space). Only a wake-up: the timer covers what it misses.
+   */
+  private async poolEventLoop(): Promise<void> {
+    const { objects, logger } = this.opts.deps;
+    const wait = objects.backend.waitForPoolEvent?.bind(objects.backend);
+    if (wait === undefined) return;
+    let failures = 0;
+    while (!this.stopping) {
+      try {
+        const event = await wait({ signal: this.pollAbort.signal, timeoutMs: 600_000 });
+        failures = 0;
+        if (!event || this.stopping) continue;
+        logger.info('thin pool event: pool pass', {});
+        await this.poolPass('pool-event');
+      } catch (err) {
+        if (this.stopping) return;
+        failures++;
+        // No pool yet, or dmsetup failing: look again later (the timer still runs passes).
+        if (failures === 1)
+          logger.warn('cannot wait for thin pool events; retrying', { error: errorMessage(err) });
+        try {
+          await sleep(backoffDelay(5000, Math.min(failures, 6), 300_000), undefined, {
+            signal: this.pollAbort.signal,
+          });
+        } catch {
+          return;
+        }
+      }
+    }
+  }
+
   /** A pass every THINRELAY_POOL_CHECK_SECONDS until stop. */
   private async poolLoop(): Promise<void> {
     for (;;) {
@@ -240,7 +273,7 @@ export class Agent {
     const { deps } = this.opts;
     await reconcile(deps);
     await this.poolPass('start');
-    const poolLoop = this.poolLoop();
+    const poolLoops = [this.poolLoop(), this.poolEventLoop()];
     this.opts.onReady?.();
     deps.logger.info('agent started', {
       queueUrl: this.opts.queue.url,
@@ -275,7 +308,7 @@ export class Agent {
       for (const m of messages) this.startMessage(m);
     }
     await this.drain();
-    await poolLoop;
+    await Promise.all(poolLoops);
     await this.passPending;
     if (this.leftovers) await this.reconcileLeftovers();
     deps.logger.info('agent stopped', {});

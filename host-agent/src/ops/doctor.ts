@@ -15,6 +15,9 @@ import { StateStore } from '../store/index.js';
 import { databasePath } from '../store/db.js';
 import { restoreHint } from '../store/db-errors.js';
 import { toolChecks } from '../storage/readiness.js';
+import { ObjectManager } from '../storage/object-manager.js';
+import { assessPool } from '../pool/keeper.js';
+import { describeUsage } from '../pool/usage.js';
 
 /**
  * The tools the unpack runs (unpack/: special-files, metadata, times,
@@ -65,8 +68,52 @@ export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> 
   const have = new Set(checks.map((c) => c.name));
   checks.push(...(await toolChecks(unpackTools.filter(([tool]) => !have.has(tool)))));
   checks.push(freeSpaceCheck(config));
-  checks.push(databaseCheck(config));
+  const database = databaseCheck(config);
+  checks.push(database);
+  if (database.ok && existsSync(databasePath(config.stateDir)))
+    checks.push(await poolPolicyCheck(config));
   return checks;
+}
+
+/**
+ * The pool against its watermarks: degraded when pins and devices in use
+ * alone keep it above the high watermark (nothing is evicted then). Advisory:
+ * the agent still starts, and says so on /healthz and in its log.
+ */
+async function poolPolicyCheck(config: AgentConfig): Promise<ReadinessCheck> {
+  try {
+    const store = StateStore.open(config.stateDir, { readonly: true });
+    try {
+      const owner = currentOwner();
+      const backend = createBackend(config, { store, owner, logger: silentLogger });
+      const objects = new ObjectManager(store, backend, owner, silentLogger);
+      const status = await backend.poolStatus();
+      if (!status.exists)
+        return { name: 'pool policy', ok: true, detail: 'no pool yet', advisory: true };
+      const a = await assessPool({ store, objects, config });
+      const p = config.pool;
+      return {
+        name: 'pool policy',
+        ok: a.degraded === null,
+        detail:
+          a.degraded ??
+          (p.enabled
+            ? `${describeUsage(a.usage)}; evicts above ${p.dataHighPercent}% down to ${p.dataLowPercent}%, keeps ${p.retainVersions} version(s) per key`
+            : 'off (THINRELAY_POOL_POLICY=off): no retention, no eviction'),
+        hint: 'unpin images (thinrelay pin --list, thinrelay unpin), release devices in use, or grow the pool',
+        advisory: true,
+      };
+    } finally {
+      store.close();
+    }
+  } catch (err) {
+    return {
+      name: 'pool policy',
+      ok: false,
+      detail: `could not assess the pool: ${errorMessage(err)}`,
+      advisory: true,
+    };
+  }
 }
 
 function freeSpaceCheck(config: AgentConfig): ReadinessCheck {

@@ -36,7 +36,7 @@ export interface PolicyRemoval {
   detail: Record<string, unknown>;
 }
 
-export type PassTrigger = 'timer' | 'admission' | 'image' | 'operator' | 'start';
+export type PassTrigger = 'timer' | 'admission' | 'image' | 'operator' | 'start' | 'pool-event';
 
 export interface PassResult {
   trigger: PassTrigger;
@@ -81,12 +81,19 @@ function over(u: PoolUsage, p: PoolPolicy, needBytes: number | undefined): boole
   );
 }
 
+/**
+ * Where a pass stops. Over a watermark, it evicts down to the low one (the
+ * gap keeps passes rare). For an image being admitted, only until the image
+ * fits below the high one: its size is an estimate (a flat tar is counted at
+ * up to 4 × its bytes), and retention retires the key's older version once
+ * the new one is ready; the next timer pass brings use down to the low one.
+ */
 function below(u: PoolUsage, p: PoolPolicy, needBytes: number | undefined): boolean {
-  return (
-    u.dataPercent <= p.dataLowPercent &&
-    (u.metadataPercent ?? 0) <= p.metadataLowPercent &&
-    (needBytes === undefined || fits(u, needBytes, p.dataLowPercent))
-  );
+  if (needBytes !== undefined)
+    return (
+      fits(u, needBytes, p.dataHighPercent) && (u.metadataPercent ?? 0) <= p.metadataHighPercent
+    );
+  return u.dataPercent <= p.dataLowPercent && (u.metadataPercent ?? 0) <= p.metadataLowPercent;
 }
 
 /** The image's bytes fit: free space for them, and use stays at or under `percent`. */

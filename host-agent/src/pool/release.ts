@@ -68,8 +68,10 @@ export async function releaseImage(
     const job = store.jobs.openForImage(imageId);
     if (job !== undefined && (image.status === 'processing' || isOwnerAlive(job.owner)))
       return `image ${imageId} is being processed`;
-    // An activation in flight wins: its intent was committed first.
+    // An activation in flight wins over policy: its intent was committed first. An
+    // operator's `remove --force` wins over it instead (the activation fails NOT_FOUND).
     if (
+      opts.snapshots === 'keep-in-use' &&
       store.objects
         .snapshotsOfImage(imageId)
         .some((s) => s.state === 'creating' || s.state === 'activating')

@@ -147,4 +147,13 @@ export interface StorageBackend {
 
   /** What really exists in this backend's namespace. */
   inventory(): Promise<BackendInventory>;
+
+  /**
+   * Thin pools only: resolves true when the pool raises an event (dm-thin:
+   * its low-water mark crossed, out of data space, a mode change), false
+   * when `timeoutMs` passes without one; rejects when the signal aborts.
+   * An event may be missed (it fires once per crossing): a caller must not
+   * depend on it, only be woken by it.
+   */
+  waitForPoolEvent?(opts: { signal: AbortSignal; timeoutMs: number }): Promise<boolean>;
 }

@@ -36,6 +36,7 @@ import {
   dmCreate,
   dmDropNode,
   dmEnsureNode,
+  dmEventCount,
   dmInfo,
   dmRemove,
   dmResume,
@@ -43,6 +44,7 @@ import {
   dmSuspend,
   dmTable,
   dmThinTables,
+  dmWaitEvent,
   parseThinPoolStatus,
   parseThinPoolTable,
   thinTable,
@@ -266,6 +268,11 @@ export class DevmapperBackend implements StorageBackend {
         (problems.length > 0 ? `; ${problems.join('; ')}` : '') +
         (this.definition()?.source.kind === 'files' ? '; loop files under ' + this.dmDir : ''),
     };
+  }
+
+  async waitForPoolEvent(opts: { signal: AbortSignal; timeoutMs: number }): Promise<boolean> {
+    const seen = await dmEventCount(this.poolName);
+    return dmWaitEvent(this.poolName, seen, opts);
   }
 
   async ensureSpace(bytes: number): Promise<void> {

@@ -239,6 +239,46 @@ export async function dmTable(name: string): Promise<string> {
   return run('dmsetup', ['table', '--', checkDmName(name)]);
 }
 
+/**
+ * The device's event counter: dm bumps it on a table load and on every event
+ * its target raises (dm-thin: the low-water mark crossed, out of data space,
+ * a mode change).
+ */
+export async function dmEventCount(name: string): Promise<number> {
+  const out = await run('dmsetup', [
+    'info',
+    '-c',
+    '--noheadings',
+    '-o',
+    'events',
+    '--',
+    checkDmName(name),
+  ]);
+  const n = Number(out.trim());
+  if (!Number.isInteger(n)) throw new Error(`dmsetup info: unexpected event count "${out}"`);
+  return n;
+}
+
+/**
+ * Blocks until the device's event counter exceeds `after` (at most
+ * `timeoutMs`: then it resolves false). Aborting the signal kills the wait.
+ */
+export async function dmWaitEvent(
+  name: string,
+  after: number,
+  opts: { signal: AbortSignal; timeoutMs: number },
+): Promise<boolean> {
+  try {
+    await run('dmsetup', ['wait', '--', checkDmName(name), String(after)], opts);
+    return true;
+  } catch (err) {
+    if (opts.signal.aborted) throw err;
+    // Killed at the timeout: no event meanwhile.
+    if (err instanceof CommandError && err.exitCode === null) return false;
+    throw err;
+  }
+}
+
 export async function dmStatus(name: string): Promise<string> {
   return run('dmsetup', ['status', '--', checkDmName(name)]);
 }
