@@ -17,9 +17,9 @@
 # guest stopped without reporting (panic, init died): both show the console.
 # Every guest's console is streamed and kept in dist/test-dm/console-N.log.
 # The whole suite runs as two guests, one per core, when the host has two
-# (three quarters of the kill -9 sweep in one, the other files and the last quarter
-# in the other); each guest has its own kernel, so their loop and dm devices
-# are apart by construction.
+# (the kill -9 sweep and the pool lifecycle churn in one, the other files in the
+# other); each guest has its own kernel, so their loop and dm devices are apart
+# by construction.
 # Does not build: `npm run test:dm` does.
 #
 # Env: THINRELAY_DM_VM_TIMEOUT (seconds per guest, default 1200; 1800 for --bench),
@@ -102,10 +102,13 @@ guest_cmd_of() {
     printf '%s' "$guest_cmd"
     return
   fi
-  # The kill -9 sweep is about half the suite's time: guest 1 runs all its points, guest 2 the
-  # other files (with the layer tests, about as long: 345 s and 310 s when last measured).
+  # The kill -9 sweep is about half the suite's time: guest 1 runs all its points and the pool
+  # lifecycle churn, guest 2 the other files (with the layer tests): about as long.
   for f in "${test_files[@]}"; do
-    if [[ $(basename "$f") == dm-crash.test.js ]]; then crash+=("$f"); else rest+=("$f"); fi
+    case $(basename "$f") in
+      dm-crash.test.js | dm-lifecycle.test.js) crash+=("$f") ;;
+      *) rest+=("$f") ;;
+    esac
   done
   if [[ ${#crash[@]} -eq 0 ]]; then
     if [[ $i -eq 1 ]]; then node_test_cmd "${rest[@]}"; else printf 'true'; fi

@@ -201,11 +201,14 @@ describe(
         if (round === 2) {
           // Newer versions of the mounted key: its old version is superseded but must stay.
           const v2 = await host.put(keep, await versionTar('mounted v2', 1));
-          assert.equal((await host.process(keep, v2)).code, 0);
+          const rv2 = await host.process(keep, v2);
+          assert.equal(rv2.code, 0, rv2.stderr);
           const v3 = await host.put(keep, await versionTar('mounted v3', 1));
-          assert.equal((await host.process(keep, v3)).code, 0);
+          const rv3 = await host.process(keep, v3);
+          assert.equal(rv3.code, 0, rv3.stderr);
           const v4 = await host.put(keep, await versionTar('mounted v4', 1));
-          assert.equal((await host.process(keep, v4)).code, 0);
+          const rv4 = await host.process(keep, v4);
+          assert.equal(rv4.code, 0, rv4.stderr);
         }
       }
       assert.equal(failures, 0);
@@ -255,7 +258,7 @@ describe(
       assert.equal((await host.process(base, baseETag)).code, 0);
       okJson(await host.cli(['pin', base, '--json']));
       // Fill with other keys: the pinned base is never evicted.
-      for (let i = 1; i <= 8; i++) {
+      for (let i = 1; i <= 14; i++) {
         const key = `images/fill-${i}.tar`;
         const r = await host.process(key, await host.put(key, await versionTar(key, 4)));
         assert.equal(r.code, 0, r.stderr);
@@ -272,7 +275,7 @@ describe(
       // Pin everything, then ask for more than the rest of the pool: refused, and it says why.
       for (const i of live) okJson(await host.cli(['pin', String(i.id), '--json']));
       const big = 'images/big.tar';
-      const bigETag = await host.put(big, await versionTar('big', 30));
+      const bigETag = await host.put(big, await versionTar('big', 40));
       const r = await host.process(big, bigETag);
       assert.equal(r.code, 3, r.stderr);
       assert.match(r.stderr, /LOW_SPACE/);

@@ -56,6 +56,12 @@ export interface RemoteArchiveOptions {
    * caller's streamed path, which reads it once whole: null.
    */
   maxWalkRequests?: number;
+  /**
+   * Told whether the object starts with a tar header (an archive uncompressed
+   * at the outer level), before anything else is read: a caller that gets
+   * null back still knows how large its streamed content will unpack.
+   */
+  onFirstBlock?: (startsWithTar: boolean) => void;
 }
 
 /** Bytes fetched at each header that is not already in hand. */
@@ -239,7 +245,9 @@ export async function openRemoteArchive(
 ): Promise<OpenedImage | null> {
   const archive = new RangedArchive(s3, ref, opts);
   const log = opts.logger.child({ reader: 'remote-archive' });
-  if (!startsWithTarHeader(await archive.read(0, Math.min(512, ref.size)))) return null;
+  const startsWithTar = startsWithTarHeader(await archive.read(0, Math.min(512, ref.size)));
+  opts.onFirstBlock?.(startsWithTar);
+  if (!startsWithTar) return null;
   const list = await walkMembers(archive, opts.limits, opts.maxWalkRequests ?? MAX_WALK_REQUESTS);
   if (list === null) return null;
   if (list === 'too-many-requests') {

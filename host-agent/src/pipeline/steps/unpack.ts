@@ -62,9 +62,13 @@ function contentComplete(ctx: JobContext): boolean {
  * ranged GETs: its structure first, then only the layers the host does not
  * hold. Null for anything else (streamed or spooled instead).
  */
-async function openRanged(ctx: JobContext): Promise<OpenedImage | null> {
+async function openRanged(
+  ctx: JobContext,
+  onFirstBlock: (startsWithTar: boolean) => void,
+): Promise<OpenedImage | null> {
   const { openRemoteArchive } = await import('../../image/remote-archive.js');
   return openRemoteArchive(await ctx.s3(), ctx.ref, {
+    onFirstBlock,
     limits: ctx.config.limits,
     partSize: ctx.config.download.partSizeBytes,
     concurrency: ctx.config.download.concurrency,
@@ -113,7 +117,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
     return { status: 'complete', detail: { blob: resumed.id, resumed: true, layersApplied: 0 } };
 
   const sizeBytes = volumeSizeFor(ref.size, ctx.config);
-  const ranged = await openRanged(ctx);
+  let uncompressedTar = false;
+  const ranged = await openRanged(ctx, (tar) => (uncompressedTar = tar));
   if (ranged !== null) {
     let detail: Record<string, unknown>;
     try {
@@ -137,8 +142,9 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       },
     };
   }
-  // Streamed or spooled: what it holds is known only once read, so it needs room for all of it.
-  await admit(ctx, Math.min(sizeBytes, 4 * ref.size), ref.key);
+  // Streamed or spooled: what it holds is known only once read, so it needs room for all of
+  // it: an uncompressed tar unpacks to about its own size, a compressed one to up to 4 ×.
+  await admit(ctx, Math.min(sizeBytes, (uncompressedTar ? 1 : 4) * ref.size), ref.key);
   progress.start('download', ref.size);
   const { downloadObject } = await import('../../source/download.js');
   let fetchedBytes = 0;
