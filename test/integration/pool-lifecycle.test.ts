@@ -14,7 +14,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
+import { loadConfig } from '../../host-agent/src/config.js';
+import { planSync } from '../../host-agent/src/fleet/catch-up-sync.js';
+import { silentLogger } from '../../host-agent/src/log.js';
+import { roomWithoutEvicting } from '../../host-agent/src/pool/keeper.js';
+import { openRuntime } from '../../host-agent/src/runtime.js';
 import { runCli, okJson, type CliResult } from '../helpers/cli.js';
+import { deploymentItem } from '../helpers/fleet-deployment.js';
 import { assertHostMatchesStore, hostInventory } from '../helpers/host-leaks.js';
 import { queryState, smallFilesystem } from '../helpers/small-fs.js';
 import { needsRootAndTools } from '../helpers/root.js';
@@ -329,6 +335,55 @@ describe(
         pins.images.map((i) => i.image),
         [1],
       );
+    });
+
+    test('catch-up sync: never a superseded version; an evicted current version only with room below the low watermark', async (t) => {
+      const host = newHost(t, 100);
+      const sup = 'images/sup.tar';
+      const supETags: string[] = [];
+      for (let v = 1; v <= 3; v++) {
+        const eTag = await host.put(sup, await versionTar(`sup v${v}`, 1));
+        supETags.push(eTag);
+        assert.equal((await host.process(sup, eTag)).code, 0);
+      }
+      const ev = 'images/ev.tar';
+      const evETag = await host.put(ev, await versionTar('ev v1', 2));
+      assert.equal((await host.process(ev, evETag)).code, 0);
+      // Evict every image the policy may take (all are evictable at 2% / 1%).
+      okJson(
+        await host.cli(['pool', 'evict', '--json'], {
+          THINRELAY_POOL_HIGH_WATERMARK: '2%',
+          THINRELAY_POOL_LOW_WATERMARK: '1%',
+        }),
+      );
+      const rt = openRuntime({
+        config: loadConfig({ stateDir: host.stateDir }, host.env),
+        logger: silentLogger,
+      });
+      host.onRelease(() => rt.close());
+      assert.equal(rt.store.images.find(bucket, ev, evETag)?.removed_reason, 'evicted');
+      assert.equal(rt.store.images.find(bucket, sup, supETags[0]!)?.removed_reason, 'superseded');
+      // The bucket lists the superseded version (as if it were current again) and the evicted one.
+      const plan = planSync(rt.store, deploymentItem({ bucket }), {
+        present: new Set([sup, ev]),
+        wanted: new Map([
+          [sup, { eTag: supETags[0]!, size: 1 }],
+          [ev, { eTag: evETag, size: 2 * MiB }],
+        ]),
+        requests: 1,
+      });
+      assert.equal(plan.upToDate, 1, 'retention dropped it: never brought back');
+      assert.deepEqual(
+        plan.process.map((p) => [p.key, p.evicted]),
+        [[ev, true]],
+      );
+      // It comes back only if it fits below the low watermark as the pool is: with ballast, no.
+      const pool = await host.pool();
+      const ballast = Math.ceil(0.82 * pool.usage.capacityBytes - pool.usage.usedBytes);
+      writeFileSync(join(host.mnt, 'ballast'), Buffer.alloc(ballast, 1));
+      assert.equal(await roomWithoutEvicting(rt, 2 * MiB), false);
+      writeFileSync(join(host.mnt, 'ballast'), '');
+      assert.equal(await roomWithoutEvicting(rt, 2 * MiB), true);
     });
 
     for (const point of ['evict:marked', 'evict:snapshots-removed']) {

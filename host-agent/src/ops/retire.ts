@@ -11,7 +11,8 @@ import { collectGarbage } from './gc.js';
 
 export interface RetireResult {
   imageIds: number[];
-  removedSnapshots: number;
+  /** Snapshots and layer volumes released. */
+  removedObjects: number;
   keptActiveSnapshots: number;
 }
 
@@ -21,7 +22,7 @@ export async function retireKey(
   key: string,
 ): Promise<RetireResult> {
   const { store, logger } = deps;
-  const result: RetireResult = { imageIds: [], removedSnapshots: 0, keptActiveSnapshots: 0 };
+  const result: RetireResult = { imageIds: [], removedObjects: 0, keptActiveSnapshots: 0 };
   for (const image of store.images.liveByKey(bucket, key)) {
     if (store.jobs.openForImage(image.id) !== undefined) {
       // Another process (a CLI process-image) is working on it: try again later.
@@ -37,7 +38,7 @@ export async function retireKey(
     if (!released.released)
       throw new TransientError('STORAGE_FAILED', `${key}: ${released.why}; retiring it later`);
     result.imageIds.push(image.id);
-    result.removedSnapshots += released.removedObjects;
+    result.removedObjects += released.removedObjects;
     for (const snap of released.keptInUse) {
       result.keptActiveSnapshots++;
       logger.warn('image retired; its snapshot is in use and stays until released', {
