@@ -386,6 +386,44 @@ describe(
       assert.equal(await roomWithoutEvicting(rt, 2 * MiB), true);
     });
 
+    test('two images processed while eviction passes run: both complete', async (t) => {
+      const host = newHost(t, 160);
+      for (let i = 1; i <= 3; i++) {
+        const key = `images/old-${i}.tar`;
+        assert.equal(
+          (await host.process(key, await host.put(key, await versionTar(key, 2)))).code,
+          0,
+        );
+      }
+      const low = { THINRELAY_POOL_HIGH_WATERMARK: '2%', THINRELAY_POOL_LOW_WATERMARK: '1%' };
+      const keys = ['images/new-1.tar', 'images/new-2.tar'];
+      const eTags = await Promise.all(keys.map(async (k) => host.put(k, await versionTar(k, 8))));
+      // Passes that would evict everything they may, again and again, while both images run.
+      let running = true;
+      const passes = (async () => {
+        let n = 0;
+        while (running) {
+          const r = await host.cli(['pool', 'evict', '--json'], low);
+          assert.equal(r.code, 0, r.stderr);
+          n++;
+        }
+        return n;
+      })();
+      const results = await Promise.all(keys.map((k, i) => host.process(k, eTags[i]!)));
+      running = false;
+      const n = await passes;
+      for (const r of results) assert.equal(r.code, 0, r.stderr);
+      t.diagnostic(`${n} eviction passes ran beside the two images`);
+      assert.ok(n >= 2, `passes ran meanwhile (${n})`);
+      const old = (await host.images(true)).filter((i) => i.key.startsWith('images/old-'));
+      assert.ok(
+        old.every((i) => i.removedReason === 'evicted'),
+        'the passes did evict',
+      );
+      assert.equal((await host.cli(['gc'])).code, 0);
+      assertHostMatchesStore(host.stateDir);
+    });
+
     for (const point of ['evict:marked', 'evict:snapshots-removed']) {
       test(`kill -9 at ${point}: the next gc finishes the eviction`, async (t) => {
         const host = newHost(t, 160);

@@ -93,17 +93,13 @@ export async function releaseImage(
       keptInUse.push(snap);
       continue;
     }
-    await objects.remove(snap);
-    removed++;
+    if (await objects.remove(snap)) removed++;
   }
   failpoint('evict:snapshots-removed');
   // Top layer first; a layer's volume is independent of the one it was cloned from.
   for (const blobId of store.images.blobIds(imageId).reverse()) {
     const volume = releaseBlobIfUnused(deps, blobId);
-    if (volume !== undefined && volume.state !== 'removed') {
-      await objects.remove(volume);
-      removed++;
-    }
+    if (volume !== undefined && (await objects.remove(volume))) removed++;
   }
   return { released: true, removedObjects: removed, keptInUse };
 }
@@ -158,8 +154,7 @@ export async function releaseUnusedLayers(
         store.blobs.setStatus(fresh.id, 'removed');
       return true;
     });
-    if (!released) continue;
-    await objects.remove(store.objects.get(row.id)!);
+    if (!released || !(await objects.remove(row))) continue;
     actions.push({
       object: objectName(row.kind, row.id),
       action: 'removed',
@@ -189,8 +184,7 @@ export async function collectReleased(
     .filter((r) => store.images.get(r.image_id!)?.status === 'removed');
   const inUse = snapshotsInUse(leftovers);
   for (const row of leftovers) {
-    if (inUse.has(row.id)) continue;
-    await objects.remove(row);
+    if (inUse.has(row.id) || !(await objects.remove(row))) continue;
     actions.push({
       object: objectName(row.kind, row.id),
       action: 'removed',

@@ -11,6 +11,7 @@ import type { StorageObjectRow } from '../store/objects.js';
 import type { Logger } from '../log.js';
 import type { CloneSpec, ObjectSpec, SnapshotSpec, StorageBackend } from './backend.js';
 import { objectName } from './names.js';
+import { isOwnerAlive } from '../store/owner.js';
 
 export class ObjectManager {
   constructor(
@@ -269,13 +270,27 @@ export class ObjectManager {
     });
   }
 
-  async remove(row: StorageObjectRow): Promise<void> {
-    this.store.tx(() => {
-      if (row.state !== 'removing') this.transition(row.id, 'removing', { owner: this.owner });
+  /**
+   * Intent, then release everything for the object. Decided on the row as it
+   * is now, not as the caller read it: another process may have released it
+   * meanwhile (two passes releasing one image), or be releasing it — then
+   * this call leaves it to that process and returns false.
+   */
+  async remove(row: StorageObjectRow): Promise<boolean> {
+    const mine = this.store.tx(() => {
+      const now = this.store.objects.get(row.id);
+      if (now === undefined || now.state === 'removed') return false;
+      if (now.state === 'removing') {
+        if (now.owner !== null && now.owner !== this.owner && isOwnerAlive(now.owner)) return false;
+        if (now.owner !== this.owner) this.store.objects.claim(row.id, now.owner, this.owner);
+      } else this.store.objects.transition(row.id, 'removing', { owner: this.owner });
       this.store.snapshots.deactivated(row.id);
+      return true;
     });
+    if (!mine) return false;
     await this.backend.remove(this.spec(row));
     this.transition(row.id, 'removed', { owner: null, devicePath: null });
     this.logger.info('removed storage object', { object: row.id, kind: row.kind });
+    return true;
   }
 }
