@@ -315,18 +315,22 @@ async function applyLayers(
     spooledBytes: source.spooledBytes(),
     volumeSizeBytes: sizeBytes,
   });
-  store.tx(() => store.images.setBlobs(image.id, []));
-  let start = -1;
-  for (const [i, l] of layers.entries())
-    if (store.blobs.readyByChain(l.chainId!) !== undefined) start = i;
+  // One transaction: the held layers are relinked as the old links go, so a pool pass in
+  // another process never sees them unlinked (it would release them as unused).
+  const start = store.tx(() => {
+    store.images.setBlobs(image.id, []);
+    let highest = -1;
+    for (const [i, l] of layers.entries())
+      if (store.blobs.readyByChain(l.chainId!) !== undefined) highest = i;
+    for (const [i, l] of layers.entries())
+      if (i <= highest) linkIfReady(store, image.id, i, l.chainId!);
+    return highest;
+  });
   let parent: BlobRow | null = null;
   let applied = 0;
   const totals = { entries: 0, bytes: 0, whiteouts: 0, removed: 0 };
   for (const [i, layer] of layers.entries()) {
-    if (i < start) {
-      linkIfReady(store, image.id, i, layer.chainId!);
-      continue;
-    }
+    if (i < start) continue;
     const outcome = await obtainLayer(ctx, {
       index: i,
       chainId: layer.chainId!,
