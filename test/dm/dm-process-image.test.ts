@@ -200,7 +200,8 @@ describe('a pool too small for the image', { skip: needsRoot }, () => {
     await s3.putObject(
       bucket,
       'big.tar',
-      await buildSampleRootfs({ payloadBytes: 24 * 1024 ** 2, seed: 'big' }),
+      // Larger than the pool: an uncompressed tar unpacks to about its own size.
+      await buildSampleRootfs({ payloadBytes: 64 * 1024 ** 2, seed: 'big' }),
     );
     // 96 MiB of zeros gzip to ~100 KiB: the space check passes, the writes fill the pool.
     await s3.putObject(

@@ -10,11 +10,15 @@ import type { StorageObjectRow } from '../store/objects.js';
 import { releaseImage } from '../pool/release.js';
 
 /** IMAGE is an image id or an S3 key (newest image with that key). */
-export function findImage(deps: Pick<PipelineDeps, 'store'>, ref: string): ImageRow {
+export function findImage(
+  deps: Pick<PipelineDeps, 'store'>,
+  ref: string,
+  opts: { includeRemoved?: boolean } = {},
+): ImageRow {
   const image = /^\d+$/.test(ref)
     ? deps.store.images.get(Number(ref))
     : deps.store.images.latestByKey(ref);
-  if (image === undefined || image.status === 'removed') {
+  if (image === undefined || (image.status === 'removed' && opts.includeRemoved !== true)) {
     throw new NotFoundError(
       'NOT_FOUND',
       `no image "${ref}" on this host`,
@@ -99,7 +103,8 @@ export async function removeImage(
   opts: { force: boolean },
 ): Promise<{ image: ImageRow; removedObjects: number }> {
   const { store } = deps;
-  const image = findImage(deps, ref);
+  // A removed image too: removing it again finishes a removal a crash cut short.
+  const image = findImage(deps, ref, { includeRemoved: true });
   if (store.jobs.openForImage(image.id) !== undefined && image.status === 'processing') {
     throw new UsageError(
       'IN_USE',
