@@ -18,7 +18,7 @@ die() {
 worktree=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 
 # Per test and per test file (node --test --test-timeout: a file counts as a test), in ms.
-test_timeout_ms=${THINRELAY_DM_TEST_TIMEOUT_MS:-900000}
+test_timeout_ms=${THINRELAY_DM_TEST_TIMEOUT_MS:-1800000}
 [[ $test_timeout_ms =~ ^[0-9]+$ ]] || die "THINRELAY_DM_TEST_TIMEOUT_MS must be a number of milliseconds"
 
 # The node --test command for some test files (paths relative to the work tree or absolute).
