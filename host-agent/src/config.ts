@@ -273,3 +273,17 @@ export function volumeSizeFor(blobBytes: number, config: AgentConfig): number {
   const cap = Math.ceil((config.limits.maxUnpackedBytes * 1.1) / mib) * mib + 256 * mib;
   return Math.ceil(Math.min(wanted, cap) / mib) * mib;
 }
+
+/**
+ * What an object read whole (streamed, or spooled when compressed as a whole)
+ * may write to the pool before its content is known: an uncompressed tar
+ * about its own size, anything compressed up to 4 ×; never more than its
+ * volume.
+ */
+export function unpackedEstimate(
+  objectBytes: number,
+  config: AgentConfig,
+  opts: { uncompressedTar: boolean },
+): number {
+  return Math.min(volumeSizeFor(objectBytes, config), (opts.uncompressedTar ? 1 : 4) * objectBytes);
+}

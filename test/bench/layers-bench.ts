@@ -13,7 +13,7 @@
  * mount and filesystem image made here is released on every way out, Ctrl-C
  * included.
  */
-import { execFile, execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import {
   createReadStream,
   existsSync,
@@ -31,6 +31,8 @@ import { fileURLToPath } from 'node:url';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { makeExt4, unpackMountOptions } from '../../host-agent/src/sys/mkfs.js';
 import { cliPath } from '../helpers/cli.js';
+import { logLines } from '../helpers/log-lines.js';
+import { Children } from './children.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { startLinkProxy } from '../helpers/link-proxy.js';
 import { buildSharedBaseImages, type SharedBaseImages } from '../helpers/oci-fixtures.js';
@@ -221,19 +223,6 @@ interface LogLine {
   layersReused?: unknown;
 }
 
-function logLines(stderr: string): LogLine[] {
-  const out: LogLine[] = [];
-  for (const line of stderr.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      out.push(JSON.parse(line) as LogLine);
-    } catch {
-      // not a log line
-    }
-  }
-  return out;
-}
-
 /** Each step's duration: from the previous step's end (or the first log line) to its "step done". */
 function stepsMsOf(lines: LogLine[]): Record<string, number> {
   const steps: Record<string, number> = {};
@@ -263,40 +252,6 @@ function reportedBytesOf(lines: LogLine[], stdout: string): number | null {
     if (typeof l.bytesFetched === 'number') found = Math.max(found ?? 0, l.bytesFetched);
   }
   return found;
-}
-
-/** Starts child processes so that Ctrl-C or SIGTERM stops the one running and no other starts. */
-class Children {
-  private running: ChildProcess | null = null;
-  private stoppedBy: NodeJS.Signals | null = null;
-  private readonly onSignal = (sig: NodeJS.Signals): void => {
-    this.stoppedBy = sig;
-    this.running?.kill('SIGTERM');
-  };
-
-  constructor() {
-    process.on('SIGINT', this.onSignal).on('SIGTERM', this.onSignal);
-  }
-
-  run(
-    cmd: string,
-    args: string[],
-    env: NodeJS.ProcessEnv = process.env,
-  ): Promise<{ ms: number; stdout: string; stderr: string }> {
-    if (this.stoppedBy !== null) return Promise.reject(new Error(`stopped by ${this.stoppedBy}`));
-    const t0 = performance.now();
-    return new Promise((resolve, reject) => {
-      this.running = execFile(cmd, args, { env, maxBuffer: 256 * MiB }, (err, stdout, stderr) => {
-        this.running = null;
-        if (err !== null) reject(new Error(`${cmd} ${args.join(' ')}: ${err.message}\n${stderr}`));
-        else resolve({ ms: performance.now() - t0, stdout, stderr });
-      });
-    });
-  }
-
-  close(): void {
-    process.off('SIGINT', this.onSignal).off('SIGTERM', this.onSignal);
-  }
 }
 
 /** Where the images go: a state dir, the backend settings for it, and how its growth is measured. */
@@ -387,7 +342,7 @@ async function withStage<T>(
       args: string[],
       extra: Record<string, string> = {},
     ): Promise<{ ms: number; stdout: string; stderr: string }> =>
-      children.run(process.execPath, [cliPath, ...args], { ...env, ...extra });
+      children.ok(process.execPath, [cliPath, ...args], { ...env, ...extra });
     const poolStatusUsed = async (pool: PoolUnderTest): Promise<number> => {
       const { stdout } = await cli(
         ['pool', 'status', '--state-dir', pool.stateDir, '--json'],
@@ -415,7 +370,7 @@ async function withStage<T>(
           pool.env,
         );
         const linkBytes = proxy.responseBytes - link0;
-        const lines = logLines(r.stderr);
+        const lines = logLines<LogLine>(r.stderr);
         const run: ImageRun = {
           ms: r.ms,
           poolGrowthBytes: (await pool.usedBytes()) - used0,
@@ -640,7 +595,7 @@ async function umociUnpack(
   const unmount = releases.add(`mount ${mnt}`, () => sh('umount', [mnt]));
   // umoci unpacks into a directory of its own; lost+found sits beside it.
   const image = `${stage.images.layout}:a`;
-  await stage.children.run('umoci', ['raw', 'unpack', '--image', image, join(mnt, 'r')]);
+  await stage.children.ok('umoci', ['raw', 'unpack', '--image', image, join(mnt, 'r')]);
   sh('sync', ['--file-system', mnt]);
   unmount();
   const ms = performance.now() - t0;
@@ -660,7 +615,7 @@ async function compareWithUmoci(
 ): Promise<{ identical: { first: boolean; second: boolean }; differences: string[] }> {
   const refB = join(mkdtempSync(join(dir, 'ref-b-')), 'r');
   const image = `${stage.images.layout}:b`;
-  await stage.children.run('umoci', ['raw', 'unpack', '--image', image, refB]);
+  await stage.children.ok('umoci', ['raw', 'unpack', '--image', image, refB]);
   const differences: string[] = [];
   const identical = { first: true, second: true };
   for (const [which, device, ref] of [

@@ -30,7 +30,7 @@
  * THINRELAY_BENCH_LIFECYCLE_DAYS=N shortens the month (a quick check of the
  * harness; the figures then are not the issue's).
  */
-import { execFile, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import {
   cpSync,
   existsSync,
@@ -45,6 +45,8 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { cliPath } from '../helpers/cli.js';
+import { logLines } from '../helpers/log-lines.js';
+import { Children, type ChildResult } from './children.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 
@@ -242,78 +244,12 @@ class Releases {
   }
 }
 
-interface ChildResult {
-  code: number;
-  ms: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Child processes; Ctrl-C or SIGTERM stops the one running and no other starts. */
-class Children {
-  private running: ReturnType<typeof execFile> | null = null;
-  private stoppedBy: NodeJS.Signals | null = null;
-  private readonly onSignal = (sig: NodeJS.Signals): void => {
-    this.stoppedBy = sig;
-    this.running?.kill('SIGTERM');
-  };
-
-  constructor() {
-    process.on('SIGINT', this.onSignal).on('SIGTERM', this.onSignal);
-  }
-
-  /** Runs to the end; a non-zero exit is a result, not an error. */
-  run(args: string[], env: NodeJS.ProcessEnv): Promise<ChildResult> {
-    if (this.stoppedBy !== null) return Promise.reject(new Error(`stopped by ${this.stoppedBy}`));
-    const t0 = performance.now();
-    return new Promise((resolve, reject) => {
-      this.running = execFile(
-        process.execPath,
-        [cliUnderTest, ...args],
-        { env, maxBuffer: 64 * MiB },
-        (err, stdout, stderr) => {
-          this.running = null;
-          const ms = performance.now() - t0;
-          if (this.stoppedBy !== null) reject(new Error(`stopped by ${this.stoppedBy}`));
-          else if (err === null) resolve({ code: 0, ms, stdout, stderr });
-          else if (typeof err.code === 'number') resolve({ code: err.code, ms, stdout, stderr });
-          else reject(new Error(`thinrelay ${args.join(' ')}: ${err.message}\n${stderr}`));
-        },
-      );
-    });
-  }
-
-  /** Runs and expects exit 0. */
-  async ok(args: string[], env: NodeJS.ProcessEnv): Promise<ChildResult> {
-    const r = await this.run(args, env);
-    if (r.code !== 0) throw new Error(`thinrelay ${args.join(' ')}: exit ${r.code}\n${r.stderr}`);
-    return r;
-  }
-
-  close(): void {
-    process.off('SIGINT', this.onSignal).off('SIGTERM', this.onSignal);
-  }
-}
-
 interface LogLine {
   msg?: string;
   durationMs?: unknown;
   trigger?: unknown;
   evicted?: unknown;
   collected?: unknown;
-}
-
-function logLines(stderr: string): LogLine[] {
-  const out: LogLine[] = [];
-  for (const line of stderr.split('\n')) {
-    if (!line.startsWith('{')) continue;
-    try {
-      out.push(JSON.parse(line) as LogLine);
-    } catch {
-      // not a log line
-    }
-  }
-  return out;
 }
 
 /** The reason code of the CLI's one error line (`thinrelay: …: [CODE] …`). */
@@ -432,12 +368,16 @@ async function calibrate(
     });
     const used: number[] = [];
     const key = 'images/calibrate.tar';
-    await stage.children.ok(['pool', 'create'], pool.env);
+    await stage.children.ok(process.execPath, [cliUnderTest, 'pool', 'create'], pool.env);
     sh('sync', ['--file-system', pool.mnt]);
     used.push(statfsUse(pool.mnt).usedBytes);
     for (const day of [1, 2]) {
       const eTag = await upload(stage, key, day);
-      await stage.children.ok(['process-image', '--s3-key', key, '--etag', eTag], pool.env);
+      await stage.children.ok(
+        process.execPath,
+        [cliUnderTest, 'process-image', '--s3-key', key, '--etag', eTag],
+        pool.env,
+      );
       sh('sync', ['--file-system', pool.mnt]);
       used.push(statfsUse(pool.mnt).usedBytes);
     }
@@ -486,7 +426,7 @@ async function openRun(
     THINRELAY_RESERVE_BYTES: String(reserveBytes),
     ...(policy === 'off' ? { THINRELAY_POOL_POLICY: 'off' } : {}),
   });
-  await stage.children.ok(['pool', 'create'], pool.env);
+  await stage.children.ok(process.execPath, [cliUnderTest, 'pool', 'create'], pool.env);
   return {
     policy,
     pool,
@@ -522,7 +462,8 @@ async function processOne(
   let r: ChildResult;
   try {
     r = await stage.children.run(
-      ['process-image', '--s3-key', key, '--etag', eTag, '--json'],
+      process.execPath,
+      [cliUnderTest, 'process-image', '--s3-key', key, '--etag', eTag, '--json'],
       st.pool.env,
     );
   } finally {
@@ -531,7 +472,7 @@ async function processOne(
   const after = statfsNow();
   peak = Math.max(peak, after.usedBytes / after.capacityBytes);
   afterProcess();
-  const lines = logLines(r.stderr);
+  const lines = logLines<LogLine>(r.stderr);
   const num = (v: unknown): number | null => (typeof v === 'number' ? v : null);
   const passes = lines
     .filter((l) => l.msg === 'eviction pass' && typeof l.durationMs === 'number')
@@ -543,7 +484,11 @@ async function processOne(
     }));
   if (passes.length > 0) st.passSource = 'log';
   st.passesMs.push(...passes.map((p) => p.durationMs));
-  const statusRun = await stage.children.ok(['pool', 'status', '--json'], st.pool.env);
+  const statusRun = await stage.children.ok(
+    process.execPath,
+    [cliUnderTest, 'pool', 'status', '--json'],
+    st.pool.env,
+  );
   st.busyMs += r.ms + statusRun.ms;
   const status = JSON.parse(statusRun.stdout) as PoolStatusJson;
   st.lastStatus = status;
@@ -579,7 +524,11 @@ async function processOne(
 /** No pass logged by the CLI: one `pool evict` per day, timed, stands in for them (policy on). */
 async function endOfDay(stage: Stage, st: RunState): Promise<void> {
   if (st.policy !== 'on' || st.passSource === 'log' || !stage.hasPoolEvict) return;
-  const r = await stage.children.ok(['pool', 'evict', '--json'], st.pool.env);
+  const r = await stage.children.ok(
+    process.execPath,
+    [cliUnderTest, 'pool', 'evict', '--json'],
+    st.pool.env,
+  );
   st.passSource = 'pool evict (timed, whole process)';
   st.passesMs.push(Math.round(r.ms));
   st.busyMs += r.ms;
@@ -593,7 +542,13 @@ async function closeRun(
 ): Promise<RunFigures> {
   const { uploads, passesMs } = st;
   const images = JSON.parse(
-    (await stage.children.ok(['images', '--all', '--json'], st.pool.env)).stdout,
+    (
+      await stage.children.ok(
+        process.execPath,
+        [cliUnderTest, 'images', '--all', '--json'],
+        st.pool.env,
+      )
+    ).stdout,
   ) as ImageJson[];
   const removedByReason: Record<string, number> = {};
   for (const i of images.filter((x) => x.status === 'removed')) {
@@ -748,7 +703,7 @@ export async function benchLifecycle(work: string): Promise<LifecycleFigures> {
       THINRELAY_VOLUME_SIZE: volumeSize,
       THINRELAY_LOG_LEVEL: 'info',
     };
-    const help = await children.ok(['help'], baseEnv);
+    const help = await children.ok(process.execPath, [cliUnderTest, 'help'], baseEnv);
     const stage: Stage = {
       s3,
       bucket,
@@ -756,7 +711,8 @@ export async function benchLifecycle(work: string): Promise<LifecycleFigures> {
       baseEnv,
       dir,
       hasPoolEvict: /\bevict\b/.test(
-        help.stdout + (await children.run(['help', 'pool'], baseEnv)).stdout,
+        help.stdout +
+          (await children.run(process.execPath, [cliUnderTest, 'help', 'pool'], baseEnv)).stdout,
       ),
     };
     console.error('lifecycle: calibrating what one image costs the pool…');

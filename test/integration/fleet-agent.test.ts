@@ -36,6 +36,7 @@ import {
   writeDeployment,
 } from '../helpers/fleet-deployment.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
+import { until } from '../helpers/until.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { sqsEnvFor, startSqsEmulator, type SqsEmulator } from '../helpers/sqs-emulator.js';
@@ -91,20 +92,6 @@ function countRows(stateDir: string, sql: string): number {
     return (db.prepare(sql).pluck().get() as number | undefined) ?? 0;
   } finally {
     db.close();
-  }
-}
-
-async function until<T>(
-  what: string,
-  probe: () => Promise<T | undefined | false>,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(200);
   }
 }
 

@@ -43,6 +43,7 @@ import { startLocalStack, type LocalStack } from '../../host-agent/src/demo/loca
 import { startAgent, type AgentProcess, type LogLine } from '../helpers/agent-process.js';
 import { okJson, runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { until } from '../helpers/until.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { packTar } from '../helpers/tar-fixtures.js';
 
@@ -286,20 +287,6 @@ async function readyByKey(env: NodeJS.ProcessEnv): Promise<Map<string, string[]>
     m.set(i.key, [...(m.get(i.key) ?? []), bare(i.etag)].sort());
   }
   return m;
-}
-
-async function until<T>(
-  what: string,
-  probe: () => Promise<T | undefined | false>,
-  timeoutMs = 20_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(250);
-  }
 }
 
 const isEviction = (l: LogLine): boolean => l.msg === 'image evicted';

@@ -138,7 +138,7 @@ export class Agent {
       },
       pass: (r) => {
         this.lastPass = r;
-        this.metrics.poolPinned.set(r.holders.pinnedBytes);
+        if (r.holders !== null) this.metrics.poolPinned.set(r.holders.pinnedBytes);
         this.metrics.poolLastPass.set(Math.floor(Date.now() / 1000));
         this.metrics.poolPassDuration.observe(r.durationMs / 1000);
         this.metrics.poolDegraded.set(r.degraded === null ? 0 : 1);

@@ -20,7 +20,7 @@ import { imageLockKey, type KeyLock } from '../daemon/key-lock.js';
 import { errorMessage, ImageError, isThinrelayError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { retireKey } from '../ops/retire.js';
-import { volumeSizeFor } from '../config.js';
+import { unpackedEstimate } from '../config.js';
 import { roomWithoutEvicting } from '../pool/keeper.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import { processImage } from '../pipeline/process-image.js';
@@ -243,7 +243,8 @@ async function processWanted(
  */
 async function roomFor(ctx: SyncContext, objectBytes: number): Promise<boolean> {
   const { deps } = ctx;
-  const need = Math.min(volumeSizeFor(objectBytes, deps.config), 4 * objectBytes);
+  // Its format is not known before it is read again: counted as if compressed.
+  const need = unpackedEstimate(objectBytes, deps.config, { uncompressedTar: false });
   return roomWithoutEvicting(deps, need);
 }
 

@@ -24,17 +24,11 @@ export async function retireKey(
   const { store, logger } = deps;
   const result: RetireResult = { imageIds: [], removedObjects: 0, keptActiveSnapshots: 0 };
   for (const image of store.images.liveByKey(bucket, key)) {
-    if (store.jobs.openForImage(image.id) !== undefined) {
-      // Another process (a CLI process-image) is working on it: try again later.
-      throw new TransientError(
-        'STORAGE_FAILED',
-        `image ${image.id} (${key}) is being processed by another process; retiring it later`,
-      );
-    }
     const released = await releaseImage(deps, image.id, {
       reason: 'deleted',
       snapshots: 'keep-in-use',
     });
+    // Another process (a CLI process-image, an activation) is working on it: try again later.
     if (!released.released)
       throw new TransientError('STORAGE_FAILED', `${key}: ${released.why}; retiring it later`);
     result.imageIds.push(image.id);

@@ -63,19 +63,17 @@ export function holdings(
   const images = store.images
     .list({ includeRemoved: usedBy.size > 0 })
     .filter((i) => i.status !== 'removed' || usedBy.has(i.id));
-  const out: Holding[] = images.map((image) => {
-    const fresh = store.images.get(image.id)!;
-    const { hold, why } = holdOf(deps, fresh, usedBy.get(image.id), policy.pins);
+  return images.map((image) => {
+    const { hold, why } = holdOf(deps, image, usedBy.get(image.id), policy.pins);
     const layers = store.images.layers(image.id);
     return {
-      image: fresh,
+      image,
       hold,
       why,
       bytes: layers.reduce((n, l) => n + (store.blobs.get(l.blob_id)?.size ?? 0), 0),
-      lastUseAt: latest(fresh.last_used_at, fresh.last_activated_at) ?? fresh.updated_at,
+      lastUseAt: latest(image.last_used_at, image.last_activated_at) ?? image.updated_at,
     };
   });
-  return out;
 }
 
 function latest(a: string | null, b: string | null): string | null {

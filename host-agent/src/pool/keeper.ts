@@ -45,7 +45,12 @@ export interface PassResult {
   evicted: PolicyRemoval[];
   /** Objects collected that removed images left. */
   collected: number;
-  holders: HolderSummary;
+  /**
+   * What holds the space. Null for an admission pass that found room: the
+   * per-image look (the kernel's in-use state of every device) is needed only
+   * to choose what to evict, and admission runs before every download.
+   */
+  holders: HolderSummary | null;
   /** Why the pool cannot get below its high watermark, if it cannot. */
   degraded: string | null;
   durationMs: number;
@@ -119,8 +124,9 @@ async function passLocked(
   const collected = (await collectReleased(deps)).length;
   let usage = collected > 0 ? await measure(deps) : before;
   const evicted: PolicyRemoval[] = [];
-  let all = holdings(deps, policy);
-  if (policy.enabled && over(usage, policy, opts.needBytes)) {
+  const overAtStart = policy.enabled && over(usage, policy, opts.needBytes);
+  let all = overAtStart || opts.trigger !== 'admission' ? holdings(deps, policy) : null;
+  if (overAtStart && all !== null) {
     const trigger = describeUsage(usage);
     for (const candidate of evictionOrder(all)) {
       if (below(usage, policy, opts.needBytes)) break;
@@ -138,7 +144,7 @@ async function passLocked(
     }
     if (evicted.length > 0) all = holdings(deps, policy);
   }
-  const holders = summarize(deps, all);
+  const holders = all === null ? null : summarize(deps, all);
   const result: PassResult = {
     trigger: opts.trigger,
     before,
@@ -146,7 +152,7 @@ async function passLocked(
     evicted,
     collected,
     holders,
-    degraded: degradedReason(usage, policy, all, holders),
+    degraded: all === null || holders === null ? null : degradedReason(usage, policy, all, holders),
     durationMs: Date.now() - started,
     policy,
   };
@@ -263,7 +269,7 @@ export async function admit(deps: KeeperDeps, needBytes: number, what: string): 
       throw new EnvironmentError(
         'LOW_SPACE',
         `the pool cannot take ${what}: it needs up to ${needBytes} bytes and has ${r.after.freeBytes} free ` +
-          `after evicting what the policy allows (${describeUsage(r.after)}); the space is held by ${holdersText(r.holders)}`,
+          `after evicting what the policy allows (${describeUsage(r.after)}); the space is held by ${r.holders === null ? 'nothing it may evict' : holdersText(r.holders)}`,
         'unpin images (thinrelay unpin), release devices in use, lower THINRELAY_RETAIN_VERSIONS, or grow the pool; the image is retried',
       );
     }

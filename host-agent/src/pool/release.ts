@@ -140,7 +140,7 @@ export async function releaseUnusedLayers(
 ): Promise<ReleaseAction[]> {
   const { store, objects } = deps;
   const actions: ReleaseAction[] = [];
-  for (const row of store.objects.listByState(['sealed'])) {
+  for (const row of store.objects.unusedSealedVolumes()) {
     const blob = store.blobs.byVolume(row.id);
     // Decided and marked in one transaction: a job linking this layer waits for it, then rebuilds.
     const released = store.tx(() => {
@@ -178,10 +178,7 @@ export async function collectReleased(
 ): Promise<ReleaseAction[]> {
   const { store, objects } = deps;
   const actions: ReleaseAction[] = [];
-  const leftovers = store.objects
-    .listByState(['inactive', 'active'])
-    .filter((r) => r.kind === 'snapshot' && r.image_id !== null)
-    .filter((r) => store.images.get(r.image_id!)?.status === 'removed');
+  const leftovers = store.objects.snapshotsOfRemovedImages();
   const inUse = snapshotsInUse(leftovers);
   for (const row of leftovers) {
     if (inUse.has(row.id) || !(await objects.remove(row))) continue;

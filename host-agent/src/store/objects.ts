@@ -142,6 +142,38 @@ export class ObjectRepo {
       .all(imageId) as StorageObjectRow[];
   }
 
+  /** Snapshots (inactive or active) whose image was removed: what a release may have left. */
+  snapshotsOfRemovedImages(): StorageObjectRow[] {
+    return this.db
+      .prepare(
+        `SELECT s.* FROM storage_objects s JOIN images i ON i.id = s.image_id
+          WHERE s.kind = 'snapshot' AND s.state IN ('inactive', 'active') AND i.status = 'removed'
+          ORDER BY s.id`,
+      )
+      .all() as StorageObjectRow[];
+  }
+
+  /**
+   * Sealed volumes that look unused: no ready layer on them, or one no live
+   * image links, and no snapshot taken of them. Candidates only: the caller
+   * decides again in a transaction.
+   */
+  unusedSealedVolumes(): StorageObjectRow[] {
+    return this.db
+      .prepare(
+        `SELECT v.* FROM storage_objects v LEFT JOIN blobs b ON b.volume_id = v.id
+          WHERE v.state = 'sealed'
+            AND (b.id IS NULL OR b.status != 'ready' OR NOT EXISTS (
+                  SELECT 1 FROM image_blobs ib JOIN images i ON i.id = ib.image_id
+                   WHERE ib.blob_id = b.id AND i.status != 'removed'))
+            AND NOT EXISTS (
+                  SELECT 1 FROM storage_objects c
+                   WHERE c.parent_id = v.id AND c.kind = 'snapshot' AND c.state != 'removed')
+          ORDER BY v.id`,
+      )
+      .all() as StorageObjectRow[];
+  }
+
   childrenOf(volumeId: number): StorageObjectRow[] {
     return this.db
       .prepare(

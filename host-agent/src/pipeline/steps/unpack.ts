@@ -9,7 +9,7 @@
  * sealed before it counts, so "ready" in the store means "on stable storage".
  */
 import { join } from 'node:path';
-import { volumeSizeFor } from '../../config.js';
+import { unpackedEstimate, volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
 import { failpoint } from '../../failpoints.js';
 import { applyLayer } from '../../image/apply-layer.js';
@@ -142,9 +142,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       },
     };
   }
-  // Streamed or spooled: what it holds is known only once read, so it needs room for all of
-  // it: an uncompressed tar unpacks to about its own size, a compressed one to up to 4 ×.
-  await admit(ctx, Math.min(sizeBytes, (uncompressedTar ? 1 : 4) * ref.size), ref.key);
+  // Streamed or spooled: what it holds is known only once read, so it needs room for all of it.
+  await admit(ctx, unpackedEstimate(ref.size, ctx.config, { uncompressedTar }), ref.key);
   progress.start('download', ref.size);
   const { downloadObject } = await import('../../source/download.js');
   let fetchedBytes = 0;
@@ -281,10 +280,7 @@ function bytesToApply(
   source: OpenedImage,
   objectVolumeBytes: number,
 ): { bytes: number; layers: number } {
-  let start = -1;
-  for (const [i, l] of source.layers.entries())
-    if (ctx.store.blobs.readyByChain(l.chainId!) !== undefined) start = i;
-  const missing = source.layers.slice(start + 1);
+  const missing = source.layers.slice(highestHeldLayer(ctx, source.layers) + 1);
   const bytes = missing.reduce(
     (n, l) => n + (l.compression === 'none' ? l.blobBytes : 4 * l.blobBytes),
     0,
@@ -293,6 +289,14 @@ function bytesToApply(
     bytes: Math.min(bytes, imageVolumeSize(ctx, source, objectVolumeBytes)),
     layers: missing.length,
   };
+}
+
+/** The index of the highest layer the host holds ready by chain ID; -1 for none. */
+function highestHeldLayer(ctx: Pick<JobContext, 'store'>, layers: OpenedImage['layers']): number {
+  let highest = -1;
+  for (const [i, l] of layers.entries())
+    if (ctx.store.blobs.readyByChain(l.chainId!) !== undefined) highest = i;
+  return highest;
 }
 
 /**
@@ -319,9 +323,7 @@ async function applyLayers(
   // another process never sees them unlinked (it would release them as unused).
   const start = store.tx(() => {
     store.images.setBlobs(image.id, []);
-    let highest = -1;
-    for (const [i, l] of layers.entries())
-      if (store.blobs.readyByChain(l.chainId!) !== undefined) highest = i;
+    const highest = highestHeldLayer(ctx, layers);
     for (const [i, l] of layers.entries())
       if (i <= highest) linkIfReady(store, image.id, i, l.chainId!);
     return highest;
