@@ -270,7 +270,7 @@ export async function admit(deps: KeeperDeps, needBytes: number, what: string): 
         'LOW_SPACE',
         `the pool cannot take ${what}: it needs up to ${needBytes} bytes and has ${r.after.freeBytes} free ` +
           `after evicting what the policy allows (${describeUsage(r.after)}); the space is held by ${r.holders === null ? 'nothing it may evict' : holdersText(r.holders)}`,
-        'unpin images (thinrelay unpin), release devices in use, lower THINRELAY_RETAIN_VERSIONS, or grow the pool; the image is retried',
+        'unpin images (thinrelay unpin), release devices in use, lower THINRELAY_RETAIN_VERSIONS, or grow the pool',
       );
     }
   }
