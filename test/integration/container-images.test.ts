@@ -17,6 +17,7 @@ import {
   readdirSync,
   readFileSync,
   rmdirSync,
+  rmSync,
   writeFileSync,
 } from 'node:fs';
 import { createHash } from 'node:crypto';
@@ -125,37 +126,63 @@ describe('container images', { skip: needsTools }, () => {
     'images/oci.tar.xz',
     'images/oci-zstd-layer.tar.zst',
   ];
-  for (const key of keys) {
-    test(`${key} equals umoci raw unpack, entry for entry`, async () => {
-      const r = json<{ outcome: string; devicePath: string }>(
-        await cli('process-image', '--s3-key', key, '--json'),
+  /** Processes `key` and checks the device holds exactly the fixture's `umoci raw unpack` tree. */
+  const assertEqualsReference = async (key: string): Promise<void> => {
+    const r = await cli('process-image', '--s3-key', key, '--json');
+    const out = json<{ outcome: string; devicePath: string }>(r);
+    assert.equal(out.outcome, 'complete');
+    const mnt = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
+    execFileSync('mount', ['-o', 'ro', out.devicePath, mnt]);
+    try {
+      const diffs = await compareTrees(fx.reference, mnt, {
+        skip: (rel) => rel === 'lost+found',
+        ignoreMtime: (rel) => rel === '.',
+      });
+      assert.deepEqual(diffs, []);
+      // The things the layers did, spelled out (compareTrees already covers them).
+      const top = readdirSync(mnt).sort();
+      assert.ok(!top.includes('manifest.json') && !top.includes('blobs'));
+      assert.deepEqual(readdirSync(join(mnt, 'data')), ['new']);
+      assert.equal(readFileSync(join(mnt, 'swapdir'), 'utf8'), 'nowfile\n');
+      const cap = execFileSync(
+        'getfattr',
+        ['-n', 'security.capability', '-e', 'base64', join(mnt, 'usr/bin/tool')],
+        { encoding: 'utf8' },
       );
-      assert.equal(r.outcome, 'complete');
-      const mnt = mkdtempSync(join(tmpdir(), 'thinrelay-probe-'));
-      execFileSync('mount', ['-o', 'ro', r.devicePath, mnt]);
-      try {
-        const diffs = await compareTrees(fx.reference, mnt, {
-          skip: (rel) => rel === 'lost+found',
-          ignoreMtime: (rel) => rel === '.',
-        });
-        assert.deepEqual(diffs, []);
-        // The things the layers did, spelled out (compareTrees already covers them).
-        const top = readdirSync(mnt).sort();
-        assert.ok(!top.includes('manifest.json') && !top.includes('blobs'));
-        assert.deepEqual(readdirSync(join(mnt, 'data')), ['new']);
-        assert.equal(readFileSync(join(mnt, 'swapdir'), 'utf8'), 'nowfile\n');
-        const cap = execFileSync(
-          'getfattr',
-          ['-n', 'security.capability', '-e', 'base64', join(mnt, 'usr/bin/tool')],
-          { encoding: 'utf8' },
+      assert.match(cap, /security.capability=0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=/);
+    } finally {
+      execFileSync('umount', [mnt]);
+      rmdirSync(mnt);
+    }
+    assert.deepEqual(spooled(), [], 'the spool is released');
+  };
+
+  for (const key of keys) {
+    test(`${key} equals umoci raw unpack, entry for entry`, () => assertEqualsReference(key));
+  }
+
+  // `tar -C DIR -cf IMAGE.tar .` names every member "./…" and starts with "./" itself.
+  for (const form of ['oci-dir', 'docker-dir'] as const) {
+    for (const gz of [false, true]) {
+      const key = `images/${form}-dot${gz ? '.tar.gz' : '.tar'}`;
+      test(`${key} (a directory tarred as ".": ./ members) is the image, not a flat rootfs`, async () => {
+        const dir = join(work, `${form}-${gz ? 'gz' : 'plain'}`);
+        if (form === 'oci-dir') {
+          execFileSync('skopeo', ['copy', '-q', `oci:${fx.layout}:${fx.tag}`, `oci:${dir}:app`]);
+        } else {
+          mkdirSync(dir);
+          execFileSync('tar', ['-C', dir, '-xf', fx.dockerArchive]);
+        }
+        const tar = execFileSync('tar', ['-C', dir, '-cf', '-', '.'], { maxBuffer: 1 << 28 });
+        assert.equal(tar.subarray(0, 2).toString(), './', 'the first member is the root "./"');
+        await s3.putObject(bucket, key, gz ? gzipSync(tar) : tar);
+        await assertEqualsReference(key);
+        const show = json<{ container: { format: string } | null }>(
+          await cli('show', key, '--json'),
         );
-        assert.match(cap, /security.capability=0sAQAAAgAgAAAAAAAAAAAAAAAAAAA=/);
-      } finally {
-        execFileSync('umount', [mnt]);
-        rmdirSync(mnt);
-      }
-      assert.deepEqual(spooled(), [], 'the spool is released');
-    });
+        assert.equal(show.container?.format, form === 'oci-dir' ? 'oci-archive' : 'docker-archive');
+      });
+    }
   }
 
   test('show --json and `thinrelay config` give the image config', async () => {
@@ -178,7 +205,85 @@ describe('container images', { skip: needsTools }, () => {
     assert.equal(config.config.architecture, 'amd64');
   });
 
-  const refusals: [string, () => Promise<Buffer>, string][] = [
+  /**
+   * The fixture's image with its manifest lying: stored under a digest it does
+   * not hash to (same JSON, other bytes; the descriptor's size made to match),
+   * or named by an index descriptor whose size is wrong.
+   */
+  const manifestLie = (name: string, lie: 'digest' | 'size'): Buffer => {
+    const copy = join(work, `layout-${name}`);
+    cpSync(fx.layout, copy, { recursive: true });
+    const indexPath = join(copy, 'index.json');
+    const index = JSON.parse(readFileSync(indexPath, 'utf8')) as {
+      manifests: { digest: string; size: number; annotations?: Record<string, string> }[];
+    };
+    const desc = index.manifests.find(
+      (m) => m.annotations?.['org.opencontainers.image.ref.name'] === fx.tag,
+    )!;
+    if (lie === 'size') desc.size += 1;
+    else {
+      const blob = join(copy, 'blobs/sha256', desc.digest.slice(7));
+      const other = Buffer.from(JSON.stringify(JSON.parse(readFileSync(blob, 'utf8')), null, 2));
+      writeFileSync(blob, other);
+      desc.size = other.length;
+    }
+    writeFileSync(indexPath, JSON.stringify(index));
+    return ociArchiveOfTag(copy, fx.tag, work);
+  };
+
+  /** A copy of the fixture as an OCI layout directory (skopeo's `oci:DIR:app`), changed by `edit`, tarred by `tar`. */
+  const layoutDirTar = (name: string, edit: (dir: string) => void, members: string[]): Buffer => {
+    const dir = join(work, `dir-${name}`);
+    execFileSync('skopeo', ['copy', '-q', `oci:${fx.layout}:${fx.tag}`, `oci:${dir}:app`]);
+    edit(dir);
+    return execFileSync('tar', ['-C', dir, '-cf', '-', ...members], { maxBuffer: 1 << 28 });
+  };
+
+  /** [name, archive, reason code, also uploaded gzip-wrapped (spooled, not read by range)] */
+  const refusals: [string, () => Promise<Buffer>, string, boolean?][] = [
+    [
+      'manifest-digest',
+      () => Promise.resolve(manifestLie('mdigest', 'digest')),
+      'BLOB_DIGEST_MISMATCH',
+      true,
+    ],
+    [
+      'manifest-size',
+      () => Promise.resolve(manifestLie('msize', 'size')),
+      'BLOB_SIZE_MISMATCH',
+      true,
+    ],
+    [
+      'dot-layout-without-index',
+      () => Promise.resolve(layoutDirTar('noindex', (d) => rmSync(join(d, 'index.json')), ['.'])),
+      'IMAGE_FORMAT_UNKNOWN',
+      true,
+    ],
+    [
+      'layout-with-a-readme-first',
+      () =>
+        Promise.resolve(
+          layoutDirTar('readme', (d) => writeFileSync(join(d, 'README'), 'the app image\n'), [
+            'README',
+            'blobs',
+            'index.json',
+            'oci-layout',
+          ]),
+        ),
+      'IMAGE_FORMAT_UNKNOWN',
+      true,
+    ],
+    [
+      'zero-layers',
+      () => {
+        execFileSync('sh', ['-euc', 'umoci init --layout Z; umoci new --image Z:empty'], {
+          cwd: work,
+        });
+        return Promise.resolve(ociArchiveOfTag(join(work, 'Z'), 'empty', work));
+      },
+      'IMAGE_NO_LAYERS',
+      true,
+    ],
     [
       'diff-id',
       async () => withLayer('diffid', await tarStream([{ name: 'x', body: 'x' }]), 'ab'.repeat(32)),
@@ -263,23 +368,37 @@ describe('container images', { skip: needsTools }, () => {
       'LAYER_NOT_TAR',
     ],
   ];
-  for (const [name, build, code] of refusals) {
-    test(`refused with ${code}, nothing kept: ${name}`, async () => {
-      const key = `bad/${name}.tar`;
-      await s3.putObject(bucket, key, await build());
-      const before = hostInventory(stateDir);
-      const r = await cli('process-image', '--s3-key', key);
-      assert.equal(r.code, 1, r.stderr);
-      // Read by range, an uncompressed layer's diff_id (= its blob digest) is checked first.
-      const codes = code === 'BLOB_DIGEST_MISMATCH' ? '(?:BLOB|LAYER)_DIGEST_MISMATCH' : code;
-      assert.match(r.stderr, new RegExp(`\\[${codes}\\]`));
-      const after = hostInventory(stateDir);
-      assert.deepEqual(after.loops, before.loops);
-      assert.deepEqual(after.mounts, []);
-      assert.deepEqual(after.poolFiles, before.poolFiles);
-      assert.deepEqual(spooled(), []);
-      execFileSync('sh', ['-c', 'test ! -e /tmp/pwned']);
+  for (const [name, build, code, gzipToo] of refusals) {
+    test(`refused with ${code}, nothing kept: ${name}${gzipToo === true ? ' (.tar and .tar.gz)' : ''}`, async () => {
+      const archive = await build();
+      for (const gz of gzipToo === true ? [false, true] : [false]) {
+        const key = `bad/${name}${gz ? '.tar.gz' : '.tar'}`;
+        await s3.putObject(bucket, key, gz ? gzipSync(archive) : archive);
+        await assertRefused(key, code);
+      }
     });
+  }
+
+  /** Processing `key` fails with `code` (exit 1, the image's fault) and leaves nothing behind. */
+  async function assertRefused(key: string, code: string): Promise<void> {
+    const before = hostInventory(stateDir);
+    const r = await cli('process-image', '--s3-key', key);
+    assert.equal(r.code, 1, r.stderr);
+    // Read by range, an uncompressed layer's diff_id (= its blob digest) is checked first.
+    const codes = code === 'BLOB_DIGEST_MISMATCH' ? '(?:BLOB|LAYER)_DIGEST_MISMATCH' : code;
+    assert.match(r.stderr, new RegExp(`\\[${codes}\\]`));
+    const after = hostInventory(stateDir);
+    assert.deepEqual(after.loops, before.loops);
+    assert.deepEqual(after.mounts, []);
+    assert.deepEqual(after.poolFiles, before.poolFiles);
+    assert.deepEqual(spooled(), []);
+    execFileSync('sh', ['-c', 'test ! -e /tmp/pwned']);
+    // Recorded as the image's failure with its code: permanent, not a host fault to retry.
+    const show = json<{ image: { status: string; errorCode: string } }>(
+      await cli('show', key, '--json'),
+    );
+    assert.equal(show.image.status, 'failed');
+    assert.match(show.image.errorCode, new RegExp(`^${codes}$`));
   }
 
   test('the docker save archive of issue 10 (manifest.json, config.json, l1/layer.tar) is applied, not kept as files', async () => {

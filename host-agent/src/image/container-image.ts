@@ -23,7 +23,13 @@ import {
 } from './manifest.js';
 import type { SpoolDir } from './spool.js';
 import { indexTar, readRange, type IndexedMember } from './tar-index.js';
-import { hashRange, refuseRepeatedBlobs, verifyBlob, verifyDiffId } from './verify.js';
+import {
+  hashRange,
+  refuseRepeatedBlobs,
+  verifyBlob,
+  verifyBlobBytes,
+  verifyDiffId,
+} from './verify.js';
 
 export interface ContainerImage {
   layout: ImageLayout;
@@ -38,9 +44,11 @@ export interface ContainerImage {
 }
 
 function jsonReader(fd: number) {
-  return (member: IndexedMember, what: string): unknown => {
+  return (member: IndexedMember, what: string, blob?: BlobRef): unknown => {
     checkJsonMember(member, what);
-    return parseJsonBytes(readRange(fd, member.dataOffset, member.size), what);
+    const bytes = readRange(fd, member.dataOffset, member.size);
+    if (blob !== undefined) verifyBlobBytes(bytes, blob, what);
+    return parseJsonBytes(bytes, what);
   };
 }
 

@@ -16,6 +16,7 @@ import type { ImageLimits } from '../limits.js';
 import { openContainerImage } from './container-image.js';
 import {
   chainIdsOf,
+  flatChainId,
   type LayerDigests,
   type LayerSource,
   type OpenedImage,
@@ -66,7 +67,7 @@ export async function openImage(
         used = true;
         return hashed(sniffed.tar(), (hex, size) => {
           const diffId = `sha256:${hex}`;
-          found = { diffId, chainId: diffId, tarBytes: size };
+          found = { diffId, chainId: flatChainId(diffId), tarBytes: size };
         });
       },
       digests: () => found,

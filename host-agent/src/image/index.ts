@@ -7,9 +7,11 @@
 export { openImage, describeImage, type SourcedImage } from './image-source.js';
 export {
   chainIdsOf,
+  flatChainId,
   type LayerSource,
   type OpenedImage,
   type LayerDigests,
 } from './layer-source.js';
 export type { ContainerImage } from './container-image.js';
+export { looksLikeImageLayout } from './sniff.js';
 export type { RunConfig } from './image-config.js';

@@ -22,7 +22,7 @@ export type ImageFormat = 'flat' | 'oci-archive' | 'docker-archive';
 export interface LayerDigests {
   /** "sha256:<hex>" of the uncompressed layer tar. */
   diffId: string;
-  /** "sha256:<hex>": the OCI ChainID of this layer over the layers below it. */
+  /** "sha256:<hex>": the OCI ChainID of this layer over the layers below it (flatChainId for a flat tar). */
   chainId: string;
   /** Bytes of the uncompressed tar. */
   tarBytes: number;
@@ -85,4 +85,15 @@ export function chainIdsOf(diffIds: readonly string[]): string[] {
     );
   }
   return out;
+}
+
+/**
+ * The sharing key of a flat tar's volume: its diff_id marked "flat:". A flat
+ * tar is unpacked by other rules than a layer (`.wh.` names are ordinary
+ * files in it, whiteouts in a layer), so the same bytes give another tree
+ * either way and must never share a volume with a layer of that chain ID.
+ * Migration 7 gave stored flat rows this key.
+ */
+export function flatChainId(diffId: string): string {
+  return `flat:${diffId}`;
 }

@@ -118,13 +118,24 @@ export function checkLayerMediaType(blob: BlobRef, layer: number): void {
     );
 }
 
-export type JsonReader = (member: IndexedMember, what: string) => unknown;
-export type AsyncJsonReader = (member: IndexedMember, what: string) => Promise<unknown>;
+/**
+ * Reads a JSON member. When `blob` is given (a manifest or nested index named
+ * by a descriptor), its bytes must have the descriptor's size and digest
+ * (verify.ts's checks) before they are parsed.
+ */
+export type JsonReader = (member: IndexedMember, what: string, blob?: BlobRef) => unknown;
+export type AsyncJsonReader = (
+  member: IndexedMember,
+  what: string,
+  blob?: BlobRef,
+) => Promise<unknown>;
 
 /** A JSON member the plan needs next: the walker is answered with its parsed value. */
 interface JsonRead {
   member: IndexedMember;
   what: string;
+  /** The descriptor that named it (index.json and manifest.json are named by none). */
+  blob?: BlobRef;
 }
 
 /** Working out a plan: yields the JSON members it needs, returns the plan. */
@@ -192,7 +203,7 @@ function* ociPlan(members: ArchiveMembers, arch: string): PlanSteps {
       label = chosen.annotations?.['org.opencontainers.image.ref.name'] ?? `${where} manifests[0]`;
     }
     const blob = blobOf(members, chosen, where);
-    const body = yield { member: blob.member, what: `manifest ${chosen.digest}` };
+    const body = yield { member: blob.member, what: `manifest ${chosen.digest}`, blob };
     const mediaType = chosen.mediaType ?? (body as { mediaType?: string } | null)?.mediaType;
     if (mediaType === OCI_INDEX || mediaType === DOCKER_LIST) {
       doc = body;
@@ -254,10 +265,25 @@ function* dockerPlan(members: ArchiveMembers): PlanSteps {
   };
 }
 
+/**
+ * An image with no layers has no root filesystem: nothing a VM can boot
+ * (containerd would unpack it to an empty snapshot with nothing to run).
+ * Refused as the image's fault, before any volume is made.
+ */
+function refuseNoLayers(plan: ImagePlan): ImagePlan {
+  if (plan.layers.length === 0)
+    throw new ImageError(
+      'IMAGE_NO_LAYERS',
+      `the image (${plan.chosen}) has no layers, so no root filesystem to boot`,
+      'build the image with at least one layer (a FROM scratch image needs a COPY or ADD)',
+    );
+  return plan;
+}
+
 function* planSteps(members: ArchiveMembers): PlanSteps {
   if (members.has('index.json') && members.has('oci-layout'))
-    return yield* ociPlan(members, hostArchitecture());
-  if (members.has('manifest.json')) return yield* dockerPlan(members);
+    return refuseNoLayers(yield* ociPlan(members, hostArchitecture()));
+  if (members.has('manifest.json')) return refuseNoLayers(yield* dockerPlan(members));
   throw new ImageError(
     'IMAGE_FORMAT_UNKNOWN',
     'the archive looks like a container image (its first member is image metadata) but has neither index.json with oci-layout nor manifest.json',
@@ -272,7 +298,7 @@ export function readImagePlan(members: ArchiveMembers, read: JsonReader): ImageP
   const steps = planSteps(members);
   for (let step = steps.next(); ;) {
     if (step.done === true) return step.value;
-    step = steps.next(read(step.value.member, step.value.what));
+    step = steps.next(read(step.value.member, step.value.what, step.value.blob));
   }
 }
 
@@ -284,6 +310,6 @@ export async function readImagePlanAsync(
   const steps = planSteps(members);
   for (let step = steps.next(); ;) {
     if (step.done === true) return step.value;
-    step = steps.next(await read(step.value.member, step.value.what));
+    step = steps.next(await read(step.value.member, step.value.what, step.value.blob));
   }
 }

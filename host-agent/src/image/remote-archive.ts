@@ -259,9 +259,11 @@ export async function openRemoteArchive(
   }
   archive.dropWindow();
   const members = new ArchiveMembers(list);
-  const readJson = async (member: IndexedMember, what: string): Promise<unknown> => {
+  const readJson = async (member: IndexedMember, what: string, blob?: BlobRef): Promise<unknown> => {
     checkJsonMember(member, what);
-    return parseJsonBytes(await archive.dataOf(member), what);
+    const bytes = await archive.dataOf(member);
+    if (blob !== undefined) verifyBlobBytes(bytes, blob, what);
+    return parseJsonBytes(bytes, what);
   };
   const plan = await readImagePlanAsync(members, readJson);
   checkJsonMember(plan.config.member, 'the image config');

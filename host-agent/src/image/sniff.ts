@@ -1,11 +1,16 @@
 /**
  * Tells a flat rootfs tar from a container image archive by content: the
- * outer compression by magic bytes, then the first tar member's name. A
+ * outer compression by magic bytes, then the first tar members' names. A
  * `docker save` or OCI archive starts with image metadata (blobs/, a
  * <64 hex> layer directory or blob, index.json, manifest.json, oci-layout,
- * repositories); no root filesystem does. The bytes read to decide are
- * replayed, so the caller sees the source whole.
+ * repositories); no root filesystem does. Names are taken as `tar -C dir .`
+ * writes them too: `./` is dropped and the archive's root directory entry
+ * itself (`./`) says nothing either way, so the first member below it
+ * decides. The bytes read to decide are replayed, so the caller sees the
+ * source whole. (A flat tar whose tree turns out to be an image layout all
+ * the same is refused after unpacking: see looksLikeImageLayout.)
  */
+import fs from 'node:fs';
 import { constants, gunzipSync } from 'node:zlib';
 import { compressionOf, decompress, type ImageCompression } from './compression.js';
 
@@ -28,11 +33,15 @@ const CONTAINER_MEMBER =
 /** Legacy `docker save` layer directories: any name, holding layer.tar, VERSION and json. */
 const LEGACY_LAYER_MEMBER = /^(?:\.\/)?[^/]+\/(?:layer\.tar|VERSION|json)$/;
 
+/** The archive's root directory itself: ".", "./", ".//" and the like. */
+const ROOT_MEMBER = /^\.?\/*$|^(?:\.\/+)+\.?$/;
+
 /** Looks at the first few members (those whose headers lie in the peeked bytes). */
 export function isContainerArchive(names: string[]): boolean {
-  if (names.length === 0) return false;
-  if (CONTAINER_MEMBER.test(names[0]!)) return true;
-  return names.some((n) => LEGACY_LAYER_MEMBER.test(n));
+  const below = names.filter((n) => !ROOT_MEMBER.test(n));
+  if (below.length === 0) return false;
+  if (CONTAINER_MEMBER.test(below[0]!)) return true;
+  return below.some((n) => LEGACY_LAYER_MEMBER.test(n));
 }
 
 const FIRST_MEMBERS = 4;
@@ -174,4 +183,22 @@ export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<S
 
 function emptyIterator(): AsyncIterator<Uint8Array> {
   return { next: () => Promise.resolve({ done: true, value: undefined }) };
+}
+
+/** Top-level names of a `docker save` archive besides manifest.json: blobs and legacy layer ids. */
+const DOCKER_TOP_MEMBER = /^(?:blobs|repositories|[0-9a-f]{64}(?:\.json|\.tar)?)$/;
+
+/**
+ * The tree a flat tar unpacked to (at `root`) is an image layout after all:
+ * oci-layout and index.json beside blobs/, or manifest.json beside blobs or
+ * layer ids. Its first members did not say so (a README tarred first, say),
+ * but content decides: such an archive is refused, never kept as a rootfs.
+ */
+export function looksLikeImageLayout(root: string): boolean {
+  const top = new Map<string, fs.Dirent>();
+  for (const d of fs.readdirSync(root, { withFileTypes: true })) top.set(d.name, d);
+  const file = (name: string): boolean => top.get(name)?.isFile() === true;
+  if (file('oci-layout') && file('index.json') && top.get('blobs')?.isDirectory() === true)
+    return true;
+  return file('manifest.json') && [...top.keys()].some((n) => DOCKER_TOP_MEMBER.test(n));
 }

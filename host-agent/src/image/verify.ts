@@ -1,6 +1,6 @@
 /**
- * Digest checks: a blob's bytes must hash to the digest that names it and
- * have the declared size; a layer's uncompressed bytes must hash to its
+ * Digest checks: a blob's bytes (manifests and nested indexes included) must
+ * hash to the digest that names it and have the declared size; a layer's uncompressed bytes must hash to its
  * config diff_id. Every mismatch fails the image with a reason code.
  */
 import { createHash } from 'node:crypto';
@@ -38,7 +38,7 @@ export function verifyBlobBytes(bytes: Buffer, blob: BlobRef, what: string): voi
 export function checkBlobSize(blob: BlobRef, what: string): void {
   if (blob.size !== undefined && blob.size !== blob.member.size) {
     throw new ImageError(
-      'BLOB_DIGEST_MISMATCH',
+      'BLOB_SIZE_MISMATCH',
       `${what}: the descriptor says ${blob.size} bytes, the archive member ${blob.member.name} has ${blob.member.size}`,
     );
   }

@@ -1,8 +1,9 @@
 /**
  * Blobs: unpacked content on a volume, shared by every image that needs it.
  * A blob is one layer of a chain: named by its OCI chain ID (which covers
- * the layers below it), or, for a flat tar uploaded before layers existed,
- * by the object's sha256 alone.
+ * the layers below it); an uncompressed flat tar by "flat:<diff_id>" (it is
+ * unpacked without whiteouts, so never the same tree as a layer of those
+ * bytes), a compressed one by the object's sha256 alone.
  */
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
@@ -18,7 +19,7 @@ export interface BlobRow {
   image_config: string | null;
   status: BlobStatus;
   volume_id: number | null;
-  /** "sha256:<hex>" OCI chain ID; null for content that is no layer of a known chain. */
+  /** "sha256:<hex>" OCI chain ID, "flat:sha256:<hex>" for a flat tar; null when unknown. */
   chain_id: string | null;
   /** "sha256:<hex>" of this layer's uncompressed tar. */
   diff_id: string | null;

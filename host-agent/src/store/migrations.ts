@@ -198,4 +198,14 @@ export const migrations: readonly string[] = [
     created_at    TEXT NOT NULL
   );
   `,
+  // 7: a flat tar's volume is keyed "flat:<diff_id>", not by the chain ID a
+  // layer with the same bytes has: a flat tar is unpacked without whiteouts,
+  // a layer with them, so the two trees differ and must not share a volume.
+  // Flat rows are the ones holding the object's sha256 (layers never do).
+  // Rows that already shared across the two rules keep their volume (its
+  // tree is the first applier's): remove and process such an image again.
+  `
+  UPDATE blobs SET chain_id = 'flat:' || chain_id
+   WHERE sha256 IS NOT NULL AND chain_id IS NOT NULL AND chain_id NOT LIKE 'flat:%';
+  `,
 ];

@@ -15,6 +15,8 @@ import { failpoint } from '../../failpoints.js';
 import { applyLayer } from '../../image/apply-layer.js';
 import {
   describeImage,
+  flatChainId,
+  looksLikeImageLayout,
   openImage,
   type OpenedImage,
   type SourcedImage,
@@ -228,8 +230,15 @@ async function unpackFlat(
   } finally {
     progress.end('unpack');
   }
+  if (looksLikeImageLayout(mountpoint))
+    throw new ImageError(
+      'IMAGE_FORMAT_UNKNOWN',
+      'the archive holds a container image layout (oci-layout, index.json and blobs/, or manifest.json and its blobs) but its first members are not image metadata, so it was not read as an image',
+      "tar the layout with its metadata or blobs first (as skopeo does, or `tar -C DIR -cf IMAGE.tar .`), or upload a root filesystem",
+    );
   const fetched = await result;
-  // An uncompressed tar's sha256 is its diff_id, so its chain ID: a base others can share.
+  // An uncompressed tar's sha256 is its diff_id; its sharing key says it was unpacked flat
+  // (no whiteouts), so a layer with the same bytes never shares its volume.
   const id = source.compression === 'none' ? `sha256:${fetched.sha256}` : null;
   await ctx.objects.markUnpacked(volume, () => {
     store.blobs.recordContent(blob.id, {
@@ -239,7 +248,7 @@ async function unpackFlat(
     });
     store.blobs.recordLayer(blob.id, {
       diffId: id,
-      chainId: id,
+      chainId: id === null ? null : flatChainId(id),
       size: fetched.size,
       compression: source.compression,
     });
