@@ -1,6 +1,7 @@
 /**
- * Migration 5 (layers as blobs named by chain ID) on a state dir written by
- * the previous version, and the blob state machine.
+ * Migrations 5 (layers as blobs named by chain ID) and 7 (flat tars keyed
+ * apart from layers) on state dirs written by earlier versions, and the blob
+ * state machine.
  */
 import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
@@ -60,12 +61,13 @@ test('a version-4 state dir migrates: flat images become one-layer images, confi
   const [plain, gz, container] = [1, 2, 3].map((id) => store.blobs.get(id)!);
   assert.equal(
     plain!.chain_id,
-    `sha256:${hex}`,
-    "an uncompressed flat tar's sha256 is its chain ID",
+    `flat:sha256:${hex}`,
+    "an uncompressed flat tar's sha256 is its diff_id; its key says it was unpacked flat (migration 7)",
   );
   assert.equal(plain!.diff_id, `sha256:${hex}`);
   assert.equal(plain!.depth, 1);
-  assert.equal(store.blobs.readyByChain(`sha256:${hex}`)?.id, 1);
+  assert.equal(store.blobs.readyByChain(`flat:sha256:${hex}`)?.id, 1);
+  assert.equal(store.blobs.readyByChain(`sha256:${hex}`), undefined);
   assert.equal(gz!.chain_id, null, 'a compressed one has no known diff_id');
   assert.equal(container!.chain_id, null, 'a flattened container image is no layer of a chain');
   assert.equal(store.images.configJson(3), container!.image_config);
@@ -73,8 +75,55 @@ test('a version-4 state dir migrates: flat images become one-layer images, confi
   assert.equal(store.images.topBlobId(3), 3, 'the one volume is the top layer');
   assert.deepEqual(
     store.images.layers(1).map((l) => [l.position, l.chain_id, l.shared_by]),
-    [[0, `sha256:${hex}`, 1]],
+    [[0, `flat:sha256:${hex}`, 1]],
   );
+});
+
+test('a version-6 state dir migrates: flat rows get the flat: key, layers keep their chain IDs', (t) => {
+  const dir = tempDir(t);
+  const old = new Database(databasePath(dir));
+  for (const m of migrations.slice(0, 6)) old.exec(m);
+  old.pragma('user_version = 6');
+  const flatHex = 'ab'.repeat(32);
+  const insertObject = old.prepare(
+    `INSERT INTO storage_objects (kind, backend, size_bytes, state, created_at, updated_at)
+     VALUES ('volume', 'loop', 1, 'sealed', ?, ?)`,
+  );
+  const insertBlob = old.prepare(
+    `INSERT INTO blobs (sha256, size, compression, status, volume_id, chain_id, diff_id, depth, created_at, updated_at)
+     VALUES (?, 1, ?, 'ready', ?, ?, ?, 1, ?, ?)`,
+  );
+  const vol = (): number => Number(insertObject.run(now, now).lastInsertRowid);
+  // A flat tar as version 6 stored it, a container base layer, a gzip flat tar (no chain ID).
+  insertBlob.run(flatHex, 'none', vol(), `sha256:${flatHex}`, `sha256:${flatHex}`, now, now);
+  insertBlob.run(
+    null,
+    'gzip',
+    vol(),
+    `sha256:${'cd'.repeat(32)}`,
+    `sha256:${'ef'.repeat(32)}`,
+    now,
+    now,
+  );
+  insertBlob.run('12'.repeat(32), 'gzip', vol(), null, null, now, now);
+  old.close();
+
+  const store = StateStore.open(dir);
+  t.after(() => store.close());
+  assert.deepEqual(
+    [1, 2, 3].map((id) => store.blobs.get(id)!.chain_id),
+    [`flat:sha256:${flatHex}`, `sha256:${'cd'.repeat(32)}`, null],
+  );
+  assert.equal(store.blobs.get(1)!.diff_id, `sha256:${flatHex}`, 'the diff_id is unchanged');
+  // A layer with the flat tar's bytes is another volume now: both may be ready at once.
+  const layer = store.blobs.create(
+    store.objects.createIntent({ kind: 'volume', backend: 'loop', sizeBytes: 1 }, 'o').id,
+    null,
+    { chainId: `sha256:${flatHex}`, diffId: `sha256:${flatHex}`, parentBlobId: null, depth: 1 },
+  );
+  store.blobs.setStatus(layer.id, 'ready');
+  assert.equal(store.blobs.readyByChain(`sha256:${flatHex}`)?.id, layer.id);
+  assert.equal(store.blobs.readyByChain(`flat:sha256:${flatHex}`)?.id, 1);
 });
 
 test('blobs: one ready layer per chain ID, transitions checked, unused layers listed top first', (t) => {
