@@ -125,4 +125,16 @@ describe('archive kind by first members', () => {
     assert.equal(isContainerArchive(['etc/', 'etc/hostname']), false);
     assert.equal(isContainerArchive([]), false);
   });
+
+  it('looks past the root entry `tar -C DIR -cf X .` writes first', () => {
+    // skopeo's oci:DIR layout and an unpacked docker save, tarred as ".": readdir order.
+    assert.equal(isContainerArchive(['./', './blobs/', './blobs/sha256/']), true);
+    assert.equal(isContainerArchive(['./', './oci-layout', './index.json']), true);
+    assert.equal(isContainerArchive(['./', './index.json']), true);
+    assert.equal(isContainerArchive(['./', `./${'b'.repeat(64)}.tar`, './manifest.json']), true);
+    assert.equal(isContainerArchive(['.', 'manifest.json']), true);
+    assert.equal(isContainerArchive(['./', './l1/', './l1/layer.tar']), true);
+    assert.equal(isContainerArchive(['./']), false);
+    assert.equal(isContainerArchive(['./', './etc/', './etc/index.json']), false);
+  });
 });

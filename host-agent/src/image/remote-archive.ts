@@ -259,7 +259,11 @@ export async function openRemoteArchive(
   }
   archive.dropWindow();
   const members = new ArchiveMembers(list);
-  const readJson = async (member: IndexedMember, what: string, blob?: BlobRef): Promise<unknown> => {
+  const readJson = async (
+    member: IndexedMember,
+    what: string,
+    blob?: BlobRef,
+  ): Promise<unknown> => {
     checkJsonMember(member, what);
     const bytes = await archive.dataOf(member);
     if (blob !== undefined) verifyBlobBytes(bytes, blob, what);

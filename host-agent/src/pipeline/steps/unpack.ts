@@ -234,7 +234,7 @@ async function unpackFlat(
     throw new ImageError(
       'IMAGE_FORMAT_UNKNOWN',
       'the archive holds a container image layout (oci-layout, index.json and blobs/, or manifest.json and its blobs) but its first members are not image metadata, so it was not read as an image',
-      "tar the layout with its metadata or blobs first (as skopeo does, or `tar -C DIR -cf IMAGE.tar .`), or upload a root filesystem",
+      'tar the layout with its metadata or blobs first (as skopeo does, or `tar -C DIR -cf IMAGE.tar .`), or upload a root filesystem',
     );
   const fetched = await result;
   // An uncompressed tar's sha256 is its diff_id; its sharing key says it was unpacked flat
