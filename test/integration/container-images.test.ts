@@ -210,18 +210,38 @@ describe('container images', { skip: needsTools }, () => {
    * not hash to (same JSON, other bytes; the descriptor's size made to match),
    * or named by an index descriptor whose size is wrong.
    */
-  const manifestLie = (name: string, lie: 'digest' | 'size'): Buffer => {
+  const manifestLie = (name: string, lie: 'digest' | 'size' | 'nested-index-digest'): Buffer => {
     const copy = join(work, `layout-${name}`);
     cpSync(fx.layout, copy, { recursive: true });
     const indexPath = join(copy, 'index.json');
     const index = JSON.parse(readFileSync(indexPath, 'utf8')) as {
-      manifests: { digest: string; size: number; annotations?: Record<string, string> }[];
+      manifests: {
+        mediaType?: string;
+        digest: string;
+        size: number;
+        annotations?: Record<string, string>;
+      }[];
     };
     const desc = index.manifests.find(
       (m) => m.annotations?.['org.opencontainers.image.ref.name'] === fx.tag,
     )!;
     if (lie === 'size') desc.size += 1;
-    else {
+    else if (lie === 'nested-index-digest') {
+      // index.json → a nested index (stored under a digest it does not hash to) → the manifest.
+      const nested = {
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.index.v1+json',
+        manifests: [{ mediaType: desc.mediaType, digest: desc.digest, size: desc.size }],
+      };
+      const hex = sha256(Buffer.from(JSON.stringify(nested)));
+      const other = Buffer.from(JSON.stringify(nested, null, 2));
+      writeFileSync(join(copy, 'blobs/sha256', hex), other);
+      Object.assign(desc, {
+        mediaType: nested.mediaType,
+        digest: `sha256:${hex}`,
+        size: other.length,
+      });
+    } else {
       const blob = join(copy, 'blobs/sha256', desc.digest.slice(7));
       const other = Buffer.from(JSON.stringify(JSON.parse(readFileSync(blob, 'utf8')), null, 2));
       writeFileSync(blob, other);
@@ -244,6 +264,12 @@ describe('container images', { skip: needsTools }, () => {
     [
       'manifest-digest',
       () => Promise.resolve(manifestLie('mdigest', 'digest')),
+      'BLOB_DIGEST_MISMATCH',
+      true,
+    ],
+    [
+      'nested-index-digest',
+      () => Promise.resolve(manifestLie('nindex', 'nested-index-digest')),
       'BLOB_DIGEST_MISMATCH',
       true,
     ],
