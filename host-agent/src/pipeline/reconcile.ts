@@ -30,6 +30,8 @@ export interface ReconcileAction {
   object: string;
   action: string;
   reason: string;
+  /** Bytes on disk the action gave back, where it is a file outside the pool (a spool). */
+  freedBytes?: number;
 }
 
 export interface ReconcileDeps {
