@@ -5,6 +5,7 @@
  * AWS_REGION, AWS_ENDPOINT_URL_S3) and are not repeated here.
  */
 import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { UsageError, errorMessage } from './errors.js';
 import { defaultLimits, type ImageLimits } from './limits.js';
 import type { BackendName } from './storage/backend.js';
@@ -219,7 +220,10 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
     env[name] === undefined ? fallback : parseCount(env[name], name);
   const volume = env.THINRELAY_VOLUME_SIZE;
   const poolOverrides = poolOverridesFromEnv(env);
-  const stateDir = flags.stateDir ?? env.THINRELAY_STATE_DIR ?? defaultStateDir;
+  // Absolute once, here: mount tables, /proc and losetup report absolute
+  // paths, so a relative one never matches them (a volume mounted under
+  // st/rel/mnt was not seen as mounted and its rmdir failed EBUSY).
+  const stateDir = resolve(flags.stateDir ?? env.THINRELAY_STATE_DIR ?? defaultStateDir);
   return {
     pool: resolvePoolPolicy(poolOverrides, readGroupPolicy(stateDir)),
     poolOverrides,

@@ -3,12 +3,14 @@
  * leftovers and what removed images left: volumes kept for inspection,
  * snapshots of removed images nobody uses any more, and layers no image
  * uses (a layer shared by a live image, even one that failed and may be
- * retried, stays).
+ * retried, stays), and the spools of jobs no live process runs (kill -9
+ * while spooling).
  */
 import type { PipelineDeps } from '../pipeline/context.js';
 import { reconcile, type ReconcileAction } from '../pipeline/reconcile.js';
 import { collectReleased } from '../pool/release.js';
 import { objectName } from '../storage/names.js';
+import { reclaimSpools } from './spools.js';
 
 export async function collectGarbage(deps: PipelineDeps): Promise<ReconcileAction[]> {
   const actions = await reconcile(deps);
@@ -22,5 +24,6 @@ export async function collectGarbage(deps: PipelineDeps): Promise<ReconcileActio
     });
   }
   actions.push(...(await collectReleased(deps)));
+  actions.push(...reclaimSpools(deps));
   return actions;
 }

@@ -8,6 +8,8 @@ import type { PipelineDeps } from '../pipeline/context.js';
 import type { ImageRow } from '../store/images.js';
 import type { StorageObjectRow } from '../store/objects.js';
 import { releaseImage } from '../pool/release.js';
+import { isOwnerAlive } from '../store/owner.js';
+import { reclaimSpools } from './spools.js';
 
 /** IMAGE is an image id or an S3 key (newest image with that key). */
 export function findImage(
@@ -105,7 +107,9 @@ export async function removeImage(
   const { store } = deps;
   // A removed image too: removing it again finishes a removal a crash cut short.
   const image = findImage(deps, ref, { includeRemoved: true });
-  if (store.jobs.openForImage(image.id) !== undefined && image.status === 'processing') {
+  const job = store.jobs.openForImage(image.id);
+  // A job whose process died (kill -9) is interrupted, not being processed: removable.
+  if (job !== undefined && isOwnerAlive(job.owner)) {
     throw new UsageError(
       'IN_USE',
       `image ${image.id} (${image.key}) is being processed right now`,
@@ -127,5 +131,7 @@ export async function removeImage(
   });
   if (!result.released)
     throw new UsageError('IN_USE', `image ${image.id} (${image.key}): ${result.why}`, 'try again');
+  // The interrupted job's spool (a whole archive, maybe GBs) goes with it.
+  if (job !== undefined) reclaimSpools(deps, { jobId: job.id });
   return { image: store.images.get(image.id)!, removedObjects: result.removedObjects };
 }

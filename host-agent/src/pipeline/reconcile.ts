@@ -10,12 +10,16 @@
  * left open (prepare), then the pool's real thin id list is compared with the
  * store by thin id — a thin device no live object owns is deleted, so no id
  * is ever leaked — and active dm devices are compared by name and thin id.
+ *
+ * Reconciles are serialized per state dir (store/reconcile-lock.ts): each
+ * reads its inventory after the previous one finished acting on its own.
  */
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
 import { isOwnerAlive } from '../store/owner.js';
+import { withReconcileLock } from '../store/reconcile-lock.js';
 import { intentStates } from '../store/states.js';
 import type { BackendInventory } from '../storage/backend.js';
 import { deviceInUse } from '../sys/device-use.js';
@@ -26,6 +30,8 @@ export interface ReconcileAction {
   object: string;
   action: string;
   reason: string;
+  /** Bytes on disk the action gave back, where it is a file outside the pool (a spool). */
+  freedBytes?: number;
 }
 
 export interface ReconcileDeps {
@@ -35,7 +41,12 @@ export interface ReconcileDeps {
   logger: Logger;
 }
 
-export async function reconcile(deps: ReconcileDeps): Promise<ReconcileAction[]> {
+/** One reconcile at a time per state dir (two would act on one inventory twice). */
+export function reconcile(deps: ReconcileDeps): Promise<ReconcileAction[]> {
+  return withReconcileLock(deps.store.stateDir, deps.logger, () => reconcileNow(deps));
+}
+
+async function reconcileNow(deps: ReconcileDeps): Promise<ReconcileAction[]> {
   const actions: ReconcileAction[] = [...(await deps.objects.backend.prepare())];
   const inventory = await deps.objects.backend.inventory();
   reserveIdsSeen(deps, inventory, actions);

@@ -2,7 +2,8 @@
  * Releasing an image and what only it holds: the one crash-safe path that
  * `remove`, a bucket delete, retention and eviction all take. The image is
  * recorded removed (with why) first, in one transaction that refuses while
- * a job or an activation is working on it; then its snapshots go (those the
+ * a job or an activation is working on it (a job whose process died is
+ * ended as INTERRUPTED instead); then its snapshots go (those the
  * kernel says are in use stay, unless forced), then each of its layers no
  * live image links and no snapshot is taken of. Every storage change goes
  * through the ObjectManager, so a kill -9 anywhere leaves intents and
@@ -66,8 +67,20 @@ export async function releaseImage(
     const image = store.images.get(imageId);
     if (image === undefined) return `image ${imageId} does not exist`;
     const job = store.jobs.openForImage(imageId);
-    if (job !== undefined && (image.status === 'processing' || isOwnerAlive(job.owner)))
-      return `image ${imageId} is being processed`;
+    if (job !== undefined) {
+      if (isOwnerAlive(job.owner)) return `image ${imageId} is being processed`;
+      // Its process died (kill -9): nothing is processing it, and a job left
+      // open would be resumed for an image that is gone. It ends here; its
+      // storage is released below and by reconcile, its spool by gc.
+      const failure = {
+        code: 'INTERRUPTED',
+        message: `interrupted (its process died); the image was then ${opts.reason}`,
+      };
+      for (const step of store.jobs.steps(job.id))
+        if (step.status === 'running')
+          store.jobs.setStep(job.id, step.position, 'failed', { error: failure });
+      store.jobs.setStatus(job.id, 'failed', failure);
+    }
     // An activation in flight wins over policy: its intent was committed first. An
     // operator's `remove --force` wins over it instead (the activation fails NOT_FOUND).
     if (

@@ -91,8 +91,12 @@ export class JobRepo {
       .all(jobId) as StepRow[];
   }
 
-  /** A new owner takes over an interrupted job (compare-and-swap on the old owner). */
-  claim(jobId: number, fromOwner: string | null, toOwner: string): boolean {
+  /**
+   * A new owner takes over an interrupted job (compare-and-swap on the old
+   * owner); gc also hands a job it held while reclaiming its spool back to
+   * its previous (dead, or null) owner.
+   */
+  claim(jobId: number, fromOwner: string | null, toOwner: string | null): boolean {
     const { changes } = this.db
       .prepare(
         `UPDATE jobs SET owner = ?, serial = serial + 1, updated_at = ? WHERE id = ? AND owner IS ?`,

@@ -3,9 +3,14 @@
  * (a layer's clone made larger than its parent). Offline, not online: an
  * online grow needs CAP_SYS_RESOURCE, which containers and CI runners often
  * drop (this project's CI does), and the clone is not mounted yet anyway.
- * resize2fs refuses an offline resize unless `e2fsck -f` ran since the last
- * mount, so it runs first (milliseconds on a filesystem just unmounted
- * cleanly). Never shrinks; a filesystem already that size is left as it is.
+ * Never shrinks; a filesystem already that size is left as it is.
+ *
+ * The check before the resize is read-only (`e2fsck -f -n`): a fixing check
+ * (-p) would change the image's tree, and it fails outright ("UNEXPECTED
+ * INCONSISTENCY", exit 4) when a layer replaced the root's lost+found by a
+ * file or a symlink, which is the image's right. resize2fs then needs -f: it
+ * refuses an offline resize unless a check was recorded since the last
+ * mount, and a read-only check records nothing.
  */
 import { failpoint } from '../failpoints.js';
 import { run } from './exec.js';
@@ -15,8 +20,8 @@ import { run } from './exec.js';
  * grow only a clone no one uses yet, which recovery discards if this is cut.
  */
 export async function growExt4(target: string): Promise<void> {
-  // -p fixes nothing that needs a human; any finding at all fails the clone (its parent is sealed).
-  await run('e2fsck', ['-f', '-p', target], { timeoutMs: 600_000 });
+  // Any finding at all fails the clone (its parent is sealed and was unmounted cleanly).
+  await run('e2fsck', ['-f', '-n', target], { timeoutMs: 600_000 });
   failpoint('layer:grow:checked');
-  await run('resize2fs', [target], { timeoutMs: 600_000 });
+  await run('resize2fs', ['-f', target], { timeoutMs: 600_000 });
 }

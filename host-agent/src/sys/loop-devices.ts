@@ -3,8 +3,8 @@
  * race for a free device); list from sysfs, which needs no process at all —
  * reconcile lists on every start, so this is on the hot path.
  */
-import { readFileSync, readdirSync } from 'node:fs';
-import { run } from './exec.js';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { CommandError, run } from './exec.js';
 
 export interface LoopAttachment {
   device: string;
@@ -18,8 +18,21 @@ export async function attachLoop(file: string): Promise<string> {
   return run('losetup', ['--find', '--show', '--', file]);
 }
 
+/**
+ * Detach; a device that is no longer attached is already what we want
+ * (another process detached it first: losetup answers ENXIO), not an error.
+ */
 export async function detachLoop(device: string): Promise<void> {
-  await run('losetup', ['--detach', device]);
+  try {
+    await run('losetup', ['--detach', device]);
+  } catch (err) {
+    if (!(err instanceof CommandError) || !/No such device or address/.test(err.stderr)) throw err;
+    if (isAttached(device)) throw err;
+  }
+}
+
+function isAttached(device: string): boolean {
+  return existsSync(`/sys/block/${device.replace(/^\/dev\//, '')}/loop/backing_file`);
 }
 
 export function listLoops(): Promise<LoopAttachment[]> {
