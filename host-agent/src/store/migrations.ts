@@ -198,4 +198,9 @@ export const migrations: readonly string[] = [
     created_at    TEXT NOT NULL
   );
   `,
+  // 7: a storage object's last failed operation (the backend's error), kept
+  // on the row in its intent state until the next state change.
+  `
+  ALTER TABLE storage_objects ADD COLUMN last_error TEXT;
+  `,
 ];
