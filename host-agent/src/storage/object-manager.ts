@@ -12,6 +12,28 @@ import type { Logger } from '../log.js';
 import type { CloneSpec, ObjectSpec, SnapshotSpec, StorageBackend } from './backend.js';
 import { objectName } from './names.js';
 import { isOwnerAlive } from '../store/owner.js';
+import { objectTransitions, type ObjectState } from '../store/states.js';
+import { errorMessage as errorText } from '../errors.js';
+
+/** What one storage change does, in order (see ObjectManager.change). */
+interface ChangeStep<T> {
+  /** The intent state, committed (with `also`) before the side effect; omitted when already recorded. */
+  trying?: { state: ObjectState; also?: () => void };
+  /** Fail point right after the intent. */
+  atIntent?: string;
+  /** The side effect: the backend operation. */
+  operation: () => Promise<T>;
+  /** Fail point right after the side effect, before its outcome is committed. */
+  done?: string;
+  /** The resting state recorded once the operation succeeded. */
+  success: ObjectState;
+  /** Who holds the object in that state (default: nobody). */
+  owner?: string | null;
+  /** The device path to record, from the operation's result (default: unchanged). */
+  devicePath?: (result: T) => string | null;
+  /** Runs in the transaction that records the resting state. */
+  commit?: (result: T) => void;
+}
 
 export class ObjectManager {
   constructor(
@@ -26,13 +48,54 @@ export class ObjectManager {
     return new ObjectManager(this.store, this.backend, this.owner, logger);
   }
 
-  /** A single-row transition in its own transaction (which may use the space reserve). */
-  private transition(
-    id: number,
-    to: StorageObjectRow['state'],
-    opts: Parameters<StateStore['objects']['transition']>[2] = {},
-  ): StorageObjectRow {
-    return this.store.tx(() => this.store.objects.transition(id, to, opts));
+  /**
+   * One storage change, the way every method here makes it: the intent state
+   * committed before the side effect (unless the caller's intent transaction
+   * already recorded it), a fail point, the backend operation, a fail point,
+   * then the resting state and the caller's `commit` in one transaction. A
+   * failed operation leaves the row in its intent state for recovery and
+   * records the error on it (`last_error`, cleared by the next transition).
+   */
+  private async change<T>(row: StorageObjectRow, step: ChangeStep<T>): Promise<T> {
+    if (step.trying !== undefined) {
+      const { state, also } = step.trying;
+      this.store.tx(() => {
+        also?.();
+        this.store.objects.transition(row.id, state, { owner: this.owner });
+      });
+    }
+    if (step.atIntent !== undefined) failpoint(step.atIntent);
+    let result: T;
+    try {
+      result = await step.operation();
+    } catch (err) {
+      this.recordError(row.id, err);
+      throw err;
+    }
+    if (step.done !== undefined) failpoint(step.done);
+    this.store.tx(() => {
+      const now = this.store.objects.get(row.id)!;
+      // Sealing a sealed volume again (recovery finishing a seal) is no state change.
+      if (now.state !== step.success || objectTransitions[step.success].includes(step.success))
+        this.store.objects.transition(row.id, step.success, {
+          owner: step.owner ?? null,
+          devicePath: step.devicePath?.(result),
+        });
+      step.commit?.(result);
+    });
+    return result;
+  }
+
+  /** Best effort: the operation's own error is what the caller sees. */
+  private recordError(id: number, err: unknown): void {
+    try {
+      this.store.tx(() => this.store.objects.recordError(id, errorText(err)));
+    } catch (recordErr) {
+      this.logger.warn('could not record a storage error on its row', {
+        object: id,
+        error: errorText(recordErr),
+      });
+    }
   }
 
   spec(row: StorageObjectRow): ObjectSpec {
@@ -90,10 +153,13 @@ export class ObjectManager {
       return row;
     });
     this.logger.debug('volume intent', { object: volume.id });
-    failpoint('volume:intent');
-    await this.backend.createVolume(this.spec(volume));
-    failpoint('volume:created');
-    this.transition(volume.id, 'unpacking', { owner: this.owner });
+    await this.change(volume, {
+      atIntent: 'volume:intent',
+      operation: () => this.backend.createVolume(this.spec(volume)),
+      done: 'volume:created',
+      success: 'unpacking',
+      owner: this.owner,
+    });
     const { mountpoint } = await this.backend.mountForUnpack(this.spec(volume));
     failpoint('volume:mounted');
     return { volume: this.store.objects.get(volume.id)!, mountpoint };
@@ -147,32 +213,35 @@ export class ObjectManager {
         fromBytes: o.parent.size_bytes,
         toBytes: sizeBytes,
       });
-    failpoint('layer:clone-intent');
-    await this.backend.createVolumeFrom(this.cloneSpec(volume));
-    failpoint('layer:cloned');
-    this.transition(volume.id, 'unpacking', { owner: this.owner });
+    await this.change(volume, {
+      atIntent: 'layer:clone-intent',
+      operation: () => this.backend.createVolumeFrom(this.cloneSpec(volume)),
+      done: 'layer:cloned',
+      success: 'unpacking',
+      owner: this.owner,
+    });
     const { mountpoint } = await this.backend.mountForApply(this.spec(volume));
     return { volume: this.store.objects.get(volume.id)!, mountpoint };
   }
 
   /** The unpacked content is on stable storage. */
   async markUnpacked(volume: StorageObjectRow, commit: () => void): Promise<void> {
-    await this.backend.flush(this.spec(volume));
-    failpoint('volume:flushed');
-    this.store.tx(() => {
-      this.transition(volume.id, 'unpacked', { owner: this.owner });
-      commit();
+    await this.change(volume, {
+      operation: () => this.backend.flush(this.spec(volume)),
+      done: 'volume:flushed',
+      success: 'unpacked',
+      owner: this.owner,
+      commit,
     });
   }
 
   /** Detach: a read-only origin. `commit` runs in the transaction that records it sealed. */
   async seal(volume: StorageObjectRow, commit: () => void = () => undefined): Promise<void> {
-    await this.backend.seal(this.spec(volume));
-    failpoint('seal:detached');
-    this.store.tx(() => {
-      if (this.store.objects.get(volume.id)!.state !== 'sealed')
-        this.transition(volume.id, 'sealed', { owner: null });
-      commit();
+    await this.change(volume, {
+      operation: () => this.backend.seal(this.spec(volume)),
+      done: 'seal:detached',
+      success: 'sealed',
+      commit,
     });
   }
 
@@ -196,23 +265,32 @@ export class ObjectManager {
         this.owner,
       );
     });
-    failpoint('snapshot:intent');
-    try {
-      await this.backend.createSnapshot(this.snapshotSpec(snap));
-    } catch (err) {
-      // `remove --force` of the image took this snapshot (or its origin) away meanwhile.
-      const now = this.store.objects.get(snap.id);
-      const origin = this.store.objects.get(o.volume.id);
-      if (now?.owner !== this.owner || origin?.state === 'removing' || origin?.state === 'removed')
-        throw new NotFoundError(
-          'NOT_FOUND',
-          `image ${o.imageId} was removed while snapshot ${snap.id} was being created`,
-          'see `thinrelay images`; process the image again to use it',
-        );
-      throw err;
-    }
-    failpoint('snapshot:copied');
-    return this.transition(snap.id, 'inactive', { owner: null });
+    await this.change(snap, {
+      atIntent: 'snapshot:intent',
+      operation: async () => {
+        try {
+          await this.backend.createSnapshot(this.snapshotSpec(snap));
+        } catch (err) {
+          // `remove --force` of the image took this snapshot (or its origin) away meanwhile.
+          const now = this.store.objects.get(snap.id);
+          const origin = this.store.objects.get(o.volume.id);
+          if (
+            now?.owner !== this.owner ||
+            origin?.state === 'removing' ||
+            origin?.state === 'removed'
+          )
+            throw new NotFoundError(
+              'NOT_FOUND',
+              `image ${o.imageId} was removed while snapshot ${snap.id} was being created`,
+              'see `thinrelay images`; process the image again to use it',
+            );
+          throw err;
+        }
+      },
+      done: 'snapshot:copied',
+      success: 'inactive',
+    });
+    return this.store.objects.get(snap.id)!;
   }
 
   /**
@@ -232,38 +310,44 @@ export class ObjectManager {
   }
 
   async activate(snap: StorageObjectRow): Promise<string> {
-    if (snap.state === 'inactive')
-      this.store.tx(() => {
-        this.refuseRemovedImage(snap.image_id);
-        this.store.objects.transition(snap.id, 'activating', { owner: this.owner });
-      });
-    failpoint('activate:intent');
-    const devicePath = await this.backend.activate(this.snapshotSpec(snap));
-    failpoint('activate:attached');
-    this.store.tx(() => {
-      this.transition(snap.id, 'active', { owner: null, devicePath });
-      this.store.snapshots.activated(snap.id, snap.image_id!, devicePath);
-      this.store.images.touchActivated(snap.image_id!);
+    const devicePath = await this.change(snap, {
+      trying:
+        snap.state === 'inactive'
+          ? { state: 'activating', also: () => this.refuseRemovedImage(snap.image_id) }
+          : undefined,
+      atIntent: 'activate:intent',
+      operation: () => this.backend.activate(this.snapshotSpec(snap)),
+      done: 'activate:attached',
+      success: 'active',
+      devicePath: (path) => path,
+      commit: (path) => {
+        this.store.snapshots.activated(snap.id, snap.image_id!, path);
+        this.store.images.touchActivated(snap.image_id!);
+      },
     });
     this.logger.info('snapshot active', { object: snap.id, devicePath });
     return devicePath;
   }
 
   async deactivate(snap: StorageObjectRow): Promise<void> {
-    this.store.tx(() => {
-      if (snap.state !== 'deactivating')
-        this.transition(snap.id, 'deactivating', { owner: this.owner });
-      this.store.snapshots.deactivated(snap.id);
+    const deactivated = (): void => this.store.snapshots.deactivated(snap.id);
+    if (snap.state === 'deactivating') this.store.tx(deactivated);
+    await this.change(snap, {
+      trying:
+        snap.state === 'deactivating' ? undefined : { state: 'deactivating', also: deactivated },
+      operation: () => this.backend.deactivate(this.spec(snap)),
+      success: 'inactive',
+      devicePath: () => null,
     });
-    await this.backend.deactivate(this.spec(snap));
-    this.transition(snap.id, 'inactive', { owner: null, devicePath: null });
     this.logger.info('snapshot inactive', { object: snap.id });
   }
 
   /** Keep a failed volume for inspection: released from mounts and devices, backing kept. */
   async keep(volume: StorageObjectRow): Promise<void> {
-    await this.backend.seal(this.spec(volume));
-    this.transition(volume.id, 'kept', { owner: null });
+    await this.change(volume, {
+      operation: () => this.backend.seal(this.spec(volume)),
+      success: 'kept',
+    });
     this.logger.warn('kept failed volume for inspection', {
       object: volume.id,
       name: this.spec(volume).name,
@@ -288,8 +372,11 @@ export class ObjectManager {
       return true;
     });
     if (!mine) return false;
-    await this.backend.remove(this.spec(row));
-    this.transition(row.id, 'removed', { owner: null, devicePath: null });
+    await this.change(row, {
+      operation: () => this.backend.remove(this.spec(row)),
+      success: 'removed',
+      devicePath: () => null,
+    });
     this.logger.info('removed storage object', { object: row.id, kind: row.kind });
     return true;
   }

@@ -208,4 +208,9 @@ export const migrations: readonly string[] = [
   UPDATE blobs SET chain_id = 'flat:' || chain_id
    WHERE sha256 IS NOT NULL AND chain_id IS NOT NULL AND chain_id NOT LIKE 'flat:%';
   `,
+  // 8: a storage object's last failed operation (the backend's error), kept
+  // on the row in its intent state until the next state change.
+  `
+  ALTER TABLE storage_objects ADD COLUMN last_error TEXT;
+  `,
 ];

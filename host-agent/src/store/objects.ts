@@ -17,6 +17,8 @@ export interface StorageObjectRow {
   device_path: string | null;
   owner: string | null;
   job_id: number | null;
+  /** The last failed operation's error, kept until the next state change. */
+  last_error: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -65,7 +67,8 @@ export class ObjectRepo {
 
   /**
    * Move an object to a new state. `owner` is who now holds it (null once it
-   * rests in a stable state); `devicePath` is set for active snapshots.
+   * rests in a stable state); `devicePath` is set for active snapshots. A
+   * state change clears the last error.
    */
   transition(
     id: number,
@@ -77,7 +80,8 @@ export class ObjectRepo {
     assertTransition(objectTransitions, 'storage object', row.state, to);
     this.db
       .prepare(
-        `UPDATE storage_objects SET state = ?, owner = ?, device_path = ?, updated_at = ? WHERE id = ?`,
+        `UPDATE storage_objects SET state = ?, owner = ?, device_path = ?, last_error = NULL, updated_at = ?
+          WHERE id = ?`,
       )
       .run(
         to,
@@ -100,10 +104,11 @@ export class ObjectRepo {
     return changes === 1;
   }
 
-  setDevicePath(id: number, devicePath: string | null): void {
+  /** An operation on the object failed: the row keeps its intent state and says why. */
+  recordError(id: number, message: string): void {
     this.db
-      .prepare(`UPDATE storage_objects SET device_path = ?, updated_at = ? WHERE id = ?`)
-      .run(devicePath, nowIso(), id);
+      .prepare(`UPDATE storage_objects SET last_error = ?, updated_at = ? WHERE id = ?`)
+      .run(message, nowIso(), id);
   }
 
   /** The backends that live objects belong to (a state dir serves one backend). */

@@ -5,18 +5,17 @@
  * without mkfs, the layer applied on top, deactivated); a snapshot is a
  * create_snap of a volume, activated as /dev/mapper/<name>.
  * Thin ids come from the store; every create and delete is a pool
- * transaction (pool-transactions.ts). Device names are derived from object
- * ids plus a per-state-dir prefix, never from anything an uploader controls.
+ * transaction (pool-transactions.ts); the pool itself is thin-pool.ts.
+ * Device names are derived from object ids plus a per-state-dir prefix,
+ * never from anything an uploader controls.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, realpathSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, realpathSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { deviceNodeCheck, rootCheck, toolChecks } from '../readiness.js';
 import type { SpaceFloor } from '../../config.js';
 import { EnvironmentError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { StateStore } from '../../store/index.js';
-import { run } from '../../sys/exec.js';
 import { growExt4 } from '../../sys/grow-ext4.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
@@ -36,30 +35,15 @@ import {
   dmCreate,
   dmDropNode,
   dmEnsureNode,
-  dmEventCount,
   dmInfo,
   dmRemove,
   dmResume,
-  dmStatus,
   dmSuspend,
-  dmTable,
   dmThinTables,
-  dmWaitEvent,
-  parseThinPoolStatus,
-  parseThinPoolTable,
   thinTable,
-  type DevNumber,
-  type ThinPoolStatus,
 } from './dmsetup.js';
-import {
-  bringUpSync,
-  createPoolFrom,
-  destroyDefinedPool,
-  readDefinition,
-  type PoolDefinition,
-} from './pool-setup.js';
-import { PoolTransactions } from './pool-transactions.js';
-import { parseThinDump } from './thin-metadata.js';
+import type { PoolTransactions } from './pool-transactions.js';
+import { ThinPool } from './thin-pool.js';
 
 export interface DevmapperOptions {
   stateDir: string;
@@ -76,17 +60,11 @@ export interface DevmapperOptions {
   logger: Logger;
 }
 
-const metadataBlockBytes = 4096;
-
 /** The prefix of every dm name of one state dir, so agents on one host never collide. */
 export function dmPrefixFor(stateDir: string): string {
   let dir = resolve(stateDir);
   if (existsSync(dir)) dir = realpathSync(dir);
   return `thinrelay-${createHash('sha256').update(dir).digest('hex').slice(0, 8)}-`;
-}
-
-function floorBytes(floor: SpaceFloor, total: number): number {
-  return 'bytes' in floor ? floor.bytes : Math.ceil((total * floor.percent) / 100);
 }
 
 export class DevmapperBackend implements StorageBackend {
@@ -96,13 +74,19 @@ export class DevmapperBackend implements StorageBackend {
   readonly poolName: string;
   readonly dmDir: string;
   readonly mountDir: string;
-  private txCache: PoolTransactions | undefined;
+  readonly pool: ThinPool;
 
   constructor(private readonly opts: DevmapperOptions) {
     this.prefix = dmPrefixFor(opts.stateDir);
     this.poolName = checkDmName(opts.poolName ?? `${this.prefix}pool`);
     this.dmDir = join(opts.stateDir, 'dm');
     this.mountDir = join(opts.stateDir, 'mnt');
+    this.pool = new ThinPool({
+      ...opts,
+      name: this.poolName,
+      attached: opts.poolName !== null,
+      dmDir: this.dmDir,
+    });
   }
 
   deviceName(o: Pick<ObjectSpec, 'name'>): string {
@@ -118,261 +102,45 @@ export class DevmapperBackend implements StorageBackend {
   }
 
   private get tx(): PoolTransactions {
-    if (this.opts.store === null)
-      throw new Error('the devmapper backend was opened without a store');
-    this.txCache ??= new PoolTransactions(
-      this.opts.store,
-      this.poolName,
-      this.opts.owner,
-      this.opts.logger,
-    );
-    return this.txCache;
+    return this.pool.tx;
   }
 
-  // ---- the pool ---------------------------------------------------------
+  // ---- the pool (thin-pool.ts) -------------------------------------------
 
-  private definition(): PoolDefinition | null {
-    const def = readDefinition(this.dmDir);
-    return def !== null && def.name === this.poolName ? def : null;
+  prepare(): Promise<BackendAction[]> {
+    return this.pool.bringUp();
   }
 
-  private async poolDevice(): Promise<DevNumber> {
-    const info = await dmInfo(this.poolName);
-    if (info === null)
-      throw new EnvironmentError(
-        'POOL_UNAVAILABLE',
-        `thin pool ${this.poolName} does not exist`,
-        this.opts.poolName === null
-          ? 'thinrelay pool create --size 20G (or --devices DATA,META), or set THINRELAY_DM_POOL'
-          : `create it (LVM: lvcreate --type thin-pool), or fix THINRELAY_DM_POOL`,
-      );
-    return { major: info.major, minor: info.minor };
+  createPool(o: { sizeBytes?: number; devices?: string[] }): Promise<PoolStatus> {
+    return this.pool.create(o);
   }
 
-  private async rawStatus(): Promise<ThinPoolStatus> {
-    return parseThinPoolStatus(await dmStatus(this.poolName));
-  }
-
-  /**
-   * Start-up: a pool thinrelay created comes back after a reboot (same
-   * table, existing metadata); a change left open by a dead process is
-   * committed or rolled back; a pool seen for the first time is adopted.
-   */
-  async prepare(): Promise<BackendAction[]> {
-    const actions: BackendAction[] = [];
-    const def = this.definition();
-    if (def !== null && (await dmInfo(def.name)) === null) {
-      const store = this.opts.store;
-      if (store === null) throw new Error('the devmapper backend was opened without a store');
-      // The store's write lock: processes starting together load the table once.
-      store.tx(() => bringUpSync(def));
-      actions.push({
-        object: def.name,
-        action: 'reloaded',
-        reason: 'pool table missing (reboot?): loaded over its existing metadata',
-      });
-    }
-    await this.poolDevice();
-    actions.push(...(await this.tx.adopt(() => this.listThinIds())));
-    actions.push(...(await this.tx.recover()));
-    return actions;
-  }
-
-  async createPool(o: { sizeBytes?: number; devices?: string[] }): Promise<PoolStatus> {
-    if (this.opts.poolName !== null && (await dmInfo(this.poolName)) !== null)
-      throw new EnvironmentError(
-        'POOL_UNAVAILABLE',
-        `pool ${this.poolName} already exists and is attached by name (THINRELAY_DM_POOL)`,
-        'nothing to create: thinrelay uses it as it is',
-      );
-    await createPoolFrom(
-      this.dmDir,
-      {
-        name: this.poolName,
-        blockSectors: this.opts.blockSectors,
-        lowWaterSectors: this.opts.lowWaterSectors,
-        skipBlockZeroing: this.opts.skipBlockZeroing,
-      },
-      o,
-    );
-    if (this.opts.store !== null) await this.prepare();
-    return this.poolStatus();
-  }
-
-  async destroyPool(): Promise<void> {
-    const def = this.definition();
-    if (def === null)
-      throw new EnvironmentError(
-        'POOL_UNAVAILABLE',
-        `pool ${this.poolName} was not created by thinrelay here; it is not destroyed`,
-        'remove it with the tool that made it (lvremove, dmsetup remove)',
-      );
-    if ((await dmInfo(def.name)) !== null) {
+  destroyPool(): Promise<void> {
+    return this.pool.destroy(async () => {
       const inv = await this.inventory();
-      if (inv.objects.length > 0 || inv.attached.length > 0 || inv.mounted.length > 0)
-        throw new EnvironmentError(
-          'POOL_UNAVAILABLE',
-          `pool ${def.name} still holds ${inv.objects.length} thin device(s)`,
-          'remove the images first, or use --force',
-        );
-    }
-    await destroyDefinedPool(this.dmDir, def);
-    if (existsSync(this.dmDir)) rmdirSync(this.dmDir);
+      return Math.max(inv.objects.length, inv.attached.length, inv.mounted.length);
+    });
   }
 
-  async poolStatus(): Promise<PoolStatus> {
-    const base = {
-      backend: this.name,
-      location: this.poolName,
-      metadataTotalBytes: null,
-      metadataUsedBytes: null,
-    };
-    if ((await dmInfo(this.poolName)) === null) {
-      const def = this.definition();
-      return {
-        ...base,
-        exists: false,
-        dataTotalBytes: 0,
-        dataUsedBytes: 0,
-        freeBytes: 0,
-        healthy: false,
-        detail:
-          def === null
-            ? 'pool does not exist (thinrelay pool create, or THINRELAY_DM_POOL)'
-            : 'pool is defined but not loaded (reboot?): the next thinrelay start reloads it',
-      };
-    }
-    const table = parseThinPoolTable(await dmTable(this.poolName));
-    const s = await this.rawStatus();
-    const block = table.blockSectors * 512;
-    const problems: string[] = [];
-    if (s.failed) problems.push('FAILED');
-    if (s.mode !== 'rw') problems.push(`mode ${s.mode}`);
-    if (s.needsCheck) problems.push('needs_check set (run thin_check)');
-    if (!s.errorIfNoSpace) problems.push('queue_if_no_space (a full pool would hang I/O)');
-    const dataTotal = s.totalDataBlocks * block;
-    const dataFree = (s.totalDataBlocks - s.usedDataBlocks) * block;
-    const metaTotal = s.totalMetadataBlocks * metadataBlockBytes;
-    const free = Math.max(0, dataFree - floorBytes(this.opts.minFreeData, dataTotal));
-    return {
-      ...base,
-      exists: true,
-      dataTotalBytes: dataTotal,
-      dataUsedBytes: s.usedDataBlocks * block,
-      metadataTotalBytes: metaTotal,
-      metadataUsedBytes: s.usedMetadataBlocks * metadataBlockBytes,
-      freeBytes: free,
-      healthy: problems.length === 0,
-      detail:
-        `transaction ${s.transactionId}, block ${table.blockSectors} sectors, ${s.mode}` +
-        (problems.length > 0 ? `; ${problems.join('; ')}` : '') +
-        (this.definition()?.source.kind === 'files' ? '; loop files under ' + this.dmDir : ''),
-    };
+  poolStatus(): Promise<PoolStatus> {
+    return this.pool.status();
   }
 
-  async waitForPoolEvent(opts: { signal: AbortSignal; timeoutMs: number }): Promise<boolean> {
-    const seen = await dmEventCount(this.poolName);
-    return dmWaitEvent(this.poolName, seen, opts);
+  waitForPoolEvent(opts: { signal: AbortSignal; timeoutMs: number }): Promise<boolean> {
+    return this.pool.waitForEvent(opts);
   }
 
-  async ensureSpace(bytes: number): Promise<void> {
-    const status = await this.poolStatus();
-    if (!status.exists) await this.poolDevice();
-    if (!status.healthy)
-      throw new EnvironmentError(
-        'POOL_UNAVAILABLE',
-        `thin pool ${this.poolName} is not healthy: ${status.detail}`,
-        'thinrelay doctor; free space (thinrelay gc) or extend the pool',
-      );
-    const metaTotal = status.metadataTotalBytes ?? 0;
-    const metaFree = metaTotal - (status.metadataUsedBytes ?? 0);
-    const metaFloor = floorBytes(this.opts.minFreeMetadata, metaTotal);
-    if (metaFree < metaFloor)
-      throw new EnvironmentError(
-        'LOW_SPACE',
-        `thin pool ${this.poolName} metadata has ${metaFree} bytes free, below the floor of ${metaFloor}`,
-        'thinrelay gc, or extend the metadata device (lvextend --poolmetadatasize)',
-      );
-    if (status.freeBytes < bytes)
-      throw new EnvironmentError(
-        'LOW_SPACE',
-        `thin pool ${this.poolName} can take ${status.freeBytes} more bytes above its free-space floor; this image needs up to ${bytes}`,
-        'thinrelay gc, extend the pool, or lower THINRELAY_POOL_MIN_FREE_DATA',
-      );
+  ensureSpace(bytes: number): Promise<void> {
+    return this.pool.ensureSpace(bytes);
   }
 
-  // ---- readiness --------------------------------------------------------
-
-  async checkReadiness(): Promise<ReadinessCheck[]> {
-    const device = deviceNodeCheck(
-      'device-mapper',
-      '/dev/mapper/control',
-      'modprobe dm_mod (a kernel with device-mapper is required)',
-    );
-    const checks = [
-      rootCheck('device-mapper needs it'),
-      device,
-      ...(await toolChecks([
-        ['dmsetup', 'dmsetup'],
-        ['thin_dump', 'thin-provisioning-tools'],
-        ['mkfs.ext4', 'e2fsprogs'],
-        ['e2fsck', 'e2fsprogs'],
-        ['resize2fs', 'e2fsprogs'],
-        ['losetup', 'util-linux'],
-        ['blockdev', 'util-linux'],
-      ])),
-    ];
-    const control = device.ok;
-    if (control) {
-      let targets: string;
-      try {
-        targets = await run('dmsetup', ['targets']);
-      } catch (err) {
-        targets = `dmsetup targets failed: ${(err as Error).message}`;
-      }
-      const thin = /^thin-pool\s/m.test(targets);
-      checks.push({
-        name: 'dm_thin_pool',
-        ok: thin,
-        detail: thin ? 'thin-pool target available' : 'thin-pool target not loaded',
-        hint: 'modprobe dm_thin_pool',
-      });
-    }
-    return checks;
+  checkReadiness(): Promise<ReadinessCheck[]> {
+    return this.pool.checkReadiness();
   }
 
   /** Doctor's pool check: exists, healthy, above both free-space floors. */
-  async poolChecks(): Promise<ReadinessCheck[]> {
-    const s = await this.poolStatus();
-    const checks: ReadinessCheck[] = [
-      {
-        name: 'thin pool',
-        ok: s.exists && s.healthy,
-        detail: `${s.location}: ${s.detail}`,
-        hint: s.exists
-          ? 'see dmesg; thin_check the metadata; extend a full pool'
-          : 'thinrelay pool create --size 20G (or --devices DATA,META), or THINRELAY_DM_POOL',
-      },
-    ];
-    if (!s.exists) return checks;
-    const dataFloor = floorBytes(this.opts.minFreeData, s.dataTotalBytes);
-    const dataFree = s.dataTotalBytes - s.dataUsedBytes;
-    checks.push({
-      name: 'pool data space',
-      ok: dataFree >= dataFloor,
-      detail: `${dataFree} bytes free of ${s.dataTotalBytes} (floor ${dataFloor})`,
-      hint: 'thinrelay gc, or extend the data device',
-    });
-    const metaTotal = s.metadataTotalBytes ?? 0;
-    const metaFloor = floorBytes(this.opts.minFreeMetadata, metaTotal);
-    const metaFree = metaTotal - (s.metadataUsedBytes ?? 0);
-    checks.push({
-      name: 'pool metadata space',
-      ok: metaFree >= metaFloor,
-      detail: `${metaFree} bytes free of ${metaTotal} (floor ${metaFloor})`,
-      hint: 'thinrelay gc, or extend the metadata device',
-    });
-    return checks;
+  poolChecks(): Promise<ReadinessCheck[]> {
+    return this.pool.checks();
   }
 
   // ---- thin devices -----------------------------------------------------
@@ -392,7 +160,7 @@ export class DevmapperBackend implements StorageBackend {
     const thinId = this.requireThinId(o);
     if ((await dmInfo(name)) !== null) {
       const current = (await dmThinTables()).find((t) => t.name === name);
-      const pool = await this.poolDevice();
+      const pool = await this.pool.device();
       if (
         current !== undefined &&
         current.thinId === thinId &&
@@ -408,7 +176,7 @@ export class DevmapperBackend implements StorageBackend {
     }
     await dmCreate(
       name,
-      thinTable({ sectors: this.sectorsOf(o), pool: await this.poolDevice(), thinId }),
+      thinTable({ sectors: this.sectorsOf(o), pool: await this.pool.device(), thinId }),
     );
     return dmEnsureNode(name);
   }
@@ -459,7 +227,7 @@ export class DevmapperBackend implements StorageBackend {
       await syncFilesystem(this.mountpointOf(volume));
     } catch (err) {
       // error_if_no_space: a full pool fails the writes, and syncfs reports EIO.
-      const s = await this.rawStatus();
+      const s = await this.pool.rawStatus();
       if (s.mode === 'out_of_data_space')
         throw new EnvironmentError(
           'LOW_SPACE',
@@ -537,40 +305,13 @@ export class DevmapperBackend implements StorageBackend {
 
   // ---- what the pool really holds ---------------------------------------
 
-  /** The metadata device, as a path thin_dump can open (works without udev too). */
-  private async metadataDevicePath(): Promise<string> {
-    const table = parseThinPoolTable(await dmTable(this.poolName));
-    const { major, minor } = table.metadata;
-    const uevent = readFileSync(`/sys/dev/block/${major}:${minor}/uevent`, 'utf8');
-    const name = /^DEVNAME=(.+)$/m.exec(uevent)?.[1];
-    if (name === undefined) throw new Error(`no device name for ${major}:${minor}`);
-    return `/dev/${name}`;
-  }
-
-  /** Thin ids in the pool metadata, read from a metadata snapshot (the pool must be held). */
-  private async listThinIdsUnlocked(): Promise<number[]> {
-    const metadata = await this.metadataDevicePath();
-    return this.tx.withMetadataSnap(
-      async () =>
-        parseThinDump(
-          await run('thin_dump', [
-            '--metadata-snap',
-            '--skip-mappings',
-            '--format',
-            'xml',
-            metadata,
-          ]),
-        ).thinIds,
-    );
-  }
-
-  async listThinIds(): Promise<number[]> {
-    return this.tx.hold(() => this.listThinIdsUnlocked());
+  listThinIds(): Promise<number[]> {
+    return this.pool.listThinIds();
   }
 
   async inventory(): Promise<BackendInventory> {
     const inv: BackendInventory = { objects: [], attached: [], mounted: [], strays: [] };
-    const pool = await this.poolDevice();
+    const pool = await this.pool.device();
     for (const thinId of await this.listThinIds()) inv.objects.push({ name: null, thinId });
     for (const t of await dmThinTables()) {
       if (!t.name.startsWith(this.prefix)) continue;
