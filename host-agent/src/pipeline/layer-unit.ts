@@ -35,6 +35,8 @@ export interface LayerPlan {
    * size; a clone is grown to it when its parent's is smaller (never shrunk).
    */
   sizeBytes: number;
+  /** What applying it may write (its tar, 4 × a compressed blob): the pool must have it above the reserve. */
+  needBytes: number;
   /** Apply the layer onto the mounted filesystem; its counts go to the log and the step detail. */
   apply(mountpoint: string, lower: boolean): Promise<{ tarBytes: number; compression: string }>;
 }
@@ -149,6 +151,8 @@ async function buildLayer(ctx: JobContext, plan: LayerPlan): Promise<BlobRow> {
   const parentVolume = plan.parent === null ? null : store.objects.get(plan.parent.volume_id ?? -1);
   if (plan.parent !== null && parentVolume === undefined)
     throw new Error(`layer ${plan.parent.id} has no volume to clone`);
+  // Each layer is checked, not only the image at admission: a long chain must stop at the reserve.
+  await objects.backend.ensureSpace(plan.needBytes);
   const { volume, mountpoint } =
     parentVolume === null || parentVolume === undefined
       ? await objects.createVolumeForUnpack({ sizeBytes: plan.sizeBytes, jobId: job.id }, onIntent)

@@ -11,6 +11,7 @@
 import { join } from 'node:path';
 import { unpackedEstimate, volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
+import { checkChainBytes } from '../../limits.js';
 import { failpoint } from '../../failpoints.js';
 import { applyLayer } from '../../image/apply-layer.js';
 import {
@@ -164,6 +165,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
     source = await openImage(download.chunks, {
       spoolDir: join(ctx.config.stateDir, 'spool', `job-${job.id}`),
       limits: ctx.config.limits,
+      reserveBytes: ctx.config.reserveBytes,
       bytesFetched: () => fetchedBytes,
     });
     detail =
@@ -330,6 +332,7 @@ async function applyLayers(
   });
   let parent: BlobRow | null = null;
   let applied = 0;
+  let chainBytes = 0;
   const totals = { entries: 0, bytes: 0, whiteouts: 0, removed: 0 };
   for (const [i, layer] of layers.entries()) {
     if (i < start) continue;
@@ -339,6 +342,7 @@ async function applyLayers(
       diffId: layer.diffId!,
       parent,
       sizeBytes,
+      needBytes: layer.compression === 'none' ? layer.blobBytes : 4 * layer.blobBytes,
       apply: async (mountpoint, lower) => {
         progress.start('unpack', null);
         try {
@@ -358,6 +362,8 @@ async function applyLayers(
               'LAYER_DIGEST_MISMATCH',
               `layer ${i + 1}: its content hashes to ${found?.diffId ?? 'nothing'}, not ${layer.diffId}`,
             );
+          // A compressed layer's size is known once read: the chain limit holds during the apply too.
+          checkChainBytes((chainBytes += found.tarBytes), ctx.config.limits);
           for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += stats[k];
           ctx.logger.info('layer applied', { layer: i + 1, chainId: layer.chainId, ...stats });
           return { tarBytes: found.tarBytes, compression: layer.compression };
