@@ -151,8 +151,6 @@ async function buildLayer(ctx: JobContext, plan: LayerPlan): Promise<BlobRow> {
   const parentVolume = plan.parent === null ? null : store.objects.get(plan.parent.volume_id ?? -1);
   if (plan.parent !== null && parentVolume === undefined)
     throw new Error(`layer ${plan.parent.id} has no volume to clone`);
-  // Each layer is checked, not only the image at admission: a long chain must stop at the reserve.
-  await objects.backend.ensureSpace(plan.needBytes);
   const { volume, mountpoint } =
     parentVolume === null || parentVolume === undefined
       ? await objects.createVolumeForUnpack({ sizeBytes: plan.sizeBytes, jobId: job.id }, onIntent)
@@ -169,6 +167,9 @@ async function buildLayer(ctx: JobContext, plan: LayerPlan): Promise<BlobRow> {
     blob: blob.id,
     clonedFrom: parentVolume?.id ?? null,
   });
+  // Each layer is checked, not only the image at admission: a long chain stops at the reserve
+  // (a failure releases the fresh volume with the job's other leftovers).
+  await objects.backend.ensureSpace(plan.needBytes);
   const applied = await plan.apply(mountpoint, plan.parent !== null);
   await objects.markUnpacked(volume, () =>
     store.blobs.recordLayer(blob.id, {
