@@ -30,6 +30,7 @@ import { needsRootAndTools } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { queryState, smallFilesystem } from '../helpers/small-fs.js';
 import {
+  chunked,
   dockerSaveArchive,
   gzip,
   packTar,
@@ -306,20 +307,15 @@ describe(
         const root = join(small.mnt, name);
         mkdirSync(root);
         await assert.rejects(
-          unpackArchive(
-            (async function* () {
-              yield tar;
-            })(),
-            {
-              root,
-              limits: {
-                maxUnpackedBytes: 64 * MiB,
-                maxEntries: 100_000,
-                maxPathLength: 4095,
-                maxPathDepth: 256,
-              },
+          unpackArchive(chunked(tar, 1 << 20), {
+            root,
+            limits: {
+              maxUnpackedBytes: 64 * MiB,
+              maxEntries: 100_000,
+              maxPathLength: 4095,
+              maxPathDepth: 256,
             },
-          ),
+          }),
           (err: unknown) => {
             assert.ok(err instanceof ImageError, `${name}: ${String(err)}`);
             assert.equal(err.code, code, `${name}: ${err.message}`);
