@@ -57,6 +57,8 @@ export interface AgentConfig {
   limits: ImageLimits;
   /** Host free space to keep untouched, in bytes. */
   reserveBytes: number;
+  /** Failures for want of space (LOW_SPACE, STATE_FULL) before an image is recorded failed, not retried. */
+  spaceAttempts: number;
   /** Virtual size of a new volume; null = derived from the blob size. */
   volumeSizeBytes: number | null;
   download: DownloadConfig;
@@ -236,8 +238,12 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
       maxEntries: count('THINRELAY_MAX_ENTRIES', defaultLimits.maxEntries),
       maxPathLength: count('THINRELAY_MAX_PATH_LENGTH', defaultLimits.maxPathLength),
       maxPathDepth: count('THINRELAY_MAX_PATH_DEPTH', defaultLimits.maxPathDepth),
+      maxLayers: count('THINRELAY_MAX_LAYERS', defaultLimits.maxLayers),
+      maxChainBytes: size('THINRELAY_MAX_CHAIN_BYTES', defaultLimits.maxChainBytes),
+      maxSpoolBytes: size('THINRELAY_MAX_SPOOL_BYTES', defaultLimits.maxSpoolBytes),
     },
     reserveBytes: size('THINRELAY_RESERVE_BYTES', 1024 ** 3),
+    spaceAttempts: Math.max(1, count('THINRELAY_SPACE_ATTEMPTS', 8)),
     volumeSizeBytes: volume === undefined ? null : parseSize(volume, 'THINRELAY_VOLUME_SIZE'),
     download: parseDownload(env),
     dm: {

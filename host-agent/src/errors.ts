@@ -53,6 +53,16 @@ export const imageFailureCodes = [
   'LIMIT_ENTRY_COUNT',
   'LIMIT_PATH_LENGTH',
   'LIMIT_PATH_DEPTH',
+  // More layers than an image may have, or its layers' total beyond the chain limit.
+  'LIMIT_LAYER_COUNT',
+  'LIMIT_CHAIN_BYTES',
+  // The container archive (decompressed) and its spooled layers exceed the spool limit.
+  'LIMIT_SPOOL_BYTES',
+  // A member whose xattrs no ext4 volume can hold, or more hard links than ext4 allows.
+  'LIMIT_XATTR_SIZE',
+  'LIMIT_LINK_COUNT',
+  // A uid or gid no Linux filesystem can record.
+  'ARCHIVE_BAD_OWNER',
   'VOLUME_FULL',
   'OBJECT_NOT_FOUND',
   'OBJECT_CHANGED',
@@ -174,6 +184,13 @@ export class EnvironmentError extends ThinrelayError {
     super(code, message, hint, options);
   }
 }
+
+/**
+ * The host stayed out of space (LOW_SPACE, STATE_FULL) through its retry
+ * budget for this image: still the host's fault and its code, but recorded as
+ * failed rather than retried again (the message goes on toward the DLQ).
+ */
+export class SpaceExhaustedError extends EnvironmentError {}
 
 /** The host is busy (a lock held elsewhere): retrying later may succeed, exit 75. */
 export class TemporaryEnvironmentError extends EnvironmentError {

@@ -158,3 +158,44 @@ export const smallRootfsTar = (marker: string): Promise<Buffer> =>
     { name: 'etc/hostname', content: `${marker}\n` },
     { name: 'bin/tool', content: randomBytes(4096), mode: 0o755 },
   ]);
+
+/**
+ * A `docker save` archive (Docker 25+ names: blobs/sha256/<hex>) of `layers`,
+ * plain tars (gzip-compressed blobs with `gzipLayers`), with manifest.json last — as it must be spooled whole.
+ * `before`: members written first (a bomb's padding, say).
+ */
+export async function dockerSaveArchive(
+  layers: readonly Buffer[],
+  before: readonly PackEntry[] = [],
+  opts: { gzipLayers?: boolean } = {},
+): Promise<Buffer> {
+  const { createHash } = await import('node:crypto');
+  const hex = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+  const config = Buffer.from(
+    JSON.stringify({
+      architecture: 'amd64',
+      os: 'linux',
+      config: {},
+      rootfs: { type: 'layers', diff_ids: layers.map((l) => `sha256:${hex(l)}`) },
+    }),
+  );
+  const stored = layers.map((l) => (opts.gzipLayers === true ? gzipSync(l) : l));
+  const blobs = new Map<string, Buffer>([[hex(config), config]]);
+  for (const l of stored) blobs.set(hex(l), l);
+  return packTar([
+    { name: 'blobs/', type: 'directory' },
+    { name: 'blobs/sha256/', type: 'directory' },
+    ...before,
+    ...[...blobs].map(([h, content]) => ({ name: `blobs/sha256/${h}`, content })),
+    {
+      name: 'manifest.json',
+      content: JSON.stringify([
+        {
+          Config: `blobs/sha256/${hex(config)}`,
+          RepoTags: ['hostile:1'],
+          Layers: stored.map((l) => `blobs/sha256/${hex(l)}`),
+        },
+      ]),
+    },
+  ]);
+}

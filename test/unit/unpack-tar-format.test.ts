@@ -116,7 +116,7 @@ describe('PAX records', () => {
     const xattrs = paxXattrs(records);
     assert.deepEqual([...xattrs.keys()], ['user.a=b%c%41', 'security.capability']);
     assert.deepEqual(
-      [...(restorableXattrs(xattrs)?.keys() ?? [])],
+      [...(restorableXattrs(xattrs, 'f')?.keys() ?? [])],
       ['user.a=b%c%41', 'security.capability'],
     );
   });

@@ -15,6 +15,7 @@ import {
   EnvironmentError,
   ImageError,
   imageFailureCodes,
+  SpaceExhaustedError,
   TransientError,
   type ImageFailureCode,
   UsageError,
@@ -45,13 +46,16 @@ export type FailureClass = 'permanent' | 'transient' | 'superseded' | 'interrupt
 
 /**
  * Permanent: the image or message itself is bad — retrying cannot help, the
- * queue's redrive policy takes it to the DLQ. Transient: the network, S3,
+ * queue's redrive policy takes it to the DLQ — or the host stayed out of
+ * space through the retry budget (THINRELAY_SPACE_ATTEMPTS). Transient: the network, S3,
  * this host (space, tools, configuration) — retry later. Superseded: the
  * object changed or vanished since the event; a newer event follows.
  */
 export function classifyFailure(err: unknown, signal: AbortSignal): FailureClass {
   if (signal.aborted) return 'interrupted';
   if (err instanceof TransientError) return 'transient';
+  // A space fault past its retry budget: failed with its reason, no longer retried.
+  if (err instanceof SpaceExhaustedError) return 'permanent';
   if (err instanceof EnvironmentError || err instanceof UsageError) return 'transient';
   if (err instanceof ImageError) {
     if (err.code === 'INTERRUPTED') return 'interrupted';

@@ -8,7 +8,7 @@
  */
 import { Readable } from 'node:stream';
 import { ImageError, isThinrelayError } from '../errors.js';
-import type { ImageLimits } from '../limits.js';
+import { checkChainBytes, checkLayerCount, type ImageLimits } from '../limits.js';
 import { compressionOf, decompress, type ImageCompression } from './compression.js';
 import { parseImageConfig, type RunConfig } from './image-config.js';
 import { LayerTree, type LayerInput } from './layer-tree.js';
@@ -105,7 +105,10 @@ async function layerTar(
 export async function openContainerImage(
   spool: SpoolDir,
   archive: { fd: number; size: number },
-  limits: Pick<ImageLimits, 'maxEntries' | 'maxPathLength' | 'maxPathDepth'>,
+  limits: Pick<
+    ImageLimits,
+    'maxEntries' | 'maxPathLength' | 'maxPathDepth' | 'maxLayers' | 'maxChainBytes'
+  >,
 ): Promise<ContainerImage> {
   const { fd } = archive;
   const members = new ArchiveMembers(
@@ -122,14 +125,21 @@ export async function openContainerImage(
     );
   }
   refuseRepeatedBlobs(plan.layers);
+  checkLayerCount(plan.layers.length, limits);
+  checkChainBytes(
+    plan.layers.reduce((n, b) => n + b.member.size, 0),
+    limits,
+  );
   const tree = new LayerTree(limits);
   const layers: ContainerImage['layers'] = [];
   const ranges: { fd: number; offset: number; length: number }[] = [];
   let entries = 0;
+  let chainBytes = 0;
   for (const [i, blob] of plan.layers.entries()) {
     const n = i + 1;
     verifyBlob(fd, blob, `layer ${n}`);
     const layer = await layerTar(spool, fd, blob, n);
+    checkChainBytes((chainBytes += layer.input.length), limits);
     verifyDiffId(layer.sha256, config.diffIds[i]!, n);
     const indexed = indexTar(
       { ...layer.input },

@@ -50,7 +50,13 @@ async function* hashed(
 
 export async function openImage(
   object: AsyncIterable<Uint8Array>,
-  opts: { spoolDir: string; limits: ImageLimits; bytesFetched: () => number },
+  opts: {
+    spoolDir: string;
+    limits: ImageLimits;
+    /** Free space the spool leaves on the state filesystem. */
+    reserveBytes: number;
+    bytesFetched: () => number;
+  },
 ): Promise<SourcedImage> {
   const sniffed = await sniffArchive(object);
   if (sniffed.kind === 'flat') {
@@ -90,7 +96,10 @@ export async function openImage(
       },
     };
   }
-  const spool = new SpoolDir(opts.spoolDir, opts.limits.maxUnpackedBytes);
+  const spool = new SpoolDir(opts.spoolDir, {
+    maxBytes: opts.limits.maxSpoolBytes,
+    reserveBytes: opts.reserveBytes,
+  });
   try {
     const archive = await spool.write('archive.tar', sniffed.tar());
     const container = await openContainerImage(spool, archive, opts.limits);

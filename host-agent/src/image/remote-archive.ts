@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { ImageError, isThinrelayError } from '../errors.js';
-import type { ImageLimits } from '../limits.js';
+import { checkChainBytes, checkLayerCount, type ImageLimits } from '../limits.js';
 import type { Logger } from '../log.js';
 import { downloadObject } from '../source/download.js';
 import type { ObjectRef } from '../source/object-ref.js';
@@ -281,6 +281,11 @@ export async function openRemoteArchive(
     );
   }
   refuseRepeatedBlobs(plan.layers);
+  checkLayerCount(plan.layers.length, opts.limits);
+  checkChainBytes(
+    plan.layers.reduce((n, b) => n + b.member.size, 0),
+    opts.limits,
+  );
   const diffIds = config.diffIds.map((hex) => `sha256:${hex}`);
   const chainIds = chainIdsOf(diffIds);
 

@@ -7,14 +7,10 @@
  */
 import { lstatSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { spoolRoot } from '../image/spool.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { ReconcileAction } from '../pipeline/reconcile.js';
 import { isOwnerAlive } from '../store/owner.js';
-
-/** Where the unpack step spools: job N's spool is job-N under it (pipeline/steps/unpack.ts). */
-export function spoolRoot(stateDir: string): string {
-  return join(stateDir, 'spool');
-}
 
 /** Remove spools of jobs no live process runs; one action each, with the bytes freed. */
 export function reclaimSpools(

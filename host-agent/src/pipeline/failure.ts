@@ -2,6 +2,7 @@
 import {
   EnvironmentError,
   ImageError,
+  SpaceExhaustedError,
   errorMessage,
   isThinrelayError,
   type ReasonCode,
@@ -63,6 +64,32 @@ export async function asHostFault(
     );
   }
   return err;
+}
+
+const spaceCodes = ['LOW_SPACE', 'STATE_FULL'] as const;
+
+/**
+ * A space fault is the host's and is retried, but not forever: once this
+ * image has failed for want of space `config.spaceAttempts` times on this
+ * host, it is recorded failed with that reason (fleet status shows it,
+ * fleet wait ends) instead of retried without end. Space that comes back
+ * later brings it back (catch-up sync, process-image).
+ */
+export function spendSpaceBudget(
+  ctx: Pick<JobContext, 'config' | 'store' | 'image'>,
+  err: unknown,
+): unknown {
+  if (!(err instanceof EnvironmentError) || err instanceof SpaceExhaustedError) return err;
+  if (!(spaceCodes as readonly string[]).includes(err.code)) return err;
+  const attempt = ctx.store.jobs.failedWithCodes(ctx.image.id, spaceCodes) + 1;
+  const budget = ctx.config.spaceAttempts;
+  if (attempt < budget) return err;
+  return new SpaceExhaustedError(
+    err.code as (typeof spaceCodes)[number],
+    `${err.message} (attempt ${attempt}, retry budget ${budget}: recorded failed)`,
+    'free space (`thinrelay gc`, grow the pool), then `thinrelay process-image` the key; catch-up sync also retries it',
+    { cause: err },
+  );
 }
 
 /**

@@ -35,6 +35,8 @@ export interface LayerPlan {
    * size; a clone is grown to it when its parent's is smaller (never shrunk).
    */
   sizeBytes: number;
+  /** What applying it may write (its tar, 4 × a compressed blob): the pool must have it above the reserve. */
+  needBytes: number;
   /** Apply the layer onto the mounted filesystem; its counts go to the log and the step detail. */
   apply(mountpoint: string, lower: boolean): Promise<{ tarBytes: number; compression: string }>;
 }
@@ -165,6 +167,9 @@ async function buildLayer(ctx: JobContext, plan: LayerPlan): Promise<BlobRow> {
     blob: blob.id,
     clonedFrom: parentVolume?.id ?? null,
   });
+  // Each layer is checked, not only the image at admission: a long chain stops at the reserve
+  // (a failure releases the fresh volume with the job's other leftovers).
+  await objects.backend.ensureSpace(plan.needBytes);
   const applied = await plan.apply(mountpoint, plan.parent !== null);
   await objects.markUnpacked(volume, () =>
     store.blobs.recordLayer(blob.id, {

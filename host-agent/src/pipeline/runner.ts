@@ -8,7 +8,7 @@
 import { failpoint } from '../failpoints.js';
 import type { JobContext } from './context.js';
 import { errorMessage } from '../errors.js';
-import { asHostFault, describeFailure, releaseFailedJob } from './failure.js';
+import { asHostFault, describeFailure, releaseFailedJob, spendSpaceBudget } from './failure.js';
 import { imageSteps } from './steps/index.js';
 
 export const imageStepNames: readonly string[] = imageSteps.map((s) => s.name);
@@ -46,7 +46,7 @@ export async function runJob(ctx: JobContext): Promise<void> {
         ...outcome.detail,
       });
     } catch (thrown) {
-      const err = await asHostFault(ctx, thrown);
+      const err = spendSpaceBudget(ctx, await asHostFault(ctx, thrown));
       const failure = describeFailure(err, ctx.signal);
       await releaseFailedJob(ctx);
       try {

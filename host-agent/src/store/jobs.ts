@@ -79,6 +79,17 @@ export class JobRepo {
       .get(imageId) as JobRow | undefined;
   }
 
+  /** How many of an image's jobs failed with one of `codes` (its retry budget so far). */
+  failedWithCodes(imageId: number, codes: readonly string[]): number {
+    const marks = codes.map(() => '?').join(', ');
+    const row = this.db
+      .prepare(
+        `SELECT COUNT(*) AS n FROM jobs WHERE image_id = ? AND status = 'failed' AND error_code IN (${marks})`,
+      )
+      .get(imageId, ...codes) as { n: number };
+    return row.n;
+  }
+
   listOpen(): JobRow[] {
     return this.db
       .prepare(`SELECT * FROM jobs WHERE status NOT IN ('complete', 'failed') ORDER BY id`)

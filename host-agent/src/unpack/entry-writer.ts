@@ -24,6 +24,8 @@ const errnoCodes: Record<string, ImageFailureCode> = {
   ENAMETOOLONG: 'LIMIT_PATH_LENGTH',
   ELOOP: 'ARCHIVE_UNSAFE_LINK',
   EEXIST: 'ARCHIVE_CONFLICT',
+  // ext4 allows 65,000 links to one inode: an image that needs more fails on every host.
+  EMLINK: 'LIMIT_LINK_COUNT',
 };
 
 /** An fs error as an ImageError naming the member and the operation. */

@@ -372,7 +372,7 @@ export class Extractor implements TarSink {
     }
     this.stats.directories++;
     this.dirs.set(path, metadataOf(member));
-    const xattrs = restorableXattrs(member.xattrs);
+    const xattrs = restorableXattrs(member.xattrs, member.name);
     if (this.layer !== undefined) {
       // umoci: an upper directory's xattrs replace the lower (or earlier) ones.
       this.xattrs.move(path, undefined);
@@ -389,7 +389,7 @@ export class Extractor implements TarSink {
     this.model.set(path, 'file');
     this.file = { fd, abs, member };
     this.stats.files++;
-    const xattrs = restorableXattrs(member.xattrs);
+    const xattrs = restorableXattrs(member.xattrs, member.name);
     if (xattrs !== undefined) this.xattrs.set(path, xattrs);
   }
 

@@ -4,7 +4,8 @@
  * once all of them exist) and extended attributes (Node has no xattr API:
  * one `setfattr --restore` run for the whole tree).
  */
-import { EnvironmentError } from '../errors.js';
+import { EnvironmentError, ImageError } from '../errors.js';
+import { printable } from './printable.js';
 import { setPathMetadata, type Ownership } from './entry-writer.js';
 import { nodeSeconds, type ExactTimes, type Timestamp } from './times.js';
 import { run } from '../sys/exec.js';
@@ -75,14 +76,39 @@ export function isRestorableXattr(name: string): boolean {
  */
 export function restorableXattrs(
   all: ReadonlyMap<string, Buffer>,
+  member: string,
 ): Map<string, Buffer> | undefined {
   let kept: Map<string, Buffer> | undefined;
+  let cost = EXT4_XATTR_BLOCK_OVERHEAD;
   for (const [name, value] of all) {
     if (!isRestorableXattr(name)) continue;
     kept ??= new Map();
     kept.set(name, value);
+    cost += ext4XattrEntryBytes(name, value);
+  }
+  if (cost > EXT4_XATTR_BLOCK_BYTES) {
+    // setfattr would fail with ENOSPC (or E2BIG) on every host: the image, not the host.
+    throw new ImageError(
+      'LIMIT_XATTR_SIZE',
+      `member ${printable(member)}: its extended attributes need ${cost} bytes, more than the ${EXT4_XATTR_BLOCK_BYTES}-byte block an ext4 volume holds them in`,
+    );
   }
   return kept;
+}
+
+/**
+ * Volumes are ext4 with 4 KiB blocks and no ea_inode: a file's xattrs live
+ * in its inode's spare bytes and one block (a 32-byte header and a 4-byte
+ * end marker). Counting only the block refuses nothing that fits in it.
+ */
+const EXT4_XATTR_BLOCK_BYTES = 4096;
+const EXT4_XATTR_BLOCK_OVERHEAD = 32 + 4;
+
+/** One entry's size in an ext4 xattr block: a 16-byte header, name (without its namespace prefix) and value, each padded to 4. */
+function ext4XattrEntryBytes(name: string, value: Buffer): number {
+  const round4 = (n: number): number => Math.ceil(n / 4) * 4;
+  const prefix = name.startsWith('user.') ? 'user.'.length : 'security.'.length;
+  return 16 + round4(Buffer.byteLength(name, 'latin1') - prefix) + round4(value.length);
 }
 
 const BACKSLASH = 0x5c;

@@ -393,6 +393,7 @@ export class TarReader {
       xattrs: NO_XATTRS,
     };
     if (pax.size > 0) applyPax(member, pax);
+    checkOwner(member);
     return member;
   }
 }
@@ -408,6 +409,22 @@ function applyPax(member: TarMember, pax: PaxRecords): void {
   member.devmajor = paxInteger(pax, 'SCHILY.devmajor') ?? member.devmajor;
   member.devminor = paxInteger(pax, 'SCHILY.devminor') ?? member.devminor;
   member.xattrs = paxXattrs(pax);
+}
+
+/** Linux ids are 32-bit and 2^32-1 means "no change": anything above cannot be recorded. */
+const MAX_ID = 0xfffffffe;
+
+function checkOwner(member: TarMember): void {
+  for (const [what, id] of [
+    ['uid', member.uid],
+    ['gid', member.gid],
+  ] as const) {
+    if (id > MAX_ID)
+      throw new ImageError(
+        'ARCHIVE_BAD_OWNER',
+        `member ${printable(member.name)}: ${what} ${id} is beyond Linux's 32-bit ids (at most ${MAX_ID})`,
+      );
+  }
 }
 
 /** GNU long names carry a terminating NUL (sometimes several); any other NUL is hidden text. */

@@ -8,9 +8,9 @@
  * (held layers are reused, never applied again). Every layer is flushed and
  * sealed before it counts, so "ready" in the store means "on stable storage".
  */
-import { join } from 'node:path';
 import { unpackedEstimate, volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
+import { checkChainBytes } from '../../limits.js';
 import { failpoint } from '../../failpoints.js';
 import { applyLayer } from '../../image/apply-layer.js';
 import {
@@ -22,6 +22,7 @@ import {
   type SourcedImage,
 } from '../../image/index.js';
 import { admit } from '../../pool/keeper.js';
+import { spoolDirOf } from '../../image/spool.js';
 import { unpackArchive } from '../../unpack/index.js';
 import type { BlobRow } from '../../store/blobs.js';
 import type { JobContext, StepOutcome } from '../context.js';
@@ -164,8 +165,9 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   try {
     // Content decides: a flat tar streams through; a container image is spooled and verified first.
     source = await openImage(download.chunks, {
-      spoolDir: join(ctx.config.stateDir, 'spool', `job-${job.id}`),
+      spoolDir: spoolDirOf(ctx.config.stateDir, job.id),
       limits: ctx.config.limits,
+      reserveBytes: ctx.config.reserveBytes,
       bytesFetched: () => fetchedBytes,
     });
     detail =
@@ -339,6 +341,7 @@ async function applyLayers(
   });
   let parent: BlobRow | null = null;
   let applied = 0;
+  let chainBytes = 0;
   const totals = { entries: 0, bytes: 0, whiteouts: 0, removed: 0 };
   for (const [i, layer] of layers.entries()) {
     if (i < start) continue;
@@ -348,6 +351,7 @@ async function applyLayers(
       diffId: layer.diffId!,
       parent,
       sizeBytes,
+      needBytes: layer.compression === 'none' ? layer.blobBytes : 4 * layer.blobBytes,
       apply: async (mountpoint, lower) => {
         progress.start('unpack', null);
         try {
@@ -367,6 +371,8 @@ async function applyLayers(
               'LAYER_DIGEST_MISMATCH',
               `layer ${i + 1}: its content hashes to ${found?.diffId ?? 'nothing'}, not ${layer.diffId}`,
             );
+          // A compressed layer's size is known once read: the chain limit holds during the apply too.
+          checkChainBytes((chainBytes += found.tarBytes), ctx.config.limits);
           for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += stats[k];
           ctx.logger.info('layer applied', { layer: i + 1, chainId: layer.chainId, ...stats });
           return { tarBytes: found.tarBytes, compression: layer.compression };

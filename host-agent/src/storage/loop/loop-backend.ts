@@ -21,7 +21,7 @@ import {
   ftruncateSync,
   truncateSync,
 } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { EnvironmentError, errorMessage } from '../../errors.js';
 import { run } from '../../sys/exec.js';
 import { sharesExtents, spaceUsage, type SpaceUsage } from '../../sys/extents.js';
@@ -254,6 +254,7 @@ export class LoopBackend implements StorageBackend {
   ): Promise<void> {
     const partial = this.partialOf(to);
     rmSync(partial, { force: true });
+    this.ensureRoomToCopy(from);
     await run('cp', ['--reflink=auto', '--sparse=always', '--', from, partial]);
     if (grow !== undefined && statSync(partial).size < to.sizeBytes) {
       truncateSync(partial, to.sizeBytes);
@@ -266,6 +267,20 @@ export class LoopBackend implements StorageBackend {
       closeSync(fd);
     }
     renameSync(partial, this.fileOf(to));
+  }
+
+  /** A sparse copy (no reflinks here) takes what its source holds: never out of the reserve. */
+  private ensureRoomToCopy(from: string): void {
+    const fs = statfsSync(this.poolDir);
+    if (sharesExtents(fs.type)) return;
+    const need = statSync(from).blocks * 512;
+    const free = Math.max(0, fs.bavail * fs.bsize - this.opts.reserveBytes);
+    if (free < need)
+      throw new EnvironmentError(
+        'LOW_SPACE',
+        `pool ${this.poolDir} has ${free} bytes free (after the reserve), a copy of ${basename(from)} needs ${need}`,
+        'free space on that filesystem, or lower THINRELAY_RESERVE_BYTES',
+      );
   }
 
   async activate(snapshot: SnapshotSpec): Promise<string> {
