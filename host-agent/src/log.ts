@@ -119,9 +119,9 @@ export function sdkLogText(value: unknown): string {
     return [o.clientName, o.commandName, err].filter((p) => typeof p === 'string').join(' ');
   }
   try {
-    return JSON.stringify(value) ?? String(value);
+    return JSON.stringify(value) ?? Object.prototype.toString.call(value);
   } catch {
-    return String(value);
+    return Object.prototype.toString.call(value); // a cycle
   }
 }
 

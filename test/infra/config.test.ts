@@ -276,7 +276,11 @@ test('loadConfigFile: errors name the file; the shipped infra/deployment.json is
     ['default', 'gpu'],
   );
   // README: the filter is empty by default and the content decides (.tar.zst, .tar.xz, no suffix…).
-  assert.deepEqual(shipped.imageSuffixes, [], 'the shipped config forwards every key under the prefix');
+  assert.deepEqual(
+    shipped.imageSuffixes,
+    [],
+    'the shipped config forwards every key under the prefix',
+  );
 });
 
 test("pool policy: a top-level pool sets every group's default, a group's own pool overrides it", () => {
