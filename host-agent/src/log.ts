@@ -105,6 +105,27 @@ export function createLogger(
 export const silentLogger: Logger = createLogger(null);
 
 /**
+ * One argument the SDK passed to its logger as text. Its logger middleware
+ * passes objects (`{clientName, commandName, input, error, metadata}`):
+ * String() of those is "[object Object]", which says nothing.
+ */
+export function sdkLogText(value: unknown): string {
+  if (value instanceof Error) return `${value.name}: ${value.message}`;
+  if (typeof value !== 'object' || value === null) return String(value);
+  const o = value as Record<string, unknown>;
+  if ('commandName' in o || 'error' in o) {
+    // The input is left out: it may hold message bodies or keys of any length.
+    const err = o.error instanceof Error ? sdkLogText(o.error) : undefined;
+    return [o.clientName, o.commandName, err].filter((p) => typeof p === 'string').join(' ');
+  }
+  try {
+    return JSON.stringify(value) ?? Object.prototype.toString.call(value);
+  } catch {
+    return Object.prototype.toString.call(value); // a cycle
+  }
+}
+
+/**
  * The AWS SDK's logger interface, forwarding warnings and errors into ours
  * (a client without one prints plain text to the console, which breaks a
  * JSON-lines log), each distinct text once: the SDK repeats some on every
@@ -117,16 +138,25 @@ export function sdkLogger(logger: Logger): {
   error(...content: unknown[]): void;
 } {
   const seen = new Set<string>();
-  const once = (level: 'warn' | 'error', content: unknown[]): void => {
-    const text = content.map((c) => (c instanceof Error ? c.message : String(c))).join(' ');
+  const once = (level: LogLevel, content: unknown[]): void => {
+    const text = content.map(sdkLogText).join(' ');
     if (seen.has(text)) return;
     if (seen.size < 100) seen.add(text);
     logger[level]('AWS SDK ' + level, { detail: text.trim() });
   };
+  /**
+   * The SDK's logger middleware reports every failed command at error level,
+   * but the caller gets the same error thrown and decides what it means: a
+   * GetQueueUrl answering QueueDoesNotExist at first start (the agent then
+   * creates the queue), a long poll aborted by a drain. Those are not errors;
+   * the caller logs the ones that are, with their context. So they go to debug.
+   */
+  const isCommandFailure = (content: unknown[]): boolean =>
+    content.some((c) => typeof c === 'object' && c !== null && 'commandName' in c);
   return {
     debug: () => undefined,
     info: () => undefined,
     warn: (...content) => once('warn', content),
-    error: (...content) => once('error', content),
+    error: (...content) => once(isCommandFailure(content) ? 'debug' : 'error', content),
   };
 }

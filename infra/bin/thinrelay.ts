@@ -1,6 +1,6 @@
 /**
  * The CDK app (cdk.json runs dist/infra/bin/thinrelay.js). Config comes from
- * infra/hosts.json or `-c hostsFile=<path>`. The stack is environment-agnostic
+ * infra/deployment.json or `-c deploymentFile=<path>`. The stack is environment-agnostic
  * (it deploys to the account and region of the credentials `cdk deploy` runs
  * with, and `npm run synth` needs none) unless `-c account=` / `-c region=`
  * pin it.
@@ -17,7 +17,7 @@ const context = (key: string): string | undefined => {
 };
 
 try {
-  const config = loadConfigFile(context('hostsFile') ?? 'infra/hosts.json');
+  const config = loadConfigFile(context('deploymentFile') ?? 'infra/deployment.json');
   const account = context('account');
   const region = context('region');
   new ThinrelayStack(app, config.stackName, {

@@ -1,6 +1,6 @@
 /**
- * The deployment's configuration (infra/hosts.json, or the file named by
- * `-c hostsFile=...`): the fleet's host groups and the knobs around them.
+ * The deployment's configuration (infra/deployment.json, or the file named by
+ * `-c deploymentFile=...`): the fleet's host groups and the knobs around them.
  * Hosts are not listed: they register themselves (queues named from their
  * group and host id, schema/fleet.ts), so the stack has nothing per host.
  * Parsing is strict: unknown keys, bad names and out-of-range numbers are

@@ -27,6 +27,8 @@ export const REDRIVE_SOURCE_ACTIONS = [
   'sqs:DeleteMessage',
   'sqs:GetQueueAttributes',
   'sqs:ListDeadLetterSourceQueues',
+  // dlq peek shows the messages it hid while peeking again (visibility 0).
+  'sqs:ChangeMessageVisibility',
 ];
 export const FLEET_READ_ACTIONS = [
   'dynamodb:GetItem',

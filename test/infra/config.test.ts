@@ -248,7 +248,7 @@ test('group principal: ec2, rolesAnywhere with a trust anchor, or an IAM princip
 const dir = mkdtempSync(join(tmpdir(), 'thinrelay-infra-config-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-test('loadConfigFile: errors name the file; the shipped infra/hosts.json is valid', () => {
+test('loadConfigFile: errors name the file; the shipped infra/deployment.json is valid, with no suffix filter', () => {
   const missing = join(dir, 'missing.json');
   assert.throws(
     () => loadConfigFile(missing),
@@ -269,11 +269,17 @@ test('loadConfigFile: errors name the file; the shipped infra/hosts.json is vali
     },
   );
   const shipped = loadConfigFile(
-    fileURLToPath(new URL('../../../infra/hosts.json', import.meta.url)),
+    fileURLToPath(new URL('../../../infra/deployment.json', import.meta.url)),
   );
   assert.deepEqual(
     shipped.groups.map((g) => g.name),
     ['default', 'gpu'],
+  );
+  // README: the filter is empty by default and the content decides (.tar.zst, .tar.xz, no suffix…).
+  assert.deepEqual(
+    shipped.imageSuffixes,
+    [],
+    'the shipped config forwards every key under the prefix',
   );
 });
 

@@ -212,7 +212,8 @@ test('dlq peek lists what waits, parsed, without consuming it', async () => {
   const first = parsed.find((m) => m.event?.key === 'images/web-1.tar');
   assert.deepEqual(first?.event, imageEvent('images/web-1.tar', 0));
   for (const m of peek.messages) {
-    assert.ok(m.receiveCount >= 2, 'the dead-lettering receive plus the peek');
+    // The peek's own single receive (the emulator restarts the count when it dead-letters).
+    assert.ok(m.receiveCount >= 1, 'the peek counts as a receive');
     assert.ok(Date.parse(m.sentAt) > 0);
     assert.ok(Date.parse(m.firstReceivedAt) > 0);
     assert.match(m.deadLetterSourceArn ?? '', /thinrelay-host-default-h\d+$/);
@@ -447,7 +448,7 @@ test('redrive of a queue that is not a DLQ, a missing queue, an unreachable SQS:
 
   const noUrl = await runCli(['redrive'], env);
   assert.equal(noUrl.code, 2);
-  assert.match(oneLine(noUrl.stderr), /\[USAGE\] missing --dlq-url/);
+  assert.match(oneLine(noUrl.stderr), /\[USAGE\] no DLQ: pass --dlq-url/);
 
   const badRate = await runCli(['redrive', '--dlq-url', pair.dlqUrl, '--max-per-second', '0'], env);
   assert.equal(badRate.code, 2);

@@ -29,7 +29,11 @@ test('the agent unit drains on SIGTERM within its stop timeout', () => {
   assert.match(unit, /^KillSignal=SIGTERM$/m);
   const stop = Number(/^TimeoutStopSec=(\d+)$/m.exec(unit)?.[1]);
   assert.ok(stop > 60, 'TimeoutStopSec must exceed the default 60 s drain');
-  assert.match(unit, /^ExecStart=\/usr\/bin\/thinrelay agent$/m);
+  // doctor --agent first, then the agent in the same (main) process.
+  assert.match(
+    unit,
+    /^ExecStart=\/bin\/sh -c '\/usr\/bin\/thinrelay doctor --agent && exec \/usr\/bin\/thinrelay agent'$/m,
+  );
   assert.match(unit, /^EnvironmentFile=\/etc\/thinrelay\/agent\.env$/m);
   assert.match(unit, /^ProtectSystem=strict$/m);
   assert.match(unit, /^ReadWritePaths=\/var\/lib\/thinrelay$/m);
@@ -52,3 +56,20 @@ test(
     }
   },
 );
+
+test("the unit's Documentation= anchor is a README heading", () => {
+  const readme = readFileSync(
+    fileURLToPath(new URL('../../../README.md', import.meta.url)),
+    'utf8',
+  );
+  // GitHub's anchors: lower case, punctuation dropped, spaces as '-'.
+  const anchors = [...readme.matchAll(/^#+ (.+)$/gm)].map((m) =>
+    m[1]!
+      .toLowerCase()
+      .replace(/[^a-z0-9 _-]/g, '')
+      .replace(/ /g, '-'),
+  );
+  const anchor = /^Documentation=https:\/\/github\.com\/[^#\s]+#(\S+)$/m.exec(unit)?.[1];
+  assert.ok(anchor !== undefined, 'Documentation= points at a README section');
+  assert.ok(anchors.includes(anchor), `#${anchor} is not a README heading`);
+});

@@ -18,6 +18,7 @@ import { toolChecks } from '../storage/readiness.js';
 import { ObjectManager } from '../storage/object-manager.js';
 import { assessPool } from '../pool/keeper.js';
 import { describeUsage } from '../pool/usage.js';
+import { loadAgentSettings } from '../daemon/agent-settings.js';
 
 /**
  * The tools the unpack runs (unpack/: special-files, metadata, times,
@@ -33,7 +34,23 @@ export const unpackTools: readonly (readonly [tool: string, pkg: string])[] = [
   ['touch', 'coreutils'],
 ];
 
-export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> {
+export interface DoctorOptions {
+  /**
+   * Check the agent's own settings as a required check (`doctor --agent`, the
+   * unit's start check): fails exactly when `thinrelay agent` would exit 2.
+   * Without it the line is advisory (a host may run the CLI without an agent).
+   */
+  agent?: boolean;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** The name of the agent-settings check (doctor --agent exits 2 when it fails). */
+export const agentSettingsCheckName = 'agent settings';
+
+export async function runDoctor(
+  config: AgentConfig,
+  options: DoctorOptions = {},
+): Promise<ReadinessCheck[]> {
   const checks: ReadinessCheck[] = [];
   let backendChecks: ReadinessCheck[] = [];
   try {
@@ -72,6 +89,7 @@ export async function runDoctor(config: AgentConfig): Promise<ReadinessCheck[]> 
   checks.push(database);
   if (database.ok && existsSync(databasePath(config.stateDir)))
     checks.push(await poolPolicyCheck(config));
+  checks.push(agentSettingsCheck(options));
   return checks;
 }
 
@@ -112,6 +130,31 @@ async function poolPolicyCheck(config: AgentConfig): Promise<ReadinessCheck> {
       ok: false,
       detail: `could not assess the pool: ${errorMessage(err)}`,
       advisory: true,
+    };
+  }
+}
+
+function agentSettingsCheck(options: DoctorOptions): ReadinessCheck {
+  const advisory = options.agent !== true;
+  try {
+    const { daemon, fleet } = loadAgentSettings({}, options.env ?? process.env);
+    return {
+      name: agentSettingsCheckName,
+      ok: true,
+      detail:
+        fleet !== null
+          ? `group ${fleet.group}, fleet table ${fleet.tableName}`
+          : `queue ${daemon.queueUrl ?? ''}`,
+      ...(advisory ? { advisory } : {}),
+    };
+  } catch (err) {
+    return {
+      name: agentSettingsCheckName,
+      ok: false,
+      detail: `${isThinrelayError(err) ? `[${err.code}] ` : ''}${errorMessage(err)}${advisory ? ' (needed only to run the agent)' : ''}`,
+      hint:
+        isThinrelayError(err) && err.hint !== undefined ? err.hint : 'see README, "Configuration"',
+      ...(advisory ? { advisory } : {}),
     };
   }
 }

@@ -1,19 +1,28 @@
 /**
  * Peeking at a dead-letter queue: what waits there, without consuming it.
  *
- * SQS has no "browse": the only read is ReceiveMessage. With VisibilityTimeout
- * 0 a received message stays visible to everyone else, and nothing is
- * deleted. Two costs, both stated in the output:
- * - each receive counts: ApproximateReceiveCount goes up by one per peek round
- *   that returns the message. Harmless on a DLQ (it has no RedrivePolicy of
- *   its own, so nothing moves on), which is why a queue WITH a RedrivePolicy
- *   is refused: peeking there could push live messages into its DLQ;
+ * SQS has no "browse": the only read is ReceiveMessage, and every receive
+ * adds one to the message's ApproximateReceiveCount. A peek receives each
+ * message once: what it has seen is hidden for the rest of the peek
+ * (VisibilityTimeout PEEK_HIDE_SECONDS), so later rounds bring only messages
+ * not seen yet, and at the end every seen message is made visible again
+ * (ChangeMessageVisibility 0), so a redrive right after a peek moves them.
+ * Costs, stated in the output and in queue/README.md:
+ * - one receive per message per peek: ApproximateReceiveCount +1 (on SQS;
+ *   the local emulator also counts the visibility reset: +2). Harmless on a
+ *   DLQ (it has no RedrivePolicy of its own, so nothing moves on), which is
+ *   why a queue WITH a RedrivePolicy is refused: peeking there could push
+ *   live messages into its DLQ. (Receiving with visibility 0, as before,
+ *   received every message again in every round: +2 to +6 per peek.)
  * - SQS samples a subset of its servers per receive, and messages in flight
  *   (received by someone else) are invisible, so a peek may see fewer than
  *   ApproximateNumberOfMessages. We repeat rounds, dedupe by MessageId and stop
  *   when a round brings nothing new or at `max`.
+ * - if the peek dies before the reset, the seen messages come back by
+ *   themselves after PEEK_HIDE_SECONDS.
  */
 import {
+  ChangeMessageVisibilityBatchCommand,
   GetQueueAttributesCommand,
   ReceiveMessageCommand,
   type Message,
@@ -24,6 +33,8 @@ import { UsageError, errorMessage } from '../errors.js';
 import { mapSqsError } from './sqs-errors.js';
 
 export const DEFAULT_PEEK_MAX = 50;
+/** How long a peeked message stays hidden if the peek dies before making it visible again. */
+export const PEEK_HIDE_SECONDS = 30;
 /** Unparseable bodies are shown up to this many characters. */
 export const BODY_PREVIEW_CHARS = 200;
 
@@ -88,6 +99,8 @@ export async function peekQueue(
     );
   }
   const seen = new Map<string, PeekedMessage>();
+  /** Receipt handles of the messages this peek hid, to show them again. */
+  const hidden: string[] = [];
   let rounds = 0;
   let stoppedBy: PeekResult['stoppedBy'] = 'nothing-new';
   for (;;) {
@@ -102,7 +115,7 @@ export async function peekQueue(
           QueueUrl: queueUrl,
           MaxNumberOfMessages: 10,
           WaitTimeSeconds: 0,
-          VisibilityTimeout: 0,
+          VisibilityTimeout: PEEK_HIDE_SECONDS,
           // The current name and the deprecated one: emulators honour only the latter.
           MessageSystemAttributeNames: ['All'],
           AttributeNames: ['All'],
@@ -114,6 +127,7 @@ export async function peekQueue(
       });
     let fresh = 0;
     for (const m of out.Messages ?? []) {
+      if (m.ReceiptHandle !== undefined) hidden.push(m.ReceiptHandle);
       const id = m.MessageId;
       if (id === undefined) continue;
       const known = seen.get(id);
@@ -127,6 +141,7 @@ export async function peekQueue(
     }
     if (fresh === 0) break;
   }
+  await showAgain(sqs, queueUrl, hidden);
   return {
     queueUrl,
     approximateNumberOfMessages: toInt(attrs.ApproximateNumberOfMessages),
@@ -135,6 +150,23 @@ export async function peekQueue(
     stoppedBy,
     rounds,
   };
+}
+
+/** Makes the messages this peek hid visible again, ten per call (SQS's batch limit). */
+async function showAgain(sqs: SQSClient, queueUrl: string, handles: string[]): Promise<void> {
+  for (let i = 0; i < handles.length; i += 10) {
+    const batch = handles.slice(i, i + 10);
+    await sqs
+      .send(
+        new ChangeMessageVisibilityBatchCommand({
+          QueueUrl: queueUrl,
+          Entries: batch.map((h, j) => ({ Id: String(j), ReceiptHandle: h, VisibilityTimeout: 0 })),
+        }),
+      )
+      .catch((err: unknown) => {
+        throw mapSqsError(err, `ChangeMessageVisibilityBatch ${queueUrl}`);
+      });
+  }
 }
 
 function toPeeked(m: Message, messageId: string): PeekedMessage {

@@ -25,21 +25,25 @@ async function run(ctx: CommandContext): Promise<number> {
   if (ctx.positionals[0] === 'deregister') return deregister(ctx);
   if (ctx.positionals.length > 0)
     throw new UsageError('USAGE', `unknown argument "${ctx.positionals[0]}"`, `usage: ${usage}`);
-  const { loadDaemonConfig } = await import('../../daemon/config.js');
-  const { loadFleetSettings } = await import('../../fleet/fleet-settings.js');
+  const { loadAgentSettings } = await import('../../daemon/agent-settings.js');
   const flags = {
     group: ctx.values.group as string | undefined,
     hostId: ctx.values['host-id'] as string | undefined,
   };
-  const daemon = loadDaemonConfig({
-    queueUrl: ctx.values['queue-url'] as string | undefined,
-    group: flags.group,
-    concurrency: ctx.values.concurrency as string | undefined,
-    metricsAddr: ctx.values['metrics-addr'] as string | undefined,
-  });
-  const fleet = loadFleetSettings(flags);
-  if (fleet === null && flags.hostId !== undefined)
-    throw new UsageError('USAGE', '--host-id needs --group', `usage: ${usage}`);
+  let settings: import('../../daemon/agent-settings.js').AgentSettings;
+  try {
+    settings = loadAgentSettings({
+      ...flags,
+      queueUrl: ctx.values['queue-url'] as string | undefined,
+      concurrency: ctx.values.concurrency as string | undefined,
+      metricsAddr: ctx.values['metrics-addr'] as string | undefined,
+    });
+  } catch (err) {
+    if (err instanceof UsageError && err.code === 'USAGE' && err.hint === undefined)
+      throw new UsageError('USAGE', err.message, `usage: ${usage}`);
+    throw err;
+  }
+  const { daemon, fleet } = settings;
   ctx.config();
   checkHostReady();
   const [

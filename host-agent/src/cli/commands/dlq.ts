@@ -14,12 +14,22 @@ import { printJson, printTable } from '../output.js';
 
 const POLL_INTERVAL_MS = 2000;
 
-function dlqUrlOf(ctx: CommandContext, usage: string): string {
+/**
+ * The DLQ: --dlq-url, THINRELAY_DLQ_URL, else the one this host registered
+ * (a group host's agent creates its own DLQ and records its URL in the state
+ * dir: fleet/registration-record.ts), so the runbook needs no URL there.
+ */
+async function dlqUrlOf(ctx: CommandContext, usage: string): Promise<string> {
   const url = (ctx.values['dlq-url'] as string | undefined) ?? process.env.THINRELAY_DLQ_URL;
-  if (url === undefined || url === '') {
-    throw new UsageError('USAGE', 'missing --dlq-url (or THINRELAY_DLQ_URL)', `usage: ${usage}`);
-  }
-  return url;
+  if (url !== undefined && url !== '') return url;
+  const { readRecord } = await import('../../fleet/registration-record.js');
+  const record = readRecord(ctx.config().stateDir);
+  if (record !== null && record.dlqUrl !== '') return record.dlqUrl;
+  throw new UsageError(
+    'USAGE',
+    'no DLQ: pass --dlq-url (or THINRELAY_DLQ_URL); this state dir has no group registration to take it from',
+    `usage: ${usage}`,
+  );
 }
 
 function intOption(
@@ -136,7 +146,7 @@ async function redrive(ctx: CommandContext): Promise<number> {
   if (handle !== undefined) return cancel(ctx, handle);
 
   const { checkQueueUrl } = await import('../../queue/sqs-errors.js');
-  const dlqUrl = checkQueueUrl(dlqUrlOf(ctx, redriveCommand.usage), '--dlq-url');
+  const dlqUrl = checkQueueUrl(await dlqUrlOf(ctx, redriveCommand.usage), '--dlq-url');
   const toUrl = ctx.values['to-url'] as string | undefined;
   if (toUrl !== undefined) checkQueueUrl(toUrl, '--to-url');
   // SQS's own bounds for MaxNumberOfMessagesPerSecond.
@@ -229,7 +239,7 @@ export const redriveCommand: Command = {
   name: 'redrive',
   summary: 'move dead-lettered messages back to their queues (SQS message move task)',
   usage:
-    'thinrelay redrive --dlq-url URL [--to-url URL] [--max-per-second N] [--no-wait] [--json] | redrive --cancel TASK_HANDLE',
+    'thinrelay redrive [--dlq-url URL] [--to-url URL] [--max-per-second N] [--no-wait] [--json] | redrive --cancel TASK_HANDLE',
   options: {
     'dlq-url': { type: 'string' },
     'to-url': { type: 'string' },
@@ -238,7 +248,12 @@ export const redriveCommand: Command = {
     cancel: { type: 'string' },
   },
   optionDocs: {
-    'dlq-url': { text: 'the dead-letter queue', arg: 'URL', env: 'THINRELAY_DLQ_URL' },
+    'dlq-url': {
+      text: 'the dead-letter queue',
+      arg: 'URL',
+      env: 'THINRELAY_DLQ_URL',
+      default: 'on a group host, the DLQ its agent registered',
+    },
     'to-url': {
       text: 'move the messages to this queue instead',
       arg: 'URL',
@@ -327,7 +342,7 @@ async function dlq(ctx: CommandContext): Promise<number> {
     );
   }
   const { checkQueueUrl } = await import('../../queue/sqs-errors.js');
-  const url = checkQueueUrl(dlqUrlOf(ctx, dlqCommand.usage), '--dlq-url');
+  const url = checkQueueUrl(await dlqUrlOf(ctx, dlqCommand.usage), '--dlq-url');
   const max = intOption(ctx, 'max', 1, 10_000);
   const { peekQueue } = await import('../../queue/dlq-peek.js');
   const sqs = await sqsClient(url);
@@ -344,10 +359,15 @@ async function dlq(ctx: CommandContext): Promise<number> {
 export const dlqCommand: Command = {
   name: 'dlq',
   summary: 'show what waits in the dead-letter queue, without consuming it',
-  usage: 'thinrelay dlq peek --dlq-url URL [--max N] [--json]',
+  usage: 'thinrelay dlq peek [--dlq-url URL] [--max N] [--json]',
   options: { 'dlq-url': { type: 'string' }, max: { type: 'string' } },
   optionDocs: {
-    'dlq-url': { text: 'the dead-letter queue', arg: 'URL', env: 'THINRELAY_DLQ_URL' },
+    'dlq-url': {
+      text: 'the dead-letter queue',
+      arg: 'URL',
+      env: 'THINRELAY_DLQ_URL',
+      default: 'on a group host, the DLQ its agent registered',
+    },
     max: { text: 'stop after this many messages (1-10000)', arg: 'N', default: 'all it sees' },
   },
   examples: [

@@ -1,6 +1,6 @@
 /** thinrelay gc | doctor | state backup FILE. */
 import { collectGarbage } from '../../ops/gc.js';
-import { runDoctor } from '../../ops/doctor.js';
+import { agentSettingsCheckName, runDoctor } from '../../ops/doctor.js';
 import { UsageError } from '../../errors.js';
 import type { Command, CommandContext } from '../command.js';
 import { printJson, printTable } from '../output.js';
@@ -19,7 +19,8 @@ async function gc(ctx: CommandContext): Promise<number> {
 }
 
 async function doctor(ctx: CommandContext): Promise<number> {
-  const checks = await runDoctor(ctx.config());
+  const agent = ctx.values.agent === true;
+  const checks = await runDoctor(ctx.config(), { agent });
   if (ctx.json) printJson({ ok: checks.every((c) => c.ok || c.advisory === true), checks });
   else
     printTable(
@@ -32,6 +33,9 @@ async function doctor(ctx: CommandContext): Promise<number> {
       ]),
     );
   // Advisory failures (low space) warn; they never keep the agent from starting.
+  // The agent's own settings failing is a config error: exit 2, as the agent would.
+  if (checks.some((c) => !c.ok && c.advisory !== true && c.name === agentSettingsCheckName))
+    return 2;
   return checks.every((c) => c.ok || c.advisory === true) ? 0 : 3;
 }
 
@@ -59,9 +63,18 @@ export const doctorCommand: Command = {
   name: 'doctor',
   summary:
     'check this host: root, loop/dm, every tool the unpack uses, free space, database integrity, pool health (read-only)',
-  usage: 'thinrelay doctor [--json]',
-  options: {},
-  examples: ['thinrelay doctor', 'thinrelay --backend devmapper doctor --json'],
+  usage: 'thinrelay doctor [--agent] [--json]',
+  options: { agent: { type: 'boolean' } },
+  optionDocs: {
+    agent: {
+      text: "also require the agent's settings (queue or group, fleet table, tuning) to be valid: exit 2 when `thinrelay agent` would",
+    },
+  },
+  examples: [
+    'thinrelay doctor',
+    'thinrelay doctor --agent',
+    'thinrelay --backend devmapper doctor --json',
+  ],
   run: doctor,
 };
 

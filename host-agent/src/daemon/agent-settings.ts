@@ -1,0 +1,43 @@
+/**
+ * The settings `thinrelay agent` starts with, loaded one way for the agent
+ * and for `doctor --agent`: a config error the agent would exit 2 on is the
+ * same error doctor reports, so the unit's check cannot pass a config the
+ * agent refuses.
+ */
+import { UsageError } from '../errors.js';
+import { loadFleetSettings, type FleetSettings } from '../fleet/fleet-settings.js';
+import { loadDaemonConfig, type DaemonConfig } from './config.js';
+
+export interface AgentFlags {
+  queueUrl?: string;
+  group?: string;
+  hostId?: string;
+  concurrency?: string;
+  metricsAddr?: string;
+}
+
+export interface AgentSettings {
+  daemon: DaemonConfig;
+  /** null: a fixed queue (--queue-url), no fleet membership. */
+  fleet: FleetSettings | null;
+}
+
+/** Throws UsageError (exit 2, CONFIG/USAGE) on what the agent cannot start with. */
+export function loadAgentSettings(
+  flags: AgentFlags,
+  env: NodeJS.ProcessEnv = process.env,
+): AgentSettings {
+  const daemon = loadDaemonConfig(
+    {
+      queueUrl: flags.queueUrl,
+      group: flags.group,
+      concurrency: flags.concurrency,
+      metricsAddr: flags.metricsAddr,
+    },
+    env,
+  );
+  const fleet = loadFleetSettings({ group: flags.group, hostId: flags.hostId }, env);
+  if (fleet === null && flags.hostId !== undefined)
+    throw new UsageError('USAGE', '--host-id needs --group');
+  return { daemon, fleet };
+}
