@@ -6,7 +6,7 @@
  * /dev, /dev/pts, /proc and /sys are bound in; a policy-rc.d exiting 101
  * keeps maintainer scripts from starting services. release() unmounts all.
  */
-import { execFileSync, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
@@ -31,6 +31,14 @@ export interface DebianRoot {
   dir: string;
   /** Runs a command inside the root with a bare environment plus `env`. */
   run(args: string[], env?: Record<string, string>): SpawnSyncReturns<string>;
+  /**
+   * As run(), without blocking this process's event loop: for commands that
+   * talk to an emulator running in the test process.
+   */
+  runAsync(
+    args: string[],
+    env?: Record<string, string>,
+  ): Promise<{ status: number | null; stdout: string; stderr: string }>;
   /** As run(), throwing with its output when it exits non-zero. */
   ok(args: string[], env?: Record<string, string>): string;
   /** Unmounts the binds (safe to call twice, and after a failed setup). */
@@ -78,11 +86,24 @@ export function makeDebianRoot(parent: string): DebianRoot {
       encoding: 'utf8',
       timeout: 300_000,
     });
+  const runAsync = (args: string[], env: Record<string, string> = {}) =>
+    new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+      const child = spawn('chroot', [dir, ...args], {
+        env: { ...bare, ...env },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.on('error', reject);
+      child.on('close', (status) => resolve({ status, stdout, stderr }));
+    });
   const ok = (args: string[], env: Record<string, string> = {}): string => {
     const r = run(args, env);
     if (r.status !== 0)
       throw new Error(`chroot ${args.join(' ')}: exit ${r.status}\n${r.stdout}${r.stderr}`);
     return r.stdout;
   };
-  return { dir, run, ok, release };
+  return { dir, run, runAsync, ok, release };
 }

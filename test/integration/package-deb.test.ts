@@ -28,6 +28,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { migrations } from '../../host-agent/src/store/migrations.js';
+import { groupOutputKeys, STACK_OUTPUTS } from '../../infra/lib/outputs.js';
 import { makeDebianRoot, testCacheDir, type DebianRoot } from '../helpers/debian-root.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { withMounted } from '../helpers/mount-probe.js';
@@ -58,7 +59,7 @@ const skip = needsRootAndTools([
 const out = mkdtempSync(join(tmpdir(), 'thinrelay-deb-'));
 after(() => rmSync(out, { recursive: true, force: true }));
 
-/** scripts/package-deb.sh; gzip instead of xz keeps the build short (the contents are the same). */
+/** scripts/package-deb.sh; uncompressed instead of xz keeps the build short (the contents are the same). */
 function buildDeb(
   arch: 'amd64' | 'arm64',
   version?: string,
@@ -71,7 +72,7 @@ function buildDeb(
     encoding: 'utf8',
     env: {
       ...process.env,
-      THINRELAY_DEB_COMPRESSION: 'gzip',
+      THINRELAY_DEB_COMPRESSION: 'none',
       THINRELAY_BUILD_CACHE: join(testCacheDir, 'build'),
       ...(nodeVersion !== '' ? { THINRELAY_NODE_VERSION: nodeVersion } : {}),
       ...extraEnv,
@@ -109,7 +110,7 @@ describe('amd64 package in a clean Debian 12 root', { skip }, () => {
   });
 
   const thinrelay = (...args: string[]) =>
-    root!.run(['thinrelay', ...args], {
+    root!.runAsync(['thinrelay', ...args], {
       ...s3EnvFor(s3),
       THINRELAY_BUCKET: bucket,
       AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
@@ -159,7 +160,7 @@ describe('amd64 package in a clean Debian 12 root', { skip }, () => {
     rmSync(tree, { recursive: true, force: true });
   });
 
-  test('installs with apt-get into a root without Node.js, runs, processes an image', () => {
+  test('installs with apt-get into a root without Node.js, runs, processes an image', async () => {
     const r = root!;
     copyFileSync(oldDeb, join(r.dir, 'tmp/old.deb'));
     r.ok(['apt-get', 'install', '-y', '--no-install-recommends', '/tmp/old.deb']);
@@ -167,11 +168,35 @@ describe('amd64 package in a clean Debian 12 root', { skip }, () => {
     assert.equal(existsSync(join(r.dir, 'usr/bin/node')), false);
     assert.equal(r.ok(['dpkg-query', '-W', '-f', '${Version}', 'thinrelay']), `${pkg.version}~old`);
 
-    const version = thinrelay('--version');
+    const version = await thinrelay('--version');
     assert.equal(version.status, 0, version.stderr);
     assert.match(version.stdout, new RegExp(`^thinrelay ${pkg.version.replace(/\./g, '\\.')} `));
     if (nodeVersion !== '')
       assert.match(version.stdout, new RegExp(`node v${nodeVersion}, linux x64`));
+
+    // The packaged agent-config writes a host's agent.env from the stack's outputs.
+    writeFileSync(
+      join(r.dir, 'tmp/outputs.json'),
+      JSON.stringify({
+        Thinrelay: {
+          [STACK_OUTPUTS.bucket]: 'thinrelay-images-abc',
+          [STACK_OUTPUTS.region]: 'eu-west-1',
+          [STACK_OUTPUTS.fleetTable]: 'thinrelay-fleet',
+          [STACK_OUTPUTS.groups]: 'default',
+          [STACK_OUTPUTS.imagesPrefix]: 'images/',
+          [groupOutputKeys('default').roleArn]: 'arn:aws:iam::123456789012:role/Thinrelay-Default',
+        },
+      }),
+    );
+    const env = r.ok([
+      'thinrelay-agent-config',
+      '--outputs',
+      '/tmp/outputs.json',
+      '--group',
+      'default',
+    ]);
+    assert.match(env, /^THINRELAY_BUCKET=thinrelay-images-abc$/m);
+    assert.match(env, /^AWS_REGION=eu-west-1$/m);
 
     // The operator's setting in the conffile (the CLI reads it): kept over upgrades.
     const conf = join(r.dir, 'etc/thinrelay/agent.env');
@@ -181,9 +206,9 @@ describe('amd64 package in a clean Debian 12 root', { skip }, () => {
         '# operator: no reserve on this test host\nTHINRELAY_RESERVE_BYTES=0\n',
     );
 
-    const doctor = thinrelay('doctor');
+    const doctor = await thinrelay('doctor');
     assert.equal(doctor.status, 0, doctor.stdout + doctor.stderr);
-    const done = thinrelay('process-image', '--s3-key', 'images/sample.tar', '--json');
+    const done = await thinrelay('process-image', '--s3-key', 'images/sample.tar', '--json');
     assert.equal(done.status, 0, done.stdout + done.stderr);
     const result = JSON.parse(done.stdout) as { outcome: string; devicePath: string };
     assert.equal(result.outcome, 'complete');
@@ -193,9 +218,9 @@ describe('amd64 package in a clean Debian 12 root', { skip }, () => {
     );
   });
 
-  test('upgrade keeps the conffile edit, the database and the device; downgrade below the schema is refused', () => {
+  test('upgrade keeps the conffile edit, the database and the device; downgrade below the schema is refused', async () => {
     const r = root!;
-    const before = JSON.parse(thinrelay('snapshots', '--json').stdout) as unknown;
+    const before = JSON.parse((await thinrelay('snapshots', '--json')).stdout) as unknown;
     copyFileSync(newDeb, join(r.dir, 'tmp/new.deb'));
     r.ok(['apt-get', 'install', '-y', '--no-install-recommends', '/tmp/new.deb']);
     assert.equal(r.ok(['dpkg-query', '-W', '-f', '${Version}', 'thinrelay']), pkg.version);
@@ -205,16 +230,16 @@ describe('amd64 package in a clean Debian 12 root', { skip }, () => {
     );
     assert.equal(existsSync(join(r.dir, 'etc/thinrelay/agent.env.dpkg-dist')), false);
 
-    const snapshots = thinrelay('snapshots', '--json');
+    const snapshots = await thinrelay('snapshots', '--json');
     assert.equal(snapshots.status, 0, snapshots.stderr);
     assert.deepEqual(JSON.parse(snapshots.stdout), before);
-    const again = thinrelay('process-image', '--s3-key', 'images/sample.tar', '--json');
+    const again = await thinrelay('process-image', '--s3-key', 'images/sample.tar', '--json');
     assert.equal(again.status, 0, again.stdout + again.stderr);
     const device = (JSON.parse(again.stdout) as { devicePath: string }).devicePath;
     withMounted(device, (mnt) =>
       assert.equal(readFileSync(join(mnt, 'etc/hostname'), 'utf8'), 'thinrelay-sample\n'),
     );
-    const doctor = thinrelay('doctor');
+    const doctor = await thinrelay('doctor');
     assert.equal(doctor.status, 0, doctor.stdout + doctor.stderr);
 
     // A database a newer thinrelay migrated further: preinst refuses (checkpointed, agent stopped).
