@@ -44,3 +44,19 @@ await build({
   },
   logLevel: 'warning',
 });
+
+// agent-config (writes /etc/thinrelay/agent.env from the stack's outputs): the
+// package ships it as thinrelay-agent-config, so a host configures itself
+// without a clone of the repository.
+await build({
+  entryPoints: { 'agent-config': 'dist/infra/bin/agent-config.js' },
+  outdir: 'dist/cli',
+  outExtension: { '.js': '.mjs' },
+  bundle: true,
+  minify: true,
+  sourcemap: 'linked',
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  logLevel: 'warning',
+});
