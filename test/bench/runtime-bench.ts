@@ -9,7 +9,7 @@
  * /usr/bin/node is not Node 20 the comparison column is skipped and says why.
  */
 import { execFileSync } from 'node:child_process';
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -76,18 +76,14 @@ function sh(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.Proc
   });
 }
 
-/** npm's node-gyp: the one `npm run` names, else the one beside the npm on PATH. */
+/** npm's node-gyp: the one `npm run` names, else the one inside the npm on PATH. */
 function nodeGyp(): string {
   const named = process.env.npm_config_node_gyp;
   if (named !== undefined && existsSync(named)) return named;
-  return join(
-    sh('npm', ['root', '-g']).trim(),
-    'npm',
-    'node_modules',
-    'node-gyp',
-    'bin',
-    'node-gyp.js',
-  );
+  // npm/bin/npm-cli.js → npm/node_modules/node-gyp (`npm root -g` would name the pinned
+  // runtime's prefix, which has no npm).
+  const npmDir = dirname(dirname(realpathSync(sh('sh', ['-c', 'command -v npm']).trim())));
+  return join(npmDir, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
 }
 
 /**
