@@ -15,8 +15,6 @@ export interface Timestamp {
   nsec: number;
 }
 
-const TWO_POW_32 = 2 ** 32;
-
 /**
  * Seconds to pass to fs.utimes so that it sets exactly `t`, or undefined
  * when Node cannot. Only whole seconds: Node 20 truncated the double to
