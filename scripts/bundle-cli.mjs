@@ -35,7 +35,7 @@ await build({
   // (the CommonJS builds are one module per package, kept whole).
   mainFields: ['module', 'main'],
   format: 'esm',
-  target: 'node20',
+  target: 'node26',
   // Native addon: loaded from node_modules at run time.
   external: ['better-sqlite3'],
   define: { THINRELAY_BUILD: JSON.stringify({ version, commit }) },

@@ -1,7 +1,7 @@
 /**
  * A thinrelay Lambda: one source file under lambda/src bundled locally with
  * esbuild (no Docker, offline) into one ESM file with the SDK and Powertools
- * inside, Node.js 22 on arm64, its own role and its own log group (not the
+ * inside, Node.js 26 on arm64, its own role and its own log group (not the
  * AWSLambdaBasicExecutionRole managed policy, which may write to every log
  * group in the account).
  */
@@ -53,7 +53,7 @@ export function bundledFunction(scope: Construct, props: BundledFunctionProps): 
     handler: 'handler',
     projectRoot: REPO_ROOT,
     depsLockFilePath: `${REPO_ROOT}package-lock.json`,
-    runtime: lambda.Runtime.NODEJS_22_X,
+    runtime: lambda.Runtime.NODEJS_26_X,
     architecture: lambda.Architecture.ARM_64,
     memorySize: props.memoryMiB,
     timeout: Duration.seconds(props.timeoutSeconds),
@@ -62,7 +62,7 @@ export function bundledFunction(scope: Construct, props: BundledFunctionProps): 
     environment: props.environment,
     bundling: {
       format: nodejs.OutputFormat.ESM,
-      target: 'node22',
+      target: 'node26',
       minify: true,
       sourceMap: false,
       // Bundle the AWS SDK too: the function runs the SDK version the

