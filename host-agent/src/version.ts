@@ -15,7 +15,7 @@ function unbundled(): { version: string; commit: string } {
 export const build: { version: string; commit: string } =
   typeof THINRELAY_BUILD === 'object' ? THINRELAY_BUILD : unbundled();
 
-/** One line: `thinrelay 0.1.0 (commit abc1234, node v26.12.1, linux x64)`. */
+/** One line: `thinrelay 0.2.0 (commit abc1234, node v26.12.1, linux x64)`. */
 export function versionLine(): string {
   return `thinrelay ${build.version} (commit ${build.commit}, node ${process.version}, ${process.platform} ${process.arch})`;
 }
