@@ -7,9 +7,11 @@
  * (separate state dirs, the loop backend) register their own queues; a
  * sample rootfs becomes a snapshot on both and `fleet wait` follows it; a
  * hostile archive fails on both, `fleet status` says why and `fleet wait`
- * exits 1; the operator fixes the object. A third host joins late and
+ * exits 1; its message reaches host-a's DLQ (`failed`, `dlq peek`); the
+ * operator fixes the object and redrives. A third host joins late and
  * catches up from the bucket with no new upload; `fleet status` and `fleet
- * wait` then count it. Everything is removed on exit, also on Ctrl-C.
+ * wait` then count it. Everything is removed on exit, also on Ctrl-C or
+ * SIGTERM at any step (exit 130 / 143).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
