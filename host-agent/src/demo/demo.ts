@@ -7,17 +7,22 @@
  * (separate state dirs, the loop backend) register their own queues; a
  * sample rootfs becomes a snapshot on both and `fleet wait` follows it; a
  * hostile archive fails on both, `fleet status` says why and `fleet wait`
- * exits 1; the operator fixes the object. A third host joins late and
+ * exits 1; its message reaches host-a's DLQ (`failed`, `dlq peek`); the
+ * operator fixes the object and redrives. A third host joins late and
  * catches up from the bucket with no new upload; `fleet status` and `fleet
- * wait` then count it. Everything is removed on exit, also on Ctrl-C.
+ * wait` then count it. Everything is removed on exit, also on Ctrl-C or
+ * SIGTERM at any step (exit 130 / 143).
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetQueueAttributesCommand } from '@aws-sdk/client-sqs';
+import { detachLoop, listLoops } from '../sys/loop-devices.js';
+import { listMounts, unmount } from '../sys/mounts.js';
 import { startLocalStack, type LocalStack } from './local-stack.js';
 import { buildHostileArchive, buildSampleRootfs } from './sample-rootfs.js';
 
@@ -39,21 +44,67 @@ function note(text: string): void {
   process.stdout.write(`  ${dim(clock())} ${text}\n`);
 }
 
-function thinrelay(
-  args: string[],
-  env: NodeJS.ProcessEnv,
-): Promise<{ code: number | null; stdout: string }> {
+/** Thrown where the demo stops because Ctrl-C (or SIGTERM) came: cleanup is already running. */
+class Interrupted extends Error {
+  constructor() {
+    super('interrupted');
+  }
+}
+
+/** The signal that stopped the demo, with its exit code; null while it runs. */
+let interrupted = null as { signal: NodeJS.Signals; exitCode: number } | null;
+/** CLI calls in flight: stopped (and waited for) when the demo is interrupted. */
+const cliCalls = new Set<ChildProcess>();
+
+interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+}
+
+function runCli(args: string[], env: NodeJS.ProcessEnv): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [cli, ...args], {
       // The agents' lines tell the story; CLI calls speak only when something is wrong.
       env: { ...env, THINRELAY_LOG_LEVEL: 'warn' },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
+    cliCalls.add(child);
     let stdout = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout }));
+    child.on('close', (code, signal) => {
+      cliCalls.delete(child);
+      resolve({ code, signal, stdout });
+    });
   });
+}
+
+/**
+ * A CLI call of the demo's story. One stopped by a signal (Ctrl-C reaches the
+ * whole process group, so it may die before the demo hears of it) or cut
+ * short by the demo's own interruption has no usable output: Interrupted.
+ */
+async function thinrelay(args: string[], env: NodeJS.ProcessEnv): Promise<CliResult> {
+  if (interrupted !== null) throw new Interrupted();
+  const r = await runCli(args, env);
+  if (interrupted !== null || r.signal !== null || r.code === 130 || r.code === 143)
+    throw new Interrupted();
+  return r;
+}
+
+/** A CLI call's --json output: parsed only from a complete, successful run. */
+async function thinrelayJson<T>(args: string[], env: NodeJS.ProcessEnv): Promise<T> {
+  const r = await thinrelay(args, env);
+  if (r.code !== 0) throw new Error(`thinrelay ${args.join(' ')} exited ${String(r.code)}`);
+  try {
+    return JSON.parse(r.stdout) as T;
+  } catch (err) {
+    throw new Error(
+      `thinrelay ${args.join(' ')} printed no valid JSON: ${err instanceof Error ? err.message : String(err)}`,
+      { cause: err },
+    );
+  }
 }
 
 /** An operator's command, shown with its output and exit code. */
@@ -122,7 +173,13 @@ function startAgent(hostId: string, stack: LocalStack, stateDir: string): Agent 
         if (line.trim() !== '') note(`${hostId}: ${line}`);
         continue;
       }
-      const l = JSON.parse(line) as Record<string, unknown>;
+      let l: Record<string, unknown>;
+      try {
+        l = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        note(`${hostId}: ${line}`);
+        continue;
+      }
       logs.push(l);
       const text = describeLog(l);
       if (text !== null) note(`${bold(hostId)} ${text}`);
@@ -134,8 +191,12 @@ function startAgent(hostId: string, stack: LocalStack, stateDir: string): Agent 
     env,
     logs,
     stop: async () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      // An agent finishing an unpack stops within seconds; one that hangs is
+      // killed (the pool destroy after it releases what it held).
+      const killer = setTimeout(() => child.kill('SIGKILL'), 30_000);
       await exited;
+      clearTimeout(killer);
     },
   };
 }
@@ -143,6 +204,7 @@ function startAgent(hostId: string, stack: LocalStack, stateDir: string): Agent 
 async function waitFor(what: string, check: () => Promise<boolean> | boolean): Promise<void> {
   const deadline = Date.now() + 120_000;
   while (!(await check())) {
+    if (interrupted !== null) throw new Interrupted();
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(200);
   }
@@ -150,7 +212,8 @@ async function waitFor(what: string, check: () => Promise<boolean> | boolean): P
 
 async function liveHosts(env: NodeJS.ProcessEnv): Promise<number> {
   const r = await thinrelay(['fleet', 'hosts', '--json'], env);
-  return r.code === 0 ? (JSON.parse(r.stdout) as { counts: { live: number } }).counts.live : 0;
+  if (r.code !== 0) return 0;
+  return (JSON.parse(r.stdout) as { counts: { live: number } }).counts.live;
 }
 
 function listTree(root: string, limit: number): string[] {
@@ -188,24 +251,45 @@ async function main(): Promise<number> {
   }
   const work = mkdtempSync(join(tmpdir(), 'thinrelay-demo-'));
   let stack: LocalStack | undefined;
+  // Started (or starting) emulators: a Ctrl-C while they start stops them once up.
+  let stackStarting: Promise<LocalStack> | undefined;
   const agents: Agent[] = [];
-  let cleaned = false;
-  const cleanup = async (): Promise<void> => {
-    if (cleaned) return;
-    cleaned = true;
-    say('8/8', 'cleaning up: agents stopped, snapshots and pools removed, emulators stopped');
-    for (const a of agents) await a.stop();
-    for (const a of agents) await thinrelay(['pool', 'destroy', '--force'], a.env);
-    await stack?.stop();
-    rmSync(work, { recursive: true, force: true });
-  };
-  for (const [sig, code] of [
+  let cleaning: Promise<void> | undefined;
+  const cleanup = (): Promise<void> =>
+    (cleaning ??= (async () => {
+      say('9/9', 'cleaning up: agents stopped, snapshots and pools removed, emulators stopped');
+      // CLI calls first (Ctrl-C may have reached them already), then the agents.
+      const calls = [...cliCalls].map(
+        (c) =>
+          new Promise<void>((resolve) =>
+            c.exitCode !== null ? resolve() : c.once('close', () => resolve()),
+          ),
+      );
+      for (const c of cliCalls) c.kill('SIGTERM');
+      await Promise.all(calls);
+      await Promise.all(agents.map((a) => a.stop()));
+      for (const a of agents) await runCli(['pool', 'destroy', '--force'], a.env);
+      await stackStarting?.then(
+        (s) => s.stop(),
+        () => undefined,
+      );
+      await releaseUnder(work);
+      rmSync(work, { recursive: true, force: true });
+    })());
+  for (const [sig, exitCode] of [
     ['SIGINT', 130],
     ['SIGTERM', 143],
   ] as const)
-    process.once(sig, () => void cleanup().then(() => process.exit(code)));
+    process.on(sig, () => {
+      // A second Ctrl-C while cleaning up changes nothing: the cleanup finishes.
+      if (interrupted !== null) return;
+      interrupted = { signal: sig, exitCode };
+      process.stdout.write(`\n  ${sig}: stopping\n`);
+      void cleanup().finally(() => process.exit(exitCode));
+    });
 
   const join_ = (hostId: string): Agent => {
+    if (interrupted !== null) throw new Interrupted();
     const stateDir = join(work, hostId);
     mkdirSync(stateDir);
     const a = startAgent(hostId, stack!, stateDir);
@@ -214,7 +298,7 @@ async function main(): Promise<number> {
   };
 
   try {
-    stack = await startLocalStack({
+    stackStarting = startLocalStack({
       bucket,
       // A refused image reaches the DLQ after its third receive.
       maxReceiveCount: 3,
@@ -226,13 +310,14 @@ async function main(): Promise<number> {
             : `${bold('lambda')} ${eventName} ${k} → FAILED: ${error instanceof Error ? error.message : str(error)}`,
         ),
     });
+    stack = await stackStarting;
     const env = stack.env;
     say(
-      '1/8',
-      `local stack (as \`npm run stack\`): S3 ${stack.s3Endpoint} → fan-out Lambda handler → SQS ${stack.sqsEndpoint}; fleet table ${stack.fleetTable} in DynamoDB ${stack.dynamoEndpoint}`,
+      '1/9',
+      `work dir ${work}; local stack (as \`npm run stack\`): S3 ${stack.s3Endpoint} → fan-out Lambda handler → SQS ${stack.sqsEndpoint}; fleet table ${stack.fleetTable} in DynamoDB ${stack.dynamoEndpoint}`,
     );
 
-    say('2/8', 'two hosts join group `default`: each agent creates its own queue and DLQ');
+    say('2/9', 'two hosts join group `default`: each agent creates its own queue and DLQ');
     join_('host-a');
     join_('host-b');
     await waitFor('both hosts to register', async () => (await liveHosts(env)) === 2);
@@ -243,22 +328,25 @@ async function main(): Promise<number> {
       seed: 'demo',
     });
     say(
-      '3/8',
+      '3/9',
       `upload a generated rootfs (${(image.length / 1024 ** 2).toFixed(1)} MiB gzip) to s3://${bucket}/${key}; a deploy pipeline waits for the fleet`,
     );
     await upload(stack, key, image);
     await operator(['fleet', 'wait', key, '--timeout', '2m', '--interval', '500ms'], env);
 
-    say('4/8', 'each host has an activated snapshot device:');
+    say('4/9', 'each host has an activated snapshot device:');
     let device = '';
     for (const a of agents) {
-      const r = await thinrelay(['snapshots', '--json'], a.env);
-      const snaps = JSON.parse(r.stdout) as { devicePath: string; key: string }[];
+      const snaps = await thinrelayJson<{ devicePath: string; key: string }[]>(
+        ['snapshots', '--json'],
+        a.env,
+      );
       for (const s of snaps) note(`${a.hostId}: ${s.devicePath}  ${s.key}`);
       device ||= snaps[0]?.devicePath ?? '';
     }
     const mnt = join(work, 'mnt');
     mkdirSync(mnt);
+    if (interrupted !== null) throw new Interrupted();
     execFileSync('mount', ['-o', 'ro', device, mnt]);
     try {
       process.stdout.write(`  files in ${device} (host-a, mounted read-only):\n`);
@@ -267,20 +355,45 @@ async function main(): Promise<number> {
       execFileSync('umount', [mnt]);
     }
 
-    say('5/8', `upload a hostile archive (a member named ../../escape) to ${hostileKey}`);
+    say('5/9', `upload a hostile archive (a member named ../../escape) to ${hostileKey}`);
     await upload(stack, hostileKey, await buildHostileArchive());
     await operator(['fleet', 'wait', hostileKey, '--timeout', '2m', '--interval', '500ms'], env);
     await operator(['fleet', 'status', hostileKey], env);
 
-    say('6/8', 'the operator fixes the object in S3; the fleet converges');
+    say('6/9', "the message keeps failing on its receives; SQS moves it to each host's DLQ");
+    const dlqA = agents[0]!.logs.find((l) => l.msg === 'registered in the fleet')?.dlqUrl;
+    if (typeof dlqA !== 'string') throw new Error('host-a logged no DLQ URL at registration');
+    await waitFor("the hostile image's message in host-a's DLQ", async () => {
+      const out = await stack!.sqs.send(
+        new GetQueueAttributesCommand({
+          QueueUrl: dlqA,
+          AttributeNames: ['ApproximateNumberOfMessages'],
+        }),
+      );
+      return Number(out.Attributes?.ApproximateNumberOfMessages ?? 0) > 0;
+    });
+    note(
+      `host-a: on the host, what failed and what its DLQ holds (the DLQ URL comes from its registration)`,
+    );
+    await operator(['failed'], agents[0]!.env);
+    await operator(['dlq', 'peek'], agents[0]!.env);
+
+    say(
+      '7/9',
+      "the operator fixes the object in S3 and redrives host-a's DLQ; the fleet converges",
+    );
     await upload(
       stack,
       hostileKey,
       await buildSampleRootfs({ gzip: false, payloadBytes: 1024 ** 2, seed: 'fixed' }),
     );
+    await operator(['redrive'], agents[0]!.env);
+    note(
+      "host-a handles the redriven message again: dropped as stale when the fix's own event came first, else it processes the current object",
+    );
     await operator(['fleet', 'wait', hostileKey, '--timeout', '2m', '--interval', '500ms'], env);
 
-    say('7/8', 'host-c joins late: no new upload, it catches up from the bucket');
+    say('8/9', 'host-c joins late: no new upload, it catches up from the bucket');
     const late = join_('host-c');
     await waitFor('host-c to finish a sync round', () =>
       late.logs.some((l) => l.msg === 'sync round done'),
@@ -295,4 +408,29 @@ async function main(): Promise<number> {
   }
 }
 
-process.exitCode = await main();
+/**
+ * The last resort after the agents' own `pool destroy --force`: whatever is
+ * still mounted or attached under the demo's work dir (the demo's own mount,
+ * an agent killed mid-unpack) is released, so the work dir can go.
+ */
+async function releaseUnder(dir: string): Promise<void> {
+  const prefix = dir + '/';
+  const mounts = listMounts()
+    .map((m) => m.mountpoint)
+    .filter((m) => m.startsWith(prefix))
+    .sort()
+    .reverse();
+  for (const m of mounts) await unmount(m);
+  for (const l of await listLoops())
+    if (l.backingFile.startsWith(prefix)) await detachLoop(l.device);
+}
+
+let exitCode: number;
+try {
+  exitCode = await main();
+} catch (err) {
+  // Interrupted mid-step: what failed is the interruption's doing, not a fault.
+  if (interrupted === null) throw err;
+  exitCode = interrupted.exitCode;
+}
+process.exitCode = interrupted?.exitCode ?? exitCode;
