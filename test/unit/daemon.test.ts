@@ -2,10 +2,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { applyMessage, classifyFailure } from '../../host-agent/src/daemon/apply-event.js';
+import { classifyFailure } from '../../host-agent/src/daemon/apply-event.js';
 import { defaultRetryDelaySeconds } from '../../host-agent/src/daemon/agent.js';
 import { loadDaemonConfig } from '../../host-agent/src/daemon/config.js';
 import { KeyLock } from '../../host-agent/src/daemon/key-lock.js';
@@ -16,9 +13,7 @@ import {
   TransientError,
   UsageError,
 } from '../../host-agent/src/errors.js';
-import type { PipelineDeps } from '../../host-agent/src/pipeline/context.js';
 import { regionOfQueueUrl } from '../../host-agent/src/queue/sqs-client.js';
-import { StateStore } from '../../host-agent/src/store/index.js';
 
 const url = 'https://sqs.eu-west-1.amazonaws.com/123456789012/thinrelay-host-default-web01';
 
@@ -179,50 +174,5 @@ describe('metrics', () => {
     const c = new Counter('x_total', 'x');
     c.inc({ reason: 'a"b\\c\nd' });
     assert.match(c.render(), /^x_total\{reason="a\\"b\\\\c\\nd"\} 1$/m);
-  });
-});
-
-describe('a message that already failed here', () => {
-  /** Apply a message whose id the store recorded failed with `code`; its body is not an event. */
-  async function reapply(code: string): Promise<string | undefined> {
-    const dir = mkdtempSync(join(tmpdir(), 'thinrelay-reapply-'));
-    const store = StateStore.open(dir);
-    try {
-      store.events.recordMessage({
-        messageId: 'm-1',
-        bucket: 'b',
-        key: 'images/a.tar',
-        kind: 'image.put',
-        sequencer: '01',
-        outcome: 'failed',
-        reasonCode: code,
-        reason: 'recorded',
-      });
-      const decision = await applyMessage(
-        { store } as unknown as PipelineDeps,
-        {
-          messageId: 'm-1',
-          receiptHandle: 'r',
-          body: 'not an event',
-          receiveCount: 1,
-          sentAt: 0,
-          receivedAt: 0,
-        },
-        { retryDelaySeconds: () => 1 },
-      );
-      return decision.reasonCode;
-    } finally {
-      store.close();
-      rmSync(dir, { recursive: true, force: true });
-    }
-  }
-
-  test('an image fault is handed straight back, not applied again', async () => {
-    assert.equal(await reapply('ARCHIVE_CORRUPT'), 'ARCHIVE_CORRUPT');
-  });
-
-  test('a space failure (the host ran out) is applied again when redriven', async () => {
-    assert.equal(await reapply('LOW_SPACE'), 'INVALID_MESSAGE');
-    assert.equal(await reapply('STATE_FULL'), 'INVALID_MESSAGE');
   });
 });

@@ -24,7 +24,6 @@ import {
 } from '../errors.js';
 import { retireKey } from '../ops/retire.js';
 import type { PipelineDeps } from '../pipeline/context.js';
-import { isSpaceFailure } from '../pipeline/failure.js';
 import { processImage } from '../pipeline/process-image.js';
 import type { ReceivedMessage } from '../queue/host-queue.js';
 import { databaseError } from '../store/db-errors.js';
@@ -96,11 +95,9 @@ export async function applyMessage(
   opts: ApplyOptions,
 ): Promise<EventDecision> {
   const seen = deps.store.events.message(message.messageId);
-  if (seen?.outcome === 'failed' && !isSpaceFailure(seen.reason_code)) {
+  if (seen?.outcome === 'failed') {
     // Already failed permanently here: hand it straight back so the redrive
     // policy moves it to the DLQ, without unpacking a hostile archive again.
-    // A failure for want of space is the host's: a redriven message (space
-    // freed since) is applied again.
     return {
       outcome: 'failed',
       action: { kind: 'release', delaySeconds: 0 },

@@ -66,13 +66,7 @@ export async function asHostFault(
   return err;
 }
 
-/** The host's space faults: retried up to a budget, then recorded failed (spendSpaceBudget). */
-export const spaceCodes = ['LOW_SPACE', 'STATE_FULL'] as const;
-
-/** A failure recorded for want of space: the host's condition, which may have changed since. */
-export function isSpaceFailure(code: string | null | undefined): boolean {
-  return (spaceCodes as readonly (string | null | undefined)[]).includes(code);
-}
+const spaceCodes = ['LOW_SPACE', 'STATE_FULL'] as const;
 
 /**
  * A space fault is the host's and is retried, but not forever: once this
