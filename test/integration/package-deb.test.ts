@@ -17,6 +17,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import {
   copyFileSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readFileSync,
   rmSync,
@@ -150,6 +151,9 @@ describe('amd64 package in a clean Debian 12 root', { skip }, () => {
     const tree = mkdtempSync(join(out, 'unit-'));
     execFileSync('dpkg-deb', ['-x', newDeb, tree]);
     execFileSync('cp', ['-rn', '/lib/systemd/system/.', join(tree, 'lib/systemd/system/')]);
+    // ExecStart runs /bin/sh (doctor --agent, then exec the agent): dash is Essential on Debian.
+    mkdirSync(join(tree, 'bin'), { recursive: true });
+    copyFileSync('/bin/sh', join(tree, 'bin/sh'));
     const verify = spawnSync(
       'systemd-analyze',
       ['verify', `--root=${tree}`, join(tree, 'lib/systemd/system/thinrelay-agent.service')],
