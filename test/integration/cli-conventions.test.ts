@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import {
   existsSync,
+  mkdirSync,
   mkdtempSync,
   openSync,
   closeSync,
@@ -135,6 +136,20 @@ describe('thinrelay CLI conventions', () => {
     assert.match(oneLine(missingValue.stderr), /option --s3-key needs a value/);
     const bare = await runCli([], env);
     assert.equal(bare.code, ExitCode.usage);
+  });
+
+  test('pool destroy without --force on a pool that holds objects is a usage refusal (exit 2)', async () => {
+    const held = join(dir, 'held');
+    const pool = join(held, 'pool');
+    mkdirSync(pool, { recursive: true });
+    writeFileSync(join(pool, 'vol-00000001.img'), '');
+    const r = await runCli(['pool', 'destroy', '--state-dir', held], env);
+    assert.equal(r.code, ExitCode.usage, r.stderr);
+    assert.match(
+      oneLine(r.stderr),
+      /\[IN_USE\] pool .*still holds 1 object\(s\) — remove the images first, or use `pool destroy --force`/,
+    );
+    assert.ok(existsSync(join(pool, 'vol-00000001.img')), 'nothing destroyed');
   });
 
   test('read-only commands never create state: they say none exists (exit 4)', async () => {

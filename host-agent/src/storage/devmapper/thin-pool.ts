@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, rmdirSync } from 'node:fs';
 import { deviceNodeCheck, rootCheck, toolChecks } from '../readiness.js';
 import type { SpaceFloor } from '../../config.js';
-import { EnvironmentError } from '../../errors.js';
+import { EnvironmentError, UsageError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { StateStore } from '../../store/index.js';
 import { run } from '../../sys/exec.js';
@@ -159,10 +159,11 @@ export class ThinPool {
     if ((await dmInfo(def.name)) !== null) {
       const held = await holdsAnything();
       if (held > 0)
-        throw new EnvironmentError(
-          'POOL_UNAVAILABLE',
+        // A refusal, not a host fault: the operator asked for less than it takes.
+        throw new UsageError(
+          'IN_USE',
           `pool ${def.name} still holds ${held} thin device(s)`,
-          'remove the images first, or use --force',
+          'remove the images first, or use `pool destroy --force`',
         );
     }
     await destroyDefinedPool(this.opts.dmDir, def);
