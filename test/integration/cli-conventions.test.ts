@@ -138,6 +138,34 @@ describe('thinrelay CLI conventions', () => {
     assert.equal(bare.code, ExitCode.usage);
   });
 
+  test('a mistyped subcommand: did-you-mean and the usage on the one error line (no escaped newline)', async () => {
+    for (const [args, guess] of [
+      [['fleet', 'stauts'], 'status'],
+      [['agent', 'deregistr'], 'deregister'],
+      [['pool', 'stauts'], 'status'],
+      [['dlq', 'peak'], 'peek'],
+      [['state', 'bakup'], 'backup'],
+    ] as const) {
+      const r = await runCli([...args, '--state-dir', join(dir, 'none')], env);
+      assert.equal(r.code, ExitCode.usage, r.stderr);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `^thinrelay: ${args[0]}: \\[USAGE\\] unknown ${args[0]} subcommand "${args[1]}" — did you mean "${guess}"\\? usage: thinrelay ${args[0]} `,
+        ),
+      );
+      assert.doesNotMatch(r.stderr, /\\x0a/, 'a newline printed escaped');
+    }
+    // The forms of a usage of several lines, joined on the one line.
+    const fleet = await runCli(['fleet', 'stauts'], env);
+    assert.match(
+      fleet.stderr,
+      /\[--json\] \| thinrelay fleet hosts \[--json\] \| thinrelay fleet wait KEY/,
+    );
+    assert.equal(existsSync(join(dir, 'none')), false);
+  });
+
   test('pool destroy without --force on a pool that holds objects is a usage refusal (exit 2)', async () => {
     const held = join(dir, 'held');
     const pool = join(held, 'pool');

@@ -25,7 +25,7 @@ import { showCommand } from './commands/show.js';
 import { configCommand } from './commands/config.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { commandHelp, didYouMean, mainHelp, maxPositionalsOf } from './help.js';
-import { formatError } from './output.js';
+import { formatError, usageHint } from './output.js';
 import { databaseError } from '../store/db-errors.js';
 
 function stateDirOf(ctx: { config(): { stateDir: string } } | undefined): string {
@@ -191,7 +191,7 @@ export async function main(argv: string[]): Promise<number> {
     return usageError(
       command.name,
       `unexpected argument${positionals.length - max > 1 ? 's' : ''}: ${positionals.slice(max).join(' ')}`,
-      `usage: ${command.usage}`,
+      usageHint(command.usage),
     );
   }
 

@@ -69,6 +69,19 @@ export function formatBytes(n: number | null): string {
   return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
 }
 
+/**
+ * A command's usage as an error hint: one line, as every error is (a usage
+ * of several lines would print its newlines escaped). Forms are joined by
+ * ` | `; a parenthesised note line follows its form.
+ */
+export function usageHint(usage: string): string {
+  const lines = usage
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
+  return `usage: ${lines.reduce((acc, l) => (l.startsWith('(') ? `${acc} ${l}` : `${acc} | ${l}`))}`;
+}
+
 /** The one line an operator reads: what failed, why (with the reason code), what to do. */
 export function formatError(what: string, err: unknown): string {
   if (isThinrelayError(err)) {

@@ -15,6 +15,7 @@ import type { PoolUsage } from '../../pool/usage.js';
 import { databasePath } from '../../store/db.js';
 import type { Command, CommandContext } from '../command.js';
 import { formatBytes, printJson } from '../output.js';
+import { unknownSubcommand } from '../help.js';
 
 /** What `pool status` adds when the host has state: usage against the policy and what holds it. */
 interface PolicyView {
@@ -135,11 +136,7 @@ async function run(ctx: CommandContext): Promise<number> {
     return 0;
   }
   if (sub !== 'create' && sub !== 'destroy') {
-    throw new UsageError(
-      'USAGE',
-      `unknown pool command "${sub ?? ''}"`,
-      `usage: ${poolCommand.usage}`,
-    );
+    throw unknownSubcommand(poolCommand, sub, ['create', 'status', 'evict', 'destroy']);
   }
   const rt = ctx.runtime();
   const backend = rt.objects.backend;
