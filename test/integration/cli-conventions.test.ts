@@ -180,7 +180,7 @@ describe('thinrelay CLI conventions', () => {
     assert.ok(existsSync(join(pool, 'vol-00000001.img')), 'nothing destroyed');
   });
 
-  test('read-only commands never create state: they say none exists (exit 4)', async () => {
+  test('read-only commands never create state: listings say none exists (exit 4), pool status and doctor describe a fresh host', async () => {
     const none = join(dir, 'typo');
     for (const args of [
       ['images'],
@@ -194,9 +194,22 @@ describe('thinrelay CLI conventions', () => {
       assert.match(oneLine(r.stderr), new RegExp(`\\[NO_STATE\\] no thinrelay state at ${none}`));
       assert.equal(r.stdout, '');
     }
+    // pool status and doctor describe a fresh host instead (README: exit 0): no pool yet is no verdict.
     const pool = await runCli(['pool', 'status', '--state-dir', none], env);
     assert.equal(pool.code, 0, pool.stderr);
+    assert.match(pool.stdout, /^exists {4}false$/m);
+    assert.doesNotMatch(pool.stdout, /healthy/);
+    const poolJson = await runCli(['pool', 'status', '--json', '--state-dir', none], env);
+    const status = JSON.parse(poolJson.stdout) as { exists: boolean; healthy: boolean | null };
+    assert.deepEqual([status.exists, status.healthy], [false, null]);
+    const doctor = await runCli(['doctor', '--state-dir', none], env);
+    assert.equal(doctor.code, 0, doctor.stdout + doctor.stderr);
     assert.equal(existsSync(none), false, 'nothing created');
+    const readme = readFileSync(new URL('README.md', repo), 'utf8').replace(/\s+/g, ' ');
+    assert.match(
+      readme,
+      /On a path holding no state, `images`, `snapshots`, `show` and `failed` say so and exit 4 \(`NO_STATE`\); `doctor` and `pool status` describe the fresh host and exit 0/,
+    );
   });
 
   test('doctor passes on a fresh host with a fresh state dir, and creates nothing', async () => {

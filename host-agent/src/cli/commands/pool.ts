@@ -33,9 +33,9 @@ function printStatus(ctx: CommandContext, s: PoolStatus, view?: PolicyView | nul
   const pct = (used: number, total: number): string =>
     total > 0 ? `${((100 * used) / total).toFixed(1)}%` : '-';
   const out = process.stdout;
-  out.write(
-    `backend   ${s.backend}\nlocation  ${s.location}\nexists    ${s.exists}\nhealthy   ${s.healthy}\n`,
-  );
+  out.write(`backend   ${s.backend}\nlocation  ${s.location}\nexists    ${s.exists}\n`);
+  // No pool yet is no verdict: `detail` says it is made on first use (or how to make it).
+  if (s.healthy !== null) out.write(`healthy   ${s.healthy}\n`);
   out.write(
     `data      ${formatBytes(s.dataUsedBytes)} used of ${formatBytes(s.dataTotalBytes)} (${pct(s.dataUsedBytes, s.dataTotalBytes)})\n`,
   );

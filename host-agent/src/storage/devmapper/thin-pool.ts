@@ -185,7 +185,7 @@ export class ThinPool {
         dataTotalBytes: 0,
         dataUsedBytes: 0,
         freeBytes: 0,
-        healthy: false,
+        healthy: null,
         detail:
           def === null
             ? 'pool does not exist (thinrelay pool create, or THINRELAY_DM_POOL)'
@@ -228,7 +228,7 @@ export class ThinPool {
   async ensureSpace(bytes: number): Promise<void> {
     const status = await this.status();
     if (!status.exists) await this.device();
-    if (!status.healthy)
+    if (status.healthy !== true)
       throw new EnvironmentError(
         'POOL_UNAVAILABLE',
         `thin pool ${this.name} is not healthy: ${status.detail}`,
@@ -296,7 +296,7 @@ export class ThinPool {
     const checks: ReadinessCheck[] = [
       {
         name: 'thin pool',
-        ok: s.exists && s.healthy,
+        ok: s.exists && s.healthy === true,
         detail: `${s.location}: ${s.detail}`,
         hint: s.exists
           ? 'see dmesg; thin_check the metadata; extend a full pool'

@@ -135,7 +135,7 @@ export class LoopBackend implements StorageBackend {
       metadataTotalBytes: null,
       metadataUsedBytes: null,
       freeBytes: free,
-      healthy: exists,
+      healthy: exists ? true : null,
       detail: exists
         ? `sparse files on the filesystem of ${this.poolDir}; ${counting}`
         : 'pool directory does not exist yet (created on first use)',
