@@ -166,6 +166,35 @@ describe('thinrelay CLI conventions', () => {
     assert.equal(existsSync(join(dir, 'none')), false);
   });
 
+  test('show says what the job serial is: its transition count, not an order between jobs', async () => {
+    const shown = join(dir, 'shown');
+    const store = StateStore.open(shown);
+    const image = store.images.upsert({
+      bucket: 'b',
+      key: 'images/app.tar',
+      versionId: null,
+      eTag: '"e2"',
+      size: 10,
+    });
+    const job = store.jobs.create(image.id, 'test', ['one', 'two']);
+    store.jobs.setStatus(job.id, 'downloading');
+    store.jobs.setStep(job.id, 0, 'running');
+    const serial = store.jobs.get(job.id)!.serial;
+    store.close();
+    const r = await runCli(['show', 'images/app.tar', '--state-dir', shown], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      new RegExp(`^job ${job.id}: downloading {2}transitions ${serial} `, 'm'),
+    );
+    assert.doesNotMatch(r.stdout, /serial/);
+    const readme = readFileSync(new URL('README.md', repo), 'utf8');
+    assert.match(
+      readme,
+      /the job's transition count \(`serial` in JSON: each job or step transition adds one/,
+    );
+  });
+
   test('pool destroy without --force on a pool that holds objects is a usage refusal (exit 2)', async () => {
     const held = join(dir, 'held');
     const pool = join(held, 'pool');
