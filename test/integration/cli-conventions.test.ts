@@ -24,6 +24,7 @@ import { after, before, describe, test } from 'node:test';
 import { ExitCode } from '../../host-agent/src/errors.js';
 import { unpackTools } from '../../host-agent/src/ops/doctor.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
+import { forScripts } from '../../host-agent/src/cli/output.js';
 import { cliPath, runCli } from '../helpers/cli.js';
 
 const repo = new URL('../../../', import.meta.url);
@@ -221,7 +222,10 @@ describe('thinrelay CLI conventions', () => {
       const r = await runCli([...args, '--state-dir', none], env);
       assert.equal(r.code, ExitCode.notFound, `${args.join(' ')}: ${r.stderr}`);
       assert.match(oneLine(r.stderr), new RegExp(`\\[NO_STATE\\] no thinrelay state at ${none}`));
-      assert.equal(r.stdout, '');
+      // Under --json the error is also a document on stdout; without it, stdout stays empty.
+      if (args.includes('--json'))
+        assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'NO_STATE');
+      else assert.equal(r.stdout, '');
     }
     // pool status and doctor describe a fresh host instead (README: exit 0): no pool yet is no verdict.
     const pool = await runCli(['pool', 'status', '--state-dir', none], env);
@@ -244,9 +248,13 @@ describe('thinrelay CLI conventions', () => {
   test('doctor passes on a fresh host with a fresh state dir, and creates nothing', async () => {
     const fresh = join(dir, 'fresh', 'state');
     const r = await runCli(['doctor', '--json', '--state-dir', fresh], env);
-    const out = JSON.parse(r.stdout) as { ok: boolean; checks: { name: string; ok: boolean }[] };
+    const out = JSON.parse(r.stdout) as {
+      ok: boolean;
+      checks: { name: string; ok: boolean; advisory?: boolean }[];
+    };
+    // Advisory checks (the agent's settings, without --agent) warn and never fail doctor.
     assert.deepEqual(
-      out.checks.filter((c) => !c.ok),
+      out.checks.filter((c) => !c.ok && c.advisory !== true),
       [],
     );
     assert.equal(r.code, 0);
@@ -292,7 +300,7 @@ describe('thinrelay CLI conventions', () => {
       assert.equal(r.stdout.split('\n').length, 2, `${args[0]}: one line`);
       const keys = keysOf(JSON.parse(r.stdout));
       assert.deepEqual(
-        keys.filter((k) => !/^[a-z][a-zA-Z0-9]*$/.test(k)),
+        keys.filter((k) => !/^[a-z][a-zA-Z0-9]*$/.test(k) || k === 'eTag'),
         [],
         args.join(' '),
       );
@@ -303,6 +311,57 @@ describe('thinrelay CLI conventions', () => {
       errorCode: string;
     }[];
     assert.equal(failed[0]?.errorCode, 'ARCHIVE_NOT_TAR');
+  });
+
+  test('JSON for scripts: `etag` without quotes everywhere, --version --json, an error is a document too', async () => {
+    // The stored ETag is S3's quoted one; every document gives it bare, as events and the fleet table do.
+    const images = JSON.parse(
+      (await runCli(['images', '--json', '--all', '--state-dir', stateDir], env)).stdout,
+    ) as Record<string, unknown>[];
+    assert.equal(images[0]?.etag, 'e1');
+    assert.equal('eTag' in images[0]!, false);
+    // Nested documents (fleet hosts, dlq events) follow the same rule: one field name, one form.
+    assert.deepEqual(
+      forScripts({ etag: '"a"', hosts: [{ eTag: '"b"', key: 'k' }], events: [{ eTag: 'W/"c"' }] }),
+      { etag: 'a', hosts: [{ etag: 'b', key: 'k' }], events: [{ etag: 'c' }] },
+    );
+    for (const args of [
+      ['--version', '--json'],
+      ['version', '--json'],
+      ['images', '--version', '--json'],
+    ]) {
+      const v = await runCli(args, env);
+      assert.equal(v.code, 0, v.stderr);
+      const doc = JSON.parse(v.stdout) as { version: string; commit: string; node: string };
+      assert.equal(doc.version, pkg.version, args.join(' '));
+      assert.equal(doc.node, process.version);
+    }
+    // An error under --json: the one line on stderr and {error:{code,message,hint},exitCode} on stdout.
+    for (const [args, code, exit] of [
+      [
+        ['show', 'images/none.tar', '--json', '--state-dir', stateDir],
+        'NOT_FOUND',
+        ExitCode.notFound,
+      ],
+      [['fleet', 'stauts', '--json'], 'USAGE', ExitCode.usage],
+      [['imagse', '--json'], 'USAGE', ExitCode.usage],
+      [['images', '--bogus', '--json'], 'USAGE', ExitCode.usage],
+    ] as const) {
+      const r = await runCli(args, env);
+      assert.equal(r.code, exit, r.stderr);
+      assert.match(oneLine(r.stderr), new RegExp(`^thinrelay: .*\\[${code}\\] `));
+      assert.equal(r.stdout.split('\n').length, 2, `${args.join(' ')}: one line`);
+      const doc = JSON.parse(r.stdout) as {
+        error: { code: string; message: string; hint: string | null };
+        exitCode: number;
+      };
+      assert.equal(doc.error.code, code, args.join(' '));
+      assert.equal(doc.exitCode, exit);
+      assert.ok(oneLine(r.stderr).includes(doc.error.message), args.join(' '));
+    }
+    const readme = readFileSync(new URL('README.md', repo), 'utf8').replace(/\s+/g, ' ');
+    assert.match(readme, /an ETag is always `etag`, without S3's quotes/);
+    assert.match(readme, /`\{"error":\{"code","message","hint"\},"exitCode":N\}`/);
   });
 
   test('the settings file: read by the CLI; the environment and flags win; a named file must exist', async () => {

@@ -95,7 +95,7 @@ function printPass(ctx: CommandContext, r: PassResult): void {
       evicted: r.evicted.map((e) => ({
         image: e.image.id,
         key: e.image.key,
-        eTag: e.image.etag,
+        etag: e.image.etag,
         freedBytes: e.freedBytes,
       })),
       collected: r.collected,

@@ -76,7 +76,7 @@ async function run(ctx: CommandContext): Promise<number> {
         imageId: result.image.id,
         bucket: result.image.bucket,
         key: result.image.key,
-        eTag: result.image.etag,
+        etag: result.image.etag,
         sha256: result.image.sha256,
         jobId: result.jobId,
         snapshotId: result.snapshotObjectId,
