@@ -319,7 +319,7 @@ describe('thinrelay CLI conventions', () => {
       (await runCli(['images', '--json', '--all', '--state-dir', stateDir], env)).stdout,
     ) as Record<string, unknown>[];
     assert.equal(images[0]?.etag, 'e1');
-    assert.equal('eTag' in images[0]!, false);
+    assert.equal(images[0] !== undefined && 'eTag' in images[0], false);
     // Nested documents (fleet hosts, dlq events) follow the same rule: one field name, one form.
     assert.deepEqual(
       forScripts({ etag: '"a"', hosts: [{ eTag: '"b"', key: 'k' }], events: [{ eTag: 'W/"c"' }] }),

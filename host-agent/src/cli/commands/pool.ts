@@ -1,6 +1,5 @@
 /** thinrelay pool create | status | evict | destroy. */
 import { parseSize } from '../../config.js';
-import { UsageError } from '../../errors.js';
 import { collectGarbage } from '../../ops/gc.js';
 import { createBackend } from '../../storage/index.js';
 import { currentOwner } from '../../store/owner.js';
