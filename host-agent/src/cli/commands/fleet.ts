@@ -299,16 +299,14 @@ function waitReporter(ctx: CommandContext): WaitReporter {
       });
       if (line === last) return;
       last = line;
-      process.stdout.write(
-        JSON.stringify({
-          key: s.key,
-          etag: s.etag,
-          etagSource: s.etagSource,
-          outcome: s.outcome,
-          counts: s.counts,
-          elapsedSeconds: Math.round(elapsedMs / 100) / 10,
-        }) + '\n',
-      );
+      printJson({
+        key: s.key,
+        etag: s.etag,
+        etagSource: s.etagSource,
+        outcome: s.outcome,
+        counts: s.counts,
+        elapsedSeconds: Math.round(elapsedMs / 100) / 10,
+      });
     },
     end() {},
   };
@@ -407,7 +405,7 @@ function finalOutcome(outcome: RolloutOutcome | undefined): number | null {
 
 function reportEnd(ctx: CommandContext, s: ImageStatus, how: 'ready' | 'failed' | 'timeout'): void {
   if (ctx.json || !process.stderr.isTTY) {
-    process.stdout.write(JSON.stringify({ ...statusJson(s), result: how }) + '\n');
+    printJson({ ...statusJson(s), result: how });
     return;
   }
   if (how === 'ready') {
