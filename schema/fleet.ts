@@ -131,6 +131,7 @@ export interface HostItem {
   /** Epoch milliseconds. */
   registeredAt: number;
   lastSeenAt: number;
+  /** null: not measured — no pool yet (a fresh host's first beat) or its status failed. */
   pool: PoolUsage | null;
   dlqDepth: number | null;
 }

@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import {
   existsSync,
+  mkdirSync,
   mkdtempSync,
   openSync,
   closeSync,
@@ -23,6 +24,7 @@ import { after, before, describe, test } from 'node:test';
 import { ExitCode } from '../../host-agent/src/errors.js';
 import { unpackTools } from '../../host-agent/src/ops/doctor.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
+import { forScripts } from '../../host-agent/src/cli/output.js';
 import { cliPath, runCli } from '../helpers/cli.js';
 
 const repo = new URL('../../../', import.meta.url);
@@ -137,7 +139,78 @@ describe('thinrelay CLI conventions', () => {
     assert.equal(bare.code, ExitCode.usage);
   });
 
-  test('read-only commands never create state: they say none exists (exit 4)', async () => {
+  test('a mistyped subcommand: did-you-mean and the usage on the one error line (no escaped newline)', async () => {
+    for (const [args, guess] of [
+      [['fleet', 'stauts'], 'status'],
+      [['agent', 'deregistr'], 'deregister'],
+      [['pool', 'stauts'], 'status'],
+      [['dlq', 'peak'], 'peek'],
+      [['state', 'bakup'], 'backup'],
+    ] as const) {
+      const r = await runCli([...args, '--state-dir', join(dir, 'none')], env);
+      assert.equal(r.code, ExitCode.usage, r.stderr);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `^thinrelay: ${args[0]}: \\[USAGE\\] unknown ${args[0]} subcommand "${args[1]}" — did you mean "${guess}"\\? usage: thinrelay ${args[0]} `,
+        ),
+      );
+      assert.doesNotMatch(r.stderr, /\\x0a/, 'a newline printed escaped');
+    }
+    // The forms of a usage of several lines, joined on the one line.
+    const fleet = await runCli(['fleet', 'stauts'], env);
+    assert.match(
+      fleet.stderr,
+      /\[--json\] \| thinrelay fleet hosts \[--json\] \| thinrelay fleet wait KEY/,
+    );
+    assert.equal(existsSync(join(dir, 'none')), false);
+  });
+
+  test('show says what the job serial is: its transition count, not an order between jobs', async () => {
+    const shown = join(dir, 'shown');
+    const store = StateStore.open(shown);
+    const image = store.images.upsert({
+      bucket: 'b',
+      key: 'images/app.tar',
+      versionId: null,
+      eTag: '"e2"',
+      size: 10,
+    });
+    const job = store.jobs.create(image.id, 'test', ['one', 'two']);
+    store.jobs.setStatus(job.id, 'downloading');
+    store.jobs.setStep(job.id, 0, 'running');
+    const serial = store.jobs.get(job.id)!.serial;
+    store.close();
+    const r = await runCli(['show', 'images/app.tar', '--state-dir', shown], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      new RegExp(`^job ${job.id}: downloading {2}transitions ${serial} `, 'm'),
+    );
+    assert.doesNotMatch(r.stdout, /serial/);
+    const readme = readFileSync(new URL('README.md', repo), 'utf8');
+    assert.match(
+      readme,
+      /the job's transition count \(`serial` in JSON: each job or step transition adds one/,
+    );
+  });
+
+  test('pool destroy without --force on a pool that holds objects is a usage refusal (exit 2)', async () => {
+    const held = join(dir, 'held');
+    const pool = join(held, 'pool');
+    mkdirSync(pool, { recursive: true });
+    writeFileSync(join(pool, 'vol-00000001.img'), '');
+    const r = await runCli(['pool', 'destroy', '--state-dir', held], env);
+    assert.equal(r.code, ExitCode.usage, r.stderr);
+    assert.match(
+      oneLine(r.stderr),
+      /\[IN_USE\] pool .*still holds 1 object\(s\) — remove the images first, or use `pool destroy --force`/,
+    );
+    assert.ok(existsSync(join(pool, 'vol-00000001.img')), 'nothing destroyed');
+  });
+
+  test('read-only commands never create state: listings say none exists (exit 4), pool status and doctor describe a fresh host', async () => {
     const none = join(dir, 'typo');
     for (const args of [
       ['images'],
@@ -149,11 +222,27 @@ describe('thinrelay CLI conventions', () => {
       const r = await runCli([...args, '--state-dir', none], env);
       assert.equal(r.code, ExitCode.notFound, `${args.join(' ')}: ${r.stderr}`);
       assert.match(oneLine(r.stderr), new RegExp(`\\[NO_STATE\\] no thinrelay state at ${none}`));
-      assert.equal(r.stdout, '');
+      // Under --json the error is also a document on stdout; without it, stdout stays empty.
+      if (args.includes('--json'))
+        assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'NO_STATE');
+      else assert.equal(r.stdout, '');
     }
+    // pool status and doctor describe a fresh host instead (README: exit 0): no pool yet is no verdict.
     const pool = await runCli(['pool', 'status', '--state-dir', none], env);
     assert.equal(pool.code, 0, pool.stderr);
+    assert.match(pool.stdout, /^exists {4}false$/m);
+    assert.doesNotMatch(pool.stdout, /healthy/);
+    const poolJson = await runCli(['pool', 'status', '--json', '--state-dir', none], env);
+    const status = JSON.parse(poolJson.stdout) as { exists: boolean; healthy: boolean | null };
+    assert.deepEqual([status.exists, status.healthy], [false, null]);
+    const doctor = await runCli(['doctor', '--state-dir', none], env);
+    assert.equal(doctor.code, 0, doctor.stdout + doctor.stderr);
     assert.equal(existsSync(none), false, 'nothing created');
+    const readme = readFileSync(new URL('README.md', repo), 'utf8').replace(/\s+/g, ' ');
+    assert.match(
+      readme,
+      /On a path holding no state, `images`, `snapshots`, `show` and `failed` say so and exit 4 \(`NO_STATE`\); `doctor` and `pool status` describe the fresh host and exit 0/,
+    );
   });
 
   test('doctor passes on a fresh host with a fresh state dir, and creates nothing', async () => {
@@ -163,7 +252,7 @@ describe('thinrelay CLI conventions', () => {
       ok: boolean;
       checks: { name: string; ok: boolean; advisory?: boolean }[];
     };
-    // An advisory check (the agent's settings: no queue on a fresh host) warns without failing.
+    // Advisory checks (the agent's settings, without --agent) warn and never fail doctor.
     assert.deepEqual(
       out.checks.filter((c) => !c.ok && c.advisory !== true),
       [],
@@ -212,7 +301,7 @@ describe('thinrelay CLI conventions', () => {
       assert.equal(r.stdout.split('\n').length, 2, `${args[0]}: one line`);
       const keys = keysOf(JSON.parse(r.stdout));
       assert.deepEqual(
-        keys.filter((k) => !/^[a-z][a-zA-Z0-9]*$/.test(k)),
+        keys.filter((k) => !/^[a-z][a-zA-Z0-9]*$/.test(k) || k === 'eTag'),
         [],
         args.join(' '),
       );
@@ -223,6 +312,57 @@ describe('thinrelay CLI conventions', () => {
       errorCode: string;
     }[];
     assert.equal(failed[0]?.errorCode, 'ARCHIVE_NOT_TAR');
+  });
+
+  test('JSON for scripts: `etag` without quotes everywhere, --version --json, an error is a document too', async () => {
+    // The stored ETag is S3's quoted one; every document gives it bare, as events and the fleet table do.
+    const images = JSON.parse(
+      (await runCli(['images', '--json', '--all', '--state-dir', stateDir], env)).stdout,
+    ) as Record<string, unknown>[];
+    assert.equal(images[0]?.etag, 'e1');
+    assert.equal(images[0] !== undefined && 'eTag' in images[0], false);
+    // Nested documents (fleet hosts, dlq events) follow the same rule: one field name, one form.
+    assert.deepEqual(
+      forScripts({ etag: '"a"', hosts: [{ eTag: '"b"', key: 'k' }], events: [{ eTag: 'W/"c"' }] }),
+      { etag: 'a', hosts: [{ etag: 'b', key: 'k' }], events: [{ etag: 'c' }] },
+    );
+    for (const args of [
+      ['--version', '--json'],
+      ['version', '--json'],
+      ['images', '--version', '--json'],
+    ]) {
+      const v = await runCli(args, env);
+      assert.equal(v.code, 0, v.stderr);
+      const doc = JSON.parse(v.stdout) as { version: string; commit: string; node: string };
+      assert.equal(doc.version, pkg.version, args.join(' '));
+      assert.equal(doc.node, process.version);
+    }
+    // An error under --json: the one line on stderr and {error:{code,message,hint},exitCode} on stdout.
+    for (const [args, code, exit] of [
+      [
+        ['show', 'images/none.tar', '--json', '--state-dir', stateDir],
+        'NOT_FOUND',
+        ExitCode.notFound,
+      ],
+      [['fleet', 'stauts', '--json'], 'USAGE', ExitCode.usage],
+      [['imagse', '--json'], 'USAGE', ExitCode.usage],
+      [['images', '--bogus', '--json'], 'USAGE', ExitCode.usage],
+    ] as const) {
+      const r = await runCli(args, env);
+      assert.equal(r.code, exit, r.stderr);
+      assert.match(oneLine(r.stderr), new RegExp(`^thinrelay: .*\\[${code}\\] `));
+      assert.equal(r.stdout.split('\n').length, 2, `${args.join(' ')}: one line`);
+      const doc = JSON.parse(r.stdout) as {
+        error: { code: string; message: string; hint: string | null };
+        exitCode: number;
+      };
+      assert.equal(doc.error.code, code, args.join(' '));
+      assert.equal(doc.exitCode, exit);
+      assert.ok(oneLine(r.stderr).includes(doc.error.message), args.join(' '));
+    }
+    const readme = readFileSync(new URL('README.md', repo), 'utf8').replace(/\s+/g, ' ');
+    assert.match(readme, /an ETag is always `etag`, without S3's quotes/);
+    assert.match(readme, /`\{"error":\{"code","message","hint"\},"exitCode":N\}`/);
   });
 
   test('the settings file: read by the CLI; the environment and flags win; a named file must exist', async () => {

@@ -113,7 +113,8 @@ describe(
         mnt,
         env: hostEnv,
         cli,
-        put: async (key, body) => (await s3.putObject(bucket, key, body)).eTag,
+        // Bare, as `images --json` prints it (README "JSON output").
+        put: async (key, body) => (await s3.putObject(bucket, key, body)).eTag.replace(/"/g, ''),
         process: (key, eTag, extra = {}) =>
           cli(['process-image', '--s3-key', key, '--etag', eTag], extra),
         images: async (all = false) =>

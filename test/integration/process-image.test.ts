@@ -113,12 +113,12 @@ describe('process-image', { skip: needsRoot }, () => {
   });
 
   test('--etag of an image already done answers without asking S3; a stale --etag is refused', async () => {
-    const done = json<ProcessJson & { eTag: string }>(
+    const done = json<ProcessJson & { etag: string }>(
       await cli('process-image', '--s3-key', 'images/sample.tar', '--json'),
     );
     // An unreachable endpoint proves the fast path never talks to S3.
     const offline = await runCli(
-      ['process-image', '--s3-key', 'images/sample.tar', '--etag', done.eTag, '--json'],
+      ['process-image', '--s3-key', 'images/sample.tar', '--etag', done.etag, '--json'],
       {
         ...env,
         AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9',

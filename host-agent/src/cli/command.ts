@@ -4,7 +4,7 @@ import { loadConfig, type AgentConfig } from '../config.js';
 import { UsageError } from '../errors.js';
 import { createLogger, stderrSink, type Logger, type LogLevel } from '../log.js';
 import { openRuntime, type Runtime, type RuntimeOptions } from '../runtime.js';
-import { printable } from './output.js';
+import { printable, usageHint } from './output.js';
 
 export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
 
@@ -121,6 +121,6 @@ export function makeContext(
 
 export function requirePositional(ctx: CommandContext, what: string, usage: string): string {
   const v = ctx.positionals[0];
-  if (v === undefined) throw new UsageError('USAGE', `missing ${what}`, `usage: ${usage}`);
+  if (v === undefined) throw new UsageError('USAGE', `missing ${what}`, usageHint(usage));
   return v;
 }

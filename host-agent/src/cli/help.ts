@@ -1,4 +1,6 @@
 /** Help text (main and per command, from each command's option docs) and did-you-mean. */
+import { UsageError } from '../errors.js';
+import { usageHint } from './output.js';
 import {
   globalDocs,
   globalOptions,
@@ -122,4 +124,23 @@ export function didYouMean(word: string, candidates: readonly string[]): string 
   if (best !== undefined && bestD <= limit) return best;
   const prefixed = candidates.filter((c) => c.startsWith(word));
   return word.length >= 2 && prefixed.length === 1 ? prefixed[0] : undefined;
+}
+
+/**
+ * A missing or mistyped subcommand (`fleet stauts`, `agent deregistr`): a
+ * usage error with a did-you-mean among the command's subcommands and its usage.
+ */
+export function unknownSubcommand(
+  command: Pick<Command, 'name' | 'usage'>,
+  sub: string | undefined,
+  subcommands: readonly string[],
+): UsageError {
+  if (sub === undefined)
+    return new UsageError('USAGE', 'missing subcommand', usageHint(command.usage));
+  const guess = didYouMean(sub, subcommands);
+  return new UsageError(
+    'USAGE',
+    `unknown ${command.name} subcommand "${sub}"`,
+    `${guess === undefined ? '' : `did you mean "${guess}"? `}${usageHint(command.usage)}`,
+  );
 }

@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { applySettingsFile } from '../config.js';
 import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
 import { isJournalStream, journalPriority } from '../log.js';
-import { versionLine } from '../version.js';
+import { build, versionLine } from '../version.js';
 import { globalOptions, makeContext, type Command } from './command.js';
 import { agentCommand } from './commands/agent.js';
 import { dlqCommand, redriveCommand } from './commands/dlq.js';
@@ -25,7 +25,7 @@ import { showCommand } from './commands/show.js';
 import { configCommand } from './commands/config.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { commandHelp, didYouMean, mainHelp, maxPositionalsOf } from './help.js';
-import { formatError } from './output.js';
+import { errorJson, formatError, printJson, usageHint } from './output.js';
 import { databaseError } from '../store/db-errors.js';
 
 function stateDirOf(ctx: { config(): { stateDir: string } } | undefined): string {
@@ -93,9 +93,18 @@ function writeError(line: string): void {
   process.stderr.write(prefix + line + '\n');
 }
 
+/** `--json` anywhere before `--` (also when the rest of the line does not parse). */
+let jsonWanted = false;
+
+/** The one error line on stderr; under --json also the error document on stdout. */
+function reportError(what: string, err: unknown, exitCode: number): number {
+  writeError(formatError(what, err));
+  if (jsonWanted) printJson(errorJson(err, exitCode));
+  return exitCode;
+}
+
 function usageError(what: string, message: string, hint: string): number {
-  writeError(formatError(what, new UsageError('USAGE', message, hint)));
-  return ExitCode.usage;
+  return reportError(what, new UsageError('USAGE', message, hint), ExitCode.usage);
 }
 
 /** node:util's parse errors, said the way the rest of the CLI says things. */
@@ -117,6 +126,18 @@ function parseErrorMessage(err: Error, known: readonly string[]): [string, strin
   return [err.message, ''];
 }
 
+/** The version line, or under --json one document: {version, commit, node, platform}. */
+function printVersion(json: boolean): void {
+  if (!json) process.stdout.write(versionLine() + '\n');
+  else
+    printJson({
+      version: build.version,
+      commit: build.commit,
+      node: process.version,
+      platform: `${process.platform} ${process.arch}`,
+    });
+}
+
 function findCommand(name: string): Command | undefined {
   return commands.find((c) => c.name === name);
 }
@@ -136,6 +157,8 @@ function unknownCommand(name: string): number {
 export async function main(argv: string[]): Promise<number> {
   // `thinrelay -v` alone: what people try first (not a global flag: commands may want -v).
   if (argv.length === 1 && argv[0] === '-v') argv = ['--version'];
+  const end = argv.indexOf('--');
+  jsonWanted = (end === -1 ? argv : argv.slice(0, end)).includes('--json');
   const { name, rest } = splitCommand(argv);
   const command = name === undefined ? undefined : findCommand(name);
   if (name !== undefined && name !== 'help' && name !== 'version' && command === undefined)
@@ -162,7 +185,7 @@ export async function main(argv: string[]): Promise<number> {
   }
 
   if (name === 'version' || (values.version === true && command === undefined)) {
-    process.stdout.write(versionLine() + '\n');
+    printVersion(values.json === true);
     return ExitCode.ok;
   }
   if (name === 'help' || command === undefined) {
@@ -183,7 +206,7 @@ export async function main(argv: string[]): Promise<number> {
     return ExitCode.ok;
   }
   if (values.version === true) {
-    process.stdout.write(versionLine() + '\n');
+    printVersion(values.json === true);
     return ExitCode.ok;
   }
   const max = maxPositionalsOf(command);
@@ -191,7 +214,7 @@ export async function main(argv: string[]): Promise<number> {
     return usageError(
       command.name,
       `unexpected argument${positionals.length - max > 1 ? 's' : ''}: ${positionals.slice(max).join(' ')}`,
-      `usage: ${command.usage}`,
+      usageHint(command.usage),
     );
   }
 
@@ -207,10 +230,11 @@ export async function main(argv: string[]): Promise<number> {
       command.name === 'process-image'
         ? `process-image ${String(values['s3-key'] ?? '')}`
         : command.name;
-    writeError(formatError(what, err));
+    const code = isThinrelayError(err) ? err.exitCode : ExitCode.imageFailed;
+    reportError(what, err, code);
     if (process.env.THINRELAY_DEBUG === '1' && err instanceof Error)
       process.stderr.write(`${err.stack}\n`);
-    return isThinrelayError(err) ? err.exitCode : ExitCode.imageFailed;
+    return code;
   } finally {
     ctx?.close();
   }

@@ -4,6 +4,7 @@
  * field names (README: "JSON output").
  */
 import { isThinrelayError, errorMessage } from '../errors.js';
+import { normalizeETag } from '../source/object-ref.js';
 
 /**
  * Text from outside (S3 keys, archive member names, error messages quoting
@@ -20,8 +21,41 @@ export function printable(text: string): string {
   });
 }
 
+/**
+ * JSON for scripts, one convention in every document (README "JSON output"):
+ * an ETag is the field `etag`, its value without S3's quotes (as events and
+ * the fleet table carry it), so one script reads `images`, `fleet` and `dlq`
+ * output alike and can pass the value to `--etag`.
+ */
+export function forScripts(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(forScripts);
+  if (value === null || typeof value !== 'object') return value;
+  const proto = Object.getPrototypeOf(value) as unknown;
+  if (proto !== Object.prototype && proto !== null) return value;
+  return Object.fromEntries(
+    Object.entries(value).map(([k, v]) => {
+      const key = k === 'eTag' ? 'etag' : k;
+      return [key, key === 'etag' && typeof v === 'string' ? normalizeETag(v) : forScripts(v)];
+    }),
+  );
+}
+
 export function printJson(value: unknown): void {
-  process.stdout.write(JSON.stringify(value) + '\n');
+  process.stdout.write(JSON.stringify(forScripts(value)) + '\n');
+}
+
+/** Under --json an error is also a document on stdout (the one line still goes to stderr). */
+export function errorJson(err: unknown, exitCode: number): Record<string, unknown> {
+  return isThinrelayError(err)
+    ? { error: { code: err.code, message: err.message, hint: err.hint ?? null }, exitCode }
+    : {
+        error: {
+          code: null,
+          message: errorMessage(err),
+          hint: 'unexpected; THINRELAY_DEBUG=1 prints the stack',
+        },
+        exitCode,
+      };
 }
 
 /** snake_case → camelCase. */
@@ -67,6 +101,19 @@ export function formatBytes(n: number | null): string {
     u++;
   }
   return `${u === 0 ? v : v.toFixed(1)} ${units[u]}`;
+}
+
+/**
+ * A command's usage as an error hint: one line, as every error is (a usage
+ * of several lines would print its newlines escaped). Forms are joined by
+ * ` | `; a parenthesised note line follows its form.
+ */
+export function usageHint(usage: string): string {
+  const lines = usage
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '');
+  return `usage: ${lines.reduce((acc, l) => (l.startsWith('(') ? `${acc} ${l}` : `${acc} | ${l}`))}`;
 }
 
 /** The one line an operator reads: what failed, why (with the reason code), what to do. */

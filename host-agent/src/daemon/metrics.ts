@@ -271,7 +271,7 @@ export class AgentMetrics {
         }
         this.poolBytes.replace(rows);
         this.poolFree.set(s.freeBytes);
-        this.poolHealthy.set(s.healthy ? 1 : 0);
+        this.poolHealthy.set(s.healthy === true ? 1 : 0);
       } catch {
         this.poolErrors.inc();
         this.poolHealthy.set(0);

@@ -23,8 +23,15 @@ export interface HostFacts {
   registeredAt: number;
 }
 
-export async function poolUsage(backend: StorageBackend): Promise<PoolUsage> {
+/**
+ * The pool's usage, or null while there is no pool yet (a fresh host's first
+ * beat, made at registration): `fleet hosts` then shows `-` (not reported)
+ * rather than a measured-looking `0 B 0%` that images built before the next
+ * beat would contradict.
+ */
+export async function poolUsage(backend: StorageBackend): Promise<PoolUsage | null> {
   const s = await backend.poolStatus();
+  if (!s.exists) return null;
   return {
     dataUsedBytes: s.dataUsedBytes,
     dataTotalBytes: s.dataTotalBytes,

@@ -64,7 +64,8 @@ export interface PoolStatus {
   metadataUsedBytes: number | null;
   /** Space a new volume can still take. */
   freeBytes: number;
-  healthy: boolean;
+  /** null: there is no pool (yet) to judge; `exists` false and `detail` say why. */
+  healthy: boolean | null;
   detail: string;
 }
 

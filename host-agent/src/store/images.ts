@@ -137,7 +137,7 @@ export class ImageRepo {
    * The same rows as list(), as one JSON array built by SQLite: turning 10,000
    * rows into JS objects and back costs ~100 ms that `images --json` must not
    * pay. Ids in `interrupted` read as status "interrupted". Field names are
-   * camelCase, as every --json prints them.
+   * camelCase and the ETag is bare, as every --json prints them.
    */
   listJson(
     opts: {
@@ -153,7 +153,10 @@ export class ImageRepo {
           ? `'status', CASE WHEN id IN (SELECT value FROM json_each(?)) THEN 'interrupted' ELSE status END`
           : c === 'pinned'
             ? `'pinned', json(CASE WHEN ${effectivePinSql('images', '?')} THEN 'true' ELSE 'false' END)`
-            : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
+            : // JSON for scripts gives an ETag without S3's quotes (cli/output.ts forScripts).
+              c === 'etag'
+              ? `'etag', trim(etag, '"')`
+              : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
       )
       .join(', ');
     return this.db

@@ -9,7 +9,8 @@ import type { SQSClient } from '@aws-sdk/client-sqs';
 import { EnvironmentError, UsageError } from '../../errors.js';
 import { sdkLogger } from '../../log.js';
 import type { Command, CommandContext } from '../command.js';
-import { printJson } from '../output.js';
+import { printJson, usageHint } from '../output.js';
+import { unknownSubcommand } from '../help.js';
 
 function checkHostReady(): void {
   if (process.getuid?.() !== 0) {
@@ -24,7 +25,7 @@ function checkHostReady(): void {
 async function run(ctx: CommandContext): Promise<number> {
   if (ctx.positionals[0] === 'deregister') return deregister(ctx);
   if (ctx.positionals.length > 0)
-    throw new UsageError('USAGE', `unknown argument "${ctx.positionals[0]}"`, `usage: ${usage}`);
+    throw unknownSubcommand({ name: 'agent', usage }, ctx.positionals[0], ['deregister']);
   const { loadAgentSettings } = await import('../../daemon/agent-settings.js');
   const flags = {
     group: ctx.values.group as string | undefined,
@@ -40,7 +41,7 @@ async function run(ctx: CommandContext): Promise<number> {
     });
   } catch (err) {
     if (err instanceof UsageError && err.code === 'USAGE' && err.hint === undefined)
-      throw new UsageError('USAGE', err.message, `usage: ${usage}`);
+      throw new UsageError('USAGE', err.message, usageHint(usage));
     throw err;
   }
   const { daemon, fleet } = settings;

@@ -10,7 +10,8 @@ import type { Logger } from '../../log.js';
 import type { PeekResult } from '../../queue/dlq-peek.js';
 import type { Dlq, MoveTask } from '../../queue/redrive.js';
 import type { Command, CommandContext } from '../command.js';
-import { printJson, printTable } from '../output.js';
+import { printJson, printTable, usageHint } from '../output.js';
+import { unknownSubcommand } from '../help.js';
 
 const POLL_INTERVAL_MS = 2000;
 
@@ -28,7 +29,7 @@ async function dlqUrlOf(ctx: CommandContext, usage: string): Promise<string> {
   throw new UsageError(
     'USAGE',
     'no DLQ: pass --dlq-url (or THINRELAY_DLQ_URL); this state dir has no group registration to take it from',
-    `usage: ${usage}`,
+    usageHint(usage),
   );
 }
 
@@ -335,11 +336,7 @@ function printPeek(r: PeekResult): void {
 async function dlq(ctx: CommandContext): Promise<number> {
   const sub = ctx.positionals[0];
   if (sub !== 'peek') {
-    throw new UsageError(
-      'USAGE',
-      `unknown dlq command "${sub ?? ''}"`,
-      `usage: ${dlqCommand.usage}`,
-    );
+    throw unknownSubcommand(dlqCommand, sub, ['peek']);
   }
   const { checkQueueUrl } = await import('../../queue/sqs-errors.js');
   const url = checkQueueUrl(await dlqUrlOf(ctx, dlqCommand.usage), '--dlq-url');

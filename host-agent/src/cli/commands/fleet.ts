@@ -11,7 +11,8 @@ import { ExitCode, FleetError, UsageError, isThinrelayError } from '../../errors
 import type { FleetReader } from '../../fleet/fleet-reader.js';
 import type { ETagSource, ImageStatus, RolloutOutcome } from '../../fleet/fleet-view.js';
 import type { Command, CommandContext } from '../command.js';
-import { formatBytes, formatError, printJson, printTable } from '../output.js';
+import { formatBytes, formatError, printJson, printTable, usageHint } from '../output.js';
+import { unknownSubcommand } from '../help.js';
 
 const USAGE = `thinrelay fleet status [KEY] [--json]
        thinrelay fleet hosts [--json]
@@ -29,10 +30,10 @@ async function openReader(ctx: CommandContext): Promise<FleetReader> {
 function keyArg(ctx: CommandContext, required: boolean): string | undefined {
   const key = ctx.positionals[1];
   if (key === undefined && required) {
-    throw new UsageError('USAGE', `missing KEY (the image's S3 key)`, `usage: ${USAGE}`);
+    throw new UsageError('USAGE', `missing KEY (the image's S3 key)`, usageHint(USAGE));
   }
   if (ctx.positionals.length > 2) {
-    throw new UsageError('USAGE', `unexpected argument "${ctx.positionals[2]}"`, `usage: ${USAGE}`);
+    throw new UsageError('USAGE', `unexpected argument "${ctx.positionals[2]}"`, usageHint(USAGE));
   }
   return key;
 }
@@ -164,7 +165,7 @@ async function status(ctx: CommandContext): Promise<number> {
 
 async function hosts(ctx: CommandContext): Promise<number> {
   if (ctx.positionals.length > 1) {
-    throw new UsageError('USAGE', `unexpected argument "${ctx.positionals[1]}"`, `usage: ${USAGE}`);
+    throw new UsageError('USAGE', `unexpected argument "${ctx.positionals[1]}"`, usageHint(USAGE));
   }
   const reader = await openReader(ctx);
   const { hostSummaries } = await import('../../fleet/fleet-view.js');
@@ -298,16 +299,14 @@ function waitReporter(ctx: CommandContext): WaitReporter {
       });
       if (line === last) return;
       last = line;
-      process.stdout.write(
-        JSON.stringify({
-          key: s.key,
-          etag: s.etag,
-          etagSource: s.etagSource,
-          outcome: s.outcome,
-          counts: s.counts,
-          elapsedSeconds: Math.round(elapsedMs / 100) / 10,
-        }) + '\n',
-      );
+      printJson({
+        key: s.key,
+        etag: s.etag,
+        etagSource: s.etagSource,
+        outcome: s.outcome,
+        counts: s.counts,
+        elapsedSeconds: Math.round(elapsedMs / 100) / 10,
+      });
     },
     end() {},
   };
@@ -406,7 +405,7 @@ function finalOutcome(outcome: RolloutOutcome | undefined): number | null {
 
 function reportEnd(ctx: CommandContext, s: ImageStatus, how: 'ready' | 'failed' | 'timeout'): void {
   if (ctx.json || !process.stderr.isTTY) {
-    process.stdout.write(JSON.stringify({ ...statusJson(s), result: how }) + '\n');
+    printJson({ ...statusJson(s), result: how });
     return;
   }
   if (how === 'ready') {
@@ -423,7 +422,7 @@ function reportEnd(ctx: CommandContext, s: ImageStatus, how: 'ready' | 'failed' 
 
 async function forget(ctx: CommandContext): Promise<number> {
   const hostId = ctx.positionals[1];
-  if (hostId === undefined) throw new UsageError('USAGE', 'missing HOST', `usage: ${USAGE}`);
+  if (hostId === undefined) throw new UsageError('USAGE', 'missing HOST', usageHint(USAGE));
   const reader = await openReader(ctx);
   const [{ forgetHost }, { createSqsClient }] = await Promise.all([
     import('../../fleet/fleet-forget.js'),
@@ -503,11 +502,7 @@ export const fleetCommand: Command = {
       case 'forget':
         return forget(ctx);
       default:
-        throw new UsageError(
-          'USAGE',
-          sub === undefined ? 'missing subcommand' : `unknown subcommand "${sub}"`,
-          `usage: ${USAGE}`,
-        );
+        throw unknownSubcommand(fleetCommand, sub, ['status', 'hosts', 'wait', 'forget']);
     }
   },
 };

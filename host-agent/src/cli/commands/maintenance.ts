@@ -3,7 +3,8 @@ import { collectGarbage } from '../../ops/gc.js';
 import { agentSettingsCheckName, runDoctor } from '../../ops/doctor.js';
 import { UsageError } from '../../errors.js';
 import type { Command, CommandContext } from '../command.js';
-import { printJson, printTable } from '../output.js';
+import { printJson, printTable, usageHint } from '../output.js';
+import { unknownSubcommand } from '../help.js';
 
 async function gc(ctx: CommandContext): Promise<number> {
   const rt = ctx.runtime();
@@ -41,8 +42,9 @@ async function doctor(ctx: CommandContext): Promise<number> {
 
 async function state(ctx: CommandContext): Promise<number> {
   const [sub, file] = ctx.positionals;
-  if (sub !== 'backup' || file === undefined)
-    throw new UsageError('USAGE', 'expected `state backup FILE`', `usage: ${stateCommand.usage}`);
+  if (sub !== 'backup') throw unknownSubcommand(stateCommand, sub, ['backup']);
+  if (file === undefined)
+    throw new UsageError('USAGE', 'missing FILE', usageHint(stateCommand.usage));
   const rt = ctx.runtime();
   await rt.store.backup(file);
   if (ctx.json) printJson({ backup: file });

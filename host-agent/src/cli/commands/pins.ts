@@ -25,7 +25,7 @@ function pinOrUnpin(pin: boolean) {
           'see `thinrelay images`',
         );
       rt.store.tx(() => images.setPinned(image.id, pin));
-      result = { image: image.id, key: image.key, eTag: image.etag, pinned: pin };
+      result = { image: image.id, key: image.key, etag: image.etag, pinned: pin };
     } else {
       const changed = rt.store.tx(() =>
         pin ? images.addKeyPin(target) : images.removeKeyPin(target),
@@ -52,13 +52,13 @@ function listPins(ctx: CommandContext): Promise<number> {
   const pinnedImages = rt.store.images
     .list()
     .filter((i) => i.pinned === 1)
-    .map((i) => ({ image: i.id, key: i.key, eTag: i.etag }));
+    .map((i) => ({ image: i.id, key: i.key, etag: i.etag }));
   const view = { keys: stored, configured: rt.config.pool.pins, images: pinnedImages };
   if (ctx.json) printJson(view);
   else {
     for (const p of stored) process.stdout.write(`key     ${p}\n`);
     for (const p of rt.config.pool.pins) process.stdout.write(`key     ${p} (configuration)\n`);
-    for (const i of pinnedImages) process.stdout.write(`image   ${i.image} ${i.key} ${i.eTag}\n`);
+    for (const i of pinnedImages) process.stdout.write(`image   ${i.image} ${i.key} ${i.etag}\n`);
   }
   return Promise.resolve(0);
 }

@@ -1,6 +1,5 @@
 /** thinrelay pool create | status | evict | destroy. */
 import { parseSize } from '../../config.js';
-import { UsageError } from '../../errors.js';
 import { collectGarbage } from '../../ops/gc.js';
 import { createBackend } from '../../storage/index.js';
 import { currentOwner } from '../../store/owner.js';
@@ -15,6 +14,7 @@ import type { PoolUsage } from '../../pool/usage.js';
 import { databasePath } from '../../store/db.js';
 import type { Command, CommandContext } from '../command.js';
 import { formatBytes, printJson } from '../output.js';
+import { unknownSubcommand } from '../help.js';
 
 /** What `pool status` adds when the host has state: usage against the policy and what holds it. */
 interface PolicyView {
@@ -32,9 +32,9 @@ function printStatus(ctx: CommandContext, s: PoolStatus, view?: PolicyView | nul
   const pct = (used: number, total: number): string =>
     total > 0 ? `${((100 * used) / total).toFixed(1)}%` : '-';
   const out = process.stdout;
-  out.write(
-    `backend   ${s.backend}\nlocation  ${s.location}\nexists    ${s.exists}\nhealthy   ${s.healthy}\n`,
-  );
+  out.write(`backend   ${s.backend}\nlocation  ${s.location}\nexists    ${s.exists}\n`);
+  // No pool yet is no verdict: `detail` says it is made on first use (or how to make it).
+  if (s.healthy !== null) out.write(`healthy   ${s.healthy}\n`);
   out.write(
     `data      ${formatBytes(s.dataUsedBytes)} used of ${formatBytes(s.dataTotalBytes)} (${pct(s.dataUsedBytes, s.dataTotalBytes)})\n`,
   );
@@ -94,7 +94,7 @@ function printPass(ctx: CommandContext, r: PassResult): void {
       evicted: r.evicted.map((e) => ({
         image: e.image.id,
         key: e.image.key,
-        eTag: e.image.etag,
+        etag: e.image.etag,
         freedBytes: e.freedBytes,
       })),
       collected: r.collected,
@@ -135,11 +135,7 @@ async function run(ctx: CommandContext): Promise<number> {
     return 0;
   }
   if (sub !== 'create' && sub !== 'destroy') {
-    throw new UsageError(
-      'USAGE',
-      `unknown pool command "${sub ?? ''}"`,
-      `usage: ${poolCommand.usage}`,
-    );
+    throw unknownSubcommand(poolCommand, sub, ['create', 'status', 'evict', 'destroy']);
   }
   const rt = ctx.runtime();
   const backend = rt.objects.backend;

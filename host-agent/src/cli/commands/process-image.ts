@@ -3,7 +3,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { EnvironmentError, InterruptedError, UsageError, errorMessage } from '../../errors.js';
 import { existsSync } from 'node:fs';
 import type { Command, CommandContext } from '../command.js';
-import { printJson } from '../output.js';
+import { printJson, usageHint } from '../output.js';
 import { logProgress, ttyProgress } from '../progress-bar.js';
 
 function checkHostReady(backend: string): void {
@@ -26,7 +26,7 @@ function checkHostReady(backend: string): void {
 async function run(ctx: CommandContext): Promise<number> {
   const key = ctx.values['s3-key'] as string | undefined;
   if (key === undefined || key === '')
-    throw new UsageError('USAGE', 'missing --s3-key', `usage: ${processImageCommand.usage}`);
+    throw new UsageError('USAGE', 'missing --s3-key', usageHint(processImageCommand.usage));
   const config = ctx.config();
   if (config.bucket === null)
     throw new UsageError(
@@ -76,7 +76,7 @@ async function run(ctx: CommandContext): Promise<number> {
         imageId: result.image.id,
         bucket: result.image.bucket,
         key: result.image.key,
-        eTag: result.image.etag,
+        etag: result.image.etag,
         sha256: result.image.sha256,
         jobId: result.jobId,
         snapshotId: result.snapshotObjectId,

@@ -53,8 +53,10 @@ function run(ctx: CommandContext): Promise<number> {
       `  layer ${l.position + 1} ${l.chain_id ?? '(no chain id)'} ${l.status} vol ${l.volume_id ?? '-'} shared by ${l.shared_by}\n`,
     );
   if (job === undefined) return Promise.resolve(0);
+  // The job's serial counts its own transitions (job and steps, store/jobs.ts):
+  // a retried job has more, so it orders nothing between jobs; say what it is.
   out.write(
-    `job ${job.id}: ${job.status}  serial ${job.serial}  created ${job.created_at}  finished ${job.finished_at ?? '-'}\n`,
+    `job ${job.id}: ${job.status}  transitions ${job.serial}  created ${job.created_at}  finished ${job.finished_at ?? '-'}\n`,
   );
   if (job.finished_at === null) {
     const alive = isOwnerAlive(job.owner);
@@ -79,7 +81,7 @@ function run(ctx: CommandContext): Promise<number> {
 export const showCommand: Command = {
   name: 'show',
   summary:
-    "an image and its job's timeline (each step: status, start, end, error; the job's serial)",
+    "an image and its job's timeline (each step: status, start, end, error; how many transitions the job made)",
   usage: 'thinrelay show KEY|ID [--json]',
   options: {},
   examples: ['thinrelay show images/base.tar.gz', 'thinrelay show 12 --json'],

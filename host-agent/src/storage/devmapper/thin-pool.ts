@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, rmdirSync } from 'node:fs';
 import { deviceNodeCheck, rootCheck, toolChecks } from '../readiness.js';
 import type { SpaceFloor } from '../../config.js';
-import { EnvironmentError } from '../../errors.js';
+import { EnvironmentError, UsageError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { StateStore } from '../../store/index.js';
 import { run } from '../../sys/exec.js';
@@ -159,10 +159,11 @@ export class ThinPool {
     if ((await dmInfo(def.name)) !== null) {
       const held = await holdsAnything();
       if (held > 0)
-        throw new EnvironmentError(
-          'POOL_UNAVAILABLE',
+        // A refusal, not a host fault: the operator asked for less than it takes.
+        throw new UsageError(
+          'IN_USE',
           `pool ${def.name} still holds ${held} thin device(s)`,
-          'remove the images first, or use --force',
+          'remove the images first, or use `pool destroy --force`',
         );
     }
     await destroyDefinedPool(this.opts.dmDir, def);
@@ -184,7 +185,7 @@ export class ThinPool {
         dataTotalBytes: 0,
         dataUsedBytes: 0,
         freeBytes: 0,
-        healthy: false,
+        healthy: null,
         detail:
           def === null
             ? 'pool does not exist (thinrelay pool create, or THINRELAY_DM_POOL)'
@@ -227,7 +228,7 @@ export class ThinPool {
   async ensureSpace(bytes: number): Promise<void> {
     const status = await this.status();
     if (!status.exists) await this.device();
-    if (!status.healthy)
+    if (status.healthy !== true)
       throw new EnvironmentError(
         'POOL_UNAVAILABLE',
         `thin pool ${this.name} is not healthy: ${status.detail}`,
@@ -295,7 +296,7 @@ export class ThinPool {
     const checks: ReadinessCheck[] = [
       {
         name: 'thin pool',
-        ok: s.exists && s.healthy,
+        ok: s.exists && s.healthy === true,
         detail: `${s.location}: ${s.detail}`,
         hint: s.exists
           ? 'see dmesg; thin_check the metadata; extend a full pool'

@@ -22,7 +22,7 @@ import {
   truncateSync,
 } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { EnvironmentError, errorMessage } from '../../errors.js';
+import { EnvironmentError, UsageError, errorMessage } from '../../errors.js';
 import { run } from '../../sys/exec.js';
 import { sharesExtents, spaceUsage, type SpaceUsage } from '../../sys/extents.js';
 import { attachLoop, detachLoop, listLoops, loopsFor } from '../../sys/loop-devices.js';
@@ -104,10 +104,11 @@ export class LoopBackend implements StorageBackend {
   async destroyPool(): Promise<void> {
     const inv = await this.inventory();
     if (inv.objects.length > 0 || inv.attached.length > 0 || inv.mounted.length > 0) {
-      throw new EnvironmentError(
-        'POOL_UNAVAILABLE',
+      // A refusal, not a host fault: the operator asked for less than it takes.
+      throw new UsageError(
+        'IN_USE',
         `pool ${this.poolDir} still holds ${inv.objects.length} object(s)`,
-        'remove the images first, or use --force',
+        'remove the images first, or use `pool destroy --force`',
       );
     }
     for (const s of inv.strays) rmSync(s.path, { force: true });
@@ -134,7 +135,7 @@ export class LoopBackend implements StorageBackend {
       metadataTotalBytes: null,
       metadataUsedBytes: null,
       freeBytes: free,
-      healthy: exists,
+      healthy: exists ? true : null,
       detail: exists
         ? `sparse files on the filesystem of ${this.poolDir}; ${counting}`
         : 'pool directory does not exist yet (created on first use)',
