@@ -12,10 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, realpathSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { SpaceFloor } from '../../config.js';
 import { EnvironmentError } from '../../errors.js';
-import type { Logger } from '../../log.js';
-import type { StateStore } from '../../store/index.js';
 import { growExt4 } from '../../sys/grow-ext4.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
@@ -43,21 +40,13 @@ import {
   thinTable,
 } from './dmsetup.js';
 import type { PoolTransactions } from './pool-transactions.js';
-import { ThinPool } from './thin-pool.js';
+import { ThinPool, type ThinPoolOptions } from './thin-pool.js';
 
-export interface DevmapperOptions {
+/** The pool's settings (thin-pool.ts), with where its name and files come from. */
+export interface DevmapperOptions extends Omit<ThinPoolOptions, 'name' | 'attached' | 'dmDir'> {
   stateDir: string;
   /** An existing pool to attach to by name; null = the pool `pool create` makes. */
   poolName: string | null;
-  blockSectors: number;
-  lowWaterSectors: number;
-  skipBlockZeroing: boolean;
-  minFreeData: SpaceFloor;
-  minFreeMetadata: SpaceFloor;
-  /** Needed by everything that changes the pool (doctor runs without it). */
-  store: StateStore | null;
-  owner: string;
-  logger: Logger;
 }
 
 /** The prefix of every dm name of one state dir, so agents on one host never collide. */
