@@ -210,7 +210,9 @@ test('dlq peek lists what waits, parsed, without consuming it', async () => {
   const parsed = peek.messages.filter((m) => m.event !== null);
   assert.deepEqual(parsed.map((m) => m.event?.key).sort(), [...keys].sort());
   const first = parsed.find((m) => m.event?.key === 'images/web-1.tar');
-  assert.deepEqual(first?.event, imageEvent('images/web-1.tar', 0));
+  // The event as parsed, in the CLI's JSON convention: `etag`, never `eTag` (cli/output.ts).
+  const { eTag, ...sent } = imageEvent('images/web-1.tar', 0);
+  assert.deepEqual(first?.event, { ...sent, etag: eTag });
   for (const m of peek.messages) {
     // The peek's own single receive (the emulator restarts the count when it dead-letters).
     assert.ok(m.receiveCount >= 1, 'the peek counts as a receive');

@@ -171,7 +171,7 @@ test('the fleet table has its deployment item and the fan-out records rollouts i
       state: 'pending',
       reason: null,
       message: null,
-      eTag: null,
+      etag: null,
       updatedAt: null,
       liveness: 'unregistered',
       expected: false,
