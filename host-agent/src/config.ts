@@ -295,5 +295,10 @@ export function unpackedEstimate(
   config: AgentConfig,
   opts: { uncompressedTar: boolean },
 ): number {
-  return Math.min(volumeSizeFor(objectBytes, config), (opts.uncompressedTar ? 1 : 4) * objectBytes);
+  return Math.min(volumeSizeFor(objectBytes, config), tarBytesEstimate(objectBytes, opts));
+}
+
+/** What a tar (or a layer) unpacks to at most: its own size, or 4 × when compressed. */
+export function tarBytesEstimate(blobBytes: number, opts: { uncompressedTar: boolean }): number {
+  return (opts.uncompressedTar ? 1 : 4) * blobBytes;
 }

@@ -7,8 +7,8 @@
  * without reapplying committed layers; an image that needs more room than
  * its held base was made with lands on a clone activated longer, its ext4
  * grown. After each test the pool's thin ids equal the store's. Images are
- * OCI archives made here (no umoci in the guest's time budget): plain-tar
- * layers, a config, a manifest, an index.
+ * OCI archives made by hand (no umoci in the guest's time budget:
+ * helpers/oci-archive.ts ociArchiveOfLayers) of plain-tar layers.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -21,7 +21,8 @@ import { runCli, type CliResult } from '../helpers/cli.js';
 import { withMounted } from '../helpers/mount-probe.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
-import { packTar, type PackEntry } from '../helpers/tar-fixtures.js';
+import { ociArchiveOfLayers } from '../helpers/oci-archive.js';
+import { packTar } from '../helpers/tar-fixtures.js';
 import {
   assertPoolMatchesStore,
   cliJson as json,
@@ -35,54 +36,6 @@ import {
 
 const bucket = 'thinrelay-dm-layers';
 const MiB = 1024 ** 2;
-
-function sha256(b: Buffer): string {
-  return createHash('sha256').update(b).digest('hex');
-}
-
-/** An oci-archive (blobs first, index.json last, as skopeo writes) of plain-tar layers. */
-async function ociArchive(layers: Buffer[]): Promise<Buffer> {
-  const blobs = new Map<string, Buffer>();
-  const blob = (b: Buffer, mediaType: string) => {
-    const hex = sha256(b);
-    blobs.set(hex, b);
-    return { mediaType, digest: `sha256:${hex}`, size: b.length };
-  };
-  const config = blob(
-    Buffer.from(
-      JSON.stringify({
-        architecture: 'amd64',
-        os: 'linux',
-        config: { Cmd: ['/bin/app'] },
-        rootfs: { type: 'layers', diff_ids: layers.map((l) => `sha256:${sha256(l)}`) },
-      }),
-    ),
-    'application/vnd.oci.image.config.v1+json',
-  );
-  const manifest = blob(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config,
-        layers: layers.map((l) => blob(l, 'application/vnd.oci.image.layer.v1.tar')),
-      }),
-    ),
-    'application/vnd.oci.image.manifest.v1+json',
-  );
-  const entries: PackEntry[] = [
-    { name: 'blobs/', type: 'directory', mode: 0o755 },
-    { name: 'blobs/sha256/', type: 'directory', mode: 0o755 },
-    ...[...blobs].map(([hex, content]) => ({ name: `blobs/sha256/${hex}`, mode: 0o644, content })),
-    { name: 'oci-layout', mode: 0o644, content: '{"imageLayoutVersion":"1.0.0"}' },
-    {
-      name: 'index.json',
-      mode: 0o644,
-      content: JSON.stringify({ schemaVersion: 2, manifests: [manifest] }),
-    },
-  ];
-  return packTar(entries);
-}
 
 const layer = (files: Record<string, Buffer | string>): Promise<Buffer> =>
   packTar(
@@ -138,20 +91,20 @@ describe('layer chains on a thin pool', { skip: needsRoot }, () => {
       ),
     });
     const top = (n: string): Promise<Buffer> => layer({ [`app-${n}.txt`]: `app ${n}\n` });
-    await s3.putObject(bucket, 'images/base.tar', await ociArchive([base]));
-    await s3.putObject(bucket, 'images/app.tar', await ociArchive([base, await top('a')]));
+    await s3.putObject(bucket, 'images/base.tar', await ociArchiveOfLayers([base]));
+    await s3.putObject(bucket, 'images/app.tar', await ociArchiveOfLayers([base, await top('a')]));
     for (const n of ['c2', 'c3', 'c4']) {
       const mid = await layer({ [`mid-${n}.bin`]: Buffer.alloc(4 * MiB, n) });
       await s3.putObject(
         bucket,
         `images/crash-${n}.tar`,
-        await ociArchive([base, mid, await top(n)]),
+        await ociArchiveOfLayers([base, mid, await top(n)]),
       );
     }
     await s3.putObject(
       bucket,
       'images/grown.tar',
-      await ociArchive([base, await layer({ 'app-gr.txt': 'app gr\n' })]),
+      await ociArchiveOfLayers([base, await layer({ 'app-gr.txt': 'app gr\n' })]),
     );
     stateDir = freshStateDir('thinrelay-dm-layers-');
     env = { ...s3EnvFor(s3), ...devmapperEnv(stateDir), THINRELAY_BUCKET: bucket };

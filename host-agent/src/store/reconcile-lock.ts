@@ -3,15 +3,14 @@
  * leftovers (a restored backup, two runs started together) would otherwise
  * act on one inventory twice: both detach the same loop device, and the
  * second detach may hit a device number already reused for someone else's
- * file. The lock is SQLite's own (fcntl) lock on <state-dir>/reconcile.lock,
- * held by an open EXCLUSIVE transaction, so the kernel releases it however
- * the holder dies; waiters poll, so the event loop never blocks on it.
+ * file. The lock is a FileLock on <state-dir>/reconcile.lock, which the
+ * kernel releases however the holder dies; waiters poll, so the event loop
+ * never blocks on it.
  */
-import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.js';
-import { sqliteCode } from './db-errors.js';
+import { FileLock } from './file-lock.js';
 
 export const reconcileLockFileName = 'reconcile.lock';
 const pollMs = 25;
@@ -41,24 +40,14 @@ async function holdingFileLock<T>(
   logger: Logger,
   fn: () => Promise<T>,
 ): Promise<T> {
-  const db = new Database(join(stateDir, reconcileLockFileName));
+  const lock = new FileLock(join(stateDir, reconcileLockFileName));
   try {
-    db.pragma('busy_timeout = 0');
-    db.pragma('locking_mode = EXCLUSIVE');
-    let waited = false;
-    for (;;) {
-      try {
-        db.exec('BEGIN EXCLUSIVE');
-        break;
-      } catch (err) {
-        if (sqliteCode(err)?.startsWith('SQLITE_BUSY') !== true) throw err;
-        if (!waited) logger.info('waiting for another process to finish reconciling', { stateDir });
-        waited = true;
-        await sleep(pollMs);
-      }
+    for (let waited = false; !lock.tryAcquire(); waited = true) {
+      if (!waited) logger.info('waiting for another process to finish reconciling', { stateDir });
+      await sleep(pollMs);
     }
     return await fn();
   } finally {
-    db.close();
+    lock.close();
   }
 }

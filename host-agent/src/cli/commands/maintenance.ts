@@ -1,7 +1,7 @@
 /** thinrelay gc | doctor | state backup FILE. */
 import { collectGarbage } from '../../ops/gc.js';
 import { agentSettingsCheckName, runDoctor } from '../../ops/doctor.js';
-import { UsageError } from '../../errors.js';
+import { ExitCode, UsageError } from '../../errors.js';
 import type { Command, CommandContext } from '../command.js';
 import { printJson, printTable, usageHint } from '../output.js';
 import { unknownSubcommand } from '../help.js';
@@ -36,8 +36,8 @@ async function doctor(ctx: CommandContext): Promise<number> {
   // Advisory failures (low space) warn; they never keep the agent from starting.
   // The agent's own settings failing is a config error: exit 2, as the agent would.
   if (checks.some((c) => !c.ok && c.advisory !== true && c.name === agentSettingsCheckName))
-    return 2;
-  return checks.every((c) => c.ok || c.advisory === true) ? 0 : 3;
+    return ExitCode.usage;
+  return checks.every((c) => c.ok || c.advisory === true) ? ExitCode.ok : ExitCode.environment;
 }
 
 async function state(ctx: CommandContext): Promise<number> {

@@ -8,7 +8,7 @@
  * (held layers are reused, never applied again). Every layer is flushed and
  * sealed before it counts, so "ready" in the store means "on stable storage".
  */
-import { unpackedEstimate, volumeSizeFor } from '../../config.js';
+import { tarBytesEstimate, unpackedEstimate, volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
 import { checkChainBytes } from '../../limits.js';
 import { failpoint } from '../../failpoints.js';
@@ -292,14 +292,16 @@ function bytesToApply(
   objectVolumeBytes: number,
 ): { bytes: number; layers: number } {
   const missing = source.layers.slice(highestHeldLayer(ctx, source.layers) + 1);
-  const bytes = missing.reduce(
-    (n, l) => n + (l.compression === 'none' ? l.blobBytes : 4 * l.blobBytes),
-    0,
-  );
+  const bytes = missing.reduce((n, l) => n + layerBytesEstimate(l), 0);
   return {
     bytes: Math.min(bytes, imageVolumeSize(ctx, source, objectVolumeBytes)),
     layers: missing.length,
   };
+}
+
+/** What a layer unpacks to at most (tarBytesEstimate). */
+function layerBytesEstimate(l: OpenedImage['layers'][number]): number {
+  return tarBytesEstimate(l.blobBytes, { uncompressedTar: l.compression === 'none' });
 }
 
 /** The index of the highest layer the host holds ready by chain ID; -1 for none. */
@@ -351,7 +353,7 @@ async function applyLayers(
       diffId: layer.diffId!,
       parent,
       sizeBytes,
-      needBytes: layer.compression === 'none' ? layer.blobBytes : 4 * layer.blobBytes,
+      needBytes: layerBytesEstimate(layer),
       apply: async (mountpoint, lower) => {
         progress.start('unpack', null);
         try {
