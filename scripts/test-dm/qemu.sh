@@ -12,7 +12,7 @@
 #   bash scripts/test-dm/qemu.sh --exec 'CMD'        any shell command (debugging)
 #
 # Exit status: the guest command's. Does not build: `npm run test:dm:qemu` does.
-# THINRELAY_DM_TEST_TIMEOUT_MS: per test (default 600000).
+# THINRELAY_DM_TEST_TIMEOUT_MS: per test and per test file (default 1800000, from lib.sh).
 # Env: THINRELAY_DM_VM_TIMEOUT (seconds, default 900; 2700 for --bench), THINRELAY_DM_VM_MEM (MiB,
 # default 4096), THINRELAY_DM_VM_CPUS (default 2), THINRELAY_DM_KERNEL (a
 # /boot/vmlinuz-* to use). THINRELAY_*, NODE_OPTIONS, CI and FORCE_COLOR/NO_COLOR

@@ -321,7 +321,7 @@ describe('an LVM thin pool attached by name (THINRELAY_DM_POOL)', { skip: needsR
     const pvs = [disk(lvmDir, 'pv1', '640M'), disk(lvmDir, 'pv2', '640M')];
     lvm('pvcreate', '-q', ...pvs);
     lvm('vgcreate', '-q', vg, ...pvs);
-    // As an operator would make it (README): 128 KiB chunks, then fail writes when full
+    // As an operator would make it (docs/devmapper.md): 128 KiB chunks, then fail writes when full
     // (lvcreate refuses --errorwhenfull for thin pools; lvchange sets it).
     lvm(
       'lvcreate',
@@ -340,7 +340,7 @@ describe('an LVM thin pool attached by name (THINRELAY_DM_POOL)', { skip: needsR
     );
     lvm('lvchange', '-q', '--errorwhenfull', 'y', `${vg}/pool`);
     // A thin volume LVM made and removed, as in a pool that was used before: the pool is now
-    // layered (its thin-pool device is <vg>-pool-tpool, as README's THINRELAY_DM_POOL shows),
+    // layered (its thin-pool device is <vg>-pool-tpool, as docs/devmapper.md's THINRELAY_DM_POOL shows),
     // so LVM can add thin volumes later while thinrelay's snapshots hold the pool open.
     lvm('lvcreate', '-q', '-V', '64M', '-T', `${vg}/pool`, '-n', 'warmup');
     lvm('lvremove', '-q', '-y', `${vg}/warmup`);

@@ -275,7 +275,7 @@ test('loadConfigFile: errors name the file; the shipped infra/deployment.json is
     shipped.groups.map((g) => g.name),
     ['default', 'gpu'],
   );
-  // README: the filter is empty by default and the content decides (.tar.zst, .tar.xz, no suffix…).
+  // docs/container-images.md: the filter is empty by default and the content decides (.tar.zst, .tar.xz, no suffix…).
   assert.deepEqual(
     shipped.imageSuffixes,
     [],

@@ -1,7 +1,7 @@
 /**
  * The CLI's conventions, run as an operator runs them: global options
  * anywhere, version, help for every command, did-you-mean, positionals,
- * exit codes (and README's table of them), read-only commands that never
+ * exit codes (and docs/operating-a-host.md's table of them), read-only commands that never
  * create state, the settings file, the backend check, one JSON style, and
  * journald priorities.
  */
@@ -189,7 +189,7 @@ describe('thinrelay CLI conventions', () => {
       new RegExp(`^job ${job.id}: downloading {2}transitions ${serial} `, 'm'),
     );
     assert.doesNotMatch(r.stdout, /serial/);
-    const readme = readFileSync(new URL('README.md', repo), 'utf8');
+    const readme = readFileSync(new URL('docs/operating-a-host.md', repo), 'utf8');
     assert.match(
       readme,
       /the job's transition count \(`serial` in JSON: each job or step transition adds one/,
@@ -227,7 +227,7 @@ describe('thinrelay CLI conventions', () => {
         assert.equal((JSON.parse(r.stdout) as { error: { code: string } }).error.code, 'NO_STATE');
       else assert.equal(r.stdout, '');
     }
-    // pool status and doctor describe a fresh host instead (README: exit 0): no pool yet is no verdict.
+    // pool status and doctor describe a fresh host instead (docs/operating-a-host.md: exit 0): no pool yet is no verdict.
     const pool = await runCli(['pool', 'status', '--state-dir', none], env);
     assert.equal(pool.code, 0, pool.stderr);
     assert.match(pool.stdout, /^exists {4}false$/m);
@@ -238,7 +238,10 @@ describe('thinrelay CLI conventions', () => {
     const doctor = await runCli(['doctor', '--state-dir', none], env);
     assert.equal(doctor.code, 0, doctor.stdout + doctor.stderr);
     assert.equal(existsSync(none), false, 'nothing created');
-    const readme = readFileSync(new URL('README.md', repo), 'utf8').replace(/\s+/g, ' ');
+    const readme = readFileSync(new URL('docs/operating-a-host.md', repo), 'utf8').replace(
+      /\s+/g,
+      ' ',
+    );
     assert.match(
       readme,
       /On a path holding no state, `images`, `snapshots`, `show` and `failed` say so and exit 4 \(`NO_STATE`\); `doctor` and `pool status` describe the fresh host and exit 0/,
@@ -360,7 +363,10 @@ describe('thinrelay CLI conventions', () => {
       assert.equal(doc.exitCode, exit);
       assert.ok(oneLine(r.stderr).includes(doc.error.message), args.join(' '));
     }
-    const readme = readFileSync(new URL('README.md', repo), 'utf8').replace(/\s+/g, ' ');
+    const readme = readFileSync(new URL('docs/operating-a-host.md', repo), 'utf8').replace(
+      /\s+/g,
+      ' ',
+    );
     assert.match(readme, /an ETag is always `etag`, without S3's quotes/);
     assert.match(readme, /`\{"error":\{"code","message","hint"\},"exitCode":N\}`/);
   });
@@ -419,12 +425,12 @@ describe('thinrelay CLI conventions', () => {
     assert.match(oneLine(r.stderr), /\[DOWNLOAD_FAILED\].*exit 75/);
   });
 
-  test("README's global-options example runs as written", async () => {
-    const readme = readFileSync(new URL('README.md', repo), 'utf8');
+  test("the CLI doc's global-options example runs as written", async () => {
+    const readme = readFileSync(new URL('docs/operating-a-host.md', repo), 'utf8');
     const block = /```sh\n(thinrelay --backend devmapper pool status --json[\s\S]*?)```/.exec(
       readme,
     )?.[1];
-    assert.ok(block, 'the example block is in README');
+    assert.ok(block, 'the example block is in docs/operating-a-host.md');
     const outputs: string[] = [];
     for (const line of block.trim().split('\n')) {
       const args = line.replace(/#.*$/, '').trim().split(/\s+/).slice(1);
@@ -436,8 +442,8 @@ describe('thinrelay CLI conventions', () => {
     assert.equal(existsSync(join(dir, 'readme')), false);
   });
 
-  test("README's exit-code table is errors.ts ExitCode", () => {
-    const readme = readFileSync(new URL('README.md', repo), 'utf8');
+  test("the CLI doc's exit-code table is errors.ts ExitCode", () => {
+    const readme = readFileSync(new URL('docs/operating-a-host.md', repo), 'utf8');
     const section = readme.split('\n### Exit codes\n')[1]?.split('\n#')[0] ?? '';
     const rows = [...section.matchAll(/^\| (\d+) +\|/gm)].map((m) => Number(m[1]));
     assert.deepEqual(

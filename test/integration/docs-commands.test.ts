@@ -1,5 +1,6 @@
 /**
- * Every `thinrelay …` command line shown in README and docs/ parses as
+ * Every `thinrelay …` command line shown in README, docs/ and the other READMEs
+ * (bench/, infra/, lambda/, host-agent/src/queue/) parses as
  * written: the command and subcommand exist and every option is one the
  * command takes. Each line runs with `--help` appended, so nothing happens
  * beyond the parse (no state dir, no AWS call).
@@ -42,8 +43,15 @@ function commandWords(args: readonly string[]): [string | undefined, string | un
   return [args[i], next === undefined || next.startsWith('-') ? undefined : next];
 }
 
-test('the command lines in README and docs/ parse as written', async () => {
-  const files = [join(repo, 'README.md'), ...markdownFiles(join(repo, 'docs'))];
+test('the command lines in README, docs/ and the other READMEs parse as written', async () => {
+  const files = [
+    join(repo, 'README.md'),
+    ...markdownFiles(join(repo, 'docs')),
+    join(repo, 'bench', 'README.md'),
+    join(repo, 'infra', 'README.md'),
+    join(repo, 'lambda', 'README.md'),
+    join(repo, 'host-agent', 'src', 'queue', 'README.md'),
+  ];
   const commands: DocCommand[] = files.flatMap((f) =>
     docCommands(relative(repo, f), readFileSync(f, 'utf8')),
   );

@@ -293,7 +293,7 @@ describe('faults (issue 14)', { skip: needsRoot, timeout: 600_000 }, () => {
     });
     const namesBefore = hostInventory(host.stateDir).poolFiles;
 
-    // README's restore: images.db* moved aside, the backup copied in, gc.
+    // docs/operating-a-host.md's restore: images.db* moved aside, the backup copied in, gc.
     execFileSync('sh', ['-c', 'mkdir -p broken && mv images.db* broken/'], { cwd: host.stateDir });
     copyFileSync(backup, join(host.stateDir, dbFileName));
     const gc = await runCli(['gc', '--json'], host.env);

@@ -124,7 +124,7 @@ test('fleet status KEY --json: per-host states, reasons and counts', async () =>
   };
   assert.equal(out.key, key);
   assert.equal(out.etag, 'etag-1');
-  // One field name for an ETag in the whole document, host rows included (README "JSON output").
+  // One field name for an ETag in the whole document, host rows included (docs/operating-a-host.md "JSON output").
   assert.doesNotMatch(r.stdout, /"eTag"/);
   assert.deepEqual(
     (out.hosts as unknown as { etag: string }[]).map((h) => h.etag),

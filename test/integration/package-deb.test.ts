@@ -274,7 +274,7 @@ describe('amd64 package in a clean Debian 12 root', { skip }, () => {
       r.run(['dpkg-query', '-W', '-f', '${Status}', 'thinrelay']).stdout,
       'install ok installed',
     );
-    // Kept on purpose (README, "Install"): the images' devices may be in use.
+    // Kept on purpose (docs/packaging.md, "Upgrades, downgrades, removal"): the images' devices may be in use.
     assert.equal(existsSync(join(state(), 'images.db')), true);
   });
 });

@@ -113,7 +113,7 @@ describe(
         mnt,
         env: hostEnv,
         cli,
-        // Bare, as `images --json` prints it (README "JSON output").
+        // Bare, as `images --json` prints it (docs/operating-a-host.md "JSON output").
         put: async (key, body) => (await s3.putObject(bucket, key, body)).eTag.replace(/"/g, ''),
         process: (key, eTag, extra = {}) =>
           cli(['process-image', '--s3-key', key, '--etag', eTag], extra),

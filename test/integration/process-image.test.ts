@@ -89,7 +89,7 @@ describe('process-image', { skip: needsRoot }, () => {
       );
       assert.equal(statSync(join(root, 'home/app/config.json')).uid, 1000);
     });
-    // The operators' check from the README.
+    // The operators' check from the README ("The first upload").
     const dev = execFileSync(
       'sqlite3',
       [join(stateDir, 'images.db'), 'SELECT device_path FROM snapshots LIMIT 1'],

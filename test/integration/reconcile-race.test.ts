@@ -49,7 +49,7 @@ test(
       assert.equal(made.code, 0, made.stderr);
       assert.ok(hostInventory(stateDir).loops.length > 0, 'a snapshot is attached');
 
-      // README's restore: images.db* removed, the (empty) backup copied in.
+      // docs/operating-a-host.md's restore: images.db* removed, the (empty) backup copied in.
       for (const f of [dbFileName, `${dbFileName}-wal`, `${dbFileName}-shm`])
         rmSync(join(stateDir, f), { force: true });
       copyFileSync(backup, join(stateDir, dbFileName));

@@ -57,19 +57,20 @@ test(
   },
 );
 
-test("the unit's Documentation= anchor is a README heading", () => {
-  const readme = readFileSync(
-    fileURLToPath(new URL('../../../README.md', import.meta.url)),
-    'utf8',
-  );
+test("the unit's Documentation= page and anchor exist in the repository", () => {
+  const link =
+    /^Documentation=https:\/\/github\.com\/thinrelay\/thinrelay\/blob\/main\/(\S+\.md)#(\S+)$/m.exec(
+      unit,
+    );
+  assert.ok(link !== null, 'Documentation= points at a section of a document in the repository');
+  const [, page, anchor] = link;
+  const doc = readFileSync(fileURLToPath(new URL(`../../../${page}`, import.meta.url)), 'utf8');
   // GitHub's anchors: lower case, punctuation dropped, spaces as '-'.
-  const anchors = [...readme.matchAll(/^#+ (.+)$/gm)].map((m) =>
+  const anchors = [...doc.matchAll(/^#+ (.+)$/gm)].map((m) =>
     m[1]!
       .toLowerCase()
       .replace(/[^a-z0-9 _-]/g, '')
       .replace(/ /g, '-'),
   );
-  const anchor = /^Documentation=https:\/\/github\.com\/[^#\s]+#(\S+)$/m.exec(unit)?.[1];
-  assert.ok(anchor !== undefined, 'Documentation= points at a README section');
-  assert.ok(anchors.includes(anchor), `#${anchor} is not a README heading`);
+  assert.ok(anchors.includes(anchor!), `#${anchor} is not a heading of ${page}`);
 });

@@ -1,7 +1,7 @@
 /**
  * Printing: aligned tables for people, JSON for machines, one-line errors.
  * Every --json prints exactly one JSON document on one line, with camelCase
- * field names (README: "JSON output").
+ * field names (docs/operating-a-host.md: "JSON output").
  */
 import { isThinrelayError, errorMessage } from '../errors.js';
 import { normalizeETag } from '../source/object-ref.js';
@@ -22,7 +22,7 @@ export function printable(text: string): string {
 }
 
 /**
- * JSON for scripts, one convention in every document (README "JSON output"):
+ * JSON for scripts, one convention in every document (docs/operating-a-host.md "JSON output"):
  * an ETag is the field `etag`, its value without S3's quotes (as events and
  * the fleet table carry it), so one script reads `images`, `fleet` and `dlq`
  * output alike and can pass the value to `--etag`.

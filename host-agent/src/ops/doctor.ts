@@ -154,7 +154,7 @@ function agentSettingsCheck(options: DoctorOptions): ReadinessCheck {
       ok: false,
       detail: `${isThinrelayError(err) ? `[${err.code}] ` : ''}${errorMessage(err)}${advisory ? ' (needed only to run the agent)' : ''}`,
       hint:
-        isThinrelayError(err) && err.hint !== undefined ? err.hint : 'see README, "Configuration"',
+        isThinrelayError(err) && err.hint !== undefined ? err.hint : 'see docs/configuration.md',
       ...(advisory ? { advisory } : {}),
     };
   }

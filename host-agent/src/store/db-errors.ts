@@ -19,7 +19,7 @@ export function sqliteCode(err: unknown): string | undefined {
 }
 
 export const restoreHint =
-  'stop the agent, move images.db (and images.db-wal, images.db-shm) aside, copy the newest `thinrelay state backup` file to images.db, then run `thinrelay gc` (README: "Restoring the state database")';
+  'stop the agent, move images.db (and images.db-wal, images.db-shm) aside, copy the newest `thinrelay state backup` file to images.db, then run `thinrelay gc` (docs/operating-a-host.md: "Restoring the state database")';
 
 /** The typed error for a database fault, or undefined when err is not one. */
 export function databaseError(err: unknown, stateDir: string): EnvironmentError | undefined {
