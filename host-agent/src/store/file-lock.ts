@@ -3,6 +3,11 @@
  * database, held by an open EXCLUSIVE transaction, so the kernel releases
  * it when the holder dies, however it dies. The agent lock and the
  * reconcile lock are both this.
+ *
+ * The connection stays in SQLite's normal locking mode: a BEGIN EXCLUSIVE
+ * that fails there gives back the SHARED/RESERVED locks it took on the way.
+ * In `locking_mode = EXCLUSIVE` it keeps them, so two processes polling at
+ * once could each hold what the other waits for, forever.
  */
 import Database from 'better-sqlite3';
 import { sqliteCode } from './db-errors.js';
@@ -14,7 +19,6 @@ export class FileLock {
     this.db = new Database(path);
     try {
       this.db.pragma('busy_timeout = 0');
-      this.db.pragma('locking_mode = EXCLUSIVE');
     } catch (err) {
       this.db.close();
       throw err;
