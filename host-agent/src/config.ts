@@ -9,6 +9,7 @@ import { resolve } from 'node:path';
 import { UsageError, errorMessage } from './errors.js';
 import { defaultLimits, type ImageLimits } from './limits.js';
 import type { BackendName } from './storage/backend.js';
+import { isBlockSectors, isDmName } from './storage/devmapper/dmsetup.js';
 import {
   poolOverridesFromEnv,
   readGroupPolicy,
@@ -175,12 +176,23 @@ function parseFlag(text: string, what: string): boolean {
 
 function parseBlockSectors(text: string): number {
   const n = parseCount(text, 'THINRELAY_DM_BLOCK_SECTORS');
-  if (n < 128 || n > 2097152 || n % 128 !== 0)
+  if (!isBlockSectors(n))
     throw new UsageError(
       'CONFIG',
       `THINRELAY_DM_BLOCK_SECTORS must be a multiple of 128 between 128 and 2097152, got ${n}`,
     );
   return n;
+}
+
+/** An attached pool's name reaches dmsetup: a device-mapper name, never an option. */
+function parseDmPool(text: string): string {
+  if (!isDmName(text))
+    throw new UsageError(
+      'CONFIG',
+      `THINRELAY_DM_POOL ${JSON.stringify(text)} is not a device-mapper name`,
+      "the pool's name as `dmsetup ls` shows it (e.g. vg0-thinpool for an LVM thin pool): letters, digits and _ . + -, not starting with -, at most 127 characters",
+    );
+  return text;
 }
 
 function parseDownload(env: NodeJS.ProcessEnv): DownloadConfig {
@@ -250,7 +262,7 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
       pool:
         env.THINRELAY_DM_POOL === undefined || env.THINRELAY_DM_POOL === ''
           ? null
-          : env.THINRELAY_DM_POOL,
+          : parseDmPool(env.THINRELAY_DM_POOL),
       blockSectors:
         env.THINRELAY_DM_BLOCK_SECTORS === undefined
           ? 256

@@ -14,6 +14,8 @@ export const ExitCode = {
   notFound: 4,
   /** `fleet wait`: the timeout passed before the rollout finished. */
   timeout: 124,
+  /** A broken invariant: a bug in thinrelay, neither the image's fault nor the host's (EX_SOFTWARE). */
+  internal: 70,
   /** A temporary failure (network, throttling, a lock held elsewhere): retrying later may succeed (EX_TEMPFAIL). */
   temporary: 75,
   /** Interrupted by SIGINT (128 + 2). */
@@ -102,6 +104,8 @@ export type EnvironmentCode =
   // Another `thinrelay agent` runs on this state dir.
   | 'AGENT_RUNNING'
   | 'POOL_UNAVAILABLE'
+  // A system tool (dmsetup, thin_dump) answered something thinrelay cannot read.
+  | 'TOOL_OUTPUT'
   | 'LOW_SPACE'
   // The state dir's filesystem (database, loop pool) is full.
   | 'STATE_FULL'
@@ -126,8 +130,17 @@ export type FleetCode =
   | 'KEY_NOT_FOUND'
   | 'KEY_NOT_ROUTED';
 
+/** A broken invariant (InternalError): a bug, recorded and printed under this one code. */
+export type InternalCode = 'INTERNAL';
+
 export type ReasonCode =
-  ImageFailureCode | UsageCode | NotFoundCode | EnvironmentCode | QueueOperationCode | FleetCode;
+  | ImageFailureCode
+  | UsageCode
+  | NotFoundCode
+  | EnvironmentCode
+  | QueueOperationCode
+  | FleetCode
+  | InternalCode;
 
 export abstract class ThinrelayError extends Error {
   abstract readonly exitCode: ExitCode;
@@ -234,6 +247,24 @@ export class InterruptedError extends ImageError {
   constructor(signal: string, message: string, hint?: string, options?: { cause?: unknown }) {
     super('INTERRUPTED', message, hint, options);
     this.exitCode = signal === 'SIGTERM' ? ExitCode.terminated : ExitCode.interrupted;
+  }
+}
+
+/**
+ * A broken invariant — a bug in thinrelay, never the image's fault nor the
+ * host's: exit 70, recorded as INTERNAL; the daemon retries it like any
+ * unexpected error (the message reaches the DLQ by its receive count). Every
+ * check that only a bug can fail throws this, not a bare Error.
+ */
+export class InternalError extends ThinrelayError {
+  readonly exitCode = ExitCode.internal;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(
+      'INTERNAL',
+      message,
+      'a bug in thinrelay: run it again with THINRELAY_DEBUG=1 for the stack, and report it',
+      options,
+    );
   }
 }
 

@@ -411,6 +411,36 @@ describe('thinrelay CLI conventions', () => {
     );
   });
 
+  test('a THINRELAY_DM_POOL that is no device-mapper name is a configuration error (exit 2) before any dmsetup', async () => {
+    const r = await runCli(['pool', 'status', '--backend', 'devmapper'], {
+      ...env,
+      THINRELAY_STATE_DIR: join(dir, 'dm-name'),
+      THINRELAY_DM_POOL: '--force',
+    });
+    assert.equal(r.code, ExitCode.usage, r.stderr);
+    assert.match(
+      oneLine(r.stderr),
+      /\[CONFIG\] THINRELAY_DM_POOL "--force" is not a device-mapper name — the pool's name as `dmsetup ls` shows it/,
+    );
+  });
+
+  test("a pool.json thinrelay cannot read is the host's fault (exit 3, POOL_UNAVAILABLE naming it), not a failed image", async () => {
+    const state = join(dir, 'bad-pool-json');
+    mkdirSync(join(state, 'dm'), { recursive: true });
+    writeFileSync(join(state, 'dm', 'pool.json'), '{"name": "thinrelay-');
+    const r = await runCli(['pool', 'status', '--backend', 'devmapper', '--json'], {
+      ...env,
+      THINRELAY_STATE_DIR: state,
+    });
+    assert.equal(r.code, ExitCode.environment, r.stderr);
+    assert.match(
+      oneLine(r.stderr),
+      /\[POOL_UNAVAILABLE\] .*\/dm\/pool\.json is not a pool definition thinrelay can use: .*JSON/,
+    );
+    const doc = JSON.parse(r.stdout) as { error: { code: string }; exitCode: number };
+    assert.deepEqual([doc.error.code, doc.exitCode], ['POOL_UNAVAILABLE', ExitCode.environment]);
+  });
+
   test('a network failure is temporary: exit 75', async () => {
     const r = await runCli(['process-image', '--bucket', 'b', '--s3-key', 'k.tar'], {
       ...env,

@@ -9,7 +9,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { S3Client } from '@aws-sdk/client-s3';
-import { ImageError, TransientError, UsageError } from '../../host-agent/src/errors.js';
+import {
+  ImageError,
+  InternalError,
+  TransientError,
+  UsageError,
+} from '../../host-agent/src/errors.js';
 import { createLogger, jsonLineSink } from '../../host-agent/src/log.js';
 import { downloadObject, type DownloadOptions } from '../../host-agent/src/source/download.js';
 import { headObject } from '../../host-agent/src/source/head.js';
@@ -426,6 +431,11 @@ describe('S3 source against s3rver', () => {
     const dl = downloadObject(emu.client, ref);
     for await (const chunk of dl.chunks) assert.fail(`empty, got ${chunk.byteLength} bytes`);
     assert.throws(() => dl.chunks[Symbol.asyncIterator](), /only be iterated once/);
+    // A second iteration is the caller's bug, said as one (exit 70), not a download failure.
+    assert.throws(
+      () => dl.chunks[Symbol.asyncIterator](),
+      (err: unknown) => err instanceof InternalError && err.code === 'INTERNAL',
+    );
     assert.equal((await dl.result).size, 0);
   });
 

@@ -2,14 +2,21 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { classifyFailure } from '../../host-agent/src/daemon/apply-event.js';
+import {
+  classifyFailure,
+  isPermanentFailureCode,
+} from '../../host-agent/src/daemon/apply-event.js';
+import { errorJson, formatError } from '../../host-agent/src/cli/output.js';
+import { describeFailure } from '../../host-agent/src/pipeline/failure.js';
 import { defaultRetryDelaySeconds } from '../../host-agent/src/daemon/agent.js';
 import { loadDaemonConfig } from '../../host-agent/src/daemon/config.js';
 import { KeyLock } from '../../host-agent/src/daemon/key-lock.js';
 import { AgentMetrics, Counter } from '../../host-agent/src/daemon/metrics.js';
 import {
   EnvironmentError,
+  ExitCode,
   ImageError,
+  InternalError,
   TransientError,
   UsageError,
 } from '../../host-agent/src/errors.js';
@@ -62,6 +69,31 @@ describe('failure classes', () => {
     assert.equal(classifyFailure(new EnvironmentError('LOW_SPACE', 'x'), live), 'transient');
     assert.equal(classifyFailure(new UsageError('CONFIG', 'x'), live), 'transient');
     assert.equal(classifyFailure(new Error('EIO'), live), 'transient');
+  });
+  test("a bug (InternalError) is neither the image's fault nor the host's: retried, recorded INTERNAL, exit 70", () => {
+    const bug = new InternalError('invalid image transition ready → processing');
+    assert.equal(classifyFailure(bug, live), 'transient');
+    assert.deepEqual(describeFailure(bug, live), {
+      code: 'INTERNAL',
+      message: 'invalid image transition ready → processing',
+    });
+    // Catch-up sync retries an image that failed for a bug; a permanent code would not be.
+    assert.equal(isPermanentFailureCode('INTERNAL'), false);
+    assert.equal(bug.exitCode, ExitCode.internal);
+    assert.equal(ExitCode.internal, 70);
+    assert.match(
+      formatError('gc', bug),
+      /^thinrelay: gc: \[INTERNAL\] invalid image transition ready → processing — a bug in thinrelay: .*THINRELAY_DEBUG=1/,
+    );
+    assert.deepEqual(errorJson(bug, bug.exitCode), {
+      error: { code: 'INTERNAL', message: bug.message, hint: bug.hint },
+      exitCode: 70,
+    });
+  });
+  test("a tool's unreadable answer is the host's: transient, never permanent", () => {
+    const err = new EnvironmentError('TOOL_OUTPUT', 'unexpected thin-pool status');
+    assert.equal(classifyFailure(err, live), 'transient');
+    assert.equal(err.exitCode, ExitCode.environment);
   });
   test('a changed or vanished object supersedes the event; an abort interrupts it', () => {
     assert.equal(classifyFailure(new ImageError('OBJECT_CHANGED', 'x'), live), 'superseded');

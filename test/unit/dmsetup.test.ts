@@ -4,7 +4,17 @@
  * so a bad name can never reach the tool.
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import {
+  EnvironmentError,
+  ExitCode,
+  InternalError,
+  UsageError,
+  type ThinrelayError,
+} from '../../host-agent/src/errors.js';
 import {
   checkDmName,
   checkThinId,
@@ -18,7 +28,11 @@ import {
   thinPoolTable,
   thinTable,
 } from '../../host-agent/src/storage/devmapper/dmsetup.js';
-import { metadataBytesFor } from '../../host-agent/src/storage/devmapper/pool-setup.js';
+import {
+  definitionPath,
+  metadataBytesFor,
+  readDefinition,
+} from '../../host-agent/src/storage/devmapper/pool-setup.js';
 import { parseThinDump } from '../../host-agent/src/storage/devmapper/thin-metadata.js';
 import { loadConfig } from '../../host-agent/src/config.js';
 
@@ -193,5 +207,99 @@ describe('dmsetup output parsing', () => {
     assert.equal(d.dm.skipBlockZeroing, true);
     assert.throws(() => loadConfig({}, { THINRELAY_DM_BLOCK_SECTORS: '100' }), /multiple of 128/);
     assert.throws(() => loadConfig({}, { THINRELAY_POOL_MIN_FREE_DATA: '120%' }), /at most 100%/);
+  });
+});
+
+describe("a device-mapper failure says whose it is: a bug, the host's or the configuration's", () => {
+  const coded =
+    (type: new (...a: never[]) => ThinrelayError, code: string, exitCode: number) =>
+    (err: unknown): boolean =>
+      err instanceof type && err.code === code && err.exitCode === exitCode;
+  const bug = coded(InternalError, 'INTERNAL', ExitCode.internal);
+  const hostFault = (code: string) => coded(EnvironmentError, code, ExitCode.environment);
+
+  test('a bad name, id or table argument can only be a bug: INTERNAL', async () => {
+    assert.throws(() => checkDmName('a b'), bug);
+    assert.throws(() => checkThinId(2 ** 24), bug);
+    await assert.rejects(dmRemove('../../dev/sda'), bug);
+    assert.throws(
+      () =>
+        thinPoolTable({
+          sectors: 8,
+          metadata: { major: 7, minor: 0 },
+          data: { major: 7, minor: 1 },
+          blockSectors: 256,
+          lowWaterBlocks: 1,
+          features: ['queue_if_no_space'],
+        }),
+      bug,
+    );
+  });
+
+  test('output dmsetup or thin_dump should not give is the host: TOOL_OUTPUT; a device that is not a thin pool: POOL_UNAVAILABLE', () => {
+    assert.throws(() => parseThinPoolStatus('0 2048 linear 7:0 0'), hostFault('POOL_UNAVAILABLE'));
+    assert.throws(
+      () => parseThinPoolTable('0 2048 linear 7:0 0'),
+      (err: unknown) =>
+        hostFault('POOL_UNAVAILABLE')(err) &&
+        /THINRELAY_DM_POOL/.test((err as ThinrelayError).hint ?? ''),
+    );
+    assert.throws(
+      () => parseThinPoolStatus('0 131072 thin-pool 4 213-2048 17/512 - rw'),
+      hostFault('TOOL_OUTPUT'),
+    );
+    assert.throws(
+      () => parseThinPoolTable('0 131072 thin-pool 7-0 7:1 256 256 0'),
+      hostFault('TOOL_OUTPUT'),
+    );
+    assert.throws(() => parseThinDump('garbage'), hostFault('TOOL_OUTPUT'));
+  });
+
+  test('THINRELAY_DM_POOL that is no device-mapper name is a configuration error (exit 2), before any dmsetup', () => {
+    for (const bad of ['-f', 'vg0 thinpool', '../mapper/x', '..'])
+      assert.throws(
+        () => loadConfig({}, { THINRELAY_DM_POOL: bad }),
+        (err: unknown) =>
+          coded(UsageError, 'CONFIG', ExitCode.usage)(err) &&
+          (err as Error).message.includes('THINRELAY_DM_POOL'),
+        bad,
+      );
+    assert.equal(
+      loadConfig({}, { THINRELAY_DM_POOL: 'vg0-thin.pool+1_x' }).dm.pool,
+      'vg0-thin.pool+1_x',
+    );
+  });
+
+  test('a pool.json that is not one thinrelay wrote is the host: POOL_UNAVAILABLE naming the file, not a crash', (t) => {
+    const dmDir = mkdtempSync(join(tmpdir(), 'thinrelay-pooldef-'));
+    t.after(() => rmSync(dmDir, { recursive: true, force: true }));
+    const good = {
+      version: 1,
+      name: 'thinrelay-0a1b2c3d-pool',
+      source: { kind: 'files', data: '/x/data', metadata: '/x/meta' },
+      dataSectors: 2048,
+      blockSectors: 256,
+      lowWaterBlocks: 1,
+      features: ['error_if_no_space'],
+    };
+    writeFileSync(definitionPath(dmDir), JSON.stringify(good));
+    assert.deepEqual(readDefinition(dmDir), good);
+    for (const [text, problem] of [
+      ['{"name": "thinrelay-0a1b', /Unexpected end of JSON|JSON/],
+      ['null', /not a JSON object/],
+      [JSON.stringify({ ...good, name: '-x' }), /no valid pool name/],
+      [JSON.stringify({ ...good, blockSectors: 100 }), /block size 100/],
+      [JSON.stringify({ ...good, features: ['queue_if_no_space'] }), /unknown pool features/],
+    ] as const) {
+      writeFileSync(definitionPath(dmDir), text);
+      assert.throws(
+        () => readDefinition(dmDir),
+        (err: unknown) =>
+          hostFault('POOL_UNAVAILABLE')(err) &&
+          (err as Error).message.includes(definitionPath(dmDir)) &&
+          problem.test((err as Error).message),
+        text,
+      );
+    }
   });
 });

@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { ExitCode, InternalError } from '../../host-agent/src/errors.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
 import type { ImageRow } from '../../host-agent/src/store/images.js';
 import { schemaVersion } from '../../host-agent/src/store/db.js';
@@ -70,6 +71,47 @@ test('every job transition bumps the serial; invalid transitions are refused', (
   );
   store.jobs.setStatus(job.id, 'complete');
   assert.throws(() => store.jobs.setStatus(job.id, 'downloading'), /invalid job transition/);
+});
+
+test('a broken store invariant is a bug, said as one: INTERNAL (exit 70), never an image or host fault', (t) => {
+  const { store } = tempStore(t);
+  const image = store.images.upsert(ref);
+  const job = store.jobs.create(image.id, currentOwner(), ['one']);
+  const internal = (code: string, message: RegExp) => (err: unknown) =>
+    err instanceof InternalError &&
+    err.code === code &&
+    err.exitCode === ExitCode.internal &&
+    message.test(err.message);
+  assert.throws(
+    () => store.images.setStatus(image.id, 'ready'),
+    internal('INTERNAL', /invalid image transition pending → ready/),
+  );
+  assert.throws(
+    () => store.images.setStatus(image.id + 100, 'failed'),
+    internal('INTERNAL', /image \d+ does not exist/),
+  );
+  assert.throws(
+    () => store.jobs.setStep(job.id, 5, 'running'),
+    internal('INTERNAL', /job \d+ has no step 5/),
+  );
+  assert.throws(
+    () => store.blobs.setStatus(999, 'ready'),
+    internal('INTERNAL', /blob 999 does not exist/),
+  );
+  assert.throws(
+    () => store.objects.transition(999, 'removing'),
+    internal('INTERNAL', /storage object 999 does not exist/),
+  );
+  assert.throws(
+    () =>
+      store.poolJournal.open('p', 'me:1:x', {
+        op: 'delete',
+        thinId: 1,
+        originId: null,
+        purpose: 't',
+      }),
+    internal('INTERNAL', /pool p is not held by me:1:x/),
+  );
 });
 
 test('at most one open job per image', (t) => {

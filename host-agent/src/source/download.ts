@@ -19,7 +19,7 @@
 import { createHash } from 'node:crypto';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { DEFAULT_DOWNLOAD_CONCURRENCY, DEFAULT_DOWNLOAD_PART_BYTES } from '../config.js';
-import { ImageError } from '../errors.js';
+import { ImageError, InternalError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import {
   RetryBudget,
@@ -178,7 +178,7 @@ export function downloadObject(
   let iterated = false;
   const chunks: AsyncIterable<Uint8Array> = {
     [Symbol.asyncIterator](): AsyncIterator<Uint8Array> {
-      if (iterated) throw new Error('downloadObject: chunks can only be iterated once');
+      if (iterated) throw new InternalError('downloadObject: chunks can only be iterated once');
       iterated = true;
       return {
         next: () => gen.next(),

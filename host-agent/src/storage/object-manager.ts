@@ -4,7 +4,7 @@
  * a commit of the outcome. This is the only code that calls the backend's
  * mutating methods, so the intent rule holds everywhere by construction.
  */
-import { NotFoundError } from '../errors.js';
+import { InternalError, NotFoundError, errorMessage as errorText } from '../errors.js';
 import { failpoint } from '../failpoints.js';
 import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
@@ -13,7 +13,6 @@ import type { CloneSpec, ObjectSpec, SnapshotSpec, StorageBackend } from './back
 import { objectName } from './names.js';
 import { isOwnerAlive } from '../store/owner.js';
 import { objectTransitions, type ObjectState } from '../store/states.js';
-import { errorMessage as errorText } from '../errors.js';
 
 /** What one storage change does, in order (see ObjectManager.change). */
 interface ChangeStep<T> {
@@ -109,7 +108,7 @@ export class ObjectManager {
 
   snapshotSpec(row: StorageObjectRow): SnapshotSpec {
     if (row.kind !== 'snapshot' || row.parent_id === null) {
-      throw new Error(`storage object ${row.id} is not a snapshot`);
+      throw new InternalError(`storage object ${row.id} is not a snapshot`);
     }
     const origin = this.store.objects.get(row.parent_id)!;
     return { ...this.spec(row), kind: 'snapshot', origin: this.spec(origin) };
@@ -167,7 +166,7 @@ export class ObjectManager {
 
   cloneSpec(row: StorageObjectRow): CloneSpec {
     if (row.kind !== 'volume' || row.parent_id === null) {
-      throw new Error(`storage object ${row.id} is not a cloned volume`);
+      throw new InternalError(`storage object ${row.id} is not a cloned volume`);
     }
     const origin = this.store.objects.get(row.parent_id)!;
     return { ...this.spec(row), kind: 'volume', origin: this.spec(origin) };
@@ -186,7 +185,7 @@ export class ObjectManager {
     onIntent: (volume: StorageObjectRow) => void,
   ): Promise<{ volume: StorageObjectRow; mountpoint: string }> {
     if (o.parent.state !== 'sealed')
-      throw new Error(
+      throw new InternalError(
         `volume ${o.parent.id} is ${o.parent.state}, not sealed: it cannot be cloned`,
       );
     const sizeBytes = Math.max(o.parent.size_bytes, o.sizeBytes ?? 0);

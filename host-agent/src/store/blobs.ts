@@ -5,6 +5,7 @@
  * unpacked without whiteouts, so never the same tree as a layer of those
  * bytes), a compressed one by the object's sha256 alone.
  */
+import { InternalError } from '../errors.js';
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
 import { assertTransition, blobTransitions, type BlobStatus } from './states.js';
@@ -133,7 +134,7 @@ export class BlobRepo {
 
   setStatus(id: number, status: BlobStatus): void {
     const row = this.get(id);
-    if (row === undefined) throw new Error(`blob ${id} does not exist`);
+    if (row === undefined) throw new InternalError(`blob ${id} does not exist`);
     if (row.status !== status) assertTransition(blobTransitions, 'blob', row.status, status);
     this.db
       .prepare(`UPDATE blobs SET status = ?, updated_at = ? WHERE id = ?`)

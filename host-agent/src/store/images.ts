@@ -1,4 +1,5 @@
 /** Images: a (bucket, key, ETag) the host was asked to hold, and its outcome. */
+import { InternalError } from '../errors.js';
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
 import {
@@ -209,7 +210,7 @@ export class ImageRepo {
     } = {},
   ): void {
     const row = this.get(id);
-    if (row === undefined) throw new Error(`image ${id} does not exist`);
+    if (row === undefined) throw new InternalError(`image ${id} does not exist`);
     assertTransition(imageTransitions, 'image', row.status, status);
     const removed = status === 'removed';
     this.db

@@ -3,6 +3,7 @@
  * serial, so an observer (or a test) can tell that something happened even
  * when the status reads the same.
  */
+import { InternalError } from '../errors.js';
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
 import {
@@ -139,7 +140,7 @@ export class JobRepo {
     const step = this.db
       .prepare(`SELECT status FROM job_steps WHERE job_id = ? AND position = ?`)
       .get(jobId, position) as { status: StepStatus } | undefined;
-    if (step === undefined) throw new Error(`job ${jobId} has no step ${position}`);
+    if (step === undefined) throw new InternalError(`job ${jobId} has no step ${position}`);
     assertTransition(stepTransitions, 'step', step.status, to);
     const now = nowIso();
     const starting = to === 'running';

@@ -1,4 +1,5 @@
 /** Storage objects (volumes and snapshots) as recorded intents and outcomes. */
+import { InternalError } from '../errors.js';
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
 import { assertTransition, objectTransitions, type ObjectState } from './states.js';
@@ -76,7 +77,7 @@ export class ObjectRepo {
     opts: { owner?: string | null; devicePath?: string | null } = {},
   ): StorageObjectRow {
     const row = this.get(id);
-    if (row === undefined) throw new Error(`storage object ${id} does not exist`);
+    if (row === undefined) throw new InternalError(`storage object ${id} does not exist`);
     assertTransition(objectTransitions, 'storage object', row.state, to);
     this.db
       .prepare(

@@ -3,6 +3,7 @@
  * committed, the change in flight and who holds the pool. See
  * storage/devmapper/pool-transactions.ts for the protocol.
  */
+import { InternalError } from '../errors.js';
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
 
@@ -66,7 +67,7 @@ export class PoolJournalRepo {
           WHERE pool = ? AND owner = ?`,
       )
       .run(change.op, change.thinId, change.originId, change.purpose, nowIso(), pool, owner);
-    if (changes !== 1) throw new Error(`pool ${pool} is not held by ${owner}`);
+    if (changes !== 1) throw new InternalError(`pool ${pool} is not held by ${owner}`);
   }
 
   /** The change is done (committed at `transactionId`) or undone: nothing open. */
@@ -79,7 +80,7 @@ export class PoolJournalRepo {
           WHERE pool = ? AND owner = ?`,
       )
       .run(transactionId, nowIso(), pool, owner);
-    if (changes !== 1) throw new Error(`pool ${pool} is not held by ${owner}`);
+    if (changes !== 1) throw new InternalError(`pool ${pool} is not held by ${owner}`);
   }
 
   release(pool: string, owner: string): void {

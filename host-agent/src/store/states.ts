@@ -3,6 +3,7 @@
  * transition not listed here, so a bug shows up as an error, not as a row in
  * a state nobody knows how to recover from.
  */
+import { InternalError } from '../errors.js';
 
 export type JobStatus =
   'pending' | 'downloading' | 'unpacking' | 'snapshotting' | 'complete' | 'failed';
@@ -114,6 +115,6 @@ export function assertTransition<S extends string>(
   to: S,
 ): void {
   if (!table[from].includes(to)) {
-    throw new Error(`invalid ${what} transition ${from} → ${to}`);
+    throw new InternalError(`invalid ${what} transition ${from} → ${to}`);
   }
 }

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, realpathSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { EnvironmentError } from '../../errors.js';
+import { EnvironmentError, InternalError } from '../../errors.js';
 import { growExt4 } from '../../sys/grow-ext4.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
@@ -139,7 +139,7 @@ export class DevmapperBackend implements StorageBackend {
   }
 
   private requireThinId(o: ObjectSpec): number {
-    if (o.thinId === null) throw new Error(`${o.name} has no thin id`);
+    if (o.thinId === null) throw new InternalError(`${o.name} has no thin id`);
     return o.thinId;
   }
 
@@ -281,7 +281,7 @@ export class DevmapperBackend implements StorageBackend {
   /** A stray is a device in our namespace that maps no object of ours: remove the device only. */
   async removeStray(deviceName: string): Promise<void> {
     if (!deviceName.startsWith(this.prefix))
-      throw new Error(`${deviceName} is not in our namespace`);
+      throw new InternalError(`${deviceName} is not in our namespace`);
     await dmRemove(checkDmName(deviceName));
     await dmDropNode(deviceName);
   }

@@ -8,6 +8,7 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { EnvironmentError, InternalError } from '../../errors.js';
 import { CommandError, run } from '../../sys/exec.js';
 import { jittered } from '../../retry.js';
 
@@ -16,21 +17,50 @@ const namePattern = /^[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,126}$/;
 /** dm-thin device ids are 24 bits. */
 export const maxThinId = 2 ** 24 - 1;
 
+/** Whether `name` may name a device-mapper device here (config checks THINRELAY_DM_POOL with it). */
+export function isDmName(name: string): boolean {
+  return namePattern.test(name) && name !== '.' && name !== '..';
+}
+
+/** Names reaching dmsetup are ours (prefix + object name) or checked config: a bad one is a bug. */
 export function checkDmName(name: string): string {
-  if (!namePattern.test(name) || name === '.' || name === '..')
-    throw new Error(`invalid device-mapper name ${JSON.stringify(name)}`);
+  if (!isDmName(name))
+    throw new InternalError(`invalid device-mapper name ${JSON.stringify(name)}`);
   return name;
 }
 
 export function checkThinId(id: number): number {
   if (!Number.isInteger(id) || id < 0 || id > maxThinId)
-    throw new Error(`invalid thin device id ${String(id)} (0..${maxThinId})`);
+    throw new InternalError(`invalid thin device id ${String(id)} (0..${maxThinId})`);
   return id;
 }
 
 function checkCount(n: number, what: string): number {
-  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`invalid ${what} ${String(n)}`);
+  if (!Number.isSafeInteger(n) || n < 0) throw new InternalError(`invalid ${what} ${String(n)}`);
   return n;
+}
+
+/** dmsetup (or the kernel behind it) answered something we cannot read: the host's fault. */
+function toolOutput(message: string): EnvironmentError {
+  return new EnvironmentError(
+    'TOOL_OUTPUT',
+    message,
+    'check the device-mapper tools (`dmsetup version`) and the kernel (dmesg)',
+  );
+}
+
+/** The device named is there but is not a thin pool (e.g. THINRELAY_DM_POOL names a plain LV). */
+function notThinPool(what: 'table' | 'status', line: string): EnvironmentError {
+  return new EnvironmentError(
+    'POOL_UNAVAILABLE',
+    `not a thin-pool ${what}: ${line}`,
+    'THINRELAY_DM_POOL must name a thin-pool device (lvcreate --type thin-pool), or unset it for `thinrelay pool create`',
+  );
+}
+
+/** A data block size dm-thin accepts: 64 KiB to 1 GiB in 64 KiB steps (128-sector multiples). */
+export function isBlockSectors(n: number): boolean {
+  return Number.isInteger(n) && n >= 128 && n <= 2097152 && n % 128 === 0;
 }
 
 export interface DevNumber {
@@ -44,7 +74,7 @@ export function devNumber(d: DevNumber): string {
 
 export function parseDevNumber(text: string): DevNumber {
   const m = /^(\d+):(\d+)$/.exec(text);
-  if (m === null) throw new Error(`not a major:minor device number: ${JSON.stringify(text)}`);
+  if (m === null) throw toolOutput(`not a major:minor device number: ${JSON.stringify(text)}`);
   return { major: Number(m[1]), minor: Number(m[2]) };
 }
 
@@ -78,11 +108,16 @@ const poolFeatures = new Set([
   'error_if_no_space',
 ]);
 
+export function isPoolFeature(f: string): boolean {
+  return poolFeatures.has(f);
+}
+
+/** Its features and block size come from config or the pool definition, both checked when read. */
 export function thinPoolTable(t: ThinPoolTable): string {
   for (const f of t.features)
-    if (!poolFeatures.has(f)) throw new Error(`unknown pool feature ${f}`);
-  if (t.blockSectors < 128 || t.blockSectors > 2097152 || t.blockSectors % 128 !== 0)
-    throw new Error(`data block size ${t.blockSectors} must be a multiple of 128 sectors`);
+    if (!isPoolFeature(f)) throw new InternalError(`unknown pool feature ${f}`);
+  if (!isBlockSectors(t.blockSectors))
+    throw new InternalError(`data block size ${t.blockSectors} must be a multiple of 128 sectors`);
   return [
     0,
     checkCount(t.sectors, 'pool length'),
@@ -102,7 +137,7 @@ export function thinTable(o: { sectors: number; pool: DevNumber; thinId: number 
 
 export function parseThinPoolTable(line: string): ThinPoolTable {
   const f = line.trim().split(/\s+/);
-  if (f[2] !== 'thin-pool' || f.length < 8) throw new Error(`not a thin-pool table: ${line}`);
+  if (f[2] !== 'thin-pool' || f.length < 8) throw notThinPool('table', line);
   const nFeatures = Number(f[7]);
   return {
     sectors: Number(f[1]),
@@ -158,7 +193,7 @@ export interface ThinPoolStatus {
  */
 export function parseThinPoolStatus(line: string): ThinPoolStatus {
   const f = line.trim().split(/\s+/);
-  if (f[2] !== 'thin-pool') throw new Error(`not a thin-pool status: ${line}`);
+  if (f[2] !== 'thin-pool') throw notThinPool('status', line);
   if (f[3] === 'Fail') {
     return {
       transactionId: -1,
@@ -174,7 +209,7 @@ export function parseThinPoolStatus(line: string): ThinPoolStatus {
   }
   const ratio = (s: string | undefined): [number, number] => {
     const m = /^(\d+)\/(\d+)$/.exec(s ?? '');
-    if (m === null) throw new Error(`unexpected thin-pool status: ${line}`);
+    if (m === null) throw toolOutput(`unexpected thin-pool status: ${line}`);
     return [Number(m[1]), Number(m[2])];
   };
   const [usedMeta, totalMeta] = ratio(f[4]);
@@ -255,7 +290,7 @@ export async function dmEventCount(name: string): Promise<number> {
     checkDmName(name),
   ]);
   const n = Number(out.trim());
-  if (!Number.isInteger(n)) throw new Error(`dmsetup info: unexpected event count "${out}"`);
+  if (!Number.isInteger(n)) throw toolOutput(`dmsetup info: unexpected event count "${out}"`);
   return n;
 }
 
@@ -352,7 +387,12 @@ export async function dmRemove(name: string, opts: RetryOptions = {}): Promise<v
 export async function dmEnsureNode(name: string): Promise<string> {
   const path = `/dev/mapper/${checkDmName(name)}`;
   if (!existsSync(path)) await run('dmsetup', ['mknodes', '--', name]);
-  if (!existsSync(path)) throw new Error(`${path} did not appear after dmsetup mknodes`);
+  if (!existsSync(path))
+    throw new EnvironmentError(
+      'DM_UNAVAILABLE',
+      `${path} did not appear after dmsetup mknodes`,
+      'device nodes need a writable /dev (devtmpfs) and udev or `dmsetup mknodes`; see `thinrelay doctor`',
+    );
   return path;
 }
 

@@ -23,7 +23,14 @@ import {
 import { join } from 'node:path';
 import { EnvironmentError, UsageError, errorMessage } from '../../errors.js';
 import { run, runSync } from '../../sys/exec.js';
-import { checkDmName, thinPoolTable, type DevNumber } from './dmsetup.js';
+import {
+  checkDmName,
+  isBlockSectors,
+  isDmName,
+  isPoolFeature,
+  thinPoolTable,
+  type DevNumber,
+} from './dmsetup.js';
 
 export interface PoolDefinition {
   version: 1;
@@ -51,9 +58,34 @@ export function definitionPath(dmDir: string): string {
 export function readDefinition(dmDir: string): PoolDefinition | null {
   const path = definitionPath(dmDir);
   if (!existsSync(path)) return null;
-  const def = JSON.parse(readFileSync(path, 'utf8')) as PoolDefinition;
-  checkDmName(def.name);
+  let def: PoolDefinition;
+  try {
+    def = JSON.parse(readFileSync(path, 'utf8')) as PoolDefinition;
+  } catch (err) {
+    throw badDefinition(path, errorMessage(err));
+  }
+  const problem = definitionProblem(def);
+  if (problem !== undefined) throw badDefinition(path, problem);
   return def;
+}
+
+/** What makes a parsed pool.json unusable (the file is ours, but disks and hands change files). */
+function definitionProblem(def: Partial<PoolDefinition> | null): string | undefined {
+  if (typeof def !== 'object' || def === null) return 'not a JSON object';
+  if (typeof def.name !== 'string' || !isDmName(def.name)) return 'no valid pool name';
+  if (typeof def.blockSectors !== 'number' || !isBlockSectors(def.blockSectors))
+    return `block size ${String(def.blockSectors)} is not a multiple of 128 sectors`;
+  if (!Array.isArray(def.features) || !def.features.every((f) => isPoolFeature(String(f))))
+    return `unknown pool features ${JSON.stringify(def.features)}`;
+  return undefined;
+}
+
+function badDefinition(path: string, problem: string): EnvironmentError {
+  return new EnvironmentError(
+    'POOL_UNAVAILABLE',
+    `${path} is not a pool definition thinrelay can use: ${problem}`,
+    '`thinrelay pool create` wrote it and every start loads the pool from it: restore it from a backup of the state dir',
+  );
 }
 
 function writeDefinition(dmDir: string, def: PoolDefinition): void {

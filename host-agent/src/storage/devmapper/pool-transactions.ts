@@ -15,7 +15,7 @@
  * processes never interleave.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { EnvironmentError, errorMessage } from '../../errors.js';
+import { EnvironmentError, InternalError, errorMessage } from '../../errors.js';
 import { failpoint } from '../../failpoints.js';
 import type { Logger } from '../../log.js';
 import type { StateStore } from '../../store/index.js';
@@ -102,7 +102,8 @@ export class PoolTransactions {
     const deadline = Date.now() + holdTimeoutMs;
     for (;;) {
       const row = this.journal();
-      if (row.owner === this.owner) throw new Error(`pool ${this.pool} is already held by us`);
+      if (row.owner === this.owner)
+        throw new InternalError(`pool ${this.pool} is already held by us`);
       if (row.owner === null || !isOwnerAlive(row.owner)) {
         if (this.store.poolJournal.claim(this.pool, row.owner, this.owner)) break;
         continue;
@@ -134,7 +135,7 @@ export class PoolTransactions {
 
   private journal(): PoolJournalRow {
     const row = this.store.poolJournal.get(this.pool);
-    if (row === undefined) throw new Error(`pool ${this.pool} was never adopted`);
+    if (row === undefined) throw new InternalError(`pool ${this.pool} was never adopted`);
     return row;
   }
 

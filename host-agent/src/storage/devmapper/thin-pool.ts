@@ -7,7 +7,7 @@
 import { existsSync, readFileSync, rmdirSync } from 'node:fs';
 import { deviceNodeCheck, rootCheck, toolChecks } from '../readiness.js';
 import type { SpaceFloor } from '../../config.js';
-import { EnvironmentError, UsageError } from '../../errors.js';
+import { EnvironmentError, InternalError, UsageError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { StateStore } from '../../store/index.js';
 import { run } from '../../sys/exec.js';
@@ -68,7 +68,7 @@ export class ThinPool {
   /** Every change to the pool's thin devices is one of its transactions. */
   get tx(): PoolTransactions {
     if (this.opts.store === null)
-      throw new Error('the devmapper backend was opened without a store');
+      throw new InternalError('the devmapper backend was opened without a store');
     this.txCache ??= new PoolTransactions(
       this.opts.store,
       this.name,
@@ -111,7 +111,8 @@ export class ThinPool {
     const def = this.definition();
     if (def !== null && (await dmInfo(def.name)) === null) {
       const store = this.opts.store;
-      if (store === null) throw new Error('the devmapper backend was opened without a store');
+      if (store === null)
+        throw new InternalError('the devmapper backend was opened without a store');
       // The store's write lock: processes starting together load the table once.
       store.tx(() => bringUpSync(def));
       actions.push({
@@ -330,7 +331,12 @@ export class ThinPool {
     const { major, minor } = table.metadata;
     const uevent = readFileSync(`/sys/dev/block/${major}:${minor}/uevent`, 'utf8');
     const name = /^DEVNAME=(.+)$/m.exec(uevent)?.[1];
-    if (name === undefined) throw new Error(`no device name for ${major}:${minor}`);
+    if (name === undefined)
+      throw new EnvironmentError(
+        'TOOL_OUTPUT',
+        `the kernel gives no device name for the pool's metadata device ${major}:${minor}`,
+        `check /sys/dev/block/${major}:${minor}/uevent and the pool's table (dmsetup table ${this.name})`,
+      );
     return `/dev/${name}`;
   }
 

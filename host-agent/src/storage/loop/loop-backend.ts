@@ -22,7 +22,7 @@ import {
   truncateSync,
 } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
-import { EnvironmentError, UsageError, errorMessage } from '../../errors.js';
+import { EnvironmentError, InternalError, UsageError, errorMessage } from '../../errors.js';
 import { run } from '../../sys/exec.js';
 import { sharesExtents, spaceUsage, type SpaceUsage } from '../../sys/extents.js';
 import { attachLoop, detachLoop, listLoops, loopsFor } from '../../sys/loop-devices.js';
@@ -304,7 +304,7 @@ export class LoopBackend implements StorageBackend {
   }
 
   removeStray(path: string): Promise<void> {
-    if (!path.startsWith(this.poolDir + '/')) throw new Error(`${path} is not in the pool`);
+    if (!path.startsWith(this.poolDir + '/')) throw new InternalError(`${path} is not in the pool`);
     rmSync(path, { force: true });
     return Promise.resolve();
   }
