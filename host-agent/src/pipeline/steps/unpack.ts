@@ -12,7 +12,6 @@ import { tarBytesEstimate, unpackedEstimate, volumeSizeFor } from '../../config.
 import { ImageError } from '../../errors.js';
 import { checkChainBytes } from '../../limits.js';
 import { failpoint } from '../../failpoints.js';
-import { applyLayer } from '../../image/apply-layer.js';
 import {
   describeImage,
   flatChainId,
@@ -23,7 +22,7 @@ import {
 } from '../../image/index.js';
 import { admit } from '../../pool/keeper.js';
 import { spoolDirOf } from '../../image/spool.js';
-import { unpackArchive } from '../../unpack/index.js';
+import { applyLayer, unpackArchive } from '../../layer/index.js';
 import type { BlobRow } from '../../store/blobs.js';
 import type { JobContext, StepOutcome } from '../context.js';
 import { finishLayer, linkIfReady, obtainLayer } from '../layer-unit.js';

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import { ImageError, type ImageFailureCode } from '../errors.js';
-import { parsePaxRecords } from '../unpack/pax.js';
+import { parsePaxRecords } from './pax.js';
 import {
   BLOCK_SIZE,
   checksumMatches,
@@ -19,7 +19,7 @@ import {
   isZeroBlock,
   memberType,
   type MemberType,
-} from '../unpack/tar-header.js';
+} from './tar-header.js';
 
 export interface IndexedMember {
   name: string;

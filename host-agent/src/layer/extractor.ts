@@ -5,7 +5,7 @@
  * (directory metadata, xattrs, device nodes, exact times) is queued and
  * applied by finish().
  *
- * In layer mode (an OCI layer, see image/apply-layer.ts) the same writer
+ * In layer mode (an OCI layer, see apply-layer.ts) the same writer
  * follows the image-spec's rules instead of GNU tar's: whiteouts remove what
  * the lower layers hold, a non-directory replaces a directory with its
  * subtree, an upper directory's metadata replaces the lower one's, and lower
