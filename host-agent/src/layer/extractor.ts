@@ -99,7 +99,8 @@ function seedModel(root: string, model: PathModel): void {
       entry.isDirectory() &&
       fs.readdirSync(`${root}/lost+found`).length === 0;
     if (!emptyLostFound) {
-      throw new Error(
+      throw new ImageError(
+        'STORAGE_FAILED',
         `unpackArchive: ${root} must be empty apart from lost+found, but has ${entry.name}`,
       );
     }
