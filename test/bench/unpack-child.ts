@@ -4,7 +4,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { defaultLimits } from '../../host-agent/src/limits.js';
-import { unpackArchive } from '../../host-agent/src/unpack/index.js';
+import { unpackArchive } from '../../host-agent/src/layer/index.js';
 
 const [tarPath, root] = process.argv.slice(2);
 if (tarPath === undefined || root === undefined) throw new Error('usage: unpack-child TAR ROOT');

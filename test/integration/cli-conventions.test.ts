@@ -271,7 +271,7 @@ describe('thinrelay CLI conventions', () => {
   });
 
   test("doctor's tool list covers every tool the unpack runs", () => {
-    const src = new URL('host-agent/src/unpack/', repo);
+    const src = new URL('host-agent/src/layer/', repo);
     const called = new Set<string>();
     for (const f of ['end-script.ts', 'special-files.ts', 'metadata.ts', 'times.ts']) {
       const text = readFileSync(new URL(f, src), 'utf8');

@@ -22,7 +22,7 @@ import {
 } from '../../host-agent/src/daemon/apply-event.js';
 import { startLocalStack } from '../../host-agent/src/demo/local-stack.js';
 import { ImageError } from '../../host-agent/src/errors.js';
-import { unpackArchive } from '../../host-agent/src/unpack/index.js';
+import { unpackArchive } from '../../host-agent/src/layer/index.js';
 import { startAgent } from '../helpers/agent-process.js';
 import { runCli, type CliResult } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';

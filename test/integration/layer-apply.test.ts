@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import { ImageError, type ImageFailureCode } from '../../host-agent/src/errors.js';
-import { applyLayer, type LayerApplyStats } from '../../host-agent/src/image/apply-layer.js';
+import { applyLayer, type LayerApplyStats } from '../../host-agent/src/layer/apply-layer.js';
 import { defaultLimits } from '../../host-agent/src/limits.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { appendLayer, buildOciFixture } from '../helpers/oci-fixtures.js';

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { execa } from 'execa';
-import { unpackArchive, type UnpackStats } from '../../host-agent/src/unpack/index.js';
+import { unpackArchive, type UnpackStats } from '../../host-agent/src/layer/index.js';
 import {
   chunked,
   gnuLongName,

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { ImageError, type ImageFailureCode } from '../../host-agent/src/errors.js';
-import { unpackArchive, type UnpackOptions } from '../../host-agent/src/unpack/index.js';
+import { unpackArchive, type UnpackOptions } from '../../host-agent/src/layer/index.js';
 import {
   chunked,
   corruptChecksum,

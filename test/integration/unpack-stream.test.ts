@@ -10,7 +10,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import { ImageError } from '../../host-agent/src/errors.js';
-import { unpackArchive, type UnpackOptions } from '../../host-agent/src/unpack/index.js';
+import { unpackArchive, type UnpackOptions } from '../../host-agent/src/layer/index.js';
 import { chunked, gzip, rawMember, rawTar } from '../helpers/tar-fixtures.js';
 
 const own = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };

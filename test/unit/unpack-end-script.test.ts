@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { EndScript } from '../../host-agent/src/unpack/end-script.js';
+import { EndScript } from '../../host-agent/src/layer/end-script.js';
 
 const isRoot = process.geteuid?.() === 0;
 const hasPerl = spawnSync('perl', ['-e', '1']).status === 0;

@@ -12,8 +12,8 @@ import {
   PathModel,
   type LowerTree,
   type NodeKind,
-} from '../../host-agent/src/unpack/path-policy.js';
-import { isWhiteoutName, parseWhiteout } from '../../host-agent/src/unpack/whiteout.js';
+} from '../../host-agent/src/layer/path-policy.js';
+import { isWhiteoutName, parseWhiteout } from '../../host-agent/src/layer/whiteout.js';
 
 const limits = { maxPathLength: 4095, maxPathDepth: 256 };
 const what = (): string => "member 'x'";

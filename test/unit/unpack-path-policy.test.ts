@@ -5,8 +5,8 @@ import {
   checkSymlinkTarget,
   normaliseArchivePath,
   PathModel,
-} from '../../host-agent/src/unpack/path-policy.js';
-import { printable, printableBytes } from '../../host-agent/src/unpack/printable.js';
+} from '../../host-agent/src/layer/path-policy.js';
+import { printable, printableBytes } from '../../host-agent/src/layer/printable.js';
 
 const limits = { maxPathLength: 4095, maxPathDepth: 256 };
 const what = (): string => "member 'x'";

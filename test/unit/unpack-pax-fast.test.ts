@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ImageError } from '../../host-agent/src/errors.js';
-import { parsePaxRecords, parsePaxTime, paxTime } from '../../host-agent/src/unpack/pax.js';
+import { parsePaxRecords, parsePaxTime, paxTime } from '../../host-agent/src/layer/pax.js';
 
 function timeOf(text: string): unknown {
   try {

@@ -4,20 +4,20 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { ImageError } from '../../host-agent/src/errors.js';
-import { restorableXattrs, XattrPlan } from '../../host-agent/src/unpack/metadata.js';
+import { restorableXattrs, XattrPlan } from '../../host-agent/src/layer/metadata.js';
 import {
   mergePaxRecords,
   parsePaxRecords,
   parsePaxTime,
   paxXattrs,
-} from '../../host-agent/src/unpack/pax.js';
+} from '../../host-agent/src/layer/pax.js';
 import {
   checksumMatches,
   decodeHeader,
   memberType,
-} from '../../host-agent/src/unpack/tar-header.js';
-import { TarReader, type TarMember } from '../../host-agent/src/unpack/tar-reader.js';
-import { epochText, nodeSeconds } from '../../host-agent/src/unpack/times.js';
+} from '../../host-agent/src/layer/tar-header.js';
+import { TarReader, type TarMember } from '../../host-agent/src/layer/tar-reader.js';
+import { epochText, nodeSeconds } from '../../host-agent/src/layer/times.js';
 import {
   packTar,
   paxData,

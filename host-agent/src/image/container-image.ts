@@ -1,17 +1,18 @@
 /**
  * A spooled container image archive (OCI layout or `docker save`), read and
  * checked whole before any layer is applied: index, read the manifest,
- * verify every blob and layer digest, and run the layers through the layer
- * tree (hostile whiteouts and cross-layer symlink escapes are refused here,
- * before the pool is touched). Then each layer's plain tar is read from the
- * spool on its own, to be applied on top of the layers below it.
+ * verify every blob and layer digest, and index every layer's tar (a layer
+ * that is not a tar, and the image's member count, are refused before the
+ * pool is touched). Then each layer's plain tar is read from the spool on
+ * its own and applied on top of the layers below it by layer/apply-layer.ts,
+ * which holds the one whiteout model: hostile whiteouts and cross-layer
+ * symlink escapes are refused there, as for an archive read by range.
  */
 import { Readable } from 'node:stream';
 import { ImageError, isThinrelayError } from '../errors.js';
 import { checkChainBytes, checkLayerCount, type ImageLimits } from '../limits.js';
-import { compressionOf, decompress, type ImageCompression } from './compression.js';
+import { compressionOf, decompress, type ImageCompression } from '../layer/compression.js';
 import { parseImageConfig, type RunConfig } from './image-config.js';
-import { LayerTree, type LayerInput } from './layer-tree.js';
 import {
   ArchiveMembers,
   checkJsonMember,
@@ -22,7 +23,7 @@ import {
   type ImageLayout,
 } from './manifest.js';
 import type { SpoolDir } from './spool.js';
-import { indexTar, readRange, type IndexedMember } from './tar-index.js';
+import { indexTar, readRange, type IndexedMember } from '../layer/tar-index.js';
 import {
   hashRange,
   refuseRepeatedBlobs,
@@ -37,7 +38,6 @@ export interface ContainerImage {
   config: RunConfig;
   /** diffId: hex sha256 of the uncompressed layer (verified against the config). */
   layers: { diffId: string; compression: ImageCompression; size: number }[];
-  whiteouts: number;
   spooledBytes: number;
   /** Layer n's plain tar (0-based), read from the spool. */
   layerTar(index: number): AsyncIterable<Buffer>;
@@ -105,10 +105,7 @@ async function layerTar(
 export async function openContainerImage(
   spool: SpoolDir,
   archive: { fd: number; size: number },
-  limits: Pick<
-    ImageLimits,
-    'maxEntries' | 'maxPathLength' | 'maxPathDepth' | 'maxLayers' | 'maxChainBytes'
-  >,
+  limits: Pick<ImageLimits, 'maxEntries' | 'maxLayers' | 'maxChainBytes'>,
 ): Promise<ContainerImage> {
   const { fd } = archive;
   const members = new ArchiveMembers(
@@ -130,7 +127,6 @@ export async function openContainerImage(
     plan.layers.reduce((n, b) => n + b.member.size, 0),
     limits,
   );
-  const tree = new LayerTree(limits);
   const layers: ContainerImage['layers'] = [];
   const ranges: { fd: number; offset: number; length: number }[] = [];
   let entries = 0;
@@ -148,8 +144,6 @@ export async function openContainerImage(
       'LAYER_NOT_TAR',
     );
     entries += indexed.length;
-    const input: LayerInput = { fd: layer.input.fd, members: indexed };
-    tree.apply(n, input);
     layers.push({ diffId: layer.sha256, compression: layer.compression, size: blob.member.size });
     ranges.push(layer.input);
   }
@@ -158,7 +152,6 @@ export async function openContainerImage(
     chosen: plan.chosen,
     config: config.run,
     layers,
-    whiteouts: tree.whiteouts,
     spooledBytes: archive.size,
     // A stream, so reads of the spool interleave with the layer's writes.
     layerTar: (i) => {

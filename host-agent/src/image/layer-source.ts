@@ -12,7 +12,7 @@
  * ranged GETs: member headers first, then only the layers asked for).
  */
 import { createHash } from 'node:crypto';
-import type { ImageCompression } from './compression.js';
+import type { ImageCompression } from '../layer/compression.js';
 import type { RunConfig } from './image-config.js';
 import type { ImageLayout } from './manifest.js';
 

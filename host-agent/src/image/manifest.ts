@@ -7,7 +7,7 @@
  */
 import { posix } from 'node:path';
 import { ImageError } from '../errors.js';
-import type { IndexedMember } from './tar-index.js';
+import type { IndexedMember } from '../layer/tar-index.js';
 
 export type ImageLayout = 'oci' | 'docker';
 

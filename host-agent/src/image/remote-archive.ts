@@ -17,7 +17,7 @@ import { checkChainBytes, checkLayerCount, type ImageLimits } from '../limits.js
 import type { Logger } from '../log.js';
 import { downloadObject } from '../source/download.js';
 import type { ObjectRef } from '../source/object-ref.js';
-import { compressionOf, decompress, type ImageCompression } from './compression.js';
+import { compressionOf, decompress, type ImageCompression } from '../layer/compression.js';
 import { parseImageConfig } from './image-config.js';
 import {
   chainIdsOf,
@@ -34,7 +34,7 @@ import {
   type BlobRef,
 } from './manifest.js';
 import { isContainerArchive } from './sniff.js';
-import { walkTar, type IndexedMember } from './tar-index.js';
+import { walkTar, type IndexedMember } from '../layer/tar-index.js';
 import {
   checkBlobDigest,
   checkBlobSize,

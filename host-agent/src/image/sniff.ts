@@ -12,7 +12,7 @@
  */
 import fs from 'node:fs';
 import { constants, gunzipSync } from 'node:zlib';
-import { compressionOf, decompress, type ImageCompression } from './compression.js';
+import { compressionOf, decompress, type ImageCompression } from '../layer/compression.js';
 
 export type ArchiveKind = 'flat' | 'container';
 

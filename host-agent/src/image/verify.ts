@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { ImageError } from '../errors.js';
 import type { BlobRef } from './manifest.js';
-import { readRange } from './tar-index.js';
+import { readRange } from '../layer/tar-index.js';
 
 const CHUNK = 1024 * 1024;
 

@@ -21,7 +21,7 @@ import { describeUsage } from '../pool/usage.js';
 import { loadAgentSettings } from '../daemon/agent-settings.js';
 
 /**
- * The tools the unpack runs (unpack/: special-files, metadata, times,
+ * The tools the unpack runs (layer/: special-files, metadata, times,
  * end-script) with the Debian package of each. A test checks this list
  * against the tools the unpack code really calls.
  */

@@ -8,11 +8,9 @@
  * (held layers are reused, never applied again). Every layer is flushed and
  * sealed before it counts, so "ready" in the store means "on stable storage".
  */
-import { tarBytesEstimate, unpackedEstimate, volumeSizeFor } from '../../config.js';
+import { unpackedEstimate, volumeSizeFor } from '../../config.js';
 import { ImageError } from '../../errors.js';
-import { checkChainBytes } from '../../limits.js';
 import { failpoint } from '../../failpoints.js';
-import { applyLayer } from '../../image/apply-layer.js';
 import {
   describeImage,
   flatChainId,
@@ -23,10 +21,10 @@ import {
 } from '../../image/index.js';
 import { admit } from '../../pool/keeper.js';
 import { spoolDirOf } from '../../image/spool.js';
-import { unpackArchive } from '../../unpack/index.js';
+import { unpackArchive } from '../../layer/index.js';
 import type { BlobRow } from '../../store/blobs.js';
 import type { JobContext, StepOutcome } from '../context.js';
-import { finishLayer, linkIfReady, obtainLayer } from '../layer-unit.js';
+import { applyLayers, bytesToApply, finishLayer } from '../layer-unit.js';
 import type { Step } from './index.js';
 
 function hexOf(b64: string | null): string | null {
@@ -266,134 +264,6 @@ async function unpackFlat(
     layersApplied: 1,
     layersReused: 0,
     ...stats,
-  };
-}
-
-/**
- * The volume size a container image needs, from what is known before any
- * layer is read: the object's size, and its layers' stored sizes (more than
- * the object's when the archive is compressed as a whole). A clone whose
- * parent layer was made smaller (for a smaller image) is grown to this.
- */
-function imageVolumeSize(ctx: JobContext, source: OpenedImage, objectVolumeBytes: number): number {
-  const layerBytes = source.layers.reduce((n, l) => n + l.blobBytes, 0);
-  return Math.max(objectVolumeBytes, volumeSizeFor(layerBytes, ctx.config));
-}
-
-/**
- * What a container image read by range will write: the layers above the
- * highest one the host holds (held layers cost nothing), each as unpacked —
- * its stored size, four times that when compressed — and never more than
- * the volume it asks for.
- */
-function bytesToApply(
-  ctx: JobContext,
-  source: OpenedImage,
-  objectVolumeBytes: number,
-): { bytes: number; layers: number } {
-  const missing = source.layers.slice(highestHeldLayer(ctx, source.layers) + 1);
-  const bytes = missing.reduce((n, l) => n + layerBytesEstimate(l), 0);
-  return {
-    bytes: Math.min(bytes, imageVolumeSize(ctx, source, objectVolumeBytes)),
-    layers: missing.length,
-  };
-}
-
-/** What a layer unpacks to at most (tarBytesEstimate). */
-function layerBytesEstimate(l: OpenedImage['layers'][number]): number {
-  return tarBytesEstimate(l.blobBytes, { uncompressedTar: l.compression === 'none' });
-}
-
-/** The index of the highest layer the host holds ready by chain ID; -1 for none. */
-function highestHeldLayer(ctx: Pick<JobContext, 'store'>, layers: OpenedImage['layers']): number {
-  let highest = -1;
-  for (const [i, l] of layers.entries())
-    if (ctx.store.blobs.readyByChain(l.chainId!) !== undefined) highest = i;
-  return highest;
-}
-
-/**
- * A container image: layers the host holds are reused (the highest one held
- * is the start: nothing below it is needed), every layer above is applied on
- * a clone of the one below.
- */
-async function applyLayers(
-  ctx: JobContext,
-  source: OpenedImage,
-  objectVolumeBytes: number,
-): Promise<Record<string, unknown>> {
-  const { store, image, progress } = ctx;
-  const layers = source.layers;
-  const sizeBytes = imageVolumeSize(ctx, source, objectVolumeBytes);
-  ctx.logger.info('container image verified', {
-    format: source.format,
-    chosen: source.chosen,
-    layers: layers.length,
-    spooledBytes: source.spooledBytes(),
-    volumeSizeBytes: sizeBytes,
-  });
-  // One transaction: the held layers are relinked as the old links go, so a pool pass in
-  // another process never sees them unlinked (it would release them as unused).
-  const start = store.tx(() => {
-    store.images.setBlobs(image.id, []);
-    const highest = highestHeldLayer(ctx, layers);
-    for (const [i, l] of layers.entries())
-      if (i <= highest) linkIfReady(store, image.id, i, l.chainId!);
-    return highest;
-  });
-  let parent: BlobRow | null = null;
-  let applied = 0;
-  let chainBytes = 0;
-  const totals = { entries: 0, bytes: 0, whiteouts: 0, removed: 0 };
-  for (const [i, layer] of layers.entries()) {
-    if (i < start) continue;
-    const outcome = await obtainLayer(ctx, {
-      index: i,
-      chainId: layer.chainId!,
-      diffId: layer.diffId!,
-      parent,
-      sizeBytes,
-      needBytes: layerBytesEstimate(layer),
-      apply: async (mountpoint, lower) => {
-        progress.start('unpack', null);
-        try {
-          const stats = await applyLayer(layer.open(ctx.signal), {
-            root: mountpoint,
-            lower,
-            limits: ctx.config.limits,
-            signal: ctx.signal,
-            onProgress: (n) => {
-              progress.update('unpack', n);
-              failpoint(`layer:${i + 1}:midway`);
-            },
-          });
-          const found = layer.digests();
-          if (found === null || found.diffId !== layer.diffId)
-            throw new ImageError(
-              'LAYER_DIGEST_MISMATCH',
-              `layer ${i + 1}: its content hashes to ${found?.diffId ?? 'nothing'}, not ${layer.diffId}`,
-            );
-          // A compressed layer's size is known once read: the chain limit holds during the apply too.
-          checkChainBytes((chainBytes += found.tarBytes), ctx.config.limits);
-          for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += stats[k];
-          ctx.logger.info('layer applied', { layer: i + 1, chainId: layer.chainId, ...stats });
-          return { tarBytes: found.tarBytes, compression: layer.compression };
-        } finally {
-          progress.end('unpack');
-        }
-      },
-    });
-    if (outcome.applied) applied++;
-    parent = outcome.blob;
-  }
-  return {
-    blob: parent?.id ?? null,
-    volumeSizeBytes: sizeBytes,
-    layers: layers.length,
-    layersApplied: applied,
-    layersReused: layers.length - applied,
-    layersHeldBelow: Math.max(0, start),
-    ...totals,
   };
 }
 

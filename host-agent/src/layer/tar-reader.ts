@@ -6,26 +6,14 @@
  * blocks) and finish() says what is wrong when the stream ended before it.
  */
 import { ImageError } from '../errors.js';
-import {
-  hasSparseRecords,
-  mergePaxRecords,
-  paxInteger,
-  parsePaxRecords,
-  paxTime,
-  paxXattrs,
-  type PaxRecords,
-} from './pax.js';
+import { paxInteger, paxTime, paxXattrs, type PaxRecords } from './pax.js';
 import { printable, printableBytes } from './printable.js';
+import { ExtendedHeaders, isExtendedHeader } from './tar-extended.js';
 import {
   BLOCK_SIZE,
   checksumMatches,
   decodeHeader,
-  EXT_GNU_LONGLINK,
-  EXT_GNU_LONGNAME,
-  EXT_PAX,
-  EXT_PAX_GLOBAL,
   isZeroBlock,
-  memberType,
   type MemberType,
   type RawHeader,
 } from './tar-header.js';
@@ -63,11 +51,6 @@ export interface TarReaderLimits {
   maxEntries: number;
 }
 
-/** PAX headers hold paths and xattrs; anything near this is an attack, not an image. */
-const MAX_EXTENDED_HEADER_BYTES = 8 * 1024 * 1024;
-/** x, g, L, K: more than a handful in a row before one member is not a real archive. */
-const MAX_EXTENDED_HEADERS_IN_A_ROW = 8;
-
 type State = 'header' | 'data' | 'extended' | 'padding' | 'end';
 
 interface Extended {
@@ -89,11 +72,8 @@ export class TarReader {
   private remaining = 0;
   private padding = 0;
   private extended: Extended | undefined;
-  private longName: Buffer | undefined;
-  private longLink: Buffer | undefined;
-  private localPax: PaxRecords | undefined;
-  private globalPax: PaxRecords = new Map();
-  private extendedInARow = 0;
+  /** The extended headers read since the last member (and the global ones). */
+  private readonly headerRecords = new ExtendedHeaders();
   private zeroBlocks = 0;
   private headers = 0;
   private members = 0;
@@ -251,19 +231,12 @@ export class TarReader {
         `member ${printableBytes(block.subarray(0, end))}: a name field has a NUL byte inside it (header at offset ${at})`,
       );
     }
-    switch (header.typeflag) {
-      case EXT_PAX:
-      case EXT_PAX_GLOBAL:
-      case EXT_GNU_LONGNAME:
-      case EXT_GNU_LONGLINK:
-        return this.beginExtended(header, at);
-      default:
-        return this.beginMember(header);
-    }
+    if (isExtendedHeader(header.typeflag)) return this.beginExtended(header, at);
+    return this.beginMember(header);
   }
 
   private zeroBlock(at: number): void {
-    if (this.extendedInARow > 0) {
+    if (this.headerRecords.pending) {
       throw new ImageError(
         'ARCHIVE_MALFORMED',
         `an extended header is not followed by a member (offset ${at})`,
@@ -287,18 +260,7 @@ export class TarReader {
   }
 
   private beginExtended(header: RawHeader, at: number): void {
-    if (++this.extendedInARow > MAX_EXTENDED_HEADERS_IN_A_ROW) {
-      throw new ImageError(
-        'ARCHIVE_MALFORMED',
-        `too many extended headers in a row at offset ${at}`,
-      );
-    }
-    if (header.size > MAX_EXTENDED_HEADER_BYTES) {
-      throw new ImageError(
-        'ARCHIVE_MALFORMED',
-        `the extended header at offset ${at} is ${header.size} bytes, more than ${MAX_EXTENDED_HEADER_BYTES}`,
-      );
-    }
+    this.headerRecords.begin(header.size, at);
     this.countContent(header.size, () => `extended header at offset ${at}`);
     const ext: Extended = {
       typeflag: header.typeflag,
@@ -314,32 +276,11 @@ export class TarReader {
   private endExtended(ext: Extended): void {
     this.extended = undefined;
     this.state = this.padding > 0 ? 'padding' : 'header';
-    switch (ext.typeflag) {
-      case EXT_GNU_LONGNAME:
-        this.longName = longNameBytes(ext.buf);
-        break;
-      case EXT_GNU_LONGLINK:
-        this.longLink = longNameBytes(ext.buf);
-        break;
-      case EXT_PAX:
-        this.localPax = mergePaxRecords(
-          this.localPax ?? new Map<string, Buffer>(),
-          parsePaxRecords(ext.buf, true),
-        );
-        break;
-      default:
-        this.globalPax = mergePaxRecords(this.globalPax, parsePaxRecords(ext.buf, true));
-    }
+    this.headerRecords.add(ext.typeflag, ext.buf);
   }
 
   private beginMember(header: RawHeader): void {
-    const pax =
-      this.localPax === undefined ? this.globalPax : mergePaxRecords(this.globalPax, this.localPax);
-    const member = this.describeMember(header, pax);
-    this.longName = undefined;
-    this.longLink = undefined;
-    this.localPax = undefined;
-    this.extendedInARow = 0;
+    const member = this.describeMember(header);
     if (member.index > this.limits.maxEntries) {
       throw new ImageError(
         'LIMIT_ENTRY_COUNT',
@@ -360,30 +301,14 @@ export class TarReader {
     this.state = this.padding > 0 ? 'padding' : 'header';
   }
 
-  private describeMember(header: RawHeader, pax: PaxRecords): TarMember {
-    const name = decodeName(pax.get('path') ?? this.longName ?? header.name, () => 'member name');
-    const what = (): string => `member ${printable(name)}`;
-    const linkBytes = pax.get('linkpath') ?? this.longLink ?? header.linkname;
-    const linkname = decodeName(linkBytes, () => `${what()}: link target`);
-    const type = memberType(header.typeflag, name);
-    if (typeof type !== 'string') {
-      throw new ImageError(
-        'ARCHIVE_UNSUPPORTED_ENTRY',
-        `${what()} is ${type.unsupported}, which is not supported`,
-      );
-    }
-    if (pax.size > 0 && hasSparseRecords(pax)) {
-      throw new ImageError(
-        'ARCHIVE_UNSUPPORTED_ENTRY',
-        `${what()} is a GNU sparse file, which is not supported`,
-      );
-    }
+  private describeMember(header: RawHeader): TarMember {
+    const { name, linkname, type, size, pax } = this.headerRecords.member(header);
     const member: TarMember = {
       index: ++this.members,
       name,
       linkname,
       type,
-      size: header.size,
+      size,
       mode: header.mode,
       uid: header.uid,
       gid: header.gid,
@@ -400,9 +325,8 @@ export class TarReader {
 
 const NO_XATTRS: ReadonlyMap<string, Buffer> = new Map();
 
-/** PAX records override the header's fields (path and linkpath are applied by the caller). */
+/** PAX records override the header's fields (path, linkpath and size are applied already). */
 function applyPax(member: TarMember, pax: PaxRecords): void {
-  member.size = paxInteger(pax, 'size') ?? member.size;
   member.uid = paxInteger(pax, 'uid') ?? member.uid;
   member.gid = paxInteger(pax, 'gid') ?? member.gid;
   member.mtime = paxTime(pax, 'mtime') ?? member.mtime;
@@ -425,46 +349,4 @@ function checkOwner(member: TarMember): void {
         `member ${printable(member.name)}: ${what} ${id} is beyond Linux's 32-bit ids (at most ${MAX_ID})`,
       );
   }
-}
-
-/** GNU long names carry a terminating NUL (sometimes several); any other NUL is hidden text. */
-function longNameBytes(buf: Buffer): Buffer {
-  let end = buf.length;
-  while (end > 0 && buf[end - 1] === 0) end--;
-  const bytes = buf.subarray(0, end);
-  if (hasNul(bytes)) {
-    throw new ImageError(
-      'ARCHIVE_BAD_NAME',
-      `GNU long name ${printableBytes(bytes)} contains a NUL byte`,
-    );
-  }
-  return bytes;
-}
-
-function hasNul(bytes: Uint8Array): boolean {
-  for (let i = 0; i < bytes.length; i++) if (bytes[i] === 0) return true;
-  return false;
-}
-
-/**
- * Names must be valid UTF-8: a replacement character after decoding means
- * they were not (or carry U+FFFD, which no real path needs), and writing the
- * mangled name would not be what the archive says.
- */
-function decodeName(bytes: Buffer, what: () => string): string {
-  if (bytes.length === 0) return '';
-  if (hasNul(bytes)) {
-    throw new ImageError(
-      'ARCHIVE_BAD_NAME',
-      `${what()} ${printableBytes(bytes)} contains a NUL byte`,
-    );
-  }
-  const text = bytes.toString('utf8');
-  if (text.includes('\ufffd')) {
-    throw new ImageError(
-      'ARCHIVE_BAD_NAME',
-      `${what()} ${printableBytes(bytes)} is not valid UTF-8`,
-    );
-  }
-  return text;
 }

@@ -3,23 +3,20 @@
  * target and where its header run (extended headers included) and data lie,
  * found by reading headers and skipping data by offset. Used for the spooled
  * outer archive and for each layer, and (walkTar) for an archive read by
- * ranged GETs; the unpacker proper parses the bytes again.
+ * ranged GETs. Headers are decoded as the streaming reader decodes them
+ * (tar-header.ts, and tar-extended.ts for PAX and GNU long names), so the
+ * index names the members the reader will meet.
  */
 import fs from 'node:fs';
 import { ImageError, type ImageFailureCode } from '../errors.js';
-import { parsePaxRecords } from '../unpack/pax.js';
+import { ExtendedHeaders, isExtendedHeader } from './tar-extended.js';
 import {
   BLOCK_SIZE,
   checksumMatches,
   decodeHeader,
-  EXT_GNU_LONGLINK,
-  EXT_GNU_LONGNAME,
-  EXT_PAX,
-  EXT_PAX_GLOBAL,
   isZeroBlock,
-  memberType,
   type MemberType,
-} from '../unpack/tar-header.js';
+} from './tar-header.js';
 
 export interface IndexedMember {
   name: string;
@@ -56,8 +53,16 @@ export function readRange(fd: number, offset: number, length: number): Buffer {
   return done === length ? buf : buf.subarray(0, done);
 }
 
-function nameOf(bytes: Buffer): string {
-  return new TextDecoder('utf-8', { fatal: false }).decode(bytes);
+/** The shared decoding's errors name no archive: say which one, keeping the reason code. */
+function within<T>(what: string, decode: () => T): T {
+  try {
+    return decode();
+  } catch (err) {
+    if (!(err instanceof ImageError)) throw err;
+    throw new ImageError(err.code as ImageFailureCode, `${what}: ${err.message}`, err.hint, {
+      cause: err,
+    });
+  }
 }
 
 /** What the walker asks its driver for: `length` bytes of the tar at `offset`. */
@@ -89,9 +94,7 @@ export function* walkTar(
   const limit = range.offset + range.length;
   let pos = range.offset;
   let runStart = -1;
-  let longName: string | undefined;
-  let longLink: string | undefined;
-  let pax: Map<string, Buffer> | undefined;
+  const records = new ExtendedHeaders();
   for (;;) {
     if (pos + BLOCK_SIZE > limit) {
       if (count === 0 && pos === range.offset)
@@ -114,15 +117,8 @@ export function* walkTar(
       throw new ImageError('ARCHIVE_BAD_NAME', `${what}: a member name is malformed`);
     if (runStart < 0) runStart = pos;
     const dataOffset = pos + BLOCK_SIZE;
-    const flag = header.typeflag;
-    if (
-      flag === EXT_PAX ||
-      flag === EXT_PAX_GLOBAL ||
-      flag === EXT_GNU_LONGNAME ||
-      flag === EXT_GNU_LONGLINK
-    ) {
-      if (header.size > 8 * 1024 * 1024)
-        throw new ImageError('ARCHIVE_MALFORMED', `${what}: an extended header is too large`);
+    if (isExtendedHeader(header.typeflag)) {
+      within(what, () => records.begin(header.size, pos - range.offset));
       const data =
         header.size === 0
           ? Buffer.alloc(0)
@@ -131,27 +127,11 @@ export function* walkTar(
             };
       if (data.length < header.size)
         throw new ImageError('ARCHIVE_TRUNCATED', `${what}: an extended header is cut short`);
-      if (flag === EXT_PAX) pax = parsePaxRecords(data);
-      else if (flag === EXT_GNU_LONGNAME) longName = cString(data);
-      else if (flag === EXT_GNU_LONGLINK) longLink = cString(data);
+      within(what, () => records.add(header.typeflag, data));
       pos = dataOffset + padded(header.size);
       continue;
     }
-    const paxPath = pax?.get('path');
-    const paxLink = pax?.get('linkpath');
-    const paxSize = pax?.get('size');
-    const name = paxPath !== undefined ? nameOf(paxPath) : (longName ?? nameOf(header.name));
-    const linkname =
-      paxLink !== undefined ? nameOf(paxLink) : (longLink ?? nameOf(header.linkname));
-    const size = paxSize !== undefined ? Number(paxSize.toString('latin1')) : header.size;
-    if (!Number.isSafeInteger(size) || size < 0)
-      throw new ImageError('ARCHIVE_MALFORMED', `${what}: member ${name} has an invalid size`);
-    const type = memberType(flag, name);
-    if (typeof type !== 'string')
-      throw new ImageError(
-        'ARCHIVE_UNSUPPORTED_ENTRY',
-        `${what}: member ${name} is ${type.unsupported}`,
-      );
+    const { name, linkname, type, size } = within(what, () => records.member(header));
     // Data follows the header whatever the type (the unpacker skips it for links and directories).
     const end = dataOffset + padded(size);
     if (end > limit)
@@ -161,14 +141,7 @@ export function* walkTar(
     yield { member: { name, linkname, type, start: runStart, dataOffset, size, end } };
     runStart = -1;
     pos = end;
-    longName = longLink = undefined;
-    pax = undefined;
   }
-}
-
-function cString(data: Buffer): string {
-  const nul = data.indexOf(0);
-  return nameOf(nul < 0 ? data : data.subarray(0, nul));
 }
 
 /** Indexes the tar in `range` of a local file (see walkTar for the reason codes). */

@@ -5,7 +5,7 @@
  * (directory metadata, xattrs, device nodes, exact times) is queued and
  * applied by finish().
  *
- * In layer mode (an OCI layer, see image/apply-layer.ts) the same writer
+ * In layer mode (an OCI layer, see apply-layer.ts) the same writer
  * follows the image-spec's rules instead of GNU tar's: whiteouts remove what
  * the lower layers hold, a non-directory replaces a directory with its
  * subtree, an upper directory's metadata replaces the lower one's, and lower
@@ -99,7 +99,8 @@ function seedModel(root: string, model: PathModel): void {
       entry.isDirectory() &&
       fs.readdirSync(`${root}/lost+found`).length === 0;
     if (!emptyLostFound) {
-      throw new Error(
+      throw new ImageError(
+        'STORAGE_FAILED',
         `unpackArchive: ${root} must be empty apart from lost+found, but has ${entry.name}`,
       );
     }

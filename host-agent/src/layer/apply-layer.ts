@@ -11,8 +11,9 @@
 import { resolve } from 'node:path';
 import { ImageError, isThinrelayError } from '../errors.js';
 import type { ImageLimits } from '../limits.js';
-import { Extractor } from '../unpack/extractor.js';
-import { extractArchive } from '../unpack/unpack.js';
+import type { ArchiveSource } from './compression.js';
+import { Extractor } from './extractor.js';
+import { extractArchive } from './unpack.js';
 
 export interface LayerApplyStats {
   /** Members of the layer tar, whiteouts included. */
@@ -43,7 +44,7 @@ function asLayerError(err: unknown): unknown {
 }
 
 export async function applyLayer(
-  tar: AsyncIterable<Buffer>,
+  tar: ArchiveSource,
   opts: ApplyLayerOptions,
 ): Promise<LayerApplyStats> {
   opts.signal?.throwIfAborted();
