@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { classifyFailure } from '../../host-agent/src/daemon/apply-event.js';
+import { classifyFailure } from '../../host-agent/src/pipeline/failure.js';
 import { defaultRetryDelaySeconds } from '../../host-agent/src/daemon/agent.js';
 import { loadDaemonConfig } from '../../host-agent/src/daemon/config.js';
 import { KeyLock } from '../../host-agent/src/daemon/key-lock.js';

@@ -15,7 +15,7 @@
  */
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { isKeyForGroup, type DeploymentConfigItem } from '../../../schema/fleet.js';
-import { classifyFailure, isPermanentFailureCode } from '../daemon/apply-event.js';
+import { classifyFailure, isPermanentFailureCode } from '../pipeline/failure.js';
 import { imageLockKey, type KeyLock } from '../daemon/key-lock.js';
 import { errorMessage, ImageError, isThinrelayError } from '../errors.js';
 import type { Logger } from '../log.js';
