@@ -16,10 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import {
-  classifyFailure,
-  isPermanentFailureCode,
-} from '../../host-agent/src/daemon/apply-event.js';
+import { classifyFailure, isPermanentFailureCode } from '../../host-agent/src/pipeline/failure.js';
 import { startLocalStack } from '../../host-agent/src/demo/local-stack.js';
 import { ImageError } from '../../host-agent/src/errors.js';
 import { unpackArchive } from '../../host-agent/src/layer/index.js';

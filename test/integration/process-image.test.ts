@@ -112,6 +112,34 @@ describe('process-image', { skip: needsRoot }, () => {
     assert.equal(plain.stdout.trim(), first.devicePath);
   });
 
+  test('a ready image whose snapshot was deactivated gets that snapshot attached again, not a new one', async () => {
+    await s3.putObject(bucket, 'images/reattach.tar', await buildSampleRootfs({ seed: 'again' }));
+    const first = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/reattach.tar', '--json'),
+    );
+    const deact = json<{ state: string }>(
+      await cli('deactivate', String(first.snapshotId), '--json'),
+    );
+    assert.equal(deact.state, 'inactive');
+    const again = json<ProcessJson>(
+      await cli('process-image', '--s3-key', 'images/reattach.tar', '--json'),
+    );
+    assert.equal(again.outcome, 'already-complete');
+    assert.equal(again.snapshotId, first.snapshotId, 'the inactive snapshot, attached again');
+    withMounted(again.devicePath, (root) =>
+      assert.equal(readFileSync(join(root, 'etc/hostname'), 'utf8'), 'thinrelay-sample\n'),
+    );
+    const snapshots = execFileSync(
+      'sqlite3',
+      [
+        join(stateDir, 'images.db'),
+        `SELECT count(*) FROM storage_objects WHERE kind = 'snapshot' AND image_id = ${again.imageId}`,
+      ],
+      { encoding: 'utf8' },
+    ).trim();
+    assert.equal(snapshots, '1');
+  });
+
   test('--etag of an image already done answers without asking S3; a stale --etag is refused', async () => {
     const done = json<ProcessJson & { etag: string }>(
       await cli('process-image', '--s3-key', 'images/sample.tar', '--json'),

@@ -2,12 +2,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { errorJson, formatError } from '../../host-agent/src/cli/output.js';
 import {
   classifyFailure,
+  describeFailure,
   isPermanentFailureCode,
-} from '../../host-agent/src/daemon/apply-event.js';
-import { errorJson, formatError } from '../../host-agent/src/cli/output.js';
-import { describeFailure } from '../../host-agent/src/pipeline/failure.js';
+} from '../../host-agent/src/pipeline/failure.js';
 import { defaultRetryDelaySeconds } from '../../host-agent/src/daemon/agent.js';
 import { loadDaemonConfig } from '../../host-agent/src/daemon/config.js';
 import { KeyLock } from '../../host-agent/src/daemon/key-lock.js';

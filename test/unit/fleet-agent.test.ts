@@ -9,7 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { loadDaemonConfig } from '../../host-agent/src/daemon/config.js';
-import { isPermanentFailureCode } from '../../host-agent/src/daemon/apply-event.js';
+import { isPermanentFailureCode } from '../../host-agent/src/pipeline/failure.js';
 import { UsageError } from '../../host-agent/src/errors.js';
 import { FleetMetrics } from '../../host-agent/src/fleet/fleet-metrics.js';
 import { loadFleetSettings } from '../../host-agent/src/fleet/fleet-settings.js';

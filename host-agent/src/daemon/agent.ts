@@ -3,8 +3,9 @@
  * `concurrency` messages at once through the pipeline.
  *
  * - It polls again as soon as a slot is free, never waiting for a batch.
- * - Each message's visibility is extended while its image runs; the message is
- *   deleted only after its outcome is committed to the store.
+ * - Each message's handling returns one outcome; its MessageLease
+ *   (message-outcome.ts) extends the message while it runs, then records the
+ *   outcome and deletes the message or hands it back. The agent keeps the loop.
  * - Messages for one key run one at a time, in arrival order (KeyLock).
  * - Transient failures retry here a few times (holding the message, so the
  *   receive count — and the DLQ — are spared), then go back with a delay.
@@ -25,9 +26,9 @@ import type { ProgressSink } from '../pipeline/progress.js';
 import { reconcile } from '../pipeline/reconcile.js';
 import type { HostQueue, ReceivedMessage } from '../queue/host-queue.js';
 import { registerWorker, releaseWorker } from '../store/owner.js';
-import { applyMessage, type EventDecision } from './apply-event.js';
-import { VisibilityHeartbeat } from './heartbeat.js';
+import { applyMessage, notStarted } from './apply-event.js';
 import { imageLockKey, KeyLock } from './key-lock.js';
+import { MessageLease, type MessageResult } from './message-outcome.js';
 import { AgentMetrics } from './metrics.js';
 import {
   evictionPass,
@@ -61,7 +62,7 @@ export interface AgentOptions {
 
 export interface AgentObserver {
   started(target: EventTarget): void;
-  decided(decision: EventDecision): void;
+  decided(result: MessageResult): void;
   /** The pool policy removed (retired or evicted) an image of this key. */
   removedByPolicy?(bucket: string, key: string): void;
 }
@@ -77,7 +78,7 @@ export interface EventTarget {
 
 export interface MessageTiming {
   messageId: string;
-  outcome: EventDecision['outcome'];
+  outcome: MessageResult['outcome'];
   receivedAt: number;
   /** When the pipeline (or the decision) started. */
   startedAt: number;
@@ -374,49 +375,38 @@ export class Agent {
       messageId: m.messageId,
       ...(target === null ? {} : { bucket: target.bucket, key: target.key }),
     });
-    const heartbeat = new VisibilityHeartbeat(queue, m, {
+    const lease = new MessageLease(m, {
+      queue,
       visibilitySeconds: this.opts.visibilitySeconds,
+      retryDelaySeconds: this.opts.retryDelaySeconds,
+      store: deps.store,
+      metrics: this.metrics,
       logger,
-      onError: () => this.metrics.heartbeatErrors.inc(),
+      recorded: this.opts.observer?.decided.bind(this.opts.observer),
     });
-    heartbeat.start();
-    let decision: EventDecision;
+    lease.extend();
+    let result: MessageResult;
     let startedAt = Date.now();
     try {
       const lockName =
         target === null ? `body:${m.body.slice(0, 64)}` : imageLockKey(target.bucket, target.key);
-      decision = await this.keyLock.run(lockName, async () => {
+      result = await this.keyLock.run(lockName, async () => {
         startedAt = Date.now();
         // It waited behind its key's lock while a stop began: don't start it.
-        if (this.stopping) return releasedUnstarted();
+        if (this.stopping) return notStarted();
         if (target !== null) this.opts.observer?.started(target);
         return this.applyWithRetries(m, logger);
       });
     } finally {
-      await heartbeat.stop();
+      await lease.stopExtending();
     }
     const decidedAt = Date.now();
-    try {
-      this.record(m, decision, logger);
-    } catch (err) {
-      // Deleting a message whose outcome is not recorded could lose it: hand it back.
-      logger.error('could not record the outcome; the message is retried', {
-        outcome: decision.outcome,
-        error: errorMessage(err),
-      });
-      decision = {
-        ...decision,
-        outcome: 'retrying',
-        action: { kind: 'release', delaySeconds: this.opts.retryDelaySeconds(m.receiveCount) },
-      };
-    }
-    this.opts.observer?.decided(decision);
-    await this.settle(m, decision, logger);
+    const recorded = await lease.conclude(result);
     // A new image may have taken the pool over its high watermark: look now, not at the timer.
-    if (decision.outcome === 'applied' && !this.stopping) void this.poolPass('image');
+    if (recorded.outcome === 'applied' && !this.stopping) void this.poolPass('image');
     this.opts.onMessageDone?.({
       messageId: m.messageId,
-      outcome: decision.outcome,
+      outcome: recorded.outcome,
       receivedAt: m.receivedAt,
       startedAt,
       decidedAt,
@@ -427,7 +417,7 @@ export class Agent {
   private async applyWithRetries(
     m: ReceivedMessage,
     logger: PipelineDeps['logger'],
-  ): Promise<EventDecision> {
+  ): Promise<MessageResult> {
     const deps = this.depsFor(logger);
     registerWorker(deps.owner);
     try {
@@ -442,28 +432,22 @@ export class Agent {
     m: ReceivedMessage,
     deps: PipelineDeps,
     logger: PipelineDeps['logger'],
-  ): Promise<EventDecision> {
+  ): Promise<MessageResult> {
     for (let attempt = 1; ; attempt++) {
-      const decision = await applyMessage(deps, m, {
-        retryDelaySeconds: this.opts.retryDelaySeconds,
-      });
-      if (
-        decision.outcome !== 'retrying' ||
-        attempt >= this.opts.transientAttempts ||
-        this.stopping
-      )
-        return decision;
+      const result = await applyMessage(deps, m);
+      if (result.outcome !== 'retrying' || attempt >= this.opts.transientAttempts || this.stopping)
+        return result;
       const delayMs = backoffDelay(this.opts.transientBaseDelayMs, attempt);
       logger.warn('transient failure; retrying', {
         attempt,
         delayMs,
-        code: decision.reasonCode,
-        error: decision.reason,
+        code: result.reasonCode,
+        error: result.reason,
       });
       try {
         await sleep(delayMs, undefined, { signal: this.workAbort.signal });
       } catch {
-        return decision;
+        return result;
       }
     }
   }
@@ -529,69 +513,10 @@ export class Agent {
       signal: this.workAbort.signal,
     };
   }
-
-  private record(m: ReceivedMessage, d: EventDecision, logger: PipelineDeps['logger']): void {
-    const { deps } = this.opts;
-    deps.store.events.recordMessage({
-      messageId: m.messageId,
-      bucket: d.event?.bucket ?? null,
-      key: d.event?.key ?? null,
-      kind: d.event?.kind ?? null,
-      sequencer: d.event?.sequencer ?? null,
-      outcome: d.outcome,
-      reasonCode: d.reasonCode ?? null,
-      reason: d.reason ?? null,
-    });
-    this.metrics.messages.inc({ outcome: d.outcome });
-    if (d.outcome === 'applied') this.metrics.imagesProcessed.inc({ kind: d.event?.kind ?? '' });
-    if (d.outcome === 'failed' || d.outcome === 'retrying') {
-      this.metrics.imagesFailed.inc({
-        reason: d.reasonCode ?? 'UNKNOWN',
-        permanent: String(d.outcome === 'failed'),
-      });
-    }
-    if (d.outcome === 'applied')
-      this.metrics.imageDuration.observe((Date.now() - m.receivedAt) / 1000);
-    const fields = {
-      outcome: d.outcome,
-      kind: d.event?.kind,
-      bucket: d.event?.bucket,
-      key: d.event?.key,
-      sequencer: d.event?.sequencer,
-      receiveCount: m.receiveCount,
-      code: d.reasonCode,
-      reason: d.reason,
-    };
-    if (d.outcome === 'failed') logger.error('image event failed', fields);
-    else if (d.outcome === 'retrying') logger.warn('image event will be retried', fields);
-    else logger.info('image event handled', fields);
-  }
-
-  private async settle(m: ReceivedMessage, d: EventDecision, logger: PipelineDeps['logger']) {
-    try {
-      if (d.action.kind === 'delete') await this.opts.queue.delete(m);
-      else await this.opts.queue.setVisibility(m, d.action.delaySeconds);
-    } catch (err) {
-      // The outcome is recorded: a redelivery is dropped as stale (or retried).
-      logger.warn('could not settle message; SQS will redeliver it', {
-        action: d.action.kind,
-        error: errorMessage(err),
-      });
-    }
-  }
 }
 
 /** Below this much free space on the state filesystem the agent reports degraded. */
 const minimumStateFreeBytes = 64 * 1024 * 1024;
-
-function releasedUnstarted(): EventDecision {
-  return {
-    outcome: 'released',
-    action: { kind: 'release', delaySeconds: 0 },
-    event: null,
-    reason: 'agent stopping before this message started',
-  };
-}
 
 /** The bucket and key a body names (null if it names none: it locks only itself). */
 function targetOf(body: string): EventTarget | null {

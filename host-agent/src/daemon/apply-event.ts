@@ -1,9 +1,10 @@
 /**
- * One queue message → one decision. The message is parsed with the shared
- * schema, checked against the newest event applied for its key (stale and
- * duplicate deliveries are dropped), and applied through the same pipeline
- * as `thinrelay process-image`. The result says what to do with the message;
- * the caller does it only after this function has recorded the outcome.
+ * One queue message → one outcome (message-outcome.ts records it and settles
+ * the message). The message is parsed with the shared schema, checked
+ * against the newest event applied for its key (stale and duplicate
+ * deliveries are dropped), and applied through the same pipeline as
+ * `thinrelay process-image`; a failure's outcome follows its class
+ * (classifyFailure, the one rule).
  */
 import {
   compareSequencers,
@@ -11,96 +12,35 @@ import {
   parseImageEvent,
   type ImageEvent,
 } from '../../../schema/image-event.js';
-import {
-  EnvironmentError,
-  ImageError,
-  imageFailureCodes,
-  SpaceExhaustedError,
-  TransientError,
-  type ImageFailureCode,
-  UsageError,
-  errorMessage,
-  isThinrelayError,
-} from '../errors.js';
+import { ImageError, errorMessage } from '../errors.js';
 import { retireKey } from '../ops/retire.js';
 import type { PipelineDeps } from '../pipeline/context.js';
+import { classifyFailure, failureCode, type FailureClass } from '../pipeline/failure.js';
 import { processImage } from '../pipeline/process-image.js';
 import type { ReceivedMessage } from '../queue/host-queue.js';
 import { databaseError } from '../store/db-errors.js';
 import type { MessageOutcome } from '../store/events.js';
+import type { MessageResult } from './message-outcome.js';
 
-/** delete: done with it; release: back to the queue after `delaySeconds`. */
-export type MessageAction = { kind: 'delete' } | { kind: 'release'; delaySeconds: number };
-
-export interface EventDecision {
-  outcome: MessageOutcome;
-  action: MessageAction;
-  event: ImageEvent | null;
-  reasonCode?: string;
-  reason?: string;
-  /** put: the image id made ready. */
-  imageId?: number;
-}
-
-export type FailureClass = 'permanent' | 'transient' | 'superseded' | 'interrupted';
-
-/**
- * Permanent: the image or message itself is bad — retrying cannot help, the
- * queue's redrive policy takes it to the DLQ — or the host stayed out of
- * space through the retry budget (THINRELAY_SPACE_ATTEMPTS). Transient: the network, S3,
- * this host (space, tools, configuration) — retry later. Superseded: the
- * object changed or vanished since the event; a newer event follows.
- */
-export function classifyFailure(err: unknown, signal: AbortSignal): FailureClass {
-  if (signal.aborted) return 'interrupted';
-  if (err instanceof TransientError) return 'transient';
-  // A space fault past its retry budget: failed with its reason, no longer retried.
-  if (err instanceof SpaceExhaustedError) return 'permanent';
-  if (err instanceof EnvironmentError || err instanceof UsageError) return 'transient';
-  if (err instanceof ImageError) {
-    if (err.code === 'INTERRUPTED') return 'interrupted';
-    if (err.code === 'OBJECT_CHANGED' || err.code === 'OBJECT_NOT_FOUND') return 'superseded';
-    if (err.code === 'DOWNLOAD_FAILED' || err.code === 'STORAGE_FAILED') return 'transient';
-    return 'permanent';
-  }
-  // An unexpected error is most likely this host's (a tool, the disk): retry.
-  return 'transient';
-}
-
-/**
- * Whether a failure recorded on an image (its reason code) was permanent, by
- * classifyFailure's rule: catch-up sync does not retry those at the same ETag.
- */
-export function isPermanentFailureCode(code: string | null): boolean {
-  const known = (imageFailureCodes as readonly string[]).includes(code ?? '');
-  return (
-    known &&
-    classifyFailure(new ImageError(code as ImageFailureCode, ''), new AbortController().signal) ===
-      'permanent'
-  );
-}
-
-function codeOf(err: unknown): string {
-  return isThinrelayError(err) ? err.code : 'INTERNAL';
-}
-
-export interface ApplyOptions {
-  /** Delay before a transiently failed message is offered again. */
-  retryDelaySeconds: (receiveCount: number) => number;
-}
+/** A failure's outcome, by its class. */
+const outcomeOfClass: Record<FailureClass, MessageOutcome> = {
+  interrupted: 'released',
+  // OBJECT_NOT_FOUND here: the key was deleted since; its delete event follows.
+  superseded: 'superseded',
+  transient: 'retrying',
+  permanent: 'failed',
+};
 
 export async function applyMessage(
   deps: PipelineDeps,
   message: ReceivedMessage,
-  opts: ApplyOptions,
-): Promise<EventDecision> {
+): Promise<MessageResult> {
   const seen = deps.store.events.message(message.messageId);
   if (seen?.outcome === 'failed') {
     // Already failed permanently here: hand it straight back so the redrive
     // policy moves it to the DLQ, without unpacking a hostile archive again.
     return {
       outcome: 'failed',
-      action: { kind: 'release', delaySeconds: 0 },
       event: null,
       reasonCode: seen.reason_code ?? undefined,
       reason: seen.reason ?? undefined,
@@ -113,7 +53,6 @@ export async function applyMessage(
     if (!(err instanceof ImageEventError)) throw err;
     return {
       outcome: 'failed',
-      action: { kind: 'release', delaySeconds: 0 },
       event: null,
       reasonCode: 'INVALID_MESSAGE',
       reason: err.message,
@@ -123,7 +62,6 @@ export async function applyMessage(
   if (applied !== undefined && compareSequencers(event.sequencer, applied.sequencer) <= 0) {
     return {
       outcome: 'stale',
-      action: { kind: 'delete' },
       event,
       reason: `sequencer ${event.sequencer} is not newer than the applied ${applied.sequencer} (${applied.kind})`,
     };
@@ -134,11 +72,16 @@ export async function applyMessage(
       : await applyDelete(deps, event);
   } catch (err) {
     const typed = databaseError(err, deps.config.stateDir) ?? err;
-    return decideFailure(typed, deps.signal, event, message, opts);
+    return {
+      outcome: outcomeOfClass[classifyFailure(typed, deps.signal)],
+      event,
+      reasonCode: failureCode(typed),
+      reason: errorMessage(typed),
+    };
   }
 }
 
-async function applyPut(deps: PipelineDeps, event: ImageEvent): Promise<EventDecision> {
+async function applyPut(deps: PipelineDeps, event: ImageEvent): Promise<MessageResult> {
   const base = { bucket: event.bucket, key: event.key };
   let result;
   let reason: string | undefined;
@@ -159,19 +102,17 @@ async function applyPut(deps: PipelineDeps, event: ImageEvent): Promise<EventDec
   recordApplied(deps, event, result.image.id);
   return {
     outcome: 'applied',
-    action: { kind: 'delete' },
     event,
     imageId: result.image.id,
     ...(reason === undefined ? {} : { reason }),
   };
 }
 
-async function applyDelete(deps: PipelineDeps, event: ImageEvent): Promise<EventDecision> {
+async function applyDelete(deps: PipelineDeps, event: ImageEvent): Promise<MessageResult> {
   const retired = await retireKey(deps, event.bucket, event.key);
   recordApplied(deps, event, null);
   return {
     outcome: 'applied',
-    action: { kind: 'delete' },
     event,
     reason: `retired ${retired.imageIds.length} image(s); ${retired.keptActiveSnapshots} active snapshot(s) kept until released`,
   };
@@ -193,26 +134,7 @@ function recordApplied(deps: PipelineDeps, event: ImageEvent, imageId: number | 
     });
 }
 
-function decideFailure(
-  err: unknown,
-  signal: AbortSignal,
-  event: ImageEvent,
-  message: ReceivedMessage,
-  opts: ApplyOptions,
-): EventDecision {
-  const release = (delaySeconds: number): MessageAction => ({ kind: 'release', delaySeconds });
-  const [outcome, action]: [MessageOutcome, MessageAction] = (() => {
-    switch (classifyFailure(err, signal)) {
-      case 'interrupted':
-        return ['released', release(0)];
-      case 'superseded':
-        // OBJECT_NOT_FOUND here: the key was deleted since; its delete event follows.
-        return ['superseded', { kind: 'delete' }];
-      case 'transient':
-        return ['retrying', release(opts.retryDelaySeconds(message.receiveCount))];
-      case 'permanent':
-        return ['failed', release(0)];
-    }
-  })();
-  return { outcome, action, event, reasonCode: codeOf(err), reason: errorMessage(err) };
+/** A message that waited behind its key while the agent began to stop: handed back unstarted. */
+export function notStarted(): MessageResult {
+  return { outcome: 'released', event: null, reason: 'agent stopping before this message started' };
 }

@@ -15,9 +15,9 @@
  */
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { isKeyForGroup, type DeploymentConfigItem } from '../../../schema/fleet.js';
-import { classifyFailure, isPermanentFailureCode } from '../daemon/apply-event.js';
+import { classifyFailure, failureCode, isPermanentFailureCode } from '../pipeline/failure.js';
 import { imageLockKey, type KeyLock } from '../daemon/key-lock.js';
-import { errorMessage, ImageError, isThinrelayError } from '../errors.js';
+import { errorMessage, ImageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { retireKey } from '../ops/retire.js';
 import { unpackedEstimate } from '../config.js';
@@ -264,7 +264,7 @@ async function processWith(
     return 'processed';
   } catch (err) {
     const kind = classifyFailure(err, ctx.signal);
-    const code = isThinrelayError(err) ? err.code : 'INTERNAL';
+    const code = failureCode(err);
     if (kind === 'permanent') {
       ctx.reporter.settled(bucket, key);
       deps.logger.error('sync: image failed', { eTag, code, error: errorMessage(err) });

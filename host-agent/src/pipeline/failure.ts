@@ -1,10 +1,19 @@
-/** How a failure is described in the store and released on storage. */
+/**
+ * What a failure is, in one place: the host's fault or the image's
+ * (asHostFault, spendSpaceBudget), its class (classifyFailure: every caller —
+ * the daemon's message outcome, catch-up sync — follows this one rule), how
+ * it is described in the store, and releasing what a failed job created.
+ */
 import {
   EnvironmentError,
   ImageError,
   SpaceExhaustedError,
+  TransientError,
+  UsageError,
   errorMessage,
+  imageFailureCodes,
   isThinrelayError,
+  type ImageFailureCode,
   type ReasonCode,
 } from '../errors.js';
 import { databaseError, stateDirFull } from '../store/db-errors.js';
@@ -12,6 +21,50 @@ import type { StepError } from '../store/jobs.js';
 import { releaseBlobIfUnused } from '../pool/release.js';
 import type { JobContext } from './context.js';
 
+export type FailureClass = 'permanent' | 'transient' | 'superseded' | 'interrupted';
+
+/**
+ * Permanent: the image or message itself is bad — retrying cannot help, the
+ * queue's redrive policy takes it to the DLQ — or the host stayed out of
+ * space through the retry budget (THINRELAY_SPACE_ATTEMPTS). Transient: the network, S3,
+ * this host (space, tools, configuration) — retry later. Superseded: the
+ * object changed or vanished since the event; a newer event follows.
+ */
+export function classifyFailure(err: unknown, signal: AbortSignal): FailureClass {
+  if (signal.aborted) return 'interrupted';
+  if (err instanceof TransientError) return 'transient';
+  // A space fault past its retry budget: failed with its reason, no longer retried.
+  if (err instanceof SpaceExhaustedError) return 'permanent';
+  if (err instanceof EnvironmentError || err instanceof UsageError) return 'transient';
+  if (err instanceof ImageError) {
+    if (err.code === 'INTERRUPTED') return 'interrupted';
+    if (err.code === 'OBJECT_CHANGED' || err.code === 'OBJECT_NOT_FOUND') return 'superseded';
+    if (err.code === 'DOWNLOAD_FAILED' || err.code === 'STORAGE_FAILED') return 'transient';
+    return 'permanent';
+  }
+  // An unexpected error is most likely this host's (a tool, the disk): retry.
+  return 'transient';
+}
+
+/**
+ * Whether a failure recorded on an image (its reason code) was permanent, by
+ * classifyFailure's rule: catch-up sync does not retry those at the same ETag.
+ */
+export function isPermanentFailureCode(code: string | null): boolean {
+  const known = (imageFailureCodes as readonly string[]).includes(code ?? '');
+  return (
+    known &&
+    classifyFailure(new ImageError(code as ImageFailureCode, ''), new AbortController().signal) ===
+      'permanent'
+  );
+}
+
+/** The reason code a failure is reported with; INTERNAL for an error without one (a bug or an untyped fault). */
+export function failureCode(err: unknown): string {
+  return isThinrelayError(err) ? err.code : 'INTERNAL';
+}
+
+/** A failure as the job and image rows record it. */
 export function describeFailure(err: unknown, signal: AbortSignal): StepError {
   if (signal.aborted)
     return {

@@ -18,6 +18,8 @@ import { isOwnerAlive, ownerPid } from '../store/owner.js';
 import type { PipelineDeps } from './context.js';
 import { reconcile } from './reconcile.js';
 import { imageStepNames, runJob } from './runner.js';
+import { attachSnapshot } from './steps/activate.js';
+import { snapshotImage } from './steps/snapshot.js';
 import { jittered } from '../retry.js';
 
 export interface ProcessRequest {
@@ -190,22 +192,19 @@ async function waitForJob(deps: PipelineDeps, job: JobRow): Promise<JobRow> {
 
 /**
  * A ready image has an active snapshot: the newest one if it is attached,
- * else reactivate an inactive one, else make a new one.
+ * else an inactive one attached again, else a new one (the snapshot and
+ * activate steps' own work, outside a job).
  */
 async function ensureActive(
   deps: PipelineDeps,
   image: ImageRow,
 ): Promise<{ devicePath: string; snapshotObjectId: number }> {
-  const { store, objects } = deps;
+  const { store } = deps;
   const active = store.snapshots.forImage(image.id)[0];
   if (active !== undefined)
     return { devicePath: active.device_path, snapshotObjectId: active.object_id };
-  const inactive = store.objects.snapshotsOfImage(image.id).find((s) => s.state === 'inactive');
-  if (inactive !== undefined) {
-    return { devicePath: await objects.activate(inactive), snapshotObjectId: inactive.id };
-  }
-  const blobId = store.images.topBlobId(image.id)!;
-  const volume = store.objects.get(store.blobs.get(blobId)!.volume_id!)!;
-  const snap = await objects.createSnapshot({ volume, imageId: image.id, jobId: null });
-  return { devicePath: await objects.activate(snap), snapshotObjectId: snap.id };
+  const snap =
+    store.objects.snapshotsOfImage(image.id).find((s) => s.state === 'inactive') ??
+    (await snapshotImage(deps, image, null));
+  return attachSnapshot(deps, snap);
 }

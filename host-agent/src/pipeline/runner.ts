@@ -7,7 +7,7 @@
  */
 import { failpoint } from '../failpoints.js';
 import type { JobContext } from './context.js';
-import { errorMessage } from '../errors.js';
+import { EnvironmentError, errorMessage } from '../errors.js';
 import { asHostFault, describeFailure, releaseFailedJob, spendSpaceBudget } from './failure.js';
 import { imageSteps } from './steps/index.js';
 
@@ -19,7 +19,11 @@ export async function runJob(ctx: JobContext): Promise<void> {
   for (const [position, step] of imageSteps.entries()) {
     const row = rows[position];
     if (row === undefined || row.name !== step.name) {
-      throw new Error(`job ${job.id} step ${position} is ${row?.name}, expected ${step.name}`);
+      // A job recorded by a thinrelay with other steps: the state, not the image, is at fault.
+      throw new EnvironmentError(
+        'STATE_DIR',
+        `job ${job.id} step ${position} is ${row?.name}, expected ${step.name}`,
+      );
     }
     if (row.status === 'complete' || row.status === 'skipped') continue;
     if (row.status === 'running')

@@ -25,6 +25,7 @@ import { unpackArchive } from '../../layer/index.js';
 import type { BlobRow } from '../../store/blobs.js';
 import type { JobContext, StepOutcome } from '../context.js';
 import { applyLayers, bytesToApply, finishLayer } from '../layer-unit.js';
+import { sealLeftovers } from './seal.js';
 import type { Step } from './index.js';
 
 function hexOf(b64: string | null): string | null {
@@ -78,31 +79,6 @@ async function openRanged(
   });
 }
 
-/**
- * Layers this job applied and flushed before a crash, not yet sealed or
- * ready: finish them (the work is on stable storage). A flat tar's layer
- * finished this way completes the image without reading it again.
- */
-async function finishLeftovers(ctx: JobContext): Promise<BlobRow | null> {
-  const { store, job, image } = ctx;
-  let flat: BlobRow | null = null;
-  for (const volume of store.objects.forJob(job.id)) {
-    if (volume.kind !== 'volume' || (volume.state !== 'unpacked' && volume.state !== 'sealed'))
-      continue;
-    const blob = store.blobs.byVolume(volume.id);
-    if (blob?.status !== 'unpacking') continue;
-    const ready = await finishLayer(ctx, volume);
-    if (blob.sha256 !== null) {
-      store.tx(() => {
-        store.images.setBlobs(image.id, [ready.id]);
-        store.images.recordDigest(image.id, blob.sha256);
-      });
-      flat = ready;
-    }
-  }
-  return flat;
-}
-
 async function run(ctx: JobContext): Promise<StepOutcome> {
   const { store, job, image, ref, progress } = ctx;
   if (contentComplete(ctx)) {
@@ -113,7 +89,9 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       ? { status: 'complete', detail: { blob: top.id, resumed: true, layersApplied: 0 } }
       : { status: 'skipped', detail: { reason: 'content already unpacked' } };
   }
-  const resumed = await finishLeftovers(ctx);
+  // Layers applied and flushed before a crash, not yet ready: the work is on stable storage.
+  // A flat tar's layer finished this way completes the image without reading it again.
+  const resumed = (await sealLeftovers(ctx)).flat;
   if (resumed !== null)
     return { status: 'complete', detail: { blob: resumed.id, resumed: true, layersApplied: 0 } };
 
