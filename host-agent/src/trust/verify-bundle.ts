@@ -54,9 +54,11 @@ export async function verifyBundle(
     bundle = bundleLib.bundleFromJSON(sidecar.json);
     entity = verify.toSignedEntity(bundle, payload);
   } catch (err) {
+    // @sigstore/bundle names the missing or bad fields separately from its one-word message.
+    const fields = err instanceof bundleLib.ValidationError ? (err.fields ?? []) : [];
     throw new ImageError(
       'SIGNATURE_BUNDLE_MALFORMED',
-      `signature bundle ${sidecar.key}: ${(err as Error).message}`,
+      `signature bundle ${sidecar.key}: ${(err as Error).message}${fields.length > 0 ? ` (${fields.join(', ')})` : ''}`,
       'upload the file `cosign sign-blob --bundle <file>` wrote, unchanged',
     );
   }
