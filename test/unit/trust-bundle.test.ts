@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { after, test } from 'node:test';
 import {
@@ -272,4 +273,55 @@ test('the Sigstore libraries load only when a bundle is verified', () => {
   assert.equal(out.before, 0, 'importing the trust code loads no Sigstore module');
   assert.equal(out.afterKey, 0, 'a key signature loads no Sigstore module');
   assert.ok(out.afterBundle >= 3, `a bundle loads them (${out.afterBundle})`);
+});
+
+test('bundled as the CLI is (esbuild, split chunks), a keyless bundle still verifies and loads in its own chunk', async () => {
+  const { build } = await import('esbuild');
+  const dir = keys.path('esbuild');
+  const trust = fileURLToPath(new URL('../../host-agent/src/trust/', import.meta.url));
+  const schema = fileURLToPath(new URL('../../schema/', import.meta.url));
+  writeFileSync(
+    keys.path('entry.mjs'),
+    `import { checkSignature } from ${JSON.stringify(trust + 'check-signature.js')};
+     import { effectivePolicy } from ${JSON.stringify(trust + 'policy.js')};
+     import { manifestDigestPayload } from ${JSON.stringify(trust + 'signed-payload.js')};
+     import { parseSignaturePolicy } from ${JSON.stringify(schema + 'signature-policy.js')};
+     const policy = effectivePolicy(parseSignaturePolicy(${JSON.stringify({
+       mode: 'require',
+       identities: [{ issuer: ISSUER, subject: RELEASE }],
+       sigstore: { trustedRoot: sigstore.trustedRootFile, tlogEntries: 0, ctlogSCTs: 0 },
+     })}, '$'));
+     const record = await checkSignature({ policy, payload: manifestDigestPayload(${JSON.stringify(manifest)}),
+       sidecar: { kind: 'bundle', key: 'k', bytes: Buffer.from(${JSON.stringify(JSON.stringify(signed))}) } });
+     console.log(JSON.stringify(record.signer));`,
+  );
+  // The options scripts/bundle-cli.mjs bundles the CLI with.
+  await build({
+    entryPoints: { main: keys.path('entry.mjs') },
+    outdir: dir,
+    outExtension: { '.js': '.mjs' },
+    bundle: true,
+    splitting: true,
+    chunkNames: 'chunks/[name]-[hash]',
+    platform: 'node',
+    mainFields: ['module', 'main'],
+    format: 'esm',
+    target: 'node26',
+    banner: {
+      js: "import { createRequire as __thinrelayRequire } from 'node:module'; const require = __thinrelayRequire(import.meta.url);",
+    },
+    logLevel: 'warning',
+  });
+  assert.equal(
+    readFileSync(`${dir}/main.mjs`, 'utf8').includes('TIMESTAMP_ERROR'),
+    false,
+    'the Sigstore libraries are not in the entry chunk',
+  );
+  const out = execFileSync(process.execPath, [`${dir}/main.mjs`], { encoding: 'utf8' });
+  assert.deepEqual(JSON.parse(out), {
+    type: 'identity',
+    issuer: ISSUER,
+    subject: RELEASE,
+    matched: `${ISSUER} ${RELEASE}`,
+  });
 });

@@ -4,7 +4,9 @@
  *     stored in S3 (so `cosign sign-blob image.tar.zst` signs exactly them);
  *     the object's sha256 names the payload;
  *   - an OCI archive (and Docker 25+ `docker save`, which writes OCI layout):
- *     the image's manifest digest, cosign's subject for container images. The
+ *     the manifest digest index.json names (`.manifests[0].digest`: the image
+ *     manifest, or the image index of a multi-platform archive, whose platform
+ *     manifests it names by digest), cosign's subject for container images. The
  *     signed bytes are the ASCII digest string "sha256:<64 hex>" with no
  *     newline: `printf %s "$digest" > digest.txt; cosign sign-blob digest.txt`
  *     needs no registry. The manifest names the config and the layers by
@@ -26,7 +28,7 @@ export interface ImageIdentity {
   format: ImageFormat;
   /** sha256 hex of the object's bytes as stored. */
   objectSha256: string;
-  /** "sha256:<hex>" of the chosen manifest blob; null when the archive has none (legacy docker save). */
+  /** "sha256:<hex>" index.json's descriptor names (manifest or image index); null when the archive has none (legacy docker save). */
   manifestDigest: string | null;
 }
 
