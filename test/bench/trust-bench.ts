@@ -44,7 +44,10 @@ try {
   const objectBytes = 256 * 1024 * 1024;
   const chunk = randomBytes(1024 * 1024);
   const object = async function* (): AsyncGenerator<Uint8Array> {
-    for (let i = 0; i < objectBytes / chunk.length; i++) yield chunk;
+    for (let i = 0; i < objectBytes / chunk.length; i++) {
+      await Promise.resolve();
+      yield chunk;
+    }
   };
   const objectHash = createHash('sha256');
   for (let i = 0; i < objectBytes / chunk.length; i++) objectHash.update(chunk);

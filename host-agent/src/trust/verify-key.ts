@@ -6,7 +6,7 @@
  * held up to ED25519_MAX_MESSAGE_BYTES (sign larger objects with ECDSA, or by
  * manifest digest). Throws SIGNATURE_INVALID naming every key tried.
  */
-import { createVerify, verify, type Verify } from 'node:crypto';
+import { createVerify, verify } from 'node:crypto';
 import { ImageError } from '../errors.js';
 import type { TrustedKey } from './trusted-keys.js';
 
@@ -52,7 +52,7 @@ async function verifyStream(
 ): Promise<{ key: TrustedKey; ok: boolean; why: string }[]> {
   const ecdsa = keys
     .filter((k) => k.algorithm === 'ecdsa-p256')
-    .map((k) => ({ k, v: createVerify('sha256') as Verify }));
+    .map((k) => ({ k, v: createVerify('sha256') }));
   const wantsWhole = keys.some((k) => k.algorithm === 'ed25519');
   const held: Buffer[] = [];
   let total = 0;
@@ -71,10 +71,11 @@ async function verifyStream(
   return keys.map((key) => {
     if (key.algorithm === 'ecdsa-p256') {
       const e = ecdsa.find((x) => x.k === key);
-      let ok = false;
+      let ok: boolean;
       try {
         ok = e !== undefined && e.v.verify({ key: key.key, dsaEncoding: 'der' }, signature);
       } catch {
+        // A signature node cannot even parse is simply not valid.
         ok = false;
       }
       return { key, ok, why: '' };
