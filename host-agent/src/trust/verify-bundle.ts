@@ -10,7 +10,7 @@
  * The Sigstore libraries load here, on the first bundle only (dynamic
  * import): commands that verify nothing never pay for them.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { EnvironmentError, ImageError } from '../errors.js';
 import type { TrustPolicy, TrustedIdentity } from './policy.js';
 import type { BundleSidecar } from './sigstore-bundle.js';
@@ -79,8 +79,7 @@ export async function verifyBundle(
 
   if (policy.identities.length === 0)
     throw invalid(sidecar.key, 'a keyless certificate, but the policy trusts no identity', []);
-  const root = await trustedRoot(policy, specs);
-  const verifier = new verify.Verifier(verify.toTrustMaterial(root), {
+  const verifier = new verify.Verifier(await trustMaterial(policy, verify, specs), {
     tlogThreshold: policy.sigstore.tlogEntries,
     ctlogThreshold: policy.sigstore.ctlogSCTs,
     timestampThreshold: policy.sigstore.timestamps,
@@ -154,6 +153,25 @@ function verifyKeyBundle(
     `signature bundle ${sidecar.key} does not verify with any trusted key: ${policy.keys.map((k) => `${k.fingerprint} (${k.algorithm})`).join(', ') || 'none'}`,
     'sign with a key in the group policy',
   );
+}
+
+type TrustMaterial = ReturnType<SigstoreLibs['verify']['toTrustMaterial']>;
+
+/** Parsed once per file version (path, size, mtime): an agent verifies many images against one root. */
+let cachedMaterial: { version: string; material: TrustMaterial } | undefined;
+
+async function trustMaterial(
+  policy: TrustPolicy,
+  verify: SigstoreLibs['verify'],
+  specs: SigstoreLibs['specs'],
+): Promise<TrustMaterial> {
+  const file = policy.sigstore.trustedRoot;
+  const info = file === null ? null : await stat(file).catch(() => null);
+  const version = info === null ? null : `${file}\0${info.size}\0${info.mtimeMs}`;
+  if (version !== null && cachedMaterial?.version === version) return cachedMaterial.material;
+  const material = verify.toTrustMaterial(await trustedRoot(policy, specs));
+  if (version !== null) cachedMaterial = { version, material };
+  return material;
 }
 
 /** The operator's trusted root: a missing or bad file is this host's fault, never the image's. */
