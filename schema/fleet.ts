@@ -17,6 +17,8 @@
  * host to its own items (dynamodb:LeadingKeys).
  */
 
+import type { SignaturePolicy } from './signature-policy.js';
+
 /** Group names: letters, digits and '_' ('-' ends the group inside a queue name). */
 export const GROUP_NAME = /^[A-Za-z0-9_]{1,32}$/;
 /** Host ids: letters, digits and '-' (an EC2 instance id fits); SQS names allow 80 characters in all. */
@@ -102,6 +104,11 @@ export interface DeploymentConfigItem {
   groups: Record<string, GroupQueueSettings>;
   /** Each group's pool policy; read as {} from items written before it existed (defaults apply). */
   pools: Record<string, GroupPoolSettings>;
+  /**
+   * Each group's signature policy (schema/signature-policy.ts); absent from
+   * items written before it existed (signatures off). Agents do not read it yet.
+   */
+  signatures?: Record<string, SignaturePolicy>;
   /** A host not seen for this long is stale; after sweepAfterSeconds more it is removed. */
   staleAfterSeconds: number;
   sweepAfterSeconds: number;

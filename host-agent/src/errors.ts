@@ -66,6 +66,16 @@ export const imageFailureCodes = [
   // A uid or gid no Linux filesystem can record.
   'ARCHIVE_BAD_OWNER',
   'VOLUME_FULL',
+  // Signatures (host-agent/src/trust/, docs/trust.md): no sidecar by the deadline; none of the
+  // trusted keys or identities verifies it; a sidecar that is not a signature at all.
+  'SIGNATURE_MISSING',
+  'SIGNATURE_INVALID',
+  'SIGNATURE_SIDECAR_EMPTY',
+  'SIGNATURE_SIDECAR_TOO_LARGE',
+  'SIGNATURE_NOT_BASE64',
+  'SIGNATURE_BUNDLE_MALFORMED',
+  // A Sigstore bundle whose message digest is not the image's signed payload.
+  'SIGNATURE_BUNDLE_DIGEST_MISMATCH',
   'OBJECT_NOT_FOUND',
   'OBJECT_CHANGED',
   // S3 or KMS refused the agent (a missing grant or a policy denial): never "not found".
@@ -109,6 +119,8 @@ export type EnvironmentCode =
   | 'LOW_SPACE'
   // The state dir's filesystem (database, loop pool) is full.
   | 'STATE_FULL'
+  // The operator's Sigstore trusted root file is missing or not a trusted root: the host's fault, not the image's.
+  | 'TRUST_ROOT_UNAVAILABLE'
   // Queue commands: SQS unreachable, refusing us, or answering something unexpected.
   | 'QUEUE_UNREACHABLE'
   | 'QUEUE_ACCESS_DENIED'

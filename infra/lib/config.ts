@@ -18,6 +18,11 @@ import {
   type GroupPoolSettings,
   type GroupQueueSettings,
 } from '../../schema/fleet.js';
+import {
+  parseSignaturePolicy,
+  SignaturePolicyError,
+  type SignaturePolicy,
+} from '../../schema/signature-policy.js';
 
 export class InfraConfigError extends Error {
   constructor(
@@ -49,6 +54,8 @@ export interface GroupSpec {
   queues: GroupQueueSettings;
   /** Its agents' pool policy: retention, watermarks, pins (the CONFIG item carries it). */
   pool: GroupPoolSettings;
+  /** Which images its hosts may activate: the group's `signatures`, else the top-level one (docs/trust.md). */
+  signatures: SignaturePolicy;
 }
 
 export interface ThinrelayConfig {
@@ -147,8 +154,16 @@ export function parseConfig(value: unknown): ThinrelayConfig {
   const alarms = root.section('alarms');
   const queueDefaults = parseQueueSettings(queues, DEFAULT_QUEUES);
   const poolDefaults = parsePoolSettings(root.section('pool'), DEFAULT_POOL);
+  const signatureDefault = signaturePolicy(root.raw('signatures'), '$.signatures');
   const routes = parseRoutes(root, imagesPrefix);
-  const groups = parseGroups(root, imagesPrefix, queueDefaults, poolDefaults, routes);
+  const groups = parseGroups(
+    root,
+    imagesPrefix,
+    queueDefaults,
+    poolDefaults,
+    signatureDefault,
+    routes,
+  );
   const config: ThinrelayConfig = {
     stackName: root.string(
       'stackName',
@@ -209,7 +224,32 @@ export function parseConfig(value: unknown): ThinrelayConfig {
     );
   }
   checkNames(config);
+  checkSignatureSize(config);
   return config;
+}
+
+/** The one policy parser (schema/signature-policy.ts), its errors as this file's. */
+function signaturePolicy(raw: unknown, path: string): SignaturePolicy | undefined {
+  if (raw === undefined) return undefined;
+  try {
+    return parseSignaturePolicy(raw, path);
+  } catch (err) {
+    if (err instanceof SignaturePolicyError)
+      throw new InfraConfigError(err.path, err.message.slice(err.path.length + 2));
+    throw err;
+  }
+}
+
+/** The CONFIG item carries every group's keys: DynamoDB items hold at most 400 KB. */
+const MAX_SIGNATURE_POLICY_CHARS = 200_000;
+
+function checkSignatureSize(config: ThinrelayConfig): void {
+  const chars = config.groups.reduce((n, g) => n + JSON.stringify(g.signatures).length, 0);
+  if (chars > MAX_SIGNATURE_POLICY_CHARS)
+    throw new InfraConfigError(
+      '$.groups',
+      `the groups' signature policies take ${chars} characters, more than the ${MAX_SIGNATURE_POLICY_CHARS} the fleet table's config item has room for; share keys through the top-level "signatures"`,
+    );
 }
 
 /** Stack resource names (host queue names: schema/fleet.ts queueNames). */
@@ -384,6 +424,7 @@ function parseGroups(
   imagesPrefix: string,
   queueDefaults: GroupQueueSettings,
   poolDefaults: GroupPoolSettings,
+  signatureDefault: SignaturePolicy | undefined,
   routes: Record<string, string[]>,
 ): GroupSpec[] {
   const raw = root.raw('groups');
@@ -428,6 +469,10 @@ function parseGroups(
       principal: parsePrincipal(g.raw('principal'), `${at}.principal`),
       queues: parseQueueSettings(g.section('queues'), queueDefaults),
       pool: parsePoolSettings(g.section('pool'), poolDefaults),
+      signatures:
+        signaturePolicy(g.raw('signatures'), `${at}.signatures`) ??
+        signatureDefault ??
+        parseSignaturePolicy(undefined, `${at}.signatures`),
     };
     g.done();
     return spec;

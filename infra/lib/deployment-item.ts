@@ -23,6 +23,7 @@ export function deploymentConfigItem(
     pools: Object.fromEntries(
       config.groups.map((g) => [g.name, { ...g.pool, pins: [...g.pool.pins] }]),
     ),
+    signatures: Object.fromEntries(config.groups.map((g) => [g.name, g.signatures])),
     staleAfterSeconds: config.fleet.staleAfterSeconds,
     sweepAfterSeconds: config.fleet.sweepAfterSeconds,
   };

@@ -54,6 +54,14 @@ test('defaults fill everything but the groups', () => {
         metadataLowWatermarkPercent: 65,
         pins: [],
       },
+      // No signature policy: images are not verified (today's behaviour).
+      signatures: {
+        mode: 'off',
+        publicKeys: [],
+        identities: [],
+        sigstore: { trustedRoot: null, tlogEntries: 1, ctlogSCTs: 1, timestamps: 1 },
+        awaitSeconds: 3600,
+      },
     },
   ]);
   assert.deepEqual(c.fleet, {

@@ -1,0 +1,91 @@
+/**
+ * Checks a cosign-format signature (DER ECDSA P-256 over SHA-256, or pure
+ * Ed25519) against the policy's public keys with node:crypto. The message is
+ * the signed payload's bytes, given whole or as a stream: ECDSA hashes the
+ * stream as it passes; pure Ed25519 needs the whole message, so a stream is
+ * held up to ED25519_MAX_MESSAGE_BYTES (sign larger objects with ECDSA, or by
+ * manifest digest). Throws SIGNATURE_INVALID naming every key tried.
+ */
+import { createVerify, verify } from 'node:crypto';
+import { ImageError } from '../errors.js';
+import type { TrustedKey } from './trusted-keys.js';
+
+export const ED25519_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+export type SignedMessage = Buffer | AsyncIterable<Uint8Array>;
+
+/** Returns the key that verifies `signature` over `message`. */
+export async function verifyWithKeys(
+  keys: readonly TrustedKey[],
+  signature: Buffer,
+  message: SignedMessage,
+  what: string,
+): Promise<TrustedKey> {
+  const outcome = Buffer.isBuffer(message)
+    ? keys.map((k) => ({ key: k, ok: verifyWhole(k, signature, message), why: '' }))
+    : await verifyStream(keys, signature, message);
+  const signer = outcome.find((o) => o.ok);
+  if (signer !== undefined) return signer.key;
+  const tried = outcome.map((o) => `${o.key.fingerprint} (${o.key.algorithm}${o.why})`);
+  throw new ImageError(
+    'SIGNATURE_INVALID',
+    `the signature of ${what} does not verify with ${tried.length === 1 ? 'the trusted key' : 'any trusted key'}: ${tried.join(', ') || 'none'}`,
+    'sign with a key in the group policy, over the payload docs/trust.md names for this format',
+  );
+}
+
+function verifyWhole(k: TrustedKey, signature: Buffer, message: Buffer): boolean {
+  try {
+    return k.algorithm === 'ed25519'
+      ? verify(null, message, k.key, signature)
+      : verify('sha256', message, { key: k.key, dsaEncoding: 'der' }, signature);
+  } catch {
+    // A signature node cannot even parse (wrong length, bad DER) is simply not valid.
+    return false;
+  }
+}
+
+async function verifyStream(
+  keys: readonly TrustedKey[],
+  signature: Buffer,
+  message: AsyncIterable<Uint8Array>,
+): Promise<{ key: TrustedKey; ok: boolean; why: string }[]> {
+  const ecdsa = keys
+    .filter((k) => k.algorithm === 'ecdsa-p256')
+    .map((k) => ({ k, v: createVerify('sha256') }));
+  const wantsWhole = keys.some((k) => k.algorithm === 'ed25519');
+  const held: Buffer[] = [];
+  let total = 0;
+  let overCap = false;
+  for await (const chunk of message) {
+    for (const e of ecdsa) e.v.update(chunk);
+    total += chunk.byteLength;
+    if (wantsWhole && !overCap) {
+      if (total > ED25519_MAX_MESSAGE_BYTES) {
+        overCap = true;
+        held.length = 0;
+      } else held.push(Buffer.from(chunk));
+    }
+  }
+  const whole = wantsWhole && !overCap ? Buffer.concat(held, total) : null;
+  return keys.map((key) => {
+    if (key.algorithm === 'ecdsa-p256') {
+      const e = ecdsa.find((x) => x.k === key);
+      let ok: boolean;
+      try {
+        ok = e !== undefined && e.v.verify({ key: key.key, dsaEncoding: 'der' }, signature);
+      } catch {
+        // A signature node cannot even parse is simply not valid.
+        ok = false;
+      }
+      return { key, ok, why: '' };
+    }
+    if (whole === null)
+      return {
+        key,
+        ok: false,
+        why: `; pure Ed25519 needs the whole message, ${total} bytes is over ${ED25519_MAX_MESSAGE_BYTES}`,
+      };
+    return { key, ok: verifyWhole(key, signature, whole), why: '' };
+  });
+}
