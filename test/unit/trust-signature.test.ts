@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes, createHash } from 'node:crypto';
 import { after, test } from 'node:test';
-import { isPermanentFailureCode } from '../../host-agent/src/daemon/apply-event.js';
+import { isPermanentFailureCode } from '../../host-agent/src/pipeline/failure.js';
 import { ImageError, type ImageFailureCode } from '../../host-agent/src/errors.js';
 import { checkSignature } from '../../host-agent/src/trust/check-signature.js';
 import { effectivePolicy } from '../../host-agent/src/trust/policy.js';
