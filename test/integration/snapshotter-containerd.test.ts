@@ -32,7 +32,7 @@ import {
   serviceName,
   snapshotsDescriptor,
 } from '../../host-agent/src/snapshotter/wire-format.js';
-import { cliPath } from '../helpers/cli.js';
+import { cliPath, runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { queryState } from '../helpers/small-fs.js';
@@ -297,6 +297,23 @@ test(
       assert.equal(out, 'hello from a thinrelay layer\n');
       // runc's rootfs mount (a loop device with autoclear) is gone with the container.
       assert.deepEqual(hostInventory(stateDir).loops, [], 'no loop device left attached');
+    });
+
+    await t.test('thinrelay gc leaves the layers containerd holds', async () => {
+      const gc = await runCli(['gc', '--state-dir', stateDir, '--backend', 'loop', '--json'], {
+        THINRELAY_CONFIG_FILE: 'none',
+      });
+      assert.equal(gc.code, 0, gc.stderr);
+      const ready = queryState<{ chain_id: string }>(
+        stateDir,
+        `SELECT chain_id FROM blobs WHERE status = 'ready' ORDER BY depth`,
+      );
+      assert.deepEqual(
+        ready.map((b) => b.chain_id),
+        chainIds,
+        `no image links them, containerd does: ${gc.stdout}`,
+      );
+      assert.equal(hostInventory(stateDir).poolFiles.length, 2);
     });
 
     await t.test('ctr snapshots prepare/info/usage/mounts/rm behave', async () => {
