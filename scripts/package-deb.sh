@@ -146,8 +146,9 @@ install -m 0644 deploy/debian/lintian-overrides "$root/usr/share/lintian/overrid
 
 # copyright (DEP-5): thinrelay, the runtime, better-sqlite3 and SQLite, and the
 # JS packages bundled into the CLI (read from the bundle's source maps).
+# (A path segment starting with "." is a package's build data, e.g. @js-sdsl/.build-data, not a package.)
 bundled=$(grep -ohE 'node_modules/(@[^/]+/)?[^/"]+' dist/cli/thinrelay.mjs.map dist/cli/chunks/*.map dist/cli/agent-config.mjs.map 2>/dev/null |
-  sed 's/.*node_modules\///' | sort -u)
+  grep -v '/\.' | sed 's/.*node_modules\///' | sort -u)
 # One line per bundled package: "<licence> <name> <version>".
 licences=$(node -e 'for (const p of process.argv.slice(1)) { const j = require(`./node_modules/${p}/package.json`); console.log(j.license, p, j.version) }' $bundled)
 pkg_list() { awk -v l="$1" '$1 == l { print " " $2 " " $3 }' <<<"$licences"; }
@@ -181,12 +182,16 @@ License: MIT
 
 Files: usr/lib/thinrelay/thinrelay.mjs usr/lib/thinrelay/agent-config.mjs usr/lib/thinrelay/chunks/*
 Copyright: thinrelay contributors; the authors of the bundled packages below
-License: Apache-2.0 and MIT
+License: Apache-2.0 and MIT and BSD-3-Clause and 0BSD
 Comment: The CLI bundle holds these npm packages. Apache-2.0:
 EOF
   pkg_list Apache-2.0
   echo " MIT:"
   pkg_list MIT
+  echo " BSD-3-Clause (protobufjs, in the snapshotter's gRPC chunk only):"
+  pkg_list BSD-3-Clause
+  echo " 0BSD:"
+  pkg_list 0BSD
   echo
   echo "License: Apache-2.0"
   echo " On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0."
@@ -194,10 +199,17 @@ EOF
   echo "License: MIT"
   license_text node_modules/better-sqlite3/LICENSE
   echo
+  echo
+  echo "License: BSD-3-Clause"
+  license_text node_modules/protobufjs/LICENSE
+  echo
+  echo "License: 0BSD"
+  license_text node_modules/tslib/LICENSE.txt
+  echo
   echo "License: Node.js"
   license_text "$runtime/LICENSE"
 } >"$doc/copyright"
-others=$(awk '$1 != "Apache-2.0" && $1 != "MIT" { print $2 ":" $1 }' <<<"$licences")
+others=$(awk '$1 != "Apache-2.0" && $1 != "MIT" && $1 != "BSD-3-Clause" && $1 != "0BSD" { print $2 ":" $1 }' <<<"$licences")
 [ -z "$others" ] || die "bundled packages with a licence copyright does not cover: $others"
 
 gzip -9n >"$doc/changelog.gz" <<EOF

@@ -93,6 +93,8 @@ export type UsageCode =
   | 'IN_USE'
   /** The image or snapshot exists but is not in the state the command needs. */
   | 'NOT_READY'
+  /** A snapshot of that key or name exists already (containerd's snapshotter API). */
+  | 'ALREADY_EXISTS'
   // Queue commands (redrive, dlq peek).
   | 'NOT_A_DLQ'
   | 'TASK_NOT_RUNNING';

@@ -23,6 +23,7 @@ import { pinCommand, unpinCommand } from './commands/pins.js';
 import { processImageCommand } from './commands/process-image.js';
 import { showCommand } from './commands/show.js';
 import { configCommand } from './commands/config.js';
+import { snapshotterCommand } from './commands/snapshotter.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { commandHelp, didYouMean, mainHelp, maxPositionalsOf } from './help.js';
 import { errorJson, formatError, printJson, usageHint } from './output.js';
@@ -39,6 +40,7 @@ function stateDirOf(ctx: { config(): { stateDir: string } } | undefined): string
 export const commands: readonly Command[] = [
   processImageCommand,
   agentCommand,
+  snapshotterCommand,
   imagesCommand,
   snapshotsCommand,
   showCommand,

@@ -118,8 +118,8 @@ export async function releaseImage(
 }
 
 /**
- * Mark a layer removed if no live image (other than `except`) links it and
- * no snapshot is taken of its volume: decided and marked in one transaction,
+ * Mark a layer removed if no live image (other than `except`) links it, no
+ * containerd snapshot holds it, and no snapshot is taken of its volume: decided and marked in one transaction,
  * so a job that links it meanwhile keeps it. Returns its volume to remove.
  */
 export function releaseBlobIfUnused(
@@ -132,6 +132,7 @@ export function releaseBlobIfUnused(
     const blob = store.blobs.get(blobId);
     if (blob === undefined || blob.status === 'removed') return undefined;
     if (store.blobs.liveImageCount(blobId, except) > 0 || blob.volume_id === null) return undefined;
+    if (store.containerdSnapshots.holdersOfBlob(blobId) > 0) return undefined;
     const row = store.objects.get(blob.volume_id)!;
     if (hasSnapshots(deps, row.id)) return undefined;
     store.blobs.setStatus(blobId, 'removed');
@@ -161,7 +162,8 @@ export async function releaseUnusedLayers(
       const unused =
         fresh === undefined ||
         fresh.status !== 'ready' ||
-        store.blobs.liveImageCount(fresh.id) === 0;
+        (store.blobs.liveImageCount(fresh.id) === 0 &&
+          store.containerdSnapshots.holdersOfBlob(fresh.id) === 0);
       if (!unused || hasSnapshots(deps, row.id)) return false;
       if (fresh !== undefined && fresh.status !== 'removed')
         store.blobs.setStatus(fresh.id, 'removed');

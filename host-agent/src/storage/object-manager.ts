@@ -223,6 +223,54 @@ export class ObjectManager {
     return { volume: this.store.objects.get(volume.id)!, mountpoint };
   }
 
+  /**
+   * Intent, then a volume a client (containerd) mounts and writes itself:
+   * a writable clone of the sealed volume `parent`, or a fresh empty ext4
+   * when there is none. It rests `writable`, attached and mounted by nobody
+   * here. `onIntent` runs in the intent's transaction, `commit` in the one
+   * that records it writable.
+   */
+  async createWritable(
+    o: { parent: StorageObjectRow | null; sizeBytes: number },
+    onIntent: (volume: StorageObjectRow) => void,
+    commit: () => void,
+  ): Promise<StorageObjectRow> {
+    if (o.parent !== null && o.parent.state !== 'sealed')
+      throw new Error(
+        `volume ${o.parent.id} is ${o.parent.state}, not sealed: it cannot be cloned`,
+      );
+    // A clone is its parent's size; `sizeBytes` sizes a fresh one.
+    const sizeBytes = o.parent?.size_bytes ?? o.sizeBytes;
+    const volume = this.store.tx(() => {
+      const row = this.store.objects.createIntent(
+        {
+          kind: 'volume',
+          backend: this.backend.name,
+          sizeBytes,
+          parentId: o.parent?.id ?? null,
+          thinId: this.nextThinId(),
+        },
+        this.owner,
+      );
+      onIntent(row);
+      return row;
+    });
+    await this.change(volume, {
+      atIntent: 'writable:intent',
+      operation: async () => {
+        if (o.parent !== null) return this.backend.createVolumeFrom(this.cloneSpec(volume));
+        // A fresh filesystem: made the way an unpack's is, then released for the client.
+        await this.backend.createVolume(this.spec(volume));
+        await this.backend.mountForUnpack(this.spec(volume));
+        await this.backend.seal(this.spec(volume));
+      },
+      done: 'writable:created',
+      success: 'writable',
+      commit,
+    });
+    return this.store.objects.get(volume.id)!;
+  }
+
   /** The unpacked content is on stable storage. */
   async markUnpacked(volume: StorageObjectRow, commit: () => void): Promise<void> {
     await this.change(volume, {

@@ -8,6 +8,7 @@ import { openDatabase } from './db.js';
 import { sqliteCode } from './db-errors.js';
 import { releaseReserve } from './space-reserve.js';
 import { BlobRepo } from './blobs.js';
+import { ContainerdSnapshotRepo } from './containerd-snapshots.js';
 import { EventRepo } from './events.js';
 import { ImageRepo } from './images.js';
 import { JobRepo } from './jobs.js';
@@ -23,6 +24,7 @@ export class StateStore {
   readonly snapshots: SnapshotRepo;
   readonly events: EventRepo;
   readonly poolJournal: PoolJournalRepo;
+  readonly containerdSnapshots: ContainerdSnapshotRepo;
 
   constructor(
     readonly db: Db,
@@ -36,6 +38,7 @@ export class StateStore {
     this.snapshots = new SnapshotRepo(db);
     this.events = new EventRepo(db);
     this.poolJournal = new PoolJournalRepo(db);
+    this.containerdSnapshots = new ContainerdSnapshotRepo(db);
   }
 
   static open(stateDir: string, opts: { readonly?: boolean } = {}): StateStore {
@@ -86,3 +89,4 @@ export type { StorageObjectRow, ObjectKind } from './objects.js';
 export type { SnapshotRow, SnapshotListing } from './snapshots.js';
 export type { KeyEventRow, QueueMessageRow, MessageOutcome } from './events.js';
 export type { PoolJournalRow, PoolOp } from './pool-journal.js';
+export type { ContainerdSnapshotRow, ContainerdSnapshotKind } from './containerd-snapshots.js';

@@ -213,4 +213,30 @@ export const migrations: readonly string[] = [
   `
   ALTER TABLE storage_objects ADD COLUMN last_error TEXT;
   `,
+  // 9: containerd's snapshots (the snapshotter service): its key, kind and
+  // parent name, labels, and what holds the content. An active or view
+  // snapshot has its own volume (object_id); a view of a committed parent
+  // reads the parent's volume (object_id NULL); a committed one is a layer
+  // (blob_id), shared by chain ID with the images thinrelay delivered.
+  // commit_name: the name a Commit in flight gives it.
+  `
+  CREATE TABLE containerd_snapshots (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    key           TEXT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('active', 'view', 'committed')),
+    parent        TEXT,
+    object_id     INTEGER REFERENCES storage_objects(id),
+    blob_id       INTEGER REFERENCES blobs(id),
+    state         TEXT NOT NULL CHECK (state IN ('preparing', 'ready', 'committing', 'removing', 'removed')),
+    commit_name   TEXT,
+    labels        TEXT NOT NULL DEFAULT '{}',
+    owner         TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL
+  );
+  -- One live snapshot per key: a second Prepare of it is AlreadyExists.
+  CREATE UNIQUE INDEX containerd_snapshots_live_key ON containerd_snapshots(key) WHERE state != 'removed';
+  CREATE INDEX containerd_snapshots_by_parent ON containerd_snapshots(parent);
+  CREATE INDEX containerd_snapshots_by_blob ON containerd_snapshots(blob_id);
+  `,
 ];

@@ -161,7 +161,8 @@ export class ObjectRepo {
 
   /**
    * Sealed volumes that look unused: no ready layer on them, or one no live
-   * image links, and no snapshot taken of them. Candidates only: the caller
+   * image links, and no snapshot taken of them, and no containerd snapshot
+   * holding their layer. Candidates only: the caller
    * decides again in a transaction.
    */
   unusedSealedVolumes(): StorageObjectRow[] {
@@ -175,6 +176,9 @@ export class ObjectRepo {
             AND NOT EXISTS (
                   SELECT 1 FROM storage_objects c
                    WHERE c.parent_id = v.id AND c.kind = 'snapshot' AND c.state != 'removed')
+            AND NOT EXISTS (
+                  SELECT 1 FROM containerd_snapshots cs
+                   WHERE cs.blob_id = b.id AND cs.state != 'removed')
           ORDER BY v.id`,
       )
       .all() as StorageObjectRow[];

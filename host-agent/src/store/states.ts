@@ -82,11 +82,12 @@ export type ObjectState =
   | 'active' // snapshot: attached, device_path set
   | 'deactivating' // intent: detaching
   | 'kept' // a failed volume kept for inspection (--keep-on-failure)
+  | 'writable' // volume: a containerd snapshot its client mounts and writes (snapshotter/)
   | 'removing' // intent: deleting
   | 'removed';
 
 export const objectTransitions: Record<ObjectState, readonly ObjectState[]> = {
-  creating: ['unpacking', 'inactive', 'removing', 'kept'],
+  creating: ['unpacking', 'inactive', 'writable', 'removing', 'kept'],
   unpacking: ['unpacked', 'removing', 'kept'],
   unpacked: ['sealed', 'removing', 'kept'],
   sealed: ['removing'],
@@ -95,6 +96,8 @@ export const objectTransitions: Record<ObjectState, readonly ObjectState[]> = {
   active: ['active', 'deactivating', 'removing'],
   deactivating: ['inactive', 'removing'],
   kept: ['removing'],
+  // Commit seals it into a layer; Remove releases it.
+  writable: ['sealed', 'removing'],
   removing: ['removed'],
   removed: [],
 };
@@ -107,6 +110,31 @@ export const intentStates: readonly ObjectState[] = [
   'deactivating',
   'removing',
 ];
+
+/**
+ * containerd's snapshots (snapshotter/): an active or view snapshot rests
+ * `ready`; a committed one is `ready` from its creation (Commit records it in
+ * the seal's transaction). -ing states are intents, written before the
+ * storage change, finished or undone by recovery when their owner died.
+ */
+export type ContainerdSnapshotState =
+  | 'preparing' // intent: its writable volume being made
+  | 'ready'
+  | 'committing' // intent: an active snapshot being sealed into a committed one
+  | 'removing' // intent: its storage being released
+  | 'removed';
+
+export const containerdSnapshotTransitions: Record<
+  ContainerdSnapshotState,
+  readonly ContainerdSnapshotState[]
+> = {
+  preparing: ['ready', 'removing'],
+  ready: ['committing', 'removing'],
+  // A failed commit leaves the active snapshot as it was.
+  committing: ['removed', 'ready', 'removing'],
+  removing: ['removed'],
+  removed: [],
+};
 
 export function assertTransition<S extends string>(
   table: Record<S, readonly S[]>,

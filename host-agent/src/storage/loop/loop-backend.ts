@@ -96,9 +96,18 @@ export class LoopBackend implements StorageBackend {
   }
 
   createPool(): Promise<PoolStatus> {
+    this.ensurePoolDirs();
+    return this.poolStatus();
+  }
+
+  /**
+   * The pool's directories, made on first use. Not createPool(): its status
+   * reads every pool file's extents (filefrag), which each new volume or
+   * clone would pay for again.
+   */
+  private ensurePoolDirs(): void {
     mkdirSync(this.poolDir, { recursive: true, mode: 0o700 });
     mkdirSync(this.mountDir, { recursive: true, mode: 0o700 });
-    return this.poolStatus();
   }
 
   async destroyPool(): Promise<void> {
@@ -177,19 +186,23 @@ export class LoopBackend implements StorageBackend {
     }
   }
 
-  async createVolume(volume: ObjectSpec): Promise<void> {
-    await this.createPool();
-    const fd = openSync(
-      this.fileOf(volume),
-      constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
-      0o600,
-    );
-    try {
-      ftruncateSync(fd, volume.sizeBytes);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
+  createVolume(volume: ObjectSpec): Promise<void> {
+    // In an executor: a failure (the file exists) rejects, never throws at the call.
+    return new Promise((resolve) => {
+      this.ensurePoolDirs();
+      const fd = openSync(
+        this.fileOf(volume),
+        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL,
+        0o600,
+      );
+      try {
+        ftruncateSync(fd, volume.sizeBytes);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      resolve();
+    });
   }
 
   async mountForUnpack(volume: ObjectSpec): Promise<{ mountpoint: string }> {
@@ -200,7 +213,7 @@ export class LoopBackend implements StorageBackend {
   }
 
   async createVolumeFrom(volume: CloneSpec): Promise<void> {
-    await this.createPool();
+    this.ensurePoolDirs();
     // Grown on the partial copy, before its rename: a clone that exists is a grown one.
     const grow = volume.sizeBytes > volume.origin.sizeBytes;
     await this.copyComplete(this.fileOf(volume.origin), volume, grow ? growExt4 : undefined);
