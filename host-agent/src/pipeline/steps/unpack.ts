@@ -22,7 +22,6 @@ import {
 import { admit } from '../../pool/keeper.js';
 import { spoolDirOf } from '../../image/spool.js';
 import { unpackArchive } from '../../layer/index.js';
-import type { BlobRow } from '../../store/blobs.js';
 import type { JobContext, StepOutcome } from '../context.js';
 import { applyLayers, bytesToApply, finishLayer } from '../layer-unit.js';
 import { sealLeftovers } from './seal.js';
