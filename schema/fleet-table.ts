@@ -123,6 +123,8 @@ export class FleetTable {
   constructor(
     readonly client: DynamoDBClient,
     readonly tableName: string,
+    /** How back-off waits (tests pass one that records and returns at once). */
+    private readonly wait: (ms: number) => Promise<void> = sleep,
   ) {}
 
   /** The stack's deployment item as stored (the reader checks its fields), or undefined. */
@@ -199,14 +201,12 @@ export class FleetTable {
    * removal that dies half-way is finished by the next one.
    */
   async removeHost(r: HostRemoval): Promise<HostRemoved> {
-    const unchanged =
-      r.lastSeenAt === null
+    const seen = r.lastSeenAt === null ? null : toItem({ ':seen': r.lastSeenAt });
+    const ifUnchanged =
+      seen === null
         ? {}
-        : {
-            ConditionExpression: 'lastSeenAt = :seen',
-            ExpressionAttributeValues: toItem({ ':seen': r.lastSeenAt }),
-          };
-    if (r.lastSeenAt !== null) {
+        : { ConditionExpression: 'lastSeenAt = :seen', ExpressionAttributeValues: seen };
+    if (seen !== null) {
       try {
         // A host that heartbeats from now on finds itself marked gone, not deleted.
         await this.client.send(
@@ -214,9 +214,9 @@ export class FleetTable {
             TableName: this.tableName,
             Key: hostKey(r.hostId),
             UpdateExpression: 'SET #state = :gone',
+            ConditionExpression: 'lastSeenAt = :seen',
             ExpressionAttributeNames: { '#state': 'state' },
-            ...unchanged,
-            ExpressionAttributeValues: toItem({ ':seen': r.lastSeenAt, ':gone': 'gone' }),
+            ExpressionAttributeValues: { ...seen, ...toItem({ ':gone': 'gone' }) },
           }),
         );
       } catch (err) {
@@ -233,7 +233,7 @@ export class FleetTable {
           TableName: this.tableName,
           Key: hostKey(r.hostId),
           ReturnValues: 'ALL_OLD',
-          ...unchanged,
+          ...ifUnchanged,
         }),
       );
       if (out.Attributes !== undefined) itemsDeleted++;
@@ -254,7 +254,7 @@ export class FleetTable {
       for (let attempt = 1; requests.length > 0; attempt++) {
         if (attempt > BATCH_ATTEMPTS) throw new UnprocessedWritesError(requests.length);
         if (attempt > 1)
-          await sleep(backoffMs(attempt - 1, BATCH_BASE_DELAY_MS, BATCH_MAX_DELAY_MS));
+          await this.wait(backoffMs(attempt - 1, BATCH_BASE_DELAY_MS, BATCH_MAX_DELAY_MS));
         const out = await this.client.send(
           new BatchWriteItemCommand({ RequestItems: { [this.tableName]: requests } }),
         );
