@@ -1,8 +1,9 @@
 /**
  * Recording rollouts: after the fan-out has sent an event, one RolloutItem
- * (schema/fleet.ts, written by schema/fleet-table.ts) per event in the fleet table says which host queues it
- * went to and when, so `fleet status`/`fleet wait` and the sweep know the
- * expected hosts even of a host that never answers.
+ * (schema/fleet.ts, written by schema/fleet-table.ts) per event in the
+ * fleet table says which host queues it went to and when, so `fleet
+ * status`/`fleet wait` and the sweep know the expected hosts even of a host
+ * that never answers.
  *
  * The messages already sent are what matters: a write that still fails after
  * retries is reported to the caller (which logs it and counts it in a metric

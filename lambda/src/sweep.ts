@@ -8,13 +8,13 @@
  * superseded by a newer rollout of the same key for longer than sweepAfter.
  *
  * Removal is the table's one host removal (schema/fleet-table.ts, which
- * `fleet forget` uses too), crash-safe and idempotent, intent first: the HOST item is marked
- * `gone` only if the host has not been seen since the scan (a host that came
- * back is left alone), then queues and IMAGE items are deleted, and the HOST
- * item last, again only if still unchanged; a sweep that dies half-way leaves
- * a `gone` host the next sweep finishes. Failures of one host do not stop the
- * others; they are returned (the handler fails the invocation after
- * publishing the metrics, so the errors alarm fires).
+ * `fleet forget` uses too), crash-safe and idempotent, intent first: the
+ * HOST item is marked `gone` only if the host has not been seen since the
+ * scan (a host that came back is left alone), then queues and IMAGE items are
+ * deleted, and the HOST item last, again only if still unchanged; a sweep
+ * that dies half-way leaves a `gone` host the next sweep finishes. Failures
+ * of one host do not stop the others; they are returned (the handler fails
+ * the invocation after publishing the metrics, so the errors alarm fires).
  */
 import { ScanCommand, type AttributeValue, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import {
@@ -216,7 +216,7 @@ function isDone(r: RolloutItem, image: HostImageItem | undefined): boolean {
   return r.eTag === null || (image.eTag !== null && sameETag(r.eTag, image.eTag));
 }
 
-/** Its queues, DLQ and items, by the table's one host removal (intent first; a host that came back is left alone). */
+/** A host's queues, DLQ and items; false when it came back meanwhile and was left alone. */
 async function removeHost(
   table: FleetTable,
   sqs: SQSClient,
