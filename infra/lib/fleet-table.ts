@@ -10,7 +10,7 @@ import * as iam from 'aws-cdk-lib/aws-iam';
 import * as cr from 'aws-cdk-lib/custom-resources';
 import { Construct } from 'constructs';
 import { FLEET_GSI, fleetKeys } from '../../schema/fleet.js';
-import { toItem, type Plain } from '../../lambda/src/item-codec.js';
+import { toItem, type Plain } from '../../schema/item-codec.js';
 import { names, type ThinrelayConfig } from './config.js';
 import { deploymentConfigItem } from './deployment-item.js';
 

@@ -1,36 +1,19 @@
 /**
  * Recording rollouts: after the fan-out has sent an event, one RolloutItem
- * (schema/fleet.ts) per event in the fleet table says which host queues it
- * went to and when, so `fleet status`/`fleet wait` and the sweep know the
- * expected hosts even of a host that never answers.
+ * (schema/fleet.ts, written by schema/fleet-table.ts) per event in the
+ * fleet table says which host queues it went to and when, so `fleet
+ * status`/`fleet wait` and the sweep know the expected hosts even of a host
+ * that never answers.
  *
  * The messages already sent are what matters: a write that still fails after
  * retries is reported to the caller (which logs it and counts it in a metric
  * with its own alarm), never thrown: throwing would make Lambda re-run the
  * whole fan-out to record one item.
  */
-import { PutItemCommand, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
-import { fleetKeys, type RolloutItem } from '../../schema/fleet.js';
+import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { backoffMs, FleetTable, rolloutItem } from '../../schema/fleet-table.js';
 import type { ImageEvent } from '../../schema/image-event.js';
 import { queueNameOf } from './fanout.js';
-import { toItem, type Plain } from './item-codec.js';
-
-export function rolloutItem(
-  event: ImageEvent,
-  queueUrls: readonly string[],
-  sentAt: number,
-): RolloutItem {
-  return {
-    pk: fleetKeys.rolloutPk(event.key),
-    sk: fleetKeys.rolloutSk(event.sequencer),
-    key: event.key,
-    kind: event.kind,
-    eTag: event.eTag,
-    sequencer: event.sequencer,
-    sentAt,
-    queues: queueUrls.map(queueNameOf).sort(),
-  };
-}
 
 export interface RecordOptions {
   ddb: DynamoDBClient;
@@ -57,19 +40,14 @@ export async function recordRollouts(
   const baseDelayMs = opts.baseDelayMs ?? 100;
   const sleep = opts.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
   const sentAt = (opts.now ?? Date.now)();
+  const table = new FleetTable(opts.ddb, opts.table);
   const failed: UnrecordedRollout[] = [];
   await Promise.all(
     sent.map(async ({ event, queueUrls }) => {
-      const item = rolloutItem(event, queueUrls, sentAt);
+      const item = rolloutItem(event, queueUrls.map(queueNameOf), sentAt);
       for (let attempt = 1; ; attempt++) {
         try {
-          // Idempotent: a retried invocation rewrites the same key with the same queues.
-          await opts.ddb.send(
-            new PutItemCommand({
-              TableName: opts.table,
-              Item: toItem(item as unknown as { [k: string]: Plain }),
-            }),
-          );
+          await table.putRollout(item);
           return;
         } catch (err) {
           if (attempt >= maxAttempts) {
@@ -81,7 +59,7 @@ export async function recordRollouts(
             });
             return;
           }
-          await sleep(Math.random() * baseDelayMs * 2 ** (attempt - 1));
+          await sleep(backoffMs(attempt, baseDelayMs, Infinity));
         }
       }
     }),

@@ -7,24 +7,16 @@
  * host queues nobody owns (no HOST item) older than that, and rollout items
  * superseded by a newer rollout of the same key for longer than sweepAfter.
  *
- * Removal is crash-safe and idempotent, intent first: the HOST item is marked
- * `gone` only if the host has not been seen since the scan (a host that came
- * back is left alone), then queues and IMAGE items are deleted, and the HOST
- * item last, again only if still unchanged; a sweep that dies half-way leaves
- * a `gone` host the next sweep finishes. Failures of one host do not stop the
- * others; they are returned (the handler fails the invocation after
- * publishing the metrics, so the errors alarm fires).
+ * Removal is the table's one host removal (schema/fleet-table.ts, which
+ * `fleet forget` uses too), crash-safe and idempotent, intent first: the
+ * HOST item is marked `gone` only if the host has not been seen since the
+ * scan (a host that came back is left alone), then queues and IMAGE items are
+ * deleted, and the HOST item last, again only if still unchanged; a sweep
+ * that dies half-way leaves a `gone` host the next sweep finishes. Failures
+ * of one host do not stop the others; they are returned (the handler fails
+ * the invocation after publishing the metrics, so the errors alarm fires).
  */
-import {
-  BatchWriteItemCommand,
-  ConditionalCheckFailedException,
-  DeleteItemCommand,
-  ScanCommand,
-  UpdateItemCommand,
-  type AttributeValue,
-  type DynamoDBClient,
-  type WriteRequest,
-} from '@aws-sdk/client-dynamodb';
+import { ScanCommand, type AttributeValue, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import {
   DeleteQueueCommand,
   GetQueueAttributesCommand,
@@ -41,7 +33,9 @@ import {
   type HostItem,
   type RolloutItem,
 } from '../../schema/fleet.js';
-import { fromItem } from './item-codec.js';
+import { sameETag } from '../../schema/etag.js';
+import { FleetTable } from '../../schema/fleet-table.js';
+import { fromItem } from '../../schema/item-codec.js';
 
 export class SweepError extends Error {
   override name = 'SweepError';
@@ -80,6 +74,7 @@ interface QueueInfo {
 }
 
 export async function sweep(opts: SweepOptions): Promise<SweepReport> {
+  const table = new FleetTable(opts.ddb, opts.table);
   const items = await scanAll(opts.ddb, opts.table);
   const config = items.find((i) => i.pk === fleetKeys.config.pk && i.sk === fleetKeys.config.sk) as
     DeploymentConfigItem | undefined;
@@ -139,7 +134,7 @@ export async function sweep(opts: SweepOptions): Promise<SweepReport> {
   );
   for (const host of expired) {
     try {
-      const removed = await removeHost(opts, host, [...hostQueues, ...dlqs], images);
+      const removed = await removeHost(table, opts.sqs, host, [...hostQueues, ...dlqs], images);
       if (removed) report.swept.push(host.hostId);
     } catch (err) {
       report.errors.push({ host: host.hostId, error: describe(err) });
@@ -167,8 +162,7 @@ export async function sweep(opts: SweepOptions): Promise<SweepReport> {
     (r) => latest.get(r.key)?.sk !== r.sk && opts.now - r.sentAt > sweepMs,
   );
   try {
-    await batchDelete(opts.ddb, opts.table, superseded);
-    report.rolloutsPruned = superseded.length;
+    report.rolloutsPruned = await table.deleteItems(superseded);
   } catch (err) {
     report.errors.push({ host: '-', error: `pruning rollouts: ${describe(err)}` });
   }
@@ -218,66 +212,31 @@ export function unfinishedRollouts(
 function isDone(r: RolloutItem, image: HostImageItem | undefined): boolean {
   if (r.kind === 'image.delete') return image === undefined || image.state === 'retired';
   if (image === undefined || (image.state !== 'ready' && image.state !== 'failed')) return false;
-  return r.eTag === null || sameETag(r.eTag, image.eTag);
+  // S3 events carry ETags bare, the S3 API quoted.
+  return r.eTag === null || (image.eTag !== null && sameETag(r.eTag, image.eTag));
 }
 
-/** S3 events carry ETags bare, the S3 API quoted. */
-function sameETag(a: string, b: string | null): boolean {
-  const bare = (e: string) => e.replace(/^"|"$/g, '');
-  return b !== null && bare(a) === bare(b);
-}
-
+/** A host's queues, DLQ and items; false when it came back meanwhile and was left alone. */
 async function removeHost(
-  opts: SweepOptions,
+  table: FleetTable,
+  sqs: SQSClient,
   host: HostItem,
   queues: readonly QueueInfo[],
   images: readonly HostImageItem[],
 ): Promise<boolean> {
-  const key = { pk: { S: fleetKeys.hostPk(host.hostId) }, sk: { S: fleetKeys.hostSk } };
-  const unchanged = {
-    ConditionExpression: 'lastSeenAt = :seen',
-    ExpressionAttributeValues: { ':seen': { N: String(host.lastSeenAt) } } as Record<
-      string,
-      AttributeValue
-    >,
-  };
-  try {
-    // Intent: a host that heartbeats from now on finds itself marked gone, not deleted.
-    await opts.ddb.send(
-      new UpdateItemCommand({
-        TableName: opts.table,
-        Key: key,
-        UpdateExpression: 'SET #state = :gone',
-        ExpressionAttributeNames: { '#state': 'state' },
-        ...unchanged,
-        ExpressionAttributeValues: {
-          ...unchanged.ExpressionAttributeValues,
-          ':gone': { S: 'gone' },
-        },
-      }),
-    );
-  } catch (err) {
-    if (err instanceof ConditionalCheckFailedException) return false; // it came back
-    throw err;
-  }
   const urls = new Set(
     queues.filter((q) => q.hostId === host.hostId && q.group === host.group).map((q) => q.url),
   );
   for (const url of [host.queueUrl, host.dlqUrl]) if (url) urls.add(url);
-  for (const url of urls) await deleteQueue(opts.sqs, url);
-  const own = images.filter((i) => i.hostId === host.hostId);
-  await batchDelete(
-    opts.ddb,
-    opts.table,
-    own.map((i) => ({ pk: i.pk, sk: i.sk })),
-  );
-  try {
-    await opts.ddb.send(new DeleteItemCommand({ TableName: opts.table, Key: key, ...unchanged }));
-  } catch (err) {
-    if (err instanceof ConditionalCheckFailedException) return false; // came back meanwhile
-    throw err;
-  }
-  return true;
+  const { removed } = await table.removeHost({
+    hostId: host.hostId,
+    itemKeys: images.filter((i) => i.hostId === host.hostId),
+    lastSeenAt: host.lastSeenAt,
+    beforeItems: async () => {
+      for (const url of urls) await deleteQueue(sqs, url);
+    },
+  });
+  return removed;
 }
 
 async function scanAll(ddb: DynamoDBClient, table: string): Promise<Record<string, unknown>[]> {
@@ -356,28 +315,6 @@ function isGone(err: unknown): boolean {
     name === 'QueueDoesNotExist' ||
     name === 'AWS.SimpleQueueService.NonExistentQueue'
   );
-}
-
-async function batchDelete(
-  ddb: DynamoDBClient,
-  table: string,
-  keys: { pk: string; sk: string }[],
-): Promise<void> {
-  for (let i = 0; i < keys.length; i += 25) {
-    let requests: WriteRequest[] = keys.slice(i, i + 25).map((k) => ({
-      DeleteRequest: { Key: { pk: { S: k.pk }, sk: { S: k.sk } } },
-    }));
-    for (let attempt = 1; requests.length > 0; attempt++) {
-      const out = await ddb.send(
-        new BatchWriteItemCommand({ RequestItems: { [table]: requests } }),
-      );
-      requests = out.UnprocessedItems?.[table] ?? [];
-      if (requests.length > 0) {
-        if (attempt >= 5) throw new SweepError(`${requests.length} item deletes left unprocessed`);
-        await new Promise((r) => setTimeout(r, 50 * 2 ** attempt));
-      }
-    }
-  }
 }
 
 function describe(err: unknown): string {

@@ -33,8 +33,8 @@ import { startAgent, type AgentProcess } from '../helpers/agent-process.js';
 import { runCli } from '../helpers/cli.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { packTar } from '../helpers/tar-fixtures.js';
-import { FleetReader } from '../../host-agent/src/fleet/fleet-reader.js';
-import { imageStatus } from '../../host-agent/src/fleet/fleet-view.js';
+import { FleetReader } from '../../host-agent/src/fleet/view/fleet-reader.js';
+import { imageStatus } from '../../host-agent/src/fleet/view/fleet-view.js';
 import { createFleetTable, startDynamoEmulator } from '../helpers/dynamo-emulator.js';
 import { cliPath } from '../helpers/cli.js';
 import {

@@ -20,9 +20,13 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { loadConfig } from '../../host-agent/src/config.js';
 import { KeyLock } from '../../host-agent/src/daemon/key-lock.js';
-import { listGroupKeys, planSync, runSyncRound } from '../../host-agent/src/fleet/catch-up-sync.js';
-import { FleetMetrics } from '../../host-agent/src/fleet/fleet-metrics.js';
-import type { ImageReporter } from '../../host-agent/src/fleet/image-reporter.js';
+import {
+  listGroupKeys,
+  planSync,
+  runSyncRound,
+} from '../../host-agent/src/fleet/member/catch-up-sync.js';
+import { FleetMetrics } from '../../host-agent/src/fleet/member/fleet-metrics.js';
+import type { ImageReporter } from '../../host-agent/src/fleet/member/image-reporter.js';
 import { silentLogger } from '../../host-agent/src/log.js';
 import { openRuntime } from '../../host-agent/src/runtime.js';
 import { deploymentItem } from '../helpers/fleet-deployment.js';

@@ -20,7 +20,7 @@ import { deploymentConfigItem } from '../../infra/lib/deployment-item.js';
 import { agentEnv, groupOutputKeys, STACK_OUTPUTS, stackOutputs } from '../../infra/lib/outputs.js';
 import { loadConfig } from '../../lambda/src/config.js';
 import { targetsFor } from '../../lambda/src/fanout.js';
-import { fromItem } from '../../lambda/src/item-codec.js';
+import { fromItem } from '../../schema/item-codec.js';
 import { FLEET_GSI, fleetKeys, queueNames } from '../../schema/fleet.js';
 import {
   ACCOUNT,

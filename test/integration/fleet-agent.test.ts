@@ -23,7 +23,7 @@ import {
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import Database from 'better-sqlite3';
 import dynalite from 'dynalite';
-import { agentVersion } from '../../host-agent/src/fleet/agent-version.js';
+import { agentVersion } from '../../host-agent/src/fleet/member/agent-version.js';
 import { dbFileName } from '../../host-agent/src/store/db.js';
 import { serializeImageEvent } from '../../schema/image-event.js';
 import { startAgent, type AgentProcess, type LogLine } from '../helpers/agent-process.js';

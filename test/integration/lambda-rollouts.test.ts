@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
 import type { Context, S3Event } from 'aws-lambda';
-import { fromItem } from '../../lambda/src/item-codec.js';
+import { fromItem } from '../../schema/item-codec.js';
 import { recordRollouts } from '../../lambda/src/rollouts.js';
 import { fleetKeys, queueNames } from '../../schema/fleet.js';
 import type { ImageEvent } from '../../schema/image-event.js';

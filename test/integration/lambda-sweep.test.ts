@@ -12,7 +12,7 @@ import { GetItemCommand, PutItemCommand, ScanCommand } from '@aws-sdk/client-dyn
 import { ListQueuesCommand } from '@aws-sdk/client-sqs';
 import { parseConfig } from '../../infra/lib/config.js';
 import { deploymentConfigItem } from '../../infra/lib/deployment-item.js';
-import { fromItem, toItem, type Plain } from '../../lambda/src/item-codec.js';
+import { fromItem, toItem, type Plain } from '../../schema/item-codec.js';
 import { sweep, type SweepOptions } from '../../lambda/src/sweep.js';
 import {
   fleetKeys,

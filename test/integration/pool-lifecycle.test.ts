@@ -15,7 +15,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
 import { loadConfig } from '../../host-agent/src/config.js';
-import { planSync } from '../../host-agent/src/fleet/catch-up-sync.js';
+import { planSync } from '../../host-agent/src/fleet/member/catch-up-sync.js';
 import { silentLogger } from '../../host-agent/src/log.js';
 import { roomWithoutEvicting } from '../../host-agent/src/pool/keeper.js';
 import { openRuntime } from '../../host-agent/src/runtime.js';

@@ -11,13 +11,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { loadDaemonConfig } from '../../host-agent/src/daemon/config.js';
 import { isPermanentFailureCode } from '../../host-agent/src/pipeline/failure.js';
 import { UsageError } from '../../host-agent/src/errors.js';
-import { FleetMetrics } from '../../host-agent/src/fleet/fleet-metrics.js';
-import { loadFleetSettings } from '../../host-agent/src/fleet/fleet-settings.js';
-import { FleetTable, parseDeployment } from '../../host-agent/src/fleet/fleet-table.js';
-import { FleetWriter } from '../../host-agent/src/fleet/fleet-writer.js';
-import { resolveHostIdentity } from '../../host-agent/src/fleet/host-id.js';
+import { FleetMetrics } from '../../host-agent/src/fleet/member/fleet-metrics.js';
+import { loadFleetSettings } from '../../host-agent/src/fleet/member/fleet-settings.js';
+import { parseDeployment } from '../../host-agent/src/fleet/member/fleet-client.js';
+import { FleetWriter } from '../../host-agent/src/fleet/member/fleet-writer.js';
+import { resolveHostIdentity } from '../../host-agent/src/fleet/member/host-id.js';
 import { silentLogger } from '../../host-agent/src/log.js';
 import type { HostImageItem } from '../../schema/fleet.js';
+import { FleetTable } from '../../schema/fleet-table.js';
 import {
   createFleetTable,
   startDynamoEmulator,

@@ -6,13 +6,13 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { queueNames } from '../../schema/fleet.js';
-import { FleetReader } from '../../host-agent/src/fleet/fleet-reader.js';
+import { FleetReader } from '../../host-agent/src/fleet/view/fleet-reader.js';
 import {
   allImageStatuses,
   hostSummaries,
   imageStatus,
   parseDuration,
-} from '../../host-agent/src/fleet/fleet-view.js';
+} from '../../host-agent/src/fleet/view/fleet-view.js';
 import {
   createFleetTable,
   startDynamoEmulator,

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { poolUsage } from '../../host-agent/src/fleet/host-heartbeat.js';
+import { poolUsage } from '../../host-agent/src/fleet/member/host-heartbeat.js';
 import { LoopBackend } from '../../host-agent/src/storage/loop/loop-backend.js';
 
 test('a fresh host reports no pool usage; a host with a pool reports its figures', async (t) => {

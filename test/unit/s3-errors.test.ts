@@ -1,12 +1,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { ImageError, TransientError, UsageError } from '../../host-agent/src/errors.js';
-import {
-  fullObjectSha256,
-  normalizeETag,
-  objectUrl,
-  sameETag,
-} from '../../host-agent/src/source/object-ref.js';
+import { normalizeETag, sameETag } from '../../schema/etag.js';
+import { fullObjectSha256, objectUrl } from '../../host-agent/src/source/object-ref.js';
 import { isTransientS3Error, mapS3Error } from '../../host-agent/src/source/s3-errors.js';
 
 /** An error shaped like the SDK's ServiceException / network errors. */

@@ -4,7 +4,7 @@
  * field names (docs/operating-a-host.md: "JSON output").
  */
 import { isThinrelayError, errorMessage } from '../errors.js';
-import { normalizeETag } from '../source/object-ref.js';
+import { normalizeETag } from '../../../schema/etag.js';
 
 /**
  * Text from outside (S3 keys, archive member names, error messages quoting

@@ -5,7 +5,7 @@
  * agent refuses.
  */
 import { UsageError } from '../errors.js';
-import { loadFleetSettings, type FleetSettings } from '../fleet/fleet-settings.js';
+import { loadFleetSettings, type FleetSettings } from '../fleet/member/fleet-settings.js';
 import { loadDaemonConfig, type DaemonConfig } from './config.js';
 
 export interface AgentFlags {

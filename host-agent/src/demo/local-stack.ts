@@ -16,7 +16,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PutItemCommand, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { CreateBucketCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import {
   CreateQueueCommand,
@@ -34,7 +34,8 @@ import {
   type GroupQueueSettings,
 } from '../../../schema/fleet.js';
 import { createFleetTable, startDynamoEmulator } from '../../../test/helpers/dynamo-emulator.js';
-import { toItem, type Plain } from '../../../schema/item-codec.js';
+import { normalizeETag } from '../../../schema/etag.js';
+import { FleetTable } from '../../../schema/fleet-table.js';
 import { createS3Client } from '../source/s3-client.js';
 
 type HandlerModule = typeof import('../../../lambda/src/handler.js');
@@ -159,12 +160,7 @@ export async function startLocalStack(opts: LocalStackOptions): Promise<LocalSta
     sweepAfterSeconds: 86_400,
   };
   await createFleetTable(dynamoEmulator.client, fleetTable);
-  await dynamoEmulator.client.send(
-    new PutItemCommand({
-      TableName: fleetTable,
-      Item: toItem(deployment as unknown as { [key: string]: Plain }),
-    }),
-  );
+  await new FleetTable(dynamoEmulator.client, fleetTable).putDeployment(deployment);
 
   // The Lambda's configuration, as the CDK stack sets it; the handler reads
   // it (and the SQS and DynamoDB endpoints) from the environment on first invocation.
@@ -241,7 +237,7 @@ async function fillMissingETags(s3: S3Client, event: S3Event): Promise<void> {
       const head = await s3.send(
         new HeadObjectCommand({ Bucket: r.s3.bucket.name, Key: r.s3.object.key }),
       );
-      r.s3.object.eTag = head.ETag?.replace(/"/g, '') ?? '';
+      r.s3.object.eTag = head.ETag === undefined ? '' : normalizeETag(head.ETag);
       r.s3.object.size = head.ContentLength ?? r.s3.object.size;
     } catch {
       // Gone again already: the handler rejects the record, as it would S3's.

@@ -11,7 +11,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImageError, errorMessage, type ImageFailureCode } from '../errors.js';
 import { applyRetention } from '../pool/keeper.js';
-import { sameETag, type ObjectRef } from '../source/object-ref.js';
+import { sameETag } from '../../../schema/etag.js';
+import type { ObjectRef } from '../source/object-ref.js';
 import type { ImageRow } from '../store/images.js';
 import type { JobRow } from '../store/jobs.js';
 import { isOwnerAlive, ownerPid } from '../store/owner.js';

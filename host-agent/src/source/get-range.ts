@@ -11,7 +11,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { GetObjectCommand, type GetObjectCommandOutput, type S3Client } from '@aws-sdk/client-s3';
 import { ImageError, TransientError, errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { sameETag, type ObjectRef } from './object-ref.js';
+import { sameETag } from '../../../schema/etag.js';
+import type { ObjectRef } from './object-ref.js';
 import { mapS3Error } from './s3-errors.js';
 
 const CHANGED_HINT =

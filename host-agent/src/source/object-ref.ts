@@ -27,18 +27,6 @@ export function objectUrl(ref: { bucket: string; key: string; versionId?: string
   return ref.versionId ? `${base}?versionId=${ref.versionId}` : base;
 }
 
-/** ETags compare without quotes and without a weak-validator prefix. */
-export function normalizeETag(eTag: string): string {
-  return eTag
-    .trim()
-    .replace(/^W\//, '')
-    .replace(/^"(.*)"$/, '$1');
-}
-
-export function sameETag(a: string, b: string): boolean {
-  return normalizeETag(a) === normalizeETag(b);
-}
-
 /**
  * The full-object SHA-256 (base64) from HeadObject's additional-checksum
  * fields, or null when there is none or it is a composite (checksum of part

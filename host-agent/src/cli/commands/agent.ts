@@ -73,7 +73,7 @@ async function run(ctx: CommandContext): Promise<number> {
   process.on('SIGTERM', earlySignal);
 
   let sqs: SQSClient;
-  let member: import('../../fleet/fleet-member.js').FleetMember | null = null;
+  let member: import('../../fleet/member/fleet-member.js').FleetMember | null = null;
   let dynamo: { destroy(): void } | null = null;
   try {
     if (fleet === null) {
@@ -81,12 +81,14 @@ async function run(ctx: CommandContext): Promise<number> {
     } else {
       const [
         { resolveHostIdentity, resolveRegion },
-        { FleetTable, createDynamoClient },
+        { FleetTable },
+        { createDynamoClient },
         { FleetMember },
       ] = await Promise.all([
-        import('../../fleet/host-id.js'),
-        import('../../fleet/fleet-table.js'),
-        import('../../fleet/fleet-member.js'),
+        import('../../fleet/member/host-id.js'),
+        import('../../../../schema/fleet-table.js'),
+        import('../../fleet/member/fleet-client.js'),
+        import('../../fleet/member/fleet-member.js'),
       ]);
       const identity = await resolveHostIdentity(fleet.hostIdFlag);
       const region = await resolveRegion(identity.region);
@@ -184,7 +186,8 @@ async function deregister(ctx: CommandContext): Promise<number> {
   const [
     { createSqsClient },
     { resolveHostIdentity, resolveRegion },
-    { FleetTable, createDynamoClient },
+    { FleetTable },
+    { createDynamoClient },
     { requireTable, checkGroupName },
     { readRecord },
     { deregisterHost },
@@ -192,11 +195,12 @@ async function deregister(ctx: CommandContext): Promise<number> {
     { currentOwner },
   ] = await Promise.all([
     import('../../queue/sqs-client.js'),
-    import('../../fleet/host-id.js'),
-    import('../../fleet/fleet-table.js'),
-    import('../../fleet/fleet-settings.js'),
-    import('../../fleet/registration-record.js'),
-    import('../../fleet/deregister.js'),
+    import('../../fleet/member/host-id.js'),
+    import('../../../../schema/fleet-table.js'),
+    import('../../fleet/member/fleet-client.js'),
+    import('../../fleet/member/fleet-settings.js'),
+    import('../../fleet/member/registration-record.js'),
+    import('../../fleet/member/deregister.js'),
     import('../../daemon/state-lock.js'),
     import('../../store/owner.js'),
   ]);

@@ -23,7 +23,7 @@ const POLL_INTERVAL_MS = 2000;
 async function dlqUrlOf(ctx: CommandContext, usage: string): Promise<string> {
   const url = (ctx.values['dlq-url'] as string | undefined) ?? process.env.THINRELAY_DLQ_URL;
   if (url !== undefined && url !== '') return url;
-  const { readRecord } = await import('../../fleet/registration-record.js');
+  const { readRecord } = await import('../../fleet/member/registration-record.js');
   const record = readRecord(ctx.config().stateDir);
   if (record !== null && record.dlqUrl !== '') return record.dlqUrl;
   throw new UsageError(

@@ -8,8 +8,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { DeploymentConfigItem, HostItem } from '../../../../schema/fleet.js';
 import { ExitCode, FleetError, UsageError, isThinrelayError } from '../../errors.js';
-import type { FleetReader } from '../../fleet/fleet-reader.js';
-import type { ETagSource, ImageStatus, RolloutOutcome } from '../../fleet/fleet-view.js';
+import type { FleetReader } from '../../fleet/view/fleet-reader.js';
+import type { ETagSource, ImageStatus, RolloutOutcome } from '../../fleet/view/fleet-view.js';
 import type { Command, CommandContext } from '../command.js';
 import { formatBytes, formatError, printJson, printTable, usageHint } from '../output.js';
 import { unknownSubcommand } from '../help.js';
@@ -22,7 +22,7 @@ const USAGE = `thinrelay fleet status [KEY] [--json]
 
 async function openReader(ctx: CommandContext): Promise<FleetReader> {
   const { FleetReader, createDynamoClient, fleetTableName } =
-    await import('../../fleet/fleet-reader.js');
+    await import('../../fleet/view/fleet-reader.js');
   const table = fleetTableName(ctx.values.table as string | undefined, process.env);
   return new FleetReader(createDynamoClient(), table);
 }
@@ -104,7 +104,7 @@ function statusJson(s: ImageStatus): object {
 async function status(ctx: CommandContext): Promise<number> {
   const key = keyArg(ctx, false);
   const reader = await openReader(ctx);
-  const view = await import('../../fleet/fleet-view.js');
+  const view = await import('../../fleet/view/fleet-view.js');
   const now = Date.now();
   try {
     if (key === undefined) {
@@ -168,7 +168,7 @@ async function hosts(ctx: CommandContext): Promise<number> {
     throw new UsageError('USAGE', `unexpected argument "${ctx.positionals[1]}"`, usageHint(USAGE));
   }
   const reader = await openReader(ctx);
-  const { hostSummaries } = await import('../../fleet/fleet-view.js');
+  const { hostSummaries } = await import('../../fleet/view/fleet-view.js');
   try {
     const snap = await reader.snapshot();
     const now = Date.now();
@@ -329,7 +329,7 @@ function durationOption(
 
 async function wait(ctx: CommandContext): Promise<number> {
   const key = keyArg(ctx, true)!;
-  const view = await import('../../fleet/fleet-view.js');
+  const view = await import('../../fleet/view/fleet-view.js');
   const timeoutMs = durationOption(ctx, 'timeout', 10 * 60_000, view.parseDuration);
   const intervalMs = durationOption(ctx, 'interval', 2000, view.parseDuration);
   const reader = await openReader(ctx);
@@ -425,7 +425,7 @@ async function forget(ctx: CommandContext): Promise<number> {
   if (hostId === undefined) throw new UsageError('USAGE', 'missing HOST', usageHint(USAGE));
   const reader = await openReader(ctx);
   const [{ forgetHost }, { createSqsClient }] = await Promise.all([
-    import('../../fleet/fleet-forget.js'),
+    import('../../fleet/view/fleet-forget.js'),
     import('../../queue/sqs-client.js'),
   ]);
   const sqs = createSqsClient(null);

@@ -3,9 +3,10 @@
  * key, turned into a HostImageItem and handed to the writer. Called when work
  * on a key starts, when it must wait for a retry, and after every outcome.
  */
-import { fleetKeys, type HostImageItem, type HostImageState } from '../../../schema/fleet.js';
-import type { StateStore } from '../store/index.js';
-import type { ImageRow } from '../store/images.js';
+import type { HostImageItem, HostImageState } from '../../../../schema/fleet.js';
+import { hostImageItem } from '../../../../schema/fleet-table.js';
+import type { StateStore } from '../../store/index.js';
+import type { ImageRow } from '../../store/images.js';
 import type { FleetWriter } from './fleet-writer.js';
 
 export interface ReporterHost {
@@ -74,18 +75,16 @@ export class ImageReporter {
     s: Pick<HostImageItem, 'state' | 'eTag' | 'versionId' | 'reasonCode' | 'message'>,
   ): void {
     const { hostId, group } = this.host;
-    this.writer.image({
-      pk: fleetKeys.hostPk(hostId),
-      sk: fleetKeys.imageSk(key),
-      gpk: fleetKeys.imageGpk(key),
-      gsk: fleetKeys.hostPk(hostId),
-      hostId,
-      group,
-      key,
-      ...s,
-      message: s.message === null ? null : s.message.slice(0, MESSAGE_LIMIT),
-      updatedAt: Date.now(),
-    });
+    this.writer.image(
+      hostImageItem({
+        hostId,
+        group,
+        key,
+        ...s,
+        message: s.message === null ? null : s.message.slice(0, MESSAGE_LIMIT),
+        updatedAt: Date.now(),
+      }),
+    );
   }
 }
 

@@ -19,18 +19,19 @@ import {
   fleetKeys,
   type DeploymentConfigItem,
   type GroupQueueSettings,
-} from '../../../schema/fleet.js';
-import type { AgentObserver } from '../daemon/agent.js';
-import { resolvePoolPolicy, writeGroupPolicy } from '../pool/policy.js';
-import { KeyLock } from '../daemon/key-lock.js';
-import { errorMessage, isThinrelayError, UsageError } from '../errors.js';
-import type { Logger } from '../log.js';
-import type { PipelineDeps } from '../pipeline/context.js';
+} from '../../../../schema/fleet.js';
+import type { FleetTable } from '../../../../schema/fleet-table.js';
+import type { AgentObserver } from '../../daemon/agent.js';
+import { resolvePoolPolicy, writeGroupPolicy } from '../../pool/policy.js';
+import { KeyLock } from '../../daemon/key-lock.js';
+import { errorMessage, isThinrelayError, UsageError } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import type { PipelineDeps } from '../../pipeline/context.js';
 import { agentVersion } from './agent-version.js';
 import { runSyncRound, type SyncRoundResult } from './catch-up-sync.js';
+import { readDeployment as readDeploymentItem } from './fleet-client.js';
 import { FleetMetrics } from './fleet-metrics.js';
 import type { FleetSettings } from './fleet-settings.js';
-import type { FleetTable } from './fleet-table.js';
 import { FleetWriter } from './fleet-writer.js';
 import { HostHeartbeat } from './host-heartbeat.js';
 import { ensureHostQueues, type HostQueueUrls } from './host-queues.js';
@@ -215,7 +216,7 @@ export class FleetMember {
 
   private async readDeployment(): Promise<DeploymentConfigItem> {
     const { settings, table } = this.opts;
-    const d = await table.readDeployment(this.opts.signal);
+    const d = await readDeploymentItem(table, this.opts.signal);
     const groupSettings = d.groups[settings.group];
     if (groupSettings === undefined) {
       throw new UsageError(

@@ -5,10 +5,11 @@
  * it was unreachable reappears as soon as it is back.
  */
 import type { SQSClient } from '@aws-sdk/client-sqs';
-import { fleetKeys, type HostItem, type PoolUsage } from '../../../schema/fleet.js';
-import { errorMessage } from '../errors.js';
-import type { Logger } from '../log.js';
-import type { StorageBackend } from '../storage/backend.js';
+import type { PoolUsage } from '../../../../schema/fleet.js';
+import { hostItem } from '../../../../schema/fleet-table.js';
+import { errorMessage } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import type { StorageBackend } from '../../storage/backend.js';
 import type { FleetMetrics } from './fleet-metrics.js';
 import type { FleetWriter } from './fleet-writer.js';
 import { queueDepth } from './host-queues.js';
@@ -62,11 +63,7 @@ export class HostHeartbeat {
         return null;
       }),
     ]);
-    const item: HostItem = {
-      pk: fleetKeys.hostPk(f.hostId),
-      sk: fleetKeys.hostSk,
-      gpk: fleetKeys.hostsGpk,
-      gsk: fleetKeys.hostPk(f.hostId),
+    const item = hostItem({
       hostId: f.hostId,
       group: f.group,
       state: 'live',
@@ -78,7 +75,7 @@ export class HostHeartbeat {
       lastSeenAt: Date.now(),
       pool,
       dlqDepth,
-    };
+    });
     this.writer.host(item);
     this.metrics.heartbeats.inc();
   }

@@ -3,9 +3,9 @@
  * win over defaults). What the group's queues look like and which keys it
  * holds come from the deployment item in the fleet table, not from here.
  */
-import { GROUP_NAME } from '../../../schema/fleet.js';
-import { integer } from '../daemon/config.js';
-import { UsageError } from '../errors.js';
+import { GROUP_NAME } from '../../../../schema/fleet.js';
+import { integer } from '../../daemon/config.js';
+import { UsageError } from '../../errors.js';
 
 export interface FleetSettings {
   group: string;

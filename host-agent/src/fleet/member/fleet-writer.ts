@@ -7,11 +7,11 @@
  * never overwrites a newer state.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { HostImageItem, HostItem } from '../../../schema/fleet.js';
-import { errorMessage } from '../errors.js';
-import type { Logger } from '../log.js';
+import type { HostImageItem, HostItem } from '../../../../schema/fleet.js';
+import { backoffMs, type FleetTable } from '../../../../schema/fleet-table.js';
+import { errorMessage } from '../../errors.js';
+import type { Logger } from '../../log.js';
 import type { FleetMetrics } from './fleet-metrics.js';
-import type { FleetTable } from './fleet-table.js';
 
 type Write = { kind: 'host'; item: HostItem } | { kind: 'image'; item: HostImageItem };
 
@@ -94,11 +94,7 @@ export class FleetWriter {
         this.opts.metrics.writeFailures.inc({ item: write.kind });
         // A newer version submitted meanwhile replaces this one.
         if (!this.pending.has(id)) this.pending.set(id, write);
-        const ceiling = Math.min(
-          this.maxDelayMs,
-          this.baseDelayMs * 2 ** Math.min(failures - 1, 20),
-        );
-        const delayMs = Math.round(Math.random() * ceiling);
+        const delayMs = backoffMs(failures, this.baseDelayMs, this.maxDelayMs);
         this.opts.logger.warn('fleet item write failed; retrying', {
           item: id,
           failures,

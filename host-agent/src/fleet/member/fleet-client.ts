@@ -1,25 +1,17 @@
 /**
- * The agent's reads and writes of the fleet table (schema/fleet.ts): the
- * deployment item, its own HostItem and HostImageItems. Every item it writes
- * is under its own partition key, so IAM can hold it to them.
+ * The agent's connection to the fleet table (schema/fleet.ts): its DynamoDB
+ * client, and the deployment item it reads first, checked field by field.
+ * Its writes go through the table's one writer (schema/fleet-table.ts).
  */
-import {
-  ConditionalCheckFailedException,
-  DynamoDBClient,
-  GetItemCommand,
-  PutItemCommand,
-  UpdateItemCommand,
-} from '@aws-sdk/client-dynamodb';
-import {
-  fleetKeys,
-  type DeploymentConfigItem,
-  type GroupPoolSettings,
-  type GroupQueueSettings,
-  type HostImageItem,
-  type HostItem,
-} from '../../../schema/fleet.js';
-import { UsageError } from '../errors.js';
-import { fromItem, toItem, type Plain } from '../../../schema/item-codec.js';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import type {
+  DeploymentConfigItem,
+  GroupPoolSettings,
+  GroupQueueSettings,
+} from '../../../../schema/fleet.js';
+import type { FleetTable } from '../../../../schema/fleet-table.js';
+import type { Plain } from '../../../../schema/item-codec.js';
+import { UsageError } from '../../errors.js';
 
 export const DYNAMO_CONNECTION_TIMEOUT_MS = 5_000;
 export const DYNAMO_SOCKET_TIMEOUT_MS = 15_000;
@@ -35,92 +27,23 @@ export function createDynamoClient(region: string): DynamoDBClient {
   });
 }
 
-export class FleetTable {
-  constructor(
-    readonly client: DynamoDBClient,
-    readonly tableName: string,
-  ) {}
-
-  /** The stack's deployment item: routing, queue settings per group, stale/sweep times. */
-  async readDeployment(signal?: AbortSignal): Promise<DeploymentConfigItem> {
-    const out = await this.client.send(
-      new GetItemCommand({
-        TableName: this.tableName,
-        Key: toItem(fleetKeys.config),
-        ConsistentRead: true,
-      }),
-      { abortSignal: signal },
-    );
-    if (out.Item === undefined) {
-      throw new UsageError(
-        'CONFIG',
-        `fleet table ${this.tableName} has no deployment item (pk CONFIG, sk DEPLOYMENT)`,
-        'deploy the stack (it writes the item), or check THINRELAY_FLEET_TABLE and AWS_REGION',
-      );
-    }
-    return parseDeployment(fromItem(out.Item), this.tableName);
-  }
-
-  async getHost(hostId: string): Promise<HostItem | undefined> {
-    const out = await this.client.send(
-      new GetItemCommand({
-        TableName: this.tableName,
-        Key: toItem({ pk: fleetKeys.hostPk(hostId), sk: fleetKeys.hostSk }),
-        ConsistentRead: true,
-      }),
-    );
-    return out.Item === undefined ? undefined : (fromItem(out.Item) as unknown as HostItem);
-  }
-
-  async putHost(item: HostItem): Promise<void> {
-    await this.client.send(
-      new PutItemCommand({
-        TableName: this.tableName,
-        Item: toItem(item as unknown as Record<string, Plain>),
-      }),
+/**
+ * The stack's deployment item (routing, queue settings per group, stale/sweep
+ * times), checked: a table without one is a configuration fault.
+ */
+export async function readDeployment(
+  table: FleetTable,
+  signal?: AbortSignal,
+): Promise<DeploymentConfigItem> {
+  const item = await table.deploymentItem(signal);
+  if (item === undefined) {
+    throw new UsageError(
+      'CONFIG',
+      `fleet table ${table.tableName} has no deployment item (pk CONFIG, sk DEPLOYMENT)`,
+      'deploy the stack (it writes the item), or check THINRELAY_FLEET_TABLE and AWS_REGION',
     );
   }
-
-  /**
-   * Write an image's state unless the table already holds a newer one (another
-   * write of this host that overtook this one): false then.
-   */
-  async putHostImage(item: HostImageItem): Promise<boolean> {
-    try {
-      await this.client.send(
-        new PutItemCommand({
-          TableName: this.tableName,
-          Item: toItem(item as unknown as Record<string, Plain>),
-          ConditionExpression: 'attribute_not_exists(pk) OR updatedAt <= :u',
-          ExpressionAttributeValues: { ':u': { N: String(item.updatedAt) } },
-        }),
-      );
-      return true;
-    } catch (err) {
-      if (err instanceof ConditionalCheckFailedException) return false;
-      throw err;
-    }
-  }
-
-  /** Mark a host gone (deregistered); false when the table has no item for it. */
-  async markHostGone(hostId: string, at: number): Promise<boolean> {
-    try {
-      await this.client.send(
-        new UpdateItemCommand({
-          TableName: this.tableName,
-          Key: toItem({ pk: fleetKeys.hostPk(hostId), sk: fleetKeys.hostSk }),
-          UpdateExpression: 'SET #state = :gone, lastSeenAt = :at',
-          ConditionExpression: 'attribute_exists(pk)',
-          ExpressionAttributeNames: { '#state': 'state' },
-          ExpressionAttributeValues: toItem({ ':gone': 'gone', ':at': at }),
-        }),
-      );
-      return true;
-    } catch (err) {
-      if (err instanceof ConditionalCheckFailedException) return false;
-      throw err;
-    }
-  }
+  return parseDeployment(item, table.tableName);
 }
 
 /** The deployment item, checked field by field: a bad one names what is wrong. */

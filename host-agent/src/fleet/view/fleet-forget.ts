@@ -1,21 +1,23 @@
 /**
  * `thinrelay fleet forget HOST`: an operator removes a host that will not
  * come back — its queue and DLQ (found by name, as the fan-out discovers
- * them, and from its host item) and every item under its partition. Queues
- * go first: once the queue is gone the fan-out stops sending to it, and a
- * crash midway leaves items that a rerun removes.
+ * them, and from its host item) and every item under its partition, by the
+ * table's one host removal (schema/fleet-table.ts, which the sweep uses
+ * too). Queues go first: once the queue is gone the fan-out stops sending to
+ * it, and a crash midway leaves items (the host item last) that a rerun
+ * removes.
  */
-import { BatchWriteItemCommand, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import {
   DeleteQueueCommand,
   GetQueueUrlCommand,
   ListQueuesCommand,
   type SQSClient,
 } from '@aws-sdk/client-sqs';
-import { HOST_ID, queueNames, type DeploymentConfigItem } from '../../../schema/fleet.js';
-import { ExitCode, FleetError } from '../errors.js';
-import { isSqsNotFound, mapSqsError } from '../queue/sqs-errors.js';
-import { toItem } from '../../../schema/item-codec.js';
+import { HOST_ID, queueNames, type DeploymentConfigItem } from '../../../../schema/fleet.js';
+import { FleetTable, UnprocessedWritesError } from '../../../../schema/fleet-table.js';
+import { ExitCode, FleetError, isThinrelayError } from '../../errors.js';
+import { isSqsNotFound, mapSqsError } from '../../queue/sqs-errors.js';
 import { mapDynamoError, type FleetReader } from './fleet-reader.js';
 import { liveness } from './fleet-view.js';
 
@@ -118,44 +120,38 @@ export async function forgetHost(opts: {
   }
 
   const queuesDeleted: string[] = [];
-  for (const url of candidates) {
-    if (!(await queueExists(sqs, url))) continue;
-    try {
-      await sqs.send(new DeleteQueueCommand({ QueueUrl: url }));
-      queuesDeleted.push(url);
-    } catch (err) {
-      if (!isSqsNotFound(err)) throw mapSqsError(err, `DeleteQueue ${url}`);
-    }
-  }
-
-  // BatchWriteItem takes 25 deletes; unprocessed ones are sent again.
-  let itemsDeleted = 0;
-  for (let i = 0; i < keys.length; i += 25) {
-    let requests = keys
-      .slice(i, i + 25)
-      .map((k) => ({ DeleteRequest: { Key: toItem({ pk: k.pk, sk: k.sk }) } }));
-    for (let attempt = 0; requests.length > 0; attempt++) {
-      if (attempt > 0) await new Promise((r) => setTimeout(r, Math.min(2000, 50 * 2 ** attempt)));
-      if (attempt > 8) {
-        throw new FleetError(
-          'FLEET_UNREACHABLE',
-          `BatchWriteItem: ${requests.length} deletes of host ${hostId} still unprocessed`,
-          'run `thinrelay fleet forget` again',
-          { exitCode: ExitCode.temporary },
-        );
-      }
-      let out;
+  const deleteQueues = async (): Promise<void> => {
+    for (const url of candidates) {
+      if (!(await queueExists(sqs, url))) continue;
       try {
-        out = await opts.dynamo.send(
-          new BatchWriteItemCommand({ RequestItems: { [reader.table]: requests } }),
-        );
+        await sqs.send(new DeleteQueueCommand({ QueueUrl: url }));
+        queuesDeleted.push(url);
       } catch (err) {
-        throw mapDynamoError(err, reader.table, `BatchWriteItem host ${hostId}`);
+        if (!isSqsNotFound(err)) throw mapSqsError(err, `DeleteQueue ${url}`);
       }
-      const left = (out.UnprocessedItems?.[reader.table] ?? []) as typeof requests;
-      itemsDeleted += requests.length - left.length;
-      requests = left;
     }
+  };
+  const table = new FleetTable(opts.dynamo, reader.table);
+  let itemsDeleted: number;
+  try {
+    ({ itemsDeleted } = await table.removeHost({
+      hostId,
+      itemKeys: keys,
+      lastSeenAt: null,
+      beforeItems: deleteQueues,
+    }));
+  } catch (err) {
+    if (err instanceof UnprocessedWritesError) {
+      throw new FleetError(
+        'FLEET_UNREACHABLE',
+        `BatchWriteItem: ${err.unprocessed} deletes of host ${hostId} still unprocessed`,
+        'run `thinrelay fleet forget` again',
+        { cause: err, exitCode: ExitCode.temporary },
+      );
+    }
+    // The queues' errors are mapped already (mapSqsError); the rest are DynamoDB's.
+    if (isThinrelayError(err)) throw err;
+    throw mapDynamoError(err, reader.table, `removing host ${hostId}`);
   }
   return { host: hostId, queuesDeleted, itemsDeleted };
 }

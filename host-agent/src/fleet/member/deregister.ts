@@ -7,9 +7,10 @@
  * idempotent: running it again finishes what a failed run left.
  */
 import type { SQSClient } from '@aws-sdk/client-sqs';
-import { UsageError } from '../errors.js';
-import type { Logger } from '../log.js';
-import type { FleetTable } from './fleet-table.js';
+import type { FleetTable } from '../../../../schema/fleet-table.js';
+import { UsageError } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import { readDeployment } from './fleet-client.js';
 import { deleteQueueNamed, hostQueueNames, queueDepth, queueUrlOf } from './host-queues.js';
 import type { RegistrationRecord } from './registration-record.js';
 
@@ -38,7 +39,7 @@ export async function deregisterHost(
   const { group, hostId, record } = req;
   let namePrefix: string;
   try {
-    namePrefix = (await table.readDeployment()).namePrefix;
+    namePrefix = (await readDeployment(table)).namePrefix;
   } catch (err) {
     if (record === null || !(err instanceof UsageError)) throw err;
     namePrefix = record.namePrefix;

@@ -2,7 +2,8 @@
  * Reading the fleet table (schema/fleet.ts) for the operator's commands:
  * every request paginated, the byImage index for one image, and DynamoDB's
  * errors turned into FleetError with a reason code (table missing, refused,
- * unreachable). Writes (fleet forget) live in fleet-forget.ts.
+ * unreachable). Its one write, `fleet forget` (fleet-forget.ts), goes through
+ * the table's one writer, schema/fleet-table.ts.
  */
 import {
   DynamoDBClient,
@@ -20,10 +21,10 @@ import {
   type HostImageItem,
   type HostItem,
   type RolloutItem,
-} from '../../../schema/fleet.js';
-import { fromItem, toItem } from '../../../schema/item-codec.js';
-import { ExitCode, FleetError } from '../errors.js';
-import { NETWORK_CODES } from '../queue/sqs-errors.js';
+} from '../../../../schema/fleet.js';
+import { fromItem, toItem } from '../../../../schema/item-codec.js';
+import { ExitCode, FleetError } from '../../errors.js';
+import { NETWORK_CODES } from '../../queue/sqs-errors.js';
 
 export type Item = Record<string, unknown>;
 

@@ -16,8 +16,8 @@ import {
   TagQueueCommand,
   type SQSClient,
 } from '@aws-sdk/client-sqs';
-import { queueNames, type GroupQueueSettings } from '../../../schema/fleet.js';
-import { isSqsNotFound, sqsErrorFacts } from '../queue/sqs-errors.js';
+import { queueNames, type GroupQueueSettings } from '../../../../schema/fleet.js';
+import { isSqsNotFound, sqsErrorFacts } from '../../queue/sqs-errors.js';
 
 export const QUEUE_TAGS = { group: 'thinrelay:group', host: 'thinrelay:host' } as const;
 const DAY = 86_400;

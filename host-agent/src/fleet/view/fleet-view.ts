@@ -13,7 +13,8 @@ import {
   type PoolUsage,
   type RolloutItem,
   parseHostQueueName,
-} from '../../../schema/fleet.js';
+} from '../../../../schema/fleet.js';
+import { optionalETag } from '../../../../schema/etag.js';
 
 /** live: heartbeating; stale: not seen for staleAfterSeconds; gone: deregistered. */
 export type Liveness = 'live' | 'stale' | 'gone';
@@ -23,12 +24,6 @@ export type RowLiveness = Liveness | 'unregistered';
 export function liveness(host: HostItem, staleAfterSeconds: number, now: number): Liveness {
   if (host.state !== 'live') return 'gone';
   return now - host.lastSeenAt <= staleAfterSeconds * 1000 ? 'live' : 'stale';
-}
-
-/** S3 quotes ETags in headers ("…"), not in events: compare without quotes. */
-export function normalizeETag(eTag: string | null | undefined): string | null {
-  if (eTag === null || eTag === undefined || eTag === '') return null;
-  return eTag.replace(/"/g, '');
 }
 
 export type ETagSource = 'flag' | 'object' | 'rollout' | 'hosts' | 'none';
@@ -42,15 +37,15 @@ export function targetETag(
   rollout: RolloutItem | null,
   items: readonly HostImageItem[],
 ): { eTag: string | null; source: ETagSource } {
-  if (asked !== null) return { eTag: normalizeETag(asked.eTag), source: asked.source };
-  const fromRollout = normalizeETag(rollout?.eTag);
+  if (asked !== null) return { eTag: optionalETag(asked.eTag), source: asked.source };
+  const fromRollout = optionalETag(rollout?.eTag);
   if (fromRollout !== null) return { eTag: fromRollout, source: 'rollout' };
   const newest = [...items]
-    .filter((i) => normalizeETag(i.eTag) !== null && i.state !== 'retired')
+    .filter((i) => optionalETag(i.eTag) !== null && i.state !== 'retired')
     .sort((a, b) => b.updatedAt - a.updatedAt)[0];
   return newest === undefined
     ? { eTag: null, source: 'none' }
-    : { eTag: normalizeETag(newest.eTag), source: 'hosts' };
+    : { eTag: optionalETag(newest.eTag), source: 'hosts' };
 }
 
 export interface ImageHostRow {
@@ -158,7 +153,7 @@ export function imageStatus(input: ImageStatusInput): ImageStatus {
   const rows: ImageHostRow[] = [];
   for (const [host, { group, liveness: l }] of rowHosts) {
     const item = itemByHost.get(host);
-    const itemETag = normalizeETag(item?.eTag);
+    const itemETag = optionalETag(item?.eTag);
     const current = item !== undefined && (target.eTag === null || itemETag === target.eTag);
     const state: HostImageState = current ? item.state : 'pending';
     const expected = l === 'live' && groups.includes(group);

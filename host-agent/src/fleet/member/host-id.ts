@@ -5,8 +5,8 @@
  * IMDS also gives the instance's region, for when AWS_REGION is not set.
  */
 import { hostname } from 'node:os';
-import { HOST_ID } from '../../../schema/fleet.js';
-import { UsageError } from '../errors.js';
+import { HOST_ID } from '../../../../schema/fleet.js';
+import { UsageError } from '../../errors.js';
 
 export const IMDS_TIMEOUT_MS = 1_000;
 

@@ -5,8 +5,8 @@
  * was gone are lost; the caller's catch-up sync covers them.
  */
 import type { SQSClient } from '@aws-sdk/client-sqs';
-import { HostQueue, type ReceivedMessage, type ReceiveOptions } from '../queue/host-queue.js';
-import { isSqsNotFound } from '../queue/sqs-errors.js';
+import { HostQueue, type ReceivedMessage, type ReceiveOptions } from '../../queue/host-queue.js';
+import { isSqsNotFound } from '../../queue/sqs-errors.js';
 
 export class RegisteredHostQueue extends HostQueue {
   constructor(

@@ -1,5 +1,5 @@
 /** The fleet side's metrics (registration, heartbeats, catch-up sync, fleet-table writes). */
-import { Counter, Gauge } from '../daemon/metrics.js';
+import { Counter, Gauge } from '../../daemon/metrics.js';
 
 export class FleetMetrics {
   readonly writes = new Counter(

@@ -14,20 +14,20 @@
  * Keys of other groups are left alone. At most `concurrency` keys at once.
  */
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
-import { isKeyForGroup, type DeploymentConfigItem } from '../../../schema/fleet.js';
-import { classifyFailure, failureCode, isPermanentFailureCode } from '../pipeline/failure.js';
-import { imageLockKey, type KeyLock } from '../daemon/key-lock.js';
-import { errorMessage, ImageError } from '../errors.js';
-import type { Logger } from '../log.js';
-import { retireKey } from '../ops/retire.js';
-import { unpackedEstimate } from '../config.js';
-import { roomWithoutEvicting } from '../pool/keeper.js';
-import type { PipelineDeps } from '../pipeline/context.js';
-import { processImage } from '../pipeline/process-image.js';
-import { noProgress } from '../pipeline/progress.js';
-import { headObject } from '../source/head.js';
-import type { StateStore } from '../store/index.js';
-import { registerWorker, releaseWorker } from '../store/owner.js';
+import { isKeyForGroup, type DeploymentConfigItem } from '../../../../schema/fleet.js';
+import { classifyFailure, failureCode, isPermanentFailureCode } from '../../pipeline/failure.js';
+import { imageLockKey, type KeyLock } from '../../daemon/key-lock.js';
+import { errorMessage, ImageError } from '../../errors.js';
+import type { Logger } from '../../log.js';
+import { retireKey } from '../../ops/retire.js';
+import { unpackedEstimate } from '../../config.js';
+import { roomWithoutEvicting } from '../../pool/keeper.js';
+import type { PipelineDeps } from '../../pipeline/context.js';
+import { processImage } from '../../pipeline/process-image.js';
+import { noProgress } from '../../pipeline/progress.js';
+import { headObject } from '../../source/head.js';
+import type { StateStore } from '../../store/index.js';
+import { registerWorker, releaseWorker } from '../../store/owner.js';
 import type { FleetMetrics } from './fleet-metrics.js';
 import type { ImageReporter } from './image-reporter.js';
 
