@@ -23,6 +23,7 @@ import {
 } from './layer-source.js';
 import { sniffArchive } from './sniff.js';
 import { SpoolDir } from './spool.js';
+import { InternalError } from '../errors.js';
 
 export interface SourcedImage extends OpenedImage {
   /**
@@ -69,7 +70,7 @@ export async function openImage(
       compression: sniffed.compression,
       blobBytes: 0,
       open: () => {
-        if (used) throw new Error('internal: a streamed flat tar can be read once');
+        if (used) throw new InternalError('a streamed flat tar can be read once');
         used = true;
         return hashed(sniffed.tar(), (hex, size) => {
           const diffId = `sha256:${hex}`;
@@ -90,7 +91,7 @@ export async function openImage(
       spooledBytes: () => 0,
       release: () => undefined,
       flatBytes: () => {
-        if (used) throw new Error('internal: a streamed flat tar can be read once');
+        if (used) throw new InternalError('a streamed flat tar can be read once');
         used = true;
         return own ? sniffed.raw : sniffed.tar();
       },

@@ -13,6 +13,7 @@
 import fs from 'node:fs';
 import { constants, gunzipSync } from 'node:zlib';
 import { compressionOf, decompress, type ImageCompression } from '../layer/compression.js';
+import { InternalError } from '../errors.js';
 
 export type ArchiveKind = 'flat' | 'container';
 
@@ -122,7 +123,7 @@ export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<S
   let names: string[] = [];
   let rawUsed = false;
   const raw = (): AsyncIterable<Buffer> => {
-    if (rawUsed) throw new Error('internal: the archive source was read twice');
+    if (rawUsed) throw new InternalError('the archive source was read twice');
     rawUsed = true;
     return replay(head, ended ? emptyIterator() : it);
   };
@@ -162,7 +163,7 @@ export async function sniffArchive(source: AsyncIterable<Uint8Array>): Promise<S
       compression,
       names,
       get raw(): AsyncIterable<Buffer> {
-        throw new Error('internal: a zstd or xz archive is only read decompressed (tar())');
+        throw new InternalError('a zstd or xz archive is only read decompressed (tar())');
       },
       tar: () => tar,
     };

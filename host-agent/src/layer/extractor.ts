@@ -12,7 +12,7 @@
  * directories the layer only wrote into keep their time.
  */
 import fs from 'node:fs';
-import { EnvironmentError, ImageError, type ImageFailureCode } from '../errors.js';
+import { EnvironmentError, ImageError, type ImageFailureCode, InternalError } from '../errors.js';
 import { EndScript } from './end-script.js';
 import {
   closeFile,
@@ -442,7 +442,7 @@ export class Extractor implements TarSink {
 
   private special(member: TarMember, path: string, what: () => string): void {
     if (member.type !== 'char-device' && member.type !== 'block-device' && member.type !== 'fifo') {
-      throw new Error(`internal: ${member.type} is not a special file`);
+      throw new InternalError(`${member.type} is not a special file`);
     }
     this.prepare(member, path, 'special', what);
     this.specials.add({

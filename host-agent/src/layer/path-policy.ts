@@ -13,7 +13,7 @@
  * model then learns those lazily, one lstat per path the first time a member
  * touches it, ancestors first, so no lookup ever passes through a link.
  */
-import { ImageError, type ImageFailureCode } from '../errors.js';
+import { ImageError, type ImageFailureCode, InternalError } from '../errors.js';
 import type { ImageLimits } from '../limits.js';
 import { printable } from './printable.js';
 
@@ -220,7 +220,7 @@ export class PathModel {
   /** Only non-directories are ever removed (a directory is never replaced). */
   remove(path: string): void {
     if (this.kinds.get(path) === 'dir')
-      throw new Error(`internal: refusing to forget directory ${path}`);
+      throw new InternalError(`refusing to forget directory ${path}`);
     this.kinds.delete(path);
     this.children?.get(parentOf(path))?.delete(path);
   }
@@ -231,8 +231,8 @@ export class PathModel {
    */
   removeTree(path: string): string[] {
     const children = this.children;
-    if (children === undefined) throw new Error('internal: removeTree needs a layered model');
-    if (path === '') throw new Error('internal: refusing to forget the root');
+    if (children === undefined) throw new InternalError('removeTree needs a layered model');
+    if (path === '') throw new InternalError('refusing to forget the root');
     const removed: string[] = [];
     const visit = (p: string): void => {
       removed.push(p);

@@ -14,7 +14,7 @@
  * Reconciles are serialized per state dir (store/reconcile-lock.ts): each
  * reads its inventory after the previous one finished acting on its own.
  */
-import { errorMessage } from '../errors.js';
+import { errorMessage, InternalError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
@@ -264,7 +264,8 @@ async function releaseOrphanThins(
         ? `thin device ${o.thinId} is recorded nowhere in the store`
         : `thin device ${o.thinId} of a removed object (interrupted delete)`;
     try {
-      if (backend.removeThin === undefined) throw new Error(`${backend.name} has no thin devices`);
+      if (backend.removeThin === undefined)
+        throw new InternalError(`${backend.name} has no thin devices`);
       // False: reconcile's own removal of the object above already deleted it.
       if (await backend.removeThin(o.thinId, reason))
         actions.push({ object, action: 'deleted thin', reason });

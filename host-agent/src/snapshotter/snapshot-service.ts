@@ -8,7 +8,7 @@
  * before the storage changes (ObjectManager) and its outcome after; recover()
  * finishes what a dead process left.
  */
-import { NotFoundError, UsageError, errorMessage } from '../errors.js';
+import { errorMessage, InternalError, NotFoundError, UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { releaseBlobIfUnused } from '../pool/release.js';
 import type { ContainerdSnapshotRow } from '../store/containerd-snapshots.js';
@@ -104,7 +104,8 @@ export class SnapshotService {
   /** The volume an active or view snapshot's mounts are of. */
   private volumeOf(row: ContainerdSnapshotRow): StorageObjectRow {
     if (row.object_id !== null) return this.store.objects.get(row.object_id)!;
-    if (row.parent === null) throw new Error(`view ${row.key} has neither a volume nor a parent`);
+    if (row.parent === null)
+      throw new InternalError(`view ${row.key} has neither a volume nor a parent`);
     return this.committedParent(row.parent).volume;
   }
 

@@ -236,7 +236,7 @@ export class ObjectManager {
     commit: () => void,
   ): Promise<StorageObjectRow> {
     if (o.parent !== null && o.parent.state !== 'sealed')
-      throw new Error(
+      throw new InternalError(
         `volume ${o.parent.id} is ${o.parent.state}, not sealed: it cannot be cloned`,
       );
     // A clone is its parent's size; `sizeBytes` sizes a fresh one.

@@ -10,6 +10,7 @@ import {
   containerdSnapshotTransitions,
   type ContainerdSnapshotState,
 } from './states.js';
+import { InternalError } from '../errors.js';
 
 export type ContainerdSnapshotKind = 'active' | 'view' | 'committed';
 
@@ -124,7 +125,7 @@ export class ContainerdSnapshotRepo {
     opts: { owner?: string | null; commitName?: string | null } = {},
   ): ContainerdSnapshotRow {
     const row = this.get(id);
-    if (row === undefined) throw new Error(`containerd snapshot ${id} does not exist`);
+    if (row === undefined) throw new InternalError(`containerd snapshot ${id} does not exist`);
     assertTransition(containerdSnapshotTransitions, 'containerd snapshot', row.state, to);
     this.db
       .prepare(

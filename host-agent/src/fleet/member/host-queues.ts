@@ -18,6 +18,7 @@ import {
 } from '@aws-sdk/client-sqs';
 import { queueNames, type GroupQueueSettings } from '../../../../schema/fleet.js';
 import { isSqsNotFound, sqsErrorFacts } from '../../queue/sqs-errors.js';
+import { EnvironmentError, TemporaryEnvironmentError } from '../../errors.js';
 
 export const QUEUE_TAGS = { group: 'thinrelay:group', host: 'thinrelay:host' } as const;
 const DAY = 86_400;
@@ -103,7 +104,12 @@ async function ensureQueue(
     }
   }
   const url = existing ?? (await queueUrlOf(sqs, name));
-  if (url === null) throw new Error(`queue ${name} exists and does not: SQS answered both`);
+  if (url === null)
+    // Deleted between the create's refusal and this lookup: the next start converges it.
+    throw new TemporaryEnvironmentError(
+      'QUEUE_REQUEST_FAILED',
+      `queue ${name} exists and does not: SQS answered both (deleted meanwhile?)`,
+    );
   await sqs.send(new SetQueueAttributesCommand({ QueueUrl: url, Attributes: attributes }));
   await sqs.send(new TagQueueCommand({ QueueUrl: url, Tags: tags }));
   return url;
@@ -133,7 +139,8 @@ async function queueArn(sqs: SQSClient, url: string): Promise<string> {
     new GetQueueAttributesCommand({ QueueUrl: url, AttributeNames: ['QueueArn'] }),
   );
   const arn = out.Attributes?.QueueArn;
-  if (arn === undefined) throw new Error(`SQS returned no QueueArn for ${url}`);
+  if (arn === undefined)
+    throw new EnvironmentError('QUEUE_REQUEST_FAILED', `SQS returned no QueueArn for ${url}`);
   return arn;
 }
 

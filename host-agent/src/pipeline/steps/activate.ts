@@ -6,6 +6,7 @@
 import type { StorageObjectRow } from '../../store/objects.js';
 import type { JobContext, PipelineDeps, StepOutcome } from '../context.js';
 import type { Step } from './index.js';
+import { InternalError } from '../../errors.js';
 
 /** Attach a snapshot (the object manager records its device path): where it is. */
 export async function attachSnapshot(
@@ -19,7 +20,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   const snap = ctx.store.objects
     .forJob(ctx.job.id)
     .find((o) => o.kind === 'snapshot' && o.state !== 'removed');
-  if (snap === undefined) throw new Error(`job ${ctx.job.id} has no snapshot to activate`);
+  if (snap === undefined) throw new InternalError(`job ${ctx.job.id} has no snapshot to activate`);
   const { devicePath } = await attachSnapshot(ctx, snap);
   return { status: 'complete', detail: { snapshot: snap.id, devicePath } };
 }

@@ -7,6 +7,7 @@ import type { ImageRow } from '../../store/images.js';
 import type { StorageObjectRow } from '../../store/objects.js';
 import type { JobContext, PipelineDeps, StepOutcome } from '../context.js';
 import type { Step } from './index.js';
+import { InternalError } from '../../errors.js';
 
 /** A new snapshot of the image's top layer; jobId: the job that makes it, null outside one. */
 export async function snapshotImage(
@@ -18,7 +19,7 @@ export async function snapshotImage(
   const blobId = store.images.topBlobId(image.id);
   const blob = blobId === undefined ? undefined : store.blobs.get(blobId);
   if (blob?.status !== 'ready' || blob.volume_id === null) {
-    throw new Error(`image ${image.id} has no ready content to snapshot`);
+    throw new InternalError(`image ${image.id} has no ready content to snapshot`);
   }
   const volume = store.objects.get(blob.volume_id)!;
   return ctx.objects.createSnapshot({ volume, imageId: image.id, jobId });
