@@ -271,8 +271,9 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
       env,
     );
     const rss = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop()) * 1024;
-    const { eTag } = JSON.parse(stdout) as { eTag: string };
-    return { ms, rss, stateDir, eTag };
+    // process-image --json gives the ETag as scripts take it: `etag`, without S3's quotes.
+    const { etag } = JSON.parse(stdout) as { etag: string };
+    return { ms, rss, stateDir, eTag: etag };
   };
   const disposeState = async (stateDir: string): Promise<void> => {
     await run(
