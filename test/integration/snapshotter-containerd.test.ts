@@ -34,6 +34,7 @@ import {
 } from '../../host-agent/src/snapshotter/wire-format.js';
 import { cliPath, runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { ociArchiveOfLayers } from '../helpers/oci-archive.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { queryState } from '../helpers/small-fs.js';
 import { until } from '../helpers/until.js';
@@ -66,46 +67,12 @@ function buildLayers(work: string): Buffer[] {
   return [tarOf(base), tarOf(upper)];
 }
 
-/** A docker-archive of the layers (skopeo from a hand-made OCI layout), tagged `ref`. */
-function dockerArchive(work: string, layers: Buffer[], ref: string): string {
-  const layout = join(work, 'layout');
-  mkdirSync(join(layout, 'blobs/sha256'), { recursive: true });
-  const blob = (b: Buffer, mediaType: string): object => {
-    writeFileSync(join(layout, 'blobs/sha256', sha256(b)), b);
-    return { mediaType, digest: `sha256:${sha256(b)}`, size: b.length };
-  };
-  const config = blob(
-    Buffer.from(
-      JSON.stringify({
-        architecture: 'amd64',
-        os: 'linux',
-        config: {},
-        rootfs: { type: 'layers', diff_ids: layers.map((l) => `sha256:${sha256(l)}`) },
-      }),
-    ),
-    'application/vnd.oci.image.config.v1+json',
-  );
-  const manifest = blob(
-    Buffer.from(
-      JSON.stringify({
-        schemaVersion: 2,
-        mediaType: 'application/vnd.oci.image.manifest.v1+json',
-        config,
-        layers: layers.map((l) => blob(l, 'application/vnd.oci.image.layer.v1.tar')),
-      }),
-    ),
-    'application/vnd.oci.image.manifest.v1+json',
-  );
-  writeFileSync(join(layout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
-  writeFileSync(
-    join(layout, 'index.json'),
-    JSON.stringify({
-      schemaVersion: 2,
-      manifests: [{ ...manifest, annotations: { 'org.opencontainers.image.ref.name': 't' } }],
-    }),
-  );
+/** A docker-archive of the layers (skopeo from the shared hand-made oci-archive), tagged `ref`. */
+async function dockerArchive(work: string, layers: Buffer[], ref: string): Promise<string> {
+  const oci = join(work, 'image.oci.tar');
+  writeFileSync(oci, await ociArchiveOfLayers(layers));
   const out = join(work, 'image.tar');
-  execFileSync('skopeo', ['copy', '-q', `oci:${layout}:t`, `docker-archive:${out}:${ref}`]);
+  execFileSync('skopeo', ['copy', '-q', `oci-archive:${oci}`, `docker-archive:${out}:${ref}`]);
   return out;
 }
 
@@ -189,7 +156,7 @@ test(
     const layers = buildLayers(work);
     const diffIds = layers.map((l) => `sha256:${sha256(l)}`);
     const chainIds = chainIdsOf(diffIds);
-    const archive = dockerArchive(work, layers, 'thinrelay.test/snap:1');
+    const archive = await dockerArchive(work, layers, 'thinrelay.test/snap:1');
 
     const snapshotter = (procs.snapshotter = spawn(
       process.execPath,
@@ -351,10 +318,12 @@ test(
       'bad input gets the gRPC code containerd expects and changes nothing',
       async () => {
         client = snapshotsClient(snapSocket);
-        const before = queryState<{ n: number }>(
-          stateDir,
-          `SELECT count(*) AS n FROM storage_objects WHERE state != 'removed'`,
-        )[0]!.n;
+        const liveObjects = (): number =>
+          queryState<{ n: number }>(
+            stateDir,
+            `SELECT count(*) AS n FROM storage_objects WHERE state != 'removed'`,
+          )[0]!.n;
+        const before = liveObjects();
         await rejectsWith(
           client.call('Prepare', { key: 'x/1/a', parent: 'x/1/sha256:missing' }),
           grpc.status.NOT_FOUND,
@@ -372,14 +341,7 @@ test(
         );
         await rejectsWith(client.call('Stat', { key: 'nope' }), grpc.status.NOT_FOUND, 'Stat');
         await rejectsWith(client.call('Remove', { key: 'nope' }), grpc.status.NOT_FOUND, 'Remove');
-        assert.equal(
-          queryState<{ n: number }>(
-            stateDir,
-            `SELECT count(*) AS n FROM storage_objects WHERE state != 'removed'`,
-          )[0]!.n,
-          before,
-          'refused calls made no volume',
-        );
+        assert.equal(liveObjects(), before, 'refused calls made no volume');
         // The committed layers containerd named through its metadata store: "test/N/<chain ID>".
         const parent = queryState<{ key: string }>(
           stateDir,
@@ -429,14 +391,7 @@ test(
         });
         await client.call('Remove', { key: 'x/3/view' });
         await client.call('Remove', { key: odd });
-        assert.equal(
-          queryState<{ n: number }>(
-            stateDir,
-            `SELECT count(*) AS n FROM storage_objects WHERE state != 'removed'`,
-          )[0]!.n,
-          before,
-          'removed what it made',
-        );
+        assert.equal(liveObjects(), before, 'removed what it made');
       },
     );
 
