@@ -17,14 +17,16 @@
 # guest command's; 124 if a guest outlived THINRELAY_DM_VM_TIMEOUT, 125 if a
 # guest stopped without reporting (panic, init died): both show the console.
 # Every guest's console is streamed and kept in dist/test-dm/console-N.log.
-# The whole suite runs as two guests, one per core, when the host has two
-# (the kill -9 sweep in one, the other files in the other); each guest has its own kernel, so their loop and dm devices are apart
-# by construction.
+# The whole suite runs as two guests, one per core, when the host has two,
+# its files (and the kill -9 sweep's shards) split so both finish together, on
+# the seconds recorded in scripts/test-dm/durations.txt; each guest has its own
+# kernel, so their loop and dm devices are apart by construction.
 # Does not build: `npm run test:dm` does.
 #
 # Env: THINRELAY_DM_VM_TIMEOUT (seconds per guest, default 2400; 1800 for --bench),
 # THINRELAY_DM_VM_MEM (MiB per guest, default 2048), THINRELAY_DM_UML_INSTANCES
-# (1 or 2; default 2 for the whole suite on 2+ cores), THINRELAY_DM_TEST_TIMEOUT_MS
+# (1 or 2; default 2 for the whole suite on 2+ cores), THINRELAY_DM_CRASH_SHARDS (parts
+# the kill -9 sweep is cut into for the split, default 10), THINRELAY_DM_TEST_TIMEOUT_MS
 # (per test and per test file, default 1800000). THINRELAY_*, NODE_OPTIONS, CI and FORCE_COLOR/NO_COLOR
 # are passed into the guest, plus THINRELAY_DM_VM_DESC and THINRELAY_DM_HOST_DESC
 # (what the guest and its host are, for benchmark reports).
@@ -64,6 +66,8 @@ if [[ -z $instances ]]; then
   if [[ $mode == tests && $whole_suite == yes && $cores -ge 2 ]]; then instances=2; else instances=1; fi
 fi
 [[ $instances == 1 || $instances == 2 ]] || die "THINRELAY_DM_UML_INSTANCES must be 1 or 2, got '$instances'"
+# --bench and --exec run one command: one guest.
+[[ $mode == tests ]] || instances=1
 
 # --- per-run scratch: the ptrace shim, the module root, one control dir per guest -------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/$self.XXXXXX")
@@ -96,32 +100,75 @@ chmod +x "$tmp/modprobe"
 console_dir=$worktree/dist/test-dm
 mkdir -p "$console_dir"
 
+# The split of the whole suite over the guests: for each guest, its files and its share of the
+# kill -9 sweep, balanced on the seconds recorded in durations.txt (longest first, each to the
+# guest with less work so far). Sets split_files[i] (test files, in the suite's order),
+# split_crash[i] (the sweep's shards, k,k,...; empty when none) and split_weight[i] (seconds).
+crash_shards=${THINRELAY_DM_CRASH_SHARDS:-10}
+[[ $crash_shards =~ ^[0-9]+$ && $crash_shards -ge 1 ]] || die "THINRELAY_DM_CRASH_SHARDS must be a positive number, got '$crash_shards'"
+declare -A split_files=() split_crash=() split_weight=()
+split_suite() {
+  local durations=$worktree/scripts/test-dm/durations.txt f base s item i k best
+  declare -A recorded=()
+  local items=() order=()
+  while read -r f s _; do
+    [[ -z $f || $f == \#* ]] || recorded[$f]=$s
+  done < "$durations"
+  for f in "${test_files[@]}"; do
+    base=$(basename "$f")
+    s=${recorded[$base]:-}
+    if [[ -z $s ]]; then
+      log "no recorded time for $base in scripts/test-dm/durations.txt: counting it as 300 s"
+      s=300
+    fi
+    if [[ $base == dm-crash.test.js ]]; then
+      for ((k = 1; k <= crash_shards; k++)); do items+=("$((s / crash_shards)) crash $k $f"); done
+    else
+      items+=("$s file - $f")
+    fi
+  done
+  for ((i = 1; i <= instances; i++)); do
+    split_files[$i]=
+    split_crash[$i]=
+    split_weight[$i]=0
+  done
+  mapfile -t order < <(printf '%s\n' "${items[@]}" | sort -s -k1,1nr)
+  for item in "${order[@]}"; do
+    read -r s kind k f <<< "$item"
+    best=1
+    for ((i = 2; i <= instances; i++)); do
+      [[ ${split_weight[$i]} -lt ${split_weight[$best]} ]] && best=$i
+    done
+    split_weight[$best]=$((split_weight[$best] + s))
+    if [[ $kind == crash ]]; then
+      split_crash[$best]+=${split_crash[$best]:+,}$k
+      [[ " ${split_files[$best]} " == *" $f "* ]] || split_files[$best]+=" $f"
+    else
+      split_files[$best]+=" $f"
+    fi
+  done
+}
+
 # The guest command of instance $1 (1-based) of $instances.
 guest_cmd_of() {
-  local i=$1 f first=() rest=()
+  local i=$1 f files=() mine
   if [[ $instances -eq 1 ]]; then
     printf '%s' "$guest_cmd"
     return
   fi
-  # The kill -9 sweep is about 40% of the suite's time: guest 1 runs all its points and the layer
-  # chains (about 1,030 s + 290 s in CI), guest 2 the other files (about 1,370 s: the pool
-  # lifecycle churn among them), so both finish at about the same time.
-  for f in "${test_files[@]}"; do
-    case $(basename "$f") in
-      dm-crash.test.js | dm-layers.test.js) first+=("$f") ;;
-      *) rest+=("$f") ;;
-    esac
-  done
-  if [[ ${#first[@]} -eq 0 ]]; then
-    if [[ $i -eq 1 ]]; then node_test_cmd "${rest[@]}"; else printf 'true'; fi
-  elif [[ $i -eq 1 ]]; then
-    node_test_cmd "${first[@]}"
-  elif [[ ${#rest[@]} -gt 0 ]]; then
-    node_test_cmd "${rest[@]}"
-  else
+  mine=" ${split_files[$i]} "
+  # In the suite's order, not the split's.
+  for f in "${test_files[@]}"; do [[ $mine == *" $f "* ]] && files+=("$f"); done
+  if [[ ${#files[@]} -eq 0 ]]; then
     # node --test with no file would run every test under the work tree.
     printf 'true'
+    return
   fi
+  # All shards in one guest is the whole sweep: no variable, no shard suffix on its outcomes file.
+  if [[ -n ${split_crash[$i]} && ${split_crash[$i]} != "$(seq -s, 1 "$crash_shards")" ]]; then
+    printf 'THINRELAY_DM_CRASH_SHARD=%s/%s ' "${split_crash[$i]}" "$crash_shards"
+  fi
+  node_test_cmd "${files[@]}"
 }
 
 write_guest() {
@@ -195,9 +242,12 @@ boot() {
 }
 
 # --- boot ---------------------------------------------------------------------------------------------
+if [[ $instances -gt 1 ]]; then split_suite; fi
 for ((i = 1; i <= instances; i++)); do write_guest "$i"; done
 log "User-Mode Linux $kver, $instances guest(s) × 1 vCPU, $mem_mib MiB each; node $node_version; work tree $worktree; timeout ${timeout_s}s"
-for ((i = 1; i <= instances; i++)); do log "guest $i runs: $(tail -n1 "$tmp/$i/guest.sh")"; done
+for ((i = 1; i <= instances; i++)); do
+  log "guest $i runs: $(tail -n1 "$tmp/$i/guest.sh")${split_weight[$i]:+ (about ${split_weight[$i]} s recorded)}"
+done
 t0=$(date +%s.%N)
 for ((i = 1; i <= instances; i++)); do boot "$i" $(((cores - i) % cores)); done
 (
