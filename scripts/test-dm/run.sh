@@ -137,12 +137,12 @@ split_suite() {
     read -r s kind k f <<< "$item"
     best=1
     for ((i = 2; i <= instances; i++)); do
-      [[ ${split_weight[$i]} -lt ${split_weight[$best]} ]] && best=$i
+      if [[ ${split_weight[$i]} -lt ${split_weight[$best]} ]]; then best=$i; fi
     done
     split_weight[$best]=$((split_weight[$best] + s))
     if [[ $kind == crash ]]; then
       split_crash[$best]+=${split_crash[$best]:+,}$k
-      [[ " ${split_files[$best]} " == *" $f "* ]] || split_files[$best]+=" $f"
+      if [[ " ${split_files[$best]} " != *" $f "* ]]; then split_files[$best]+=" $f"; fi
     else
       split_files[$best]+=" $f"
     fi
@@ -158,7 +158,9 @@ guest_cmd_of() {
   fi
   mine=" ${split_files[$i]} "
   # In the suite's order, not the split's.
-  for f in "${test_files[@]}"; do [[ $mine == *" $f "* ]] && files+=("$f"); done
+  for f in "${test_files[@]}"; do
+    if [[ $mine == *" $f "* ]]; then files+=("$f"); fi
+  done
   if [[ ${#files[@]} -eq 0 ]]; then
     # node --test with no file would run every test under the work tree.
     printf 'true'
