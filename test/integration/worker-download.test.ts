@@ -14,10 +14,17 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { ImageError, TemporaryEnvironmentError } from '../../host-agent/src/errors.js';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import {
+  ImageError,
+  TemporaryEnvironmentError,
+  TransientError,
+} from '../../host-agent/src/errors.js';
 import { classifyFailure } from '../../host-agent/src/pipeline/failure.js';
 import { headObject } from '../../host-agent/src/source/head.js';
 import type { ObjectRef } from '../../host-agent/src/source/object-ref.js';
+import { createS3Client } from '../../host-agent/src/source/s3-client.js';
 import { downloadInWorker } from '../../host-agent/src/source/worker-download.js';
 import { runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
@@ -275,6 +282,95 @@ describe('download on a worker thread (s3rver behind a link proxy)', () => {
       (e: unknown) => e === reason,
     );
     await assert.rejects(dl.result, (e: unknown) => e === reason);
+  });
+});
+
+describe('download on a worker thread: S3 errors keep their meaning (stub server)', () => {
+  let server: Server;
+  let client: S3Client;
+  const content = randomBytes(4 * PART);
+  const etag = '"w1"';
+  const gets = new Map<string, number>();
+
+  before(async () => {
+    server = createServer((req: IncomingMessage, res: ServerResponse) => {
+      req.resume();
+      const key = (req.url ?? '').split('?')[0]?.split('/').slice(2).join('/') ?? '';
+      const n = (gets.get(key) ?? 0) + 1;
+      gets.set(key, n);
+      const xml = (status: number, code: string): void => {
+        res.writeHead(status, { 'Content-Type': 'application/xml' });
+        res.end(
+          `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>${code}</Message></Error>`,
+        );
+      };
+      if (key === 'slowdown.tar' && n <= 2) return xml(503, 'SlowDown');
+      if (key === 'denied.tar') return xml(403, 'AccessDenied');
+      const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+      const from = m ? Number(m[1]) : 0;
+      const to = m && m[2] !== '' ? Number(m[2]) : content.length - 1;
+      res.writeHead(m ? 206 : 200, {
+        ETag: etag,
+        'Content-Length': String(to - from + 1),
+        ...(m ? { 'Content-Range': `bytes ${from}-${to}/${content.length}` } : {}),
+      });
+      res.end(content.subarray(from, to + 1));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    client = createS3Client({
+      endpoint: `http://127.0.0.1:${port}`,
+      region: 'us-east-1',
+      forcePathStyle: true,
+      credentials: { accessKeyId: 'x', secretAccessKey: 'y' },
+      maxAttempts: 1,
+    });
+  });
+  after(async () => {
+    client?.destroy();
+    server?.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+
+  const ref = (key: string, checksumSha256: string | null = null): ObjectRef => ({
+    bucket: 'stub',
+    key,
+    versionId: null,
+    eTag: etag,
+    size: content.length,
+    checksumSha256,
+    lastModified: null,
+  });
+  async function drain(r: ObjectRef): Promise<{ data: Buffer; resumes: number }> {
+    const dl = downloadInWorker(client, r, { partSize: PART, concurrency: 4, backoffMs: 1 });
+    const parts: Buffer[] = [];
+    for await (const chunk of dl.chunks) parts.push(Buffer.from(chunk));
+    return { data: Buffer.concat(parts), resumes: (await dl.result).resumes };
+  }
+
+  it('SlowDown (503) is backed off and retried in the worker, then the bytes arrive', async () => {
+    const got = await drain(ref('slowdown.tar'));
+    assert.ok(got.data.equals(content));
+    assert.equal(got.resumes, 2, 'two throttled answers, two retries');
+  });
+
+  it('AccessDenied (403) arrives as ImageError ACCESS_DENIED, permanent', async () => {
+    await assert.rejects(drain(ref('denied.tar')), (e: unknown) => {
+      assert.ok(e instanceof ImageError && !(e instanceof TransientError), String(e));
+      assert.equal(e.code, 'ACCESS_DENIED');
+      assert.equal(classifyFailure(e, never), 'permanent');
+      return true;
+    });
+  });
+
+  it('the digest is verified in the worker before the end: a wrong S3 sha256 is CHECKSUM_MISMATCH', async () => {
+    const wrong = createHash('sha256').update('other bytes').digest('base64');
+    await assert.rejects(
+      drain(ref('ok.tar', wrong)),
+      (e: unknown) => e instanceof ImageError && e.code === 'CHECKSUM_MISMATCH',
+    );
+    const right = createHash('sha256').update(content).digest('base64');
+    assert.ok((await drain(ref('ok.tar', right))).data.equals(content));
   });
 });
 
