@@ -266,6 +266,19 @@ describe('download on a worker thread (s3rver behind a link proxy)', () => {
     assert.equal(proxy.requests.length, asked, 'nothing requested after the consumer left');
   });
 
+  it('a consumer that stops at the last slice gets no verdict (AbortError), as on the main thread', async () => {
+    const ref = await head();
+    const { client } = await link({ bytesPerSecond: Infinity, latencyMs: 0 });
+    const dl = downloadInWorker(client, ref, { partSize: PART, concurrency: 4 });
+    let got = 0;
+    for await (const chunk of dl.chunks) {
+      got += chunk.byteLength;
+      if (got === data.length) break;
+    }
+    assert.equal(got, data.length);
+    await assert.rejects(dl.result, { name: 'AbortError' });
+  });
+
   it('the signal stops it with its own reason', async () => {
     const ref = await head();
     const { client } = await link({ bytesPerSecond: 2 * 1024 * KiB });

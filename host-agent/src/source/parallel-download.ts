@@ -35,6 +35,13 @@ import {
  */
 const SLICE_BYTES = 1024 * 1024;
 
+/**
+ * Slices this module gathered into a buffer of their own (nothing else refers
+ * to it): the download worker may transfer these to another thread instead
+ * of copying them. Network chunks handed over as they are never are.
+ */
+export const ownedSlices = new WeakSet<Uint8Array>();
+
 /** Ranged GETs in flight at first (at most `concurrency`). */
 const START_WIDTH = 2;
 
@@ -84,7 +91,12 @@ class Part {
     const taken = this.queue.splice(0, n);
     this.queued -= bytes;
     this.handed += bytes;
-    return taken.length === 1 ? taken[0]! : Buffer.concat(taken, bytes);
+    if (taken.length === 1) return taken[0]!;
+    const slice = Buffer.concat(taken, bytes);
+    if (slice.byteOffset === 0 && slice.byteLength === slice.buffer.byteLength) {
+      ownedSlices.add(slice);
+    }
+    return slice;
   }
 }
 

@@ -81,12 +81,14 @@ export function downloadInWorker(
   result.catch(() => undefined);
 
   const queue: Uint8Array[] = [];
-  const state: { done: DownloadResult | null; failure: { error: unknown } | null; over: boolean } =
-    {
-      done: null,
-      failure: null,
-      over: false,
-    };
+  const state: {
+    /** The worker's verdict, once it sent it. */
+    done: DownloadResult | null;
+    /** The verdict handed to the consumer, after its last chunk. */
+    resolved: boolean;
+    failure: { error: unknown } | null;
+    over: boolean;
+  } = { done: null, resolved: false, failure: null, over: false };
   let wake: (() => void) | null = null;
   const notify = (): void => {
     const w = wake;
@@ -101,7 +103,7 @@ export function downloadInWorker(
     void worker.terminate();
   };
   const fail = (error: unknown): void => {
-    if (state.failure !== null || state.done !== null) return;
+    if (state.failure !== null || state.resolved) return;
     state.failure = { error };
     queue.length = 0; // nothing past a failure is handed over
     reject(error);
@@ -120,7 +122,6 @@ export function downloadInWorker(
         break;
       case 'done':
         state.done = m.result;
-        signal?.removeEventListener('abort', onAbort);
         break;
       case 'error':
         fail(deserializeError(m.error));
@@ -132,8 +133,7 @@ export function downloadInWorker(
     notify();
   });
   const crashed = (why: string, cause?: unknown): void => {
-    if (state.over && state.failure === null && state.done === null) return; // we stopped it
-    if (state.done !== null) return;
+    if (state.done !== null) return; // finished: its exit is the normal end
     fail(
       new TemporaryEnvironmentError(
         'DOWNLOAD_WORKER_FAILED',
@@ -165,6 +165,8 @@ export function downloadInWorker(
               return { value: chunk, done: false };
             }
             if (state.done !== null) {
+              state.resolved = true;
+              signal?.removeEventListener('abort', onAbort);
               resolve(state.done);
               return { value: undefined, done: true };
             }
@@ -172,7 +174,8 @@ export function downloadInWorker(
           }
         },
         return: async (): Promise<IteratorResult<Uint8Array>> => {
-          if (state.done === null && state.failure === null) {
+          // Stopped before the end (even after the worker's last slice): never a verdict.
+          if (!state.resolved && state.failure === null) {
             const err = new Error(
               `download of ${objectUrl(ref)} abandoned by its consumer at byte ${received}`,
             );
