@@ -137,6 +137,6 @@ function plainRecipe(overrides: Partial<S3ClientConfig>): Partial<S3ClientConfig
     ['string', 'number', 'boolean', 'undefined'].includes(typeof v) ||
     (typeof v === 'object' &&
       Object.getPrototypeOf(v) === Object.prototype &&
-      Object.values(v as object).every(plain));
+      Object.values(v).every(plain));
   return plain(overrides) ? { ...overrides } : null;
 }

@@ -173,7 +173,7 @@ export function downloadInWorker(
             await new Promise<void>((r) => (wake = r));
           }
         },
-        return: async (): Promise<IteratorResult<Uint8Array>> => {
+        return: (): Promise<IteratorResult<Uint8Array>> => {
           // Stopped before the end (even after the worker's last slice): never a verdict.
           if (!state.resolved && state.failure === null) {
             const err = new Error(
@@ -182,7 +182,7 @@ export function downloadInWorker(
             err.name = 'AbortError';
             fail(err);
           }
-          return { value: undefined, done: true };
+          return Promise.resolve({ value: undefined, done: true });
         },
       };
     },
