@@ -20,7 +20,12 @@ try {
 }
 
 await build({
-  entryPoints: { thinrelay: 'dist/host-agent/src/cli/main.js' },
+  // The download's worker thread (source/worker-download.ts) starts from its own entry,
+  // sharing the SDK's chunk.
+  entryPoints: {
+    thinrelay: 'dist/host-agent/src/cli/main.js',
+    'download-worker': 'dist/host-agent/src/source/download-worker.js',
+  },
   outdir: 'dist/cli',
   outExtension: { '.js': '.mjs' },
   bundle: true,
@@ -38,7 +43,10 @@ await build({
   target: 'node26',
   // Native addon: loaded from node_modules at run time.
   external: ['better-sqlite3'],
-  define: { THINRELAY_BUILD: JSON.stringify({ version, commit }) },
+  define: {
+    THINRELAY_BUILD: JSON.stringify({ version, commit }),
+    THINRELAY_DOWNLOAD_WORKER: JSON.stringify('download-worker.mjs'),
+  },
   banner: {
     js: "import { createRequire as __thinrelayRequire } from 'node:module'; const require = __thinrelayRequire(import.meta.url);",
   },

@@ -147,7 +147,7 @@ install -m 0644 deploy/debian/lintian-overrides "$root/usr/share/lintian/overrid
 # copyright (DEP-5): thinrelay, the runtime, better-sqlite3 and SQLite, and the
 # JS packages bundled into the CLI (read from the bundle's source maps).
 # (A path segment starting with "." is a package's build data, e.g. @js-sdsl/.build-data, not a package.)
-bundled=$(grep -ohE 'node_modules/(@[^/]+/)?[^/"]+' dist/cli/thinrelay.mjs.map dist/cli/chunks/*.map dist/cli/agent-config.mjs.map 2>/dev/null |
+bundled=$(grep -ohE 'node_modules/(@[^/]+/)?[^/"]+' dist/cli/thinrelay.mjs.map dist/cli/download-worker.mjs.map dist/cli/chunks/*.map dist/cli/agent-config.mjs.map 2>/dev/null |
   grep -v '/\.' | sed 's/.*node_modules\///' | sort -u)
 # One line per bundled package: "<licence> <name> <version>".
 licences=$(node -e 'for (const p of process.argv.slice(1)) { const j = require(`./node_modules/${p}/package.json`); console.log(j.license, p, j.version) }' $bundled)
@@ -180,7 +180,7 @@ Files: usr/lib/thinrelay/node_modules/bindings/* usr/lib/thinrelay/node_modules/
 Copyright: Nathan Rajlich
 License: MIT
 
-Files: usr/lib/thinrelay/thinrelay.mjs usr/lib/thinrelay/agent-config.mjs usr/lib/thinrelay/chunks/*
+Files: usr/lib/thinrelay/thinrelay.mjs usr/lib/thinrelay/download-worker.mjs usr/lib/thinrelay/agent-config.mjs usr/lib/thinrelay/chunks/*
 Copyright: thinrelay contributors; the authors of the bundled packages below
 License: Apache-2.0 and MIT and BSD-3-Clause and 0BSD
 Comment: The CLI bundle holds these npm packages. Apache-2.0:

@@ -126,7 +126,9 @@ export type EnvironmentCode =
   // Queue commands: SQS unreachable, refusing us, or answering something unexpected.
   | 'QUEUE_UNREACHABLE'
   | 'QUEUE_ACCESS_DENIED'
-  | 'QUEUE_REQUEST_FAILED';
+  | 'QUEUE_REQUEST_FAILED'
+  // The download's worker thread died (crashed, out of memory): this host's fault, never the image's.
+  | 'DOWNLOAD_WORKER_FAILED';
 
 /** A queue operation ran to its end without succeeding. */
 export type QueueOperationCode = 'MOVE_TASK_FAILED' | 'MOVE_TASK_CANCELLED' | 'MOVE_TASK_LOST';

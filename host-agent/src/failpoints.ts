@@ -10,6 +10,14 @@ export function failpoint(name: string): void {
   if (target !== undefined && target === name) process.kill(process.pid, 'SIGKILL');
 }
 
+/**
+ * A fail point inside a worker thread: ends that thread alone (as a crash of
+ * the thread would: no message, a non-zero exit), the process lives on.
+ */
+export function threadFailpoint(name: string): void {
+  if (target !== undefined && target === name) process.exit(70);
+}
+
 /** Every fail point the pipeline passes, in order (the crash test walks them all). */
 export const failpointNames = [
   'step:resolve:start',

@@ -179,6 +179,16 @@ interface LinkFigures {
   alternative: Contender;
   /** thinrelay / alternative. */
   ratio: number;
+  /**
+   * The same with THINRELAY_DOWNLOAD_THREAD=0: the download on the main thread, as
+   * before the worker (issue 23), alternating with the worker in the same row.
+   */
+  mainThread?: Contender;
+  /** The other pipeline over the same link (curl | tar where the alternative is the AWS CLI's, and back). */
+  otherName?: string;
+  other?: Contender;
+  /** thinrelay / other. */
+  otherRatio?: number;
 }
 
 /** Download alone (bytes discarded) over the 25 MB/s link: the downloader's settings. */
@@ -319,10 +329,28 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
     const download = await benchDownload(s3, bucket, key, aws, baseEnv, run);
     const links: LinkFigures[] = [];
     let eTag = '';
-    const rows: { link: string; rate: number | null; latencyMs: number; alt: 'aws' | 'curl' }[] = [
-      { link: '25 MB/s per connection, 2 ms', rate: 25e6, latencyMs: 2, alt: 'aws' },
-      { link: '100 MB/s per connection, 2 ms', rate: 100e6, latencyMs: 2, alt: 'curl' },
-      { link: 'unthrottled (emulator on 127.0.0.1)', rate: null, latencyMs: 0, alt: 'curl' },
+    const rows: {
+      link: string;
+      rate: number | null;
+      latencyMs: number;
+      alt: 'aws' | 'curl';
+      other: 'aws' | 'curl' | null;
+    }[] = [
+      { link: '25 MB/s per connection, 2 ms', rate: 25e6, latencyMs: 2, alt: 'aws', other: 'curl' },
+      {
+        link: '100 MB/s per connection, 2 ms',
+        rate: 100e6,
+        latencyMs: 2,
+        alt: 'curl',
+        other: 'aws',
+      },
+      {
+        link: 'unthrottled (emulator on 127.0.0.1)',
+        rate: null,
+        latencyMs: 0,
+        alt: 'curl',
+        other: 'aws',
+      },
     ];
     for (const row of rows) {
       const proxy =
@@ -334,35 +362,60 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
               latencyMs: row.latencyMs,
             });
       const endpoint = proxy?.endpoint ?? s3.endpoint;
-      const alternativeName =
-        row.alt === 'aws'
+      const pipelineName = (which: 'aws' | 'curl'): string =>
+        which === 'aws'
           ? 'aws s3 cp … - | tar (AWS CLI v2, parallel ranged GETs), fresh ext4, umount, sparse copy'
           : 'curl | tar, fresh ext4, umount, sparse copy';
-      const download =
-        row.alt === 'aws'
+      const downloadBy = (which: 'aws' | 'curl'): string =>
+        which === 'aws'
           ? `${aws} --endpoint-url ${endpoint} s3 cp s3://${bucket}/${key} -`
           : `curl -sSf -H x-amz-content-sha256:UNSIGNED-PAYLOAD --aws-sigv4 aws:amz:${S3RVER_REGION}:s3 --user ${S3RVER_ACCESS_KEY}:${S3RVER_SECRET_KEY} ${endpoint}/${bucket}/${key}`;
+      const alternativeName = pipelineName(row.alt);
+      const download = downloadBy(row.alt);
       const load0 = loadAverage();
       const ours: number[] = [];
       const oursRss: number[] = [];
       const single: number[] = [];
       const singleRss: number[] = [];
       const alt: number[] = [];
+      const other: number[] = [];
+      const mainThread: number[] = [];
+      const mainThreadRss: number[] = [];
       try {
         for (let i = 0; i < reps; i++) {
-          const order = ['thinrelay', 'alternative', ...(row.alt === 'aws' ? ['single'] : [])];
+          const order = [
+            'thinrelay',
+            'alternative',
+            'main-thread',
+            ...(row.other !== null ? ['other'] : []),
+            ...(row.alt === 'aws' ? ['single'] : []),
+          ];
           if (i % 2 === 1) order.reverse();
           for (const who of order) {
             if (who === 'alternative') {
               alt.push(await standardTools(`e2e-${row.alt}-${i}`, download));
               continue;
             }
+            if (who === 'other' && row.other !== null) {
+              other.push(await standardTools(`e2e-${row.other}-${i}`, downloadBy(row.other)));
+              continue;
+            }
             const r = await thinrelay(
               endpoint,
-              who === 'single' ? { THINRELAY_DOWNLOAD_CONCURRENCY: '1' } : {},
+              who === 'single'
+                ? { THINRELAY_DOWNLOAD_CONCURRENCY: '1' }
+                : who === 'main-thread'
+                  ? { THINRELAY_DOWNLOAD_THREAD: '0' }
+                  : {},
             );
-            (who === 'single' ? single : ours).push(r.ms);
-            (who === 'single' ? singleRss : oursRss).push(r.rss);
+            const [times, rss] =
+              who === 'single'
+                ? [single, singleRss]
+                : who === 'main-thread'
+                  ? [mainThread, mainThreadRss]
+                  : [ours, oursRss];
+            times.push(r.ms);
+            rss.push(r.rss);
             eTag = r.eTag;
             if (lastState !== null) await disposeState(lastState);
             lastState = r.stateDir;
@@ -383,6 +436,14 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
         alternativeName,
         alternative,
         ratio: thinrelayFigures.medianMs / alternative.medianMs,
+        mainThread: contender(mainThread, mainThreadRss),
+        ...(row.other !== null
+          ? {
+              otherName: pipelineName(row.other),
+              other: contender(other, []),
+              otherRatio: thinrelayFigures.medianMs / contender(other, []).medianMs,
+            }
+          : {}),
       });
       console.error(`${row.link}: ${JSON.stringify(links.at(-1))}`);
     }

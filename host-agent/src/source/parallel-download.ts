@@ -17,6 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { ImageError } from '../errors.js';
+import { StarvationMeter } from './starvation.js';
 import { verifyWindow, windowOf, type DownloadResult, type DownloadRun } from './download.js';
 import {
   bodyChunks,
@@ -34,16 +35,15 @@ import {
  */
 const SLICE_BYTES = 1024 * 1024;
 
+/**
+ * Slices this module gathered into a buffer of their own (nothing else refers
+ * to it): the download worker may transfer these to another thread instead
+ * of copying them. Network chunks handed over as they are never are.
+ */
+export const ownedSlices = new WeakSet<Uint8Array>();
+
 /** Ranged GETs in flight at first (at most `concurrency`). */
 const START_WIDTH = 2;
-/**
- * Widen when the consumer waited at least this long, and for at least this
- * share of the time, since the last change (counted over windows of
- * STARVED_WINDOW_MS, so a link that slows down later is still noticed).
- */
-const STARVED_MS_TO_WIDEN = 20;
-const STARVED_SHARE = 0.25;
-const STARVED_WINDOW_MS = 1000;
 
 /** One byte range of the object and what has arrived of it. */
 class Part {
@@ -91,7 +91,12 @@ class Part {
     const taken = this.queue.splice(0, n);
     this.queued -= bytes;
     this.handed += bytes;
-    return taken.length === 1 ? taken[0]! : Buffer.concat(taken, bytes);
+    if (taken.length === 1) return taken[0]!;
+    const slice = Buffer.concat(taken, bytes);
+    if (slice.byteOffset === 0 && slice.byteLength === slice.buffer.byteLength) {
+      ownedSlices.add(slice);
+    }
+    return slice;
   }
 }
 
@@ -208,18 +213,11 @@ export async function* parallelStream(
       );
     }
   };
-  const starved = { ms: 0, since: performance.now() };
+  const starved = new StarvationMeter();
   /** The consumer waited `ms` for bytes of a part already streaming: widen when that is often. */
   const waited = (ms: number): void => {
-    if (width >= concurrency) return;
-    const now = performance.now();
-    if (now - starved.since > STARVED_WINDOW_MS) Object.assign(starved, { ms: 0, since: now });
-    starved.ms += ms;
-    if (starved.ms < STARVED_MS_TO_WIDEN || starved.ms < (now - starved.since) * STARVED_SHARE) {
-      return;
-    }
+    if (width >= concurrency || !starved.waited(ms)) return;
     width = Math.min(concurrency, width * 2);
-    Object.assign(starved, { ms: 0, since: now });
     log.debug('s3 download widened', { ranges: width, at: received });
     launch();
   };

@@ -112,5 +112,31 @@ export function createS3Client(overrides: Partial<S3ClientConfig> = {}): S3Clien
   // AWS_REGION set (as on most hosts): the SDK reads it; no probe client to build.
   const envRegion = process.env.AWS_REGION?.trim();
   if (config.region === undefined) config.region = envRegion || regionWithFallback();
-  return new S3Client(config);
+  const client = new S3Client(config);
+  const recipe = plainRecipe(overrides);
+  if (recipe !== null) recipes.set(client, recipe);
+  return client;
+}
+
+/** What each client was built from, when a worker thread can build the same one. */
+const recipes = new WeakMap<S3Client, Partial<S3ClientConfig>>();
+
+/**
+ * The overrides `client` was built from, when they are plain data (strings,
+ * numbers, static credentials): another thread (the download worker) builds
+ * the same client from them with createS3Client, in the same environment.
+ * Null for a client built otherwise (a function, a custom handler).
+ */
+export function clientRecipe(client: S3Client): Partial<S3ClientConfig> | null {
+  return recipes.get(client) ?? null;
+}
+
+function plainRecipe(overrides: Partial<S3ClientConfig>): Partial<S3ClientConfig> | null {
+  const plain = (v: unknown): boolean =>
+    v === null ||
+    ['string', 'number', 'boolean', 'undefined'].includes(typeof v) ||
+    (typeof v === 'object' &&
+      Object.getPrototypeOf(v) === Object.prototype &&
+      Object.values(v).every(plain));
+  return plain(overrides) ? { ...overrides } : null;
 }
