@@ -6,6 +6,11 @@
  */
 import { UsageError } from '../errors.js';
 import { loadFleetSettings, type FleetSettings } from '../fleet/member/fleet-settings.js';
+import {
+  loadSnapshotterSettings,
+  snapshotterSocketOf,
+  type SnapshotterSettings,
+} from '../snapshotter/settings.js';
 import { loadDaemonConfig, type DaemonConfig } from './config.js';
 
 export interface AgentFlags {
@@ -14,12 +19,19 @@ export interface AgentFlags {
   hostId?: string;
   concurrency?: string;
   metricsAddr?: string;
+  /** The snapshots API's socket, or "off". */
+  snapshotterSocket?: string;
 }
 
 export interface AgentSettings {
   daemon: DaemonConfig;
   /** null: a fixed queue (--queue-url), no fleet membership. */
   fleet: FleetSettings | null;
+  /**
+   * containerd's snapshots API served by the agent itself; null (the default:
+   * no socket named) serves none.
+   */
+  snapshotter: SnapshotterSettings | null;
 }
 
 /** Throws UsageError (exit 2, CONFIG/USAGE) on what the agent cannot start with. */
@@ -39,5 +51,8 @@ export function loadAgentSettings(
   const fleet = loadFleetSettings({ group: flags.group, hostId: flags.hostId }, env);
   if (fleet === null && flags.hostId !== undefined)
     throw new UsageError('USAGE', '--host-id needs --group');
-  return { daemon, fleet };
+  const socket = snapshotterSocketOf(flags.snapshotterSocket, env);
+  const snapshotter =
+    socket === undefined || socket === 'off' ? null : loadSnapshotterSettings(socket, {}, env);
+  return { daemon, fleet, snapshotter };
 }

@@ -3,7 +3,8 @@
  * call handed to SnapshotService and its typed errors turned into gRPC codes
  * (grpc-status.ts). The socket is made with a 0177 umask (never readable by
  * others for an instant) and then given its configured mode and group.
- * Loaded only by `thinrelay snapshotter`: the rest of the CLI never pays for gRPC.
+ * Loaded only by the services (`thinrelay snapshotter`, `thinrelay agent`
+ * with a snapshotter socket): the rest of the CLI never pays for gRPC.
  */
 import * as grpc from '@grpc/grpc-js';
 import { fromJSON } from '@grpc/proto-loader';
@@ -13,15 +14,11 @@ import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { grpcFailureOf } from './grpc-status.js';
 import type { SnapshotInfo, SnapshotService } from './snapshot-service.js';
+import type { SocketSettings } from './settings.js';
 import { loaderOptions, serviceName, snapshotsDescriptor } from './wire-format.js';
 
-export interface SocketSettings {
-  path: string;
-  /** File mode of the socket (default 0600: root only). */
-  mode: number;
-  /** Group that owns the socket (default 0). */
-  gid: number;
-}
+/** How long a graceful close waits for calls in flight before it cuts the connections. */
+const closeGraceMs = 10_000;
 
 interface Timestamp {
   seconds: number;
@@ -151,14 +148,22 @@ export async function serveSnapshots(o: {
   } finally {
     process.umask(umask);
   }
+  // A process that leaves without close() (a second signal's exit) still takes its socket along.
+  const removeSocket = (): void => rmSync(o.socket.path, { force: true });
+  process.once('exit', removeSocket);
   chownSync(o.socket.path, 0, o.socket.gid);
   chmodSync(o.socket.path, o.socket.mode);
   o.logger.info('snapshotter serving', { socket: o.socket.path, service: serviceName });
   return {
     close: () =>
       new Promise<void>((resolve) => {
+        // Calls in flight finish (each is a recorded step); a client that keeps its
+        // connection open past the grace is cut off.
+        const force = setTimeout(() => server.forceShutdown(), closeGraceMs);
         server.tryShutdown(() => {
-          rmSync(o.socket.path, { force: true });
+          clearTimeout(force);
+          process.off('exit', removeSocket);
+          removeSocket();
           resolve();
         });
       }),

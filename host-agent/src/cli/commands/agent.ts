@@ -38,13 +38,14 @@ async function run(ctx: CommandContext): Promise<number> {
       queueUrl: ctx.values['queue-url'] as string | undefined,
       concurrency: ctx.values.concurrency as string | undefined,
       metricsAddr: ctx.values['metrics-addr'] as string | undefined,
+      snapshotterSocket: ctx.values['snapshotter-socket'] as string | undefined,
     });
   } catch (err) {
     if (err instanceof UsageError && err.code === 'USAGE' && err.hint === undefined)
       throw new UsageError('USAGE', err.message, usageHint(usage));
     throw err;
   }
-  const { daemon, fleet } = settings;
+  const { daemon, fleet, snapshotter } = settings;
   ctx.config();
   checkHostReady();
   const [
@@ -66,6 +67,17 @@ async function run(ctx: CommandContext): Promise<number> {
   });
   // One agent per state dir: two would apply one key's events out of order.
   const lock = acquireAgentLock(rt.config.stateDir, rt.owner);
+  // containerd's snapshots API on the agent's own store and backend (under the lock above).
+  let snapshots: { close(): Promise<void> } | null = null;
+  if (snapshotter !== null) {
+    try {
+      const { startSnapshotsService } = await import('../../snapshotter/service-host.js');
+      snapshots = await startSnapshotsService(rt, snapshotter, ctx.logger);
+    } catch (err) {
+      lock.release();
+      throw err;
+    }
+  }
   // Signals before the agent runs (registration may be retrying) end start-up.
   const startup = new AbortController();
   const earlySignal = (sig: NodeJS.Signals): void => startup.abort(new Error(`received ${sig}`));
@@ -113,6 +125,7 @@ async function run(ctx: CommandContext): Promise<number> {
       await member.join();
     }
   } catch (err) {
+    await snapshots?.close();
     lock.release();
     if (startup.signal.aborted) return 143;
     throw err;
@@ -174,6 +187,8 @@ async function run(ctx: CommandContext): Promise<number> {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await endpoint?.close();
+    // Calls in flight finish; the socket goes before the lock does.
+    await snapshots?.close();
     lock.release();
     sqs.destroy();
     dynamo?.destroy();
@@ -263,7 +278,7 @@ async function deregister(ctx: CommandContext): Promise<number> {
   }
 }
 
-const usage = `thinrelay agent [--group G [--host-id ID] | --queue-url URL] [--concurrency N] [--metrics-addr HOST:PORT|off]
+const usage = `thinrelay agent [--group G [--host-id ID] | --queue-url URL] [--concurrency N] [--metrics-addr HOST:PORT|off] [--snapshotter-socket PATH|off]
        thinrelay agent deregister [--group G] [--host-id ID] [--json]`;
 
 export const agentCommand: Command = {
@@ -277,6 +292,7 @@ export const agentCommand: Command = {
     'host-id': { type: 'string' },
     concurrency: { type: 'string' },
     'metrics-addr': { type: 'string' },
+    'snapshotter-socket': { type: 'string' },
   },
   optionDocs: {
     group: {
@@ -306,6 +322,12 @@ export const agentCommand: Command = {
       arg: 'HOST:PORT',
       env: 'THINRELAY_METRICS_ADDR',
       default: '127.0.0.1:9464',
+    },
+    'snapshotter-socket': {
+      text: "serve containerd's snapshots API on this unix socket (loop backend; mode, group and volume size: THINRELAY_SNAPSHOTTER_SOCKET_MODE, _GID, _VOLUME_SIZE as for `thinrelay snapshotter`)",
+      arg: 'PATH',
+      env: 'THINRELAY_SNAPSHOTTER_SOCKET',
+      default: 'off',
     },
   },
   examples: [

@@ -4,43 +4,35 @@
  * snapshot plugin). gRPC is loaded here only, behind a dynamic import.
  */
 import { EnvironmentError, UsageError } from '../../errors.js';
-import { parseSize } from '../../config.js';
+import {
+  defaultSnapshotterSocket,
+  loadSnapshotterSettings,
+  snapshotterSocketOf,
+} from '../../snapshotter/settings.js';
 import type { Command, CommandContext } from '../command.js';
 import { usageHint } from '../output.js';
 
-export const defaultSocket = '/run/thinrelay/snapshotter.sock';
-const defaultVolumeBytes = 2 * 1024 ** 3;
-
-function setting(ctx: CommandContext, flag: string, env: string): string | undefined {
-  const v = ctx.values[flag];
-  return typeof v === 'string' ? v : process.env[env];
-}
-
-function parseMode(text: string): number {
-  if (!/^0?[0-7]{3}$/.test(text))
-    throw new UsageError(
-      'USAGE',
-      `socket mode ${text} is not an octal mode like 0600`,
-      usageHint(usage),
-    );
-  return parseInt(text, 8);
-}
-
-function parseGid(text: string): number {
-  if (!/^\d+$/.test(text))
-    throw new UsageError('USAGE', `socket group ${text} is not a numeric gid`, usageHint(usage));
-  return Number(text);
-}
+const flag = (ctx: CommandContext, name: string): string | undefined => {
+  const v = ctx.values[name];
+  return typeof v === 'string' ? v : undefined;
+};
 
 async function run(ctx: CommandContext): Promise<number> {
-  const socket = {
-    path: setting(ctx, 'socket', 'THINRELAY_SNAPSHOTTER_SOCKET') ?? defaultSocket,
-    mode: parseMode(setting(ctx, 'socket-mode', 'THINRELAY_SNAPSHOTTER_SOCKET_MODE') ?? '0600'),
-    gid: parseGid(setting(ctx, 'socket-gid', 'THINRELAY_SNAPSHOTTER_SOCKET_GID') ?? '0'),
-  };
-  const volumeSize = setting(ctx, 'volume-size', 'THINRELAY_SNAPSHOTTER_VOLUME_SIZE');
-  const freshVolumeBytes =
-    volumeSize === undefined ? defaultVolumeBytes : parseSize(volumeSize, 'volume size');
+  let settings: import('../../snapshotter/settings.js').SnapshotterSettings;
+  try {
+    settings = loadSnapshotterSettings(
+      snapshotterSocketOf(flag(ctx, 'socket'), process.env) ?? defaultSnapshotterSocket,
+      {
+        socketMode: flag(ctx, 'socket-mode'),
+        socketGid: flag(ctx, 'socket-gid'),
+        volumeSize: flag(ctx, 'volume-size'),
+      },
+    );
+  } catch (err) {
+    if (err instanceof UsageError && err.hint === undefined)
+      throw new UsageError('CONFIG', err.message, usageHint(usage));
+    throw err;
+  }
   if (process.getuid?.() !== 0)
     throw new EnvironmentError(
       'NOT_ROOT',
@@ -48,26 +40,26 @@ async function run(ctx: CommandContext): Promise<number> {
       'run it as root',
     );
   const rt = ctx.runtime();
-  const [{ checkServable }, { SnapshotService }, { serveSnapshots }, { reconcile }] =
-    await Promise.all([
-      import('../../snapshotter/mounts.js'),
-      import('../../snapshotter/snapshot-service.js'),
-      import('../../snapshotter/server.js'),
-      import('../../pipeline/reconcile.js'),
-    ]);
-  checkServable(rt.objects.backend);
-  await reconcile(rt);
-  const service = new SnapshotService({ ...rt, freshVolumeBytes });
-  await service.recover();
-  const server = await serveSnapshots({ socket, service, logger: ctx.logger });
-  if (!ctx.json) process.stderr.write(`thinrelay snapshotter serving on ${socket.path}\n`);
-  const signal = await new Promise<NodeJS.Signals>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
-  ctx.logger.info('snapshotter stopping', { signal });
-  await server.close();
-  return 0;
+  const [{ acquireAgentLock }, { startSnapshotsService }] = await Promise.all([
+    import('../../daemon/state-lock.js'),
+    import('../../snapshotter/service-host.js'),
+  ]);
+  // The state dir's one daemon: an agent there (which can serve this API itself) refuses us.
+  const lock = acquireAgentLock(rt.config.stateDir, rt.owner, 'snapshotter');
+  try {
+    const server = await startSnapshotsService(rt, settings, ctx.logger);
+    if (!ctx.json)
+      process.stderr.write(`thinrelay snapshotter serving on ${settings.socket.path}\n`);
+    const signal = await new Promise<NodeJS.Signals>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    ctx.logger.info('snapshotter stopping', { signal });
+    await server.close();
+    return 0;
+  } finally {
+    lock.release();
+  }
 }
 
 const usage = 'thinrelay snapshotter [--socket PATH] [--socket-mode MODE] [--socket-gid GID]';
@@ -87,7 +79,7 @@ export const snapshotterCommand: Command = {
       text: 'the unix socket containerd connects to',
       arg: 'PATH',
       env: 'THINRELAY_SNAPSHOTTER_SOCKET',
-      default: defaultSocket,
+      default: defaultSnapshotterSocket,
     },
     'socket-mode': {
       text: "the socket's file mode (octal)",

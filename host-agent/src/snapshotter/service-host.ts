@@ -1,0 +1,34 @@
+/**
+ * Start containerd's snapshots service on a runtime that holds the state
+ * dir's daemon lock (`thinrelay snapshotter`, or `thinrelay agent` with a
+ * snapshotter socket): refuse a backend it cannot serve, reconcile, finish
+ * what a dead run left, then listen on the socket.
+ */
+import type { Logger } from '../log.js';
+import { reconcile, type ReconcileDeps } from '../pipeline/reconcile.js';
+import { checkServable } from './mounts.js';
+import { serveSnapshots } from './server.js';
+import type { SnapshotterSettings } from './settings.js';
+import { SnapshotService } from './snapshot-service.js';
+
+export interface SnapshotsServiceHandle {
+  close(): Promise<void>;
+}
+
+export async function startSnapshotsService(
+  rt: ReconcileDeps,
+  settings: SnapshotterSettings,
+  logger: Logger,
+): Promise<SnapshotsServiceHandle> {
+  checkServable(rt.objects.backend);
+  await reconcile(rt);
+  const service = new SnapshotService({
+    store: rt.store,
+    objects: rt.objects,
+    owner: rt.owner,
+    logger,
+    freshVolumeBytes: settings.freshVolumeBytes,
+  });
+  await service.recover();
+  return serveSnapshots({ socket: settings.socket, service, logger });
+}
