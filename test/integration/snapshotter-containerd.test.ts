@@ -131,8 +131,15 @@ async function stop(child: ChildProcess | undefined, ms = 5000): Promise<void> {
 
 interface Client {
   call(method: string, req: object): Promise<Record<string, unknown>>;
+  /** Starts a call and cancels it (the client goes away) after `ms`; the code it ended with. */
+  abandon(method: string, req: object, ms: number): Promise<grpc.status>;
   close(): void;
 }
+
+type UnaryMethod = (
+  r: object,
+  cb: (e: grpc.ServiceError | null, v: Record<string, unknown>) => void,
+) => grpc.ClientUnaryCall;
 
 function snapshotsClient(socket: string): Client {
   const def = fromJSON(snapshotsDescriptor as Parameters<typeof fromJSON>[0], loaderOptions);
@@ -141,18 +148,17 @@ function snapshotsClient(socket: string): Client {
     'Snapshots',
   );
   const client = new Ctor(`unix:${socket}`, grpc.credentials.createInsecure());
+  const method = (name: string): UnaryMethod =>
+    (client as unknown as Record<string, UnaryMethod>)[name]!.bind(client);
   return {
-    call: (method, req) =>
+    call: (name, req) =>
       new Promise((resolve, reject) => {
-        (
-          client as unknown as Record<
-            string,
-            (
-              r: object,
-              cb: (e: grpc.ServiceError | null, v: Record<string, unknown>) => void,
-            ) => void
-          >
-        )[method]!.call(client, req, (err, value) => (err === null ? resolve(value) : reject(err)));
+        method(name)(req, (err, value) => (err === null ? resolve(value) : reject(err)));
+      }),
+    abandon: (name, req, ms) =>
+      new Promise((resolve) => {
+        const call = method(name)(req, (err) => resolve(err === null ? grpc.status.OK : err.code));
+        setTimeout(() => call.cancel(), ms);
       }),
     close: () => client.close(),
   };
@@ -417,6 +423,13 @@ test(
             `SELECT count(*) AS n FROM storage_objects WHERE state != 'removed'`,
           )[0]!.n;
         const before = liveObjects();
+        const poolBefore = hostInventory(stateDir).poolFiles;
+        const rowsBefore = (): number =>
+          queryState<{ n: number }>(
+            stateDir,
+            `SELECT count(*) AS n FROM containerd_snapshots WHERE state != 'removed'`,
+          )[0]!.n;
+        const snapshotsBefore = rowsBefore();
         await rejectsWith(
           client.call('Prepare', { key: 'x/1/a', parent: 'x/1/sha256:missing' }),
           grpc.status.NOT_FOUND,
@@ -432,9 +445,36 @@ test(
           grpc.status.INVALID_ARGUMENT,
           '10 KiB key',
         );
+        await rejectsWith(
+          client.call('Prepare', { key: 'x/9/ok', parent: 'p\0' }),
+          grpc.status.INVALID_ARGUMENT,
+          'NUL in the parent',
+        );
+        await rejectsWith(
+          client.call('Prepare', { key: 'x/9/ok', parent: 'p'.repeat(10 * 1024) }),
+          grpc.status.INVALID_ARGUMENT,
+          '10 KiB parent',
+        );
+        await rejectsWith(
+          client.call('Prepare', { key: 'x/9/ok', labels: { big: 'v'.repeat(5000) } }),
+          grpc.status.INVALID_ARGUMENT,
+          'label over 4 KiB',
+        );
+        await rejectsWith(
+          client.call('Commit', { name: 'n\0', key: 'nope' }),
+          grpc.status.INVALID_ARGUMENT,
+          'Commit to a name with NUL',
+        );
+        await rejectsWith(
+          client.call('Commit', { name: 'x/9/c', key: 'nope' }),
+          grpc.status.NOT_FOUND,
+          'Commit of a key that does not exist',
+        );
         await rejectsWith(client.call('Stat', { key: 'nope' }), grpc.status.NOT_FOUND, 'Stat');
         await rejectsWith(client.call('Remove', { key: 'nope' }), grpc.status.NOT_FOUND, 'Remove');
         assert.equal(liveObjects(), before, 'refused calls made no volume');
+        assert.equal(rowsBefore(), snapshotsBefore, 'refused calls recorded no snapshot');
+        assert.deepEqual(hostInventory(stateDir).poolFiles, poolBefore);
         // The committed layers containerd named through its metadata store: "test/N/<chain ID>".
         const parent = queryState<{ key: string }>(
           stateDir,
@@ -485,6 +525,40 @@ test(
         await client.call('Remove', { key: 'x/3/view' });
         await client.call('Remove', { key: odd });
         assert.equal(liveObjects(), before, 'removed what it made');
+
+        // A client that goes away mid-Prepare: the snapshot is then whole or absent, never half.
+        for (const ms of [0, 5, 30]) {
+          const key = `x/4/abandoned-${ms}`;
+          const code = await client.abandon('Prepare', { key, parent }, ms);
+          assert.ok([grpc.status.OK, grpc.status.CANCELLED].includes(code), `ended with ${code}`);
+          // The service may still be working on it: it logs the key once prepared (~0.1 s).
+          const logged = `"key":${JSON.stringify(key)}`;
+          for (let i = 0; i < 40 && !snapLog.includes(logged); i++)
+            await new Promise((r) => setTimeout(r, 50));
+          await until('the service to settle the abandoned Prepare', () =>
+            Promise.resolve(
+              queryState<{ n: number }>(
+                stateDir,
+                `SELECT count(*) AS n FROM containerd_snapshots WHERE key = ? AND state = 'preparing'`,
+                key,
+              )[0]!.n === 0,
+            ),
+          );
+          const made = await client.call('Stat', { key }).then(
+            () => true,
+            (err: grpc.ServiceError) => {
+              assert.equal(err.code, grpc.status.NOT_FOUND);
+              return false;
+            },
+          );
+          if (made) {
+            await client.call('Mounts', { key });
+            await client.call('Remove', { key });
+          }
+        }
+        assert.equal(liveObjects(), before, 'nothing left of the abandoned calls');
+        assert.equal(rowsBefore(), snapshotsBefore);
+        assert.deepEqual(hostInventory(stateDir).poolFiles, poolBefore);
       },
     );
 
