@@ -193,15 +193,14 @@ test(
     const procs: { snapshotter?: ChildProcess; containerd?: ChildProcess } = {};
     let client: Client | undefined;
     let cri: CriImages | undefined;
-    let registry: OciRegistry | undefined;
-    let s3: S3Emulator | undefined;
+    const servers: { registry?: OciRegistry; s3?: S3Emulator } = {};
     let snapLog = '';
     let ctdLog = '';
     t.after(async () => {
       client?.close();
       cri?.close();
-      await registry?.stop();
-      await s3?.stop();
+      await servers.registry?.stop();
+      await servers.s3?.stop();
       await stop(procs.containerd, 10_000);
       // What containerd (its shim, its temporary mounts) left under its root.
       for (const m of mountsUnder(ctdDir).reverse()) execFileSync('umount', ['-l', m]);
@@ -232,8 +231,8 @@ test(
       'pulled-1',
       'thinrelay.test/pulled:1',
     );
-    registry = await startOciRegistry([shared.layout, pulled.layout]);
-    s3 = await startS3Emulator();
+    const registry = (servers.registry = await startOciRegistry([shared.layout, pulled.layout]));
+    const s3 = (servers.s3 = await startS3Emulator());
     await s3.createBucket(bucket);
 
     const snapshotter = (procs.snapshotter = spawn(
@@ -581,18 +580,18 @@ test(
       'an image S3 delivered: a CRI pull fetches and applies none of its layers, import none',
       async () => {
         cri = criImages(ctdSocket);
-        const ref = `${registry!.host}/thinrelay/app:shared-1`;
+        const ref = `${registry.host}/thinrelay/app:shared-1`;
         const layerDigests = sharedLayers.map((l) => `sha256:${sha256(l)}`);
         const runs = Number(process.env.THINRELAY_SNAPSHOTTER_SHARE_RUNS ?? '1');
         /** One CRI pull (then removal): its time, layers unpacked, layer blobs fetched. */
         const pullOnce = async (keep = false) => {
           const mark = lastSnapshotRow();
-          const served = registry!.requests.length;
+          const served = registry.requests.length;
           const started = performance.now();
           await cri!.pull(ref);
           const ms = performance.now() - started;
           const applied = extractionsSince(mark);
-          const fetched = registry!.requests
+          const fetched = registry.requests
             .slice(served)
             .filter((r) => layerDigests.some((d) => r.startsWith('GET ') && r.endsWith(d))).length;
           if (!keep) {
@@ -617,7 +616,7 @@ test(
         );
 
         // S3 delivers the same image (its docker-archive) into the same state dir.
-        await s3!.putObject(bucket, 'images/shared.tar', readFileSync(shared.dockerArchive));
+        await s3.putObject(bucket, 'images/shared.tar', readFileSync(shared.dockerArchive));
         const processed = JSON.parse(
           await thinrelay('process-image', '--s3-key', 'images/shared.tar', '--json'),
         ) as { outcome: string };
@@ -675,7 +674,7 @@ test(
     );
 
     await t.test('ctr images pull from a registry, then ctr run', async () => {
-      const ref = `${registry!.host}/thinrelay/app:pulled-1`;
+      const ref = `${registry.host}/thinrelay/app:pulled-1`;
       const mark = lastSnapshotRow();
       // Not execFileSync: the registry answers from this process's event loop.
       await execFileAsync(
@@ -766,7 +765,7 @@ test(
           )[0]!.n;
         assert.equal(sharedHeld(), 2, 'containerd still holds the S3-delivered layers');
         ctr('images', 'rm', '--sync', 'thinrelay.test/snap:1', 'thinrelay.test/minbase:1');
-        ctr('images', 'rm', '--sync', `${registry!.host}/thinrelay/app:pulled-1`);
+        ctr('images', 'rm', '--sync', `${registry.host}/thinrelay/app:pulled-1`);
         // CRI recorded its pull under the tag, the repo digest and the image id: all go.
         const criNames = ctrIn('k8s.io', 'images', 'ls', '-q')
           .split('\n')
