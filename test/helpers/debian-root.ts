@@ -47,8 +47,11 @@ export interface DebianRoot {
 
 const bare = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root', LANG: 'C.UTF-8' };
 
-/** A fresh root under `parent` (unpacked from the cache; bootstrapped once when it is missing). */
-export function makeDebianRoot(parent: string): DebianRoot {
+/**
+ * The cached minbase root as a tarball (bootstrapped under `parent` once when
+ * it is missing): also what image tests use as a real base layer.
+ */
+export function debianRootTarball(parent: string): string {
   if (!existsSync(rootTarball)) {
     const work = mkdtempSync(join(parent, 'bootstrap-'));
     execFileSync(
@@ -61,6 +64,12 @@ export function makeDebianRoot(parent: string): DebianRoot {
     renameSync(`${rootTarball}.tmp`, rootTarball);
     execFileSync('rm', ['-rf', work]);
   }
+  return rootTarball;
+}
+
+/** A fresh root under `parent` (unpacked from the cache; bootstrapped once when it is missing). */
+export function makeDebianRoot(parent: string): DebianRoot {
+  debianRootTarball(parent);
   const dir = join(parent, 'root');
   mkdirSync(dir);
   execFileSync('tar', ['-C', dir, '-xf', rootTarball]);

@@ -33,6 +33,10 @@ export function checkLabels(labels: Record<string, string>): void {
 
 const chainIdPattern = /^sha256:[0-9a-f]{64}$/;
 
+export function isChainId(name: string): boolean {
+  return chainIdPattern.test(name);
+}
+
 /**
  * The OCI chain ID a committed snapshot's name carries: containerd commits
  * an unpacked layer as "<namespace>/<id>/<chain ID>" (the name it shows is

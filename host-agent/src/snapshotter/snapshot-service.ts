@@ -16,7 +16,7 @@ import type { StateStore } from '../store/index.js';
 import type { StorageObjectRow } from '../store/objects.js';
 import { isOwnerAlive } from '../store/owner.js';
 import type { ObjectManager } from '../storage/object-manager.js';
-import { chainIdOfName, checkKey, checkLabels } from './keys.js';
+import { chainIdOfName, checkKey, checkLabels, isChainId } from './keys.js';
 import { bytesUsed, mountsOf, type SnapshotMount } from './mounts.js';
 
 export type SnapshotKindName = 'ACTIVE' | 'VIEW' | 'COMMITTED';
@@ -44,6 +44,9 @@ const kindNames: Record<ContainerdSnapshotRow['kind'], SnapshotKindName> = {
   view: 'VIEW',
   committed: 'COMMITTED',
 };
+
+/** The label containerd's pull unpacker puts on each layer's Prepare: the layer's chain ID. */
+export const snapshotRefLabel = 'containerd.io/snapshot.ref';
 
 function notFound(key: string): NotFoundError {
   return new NotFoundError('NOT_FOUND', `snapshot ${key} does not exist`);
@@ -86,7 +89,8 @@ export class SnapshotService {
     volume: StorageObjectRow;
   } {
     checkKey('parent', parent);
-    const row = this.store.containerdSnapshots.byKey(parent);
+    // A bare chain ID names a layer thinrelay holds (an orchestrator's Prepare on an image's top layer).
+    const row = this.store.containerdSnapshots.byKey(parent) ?? this.layerSnapshot(parent);
     if (row === undefined || row.state === 'preparing' || row.state === 'removing')
       throw new NotFoundError('NOT_FOUND', `parent snapshot ${parent} does not exist`);
     if (row.kind !== 'committed')
@@ -123,6 +127,7 @@ export class SnapshotService {
     checkKey('key', key);
     checkLabels(labels);
     const base = parent === '' ? null : this.committedParent(parent);
+    this.refuseHeldLayer(labels[snapshotRefLabel], parent);
     if (this.store.containerdSnapshots.byKey(key) !== undefined) throw alreadyExists(key);
     const fields = { key, kind, parent: base === null ? null : parent, blobId: null, labels };
     if (kind === 'view' && base !== null) {
@@ -157,6 +162,66 @@ export class SnapshotService {
     }
     this.deps.logger.info('snapshot prepared', { key, kind, parent, object: row!.object_id });
     return this.mountsFor(this.store.containerdSnapshots.get(row!.id)!);
+  }
+
+  /**
+   * containerd's remote-snapshotter protocol: a Prepare labelled with the
+   * chain ID it will commit to gets AlreadyExists when that layer is held
+   * already on the same parent; containerd then finds it by that label in
+   * List and records it instead of fetching and applying the layer.
+   */
+  private refuseHeldLayer(chainId: string | undefined, parent: string): void {
+    if (chainId === undefined || !isChainId(chainId)) return;
+    const want = parent === '' ? null : parent;
+    if (this.store.containerdSnapshots.byKey(chainId) === undefined) {
+      // Record nothing for a layer held on another parent (containerd then unpacks it as usual).
+      const blob = this.store.blobs.readyByChain(chainId);
+      if (blob === undefined) return;
+      const parentBlob =
+        blob.parent_blob_id === null ? null : this.store.blobs.get(blob.parent_blob_id);
+      const parentChain = parentBlob === null ? null : (parentBlob?.chain_id ?? undefined);
+      if (parentChain !== want) return;
+    }
+    const held = this.layerSnapshot(chainId);
+    if (held !== undefined && held.parent === want)
+      throw new UsageError('ALREADY_EXISTS', `layer ${chainId} is held already (${held.key})`);
+  }
+
+  /**
+   * The committed snapshot named by the bare chain ID of a ready layer
+   * (whether containerd or an S3 upload put it there), recorded on first use
+   * with its parents so that it holds the layer like any committed snapshot.
+   */
+  private layerSnapshot(chainId: string): ContainerdSnapshotRow | undefined {
+    if (!isChainId(chainId)) return undefined;
+    const { store } = this;
+    const record = (id: string): ContainerdSnapshotRow | undefined => {
+      const row = store.containerdSnapshots.byKey(id);
+      if (row !== undefined) return row.kind === 'committed' ? row : undefined;
+      const blob = store.blobs.readyByChain(id);
+      const volume = blob?.volume_id == null ? undefined : store.objects.get(blob.volume_id);
+      if (blob === undefined || volume?.state !== 'sealed') return undefined;
+      let parent: ContainerdSnapshotRow | undefined;
+      if (blob.parent_blob_id !== null) {
+        const parentChain = store.blobs.get(blob.parent_blob_id)?.chain_id;
+        parent = parentChain == null ? undefined : record(parentChain);
+        if (parent === undefined) return undefined;
+      }
+      const labels = { [snapshotRefLabel]: id };
+      return store.containerdSnapshots.create(
+        {
+          key: id,
+          kind: 'committed',
+          parent: parent?.key ?? null,
+          objectId: null,
+          blobId: blob.id,
+          labels,
+          state: 'ready',
+        },
+        null,
+      );
+    };
+    return store.tx(() => record(chainId));
   }
 
   /** A failed Prepare releases the volume it started and forgets the key. */
