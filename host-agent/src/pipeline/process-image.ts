@@ -9,7 +9,7 @@
  * 5. run the remaining steps.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ImageError, errorMessage, type ImageFailureCode } from '../errors.js';
+import { ImageError, UsageError, errorMessage, type ImageFailureCode } from '../errors.js';
 import { applyRetention } from '../pool/keeper.js';
 import { sameETag } from '../../../schema/etag.js';
 import type { ObjectRef } from '../source/object-ref.js';
@@ -22,6 +22,7 @@ import { imageStepNames, runJob } from './runner.js';
 import { attachSnapshot } from './steps/activate.js';
 import { snapshotImage } from './steps/snapshot.js';
 import { jittered } from '../retry.js';
+import { holdForSignature } from '../trust/gate.js';
 
 export interface ProcessRequest {
   bucket: string;
@@ -88,6 +89,7 @@ export async function processImage(
   }
   const image = deps.store.images.upsert(ref);
   deps = withLogFields(deps, { image: image.id });
+  refuseUntrusted(image);
   if (image.status === 'ready') {
     return {
       outcome: 'already-complete',
@@ -96,6 +98,9 @@ export async function processImage(
       ...(await ensureActive(deps, image)),
     };
   }
+  // No job yet: an image whose signature has not arrived waits without one (trust/gate.ts).
+  if (deps.store.jobs.openForImage(image.id) === undefined)
+    await holdForSignature(deps, image, ref);
   for (;;) {
     const claim = claimJob(deps, image);
     if (claim.kind === 'mine') return runClaimed(deps, claim, image, ref);
@@ -153,6 +158,16 @@ async function retainVersions(deps: PipelineDeps, image: ImageRow): Promise<void
       error: errorMessage(err),
     });
   }
+}
+
+/** An image `thinrelay verify` found no longer passing the policy takes no new snapshot. */
+export function refuseUntrusted(image: ImageRow): void {
+  if (image.status === 'untrusted')
+    throw new UsageError(
+      'UNTRUSTED',
+      `image ${image.id} (${image.key}) no longer passes the signature policy: ${image.error_message ?? 'untrusted'}`,
+      'sign it with a trusted key and run `thinrelay verify` again, or remove it; snapshots in use are left alone',
+    );
 }
 
 /** Deps whose logger (and the object manager's) adds `fields` to every line. */
