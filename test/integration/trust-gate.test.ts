@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -239,5 +239,46 @@ describe('trust gate (process-image)', { skip: needsRoot }, () => {
     assert.equal(s.image.status, 'failed');
     const unpack = s.steps.find((x) => x.name === 'unpack');
     assert.equal(unpack?.detail ?? null, null, 'no layer was applied');
+  });
+
+  test('a key removed + verify --all: untrusted, no new snapshot, the active one left; back with the key', async () => {
+    const signed = json<{ devicePath: string }>(
+      await processKey('img/signed.tar', requirePolicy()),
+    );
+    const narrowed = { mode: 'require', publicKeys: [trustedEd.publicKeyPem] };
+    const r = await runCli(['verify', '--all', '--json'], env(narrowed));
+    assert.equal(r.code, 1, r.stderr);
+    const out = JSON.parse(r.stdout) as {
+      images: {
+        key: string;
+        status: string;
+        verdict: string;
+        code: string | null;
+        activeSnapshots: { devicePath: string }[];
+      }[];
+    };
+    assert.ok(Array.isArray(out.images), r.stdout + r.stderr);
+    const byKey = new Map(out.images.map((i) => [i.key, i]));
+    const s = byKey.get('img/signed.tar')!;
+    assert.equal(s.status, 'untrusted');
+    assert.equal(s.code, 'SIGNATURE_INVALID');
+    assert.deepEqual(
+      s.activeSnapshots.map((x) => x.devicePath),
+      [signed.devicePath],
+    );
+    assert.equal(byKey.get('img/ed.tar.gz')!.status, 'ready', 'still signed by a trusted key');
+    assert.equal(byKey.get('img/warn.tar')!.code, 'SIGNATURE_MISSING');
+    // The snapshot in use is untouched: still attached, still readable.
+    assert.ok(statSync(signed.devicePath).isBlockDevice());
+    execFileSync('blkid', [signed.devicePath]);
+    const activate = await runCli(['activate', 'img/signed.tar'], env(narrowed));
+    assert.equal(activate.code, 2, activate.stderr);
+    assert.match(activate.stderr, /UNTRUSTED/);
+    const again = await processKey('img/signed.tar', narrowed);
+    assert.match(again.stderr, /UNTRUSTED/);
+    // The key back in the policy: ready again.
+    const back = await runCli(['verify', 'img/signed.tar', '--json'], env(requirePolicy()));
+    assert.equal(back.code, 0, back.stderr);
+    assert.equal((await show('img/signed.tar')).image.status, 'ready');
   });
 });

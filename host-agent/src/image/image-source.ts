@@ -148,6 +148,8 @@ export function describeImage(image: OpenedImage): string | null {
   return JSON.stringify({
     format: image.format,
     chosen: image.chosen,
+    // What an OCI archive's signature covers: `thinrelay verify` checks it again from here.
+    manifestDigest: image.manifestDigest,
     layers: image.layers.map((l) => ({
       diffId: l.diffId,
       chainId: l.chainId,

@@ -9,7 +9,7 @@
  * 5. run the remaining steps.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { ImageError, UsageError, errorMessage, type ImageFailureCode } from '../errors.js';
+import { ImageError, errorMessage, type ImageFailureCode } from '../errors.js';
 import { applyRetention } from '../pool/keeper.js';
 import { sameETag } from '../../../schema/etag.js';
 import type { ObjectRef } from '../source/object-ref.js';
@@ -23,6 +23,7 @@ import { attachSnapshot } from './steps/activate.js';
 import { snapshotImage } from './steps/snapshot.js';
 import { jittered } from '../retry.js';
 import { holdForSignature } from '../trust/gate.js';
+import { refuseUntrusted } from '../trust/untrusted.js';
 
 export interface ProcessRequest {
   bucket: string;
@@ -158,16 +159,6 @@ async function retainVersions(deps: PipelineDeps, image: ImageRow): Promise<void
       error: errorMessage(err),
     });
   }
-}
-
-/** An image `thinrelay verify` found no longer passing the policy takes no new snapshot. */
-export function refuseUntrusted(image: ImageRow): void {
-  if (image.status === 'untrusted')
-    throw new UsageError(
-      'UNTRUSTED',
-      `image ${image.id} (${image.key}) no longer passes the signature policy: ${image.error_message ?? 'untrusted'}`,
-      'sign it with a trusted key and run `thinrelay verify` again, or remove it; snapshots in use are left alone',
-    );
 }
 
 /** Deps whose logger (and the object manager's) adds `fields` to every line. */
