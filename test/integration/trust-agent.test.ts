@@ -71,7 +71,11 @@ describe('trust gate (agent)', { skip: needsRoot, timeout: 300_000 }, () => {
     await Promise.all([s3?.stop(), sqs?.stop()]);
   });
 
-  async function newHost(t: TestContext, awaitSeconds: number, maxReceiveCount = 100): Promise<Host> {
+  async function newHost(
+    t: TestContext,
+    awaitSeconds: number,
+    maxReceiveCount = 100,
+  ): Promise<Host> {
     const n = ++hostSeq;
     const stateDir = mkdtempSync(join(tmpdir(), `thinrelay-trust-agent-${n}-`));
     const q = await sqs.createQueue(`tr-trust-h${n}`, {

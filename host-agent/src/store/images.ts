@@ -161,11 +161,11 @@ export class ImageRepo {
           : c === 'trust'
             ? `'trust', json(trust)`
             : c === 'pinned'
-            ? `'pinned', json(CASE WHEN ${effectivePinSql('images', '?')} THEN 'true' ELSE 'false' END)`
-            : // JSON for scripts gives an ETag without S3's quotes (cli/output.ts forScripts).
-              c === 'etag'
-              ? `'etag', trim(etag, '"')`
-              : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
+              ? `'pinned', json(CASE WHEN ${effectivePinSql('images', '?')} THEN 'true' ELSE 'false' END)`
+              : // JSON for scripts gives an ETag without S3's quotes (cli/output.ts forScripts).
+                c === 'etag'
+                ? `'etag', trim(etag, '"')`
+                : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
       )
       .join(', ');
     return this.db

@@ -31,13 +31,7 @@ export const stepTransitions: Record<StepStatus, readonly StepStatus[]> = {
 };
 
 export type ImageStatus =
-  | 'pending'
-  | 'processing'
-  | 'awaiting-signature'
-  | 'ready'
-  | 'untrusted'
-  | 'failed'
-  | 'removed';
+  'pending' | 'processing' | 'awaiting-signature' | 'ready' | 'untrusted' | 'failed' | 'removed';
 
 /**
  * Images. `removed` is final for the image's storage but not for its

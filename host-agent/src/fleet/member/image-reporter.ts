@@ -90,7 +90,9 @@ export class ImageReporter {
 
 /** Statuses whose row says why (error_code, error_message). */
 function explained(row: ImageRow): boolean {
-  return row.status === 'failed' || row.status === 'awaiting-signature' || row.status === 'untrusted';
+  return (
+    row.status === 'failed' || row.status === 'awaiting-signature' || row.status === 'untrusted'
+  );
 }
 
 function stateOf(row: ImageRow): HostImageState {
