@@ -12,7 +12,7 @@ import {
   parseImageEvent,
   type ImageEvent,
 } from '../../../schema/image-event.js';
-import { ImageError, errorMessage } from '../errors.js';
+import { AwaitingSignature, ImageError, errorMessage } from '../errors.js';
 import { retireKey } from '../ops/retire.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import { classifyFailure, failureCode, type FailureClass } from '../pipeline/failure.js';
@@ -20,7 +20,8 @@ import { processImage } from '../pipeline/process-image.js';
 import type { ReceivedMessage } from '../queue/host-queue.js';
 import { databaseError } from '../store/db-errors.js';
 import type { MessageOutcome } from '../store/events.js';
-import type { MessageResult } from './message-outcome.js';
+import { sidecarTarget } from '../trust/sidecar.js';
+import { SQS_VISIBILITY_CAP_MS, type MessageResult } from './message-outcome.js';
 
 /** A failure's outcome, by its class. */
 const outcomeOfClass: Record<FailureClass, MessageOutcome> = {
@@ -29,7 +30,16 @@ const outcomeOfClass: Record<FailureClass, MessageOutcome> = {
   superseded: 'superseded',
   transient: 'retrying',
   permanent: 'failed',
+  awaiting: 'awaiting-signature',
 };
+
+/** Seconds until an awaiting image's deadline (plus a second), within what SQS allows. */
+function untilDeadline(err: unknown): number | undefined {
+  if (!(err instanceof AwaitingSignature)) return undefined;
+  const capSeconds = SQS_VISIBILITY_CAP_MS / 1000 - 60;
+  const seconds = Math.ceil((err.deadline.getTime() - Date.now()) / 1000) + 1;
+  return Math.min(capSeconds, Math.max(1, seconds));
+}
 
 export async function applyMessage(
   deps: PipelineDeps,
@@ -66,19 +76,70 @@ export async function applyMessage(
       reason: `sequencer ${event.sequencer} is not newer than the applied ${applied.sequencer} (${applied.kind})`,
     };
   }
+  // A signature sidecar's event is about its image: wake it (the outcome is the image's).
+  const signed = sidecarTarget(event.key);
   try {
+    if (signed !== null) return await applySidecar(deps, event, signed.imageKey);
     return event.kind === 'image.put'
       ? await applyPut(deps, event)
       : await applyDelete(deps, event);
   } catch (err) {
     const typed = databaseError(err, deps.config.stateDir) ?? err;
+    const retryAfterSeconds = untilDeadline(typed);
     return {
       outcome: outcomeOfClass[classifyFailure(typed, deps.signal)],
       event,
       reasonCode: failureCode(typed),
       reason: errorMessage(typed),
+      ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
     };
   }
+}
+
+/**
+ * A sidecar arrived (or changed): every live version of its image that waits
+ * for a signature or failed one is evaluated again — an awaiting image is
+ * processed now, a failed one gets a new job. A sidecar's delete changes
+ * nothing here (a held image is re-checked by `thinrelay verify`).
+ */
+async function applySidecar(
+  deps: PipelineDeps,
+  event: ImageEvent,
+  imageKey: string,
+): Promise<MessageResult> {
+  const waiting =
+    event.kind === 'image.put'
+      ? deps.store.images
+          .liveByKey(event.bucket, imageKey)
+          .filter(
+            (i) =>
+              i.status === 'awaiting-signature' ||
+              (i.status === 'failed' && (i.error_code ?? '').startsWith('SIGNATURE_')),
+          )
+      : [];
+  const woken: number[] = [];
+  for (const image of waiting) {
+    deps.logger.info('signature sidecar arrived: evaluating its image again', {
+      image: image.id,
+      imageKey,
+    });
+    const r = await processImage(
+      deps,
+      { bucket: event.bucket, key: imageKey, versionId: image.version_id, eTag: image.etag },
+      { reconcile: false },
+    );
+    woken.push(r.image.id);
+  }
+  recordApplied(deps, event, null);
+  return {
+    outcome: 'applied',
+    event,
+    reason:
+      woken.length === 0
+        ? `signature sidecar of ${imageKey}: no image here waits for it`
+        : `signature sidecar of ${imageKey}: image(s) ${woken.join(', ')} ready`,
+    ...(woken.length === 1 ? { imageId: woken[0]! } : {}),
+  };
 }
 
 async function applyPut(deps: PipelineDeps, event: ImageEvent): Promise<MessageResult> {

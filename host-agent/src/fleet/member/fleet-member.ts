@@ -23,6 +23,8 @@ import {
 import type { FleetTable } from '../../../../schema/fleet-table.js';
 import type { AgentObserver } from '../../daemon/agent.js';
 import { resolvePoolPolicy, writeGroupPolicy } from '../../pool/policy.js';
+import { SIGNATURES_OFF } from '../../../../schema/signature-policy.js';
+import { hostTrustPolicy, writeGroupSignatures } from '../../trust/host-policy.js';
 import { KeyLock } from '../../daemon/key-lock.js';
 import { errorMessage, isThinrelayError, UsageError } from '../../errors.js';
 import type { Logger } from '../../log.js';
@@ -236,6 +238,16 @@ export class FleetMember {
     const config = this.opts.deps.config;
     const group = d.pools[settings.group];
     config.pool = resolvePoolPolicy(config.poolOverrides, group);
+    // The group's signature policy, narrowed by this host's override: in force for the next image.
+    const signatures = d.signatures?.[settings.group] ?? SIGNATURES_OFF;
+    config.signatures = hostTrustPolicy(signatures);
+    try {
+      writeGroupSignatures(config.stateDir, signatures);
+    } catch (err) {
+      this.opts.logger.warn('could not keep the group signature policy for the CLI', {
+        error: errorMessage(err),
+      });
+    }
     try {
       writeGroupPolicy(config.stateDir, group);
     } catch (err) {

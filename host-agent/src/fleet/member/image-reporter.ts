@@ -65,8 +65,8 @@ export class ImageReporter {
       state: stateOf(newest),
       eTag: newest.etag,
       versionId: newest.version_id,
-      reasonCode: newest.status === 'failed' ? newest.error_code : null,
-      message: newest.status === 'failed' ? newest.error_message : null,
+      reasonCode: explained(newest) ? newest.error_code : null,
+      message: explained(newest) ? newest.error_message : null,
     });
   }
 
@@ -88,12 +88,25 @@ export class ImageReporter {
   }
 }
 
+/** Statuses whose row says why (error_code, error_message). */
+function explained(row: ImageRow): boolean {
+  return (
+    row.status === 'failed' || row.status === 'awaiting-signature' || row.status === 'untrusted'
+  );
+}
+
 function stateOf(row: ImageRow): HostImageState {
   switch (row.status) {
     case 'pending':
       return 'pending';
     case 'processing':
       return 'processing';
+    // Waiting for its signature sidecar: the reason says until when.
+    case 'awaiting-signature':
+      return 'pending';
+    // Held, but no longer passes the signature policy: no new snapshots.
+    case 'untrusted':
+      return 'failed';
     case 'ready':
       return 'ready';
     case 'failed':
