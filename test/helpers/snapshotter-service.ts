@@ -27,13 +27,20 @@ export interface MountJson {
   options: string[];
 }
 
-export function snapshotsClient(socket: string): SnapshotsClient {
+/**
+ * A client of the snapshots service on `socket`. `namespace`: sent as
+ * containerd's `containerd-namespace` header, for talking to containerd's own
+ * snapshots service (its built-in snapshotters) rather than a proxy plugin.
+ */
+export function snapshotsClient(socket: string, namespace?: string): SnapshotsClient {
   const def = fromJSON(snapshotsDescriptor as Parameters<typeof fromJSON>[0], loaderOptions);
   const Ctor = grpc.makeGenericClientConstructor(
     def[serviceName] as grpc.ServiceDefinition,
     'Snapshots',
   );
   const client = new Ctor(`unix:${socket}`, grpc.credentials.createInsecure());
+  const metadata = new grpc.Metadata();
+  if (namespace !== undefined) metadata.set('containerd-namespace', namespace);
   return {
     call: (method, req) =>
       new Promise((resolve, reject) => {
@@ -42,10 +49,13 @@ export function snapshotsClient(socket: string): SnapshotsClient {
             string,
             (
               r: object,
+              md: grpc.Metadata,
               cb: (e: grpc.ServiceError | null, v: Record<string, unknown>) => void,
             ) => void
           >
-        )[method]!.call(client, req, (err, value) => (err === null ? resolve(value) : reject(err)));
+        )[method]!.call(client, req, metadata, (err, value) =>
+          err === null ? resolve(value) : reject(err),
+        );
       }),
     close: () => client.close(),
   };
