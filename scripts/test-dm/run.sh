@@ -104,11 +104,12 @@ guest_cmd_of() {
     return
   fi
   # The kill -9 sweep is about 40% of the suite's time: guest 1 runs all its points and the layer
-  # chains (about 1,030 s + 290 s in CI), guest 2 the other files (about 1,370 s: the pool
-  # lifecycle churn among them), so both finish at about the same time.
+  # chains (about 1,030 s + 290 s in CI) and the snapshotter's (its own kill -9 points and 100
+  # concurrent Prepares), guest 2 the other files (about 1,370 s: the pool lifecycle churn among
+  # them), so both finish at about the same time.
   for f in "${test_files[@]}"; do
     case $(basename "$f") in
-      dm-crash.test.js | dm-layers.test.js) first+=("$f") ;;
+      dm-crash.test.js | dm-layers.test.js | snapshotter-dm.test.js) first+=("$f") ;;
       *) rest+=("$f") ;;
     esac
   done

@@ -156,7 +156,10 @@ describe('thinrelay snapshotter on devmapper', { skip: needsRoot }, () => {
       store.close();
     }
     const layerUsage = await client.call('Usage', { key: layer });
-    assert.ok(Number(layerUsage.size) > 0, `a layer with a file maps blocks: ${layerUsage.size}`);
+    assert.ok(
+      Number(layerUsage.size) > 0,
+      `a layer with a file maps blocks: ${String(layerUsage.size)}`,
+    );
 
     const child = await client.call('Prepare', { key: 'ns/1/child', parent: layer });
     assert.deepEqual(mountsOf(child)[0]!.options, ['rw']);

@@ -27,7 +27,7 @@ export function checkServable(backend: StorageBackend): void {
   if (!(backend instanceof LoopBackend) && !(backend instanceof DevmapperBackend))
     throw new EnvironmentError(
       'POOL_UNAVAILABLE',
-      `the snapshotter cannot serve the ${(backend as StorageBackend).name} backend`,
+      `the snapshotter cannot serve the ${backend.name} backend`,
       'run it with --backend loop or --backend devmapper',
     );
 }
