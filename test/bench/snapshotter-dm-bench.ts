@@ -265,14 +265,16 @@ async function benchContainerd(work: string, shape: PoolShape): Promise<Containe
     client = snapshotsClient(sock, 'bench');
     const c = client;
     const sn = 'devmapper';
+    // Without a gc root (or a lease) containerd's garbage collector takes the committed parent.
+    const labels = { 'containerd.io/gc.root': 'snapshotter-dm-bench' };
     try {
-      await c.call('Prepare', { snapshotter: sn, key: 'base', parent: '' });
+      await c.call('Prepare', { snapshotter: sn, key: 'base', parent: '', labels });
     } catch (err) {
       return { error: `Prepare on containerd's devmapper: ${String(err)}`, log: devmapperLog() };
     }
-    await c.call('Commit', { snapshotter: sn, name: 'layer', key: 'base' });
+    await c.call('Commit', { snapshotter: sn, name: 'layer', key: 'base', labels });
     const prepare = async (key: string): Promise<void> => {
-      await c.call('Prepare', { snapshotter: sn, key, parent: 'layer' });
+      await c.call('Prepare', { snapshotter: sn, key, parent: 'layer', labels });
       await c.call('Mounts', { snapshotter: sn, key });
     };
     const singleMs: number[] = [];
