@@ -62,3 +62,14 @@ export const dmDeleteFailpointNames = [
   'dm:delete:sent',
   'dm:delete:committed',
 ] as const;
+
+/**
+ * The snapshotter service's own points (snapshot-service.ts), beside the
+ * storage and pool points its operations pass: a Prepare recorded ready
+ * before its device is attached, a Commit's and a Remove's intent recorded.
+ */
+export const snapshotterFailpointNames = [
+  'snapshotter:prepare:ready',
+  'snapshotter:commit:intent',
+  'snapshotter:remove:intent',
+] as const;

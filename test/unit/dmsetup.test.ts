@@ -178,7 +178,15 @@ describe('dmsetup output parsing', () => {
   <device dev_id="3" mapped_blocks="4" transaction="1" creation_time="0" snap_time="1">
   </device>
 </superblock>`;
-    assert.deepEqual(parseThinDump(xml), { transactionId: 6, thinIds: [3, 12] });
+    assert.deepEqual(parseThinDump(xml), {
+      transactionId: 6,
+      thinIds: [3, 12],
+      blockSectors: 256,
+      mappedBlocks: new Map([
+        [12, 0],
+        [3, 4],
+      ]),
+    });
     assert.throws(() => parseThinDump('garbage'));
   });
 

@@ -75,7 +75,9 @@ function handlers(service: SnapshotService, logger: Logger): grpc.UntypedService
     View: unary(logger, 'View', async (r) => ({
       mounts: await service.create('view', text(r, 'key'), text(r, 'parent'), labelsOf(r.labels)),
     })),
-    Mounts: unary(logger, 'Mounts', (r) => ({ mounts: service.mounts(text(r, 'key')) })),
+    Mounts: unary(logger, 'Mounts', async (r) => ({
+      mounts: await service.mounts(text(r, 'key')),
+    })),
     Commit: unary(logger, 'Commit', async (r) => {
       await service.commit(text(r, 'name'), text(r, 'key'), labelsOf(r.labels));
       return empty;

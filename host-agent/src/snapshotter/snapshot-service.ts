@@ -3,7 +3,8 @@
  * (server.ts puts gRPC in front). A committed snapshot is a sealed layer
  * volume whose blob carries the chain ID in its name; Prepare is a writable
  * clone of the parent's volume (a fresh ext4 without a parent); a View of a
- * committed parent reads the parent's volume read-only; Commit seals an
+ * committed parent reads the parent's volume read-only (devmapper: its own
+ * thin snapshot of it, mounted read-only); Commit seals an
  * active snapshot's volume into a layer. Each change writes its intent row
  * before the storage changes (ObjectManager) and its outcome after; recover()
  * finishes what a dead process left.
@@ -17,7 +18,14 @@ import type { StorageObjectRow } from '../store/objects.js';
 import { isOwnerAlive } from '../store/owner.js';
 import type { ObjectManager } from '../storage/object-manager.js';
 import { chainIdOfName, checkKey, checkLabels, isChainId } from './keys.js';
-import { bytesUsed, mountsOf, type SnapshotMount } from './mounts.js';
+import { failpoint } from '../failpoints.js';
+import {
+  attachForMounts,
+  bytesUsed,
+  mountsOf,
+  viewNeedsOwnVolume,
+  type SnapshotMount,
+} from './mounts.js';
 
 export type SnapshotKindName = 'ACTIVE' | 'VIEW' | 'COMMITTED';
 
@@ -113,8 +121,11 @@ export class SnapshotService {
     return this.committedParent(row.parent).volume;
   }
 
-  private mountsFor(row: ContainerdSnapshotRow): SnapshotMount[] {
-    return mountsOf(this.deps.objects.backend, this.volumeOf(row), row.kind === 'view');
+  /** Its mounts; a volume of its own is attached first where the backend needs that. */
+  private async mountsFor(row: ContainerdSnapshotRow): Promise<SnapshotMount[]> {
+    const volume = this.volumeOf(row);
+    if (row.object_id !== null) await attachForMounts(this.deps.objects, volume);
+    return mountsOf(this.deps.objects, volume, row.kind === 'view');
   }
 
   /** Prepare (active) or View: a new snapshot of `parent` ('' for none), returning its mounts. */
@@ -130,7 +141,7 @@ export class SnapshotService {
     this.refuseHeldLayer(labels[snapshotRefLabel], parent);
     if (this.store.containerdSnapshots.byKey(key) !== undefined) throw alreadyExists(key);
     const fields = { key, kind, parent: base === null ? null : parent, blobId: null, labels };
-    if (kind === 'view' && base !== null) {
+    if (kind === 'view' && base !== null && !viewNeedsOwnVolume(this.deps.objects.backend)) {
       // Nothing to make: the view reads its parent's sealed volume.
       const row = this.store.tx(() => {
         if (this.store.containerdSnapshots.byKey(key) !== undefined) throw alreadyExists(key);
@@ -156,12 +167,14 @@ export class SnapshotService {
           this.store.containerdSnapshots.transition(row!.id, 'ready');
         },
       );
+      failpoint('snapshotter:prepare:ready');
+      const mounts = await this.mountsFor(this.store.containerdSnapshots.get(row!.id)!);
+      this.deps.logger.info('snapshot prepared', { key, kind, parent, object: row!.object_id });
+      return mounts;
     } catch (err) {
       if (row !== undefined) await this.undoPrepare(row, err);
       throw err;
     }
-    this.deps.logger.info('snapshot prepared', { key, kind, parent, object: row!.object_id });
-    return this.mountsFor(this.store.containerdSnapshots.get(row!.id)!);
   }
 
   /**
@@ -237,7 +250,7 @@ export class SnapshotService {
     }
   }
 
-  mounts(key: string): SnapshotMount[] {
+  async mounts(key: string): Promise<SnapshotMount[]> {
     const row = this.settled(key);
     if (row.kind === 'committed')
       throw new UsageError('NOT_READY', `snapshot ${key} is committed: it has no mounts`);
@@ -263,6 +276,7 @@ export class SnapshotService {
         commitName: name,
       });
     });
+    failpoint('snapshotter:commit:intent');
     try {
       await this.finishCommit(intent, labels);
     } catch (err) {
@@ -346,6 +360,7 @@ export class SnapshotService {
       store.tx(() =>
         store.containerdSnapshots.transition(row.id, 'removing', { owner: this.deps.owner }),
       );
+    failpoint('snapshotter:remove:intent');
     if (row.object_id !== null) {
       const volume = store.objects.get(row.object_id);
       if (volume !== undefined && volume.state !== 'removed') await objects.remove(volume);
@@ -394,7 +409,7 @@ export class SnapshotService {
   }
 
   /** Bytes the snapshot's own volume takes (a view of a parent owns none). */
-  usage(key: string): { size: number; inodes: number } {
+  async usage(key: string): Promise<{ size: number; inodes: number }> {
     const row = this.settled(key);
     let volume: StorageObjectRow | undefined;
     if (row.object_id !== null) volume = this.store.objects.get(row.object_id);
@@ -403,7 +418,7 @@ export class SnapshotService {
       volume = blob?.volume_id == null ? undefined : this.store.objects.get(blob.volume_id);
     }
     if (volume === undefined || volume.state === 'removed') return { size: 0, inodes: 0 };
-    return { size: bytesUsed(this.deps.objects.backend, volume), inodes: 0 };
+    return { size: await bytesUsed(this.deps.objects, volume), inodes: 0 };
   }
 
   /**

@@ -258,6 +258,19 @@ export class DevmapperBackend implements StorageBackend {
     return this.activateThin(snapshot);
   }
 
+  /**
+   * Attach a writable volume (a containerd snapshot's) as /dev/mapper/<name>
+   * for its client to mount; sealing it detaches it again. Idempotent.
+   */
+  attachWritable(volume: ObjectSpec): Promise<string> {
+    return this.activateThin(volume);
+  }
+
+  /** Data the thin device maps in the pool (see ThinPool.mappedBytes). */
+  mappedBytes(o: ObjectSpec): Promise<number> {
+    return this.pool.mappedBytes(this.requireThinId(o));
+  }
+
   async deactivate(snapshot: ObjectSpec): Promise<void> {
     await this.unmountOf(snapshot);
     await this.deactivateThin(snapshot);

@@ -85,13 +85,26 @@ export class PoolTransactions {
 
   /** Hold the pool for `fn`; recovers a change left open by a dead holder first. */
   async hold<T>(fn: (actions: PoolAction[]) => Promise<T>): Promise<T> {
-    const actions = await this.acquire();
+    // Callers in this process queue here (the journal row knows processes, not
+    // calls): the snapshotter serves many Prepares at once. Not reentrant.
+    const before = this.inProcess;
+    let done!: () => void;
+    this.inProcess = new Promise((resolve) => (done = resolve));
+    await before;
     try {
-      return await fn(actions);
+      const actions = await this.acquire();
+      try {
+        return await fn(actions);
+      } finally {
+        this.store.poolJournal.release(this.pool, this.owner);
+      }
     } finally {
-      this.store.poolJournal.release(this.pool, this.owner);
+      done();
     }
   }
+
+  /** Settles when the call holding the pool in this process lets go. */
+  private inProcess: Promise<void> = Promise.resolve();
 
   /** Take the pool and finish anything a dead holder left open; the actions taken. */
   async recover(): Promise<PoolAction[]> {

@@ -1,12 +1,17 @@
 /**
  * Reads `thin_dump --skip-mappings` output (XML): the superblock's
- * transaction id and the id of every thin device the pool metadata holds.
+ * transaction id and data block size, the id of every thin device the pool
+ * metadata holds and how many data blocks each maps.
  */
 import { EnvironmentError } from '../../errors.js';
 
 export interface ThinDump {
   transactionId: number;
   thinIds: number[];
+  /** Sectors per data block (the superblock's data_block_size). */
+  blockSectors: number;
+  /** Data blocks each thin id maps (shared blocks counted in each). */
+  mappedBlocks: Map<number, number>;
 }
 
 export function parseThinDump(xml: string): ThinDump {
@@ -18,6 +23,18 @@ export function parseThinDump(xml: string): ThinDump {
       'check thin-provisioning-tools (`thin_dump -V`) and the pool metadata (thin_check on a metadata snapshot)',
     );
   const thinIds: number[] = [];
-  for (const m of xml.matchAll(/<device\b[^>]*\bdev_id="(\d+)"/g)) thinIds.push(Number(m[1]));
-  return { transactionId: Number(superblock[1]), thinIds: thinIds.sort((a, b) => a - b) };
+  const mappedBlocks = new Map<number, number>();
+  for (const m of xml.matchAll(/<device\b[^>]*>/g)) {
+    const id = /\bdev_id="(\d+)"/.exec(m[0]);
+    if (id === null) continue;
+    thinIds.push(Number(id[1]));
+    mappedBlocks.set(Number(id[1]), Number(/\bmapped_blocks="(\d+)"/.exec(m[0])?.[1] ?? 0));
+  }
+  const blockSize = /<superblock\b[^>]*\bdata_block_size="(\d+)"/.exec(xml);
+  return {
+    transactionId: Number(superblock[1]),
+    thinIds: thinIds.sort((a, b) => a - b),
+    blockSectors: Number(blockSize?.[1] ?? 0),
+    mappedBlocks,
+  };
 }

@@ -31,7 +31,7 @@ import {
   type PoolDefinition,
 } from './pool-setup.js';
 import { PoolTransactions } from './pool-transactions.js';
-import { parseThinDump } from './thin-metadata.js';
+import { parseThinDump, type ThinDump } from './thin-metadata.js';
 
 export interface ThinPoolOptions {
   /** The pool's dm name. */
@@ -340,24 +340,26 @@ export class ThinPool {
     return `/dev/${name}`;
   }
 
-  /** Thin ids in the pool metadata, read from a metadata snapshot (the pool must be held). */
-  private async listThinIdsUnlocked(): Promise<number[]> {
+  /** The pool metadata's thin devices, read from a metadata snapshot (the pool must be held). */
+  private async dumpUnlocked(): Promise<ThinDump> {
     const metadata = await this.metadataDevicePath();
-    return this.tx.withMetadataSnap(
-      async () =>
-        parseThinDump(
-          await run('thin_dump', [
-            '--metadata-snap',
-            '--skip-mappings',
-            '--format',
-            'xml',
-            metadata,
-          ]),
-        ).thinIds,
+    return this.tx.withMetadataSnap(async () =>
+      parseThinDump(
+        await run('thin_dump', ['--metadata-snap', '--skip-mappings', '--format', 'xml', metadata]),
+      ),
     );
   }
 
   async listThinIds(): Promise<number[]> {
-    return this.tx.hold(() => this.listThinIdsUnlocked());
+    return (await this.tx.hold(() => this.dumpUnlocked())).thinIds;
+  }
+
+  /**
+   * Bytes of data the thin id maps, as of the pool's last metadata commit
+   * (blocks it shares with its origin counted too); 0 when the pool has no such id.
+   */
+  async mappedBytes(thinId: number): Promise<number> {
+    const dump = await this.tx.hold(() => this.dumpUnlocked());
+    return (dump.mappedBlocks.get(thinId) ?? 0) * dump.blockSectors * 512;
   }
 }
