@@ -23,7 +23,7 @@
 # kernel, so their loop and dm devices are apart by construction.
 # Does not build: `npm run test:dm` does.
 #
-# Env: THINRELAY_DM_VM_TIMEOUT (seconds per guest, default 2400; 1800 for --bench),
+# Env: THINRELAY_DM_VM_TIMEOUT (seconds per guest, default 3600; 1800 for --bench),
 # THINRELAY_DM_VM_MEM (MiB per guest, default 2048), THINRELAY_DM_UML_INSTANCES
 # (1 or 2; default 2 for the whole suite on 2+ cores), THINRELAY_DM_CRASH_SHARDS (parts
 # the kill -9 sweep is cut into for the split, default 10), THINRELAY_DM_TEST_TIMEOUT_MS
@@ -38,7 +38,7 @@ readonly self=thinrelay-dm-uml
 whole_suite=$([[ $# -eq 0 ]] && echo yes || echo no)
 parse_guest_command "$@"
 node_version=$(pinned_node_version)
-if [[ $mode == bench ]]; then timeout_s=${THINRELAY_DM_VM_TIMEOUT:-1800}; else timeout_s=${THINRELAY_DM_VM_TIMEOUT:-2400}; fi
+if [[ $mode == bench ]]; then timeout_s=${THINRELAY_DM_VM_TIMEOUT:-1800}; else timeout_s=${THINRELAY_DM_VM_TIMEOUT:-3600}; fi
 mem_mib=${THINRELAY_DM_VM_MEM:-2048}
 [[ $timeout_s =~ ^[0-9]+$ && $timeout_s -gt 0 ]] || die "THINRELAY_DM_VM_TIMEOUT must be a positive number of seconds, got '$timeout_s'"
 [[ $mem_mib =~ ^[0-9]+$ && $mem_mib -ge 256 ]] || die "THINRELAY_DM_VM_MEM must be at least 256 (MiB), got '$mem_mib'"
