@@ -4,11 +4,14 @@
  * against the newest event applied for its key (stale and duplicate
  * deliveries are dropped), and applied through the same pipeline as
  * `thinrelay process-image`; a failure's outcome follows its class
- * (classifyFailure, the one rule).
+ * (classifyFailure, the one rule). A signature sidecar's event
+ * (`sidecar.put`) is no image: it wakes the image it signs, if that waits
+ * for it (pipeline/signature-wake.ts).
  */
 import {
   compareSequencers,
   ImageEventError,
+  imageKeyOf,
   parseImageEvent,
   type ImageEvent,
 } from '../../../schema/image-event.js';
@@ -17,6 +20,7 @@ import { retireKey } from '../ops/retire.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import { classifyFailure, failureCode, type FailureClass } from '../pipeline/failure.js';
 import { processImage } from '../pipeline/process-image.js';
+import { wakeAwaitingSignature } from '../pipeline/signature-wake.js';
 import type { ReceivedMessage } from '../queue/host-queue.js';
 import { databaseError } from '../store/db-errors.js';
 import type { MessageOutcome } from '../store/events.js';
@@ -67,9 +71,14 @@ export async function applyMessage(
     };
   }
   try {
-    return event.kind === 'image.put'
-      ? await applyPut(deps, event)
-      : await applyDelete(deps, event);
+    switch (event.kind) {
+      case 'image.put':
+        return await applyPut(deps, event);
+      case 'image.delete':
+        return await applyDelete(deps, event);
+      case 'sidecar.put':
+        return await applySidecar(deps, event);
+    }
   } catch (err) {
     const typed = databaseError(err, deps.config.stateDir) ?? err;
     return {
@@ -115,6 +124,21 @@ async function applyDelete(deps: PipelineDeps, event: ImageEvent): Promise<Messa
     outcome: 'applied',
     event,
     reason: `retired ${retired.imageIds.length} image(s); ${retired.keptActiveSnapshots} active snapshot(s) kept until released`,
+  };
+}
+
+/**
+ * A signature arrived: the image it signs is re-evaluated if it waits for
+ * one. Not recorded as the key's applied event: a sidecar holds no image, and
+ * waking twice is harmless (the wake re-reads the bucket's current sidecar).
+ */
+async function applySidecar(deps: PipelineDeps, event: ImageEvent): Promise<MessageResult> {
+  const imageKey = imageKeyOf(event);
+  const { woken } = await wakeAwaitingSignature(deps, event.bucket, imageKey);
+  return {
+    outcome: 'applied',
+    event,
+    reason: `signature sidecar for ${imageKey}: ${woken} waiting image(s) woken`,
   };
 }
 

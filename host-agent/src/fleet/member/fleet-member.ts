@@ -21,6 +21,7 @@ import {
   type GroupQueueSettings,
 } from '../../../../schema/fleet.js';
 import type { FleetTable } from '../../../../schema/fleet-table.js';
+import { imageKeyOf } from '../../../../schema/image-event.js';
 import type { AgentObserver } from '../../daemon/agent.js';
 import { resolvePoolPolicy, writeGroupPolicy } from '../../pool/policy.js';
 import { KeyLock } from '../../daemon/key-lock.js';
@@ -162,6 +163,8 @@ export class FleetMember {
       this.report(() => {
         const e = d.event;
         if (e === null) return;
+        // A sidecar is never an item of its own: the image it signs is what changed.
+        if (e.kind === 'sidecar.put') return this.reporter.settled(e.bucket, imageKeyOf(e));
         if (d.outcome === 'retrying' || d.outcome === 'released')
           this.reporter.waiting(
             e.bucket,
