@@ -90,7 +90,7 @@ test('a sidecar goes to its image hosts as sidecar.put, is no rollout, and its d
 
   const out = await dynamo.client.send(new ScanCommand({ TableName: TABLE }));
   const rollouts = (out.Items ?? [])
-    .map((i) => fromItem(i))
-    .map((i) => `${String(i.kind)} ${String(i.key)}`);
+    .map((i) => fromItem(i) as { kind: string; key: string })
+    .map((i) => `${i.kind} ${i.key}`);
   assert.deepEqual(rollouts, ['image.put images/gpu/cuda.tar']);
 });

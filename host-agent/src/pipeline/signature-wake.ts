@@ -8,7 +8,13 @@
  * the trust gate's (branch h/trust-gate); until it is merged no image can be
  * waiting, so there is nothing to wake and this reports none.
  */
+import type { ImageRow } from '../store/images.js';
 import type { PipelineDeps } from './context.js';
+
+/** Does this image wait for its signature sidecar? (`awaiting-signature`, the gate's state.) */
+export function awaitsSignature(image: Pick<ImageRow, 'status'>): boolean {
+  return (image.status as string) === 'awaiting-signature';
+}
 
 export interface WakeResult {
   /** Images of `imageKey` that were waiting for a signature and were re-evaluated. */

@@ -2,6 +2,8 @@
  * This host's per-image fleet items: what the state database says about a
  * key, turned into a HostImageItem and handed to the writer. Called when work
  * on a key starts, when it must wait for a retry, and after every outcome.
+ * With a signature policy the item also says who signed the version and when
+ * it was verified, or that it awaits its signature or is no longer trusted.
  */
 import type { HostImageItem, HostImageState } from '../../../../schema/fleet.js';
 import { hostImageItem } from '../../../../schema/fleet-table.js';
@@ -17,6 +19,10 @@ export interface ReporterHost {
 }
 
 const MESSAGE_LIMIT = 1000;
+
+type IndexedOrOwn = 'pk' | 'sk' | 'gpk' | 'gsk' | 'hostId' | 'group' | 'key' | 'updatedAt';
+const NO_REASON = { reasonCode: null, message: null } as const;
+const UNSIGNED = { signer: null, verifiedAt: null } as const;
 
 export class ImageReporter {
   constructor(
@@ -34,13 +40,20 @@ export class ImageReporter {
     if (bucket !== this.host.bucket) return;
     const status = eTag === null ? undefined : this.store.images.find(bucket, key, eTag)?.status;
     if (status === 'ready' || status === 'failed') return;
-    this.write(key, { state: 'processing', eTag, versionId, reasonCode: null, message: null });
+    this.write(key, { state: 'processing', eTag, versionId, ...NO_REASON, ...UNSIGNED });
   }
 
   /** A transient failure or an interruption: it will be tried again. */
   waiting(bucket: string, key: string, eTag: string | null, code: string, message: string): void {
     if (bucket !== this.host.bucket) return;
-    this.write(key, { state: 'pending', eTag, versionId: null, reasonCode: code, message });
+    this.write(key, {
+      state: 'pending',
+      eTag,
+      versionId: null,
+      reasonCode: code,
+      message,
+      ...UNSIGNED,
+    });
   }
 
   /** After an outcome: the key's newest live image, or retired when none is live. */
@@ -58,22 +71,24 @@ export class ImageReporter {
         versionId: last.version_id,
         reasonCode: evicted ? 'EVICTED' : null,
         message: evicted ? evictedMessage(last) : null,
+        ...UNSIGNED,
       });
       return;
     }
+    const state = stateOf(newest);
+    // Why it failed, is no longer trusted, or what it waits for.
+    const explained = state === 'failed' || state === 'untrusted' || state === 'awaiting-signature';
     this.write(key, {
-      state: stateOf(newest),
+      state,
       eTag: newest.etag,
       versionId: newest.version_id,
-      reasonCode: newest.status === 'failed' ? newest.error_code : null,
-      message: newest.status === 'failed' ? newest.error_message : null,
+      reasonCode: explained ? newest.error_code : null,
+      message: explained ? newest.error_message : null,
+      ...signatureOf(newest),
     });
   }
 
-  private write(
-    key: string,
-    s: Pick<HostImageItem, 'state' | 'eTag' | 'versionId' | 'reasonCode' | 'message'>,
-  ): void {
+  private write(key: string, s: Omit<HostImageItem, IndexedOrOwn>): void {
     const { hostId, group } = this.host;
     this.writer.image(
       hostImageItem({
@@ -89,6 +104,9 @@ export class ImageReporter {
 }
 
 function stateOf(row: ImageRow): HostImageState {
+  // The trust gate's states (store/states.ts on h/trust-gate).
+  const status: string = row.status;
+  if (status === 'awaiting-signature' || status === 'untrusted') return status;
   switch (row.status) {
     case 'pending':
       return 'pending';
@@ -113,4 +131,41 @@ function evictedMessage(row: ImageRow): string {
     // An unreadable detail still says what happened.
   }
   return `evicted for pool space${trigger}; it comes back when there is room (catch-up sync) or with thinrelay process-image`;
+}
+
+/**
+ * The image row's verification (`signer`, `verifiedAt`, written by the trust
+ * gate): the signer as one line, the time in epoch milliseconds. The row may
+ * hold the signer as the TrustRecord's object (trust/trust-record.ts), its
+ * JSON text, or text already; anything else reads as not verified.
+ */
+export function signatureOf(row: object): Pick<HostImageItem, 'signer' | 'verifiedAt'> {
+  const r = row as { signer?: unknown; verifiedAt?: unknown };
+  const signer = signerLine(r.signer);
+  const at =
+    typeof r.verifiedAt === 'number'
+      ? r.verifiedAt
+      : typeof r.verifiedAt === 'string'
+        ? Date.parse(r.verifiedAt)
+        : NaN;
+  return { signer, verifiedAt: signer !== null && Number.isFinite(at) ? at : null };
+}
+
+function signerLine(value: unknown): string | null {
+  let v = value;
+  if (typeof v === 'string') {
+    if (!v.trimStart().startsWith('{')) return v === '' ? null : v;
+    try {
+      v = JSON.parse(v);
+    } catch {
+      return v as string;
+    }
+  }
+  if (typeof v !== 'object' || v === null) return null;
+  const s = v as Record<string, unknown>;
+  if (s.type === 'key' && typeof s.fingerprint === 'string')
+    return typeof s.algorithm === 'string' ? `${s.fingerprint} (${s.algorithm})` : s.fingerprint;
+  if (s.type === 'identity' && typeof s.issuer === 'string' && typeof s.subject === 'string')
+    return `${s.issuer} ${s.subject}`;
+  return null;
 }
