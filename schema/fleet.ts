@@ -107,7 +107,7 @@ export interface DeploymentConfigItem {
   pools: Record<string, GroupPoolSettings>;
   /**
    * Each group's signature policy (schema/signature-policy.ts); absent from
-   * items written before it existed (signatures off). Agents do not read it yet.
+   * items written before it existed (signatures off). Group agents apply it (host-agent/src/trust/host-policy.ts).
    */
   signatures?: Record<string, SignaturePolicy>;
   /** A host not seen for this long is stale; after sweepAfterSeconds more it is removed. */

@@ -4,6 +4,8 @@
  * wins over defaults. S3 settings are the AWS SDK's own (credentials chain,
  * AWS_REGION, AWS_ENDPOINT_URL_S3) and are not repeated here.
  */
+import { hostGroupPolicy, hostTrustPolicy } from './trust/host-policy.js';
+import type { TrustPolicy } from './trust/policy.js';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { UsageError, errorMessage } from './errors.js';
@@ -71,6 +73,12 @@ export interface AgentConfig {
   pool: PoolPolicy;
   /** The pool settings this host's environment gives (they win over the group's). */
   poolOverrides: PoolPolicyOverrides;
+  /**
+   * The signature policy in force (trust/host-policy.ts): the group's or the
+   * standalone file's, narrowed by this host's override. A group agent
+   * replaces it each time it reads its group's settings.
+   */
+  signatures: TrustPolicy;
 }
 
 export interface ConfigFlags {
@@ -241,6 +249,7 @@ export function loadConfig(flags: ConfigFlags, env: NodeJS.ProcessEnv = process.
   return {
     pool: resolvePoolPolicy(poolOverrides, readGroupPolicy(stateDir)),
     poolOverrides,
+    signatures: hostTrustPolicy(hostGroupPolicy(stateDir, env), env),
     stateDir,
     bucket: flags.bucket ?? env.THINRELAY_BUCKET ?? null,
     backend: parseBackend(flags.backend ?? env.THINRELAY_BACKEND ?? 'loop'),

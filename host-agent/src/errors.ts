@@ -95,6 +95,8 @@ export type UsageCode =
   | 'NOT_READY'
   /** A snapshot of that key or name exists already (containerd's snapshotter API). */
   | 'ALREADY_EXISTS'
+  /** The image no longer passes the signature policy (`thinrelay verify`): no new snapshots. */
+  | 'UNTRUSTED'
   // Queue commands (redrive, dlq peek).
   | 'NOT_A_DLQ'
   | 'TASK_NOT_RUNNING';
@@ -147,6 +149,9 @@ export type FleetCode =
 /** A broken invariant (InternalError): a bug, recorded and printed under this one code. */
 export type InternalCode = 'INTERNAL';
 
+/** Not a failure: the image waits for its signature sidecar (AwaitingSignature). */
+export type WaitCode = 'AWAITING_SIGNATURE';
+
 export type ReasonCode =
   | ImageFailureCode
   | UsageCode
@@ -154,7 +159,8 @@ export type ReasonCode =
   | EnvironmentCode
   | QueueOperationCode
   | FleetCode
-  | InternalCode;
+  | InternalCode
+  | WaitCode;
 
 export abstract class ThinrelayError extends Error {
   abstract readonly exitCode: ExitCode;
@@ -180,6 +186,26 @@ export class ImageError extends ThinrelayError {
     options?: { cause?: unknown },
   ) {
     super(code, message, hint, options);
+  }
+}
+
+/**
+ * The image's policy verifies signatures and its sidecar has not arrived: it
+ * waits (awaiting-signature) until `deadline`, holding nothing. Not a failure:
+ * the daemon hands its message back to return at the deadline (or earlier, to
+ * nothing, once the sidecar's event made it ready); the CLI exits 75.
+ */
+export class AwaitingSignature extends ThinrelayError {
+  readonly exitCode = ExitCode.temporary;
+  constructor(
+    message: string,
+    readonly deadline: Date,
+  ) {
+    super(
+      'AWAITING_SIGNATURE',
+      message,
+      'upload the signature sidecar (<key>.sig or <key>.sigstore.json); see docs/trust.md',
+    );
   }
 }
 

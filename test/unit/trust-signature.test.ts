@@ -24,6 +24,8 @@ import {
   type SignedPayload,
 } from '../../host-agent/src/trust/signed-payload.js';
 import { parseSignaturePolicy, type SignatureMode } from '../../schema/signature-policy.js';
+import { verifyP256Digest } from '../../host-agent/src/trust/ecdsa-digest.js';
+import { trustedKeyOf } from '../../host-agent/src/trust/trusted-keys.js';
 import { KeyDir, type TestKey } from '../helpers/signing-keys.js';
 
 const keys = new KeyDir();
@@ -285,4 +287,24 @@ test('every signature code is a permanent image failure (toward the DLQ)', () =>
     'SIGNATURE_BUNDLE_DIGEST_MISMATCH',
   ])
     assert.equal(isPermanentFailureCode(code), true, code);
+});
+
+test('ECDSA from the recorded sha256 (no second read) agrees with openssl on good and bad signatures', () => {
+  const key = keys.ecdsa();
+  const { key: pub } = trustedKeyOf(key.publicKeyPem, 'k');
+  const otherKey = trustedKeyOf(keys.ecdsa().publicKeyPem, 'o').key;
+  for (let i = 0; i < 12; i++) {
+    const blob = randomBytes(1000 + i * 37);
+    const sig = Buffer.from(keys.sign(key, blob), 'base64');
+    const digest = createHash('sha256').update(blob).digest();
+    assert.equal(verifyP256Digest(pub, digest, sig), true, `signature ${i}`);
+    const flipped = Buffer.from(digest);
+    flipped[i % 32]! ^= 1 << i % 8;
+    assert.equal(verifyP256Digest(pub, flipped, sig), false, `tampered digest ${i}`);
+    assert.equal(verifyP256Digest(otherKey, digest, sig), false, `other key ${i}`);
+    const badSig = Buffer.from(sig);
+    badSig[badSig.length - 1]! ^= 1;
+    assert.equal(verifyP256Digest(pub, digest, badSig), false, `tampered signature ${i}`);
+  }
+  assert.equal(verifyP256Digest(pub, Buffer.alloc(32), Buffer.from('3006020100020100', 'hex')), false);
 });

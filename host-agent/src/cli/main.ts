@@ -22,6 +22,7 @@ import { poolCommand } from './commands/pool.js';
 import { pinCommand, unpinCommand } from './commands/pins.js';
 import { processImageCommand } from './commands/process-image.js';
 import { showCommand } from './commands/show.js';
+import { verifyCommand } from './commands/verify.js';
 import { configCommand } from './commands/config.js';
 import { snapshotterCommand } from './commands/snapshotter.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
@@ -44,6 +45,7 @@ export const commands: readonly Command[] = [
   imagesCommand,
   snapshotsCommand,
   showCommand,
+  verifyCommand,
   configCommand,
   failedCommand,
   activateCommand,

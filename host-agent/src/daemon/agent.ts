@@ -123,6 +123,12 @@ export class Agent {
     this.keyLock = opts.keyLock ?? new KeyLock();
     // Every pipeline of this process (queue workers, catch-up sync) reports through the base deps.
     opts.deps.poolEvents = this.poolEvents();
+    opts.deps.trustChecked = (r) =>
+      this.metrics.signatureChecks.inc({
+        mode: r.mode,
+        verdict: r.verdict,
+        code: r.failure?.code ?? '',
+      });
   }
 
   private poolEvents(): PoolEvents {

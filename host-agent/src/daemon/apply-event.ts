@@ -11,11 +11,10 @@
 import {
   compareSequencers,
   ImageEventError,
-  imageKeyOf,
   parseImageEvent,
   type ImageEvent,
 } from '../../../schema/image-event.js';
-import { ImageError, errorMessage } from '../errors.js';
+import { AwaitingSignature, ImageError, errorMessage } from '../errors.js';
 import { retireKey } from '../ops/retire.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import { classifyFailure, failureCode, type FailureClass } from '../pipeline/failure.js';
@@ -24,7 +23,8 @@ import { wakeAwaitingSignature } from '../pipeline/signature-wake.js';
 import type { ReceivedMessage } from '../queue/host-queue.js';
 import { databaseError } from '../store/db-errors.js';
 import type { MessageOutcome } from '../store/events.js';
-import type { MessageResult } from './message-outcome.js';
+import { sidecarTarget } from '../trust/sidecar.js';
+import { SQS_VISIBILITY_CAP_MS, type MessageResult } from './message-outcome.js';
 
 /** A failure's outcome, by its class. */
 const outcomeOfClass: Record<FailureClass, MessageOutcome> = {
@@ -33,7 +33,16 @@ const outcomeOfClass: Record<FailureClass, MessageOutcome> = {
   superseded: 'superseded',
   transient: 'retrying',
   permanent: 'failed',
+  awaiting: 'awaiting-signature',
 };
+
+/** Seconds until an awaiting image's deadline (plus a second), within what SQS allows. */
+function untilDeadline(err: unknown): number | undefined {
+  if (!(err instanceof AwaitingSignature)) return undefined;
+  const capSeconds = SQS_VISIBILITY_CAP_MS / 1000 - 60;
+  const seconds = Math.ceil((err.deadline.getTime() - Date.now()) / 1000) + 1;
+  return Math.min(capSeconds, Math.max(1, seconds));
+}
 
 export async function applyMessage(
   deps: PipelineDeps,
@@ -70,24 +79,59 @@ export async function applyMessage(
       reason: `sequencer ${event.sequencer} is not newer than the applied ${applied.sequencer} (${applied.kind})`,
     };
   }
+  // A signature sidecar's event is about its image: wake it (the outcome is the image's).
+  // The fan-out sends sidecar.put; a put or delete naming a sidecar key (an older
+  // producer) is never taken for an image either.
+  const sidecar = sidecarTarget(event.key);
   try {
+    if (sidecar !== null) return await applySidecar(deps, event, sidecar.imageKey);
     switch (event.kind) {
       case 'image.put':
         return await applyPut(deps, event);
       case 'image.delete':
         return await applyDelete(deps, event);
       case 'sidecar.put':
-        return await applySidecar(deps, event);
+        // Unreachable: the schema accepts sidecar.put only for a sidecar key.
+        throw new ImageEventError('key', `${event.key} is not a sidecar key`);
     }
   } catch (err) {
     const typed = databaseError(err, deps.config.stateDir) ?? err;
+    const retryAfterSeconds = untilDeadline(typed);
     return {
       outcome: outcomeOfClass[classifyFailure(typed, deps.signal)],
       event,
       reasonCode: failureCode(typed),
       reason: errorMessage(typed),
+      ...(retryAfterSeconds === undefined ? {} : { retryAfterSeconds }),
     };
   }
+}
+
+/**
+ * A sidecar arrived (or changed): the images of the key it signs that wait
+ * for a signature, or failed one, are evaluated again
+ * (pipeline/signature-wake.ts). A sidecar's delete changes nothing here (a
+ * held image is re-checked by `thinrelay verify`). Not recorded as the key's
+ * applied event: a sidecar holds no image, and evaluating again is harmless.
+ */
+async function applySidecar(
+  deps: PipelineDeps,
+  event: ImageEvent,
+  imageKey: string,
+): Promise<MessageResult> {
+  const woken =
+    event.kind === 'image.delete'
+      ? []
+      : (await wakeAwaitingSignature(deps, event.bucket, imageKey)).imageIds;
+  return {
+    outcome: 'applied',
+    event,
+    reason:
+      woken.length === 0
+        ? `signature sidecar of ${imageKey}: no image here waits for it`
+        : `signature sidecar of ${imageKey}: image(s) ${woken.join(', ')} ready`,
+    ...(woken.length === 1 ? { imageId: woken[0]! } : {}),
+  };
 }
 
 async function applyPut(deps: PipelineDeps, event: ImageEvent): Promise<MessageResult> {
@@ -124,21 +168,6 @@ async function applyDelete(deps: PipelineDeps, event: ImageEvent): Promise<Messa
     outcome: 'applied',
     event,
     reason: `retired ${retired.imageIds.length} image(s); ${retired.keptActiveSnapshots} active snapshot(s) kept until released`,
-  };
-}
-
-/**
- * A signature arrived: the image it signs is re-evaluated if it waits for
- * one. Not recorded as the key's applied event: a sidecar holds no image, and
- * waking twice is harmless (the wake re-reads the bucket's current sidecar).
- */
-async function applySidecar(deps: PipelineDeps, event: ImageEvent): Promise<MessageResult> {
-  const imageKey = imageKeyOf(event);
-  const { woken } = await wakeAwaitingSignature(deps, event.bucket, imageKey);
-  return {
-    outcome: 'applied',
-    event,
-    reason: `signature sidecar for ${imageKey}: ${woken} waiting image(s) woken`,
   };
 }
 

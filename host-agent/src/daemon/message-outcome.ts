@@ -24,6 +24,8 @@ export interface MessageResult {
   reason?: string;
   /** put: the image id made ready. */
   imageId?: number;
+  /** awaiting-signature: when the message should come back (the image's deadline). */
+  retryAfterSeconds?: number;
 }
 
 /**
@@ -37,6 +39,13 @@ const settlement: Record<MessageOutcome, 'delete' | 'hand back' | 'retry later'>
   failed: 'hand back',
   retrying: 'retry later',
   released: 'hand back',
+  // Kept, invisible until the image's signature deadline (capped by SQS at 12 h): at the
+  // deadline it returns, and an image still unsigned fails SIGNATURE_MISSING through the
+  // permanent-failure path (failed, metric, fleet item, DLQ) like any bad image. The
+  // deadline is in the store and the message in SQS, so a restart loses neither; no worker
+  // waits meanwhile. If the sidecar's event made it ready first, the message returns to
+  // find it done and is deleted.
+  'awaiting-signature': 'retry later',
 };
 
 /** SQS ends a message's invisibility 12 h after its receipt, whatever extends it. */
@@ -152,7 +161,9 @@ export class MessageLease {
       else
         await queue.setVisibility(
           this.message,
-          how === 'retry later' ? this.opts.retryDelaySeconds(this.message.receiveCount) : 0,
+          how === 'retry later'
+            ? (r.retryAfterSeconds ?? this.opts.retryDelaySeconds(this.message.receiveCount))
+            : 0,
         );
     } catch (err) {
       // The outcome is recorded: a redelivery is dropped as stale (or retried).

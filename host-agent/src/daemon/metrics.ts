@@ -151,6 +151,10 @@ export class AgentMetrics {
     'thinrelay_images_failed_total',
     'Image events that failed, by reason code and whether the failure is permanent.',
   );
+  readonly signatureChecks = new Counter(
+    'thinrelay_signature_checks_total',
+    'Signature checks (trust/), by mode (warn, require), verdict (verified, failed) and reason code.',
+  );
   readonly bytesDownloaded = new Counter(
     'thinrelay_downloaded_bytes_total',
     'Bytes downloaded from S3 and unpacked.',
@@ -304,6 +308,7 @@ export class AgentMetrics {
       this.messages,
       this.imagesProcessed,
       this.imagesFailed,
+      this.signatureChecks,
       this.bytesDownloaded,
       this.receiveErrors,
       this.heartbeatErrors,

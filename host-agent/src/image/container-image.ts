@@ -35,6 +35,7 @@ import {
 export interface ContainerImage {
   layout: ImageLayout;
   chosen: string;
+  manifestDigest: string | null;
   config: RunConfig;
   /** diffId: hex sha256 of the uncompressed layer (verified against the config). */
   layers: { diffId: string; compression: ImageCompression; size: number }[];
@@ -150,6 +151,7 @@ export async function openContainerImage(
   return {
     layout: plan.layout,
     chosen: plan.chosen,
+    manifestDigest: plan.manifestDigest,
     config: config.run,
     layers,
     spooledBytes: archive.size,

@@ -85,6 +85,7 @@ export async function openImage(
       compression: sniffed.compression,
       layout: null,
       chosen: null,
+      manifestDigest: null,
       config: null,
       layers: [layer],
       bytesFetched: opts.bytesFetched,
@@ -127,6 +128,7 @@ export async function openImage(
       compression: sniffed.compression,
       layout: container.layout,
       chosen: container.chosen,
+      manifestDigest: container.manifestDigest,
       config: container.config,
       layers,
       bytesFetched: opts.bytesFetched,
@@ -146,6 +148,8 @@ export function describeImage(image: OpenedImage): string | null {
   return JSON.stringify({
     format: image.format,
     chosen: image.chosen,
+    // What an OCI archive's signature covers: `thinrelay verify` checks it again from here.
+    manifestDigest: image.manifestDigest,
     layers: image.layers.map((l) => ({
       diffId: l.diffId,
       chainId: l.chainId,

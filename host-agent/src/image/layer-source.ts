@@ -58,6 +58,8 @@ export interface OpenedImage {
   /** Container images: the archive's layout and which manifest was taken ("linux/amd64", a ref name…). */
   layout: ImageLayout | null;
   chosen: string | null;
+  /** OCI archives: the digest index.json names, which their signature covers; null otherwise. */
+  manifestDigest: string | null;
   /** Container images: the run config a VM's init needs; null for a flat tar. */
   config: RunConfig | null;
   layers: LayerSource[];

@@ -26,6 +26,12 @@ export interface ImagePlan {
   layers: BlobRef[];
   /** Which manifest was taken, for logs and `show`: "linux/amd64", a ref name or "manifest.json[0]". */
   chosen: string;
+  /**
+   * "sha256:<hex>" of the descriptor index.json names (the image manifest, or
+   * the image index whose platform manifest was taken): what an OCI archive's
+   * signature covers (trust/signed-payload.ts). Null for a legacy docker save.
+   */
+  manifestDigest: string | null;
 }
 
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
@@ -180,6 +186,7 @@ function blobOf(members: ArchiveMembers, d: Descriptor, what: string): BlobRef {
 function* ociPlan(members: ArchiveMembers, arch: string): PlanSteps {
   let doc = yield { member: members.file('index.json', 'index.json'), what: 'index.json' };
   let where = 'index.json';
+  let top: string | null = null;
   for (let depth = 0; depth < 4; depth++) {
     const list = descriptors(doc, 'manifests', where);
     if (list.length === 0) throw invalid(`${where} lists no manifests`);
@@ -202,6 +209,7 @@ function* ociPlan(members: ArchiveMembers, arch: string): PlanSteps {
       chosen = list[0]!;
       label = chosen.annotations?.['org.opencontainers.image.ref.name'] ?? `${where} manifests[0]`;
     }
+    top ??= chosen.digest;
     const blob = blobOf(members, chosen, where);
     const body = yield { member: blob.member, what: `manifest ${chosen.digest}`, blob };
     const mediaType = chosen.mediaType ?? (body as { mediaType?: string } | null)?.mediaType;
@@ -219,6 +227,7 @@ function* ociPlan(members: ArchiveMembers, arch: string): PlanSteps {
         blobOf(members, d, `manifest ${chosen.digest} layers[${i}]`),
       ),
       chosen: label,
+      manifestDigest: top,
     };
   }
   throw invalid('index.json nests image indexes too deeply');
@@ -262,6 +271,7 @@ function* dockerPlan(members: ArchiveMembers): PlanSteps {
     },
     layers,
     chosen: tags[0] ?? 'manifest.json[0]',
+    manifestDigest: null,
   };
 }
 

@@ -330,6 +330,7 @@ export async function openRemoteArchive(
     compression: 'none',
     layout: plan.layout,
     chosen: plan.chosen,
+    manifestDigest: plan.manifestDigest,
     config: config.run,
     layers,
     bytesFetched: () => archive.bytes + layerBytes,

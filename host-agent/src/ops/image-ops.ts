@@ -3,6 +3,7 @@
  * a new snapshot, deactivate one, remove an image. All storage changes go
  * through the ObjectManager, so each is recorded before it happens.
  */
+import { refuseUntrusted } from '../trust/untrusted.js';
 import { NotFoundError, UsageError } from '../errors.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { ImageRow } from '../store/images.js';
@@ -69,6 +70,7 @@ export async function activateImage(
   ref: string,
 ): Promise<{ snapshot: StorageObjectRow; devicePath: string }> {
   const image = findImage(deps, ref);
+  refuseUntrusted(image);
   if (image.status !== 'ready') {
     throw new UsageError(
       'NOT_READY',

@@ -9,6 +9,7 @@ import type { JobRow } from '../store/jobs.js';
 import type { ObjectManager } from '../storage/object-manager.js';
 import type { ProgressSink } from './progress.js';
 import type { PoolEvents } from '../pool/keeper.js';
+import type { TrustRecord } from '../trust/trust-record.js';
 
 export interface PipelineDeps {
   store: StateStore;
@@ -24,6 +25,8 @@ export interface PipelineDeps {
   keepOnFailure: boolean;
   /** Told of retirements, evictions and passes (the agent's metrics and fleet items). */
   poolEvents?: PoolEvents | undefined;
+  /** Told of every signature check (the agent's metrics). */
+  trustChecked?: ((record: TrustRecord) => void) | undefined;
 }
 
 export interface JobContext extends PipelineDeps {

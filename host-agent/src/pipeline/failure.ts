@@ -5,6 +5,7 @@
  * it is described in the store, and releasing what a failed job created.
  */
 import {
+  AwaitingSignature,
   EnvironmentError,
   ImageError,
   SpaceExhaustedError,
@@ -21,7 +22,7 @@ import type { StepError } from '../store/jobs.js';
 import { releaseBlobIfUnused } from '../pool/release.js';
 import type { JobContext } from './context.js';
 
-export type FailureClass = 'permanent' | 'transient' | 'superseded' | 'interrupted';
+export type FailureClass = 'permanent' | 'transient' | 'superseded' | 'interrupted' | 'awaiting';
 
 /**
  * Permanent: the image or message itself is bad — retrying cannot help, the
@@ -32,6 +33,8 @@ export type FailureClass = 'permanent' | 'transient' | 'superseded' | 'interrupt
  */
 export function classifyFailure(err: unknown, signal: AbortSignal): FailureClass {
   if (signal.aborted) return 'interrupted';
+  // Not a failure: the image waits for its signature sidecar until a deadline (trust/gate.ts).
+  if (err instanceof AwaitingSignature) return 'awaiting';
   if (err instanceof TransientError) return 'transient';
   // A space fault past its retry budget: failed with its reason, no longer retried.
   if (err instanceof SpaceExhaustedError) return 'permanent';

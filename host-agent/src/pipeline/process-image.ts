@@ -22,6 +22,8 @@ import { imageStepNames, runJob } from './runner.js';
 import { attachSnapshot } from './steps/activate.js';
 import { snapshotImage } from './steps/snapshot.js';
 import { jittered } from '../retry.js';
+import { holdForSignature } from '../trust/gate.js';
+import { refuseUntrusted } from '../trust/untrusted.js';
 
 export interface ProcessRequest {
   bucket: string;
@@ -88,6 +90,7 @@ export async function processImage(
   }
   const image = deps.store.images.upsert(ref);
   deps = withLogFields(deps, { image: image.id });
+  refuseUntrusted(image);
   if (image.status === 'ready') {
     return {
       outcome: 'already-complete',
@@ -96,6 +99,9 @@ export async function processImage(
       ...(await ensureActive(deps, image)),
     };
   }
+  // No job yet: an image whose signature has not arrived waits without one (trust/gate.ts).
+  if (deps.store.jobs.openForImage(image.id) === undefined)
+    await holdForSignature(deps, image, ref);
   for (;;) {
     const claim = claimJob(deps, image);
     if (claim.kind === 'mine') return runClaimed(deps, claim, image, ref);

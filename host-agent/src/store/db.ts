@@ -70,13 +70,24 @@ export function schemaVersion(db: Db): number {
 
 function migrate(db: Db): void {
   if (schemaVersion(db) >= migrations.length) return;
-  // IMMEDIATE: two processes starting at once must not both migrate.
-  db.transaction(() => {
-    for (let v = schemaVersion(db); v < migrations.length; v++) {
-      db.exec(migrations[v]!);
-      db.pragma(`user_version = ${v + 1}`);
-    }
-  }).immediate();
+  // Foreign keys off while the schema changes (SQLite's procedure for rebuilding a
+  // table others reference; it cannot be switched inside the transaction), and
+  // checked before the commit: a migration that breaks one rolls back.
+  db.pragma('foreign_keys = OFF');
+  try {
+    // IMMEDIATE: two processes starting at once must not both migrate.
+    db.transaction(() => {
+      for (let v = schemaVersion(db); v < migrations.length; v++) {
+        db.exec(migrations[v]!);
+        db.pragma(`user_version = ${v + 1}`);
+      }
+      const broken = db.pragma('foreign_key_check') as unknown[];
+      if (broken.length > 0)
+        throw new Error(`migration left ${broken.length} broken foreign key(s)`);
+    }).immediate();
+  } finally {
+    db.pragma('foreign_keys = ON');
+  }
 }
 
 export function nowIso(): string {

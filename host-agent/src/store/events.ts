@@ -22,6 +22,7 @@ export type MessageOutcome =
   | 'superseded' // the object changed or vanished since; deleted (a newer event follows)
   | 'failed' // permanent: left to reach the DLQ
   | 'retrying' // transient: handed back with a delay
+  | 'awaiting-signature' // no signature sidecar yet: handed back to return at the image's deadline
   | 'released'; // shutdown: handed back at once
 
 export interface QueueMessageRow {

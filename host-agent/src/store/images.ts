@@ -29,6 +29,10 @@ export interface ImageRow {
   last_activated_at: string | null;
   /** Last time an eviction pass saw one of its snapshots in use (mounted, opened, held). */
   last_used_at: string | null;
+  /** JSON: the last signature check (trust/trust-record.ts TrustRecord); null while none was made. */
+  trust: string | null;
+  /** While awaiting-signature: when it fails SIGNATURE_MISSING (ISO 8601). */
+  signature_deadline: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -63,6 +67,8 @@ const imageColumns = [
   'pinned',
   'last_activated_at',
   'last_used_at',
+  'trust',
+  'signature_deadline',
   'created_at',
   'updated_at',
 ] as const satisfies readonly (keyof ImageRow)[];
@@ -152,12 +158,14 @@ export class ImageRepo {
       .map((c) =>
         c === 'status'
           ? `'status', CASE WHEN id IN (SELECT value FROM json_each(?)) THEN 'interrupted' ELSE status END`
-          : c === 'pinned'
-            ? `'pinned', json(CASE WHEN ${effectivePinSql('images', '?')} THEN 'true' ELSE 'false' END)`
-            : // JSON for scripts gives an ETag without S3's quotes (cli/output.ts forScripts).
-              c === 'etag'
-              ? `'etag', trim(etag, '"')`
-              : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
+          : c === 'trust'
+            ? `'trust', json(trust)`
+            : c === 'pinned'
+              ? `'pinned', json(CASE WHEN ${effectivePinSql('images', '?')} THEN 'true' ELSE 'false' END)`
+              : // JSON for scripts gives an ETag without S3's quotes (cli/output.ts forScripts).
+                c === 'etag'
+                ? `'etag', trim(etag, '"')`
+                : `'${c.replace(/_([a-z])/g, (_, l: string) => l.toUpperCase())}', ${c}`,
       )
       .join(', ');
     return this.db
@@ -207,6 +215,8 @@ export class ImageRepo {
       errorMessage?: string | null;
       removedReason?: RemovedReason;
       removedDetail?: string | null;
+      /** awaiting-signature only: when the wait ends. */
+      signatureDeadline?: string;
     } = {},
   ): void {
     const row = this.get(id);
@@ -216,7 +226,7 @@ export class ImageRepo {
     this.db
       .prepare(
         `UPDATE images SET status = ?, updated_at = ?, error_code = ?, error_message = ?,
-           removed_reason = ?, removed_detail = ?
+           removed_reason = ?, removed_detail = ?, signature_deadline = ?
          WHERE id = ?`,
       )
       .run(
@@ -226,8 +236,35 @@ export class ImageRepo {
         extra.errorMessage ?? null,
         removed ? (extra.removedReason ?? row.removed_reason ?? 'removed') : null,
         removed ? (extra.removedDetail ?? row.removed_detail ?? null) : null,
+        status === 'awaiting-signature' ? (extra.signatureDeadline ?? null) : null,
         id,
       );
+  }
+
+  /** No signature yet: the image waits (no job, no storage) until `deadline`. */
+  awaitSignature(id: number, deadline: string, reason: string): void {
+    this.setStatus(id, 'awaiting-signature', {
+      signatureDeadline: deadline,
+      errorCode: 'SIGNATURE_MISSING',
+      errorMessage: reason,
+    });
+  }
+
+  /** Images waiting for their signature, soonest deadline first. */
+  listAwaiting(): ImageRow[] {
+    return this.db
+      .prepare(
+        `SELECT ${rowColumns} FROM images WHERE status = 'awaiting-signature'
+         ORDER BY signature_deadline, id`,
+      )
+      .all() as ImageRow[];
+  }
+
+  /** The last signature check (a TrustRecord), kept whatever the status. */
+  recordTrust(id: number, record: unknown): void {
+    this.db
+      .prepare(`UPDATE images SET trust = ?, updated_at = ? WHERE id = ?`)
+      .run(JSON.stringify(record), nowIso(), id);
   }
 
   /** A job starts (or restarts) on the image. */

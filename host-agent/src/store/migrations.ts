@@ -239,4 +239,51 @@ export const migrations: readonly string[] = [
   CREATE INDEX containerd_snapshots_by_parent ON containerd_snapshots(parent);
   CREATE INDEX containerd_snapshots_by_blob ON containerd_snapshots(blob_id);
   `,
+  // 10: signatures (trust/). Two image statuses — awaiting-signature (no
+  // sidecar yet; waits without a job until its deadline) and untrusted (held,
+  // but no longer passes the policy: no new snapshots) — need the status
+  // CHECK widened, which SQLite can only do by rebuilding the table (its
+  // documented procedure: migrate() runs with foreign keys off, so dropping
+  // the old table cascades nothing, and checks them before committing).
+  // trust: the last signature check (trust/trust-record.ts) as JSON;
+  // signature_deadline: when an awaiting image fails SIGNATURE_MISSING.
+  `
+  CREATE TABLE images_v10 (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    bucket        TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    version_id    TEXT,
+    etag          TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    sha256        TEXT,
+    status        TEXT NOT NULL CHECK (status IN
+      ('pending', 'processing', 'awaiting-signature', 'ready', 'untrusted', 'failed', 'removed')),
+    error_code    TEXT,
+    error_message TEXT,
+    created_at    TEXT NOT NULL,
+    updated_at    TEXT NOT NULL,
+    image_config  TEXT,
+    removed_reason TEXT
+      CHECK (removed_reason IN ('removed', 'deleted', 'superseded', 'evicted')),
+    removed_detail TEXT,
+    pinned        INTEGER NOT NULL DEFAULT 0,
+    last_activated_at TEXT,
+    last_used_at  TEXT,
+    trust         TEXT,
+    signature_deadline TEXT,
+    UNIQUE (bucket, key, etag)
+  );
+  INSERT INTO images_v10 (id, bucket, key, version_id, etag, size, sha256, status, error_code,
+      error_message, created_at, updated_at, image_config, removed_reason, removed_detail, pinned,
+      last_activated_at, last_used_at)
+    SELECT id, bucket, key, version_id, etag, size, sha256, status, error_code,
+      error_message, created_at, updated_at, image_config, removed_reason, removed_detail, pinned,
+      last_activated_at, last_used_at FROM images;
+  UPDATE sqlite_sequence SET seq = max(seq, coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'images'), 0))
+   WHERE name = 'images_v10';
+  DROP TABLE images;
+  ALTER TABLE images_v10 RENAME TO images;
+  CREATE INDEX images_by_key ON images(bucket, key);
+  CREATE INDEX images_awaiting ON images(signature_deadline) WHERE status = 'awaiting-signature';
+  `,
 ];

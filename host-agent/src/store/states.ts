@@ -30,20 +30,30 @@ export const stepTransitions: Record<StepStatus, readonly StepStatus[]> = {
   skipped: [],
 };
 
-export type ImageStatus = 'pending' | 'processing' | 'ready' | 'failed' | 'removed';
+export type ImageStatus =
+  'pending' | 'processing' | 'awaiting-signature' | 'ready' | 'untrusted' | 'failed' | 'removed';
 
 /**
  * Images. `removed` is final for the image's storage but not for its
  * identity: the same object version may be asked for again (an operator's
  * process-image, a catch-up of an evicted current version) and is processed
  * anew. Why it was removed is on the row (RemovedReason).
+ *
+ * Signatures (trust/, docs/trust.md): `awaiting-signature` is an image whose
+ * policy verifies and whose sidecar has not arrived; it holds no job and no
+ * storage, and leaves for processing when the sidecar comes, or failed
+ * (SIGNATURE_MISSING) at its deadline. `untrusted` is a held image that no
+ * longer passes the policy (`thinrelay verify`): no new snapshots; it returns
+ * to ready when it passes again.
  */
 export const imageTransitions: Record<ImageStatus, readonly ImageStatus[]> = {
-  pending: ['processing', 'failed', 'removed'],
+  pending: ['processing', 'awaiting-signature', 'failed', 'removed'],
   processing: ['processing', 'ready', 'failed', 'removed'],
-  ready: ['removed'],
-  failed: ['processing', 'failed', 'removed'],
-  removed: ['processing', 'removed'],
+  'awaiting-signature': ['processing', 'failed', 'removed'],
+  ready: ['removed', 'untrusted'],
+  untrusted: ['ready', 'removed'],
+  failed: ['processing', 'awaiting-signature', 'failed', 'removed'],
+  removed: ['processing', 'awaiting-signature', 'removed'],
 };
 
 /**

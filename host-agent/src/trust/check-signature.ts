@@ -12,13 +12,24 @@ import { decodeSignature, type Sidecar } from './sidecar.js';
 import { parseBundleSidecar } from './sigstore-bundle.js';
 import { describePayload, type SignedPayload } from './signed-payload.js';
 import type { Signer, TrustRecord } from './trust-record.js';
-import { ED25519_MAX_MESSAGE_BYTES, verifyWithKeys, type SignedMessage } from './verify-key.js';
+import {
+  ED25519_MAX_MESSAGE_BYTES,
+  verifyObjectWithKeys,
+  verifyWithKeys,
+  type SignedMessage,
+} from './verify-key.js';
 
 export interface SignatureCheck {
   policy: TrustPolicy;
   payload: SignedPayload;
   /** The object's bytes (whole or streamed) for an `object` payload; unused for a manifest digest. */
   object?: SignedMessage;
+  /**
+   * Without `object`: reads the object's bytes again (pinned), for what cannot
+   * be checked from its sha256 alone (pure Ed25519, bundles). ECDSA `.sig`s
+   * over an object are checked from the payload's sha256.
+   */
+  reopen?: () => AsyncIterable<Uint8Array>;
   /** The sidecar found next to the image; null: none (yet). */
   sidecar: Sidecar | null;
   now?: () => Date;
@@ -55,7 +66,6 @@ async function signerOf(c: SignatureCheck): Promise<Signer> {
       `no signature for ${what} (neither <key>.sig nor <key>.sigstore.json arrived)`,
       'upload the signature sidecar next to the image; docs/trust.md shows how to make it',
     );
-  const message = messageOf(c);
   if (c.sidecar.kind === 'signature') {
     const signature = decodeSignature(c.sidecar);
     if (c.policy.keys.length === 0)
@@ -64,10 +74,20 @@ async function signerOf(c: SignatureCheck): Promise<Signer> {
         `${c.sidecar.key} is a key signature, but the policy trusts no public key (only identities)`,
         'upload a Sigstore bundle (<key>.sigstore.json) or add the key to the group policy',
       );
-    const key = await verifyWithKeys(c.policy.keys, signature, message, what);
+    const key =
+      c.payload.kind === 'object' && c.object === undefined
+        ? await verifyObjectWithKeys(
+            c.policy.keys,
+            signature,
+            c.payload.sha256,
+            what,
+            c.reopen ?? null,
+          )
+        : await verifyWithKeys(c.policy.keys, signature, messageOf(c), what);
     return { type: 'key', fingerprint: key.fingerprint, algorithm: key.algorithm };
   }
   const bundle = parseBundleSidecar(c.sidecar, c.payload);
+  const message = messageOf(c);
   // Only now: the Sigstore libraries load on the first bundle.
   const { verifyBundle } = await import('./verify-bundle.js');
   const signer = await verifyBundle(c.policy, bundle, await wholeMessage(message, what));
@@ -78,8 +98,9 @@ async function signerOf(c: SignatureCheck): Promise<Signer> {
 
 function messageOf(c: SignatureCheck): SignedMessage {
   if (c.payload.kind === 'manifest-digest') return c.payload.bytes;
-  if (c.object === undefined) throw new TypeError('an object payload needs the object’s bytes');
-  return c.object;
+  if (c.object !== undefined) return c.object;
+  if (c.reopen === undefined) throw new TypeError('an object payload needs the object’s bytes');
+  return c.reopen();
 }
 
 /** @sigstore/verify checks a message signature over the bytes in memory: a bounded copy. */

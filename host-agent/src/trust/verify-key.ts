@@ -8,6 +8,7 @@
  */
 import { createVerify, verify } from 'node:crypto';
 import { ImageError } from '../errors.js';
+import { verifyP256Digest } from './ecdsa-digest.js';
 import type { TrustedKey } from './trusted-keys.js';
 
 export const ED25519_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
@@ -26,12 +27,48 @@ export async function verifyWithKeys(
     : await verifyStream(keys, signature, message);
   const signer = outcome.find((o) => o.ok);
   if (signer !== undefined) return signer.key;
-  const tried = outcome.map((o) => `${o.key.fingerprint} (${o.key.algorithm}${o.why})`);
-  throw new ImageError(
+  throw invalidSignature(
+    what,
+    outcome.map((o) => `${o.key.fingerprint} (${o.key.algorithm}${o.why})`),
+  );
+}
+
+function invalidSignature(what: string, tried: string[]): ImageError {
+  return new ImageError(
     'SIGNATURE_INVALID',
     `the signature of ${what} does not verify with ${tried.length === 1 ? 'the trusted key' : 'any trusted key'}: ${tried.join(', ') || 'none'}`,
     'sign with a key in the group policy, over the payload docs/trust.md names for this format',
   );
+}
+
+/**
+ * A whole-object signature checked from the object's recorded sha256: ECDSA
+ * keys from the digest alone (no byte read again); pure Ed25519 signs the
+ * message itself, so its keys need the bytes: `reopen` reads them again
+ * (pinned to the same version; null when they cannot be read).
+ */
+export async function verifyObjectWithKeys(
+  keys: readonly TrustedKey[],
+  signature: Buffer,
+  sha256Hex: string,
+  what: string,
+  reopen: (() => AsyncIterable<Uint8Array>) | null,
+): Promise<TrustedKey> {
+  const digest = Buffer.from(sha256Hex, 'hex');
+  const ecdsa = keys.filter((k) => k.algorithm === 'ecdsa-p256');
+  const signer = ecdsa.find((k) => verifyP256Digest(k.key, digest, signature));
+  if (signer !== undefined) return signer;
+  const ed25519 = keys.filter((k) => k.algorithm === 'ed25519');
+  const tried = ecdsa.map((k) => `${k.fingerprint} (${k.algorithm})`);
+  if (ed25519.length > 0 && reopen !== null) {
+    try {
+      return await verifyWithKeys(ed25519, signature, reopen(), what);
+    } catch (err) {
+      if (!(err instanceof ImageError) || err.code !== 'SIGNATURE_INVALID') throw err;
+    }
+  }
+  tried.push(...ed25519.map((k) => `${k.fingerprint} (${k.algorithm})`));
+  throw invalidSignature(what, tried);
 }
 
 function verifyWhole(k: TrustedKey, signature: Buffer, message: Buffer): boolean {

@@ -4,6 +4,7 @@ import { objectName } from '../../storage/names.js';
 import { isOwnerAlive, ownerPid } from '../../store/owner.js';
 import type { Command, CommandContext } from '../command.js';
 import { requirePositional } from '../command.js';
+import type { Signer, TrustRecord } from '../../trust/trust-record.js';
 import { camelKeys, printJson, printTable, printable } from '../output.js';
 
 function run(ctx: CommandContext): Promise<number> {
@@ -13,11 +14,16 @@ function run(ctx: CommandContext): Promise<number> {
   const job = rt.store.jobs.latestForImage(image.id);
   const steps = job === undefined ? [] : rt.store.jobs.steps(job.id);
   const snapshots = rt.store.snapshots.forImage(image.id);
+  const trust = trustOf(image.trust);
   if (ctx.json) {
     printJson({
       image: {
         ...camelKeys(image),
         pinned: rt.store.images.isPinned(image.id, rt.config.pool.pins),
+        // The last signature check (docs/trust.md): who signed, when it was verified.
+        trust,
+        signer: trust?.signer ?? null,
+        verifiedAt: trust?.verdict === 'verified' ? trust.verifiedAt : null,
       },
       job: job === undefined ? null : camelKeys(job),
       steps: steps.map((s) =>
@@ -47,6 +53,14 @@ function run(ctx: CommandContext): Promise<number> {
   );
   if (image.error_code !== null)
     out.write(printable(`  error [${image.error_code}] ${image.error_message}`) + '\n');
+  if (image.signature_deadline !== null)
+    out.write(`  awaiting its signature until ${image.signature_deadline}\n`);
+  if (trust !== null)
+    out.write(
+      printable(
+        `  signature ${trust.verdict} (${trust.mode}) by ${signerLabel(trust.signer)} at ${trust.verifiedAt}${trust.failure === null ? '' : ` [${trust.failure.code}]`}  ${trust.payload}`,
+      ) + '\n',
+    );
   for (const s of snapshots) out.write(`  snapshot ${s.object_id} active at ${s.device_path}\n`);
   for (const l of rt.store.images.layers(image.id))
     out.write(
@@ -76,6 +90,16 @@ function run(ctx: CommandContext): Promise<number> {
     ]),
   );
   return Promise.resolve(0);
+}
+
+function trustOf(json: string | null): TrustRecord | null {
+  return json === null ? null : (JSON.parse(json) as TrustRecord);
+}
+
+/** A key's fingerprint, or a keyless identity's issuer and subject. */
+function signerLabel(s: Signer | null): string {
+  if (s === null) return '-';
+  return s.type === 'key' ? `key ${s.fingerprint} (${s.algorithm})` : `${s.issuer} ${s.subject}`;
 }
 
 export const showCommand: Command = {

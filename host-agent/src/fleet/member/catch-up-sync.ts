@@ -303,6 +303,12 @@ async function processWith(
       deps.logger.error('sync: image failed', { eTag, code, error: errorMessage(err) });
       return 'failed';
     }
+    if (kind === 'awaiting') {
+      // Held back for its signature (the row says until when): a listed sidecar wakes it.
+      ctx.reporter.settled(bucket, key);
+      deps.logger.info('sync: image awaits its signature', { eTag, error: errorMessage(err) });
+      return 'unchanged';
+    }
     if (kind === 'superseded') {
       // Overwritten or deleted since the listing: its event or the next round handles it.
       ctx.reporter.settled(bucket, key);
@@ -325,13 +331,23 @@ async function wakeSigned(ctx: SyncContext, bucket: string, key: string): Promis
     if (ctx.stopping()) return 'unchanged';
     return asWorker(ctx, key, async (deps) => {
       try {
-        const { woken } = await wakeAwaitingSignature(deps, bucket, key);
+        const { imageIds } = await wakeAwaitingSignature(deps, bucket, key);
         ctx.reporter.settled(bucket, key);
-        if (woken === 0) return 'unchanged';
-        deps.logger.info('sync: signature listed: waiting image woken', { woken });
+        if (imageIds.length === 0) return 'unchanged';
+        deps.logger.info('sync: signature listed: waiting image woken and ready', { imageIds });
         return 'woken';
       } catch (err) {
-        deps.logger.warn('sync: waking a signed image failed; next round', {
+        const kind = classifyFailure(err, ctx.signal);
+        const code = failureCode(err);
+        if (kind === 'permanent' || kind === 'awaiting' || kind === 'superseded')
+          ctx.reporter.settled(bucket, key);
+        if (kind === 'permanent') {
+          deps.logger.error('sync: signed image failed', { code, error: errorMessage(err) });
+          return 'failed';
+        }
+        deps.logger.warn('sync: waking a signed image deferred to the next round', {
+          class: kind,
+          code,
           error: errorMessage(err),
         });
         return 'deferred';

@@ -12,6 +12,11 @@ import type {
 import type { FleetTable } from '../../../../schema/fleet-table.js';
 import type { Plain } from '../../../../schema/item-codec.js';
 import { UsageError } from '../../errors.js';
+import {
+  parseSignaturePolicy,
+  SignaturePolicyError,
+  type SignaturePolicy,
+} from '../../../../schema/signature-policy.js';
 
 export const DYNAMO_CONNECTION_TIMEOUT_MS = 5_000;
 export const DYNAMO_SOCKET_TIMEOUT_MS = 15_000;
@@ -98,7 +103,28 @@ export function parseDeployment(o: { [k: string]: Plain }, table: string): Deplo
     groups: settings,
     staleAfterSeconds: num('staleAfterSeconds'),
     sweepAfterSeconds: num('sweepAfterSeconds'),
+    ...(o.signatures === undefined ? {} : { signatures: parseSignatures(o.signatures, table) }),
   };
+}
+
+/** Each group's signature policy, checked by the one parser the stack uses too. */
+function parseSignatures(raw: Plain, table: string): Record<string, SignaturePolicy> {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw))
+    throw new UsageError(
+      'CONFIG',
+      `fleet table ${table}: deployment item field "signatures" must be a map of group → policy`,
+      'redeploy the stack: it writes this item',
+    );
+  const out: Record<string, SignaturePolicy> = {};
+  for (const [group, policy] of Object.entries(raw)) {
+    try {
+      out[group] = parseSignaturePolicy(policy, `signatures.${group}`);
+    } catch (err) {
+      if (!(err instanceof SignaturePolicyError)) throw err;
+      throw new UsageError('CONFIG', `fleet table ${table}: ${err.message}`);
+    }
+  }
+  return out;
 }
 
 /**

@@ -21,9 +21,11 @@ import {
   type GroupQueueSettings,
 } from '../../../../schema/fleet.js';
 import type { FleetTable } from '../../../../schema/fleet-table.js';
-import { imageKeyOf } from '../../../../schema/image-event.js';
+import { sidecarTarget } from '../../../../schema/sidecar-key.js';
 import type { AgentObserver } from '../../daemon/agent.js';
 import { resolvePoolPolicy, writeGroupPolicy } from '../../pool/policy.js';
+import { SIGNATURES_OFF } from '../../../../schema/signature-policy.js';
+import { hostTrustPolicy, writeGroupSignatures } from '../../trust/host-policy.js';
 import { KeyLock } from '../../daemon/key-lock.js';
 import { errorMessage, isThinrelayError, UsageError } from '../../errors.js';
 import type { Logger } from '../../log.js';
@@ -157,14 +159,17 @@ export class FleetMember {
   readonly observer: AgentObserver = {
     started: (t) =>
       this.report(() => {
-        if (t.kind === 'image.put') this.reporter.working(t.bucket, t.key, t.eTag, t.versionId);
+        // A sidecar is never an image of its own (whatever kind an older producer gave it).
+        if (t.kind === 'image.put' && sidecarTarget(t.key) === null)
+          this.reporter.working(t.bucket, t.key, t.eTag, t.versionId);
       }),
     decided: (d) =>
       this.report(() => {
         const e = d.event;
         if (e === null) return;
         // A sidecar is never an item of its own: the image it signs is what changed.
-        if (e.kind === 'sidecar.put') return this.reporter.settled(e.bucket, imageKeyOf(e));
+        const signed = sidecarTarget(e.key);
+        if (signed !== null) return this.reporter.settled(e.bucket, signed.imageKey);
         if (d.outcome === 'retrying' || d.outcome === 'released')
           this.reporter.waiting(
             e.bucket,
@@ -239,6 +244,16 @@ export class FleetMember {
     const config = this.opts.deps.config;
     const group = d.pools[settings.group];
     config.pool = resolvePoolPolicy(config.poolOverrides, group);
+    // The group's signature policy, narrowed by this host's override: in force for the next image.
+    const signatures = d.signatures?.[settings.group] ?? SIGNATURES_OFF;
+    config.signatures = hostTrustPolicy(signatures);
+    try {
+      writeGroupSignatures(config.stateDir, signatures);
+    } catch (err) {
+      this.opts.logger.warn('could not keep the group signature policy for the CLI', {
+        error: errorMessage(err),
+      });
+    }
     try {
       writeGroupPolicy(config.stateDir, group);
     } catch (err) {

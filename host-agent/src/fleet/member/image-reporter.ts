@@ -75,15 +75,12 @@ export class ImageReporter {
       });
       return;
     }
-    const state = stateOf(newest);
-    // Why it failed, is no longer trusted, or what it waits for.
-    const explained = state === 'failed' || state === 'untrusted' || state === 'awaiting-signature';
     this.write(key, {
-      state,
+      state: stateOf(newest),
       eTag: newest.etag,
       versionId: newest.version_id,
-      reasonCode: explained ? newest.error_code : null,
-      message: explained ? newest.error_message : null,
+      reasonCode: explained(newest) ? newest.error_code : null,
+      message: explained(newest) ? newest.error_message : null,
       ...signatureOf(newest),
     });
   }
@@ -103,15 +100,25 @@ export class ImageReporter {
   }
 }
 
+/** Statuses whose row says why (error_code, error_message). */
+function explained(row: ImageRow): boolean {
+  return (
+    row.status === 'failed' || row.status === 'awaiting-signature' || row.status === 'untrusted'
+  );
+}
+
 function stateOf(row: ImageRow): HostImageState {
-  // The trust gate's states (store/states.ts on h/trust-gate).
-  const status: string = row.status;
-  if (status === 'awaiting-signature' || status === 'untrusted') return status;
   switch (row.status) {
     case 'pending':
       return 'pending';
     case 'processing':
       return 'processing';
+    // Waiting for its signature sidecar: the reason says until when.
+    case 'awaiting-signature':
+      return 'awaiting-signature';
+    // Held, but no longer passes the signature policy: no new snapshots.
+    case 'untrusted':
+      return 'untrusted';
     case 'ready':
       return 'ready';
     case 'failed':
@@ -134,33 +141,28 @@ function evictedMessage(row: ImageRow): string {
 }
 
 /**
- * The image row's verification (`signer`, `verifiedAt`, written by the trust
- * gate): the signer as one line, the time in epoch milliseconds. The row may
- * hold the signer as the TrustRecord's object (trust/trust-record.ts), its
- * JSON text, or text already; anything else reads as not verified.
+ * Who signed the row's version and when it was verified, from its last
+ * signature check (the `trust` column, a TrustRecord: trust/trust-record.ts);
+ * nothing unless that check verified. The signer as one line: a key's
+ * fingerprint and algorithm, or a keyless identity's issuer and subject.
  */
-export function signatureOf(row: object): Pick<HostImageItem, 'signer' | 'verifiedAt'> {
-  const r = row as { signer?: unknown; verifiedAt?: unknown };
-  const signer = signerLine(r.signer);
-  const at =
-    typeof r.verifiedAt === 'number'
-      ? r.verifiedAt
-      : typeof r.verifiedAt === 'string'
-        ? Date.parse(r.verifiedAt)
-        : NaN;
+export function signatureOf(
+  row: Pick<ImageRow, 'trust'>,
+): Pick<HostImageItem, 'signer' | 'verifiedAt'> {
+  type Checked = { verdict?: unknown; signer?: unknown; verifiedAt?: unknown };
+  let record: Checked | null;
+  try {
+    record = row.trust === null ? null : (JSON.parse(row.trust) as Checked | null);
+  } catch {
+    record = null; // an unreadable record reads as not verified
+  }
+  if (record === null || record.verdict !== 'verified') return { ...UNSIGNED };
+  const signer = signerLine(record.signer);
+  const at = typeof record.verifiedAt === 'string' ? Date.parse(record.verifiedAt) : NaN;
   return { signer, verifiedAt: signer !== null && Number.isFinite(at) ? at : null };
 }
 
-function signerLine(value: unknown): string | null {
-  let v = value;
-  if (typeof v === 'string') {
-    if (!v.trimStart().startsWith('{')) return v === '' ? null : v;
-    try {
-      v = JSON.parse(v);
-    } catch {
-      return v as string;
-    }
-  }
+function signerLine(v: unknown): string | null {
   if (typeof v !== 'object' || v === null) return null;
   const s = v as Record<string, unknown>;
   if (s.type === 'key' && typeof s.fingerprint === 'string')

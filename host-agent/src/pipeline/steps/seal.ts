@@ -6,6 +6,7 @@
  * step runs the same sealing first when it resumes (sealLeftovers).
  */
 import type { BlobRow } from '../../store/blobs.js';
+import { trustGate } from '../../trust/gate.js';
 import type { JobContext, StepOutcome } from '../context.js';
 import { finishLayer } from '../layer-unit.js';
 import type { Step } from './index.js';
@@ -26,6 +27,9 @@ export async function sealLeftovers(
       continue;
     const blob = store.blobs.byVolume(volume.id);
     if (blob?.status !== 'unpacking') continue;
+    // A flat tar's volume left unsealed by a crash: its signature is checked before the seal.
+    if (blob.sha256 !== null)
+      await trustGate(ctx, { manifestDigest: null, objectSha256: blob.sha256 });
     const ready = await finishLayer(ctx, volume);
     sealed.push(ready.id);
     // A flat tar's one volume (the only kind an earlier version left here).

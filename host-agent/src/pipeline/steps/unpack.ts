@@ -24,6 +24,7 @@ import { spoolDirOf } from '../../image/spool.js';
 import { unpackArchive } from '../../layer/index.js';
 import type { JobContext, StepOutcome } from '../context.js';
 import { applyLayers, bytesToApply, finishLayer } from '../layer-unit.js';
+import { trustGate } from '../../trust/gate.js';
 import { sealLeftovers } from './seal.js';
 import type { Step } from './index.js';
 
@@ -100,6 +101,8 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   if (ranged !== null) {
     let detail: Record<string, unknown>;
     try {
+      // Before the first layer byte: an OCI archive's manifest digest (a legacy docker save: its bytes).
+      await trustGate(ctx, { manifestDigest: ranged.manifestDigest, objectSha256: null });
       const need = bytesToApply(ctx, ranged, sizeBytes);
       await admit(ctx, need.bytes, `${ref.key} (${need.layers} layer(s) not held here)`);
       detail = await applyLayers(ctx, ranged, sizeBytes);
@@ -145,6 +148,9 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       reserveBytes: ctx.config.reserveBytes,
       bytesFetched: () => fetchedBytes,
     });
+    if (source.flatBytes === null)
+      // Spooled and verified whole, no layer applied yet: the manifest digest (or the bytes) first.
+      await trustGate(ctx, { manifestDigest: source.manifestDigest, objectSha256: null });
     detail =
       source.flatBytes === null
         ? await applyLayers(ctx, source, sizeBytes)
@@ -214,6 +220,8 @@ async function unpackFlat(
       'tar the layout with its metadata or blobs first (as skopeo does, or `tar -C DIR -cf IMAGE.tar .`), or upload a root filesystem',
     );
   const fetched = await result;
+  // Unpacked while it streamed, but not sealed or shared until its signature checks.
+  await trustGate(ctx, { manifestDigest: null, objectSha256: fetched.sha256 });
   // An uncompressed tar's sha256 is its diff_id; its sharing key says it was unpacked flat
   // (no whiteouts), so a layer with the same bytes never shares its volume.
   const id = source.compression === 'none' ? `sha256:${fetched.sha256}` : null;
