@@ -5,7 +5,8 @@
  * requires a signature by a key made with openssl. An image uploaded
  * unsigned waits in awaiting-signature, visible in `fleet status`; its
  * `.sig` uploaded afterwards is routed to the same host as a sidecar, wakes
- * the image, and `fleet status` shows it ready with the signer.
+ * the image, and `fleet status` shows it ready with the signer. A sidecar
+ * whose event was lost is found by the catch-up sync, which wakes its image.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
@@ -14,6 +15,8 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetQueueUrlCommand, PurgeQueueCommand } from '@aws-sdk/client-sqs';
+import { queueNames } from '../../schema/fleet.js';
 import { startLocalStack, type LocalStack } from '../../host-agent/src/demo/local-stack.js';
 import { parseSignaturePolicy } from '../../schema/signature-policy.js';
 import { startAgent, type AgentProcess } from '../helpers/agent-process.js';
@@ -94,16 +97,16 @@ describe(
       keys?.remove();
     });
 
-    async function hostRow(): Promise<HostRow | undefined> {
-      const r = await runCli(['fleet', 'status', key, '--json'], stack.env);
+    async function hostRow(of = key): Promise<HostRow | undefined> {
+      const r = await runCli(['fleet', 'status', of, '--json'], stack.env);
       assert.equal(r.code, 0, r.stderr);
       return (JSON.parse(r.stdout) as { hosts: HostRow[] }).hosts.find((h) => h.host === hostId);
     }
 
-    async function untilState(state: string, timeoutMs = 90_000): Promise<HostRow> {
+    async function untilState(state: string, of = key, timeoutMs = 90_000): Promise<HostRow> {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const row = await hostRow();
+        const row = await hostRow(of);
         if (row?.state === state) return row;
         assert.ok(Date.now() < deadline, `never ${state}: ${JSON.stringify(row)}`);
         await sleep(500);
@@ -148,6 +151,30 @@ describe(
         ]),
         [[key, 'ready']],
       );
+    });
+
+    test('a sidecar whose event was lost: the catch-up sync lists it and wakes the waiting image', async () => {
+      const lost = 'images/lost-event.tar';
+      const tar = await smallRootfsTar('event lost');
+      await stack.s3.send(new PutObjectCommand({ Bucket: bucket, Key: lost, Body: tar }));
+      await untilState('awaiting-signature', lost);
+
+      // The host is down while the sidecar arrives, and its queue loses the event.
+      assert.equal((await agent.stop()).code, 0);
+      await stack.s3.send(
+        new PutObjectCommand({ Bucket: bucket, Key: `${lost}.sig`, Body: keys.sign(trusted, tar) }),
+      );
+      await stack.fanoutIdle();
+      const queueName = queueNames.hostQueue(stack.deployment.namePrefix, 'default', hostId);
+      const { QueueUrl } = await stack.sqs.send(new GetQueueUrlCommand({ QueueName: queueName }));
+      await stack.sqs.send(new PurgeQueueCommand({ QueueUrl }));
+
+      agent = startAgent(['--group', 'default', '--host-id', hostId, '--metrics-addr', 'off'], env);
+      const round = await agent.waitForLog((l) => l.msg === 'sync round done', 90_000);
+      assert.equal(round.woken, 1, JSON.stringify(round));
+      assert.equal(agent.outcomes().length, 0, 'no queue message was involved');
+      const ready = await untilState('ready', lost);
+      assert.equal(ready.signer, `${trusted.fingerprint} (ecdsa-p256)`);
     });
   },
 );
