@@ -30,7 +30,12 @@ interface ShowJson {
     signatureDeadline: string | null;
     signer: { type: string; fingerprint?: string } | null;
     verifiedAt: string | null;
-    trust: { mode: string; verdict: string; payload: string; failure: { code: string } | null } | null;
+    trust: {
+      mode: string;
+      verdict: string;
+      payload: string;
+      failure: { code: string } | null;
+    } | null;
   };
   steps: { name: string; detail: Record<string, unknown> | null }[];
 }
@@ -52,7 +57,9 @@ describe('trust gate (process-image)', { skip: needsRoot }, () => {
   let trustedEd: TestKey;
   let other: TestKey;
   const env = (policy: object): NodeJS.ProcessEnv => {
-    const file = keys.path(`policy-${sha256(Buffer.from(JSON.stringify(policy))).slice(0, 12)}.json`);
+    const file = keys.path(
+      `policy-${sha256(Buffer.from(JSON.stringify(policy))).slice(0, 12)}.json`,
+    );
     writeFileSync(file, JSON.stringify({ signatures: policy }));
     return {
       ...s3EnvFor(s3),
@@ -101,7 +108,10 @@ describe('trust gate (process-image)', { skip: needsRoot }, () => {
     assert.equal(s.image.trust?.payload, `object sha256:${sha256(tar)}`);
     assert.ok(s.image.verifiedAt !== null);
     const human = await runCli(['show', 'img/signed.tar'], env({ mode: 'off' }));
-    assert.match(human.stdout, new RegExp(`signature verified \\(require\\) by key ${trusted.fingerprint}`));
+    assert.match(
+      human.stdout,
+      new RegExp(`signature verified \\(require\\) by key ${trusted.fingerprint}`),
+    );
   });
 
   test('a pure Ed25519 signature over a flat tar (read again to verify) becomes ready', async () => {

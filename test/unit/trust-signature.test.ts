@@ -299,12 +299,15 @@ test('ECDSA from the recorded sha256 (no second read) agrees with openssl on goo
     const digest = createHash('sha256').update(blob).digest();
     assert.equal(verifyP256Digest(pub, digest, sig), true, `signature ${i}`);
     const flipped = Buffer.from(digest);
-    flipped[i % 32]! ^= 1 << i % 8;
+    flipped[i % 32]! ^= 1 << (i % 8);
     assert.equal(verifyP256Digest(pub, flipped, sig), false, `tampered digest ${i}`);
     assert.equal(verifyP256Digest(otherKey, digest, sig), false, `other key ${i}`);
     const badSig = Buffer.from(sig);
     badSig[badSig.length - 1]! ^= 1;
     assert.equal(verifyP256Digest(pub, digest, badSig), false, `tampered signature ${i}`);
   }
-  assert.equal(verifyP256Digest(pub, Buffer.alloc(32), Buffer.from('3006020100020100', 'hex')), false);
+  assert.equal(
+    verifyP256Digest(pub, Buffer.alloc(32), Buffer.from('3006020100020100', 'hex')),
+    false,
+  );
 });

@@ -65,7 +65,8 @@ export function hostGroupPolicy(stateDir: string, env: NodeJS.ProcessEnv): Signa
   const doc = readJson(file, POLICY_FILE_ENV);
   if (doc === undefined)
     throw new UsageError('CONFIG', `${POLICY_FILE_ENV}: ${file} does not exist`);
-  const section = (doc as { signatures?: unknown } | null)?.signatures;
+  const section: unknown =
+    typeof doc === 'object' && doc !== null && 'signatures' in doc ? doc.signatures : undefined;
   return parsed(section ?? doc, `${file}: $.signatures`);
 }
 
