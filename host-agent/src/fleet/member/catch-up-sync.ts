@@ -14,7 +14,8 @@
  *   image: it only marks its image as signed, and an image waiting for its
  *   signature whose sidecar is listed is woken as the sidecar's event would
  *   (pipeline/signature-wake.ts): a lost event costs one round, not the
- *   deadline. One still unsigned is left to wait.
+ *   deadline. One still unsigned is left to wait until its deadline, then
+ *   processed, which fails it SIGNATURE_MISSING.
  *
  * Keys of other groups are left alone. At most `concurrency` keys at once.
  */
@@ -109,11 +110,14 @@ export function planSync(
   store: StateStore,
   deployment: DeploymentConfigItem,
   listing: BucketListing,
+  now = Date.now(),
 ): SyncPlan {
   const plan: SyncPlan = { process: [], retire: [], wake: [], awaiting: 0, upToDate: 0 };
   for (const [key, o] of listing.wanted) {
     const image = store.images.find(deployment.bucket, key, o.eTag);
-    if (image !== undefined && awaitsSignature(image)) {
+    const deadlinePassed =
+      image?.signature_deadline != null && Date.parse(image.signature_deadline) <= now;
+    if (image !== undefined && awaitsSignature(image) && !deadlinePassed) {
       if (listing.signed.has(key)) plan.wake.push(key);
       else plan.awaiting++;
     } else if (
