@@ -325,7 +325,10 @@ describe('thinrelay agent --group (fleet)', { skip: needsRoot, timeout: 600_000 
       (l) => l.outcome !== undefined && l.key === `${key}.sig`,
     );
     assert.equal(outcome.outcome, 'applied', JSON.stringify(outcome));
-    assert.match(String(outcome.reason), /signature sidecar for images\/signed\.tar/);
+    assert.match(
+      String(outcome.reason),
+      /signature sidecar of images\/signed\.tar: no image here waits for it/,
+    );
     assert.deepEqual(await readyKeys(f), [key]);
     assert.equal(countRows(f.stateDir, `SELECT COUNT(*) FROM images`), 1);
     assert.equal(countRows(f.stateDir, `SELECT COUNT(*) FROM jobs`), 1, 'nothing run again');
