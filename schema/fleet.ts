@@ -17,6 +17,7 @@
  * host to its own items (dynamodb:LeadingKeys).
  */
 
+import { isSidecarKey } from './sidecar-key.js';
 import type { SignaturePolicy } from './signature-policy.js';
 
 /** Group names: letters, digits and '_' ('-' ends the group inside a queue name). */
@@ -143,8 +144,21 @@ export interface HostItem {
   dlqDepth: number | null;
 }
 
-/** `evicted`: the host had the key's current version and dropped it for pool space. */
-export type HostImageState = 'pending' | 'processing' | 'ready' | 'failed' | 'retired' | 'evicted';
+/**
+ * `evicted`: the host had the key's current version and dropped it for pool
+ * space. `awaiting-signature`: its group's signature policy requires a
+ * signature that has not arrived (docs/trust.md). `untrusted`: held, but it no
+ * longer passes the policy (`thinrelay verify`): it takes no new snapshots.
+ */
+export type HostImageState =
+  | 'pending'
+  | 'processing'
+  | 'awaiting-signature'
+  | 'ready'
+  | 'failed'
+  | 'untrusted'
+  | 'retired'
+  | 'evicted';
 
 export interface HostImageItem {
   pk: string;
@@ -159,6 +173,15 @@ export interface HostImageItem {
   state: HostImageState;
   reasonCode: string | null;
   message: string | null;
+  /**
+   * Who signed this version, as verified on the host: a key
+   * (`sha256:<fingerprint> (ecdsa-p256)`) or a keyless identity
+   * (`<issuer> <subject>`); null when not verified (no policy, not yet, or
+   * failed). Absent on items written before signatures existed.
+   */
+  signer?: string | null;
+  /** When the signature was verified, epoch milliseconds; null or absent as for signer. */
+  verifiedAt?: number | null;
   /** Epoch milliseconds. */
   updatedAt: number;
 }
@@ -184,14 +207,15 @@ export interface Routing {
 
 /**
  * The groups an image key is for: the longest matching route's groups, or
- * `allGroups` when no route matches; none when the key is not an image key.
+ * `allGroups` when no route matches; none when the key is not an image key
+ * (a signature sidecar never is: it goes where the image it signs goes).
  */
 export function groupsForKey(
   key: string,
   routing: Routing,
   allGroups: readonly string[],
 ): string[] {
-  if (!key.startsWith(routing.imagesPrefix) || key.endsWith('/')) return [];
+  if (!key.startsWith(routing.imagesPrefix) || key.endsWith('/') || isSidecarKey(key)) return [];
   if (routing.imageSuffixes.length > 0 && !routing.imageSuffixes.some((s) => key.endsWith(s))) {
     return [];
   }

@@ -7,11 +7,18 @@
  * agent both stay small) and strict: unknown fields and unknown schema
  * versions are rejected, so a producer ahead of its consumers fails loudly
  * instead of being half-understood. Adding a field means bumping schemaVersion.
+ *
+ * A signature sidecar's upload (`<image key>.sig` / `.sigstore.json`,
+ * schema/sidecar-key.ts) travels as kind `sidecar.put`, `key` the sidecar's
+ * own key: the same fields, so no new version; an agent that predates it
+ * refuses the message as invalid (INVALID_MESSAGE) rather than taking the
+ * sidecar for an image. Sidecar deletions are not sent (lambda/README.md).
  */
+import { sidecarTarget } from './sidecar-key.js';
 
 export const IMAGE_EVENT_SCHEMA_VERSION = 1;
 
-export type ImageEventKind = 'image.put' | 'image.delete';
+export type ImageEventKind = 'image.put' | 'image.delete' | 'sidecar.put';
 
 export interface ImageEvent {
   schemaVersion: 1;
@@ -84,14 +91,17 @@ export function validateImageEvent(value: unknown): ImageEvent {
     }
   }
   const kind = o.kind;
-  if (kind !== 'image.put' && kind !== 'image.delete') {
+  if (kind !== 'image.put' && kind !== 'image.delete' && kind !== 'sidecar.put') {
     throw new ImageEventError(
       'kind',
-      `kind must be "image.put" or "image.delete", got ${JSON.stringify(kind)}`,
+      `kind must be "image.put", "image.delete" or "sidecar.put", got ${JSON.stringify(kind)}`,
     );
   }
   const bucket = nonEmptyString(o, 'bucket');
   const key = nonEmptyString(o, 'key');
+  if (kind === 'sidecar.put' && sidecarTarget(key) === null) {
+    throw new ImageEventError('key', 'a sidecar.put key must end with .sig or .sigstore.json');
+  }
   const versionId = o.versionId === null ? null : nonEmptyString(o, 'versionId', ' or null');
   let eTag: string | null;
   if (kind === 'image.delete') {
@@ -99,7 +109,7 @@ export function validateImageEvent(value: unknown): ImageEvent {
     eTag = null;
   } else {
     // The host agent pins downloads to this ETag: a put without one is useless.
-    eTag = nonEmptyString(o, 'eTag', ' for image.put');
+    eTag = nonEmptyString(o, 'eTag', ` for ${kind}`);
   }
   const size = o.size;
   if (size !== null && !(typeof size === 'number' && Number.isSafeInteger(size) && size >= 0)) {
@@ -112,6 +122,14 @@ export function validateImageEvent(value: unknown): ImageEvent {
     throw new ImageEventError('eventTime', `eventTime must be an ISO 8601 UTC timestamp`);
   }
   return { schemaVersion: 1, kind, bucket, key, versionId, eTag, size, sequencer, eventTime };
+}
+
+/** The image key an event is about: its own key, or for a sidecar the image it signs. */
+export function imageKeyOf(event: Pick<ImageEvent, 'kind' | 'key'>): string {
+  if (event.kind !== 'sidecar.put') return event.key;
+  const target = sidecarTarget(event.key);
+  if (target === null) throw new ImageEventError('key', `${event.key} is not a sidecar key`);
+  return target.imageKey;
 }
 
 /** Validates, then serializes with a fixed field order. */

@@ -16,7 +16,7 @@ import {
   type SendMessageBatchRequestEntry,
   type SQSClient,
 } from '@aws-sdk/client-sqs';
-import { serializeImageEvent, type ImageEvent } from '../../schema/image-event.js';
+import { imageKeyOf, serializeImageEvent, type ImageEvent } from '../../schema/image-event.js';
 import type { LambdaConfig } from './config.js';
 
 export const MAX_BATCH_ENTRIES = 10;
@@ -56,7 +56,10 @@ export function queueNameOf(url: string): string {
   return url.slice(url.lastIndexOf('/') + 1);
 }
 
-/** The queues an event for `key` goes to: its route's groups, or every host. */
+/**
+ * The queues an event for image `key` goes to: its route's groups, or every
+ * host. A sidecar's event is routed by the image key it signs (imageKeyOf).
+ */
 export function targetsFor(
   key: string,
   queueUrls: readonly string[],
@@ -115,7 +118,7 @@ export async function publish(
 ): Promise<PublishResult> {
   const perQueue = new Map<string, ImageEvent[]>();
   for (const event of events) {
-    for (const url of targetsFor(event.key, queueUrls, config)) {
+    for (const url of targetsFor(imageKeyOf(event), queueUrls, config)) {
       const list = perQueue.get(url) ?? [];
       list.push(event);
       perQueue.set(url, list);

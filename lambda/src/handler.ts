@@ -1,7 +1,9 @@
 /**
  * The fan-out Lambda's entry point: S3 notification → image events → one
  * message per event on the queue of every host that should hold the image →
- * one rollout item per event in the fleet table (when FLEET_TABLE is set).
+ * one rollout item per image event in the fleet table (when FLEET_TABLE is
+ * set). A signature sidecar's event goes to its image's hosts and is no
+ * rollout: it is not an image.
  *
  * Per container (reused across warm invocations): the SQS and DynamoDB
  * clients and the queue directory with its discovery cache. The SDK reads
@@ -16,7 +18,7 @@ import type { S3Event, S3Handler } from 'aws-lambda';
 import { loadConfig, type LambdaConfig } from './config.js';
 import { FanoutError, publish, QueueDirectory, targetsFor } from './fanout.js';
 import { eventsFromNotification, type SkipReason } from './records.js';
-import { recordRollouts } from './rollouts.js';
+import { isImageEvent, recordRollouts } from './rollouts.js';
 
 const logger = new Logger({ serviceName: 'thinrelay-fanout' });
 const metrics = new Metrics({ namespace: 'thinrelay', serviceName: 'thinrelay-fanout' });
@@ -74,12 +76,18 @@ export async function handleNotification(notification: S3Event): Promise<void> {
         messages: result.sent,
         queues: result.queues,
       });
-      if (ddb !== null && config.fleetTable !== null) {
+      const rollouts = events.filter(isImageEvent);
+      metrics.addMetric('SidecarsPublished', MetricUnit.Count, events.length - rollouts.length);
+      if (ddb !== null && config.fleetTable !== null && rollouts.length > 0) {
         const unrecorded = await recordRollouts(
-          events.map((event) => ({ event, queueUrls: targetsFor(event.key, queueUrls, config) })),
+          rollouts.map((event) => ({ event, queueUrls: targetsFor(event.key, queueUrls, config) })),
           { ddb, table: config.fleetTable },
         );
-        metrics.addMetric('RolloutsRecorded', MetricUnit.Count, events.length - unrecorded.length);
+        metrics.addMetric(
+          'RolloutsRecorded',
+          MetricUnit.Count,
+          rollouts.length - unrecorded.length,
+        );
         if (unrecorded.length > 0) {
           metrics.addMetric('RolloutRecordFailed', MetricUnit.Count, unrecorded.length);
           logger.error('rollouts sent but not recorded in the fleet table', { unrecorded });

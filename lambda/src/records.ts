@@ -5,6 +5,13 @@
  * reason code the handler counts as a metric — rather than thrown: throwing
  * would make Lambda retry the whole invocation, which can never turn a bad
  * record into a good one.
+ *
+ * A signature sidecar (`<image key>.sig` / `.sigstore.json`) is never an
+ * image: its upload becomes a `sidecar.put` event when the key it signs
+ * would be published as an image (same prefix and suffix rules), so it goes
+ * to exactly the hosts of that image. Its deletion is skipped
+ * (SIDECAR_DELETED): a verified image stays verified until the policy
+ * changes (`thinrelay verify --all`), and a waiting one keeps waiting.
  */
 import type { S3Event, S3EventRecord } from 'aws-lambda';
 import {
@@ -12,6 +19,7 @@ import {
   type ImageEvent,
   type ImageEventKind,
 } from '../../schema/image-event.js';
+import { sidecarTarget } from '../../schema/sidecar-key.js';
 import type { LambdaConfig } from './config.js';
 
 /** The subset of a structured logger we use (Powertools' Logger fits). */
@@ -28,7 +36,7 @@ export function decodeS3Key(raw: string): string {
 }
 
 /** Lambda receives "ObjectCreated:Put"; via SNS/SQS the name may carry "s3:". */
-export function kindOf(eventName: string): ImageEventKind | null {
+export function kindOf(eventName: string): Exclude<ImageEventKind, 'sidecar.put'> | null {
   const name = eventName.startsWith('s3:') ? eventName.slice(3) : eventName;
   if (name.startsWith('ObjectCreated:')) return 'image.put';
   if (name.startsWith('ObjectRemoved:')) return 'image.delete';
@@ -43,6 +51,8 @@ export type SkipReason =
   | 'FOLDER_PLACEHOLDER'
   | 'OUTSIDE_PREFIX'
   | 'SUFFIX_NOT_CONFIGURED'
+  | 'SIDECAR_DELETED'
+  | 'SIDECAR_OF_SIDECAR'
   | 'INVALID_EVENT';
 
 export type RecordResult = { event: ImageEvent } | { skipped: string; reason: SkipReason };
@@ -68,14 +78,28 @@ export function recordToEvent(record: S3EventRecord, rules: FilterRules): Record
   if (key.endsWith('/')) return skip('FOLDER_PLACEHOLDER', 'key is a folder placeholder');
   if (!key.startsWith(rules.imagePrefix))
     return skip('OUTSIDE_PREFIX', 'key is outside IMAGE_PREFIX');
-  if (rules.imageSuffixes.length > 0 && !rules.imageSuffixes.some((s) => key.endsWith(s))) {
-    return skip('SUFFIX_NOT_CONFIGURED', 'key does not end with an IMAGE_SUFFIXES entry');
+  const sidecar = sidecarTarget(key);
+  // The suffix rule is the image's: a sidecar is published if its image would be.
+  const imageKey = sidecar === null ? key : sidecar.imageKey;
+  if (sidecar !== null) {
+    if (kind === 'image.delete')
+      return skip('SIDECAR_DELETED', 'a signature sidecar was deleted: nothing for hosts to do');
+    if (sidecarTarget(imageKey) !== null)
+      return skip('SIDECAR_OF_SIDECAR', `key is a sidecar of ${imageKey}, itself a sidecar`);
+  }
+  if (rules.imageSuffixes.length > 0 && !rules.imageSuffixes.some((s) => imageKey.endsWith(s))) {
+    return skip(
+      'SUFFIX_NOT_CONFIGURED',
+      sidecar === null
+        ? 'key does not end with an IMAGE_SUFFIXES entry'
+        : `sidecar of ${imageKey}, which does not end with an IMAGE_SUFFIXES entry`,
+    );
   }
   const eventTime = new Date(record.eventTime);
   try {
     const event = validateImageEvent({
       schemaVersion: 1,
-      kind,
+      kind: sidecar === null ? kind : 'sidecar.put',
       bucket,
       key,
       versionId: obj.versionId ?? null,

@@ -3,7 +3,8 @@
  * (schema/fleet.ts, written by schema/fleet-table.ts) per event in the
  * fleet table says which host queues it went to and when, so `fleet
  * status`/`fleet wait` and the sweep know the expected hosts even of a host
- * that never answers.
+ * that never answers. Only image events are rollouts: a signature sidecar's
+ * event (`sidecar.put`) is not an image and is never recorded (isImageEvent).
  *
  * The messages already sent are what matters: a write that still fails after
  * retries is reported to the caller (which logs it and counts it in a metric
@@ -12,6 +13,7 @@
  */
 import type { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { backoffMs, FleetTable, rolloutItem } from '../../schema/fleet-table.js';
+import type { RolloutItem } from '../../schema/fleet.js';
 import type { ImageEvent } from '../../schema/image-event.js';
 import { queueNameOf } from './fanout.js';
 
@@ -31,9 +33,16 @@ export interface UnrecordedRollout {
   error: string;
 }
 
+/** An event about an image itself (put or delete), as opposed to a sidecar of one. */
+export type RolloutEvent = ImageEvent & { kind: RolloutItem['kind'] };
+
+export function isImageEvent(event: ImageEvent): event is RolloutEvent {
+  return event.kind === 'image.put' || event.kind === 'image.delete';
+}
+
 /** Writes one item per (event, its target queues); returns the ones that could not be written. */
 export async function recordRollouts(
-  sent: readonly { event: ImageEvent; queueUrls: readonly string[] }[],
+  sent: readonly { event: RolloutEvent; queueUrls: readonly string[] }[],
   opts: RecordOptions,
 ): Promise<UnrecordedRollout[]> {
   const maxAttempts = opts.maxAttempts ?? 3;

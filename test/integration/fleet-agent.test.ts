@@ -293,6 +293,55 @@ describe('thinrelay agent --group (fleet)', { skip: needsRoot, timeout: 600_000 
     assert.equal((await agent.stop()).code, 0);
   });
 
+  test('signature sidecars in the bucket and their events are never images', async (t) => {
+    const f = await newFleet(t);
+    const key = 'images/signed.tar';
+    const { eTag } = await s3.putObject(f.bucket, key, await smallTar('signed'));
+    // A signature next to its image, and one whose image is not uploaded yet.
+    const sig = await s3.putObject(
+      f.bucket,
+      `${key}.sig`,
+      `${randomBytes(70).toString('base64')}\n`,
+    );
+    await s3.putObject(f.bucket, 'images/later.tar.sigstore.json', '{"mediaType":"x"}');
+
+    const agent = agentFor(t, f);
+    const round = await agent.waitForLog(isRound, 120_000);
+    assert.equal(round.keys, 1, 'only the image is listed as one');
+    assert.equal(round.processed, 1);
+    assert.equal(round.failed, 0);
+    assert.deepEqual(await readyKeys(f), [key]);
+    assert.equal(countRows(f.stateDir, `SELECT COUNT(*) FROM images WHERE key LIKE '%.sig%'`), 0);
+
+    // The sidecar's own event: applied to the image it signs, never run as an image.
+    await sqs.send(
+      await queueUrl(f.queueName),
+      serializeImageEvent({
+        ...putImageEvent(f.bucket, `${key}.sig`, sig.eTag, '00000000000000A0'),
+        kind: 'sidecar.put',
+      }),
+    );
+    const outcome = await agent.waitForLog(
+      (l) => l.outcome !== undefined && l.key === `${key}.sig`,
+    );
+    assert.equal(outcome.outcome, 'applied', JSON.stringify(outcome));
+    assert.match(
+      String(outcome.reason),
+      /signature sidecar of images\/signed\.tar: no image here waits for it/,
+    );
+    assert.deepEqual(await readyKeys(f), [key]);
+    assert.equal(countRows(f.stateDir, `SELECT COUNT(*) FROM images`), 1);
+    assert.equal(countRows(f.stateDir, `SELECT COUNT(*) FROM jobs`), 1, 'nothing run again');
+    const item = await readHostImageItem(dynamo.client, f.table, f.hostId, key);
+    assert.equal(item?.state, 'ready');
+    assert.equal(item?.eTag, eTag);
+    assert.equal(
+      await readHostImageItem(dynamo.client, f.table, f.hostId, `${key}.sig`),
+      undefined,
+    );
+    assert.equal((await agent.stop()).code, 0);
+  });
+
   test('a key deleted while the host was down is retired when it comes back', async (t) => {
     const f = await newFleet(t);
     const kept = 'images/kept.tar';

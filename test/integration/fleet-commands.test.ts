@@ -154,6 +154,98 @@ test('fleet status KEY --json: per-host states, reasons and counts', async () =>
   assert.match(all.stdout, /images\/app\.tar on c \(default\): \[ARCHIVE_PATH_ESCAPE\]/);
 });
 
+test('fleet status: who signed each version and when, awaiting-signature and untrusted with their reasons', async () => {
+  const key = 'images/signed.tar';
+  const verifiedAt = Date.parse('2026-12-06T23:00:00.000Z');
+  const signer = 'sha256:5f0c9a1b (ecdsa-p256)';
+  const { env } = await fleet([
+    hostItem('a'),
+    hostItem('b'),
+    hostItem('c'),
+    hostItem('d'),
+    hostImageItem('a', key, 'ready', { signer, verifiedAt }),
+    hostImageItem('b', key, 'awaiting-signature', {
+      reasonCode: 'SIGNATURE_MISSING',
+      message: 'waiting for images/signed.tar.sig or .sigstore.json until 2026-12-07T00:00:00.000Z',
+    }),
+    hostImageItem('c', key, 'failed', {
+      reasonCode: 'SIGNATURE_INVALID',
+      message: 'images/signed.tar.sig does not verify with sha256:aa11 (ed25519)',
+    }),
+    hostImageItem('d', key, 'untrusted', {
+      reasonCode: 'SIGNATURE_INVALID',
+      message: 'signed by sha256:77ee (ecdsa-p256), no longer in the policy',
+    }),
+    // Written by an agent from before signatures: no signer fields at all.
+    hostImageItem('a', 'images/old.tar', 'ready'),
+  ]);
+  const r = await runCli(['fleet', 'status', key, '--json'], env);
+  assert.equal(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as {
+    hosts: {
+      host: string;
+      state: string;
+      reason: string | null;
+      signer: string | null;
+      verifiedAt: string | null;
+    }[];
+    counts: Record<string, number>;
+    outcome: string;
+  };
+  assert.deepEqual(
+    out.hosts.map((h) => [h.host, h.state, h.reason, h.signer, h.verifiedAt]),
+    [
+      ['a', 'ready', null, signer, '2026-12-06T23:00:00.000Z'],
+      ['b', 'awaiting-signature', 'SIGNATURE_MISSING', null, null],
+      ['c', 'failed', 'SIGNATURE_INVALID', null, null],
+      ['d', 'untrusted', 'SIGNATURE_INVALID', null, null],
+    ],
+  );
+  assert.equal(out.counts.awaitingSignature, 1);
+  assert.equal(out.counts.untrusted, 1);
+  assert.equal(out.counts.failed, 1);
+  // Still waiting on b: not finished either way.
+  assert.equal(out.outcome, 'in-progress');
+
+  const text = await runCli(['fleet', 'status', key], env);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /ready 1\/4 .* awaiting-signature 1 +failed 1 +untrusted 1/);
+  assert.match(text.stdout, /a +default +ready +- +sha256:5f0c9a1b \(ecdsa-p256\), verified /);
+  assert.match(text.stdout, /b +default +awaiting-signature +\[SIGNATURE_MISSING\] waiting for/);
+  assert.match(text.stdout, /d +default +untrusted +\[SIGNATURE_INVALID\] signed by/);
+
+  const all = await runCli(['fleet', 'status'], env);
+  assert.equal(all.code, 0, all.stderr);
+  assert.match(all.stdout, /AWAITING SIGNATURE +UNTRUSTED +FAILED +OUTCOME/);
+  assert.match(all.stdout, /images\/signed\.tar +etag-1 +1\/4 +0 +0 +1 +1 +1 +in-progress/);
+  assert.match(all.stdout, /images\/signed\.tar on c \(default\): \[SIGNATURE_INVALID\]/);
+  assert.match(
+    all.stdout,
+    /untrusted .*:\n +images\/signed\.tar on d \(default\): \[SIGNATURE_INVALID\]/,
+  );
+  assert.match(
+    all.stdout,
+    /awaiting a signature:\n +images\/signed\.tar on b \(default\): \[SIGNATURE_MISSING\]/,
+  );
+  assert.match(
+    all.stdout,
+    /signers:\n +images\/signed\.tar on a: sha256:5f0c9a1b \(ecdsa-p256\), verified 2026-12-06T23:00:00\.000Z/,
+  );
+
+  const hosts = await runCli(['fleet', 'hosts', '--json'], env);
+  assert.equal(hosts.code, 0, hosts.stderr);
+  const rows = (JSON.parse(hosts.stdout) as { hosts: Record<string, unknown>[] }).hosts;
+  assert.deepEqual(
+    rows.map((h) => [h.host, h.ready, h.awaitingSignature, h.untrusted, h.failed]),
+    [
+      ['a', 2, 0, 0, 0],
+      ['b', 0, 1, 0, 0],
+      ['c', 0, 0, 0, 1],
+      ['d', 0, 0, 1, 0],
+    ],
+  );
+});
+
 test('fleet hosts --json: liveness, image counts, pool usage, DLQ depth', async () => {
   const pool = {
     dataUsedBytes: 1024 ** 3,

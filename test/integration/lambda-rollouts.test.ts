@@ -9,9 +9,8 @@ import { after, before, test } from 'node:test';
 import { DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
 import type { Context, S3Event } from 'aws-lambda';
 import { fromItem } from '../../schema/item-codec.js';
-import { recordRollouts } from '../../lambda/src/rollouts.js';
+import { recordRollouts, type RolloutEvent } from '../../lambda/src/rollouts.js';
 import { fleetKeys, queueNames } from '../../schema/fleet.js';
-import type { ImageEvent } from '../../schema/image-event.js';
 import {
   createFleetTable,
   startDynamoEmulator,
@@ -94,7 +93,7 @@ test('a table that cannot be written: retried, then reported, never thrown', asy
     credentials: { accessKeyId: 'fake', secretAccessKey: 'fake' },
     maxAttempts: 1,
   });
-  const event: ImageEvent = {
+  const event: RolloutEvent = {
     schemaVersion: 1,
     kind: 'image.put',
     bucket: 'b',

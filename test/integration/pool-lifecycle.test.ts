@@ -371,6 +371,7 @@ describe(
           [sup, { eTag: supETags[0]!, size: 1 }],
           [ev, { eTag: evETag, size: 2 * MiB }],
         ]),
+        signed: new Set(),
         requests: 1,
       });
       assert.equal(plan.upToDate, 1, 'retention dropped it: never brought back');

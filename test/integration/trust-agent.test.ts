@@ -148,7 +148,11 @@ describe('trust gate (agent)', { skip: needsRoot, timeout: 300_000 }, () => {
     const sig = await s3.putObject(bucket, sigKey, keys.sign(trusted, tar));
     await sqs.send(
       host.queueUrl,
-      serializeImageEvent(putImageEvent(bucket, sigKey, sig.eTag, nextSequencer())),
+      // As the fan-out sends a sidecar's upload (lambda/src/records.ts).
+      serializeImageEvent({
+        ...putImageEvent(bucket, sigKey, sig.eTag, nextSequencer()),
+        kind: 'sidecar.put',
+      }),
     );
     await agent.waitForLog(() => agent.outcomes().length >= 3);
     assert.equal(agent.outcomes()[2]!.outcome, 'applied', JSON.stringify(agent.outcomes()[2]));

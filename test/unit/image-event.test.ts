@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import {
   compareSequencers,
   ImageEventError,
+  imageKeyOf,
   parseImageEvent,
   serializeImageEvent,
   type ImageEvent,
@@ -91,4 +92,17 @@ test('sequencers order like S3 says: right-pad with zeros, compare as strings', 
   assert.ok(compareSequencers('0055aed7', '0055AED6') > 0);
   assert.ok(compareSequencers('0055AED6', '0055aed7') < 0);
   assert.throws(() => compareSequencers('xyz', '00'), /not hexadecimal/);
+});
+
+test('a sidecar.put carries the sidecar key and an ETag; imageKeyOf names the image it signs', () => {
+  const sig: ImageEvent = { ...put, kind: 'sidecar.put', key: `${put.key}.sig` };
+  const bundle: ImageEvent = { ...sig, key: `${put.key}.sigstore.json` };
+  assert.deepEqual(parseImageEvent(serializeImageEvent(sig)), sig);
+  assert.equal(imageKeyOf(sig), put.key);
+  assert.equal(imageKeyOf(bundle), put.key);
+  assert.equal(imageKeyOf(put), put.key);
+  assert.equal(imageKeyOf(del), put.key);
+  rejects({ kind: 'sidecar.put', key: 'images/a.tar' }, 'key', /\.sig or \.sigstore\.json/);
+  rejects({ kind: 'sidecar.put', key: 'images/a.tar.sig', eTag: null }, 'eTag', /for sidecar\.put/);
+  rejects({ kind: 'sidecar.delete' }, 'kind', /"sidecar\.put"/);
 });

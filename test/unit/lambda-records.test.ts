@@ -214,3 +214,31 @@ test('s3:TestEvent is ignored explicitly, and skipped records are logged', () =>
     /^WARN record skipped .*"reason":"NOT_PUT_OR_DELETE".*ObjectRestore:Completed/,
   );
 });
+
+test('a signature sidecar is a sidecar.put when its image would be published; never an image', () => {
+  const rules: FilterRules = { buckets: [], imagePrefix: 'images/', imageSuffixes: ['.tar'] };
+  const sig = eventOf(s3Record('ObjectCreated:Put', 'images/web/app.tar.sig'), rules);
+  assert.equal(sig.kind, 'sidecar.put');
+  assert.equal(sig.key, 'images/web/app.tar.sig');
+  assert.equal(sig.eTag, '0123456789abcdef0123456789abcdef');
+  const bundle = eventOf(s3Record('ObjectCreated:Put', 'images/app.tar.sigstore.json'), rules);
+  assert.equal(bundle.kind, 'sidecar.put');
+  // Without a suffix rule an image may be named anything, its sidecar still is one.
+  assert.equal(eventOf(s3Record('ObjectCreated:Copy', 'images/app.img.sig')).kind, 'sidecar.put');
+  assert.equal(eventOf(s3Record('ObjectCreated:Put', 'images/app.tar'), rules).kind, 'image.put');
+
+  const skipped = (key: string, eventName = 'ObjectCreated:Put') => {
+    const r = recordToEvent(s3Record(eventName, key), rules);
+    assert.ok('reason' in r, `${key}: expected a skip, got ${JSON.stringify(r)}`);
+    return r.reason;
+  };
+  // The suffix rule is the image's: a sidecar of a key no host takes is not sent either.
+  assert.equal(skipped('images/notes.txt.sig'), 'SUFFIX_NOT_CONFIGURED');
+  assert.equal(skipped('other/app.tar.sig'), 'OUTSIDE_PREFIX');
+  assert.equal(skipped('images/app.tar.sig.sig'), 'SIDECAR_OF_SIDECAR');
+  assert.equal(skipped('images/app.tar.sig', 'ObjectRemoved:Delete'), 'SIDECAR_DELETED');
+  assert.equal(
+    skipped('images/app.tar.sigstore.json', 'ObjectRemoved:DeleteMarkerCreated'),
+    'SIDECAR_DELETED',
+  );
+});

@@ -19,6 +19,7 @@
  */
 import { statfsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { sidecarTarget } from '../../../schema/sidecar-key.js';
 import { backoffDelay, jittered } from '../retry.js';
 import { errorMessage } from '../errors.js';
 import type { PipelineDeps } from '../pipeline/context.js';
@@ -394,8 +395,11 @@ export class Agent {
     let result: MessageResult;
     let startedAt = Date.now();
     try {
+      // A sidecar's event waits behind the image it signs (the wake re-evaluates it).
       const lockName =
-        target === null ? `body:${m.body.slice(0, 64)}` : imageLockKey(target.bucket, target.key);
+        target === null
+          ? `body:${m.body.slice(0, 64)}`
+          : imageLockKey(target.bucket, lockedKeyOf(target));
       result = await this.keyLock.run(lockName, async () => {
         startedAt = Date.now();
         // It waited behind its key's lock while a stop began: don't start it.
@@ -525,6 +529,13 @@ export class Agent {
 const minimumStateFreeBytes = 64 * 1024 * 1024;
 
 /** The bucket and key a body names (null if it names none: it locks only itself). */
+/** The image key a message's work is serialized on: a sidecar's is the image it signs. */
+function lockedKeyOf(target: EventTarget): string {
+  return target.kind === 'sidecar.put'
+    ? (sidecarTarget(target.key)?.imageKey ?? target.key)
+    : target.key;
+}
+
 function targetOf(body: string): EventTarget | null {
   let o: unknown;
   try {

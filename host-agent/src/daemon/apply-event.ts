@@ -4,7 +4,9 @@
  * against the newest event applied for its key (stale and duplicate
  * deliveries are dropped), and applied through the same pipeline as
  * `thinrelay process-image`; a failure's outcome follows its class
- * (classifyFailure, the one rule).
+ * (classifyFailure, the one rule). A signature sidecar's event
+ * (`sidecar.put`) is no image: it wakes the image it signs, if that waits
+ * for it (pipeline/signature-wake.ts).
  */
 import {
   compareSequencers,
@@ -17,6 +19,7 @@ import { retireKey } from '../ops/retire.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import { classifyFailure, failureCode, type FailureClass } from '../pipeline/failure.js';
 import { processImage } from '../pipeline/process-image.js';
+import { wakeAwaitingSignature } from '../pipeline/signature-wake.js';
 import type { ReceivedMessage } from '../queue/host-queue.js';
 import { databaseError } from '../store/db-errors.js';
 import type { MessageOutcome } from '../store/events.js';
@@ -77,12 +80,20 @@ export async function applyMessage(
     };
   }
   // A signature sidecar's event is about its image: wake it (the outcome is the image's).
-  const signed = sidecarTarget(event.key);
+  // The fan-out sends sidecar.put; a put or delete naming a sidecar key (an older
+  // producer) is never taken for an image either.
+  const sidecar = sidecarTarget(event.key);
   try {
-    if (signed !== null) return await applySidecar(deps, event, signed.imageKey);
-    return event.kind === 'image.put'
-      ? await applyPut(deps, event)
-      : await applyDelete(deps, event);
+    if (sidecar !== null) return await applySidecar(deps, event, sidecar.imageKey);
+    switch (event.kind) {
+      case 'image.put':
+        return await applyPut(deps, event);
+      case 'image.delete':
+        return await applyDelete(deps, event);
+      case 'sidecar.put':
+        // Unreachable: the schema accepts sidecar.put only for a sidecar key.
+        throw new ImageEventError('key', `${event.key} is not a sidecar key`);
+    }
   } catch (err) {
     const typed = databaseError(err, deps.config.stateDir) ?? err;
     const retryAfterSeconds = untilDeadline(typed);
@@ -97,40 +108,21 @@ export async function applyMessage(
 }
 
 /**
- * A sidecar arrived (or changed): every live version of its image that waits
- * for a signature or failed one is evaluated again — an awaiting image is
- * processed now, a failed one gets a new job. A sidecar's delete changes
- * nothing here (a held image is re-checked by `thinrelay verify`).
+ * A sidecar arrived (or changed): the images of the key it signs that wait
+ * for a signature, or failed one, are evaluated again
+ * (pipeline/signature-wake.ts). A sidecar's delete changes nothing here (a
+ * held image is re-checked by `thinrelay verify`). Not recorded as the key's
+ * applied event: a sidecar holds no image, and evaluating again is harmless.
  */
 async function applySidecar(
   deps: PipelineDeps,
   event: ImageEvent,
   imageKey: string,
 ): Promise<MessageResult> {
-  const waiting =
-    event.kind === 'image.put'
-      ? deps.store.images
-          .liveByKey(event.bucket, imageKey)
-          .filter(
-            (i) =>
-              i.status === 'awaiting-signature' ||
-              (i.status === 'failed' && (i.error_code ?? '').startsWith('SIGNATURE_')),
-          )
-      : [];
-  const woken: number[] = [];
-  for (const image of waiting) {
-    deps.logger.info('signature sidecar arrived: evaluating its image again', {
-      image: image.id,
-      imageKey,
-    });
-    const r = await processImage(
-      deps,
-      { bucket: event.bucket, key: imageKey, versionId: image.version_id, eTag: image.etag },
-      { reconcile: false },
-    );
-    woken.push(r.image.id);
-  }
-  recordApplied(deps, event, null);
+  const woken =
+    event.kind === 'image.delete'
+      ? []
+      : (await wakeAwaitingSignature(deps, event.bucket, imageKey)).imageIds;
   return {
     outcome: 'applied',
     event,

@@ -127,7 +127,8 @@ export class MessageLease {
       reason: r.reason ?? null,
     });
     metrics.messages.inc({ outcome: r.outcome });
-    if (r.outcome === 'applied') {
+    // A signature sidecar's event is no image: not counted as one processed.
+    if (r.outcome === 'applied' && r.event?.kind !== 'sidecar.put') {
       metrics.imagesProcessed.inc({ kind: r.event?.kind ?? '' });
       metrics.imageDuration.observe((Date.now() - m.receivedAt) / 1000);
     }

@@ -1,18 +1,19 @@
 /**
  * Signature sidecars: the objects next to an image that carry its signature —
  * `<key>.sig` (cosign's base64 signature) or `<key>.sigstore.json` (a Sigstore
- * bundle). Their names, the size cap, reading one without trusting its size,
+ * bundle). Their names (schema/sidecar-key.ts, shared with the fan-out), the size cap, reading one without trusting its size,
  * and decoding a `.sig`. A sidecar is as untrusted as the image: a 10 MB one
  * is refused from its declared size, or after 64 KiB if the size lied.
  */
+import type { SidecarKind } from '../../../schema/sidecar-key.js';
 import { ImageError } from '../errors.js';
 
-export type SidecarKind = 'signature' | 'bundle';
-
-export const SIDECAR_SUFFIX: Record<SidecarKind, string> = {
-  signature: '.sig',
-  bundle: '.sigstore.json',
-};
+export {
+  SIDECAR_SUFFIX,
+  sidecarKeysOf,
+  sidecarTarget,
+  type SidecarKind,
+} from '../../../schema/sidecar-key.js';
 
 /** A cosign signature is ~100 bytes, a bundle a few KiB: 64 KiB is far above any real one. */
 export const MAX_SIDECAR_BYTES = 64 * 1024;
@@ -22,24 +23,6 @@ export interface Sidecar {
   /** Its S3 key, named in errors. */
   key: string;
   bytes: Buffer;
-}
-
-/** The sidecar keys an image key may have, in the order they are looked for. */
-export function sidecarKeysOf(imageKey: string): { kind: SidecarKind; key: string }[] {
-  return [
-    { kind: 'bundle', key: imageKey + SIDECAR_SUFFIX.bundle },
-    { kind: 'signature', key: imageKey + SIDECAR_SUFFIX.signature },
-  ];
-}
-
-/** The image a sidecar key belongs to, or null if the key is no sidecar. */
-export function sidecarTarget(key: string): { kind: SidecarKind; imageKey: string } | null {
-  for (const kind of ['bundle', 'signature'] as const) {
-    const suffix = SIDECAR_SUFFIX[kind];
-    if (key.endsWith(suffix) && key.length > suffix.length)
-      return { kind, imageKey: key.slice(0, -suffix.length) };
-  }
-  return null;
 }
 
 /**

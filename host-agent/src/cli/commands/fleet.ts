@@ -65,7 +65,10 @@ function age(iso: string | null, now: number): string {
 function countsLine(s: ImageStatus): string {
   const c = s.counts;
   const extra = c.notLive > 0 ? `  (${c.notLive} not live, not counted)` : '';
-  return `ready ${c.ready}/${c.expected}  processing ${c.processing}  pending ${c.pending}  failed ${c.failed}${extra}`;
+  // Signature states only when a host is in one: most fleets have no policy.
+  const awaiting = c.awaitingSignature > 0 ? `  awaiting-signature ${c.awaitingSignature}` : '';
+  const untrusted = c.untrusted > 0 ? `  untrusted ${c.untrusted}` : '';
+  return `ready ${c.ready}/${c.expected}  processing ${c.processing}  pending ${c.pending}${awaiting}  failed ${c.failed}${untrusted}${extra}`;
 }
 
 function printImageStatus(s: ImageStatus, now: number): void {
@@ -74,12 +77,13 @@ function printImageStatus(s: ImageStatus, now: number): void {
       `${countsLine(s)}  → ${s.outcome}\n\n`,
   );
   printTable(
-    ['HOST', 'GROUP', 'STATE', 'REASON', 'ETAG', 'UPDATED', 'HOST STATE'],
+    ['HOST', 'GROUP', 'STATE', 'REASON', 'SIGNER', 'ETAG', 'UPDATED', 'HOST STATE'],
     s.hosts.map((h) => [
       h.host,
       h.group,
       h.state,
       h.reason === null ? null : `[${h.reason}] ${h.message ?? ''}`,
+      h.signer === null ? null : `${h.signer}, verified ${age(h.verifiedAt, now)}`,
       short(h.eTag),
       age(h.updatedAt, now),
       h.expected ? h.liveness : `${h.liveness} (not counted)`,
@@ -117,26 +121,55 @@ async function status(ctx: CommandContext): Promise<number> {
         process.stdout.write('no images reported by any host yet\n');
         return ExitCode.ok;
       }
+      // The signature columns only when a host is in such a state: most fleets have no policy.
+      const signatures = statuses.some((s) => s.counts.awaitingSignature + s.counts.untrusted > 0);
       printTable(
-        ['KEY', 'ETAG', 'READY', 'PROCESSING', 'PENDING', 'FAILED', 'OUTCOME'],
+        [
+          'KEY',
+          'ETAG',
+          'READY',
+          'PROCESSING',
+          'PENDING',
+          ...(signatures ? ['AWAITING SIGNATURE', 'UNTRUSTED'] : []),
+          'FAILED',
+          'OUTCOME',
+        ],
         statuses.map((s) => [
           s.key,
           short(s.etag),
           `${s.counts.ready}/${s.counts.expected}`,
           s.counts.processing,
           s.counts.pending,
+          ...(signatures ? [s.counts.awaitingSignature, s.counts.untrusted] : []),
           s.counts.failed,
           s.outcome,
         ]),
       );
-      const failures = statuses.flatMap((s) =>
-        s.hosts.filter((h) => h.state === 'failed').map((h) => ({ key: s.key, ...h })),
-      );
-      if (failures.length > 0) {
-        process.stdout.write('\nfailures:\n');
-        for (const f of failures)
+      const listed = (state: string) =>
+        statuses.flatMap((s) =>
+          s.hosts.filter((h) => h.state === state).map((h) => ({ key: s.key, ...h })),
+        );
+      for (const [state, title] of [
+        ['failed', 'failures'],
+        ['untrusted', 'untrusted (no longer pass the signature policy)'],
+        ['awaiting-signature', 'awaiting a signature'],
+      ] as const) {
+        const rows = listed(state);
+        if (rows.length === 0) continue;
+        process.stdout.write(`\n${title}:\n`);
+        for (const f of rows)
           process.stdout.write(
-            `  ${f.key} on ${f.host} (${f.group}): [${f.reason}] ${f.message}\n`,
+            `  ${f.key} on ${f.host} (${f.group}): [${f.reason ?? '-'}] ${f.message ?? ''}\n`,
+          );
+      }
+      const signed = statuses.flatMap((s) =>
+        s.hosts.filter((h) => h.signer !== null).map((h) => ({ key: s.key, ...h })),
+      );
+      if (signed.length > 0) {
+        process.stdout.write('\nsigners:\n');
+        for (const f of signed)
+          process.stdout.write(
+            `  ${f.key} on ${f.host}: ${f.signer}, verified ${f.verifiedAt ?? '-'}\n`,
           );
       }
       return ExitCode.ok;
@@ -413,7 +446,12 @@ function reportEnd(ctx: CommandContext, s: ImageStatus, how: 'ready' | 'failed' 
     return;
   }
   for (const h of s.hosts.filter((r) => r.expected && r.state !== 'ready')) {
-    const why = h.state === 'failed' ? `[${h.reason}] ${h.message ?? ''}` : h.state;
+    const why =
+      h.state === 'failed'
+        ? `[${h.reason}] ${h.message ?? ''}`
+        : h.reason !== null && (h.state === 'untrusted' || h.state === 'awaiting-signature')
+          ? `${h.state} [${h.reason}] ${h.message ?? ''}`
+          : h.state;
     process.stdout.write(`${h.host} (${h.group}): ${why}\n`);
   }
 }

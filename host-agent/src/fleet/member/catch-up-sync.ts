@@ -9,12 +9,19 @@
  *   failed permanently at that ETag is not retried);
  * - a key the host holds but the bucket no longer has is retired as a delete
  *   event retires it, after a HEAD confirms it is gone (the listing may
- *   predate an upload).
+ *   predate an upload);
+ * - a signature sidecar (`<key>.sig`, `<key>.sigstore.json`) is never an
+ *   image: it only marks its image as signed, and an image waiting for its
+ *   signature whose sidecar is listed is woken as the sidecar's event would
+ *   (pipeline/signature-wake.ts): a lost event costs one round, not the
+ *   deadline. One still unsigned is left to wait until its deadline, then
+ *   processed, which fails it SIGNATURE_MISSING.
  *
  * Keys of other groups are left alone. At most `concurrency` keys at once.
  */
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { isKeyForGroup, type DeploymentConfigItem } from '../../../../schema/fleet.js';
+import { sidecarTarget } from '../../../../schema/sidecar-key.js';
 import { classifyFailure, failureCode, isPermanentFailureCode } from '../../pipeline/failure.js';
 import { imageLockKey, type KeyLock } from '../../daemon/key-lock.js';
 import { errorMessage, ImageError } from '../../errors.js';
@@ -24,6 +31,7 @@ import { unpackedEstimate } from '../../config.js';
 import { roomWithoutEvicting } from '../../pool/keeper.js';
 import type { PipelineDeps } from '../../pipeline/context.js';
 import { processImage } from '../../pipeline/process-image.js';
+import { awaitsSignature, wakeAwaitingSignature } from '../../pipeline/signature-wake.js';
 import { noProgress } from '../../pipeline/progress.js';
 import { headObject } from '../../source/head.js';
 import type { StateStore } from '../../store/index.js';
@@ -39,8 +47,10 @@ export interface ListedObject {
 export interface BucketListing {
   /** Every key under the images prefix (present in the bucket). */
   present: Set<string>;
-  /** The keys routed to this group, with their current ETag. */
+  /** The image keys routed to this group, with their current ETag (never a sidecar). */
   wanted: Map<string, ListedObject>;
+  /** Image keys routed to this group that have a signature sidecar listed. */
+  signed: Set<string>;
   requests: number;
 }
 
@@ -50,7 +60,12 @@ export async function listGroupKeys(
   group: string,
   signal?: AbortSignal,
 ): Promise<BucketListing> {
-  const out: BucketListing = { present: new Set(), wanted: new Map(), requests: 0 };
+  const out: BucketListing = {
+    present: new Set(),
+    wanted: new Map(),
+    signed: new Set(),
+    requests: 0,
+  };
   let token: string | undefined;
   do {
     const page = await s3.send(
@@ -65,6 +80,11 @@ export async function listGroupKeys(
     for (const o of page.Contents ?? []) {
       if (o.Key === undefined) continue;
       out.present.add(o.Key);
+      const sidecar = sidecarTarget(o.Key);
+      if (sidecar !== null) {
+        if (isKeyForGroup(sidecar.imageKey, deployment, group)) out.signed.add(sidecar.imageKey);
+        continue;
+      }
       if (o.ETag !== undefined && isKeyForGroup(o.Key, deployment, group))
         out.wanted.set(o.Key, { eTag: o.ETag, size: o.Size ?? 0 });
     }
@@ -77,6 +97,10 @@ export interface SyncPlan {
   /** `evicted`: this version was here and was evicted for space; it comes back only if it fits. */
   process: { key: string; eTag: string; size: number; evicted: boolean }[];
   retire: string[];
+  /** Waiting for a signature whose sidecar is listed now: woken (its event may be lost). */
+  wake: string[];
+  /** Waiting for a signature with none listed yet: left to wait (its deadline is the gate's). */
+  awaiting: number;
   /** Held at the listed ETag (ready, or failed for good). */
   upToDate: number;
 }
@@ -86,11 +110,17 @@ export function planSync(
   store: StateStore,
   deployment: DeploymentConfigItem,
   listing: BucketListing,
+  now = Date.now(),
 ): SyncPlan {
-  const plan: SyncPlan = { process: [], retire: [], upToDate: 0 };
+  const plan: SyncPlan = { process: [], retire: [], wake: [], awaiting: 0, upToDate: 0 };
   for (const [key, o] of listing.wanted) {
     const image = store.images.find(deployment.bucket, key, o.eTag);
-    if (
+    const deadlinePassed =
+      image?.signature_deadline != null && Date.parse(image.signature_deadline) <= now;
+    if (image !== undefined && awaitsSignature(image) && !deadlinePassed) {
+      if (listing.signed.has(key)) plan.wake.push(key);
+      else plan.awaiting++;
+    } else if (
       image?.status === 'ready' ||
       (image?.status === 'failed' && isPermanentFailureCode(image.error_code)) ||
       // Retention dropped it for newer versions: never brought back.
@@ -137,13 +167,17 @@ export interface SyncRoundResult {
   upToDate: number;
   processed: number;
   retired: number;
+  /** Images waiting for a signature, woken because their sidecar is listed. */
+  woken: number;
+  /** Images still waiting for a signature (none listed). */
+  awaiting: number;
   failed: number;
   /** Changed or deleted meanwhile, or transient: the next round (or its event) covers it. */
   deferred: number;
   durationMs: number;
 }
 
-type KeyResult = 'processed' | 'retired' | 'failed' | 'deferred' | 'unchanged';
+type KeyResult = 'processed' | 'retired' | 'woken' | 'failed' | 'deferred' | 'unchanged';
 
 let taskSeq = 0;
 
@@ -165,6 +199,8 @@ export async function runSyncRound(
     upToDate: plan.upToDate,
     processed: 0,
     retired: 0,
+    woken: 0,
+    awaiting: plan.awaiting,
     failed: 0,
     deferred: 0,
     durationMs: 0,
@@ -172,6 +208,7 @@ export async function runSyncRound(
   const tasks: (() => Promise<KeyResult>)[] = [
     ...plan.retire.map((key) => () => retireGone(ctx, deployment.bucket, key, result)),
     ...plan.process.map((p) => () => processWanted(ctx, deployment.bucket, p)),
+    ...plan.wake.map((key) => () => wakeSigned(ctx, deployment.bucket, key)),
   ];
   let next = 0;
   const worker = async (): Promise<void> => {
@@ -270,6 +307,12 @@ async function processWith(
       deps.logger.error('sync: image failed', { eTag, code, error: errorMessage(err) });
       return 'failed';
     }
+    if (kind === 'awaiting') {
+      // Held back for its signature (the row says until when): a listed sidecar wakes it.
+      ctx.reporter.settled(bucket, key);
+      deps.logger.info('sync: image awaits its signature', { eTag, error: errorMessage(err) });
+      return 'unchanged';
+    }
     if (kind === 'superseded') {
       // Overwritten or deleted since the listing: its event or the next round handles it.
       ctx.reporter.settled(bucket, key);
@@ -284,6 +327,37 @@ async function processWith(
     });
     return 'deferred';
   }
+}
+
+/** A waiting image whose sidecar is listed: woken under its key's lock, as its event would. */
+async function wakeSigned(ctx: SyncContext, bucket: string, key: string): Promise<KeyResult> {
+  return ctx.keyLock.run(imageLockKey(bucket, key), async (): Promise<KeyResult> => {
+    if (ctx.stopping()) return 'unchanged';
+    return asWorker(ctx, key, async (deps) => {
+      try {
+        const { imageIds } = await wakeAwaitingSignature(deps, bucket, key);
+        ctx.reporter.settled(bucket, key);
+        if (imageIds.length === 0) return 'unchanged';
+        deps.logger.info('sync: signature listed: waiting image woken and ready', { imageIds });
+        return 'woken';
+      } catch (err) {
+        const kind = classifyFailure(err, ctx.signal);
+        const code = failureCode(err);
+        if (kind === 'permanent' || kind === 'awaiting' || kind === 'superseded')
+          ctx.reporter.settled(bucket, key);
+        if (kind === 'permanent') {
+          deps.logger.error('sync: signed image failed', { code, error: errorMessage(err) });
+          return 'failed';
+        }
+        deps.logger.warn('sync: waking a signed image deferred to the next round', {
+          class: kind,
+          code,
+          error: errorMessage(err),
+        });
+        return 'deferred';
+      }
+    });
+  });
 }
 
 async function retireGone(

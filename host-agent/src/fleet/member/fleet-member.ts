@@ -21,6 +21,7 @@ import {
   type GroupQueueSettings,
 } from '../../../../schema/fleet.js';
 import type { FleetTable } from '../../../../schema/fleet-table.js';
+import { sidecarTarget } from '../../../../schema/sidecar-key.js';
 import type { AgentObserver } from '../../daemon/agent.js';
 import { resolvePoolPolicy, writeGroupPolicy } from '../../pool/policy.js';
 import { SIGNATURES_OFF } from '../../../../schema/signature-policy.js';
@@ -158,12 +159,17 @@ export class FleetMember {
   readonly observer: AgentObserver = {
     started: (t) =>
       this.report(() => {
-        if (t.kind === 'image.put') this.reporter.working(t.bucket, t.key, t.eTag, t.versionId);
+        // A sidecar is never an image of its own (whatever kind an older producer gave it).
+        if (t.kind === 'image.put' && sidecarTarget(t.key) === null)
+          this.reporter.working(t.bucket, t.key, t.eTag, t.versionId);
       }),
     decided: (d) =>
       this.report(() => {
         const e = d.event;
         if (e === null) return;
+        // A sidecar is never an item of its own: the image it signs is what changed.
+        const signed = sidecarTarget(e.key);
+        if (signed !== null) return this.reporter.settled(e.bucket, signed.imageKey);
         if (d.outcome === 'retrying' || d.outcome === 'released')
           this.reporter.waiting(
             e.bucket,

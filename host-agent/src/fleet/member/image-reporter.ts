@@ -2,6 +2,8 @@
  * This host's per-image fleet items: what the state database says about a
  * key, turned into a HostImageItem and handed to the writer. Called when work
  * on a key starts, when it must wait for a retry, and after every outcome.
+ * With a signature policy the item also says who signed the version and when
+ * it was verified, or that it awaits its signature or is no longer trusted.
  */
 import type { HostImageItem, HostImageState } from '../../../../schema/fleet.js';
 import { hostImageItem } from '../../../../schema/fleet-table.js';
@@ -17,6 +19,10 @@ export interface ReporterHost {
 }
 
 const MESSAGE_LIMIT = 1000;
+
+type IndexedOrOwn = 'pk' | 'sk' | 'gpk' | 'gsk' | 'hostId' | 'group' | 'key' | 'updatedAt';
+const NO_REASON = { reasonCode: null, message: null } as const;
+const UNSIGNED = { signer: null, verifiedAt: null } as const;
 
 export class ImageReporter {
   constructor(
@@ -34,13 +40,20 @@ export class ImageReporter {
     if (bucket !== this.host.bucket) return;
     const status = eTag === null ? undefined : this.store.images.find(bucket, key, eTag)?.status;
     if (status === 'ready' || status === 'failed') return;
-    this.write(key, { state: 'processing', eTag, versionId, reasonCode: null, message: null });
+    this.write(key, { state: 'processing', eTag, versionId, ...NO_REASON, ...UNSIGNED });
   }
 
   /** A transient failure or an interruption: it will be tried again. */
   waiting(bucket: string, key: string, eTag: string | null, code: string, message: string): void {
     if (bucket !== this.host.bucket) return;
-    this.write(key, { state: 'pending', eTag, versionId: null, reasonCode: code, message });
+    this.write(key, {
+      state: 'pending',
+      eTag,
+      versionId: null,
+      reasonCode: code,
+      message,
+      ...UNSIGNED,
+    });
   }
 
   /** After an outcome: the key's newest live image, or retired when none is live. */
@@ -58,6 +71,7 @@ export class ImageReporter {
         versionId: last.version_id,
         reasonCode: evicted ? 'EVICTED' : null,
         message: evicted ? evictedMessage(last) : null,
+        ...UNSIGNED,
       });
       return;
     }
@@ -67,13 +81,11 @@ export class ImageReporter {
       versionId: newest.version_id,
       reasonCode: explained(newest) ? newest.error_code : null,
       message: explained(newest) ? newest.error_message : null,
+      ...signatureOf(newest),
     });
   }
 
-  private write(
-    key: string,
-    s: Pick<HostImageItem, 'state' | 'eTag' | 'versionId' | 'reasonCode' | 'message'>,
-  ): void {
+  private write(key: string, s: Omit<HostImageItem, IndexedOrOwn>): void {
     const { hostId, group } = this.host;
     this.writer.image(
       hostImageItem({
@@ -103,10 +115,10 @@ function stateOf(row: ImageRow): HostImageState {
       return 'processing';
     // Waiting for its signature sidecar: the reason says until when.
     case 'awaiting-signature':
-      return 'pending';
+      return 'awaiting-signature';
     // Held, but no longer passes the signature policy: no new snapshots.
     case 'untrusted':
-      return 'failed';
+      return 'untrusted';
     case 'ready':
       return 'ready';
     case 'failed':
@@ -126,4 +138,36 @@ function evictedMessage(row: ImageRow): string {
     // An unreadable detail still says what happened.
   }
   return `evicted for pool space${trigger}; it comes back when there is room (catch-up sync) or with thinrelay process-image`;
+}
+
+/**
+ * Who signed the row's version and when it was verified, from its last
+ * signature check (the `trust` column, a TrustRecord: trust/trust-record.ts);
+ * nothing unless that check verified. The signer as one line: a key's
+ * fingerprint and algorithm, or a keyless identity's issuer and subject.
+ */
+export function signatureOf(
+  row: Pick<ImageRow, 'trust'>,
+): Pick<HostImageItem, 'signer' | 'verifiedAt'> {
+  type Checked = { verdict?: unknown; signer?: unknown; verifiedAt?: unknown };
+  let record: Checked | null;
+  try {
+    record = row.trust === null ? null : (JSON.parse(row.trust) as Checked | null);
+  } catch {
+    record = null; // an unreadable record reads as not verified
+  }
+  if (record === null || record.verdict !== 'verified') return { ...UNSIGNED };
+  const signer = signerLine(record.signer);
+  const at = typeof record.verifiedAt === 'string' ? Date.parse(record.verifiedAt) : NaN;
+  return { signer, verifiedAt: signer !== null && Number.isFinite(at) ? at : null };
+}
+
+function signerLine(v: unknown): string | null {
+  if (typeof v !== 'object' || v === null) return null;
+  const s = v as Record<string, unknown>;
+  if (s.type === 'key' && typeof s.fingerprint === 'string')
+    return typeof s.algorithm === 'string' ? `${s.fingerprint} (${s.algorithm})` : s.fingerprint;
+  if (s.type === 'identity' && typeof s.issuer === 'string' && typeof s.subject === 'string')
+    return `${s.issuer} ${s.subject}`;
+  return null;
 }

@@ -57,6 +57,10 @@ export interface ImageHostRow {
   message: string | null;
   /** The version the host reported (may differ from the target). */
   eTag: string | null;
+  /** Who signed the target version, as the host verified it; null when not verified. */
+  signer: string | null;
+  /** When the host verified it (ISO 8601); null when not verified. */
+  verifiedAt: string | null;
   updatedAt: string | null;
   liveness: RowLiveness;
   /** Counted in the rollout: live and in a routed group. */
@@ -69,7 +73,11 @@ export interface ImageCounts {
   ready: number;
   processing: number;
   pending: number;
+  /** Held back until its signature sidecar arrives (or its deadline fails it). */
+  awaitingSignature: number;
   failed: number;
+  /** Held, but no longer passes the signature policy: the rollout is not whole there. */
+  untrusted: number;
   retired: number;
   /** Had the version, then dropped it for pool space: the rollout is not whole there. */
   evicted: number;
@@ -114,6 +122,26 @@ export function routedGroups(key: string, config: DeploymentConfigItem): string[
   );
 }
 
+/** The states whose row carries the host's reason code and message. */
+const EXPLAINED: readonly HostImageState[] = [
+  'failed',
+  'evicted',
+  'untrusted',
+  'awaiting-signature',
+];
+
+/** Which count each host state adds to. */
+const COUNTED: Record<HostImageState, keyof Omit<ImageCounts, 'expected' | 'notLive'>> = {
+  pending: 'pending',
+  processing: 'processing',
+  'awaiting-signature': 'awaitingSignature',
+  ready: 'ready',
+  failed: 'failed',
+  untrusted: 'untrusted',
+  retired: 'retired',
+  evicted: 'evicted',
+};
+
 export function imageStatus(input: ImageStatusInput): ImageStatus {
   const { key, config, now } = input;
   const groups = routedGroups(key, config);
@@ -145,7 +173,9 @@ export function imageStatus(input: ImageStatusInput): ImageStatus {
     ready: 0,
     processing: 0,
     pending: 0,
+    awaitingSignature: 0,
     failed: 0,
+    untrusted: 0,
     retired: 0,
     evicted: 0,
     notLive: 0,
@@ -157,13 +187,17 @@ export function imageStatus(input: ImageStatusInput): ImageStatus {
     const current = item !== undefined && (target.eTag === null || itemETag === target.eTag);
     const state: HostImageState = current ? item.state : 'pending';
     const expected = l === 'live' && groups.includes(group);
+    const explained = current && EXPLAINED.includes(state);
+    const verifiedAt = current ? (item.verifiedAt ?? null) : null;
     rows.push({
       host,
       group,
       state,
-      reason: current && (state === 'failed' || state === 'evicted') ? item.reasonCode : null,
-      message: current && (state === 'failed' || state === 'evicted') ? item.message : null,
+      reason: explained ? item.reasonCode : null,
+      message: explained ? item.message : null,
       eTag: itemETag,
+      signer: current ? (item.signer ?? null) : null,
+      verifiedAt: verifiedAt === null ? null : new Date(verifiedAt).toISOString(),
       updatedAt: item === undefined ? null : new Date(item.updatedAt).toISOString(),
       liveness: l,
       expected,
@@ -173,7 +207,7 @@ export function imageStatus(input: ImageStatusInput): ImageStatus {
       continue;
     }
     counts.expected++;
-    counts[state]++;
+    counts[COUNTED[state]]++;
   }
   rows.sort((a, b) => Number(b.expected) - Number(a.expected) || a.host.localeCompare(b.host));
 
@@ -181,8 +215,8 @@ export function imageStatus(input: ImageStatusInput): ImageStatus {
   if (counts.expected === 0) outcome = 'no-hosts';
   else if (counts.ready === counts.expected) outcome = 'ready';
   else if (
-    counts.failed + counts.evicted > 0 &&
-    counts.ready + counts.failed + counts.evicted === counts.expected
+    counts.failed + counts.untrusted + counts.evicted > 0 &&
+    counts.ready + counts.failed + counts.untrusted + counts.evicted === counts.expected
   )
     outcome = 'failed';
   else outcome = 'in-progress';
@@ -246,6 +280,8 @@ export interface HostSummary {
   ready: number;
   failed: number;
   processing: number;
+  awaitingSignature: number;
+  untrusted: number;
   pool: PoolUsage | null;
   dlqDepth: number | null;
 }
@@ -257,10 +293,22 @@ export function hostSummaries(
   config: Pick<DeploymentConfigItem, 'staleAfterSeconds'>,
   now: number,
 ): HostSummary[] {
-  const counts = new Map<string, { ready: number; failed: number; processing: number }>();
+  type HostCounts = Pick<
+    HostSummary,
+    'ready' | 'failed' | 'processing' | 'awaitingSignature' | 'untrusted'
+  >;
+  const none = (): HostCounts => ({
+    ready: 0,
+    failed: 0,
+    processing: 0,
+    awaitingSignature: 0,
+    untrusted: 0,
+  });
+  const counts = new Map<string, HostCounts>();
   for (const i of images) {
-    const c = counts.get(i.hostId) ?? { ready: 0, failed: 0, processing: 0 };
-    if (i.state === 'ready' || i.state === 'failed' || i.state === 'processing') c[i.state]++;
+    const c = counts.get(i.hostId) ?? none();
+    const counted = COUNTED[i.state];
+    if (counted in c) c[counted as keyof HostCounts]++;
     counts.set(i.hostId, c);
   }
   return hosts
@@ -272,7 +320,7 @@ export function hostSummaries(
       lastSeenSecondsAgo: Math.max(0, Math.round((now - h.lastSeenAt) / 1000)),
       agentVersion: h.agentVersion,
       backend: h.backend,
-      ...(counts.get(h.hostId) ?? { ready: 0, failed: 0, processing: 0 }),
+      ...(counts.get(h.hostId) ?? none()),
       pool: h.pool,
       dlqDepth: h.dlqDepth,
     }))
