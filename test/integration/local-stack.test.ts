@@ -172,6 +172,8 @@ test('the fleet table has its deployment item and the fan-out records rollouts i
       reason: null,
       message: null,
       etag: null,
+      signer: null,
+      verifiedAt: null,
       updatedAt: null,
       liveness: 'unregistered',
       expected: false,
