@@ -390,7 +390,7 @@ describe('download on a worker thread: S3 errors keep their meaning (stub server
 const needs = needsRootAndTools(['mkfs.ext4', 'losetup']);
 
 test(
-  'bundled CLI: a worker that dies mid-download fails process-image as the host’s fault (exit 75), releases everything; a rerun succeeds',
+  'bundled CLI: a worker that dies mid-download fails process-image as the host’s fault (exit 75), releases everything; a rerun succeeds (a small object: on the main thread)',
   { skip: needs, timeout: 300_000 },
   async (t) => {
     const emu = await startS3Emulator();
@@ -417,12 +417,18 @@ test(
     const before = hostInventory(stateDir);
     const crashed = await runCli(['process-image', '--s3-key', 'images/crash.tar'], {
       ...env,
+      THINRELAY_DOWNLOAD_THREAD: '1', // 12 MiB is below the worker's threshold: force it
       THINRELAY_CRASH_AT: 'download:worker',
     });
     assert.equal(crashed.code, 75, crashed.stderr);
     assert.match(crashed.stderr, /DOWNLOAD_WORKER_FAILED/);
     assert.deepEqual(hostInventory(stateDir), before, 'nothing left behind');
-    const ok = await runCli(['process-image', '--s3-key', 'images/crash.tar', '--json'], env);
+    // The rerun, by default: an object under 64 MiB is fetched on the main thread, so the
+    // worker's crash point is never reached.
+    const ok = await runCli(['process-image', '--s3-key', 'images/crash.tar', '--json'], {
+      ...env,
+      THINRELAY_CRASH_AT: 'download:worker',
+    });
     assert.equal(ok.code, 0, ok.stderr);
     const out = JSON.parse(ok.stdout) as { sha256?: string };
     assert.equal(out.sha256, sha256hex(tar));

@@ -30,8 +30,19 @@ declare const THINRELAY_DOWNLOAD_WORKER: string | undefined;
 /** Bytes handed to the main thread and not yet taken, at most (default): four slices. */
 export const DEFAULT_READ_AHEAD_BYTES = 4 * 1024 * 1024;
 
-/** THINRELAY_DOWNLOAD_THREAD=0 keeps the download on the main thread (for comparison). */
+/**
+ * THINRELAY_DOWNLOAD_THREAD=0 keeps every download on the main thread (for
+ * comparison), =1 puts every one on a worker; unset, objects of
+ * `threadMinBytes` or more get a worker.
+ */
 export const DOWNLOAD_THREAD_ENV = 'THINRELAY_DOWNLOAD_THREAD';
+
+/**
+ * Below this a download stays on the main thread: a worker loads its own S3
+ * client (about 0.1–0.3 s of start-up on this machine), which a small object's
+ * whole download does not repay.
+ */
+export const DEFAULT_THREAD_MIN_BYTES = 64 * 1024 * 1024;
 
 function workerEntry(): URL {
   if (typeof THINRELAY_DOWNLOAD_WORKER !== 'string') {
@@ -50,10 +61,12 @@ function workerEntry(): URL {
 export function downloadInWorker(
   client: S3Client,
   ref: ObjectRef,
-  opts: DownloadOptions & { readAhead?: number } = {},
+  opts: DownloadOptions & { readAhead?: number; threadMinBytes?: number } = {},
 ): Download {
   const recipe = clientRecipe(client);
-  if (recipe === null || process.env[DOWNLOAD_THREAD_ENV] === '0') {
+  const mode = process.env[DOWNLOAD_THREAD_ENV];
+  const small = opts.threadMinBytes !== undefined && ref.size < opts.threadMinBytes;
+  if (recipe === null || mode === '0' || (mode !== '1' && small)) {
     return downloadObject(client, ref, opts);
   }
   const log = opts.logger ?? silentLogger;

@@ -126,12 +126,14 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   // Streamed or spooled: what it holds is known only once read, so it needs room for all of it.
   await admit(ctx, unpackedEstimate(ref.size, ctx.config, { uncompressedTar }), ref.key);
   progress.start('download', ref.size);
-  // Fetched and hashed on a worker thread: this one parses tar and writes files.
-  const { downloadInWorker } = await import('../../source/worker-download.js');
+  // A large object is fetched and hashed on a worker thread: this one parses tar and writes files.
+  const { downloadInWorker, DEFAULT_THREAD_MIN_BYTES } =
+    await import('../../source/worker-download.js');
   let fetchedBytes = 0;
   const download = downloadInWorker(await ctx.s3(), ref, {
     partSize: ctx.config.download.partSizeBytes,
     concurrency: ctx.config.download.concurrency,
+    threadMinBytes: DEFAULT_THREAD_MIN_BYTES,
     onBytes: (n) => {
       fetchedBytes = n;
       progress.update('download', n);
