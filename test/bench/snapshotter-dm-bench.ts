@@ -16,11 +16,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { runCli } from '../helpers/cli.js';
-import {
-  startSnapshotter,
-  snapshotsClient,
-  type SnapshotsClient,
-} from '../helpers/snapshotter-service.js';
+import { snapshotsClient, type SnapshotsClient } from '../helpers/snapshots-client.js';
+import { startSnapshotter } from '../helpers/snapshotter-service.js';
 import { until } from '../helpers/until.js';
 import { devmapperEnv, poolNameOf, releaseDmStateDir } from '../dm/dm-host.js';
 

@@ -21,10 +21,10 @@ import { objectName } from '../../host-agent/src/storage/names.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
 import { runCli } from '../helpers/cli.js';
 import { needsRoot } from '../helpers/root.js';
+import { type WireMount as MountJson } from '../helpers/snapshots-client.js';
 import {
   codeOf,
   startSnapshotter,
-  type MountJson,
   type RunningSnapshotter,
 } from '../helpers/snapshotter-service.js';
 import {

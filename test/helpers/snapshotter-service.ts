@@ -1,65 +1,15 @@
 /**
- * `thinrelay snapshotter` as a child process and a gRPC client of its
- * socket (containerd.services.snapshots.v1, from the service's own message
- * definitions), for tests and benchmarks that talk to it as containerd does.
+ * `thinrelay snapshotter` as a child process, with a client of its socket
+ * (snapshots-client.ts), for tests and benchmarks that talk to it as
+ * containerd does.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import * as grpc from '@grpc/grpc-js';
-import { fromJSON } from '@grpc/proto-loader';
-import {
-  loaderOptions,
-  serviceName,
-  snapshotsDescriptor,
-} from '../../host-agent/src/snapshotter/wire-format.js';
+import type * as grpc from '@grpc/grpc-js';
 import { cliPath } from './cli.js';
+import { snapshotsClient, type SnapshotsClient } from './snapshots-client.js';
 import { until } from './until.js';
-
-export interface SnapshotsClient {
-  call(method: string, req: object): Promise<Record<string, unknown>>;
-  close(): void;
-}
-
-export interface MountJson {
-  type: string;
-  source: string;
-  options: string[];
-}
-
-/**
- * A client of the snapshots service on `socket`. `namespace`: sent as
- * containerd's `containerd-namespace` header, for talking to containerd's own
- * snapshots service (its built-in snapshotters) rather than a proxy plugin.
- */
-export function snapshotsClient(socket: string, namespace?: string): SnapshotsClient {
-  const def = fromJSON(snapshotsDescriptor as Parameters<typeof fromJSON>[0], loaderOptions);
-  const Ctor = grpc.makeGenericClientConstructor(
-    def[serviceName] as grpc.ServiceDefinition,
-    'Snapshots',
-  );
-  const client = new Ctor(`unix:${socket}`, grpc.credentials.createInsecure());
-  const metadata = new grpc.Metadata();
-  if (namespace !== undefined) metadata.set('containerd-namespace', namespace);
-  return {
-    call: (method, req) =>
-      new Promise((resolve, reject) => {
-        (
-          client as unknown as Record<
-            string,
-            (
-              r: object,
-              md: grpc.Metadata,
-              cb: (e: grpc.ServiceError | null, v: Record<string, unknown>) => void,
-            ) => void
-          >
-        )[method]!.call(client, req, metadata, (err, value) =>
-          err === null ? resolve(value) : reject(err),
-        );
-      }),
-    close: () => client.close(),
-  };
-}
 
 /** The gRPC code a call failed with; throws if it succeeded. */
 export async function codeOf(p: Promise<unknown>): Promise<grpc.status> {

@@ -26,18 +26,13 @@ import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
-import { fromJSON } from '@grpc/proto-loader';
 import { chainIdsOf } from '../../host-agent/src/image/layer-source.js';
-import {
-  loaderOptions,
-  serviceName,
-  snapshotsDescriptor,
-} from '../../host-agent/src/snapshotter/wire-format.js';
 import { cliPath, runCli } from '../helpers/cli.js';
 import { debianRootTarball } from '../helpers/debian-root.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { criImages, type CriImages } from '../helpers/cri-images.js';
 import { ociArchiveOfLayers } from '../helpers/oci-archive.js';
+import { snapshotsClient, type SnapshotsClient } from '../helpers/snapshots-client.js';
 import { startOciRegistry, type OciRegistry } from '../helpers/oci-registry.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
@@ -139,41 +134,6 @@ async function stop(child: ChildProcess | undefined, ms = 5000): Promise<void> {
   clearTimeout(timer);
 }
 
-interface Client {
-  call(method: string, req: object): Promise<Record<string, unknown>>;
-  /** Starts a call and cancels it (the client goes away) after `ms`; the code it ended with. */
-  abandon(method: string, req: object, ms: number): Promise<grpc.status>;
-  close(): void;
-}
-
-type UnaryMethod = (
-  r: object,
-  cb: (e: grpc.ServiceError | null, v: Record<string, unknown>) => void,
-) => grpc.ClientUnaryCall;
-
-function snapshotsClient(socket: string): Client {
-  const def = fromJSON(snapshotsDescriptor as Parameters<typeof fromJSON>[0], loaderOptions);
-  const Ctor = grpc.makeGenericClientConstructor(
-    def[serviceName] as grpc.ServiceDefinition,
-    'Snapshots',
-  );
-  const client = new Ctor(`unix:${socket}`, grpc.credentials.createInsecure());
-  const method = (name: string): UnaryMethod =>
-    (client as unknown as Record<string, UnaryMethod>)[name]!.bind(client);
-  return {
-    call: (name, req) =>
-      new Promise((resolve, reject) => {
-        method(name)(req, (err, value) => (err === null ? resolve(value) : reject(err)));
-      }),
-    abandon: (name, req, ms) =>
-      new Promise((resolve) => {
-        const call = method(name)(req, (err) => resolve(err === null ? grpc.status.OK : err.code));
-        setTimeout(() => call.cancel(), ms);
-      }),
-    close: () => client.close(),
-  };
-}
-
 async function rejectsWith(p: Promise<unknown>, code: grpc.status, what: string): Promise<void> {
   await assert.rejects(p, (err: grpc.ServiceError) => {
     assert.equal(err.code, code, `${what}: got ${grpc.status[err.code]} (${err.details})`);
@@ -191,7 +151,7 @@ test(
     const snapSocket = join(work, 'run/snapshotter.sock');
     const ctdSocket = join(ctdDir, 'containerd.sock');
     const procs: { snapshotter?: ChildProcess; containerd?: ChildProcess } = {};
-    let client: Client | undefined;
+    let client: SnapshotsClient | undefined;
     let cri: CriImages | undefined;
     const servers: { registry?: OciRegistry; s3?: S3Emulator } = {};
     let snapLog = '';

@@ -324,7 +324,7 @@ export const agentCommand: Command = {
       default: '127.0.0.1:9464',
     },
     'snapshotter-socket': {
-      text: "serve containerd's snapshots API on this unix socket (loop backend; mode, group and volume size: THINRELAY_SNAPSHOTTER_SOCKET_MODE, _GID, _VOLUME_SIZE as for `thinrelay snapshotter`)",
+      text: "serve containerd's snapshots API on this unix socket (mode, group and volume size: THINRELAY_SNAPSHOTTER_SOCKET_MODE, _GID, _VOLUME_SIZE as for `thinrelay snapshotter`)",
       arg: 'PATH',
       env: 'THINRELAY_SNAPSHOTTER_SOCKET',
       default: 'off',
