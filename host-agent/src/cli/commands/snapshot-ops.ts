@@ -45,11 +45,17 @@ async function activateThroughService(ctx: CommandContext, ref: string): Promise
   const config = ctx.config();
   // Loaded only here: node:http2 stays out of every other command's start.
   const client = await import('../../snapshotter/activation-client.js');
-  const outcome = await client.activateThroughService(socket, {
-    stateDir: config.stateDir,
-    backend: config.backend,
-    image: ref,
-  });
+  let outcome: Awaited<ReturnType<typeof client.activateThroughService>>;
+  try {
+    outcome = await client.activateThroughService(socket, {
+      stateDir: config.stateDir,
+      backend: config.backend,
+      image: ref,
+    });
+  } catch (err) {
+    tell(ctx, `failed in the service on ${socket}`);
+    throw err;
+  }
   if (outcome.kind === 'fallback') {
     tell(ctx, `no service at ${socket} (${outcome.reason}): activating in this process`);
     return false;
