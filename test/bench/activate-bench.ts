@@ -123,7 +123,7 @@ async function main(reps: number, concurrent: number): Promise<Record<string, un
     );
     // No service yet: what a host without one pays for asking (a connect that fails).
     const fallback = await singles(() => timed(['activate', 'images/base.tar']));
-    service = await startSnapshotter(socket, env);
+    service = await startSnapshotter(socket, { ...env, THINRELAY_LOG_LEVEL: 'info' });
     const viaService = await singles(() => timed(['activate', 'images/base.tar']));
     const viaServiceBurst = await burst(() => timed(['activate', 'images/base.tar']));
     const served = service

@@ -20,10 +20,15 @@ import { after, before, describe, test } from 'node:test';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { FileLock } from '../../host-agent/src/store/file-lock.js';
 import { reconcileLockFileName } from '../../host-agent/src/store/reconcile-lock.js';
+import type * as grpc from '@grpc/grpc-js';
+import { fromJSON } from '@grpc/proto-loader';
 import {
+  activationDescriptor,
+  activationServiceName,
   decodeActivateResponse,
   encodeActivateRequest,
 } from '../../host-agent/src/snapshotter/activation-wire.js';
+import { loaderOptions } from '../../host-agent/src/snapshotter/wire-format.js';
 import { cliPath, runCli, type CliResult } from '../helpers/cli.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { buildOciFixture } from '../helpers/oci-fixtures.js';
@@ -105,28 +110,37 @@ describe('thinrelay activate through the service', { skip }, () => {
     if (work !== undefined) rmSync(work, { recursive: true, force: true });
   });
 
-  test('the wire codec round-trips (the CLI never loads protobufjs)', () => {
-    const req = encodeActivateRequest({ stateDir: '/s', backend: 'loop', image: 'images/ä.tar' });
-    assert.equal(
-      req.toString('hex'),
-      '0a022f731204' +
-        Buffer.from('loop').toString('hex') +
-        '1a0d' +
-        Buffer.from('images/ä.tar').toString('hex'),
+  test("the CLI's hand-written codec agrees with the service's descriptor", () => {
+    const def = fromJSON(activationDescriptor as Parameters<typeof fromJSON>[0], loaderOptions)[
+      activationServiceName
+    ] as grpc.ServiceDefinition;
+    const method = def.Activate!;
+    const image = 'images/ä €.tar';
+    assert.deepEqual(
+      method.requestDeserialize(
+        encodeActivateRequest({ stateDir: '/var/lib/thinrelay', backend: 'loop', image }),
+      ),
+      { state_dir: '/var/lib/thinrelay', backend: 'loop', image },
     );
-    // snapshot_id 300 (varint ac 02), device_path, config_json; an unknown field 9 (varint) skipped.
-    const res = Buffer.concat([
-      Buffer.from([0x08, 0xac, 0x02, 0x48, 0x01]),
-      Buffer.from([0x12, 10]),
-      Buffer.from('/dev/loop7'),
-      Buffer.from([0x1a, 4]),
-      Buffer.from('null'),
+    const config = JSON.stringify({ Env: ['A=1'], Cmd: ['/bin/sh', '-c', 'x'.repeat(300)] });
+    for (const snapshot_id of [1, 300, 2 ** 40]) {
+      const bytes = method.responseSerialize({
+        snapshot_id,
+        device_path: '/dev/loop7',
+        config_json: config,
+      });
+      assert.deepEqual(decodeActivateResponse(bytes), {
+        snapshotId: snapshot_id,
+        devicePath: '/dev/loop7',
+        configJson: config,
+      });
+    }
+    // A field it does not know (a newer service) is skipped.
+    const withUnknown = Buffer.concat([
+      Buffer.from([0x48, 0x01]),
+      method.responseSerialize({ snapshot_id: 5, device_path: '/dev/loop1', config_json: 'null' }),
     ]);
-    assert.deepEqual(decodeActivateResponse(res), {
-      snapshotId: 300,
-      devicePath: '/dev/loop7',
-      configJson: 'null',
-    });
+    assert.equal(decodeActivateResponse(withUnknown).snapshotId, 5);
   });
 
   test('no socket: activates in-process and says so under --verbose', async () => {
