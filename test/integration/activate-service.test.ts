@@ -2,17 +2,19 @@
  * `thinrelay activate` through the daemon's Activation service
  * (thinrelay.v1.Activation on the snapshotter socket): with a standalone
  * `thinrelay snapshotter` serving the state dir the CLI hands the work over
- * (the service logs it; the CLI never reaches the store: it finishes while
- * this test holds the state dir's reconcile lock, which an in-process
- * activate waits for), prints what the in-process path prints (text and
- * --json, a container image's run config included), keeps a failure's code,
- * message, hint and exit code, and falls back to the in-process path (saying
- * so under --verbose) when the socket is absent, stale (the service was
- * killed -9) or served for another state dir. Real S3 emulator, loop
- * devices, mkfs.
+ * (the service logs it; the CLI never opens the store: it finishes with a
+ * better-sqlite3 that refuses images.db, and while this test holds the state
+ * dir's reconcile lock, both of which stop an in-process activate), prints
+ * what the in-process path prints (text and --json, a container image's
+ * run config included), keeps a failure's code, message, hint and exit
+ * code, and falls back to the in-process path (saying so under --verbose)
+ * when the socket is absent, stale (the service was killed -9), served for
+ * another state dir, served by a daemon without the Activation service, or
+ * held by something that is not HTTP/2. Real S3 emulator, loop devices, mkfs.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import net from 'node:net';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,7 +22,7 @@ import { after, before, describe, test } from 'node:test';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { FileLock } from '../../host-agent/src/store/file-lock.js';
 import { reconcileLockFileName } from '../../host-agent/src/store/reconcile-lock.js';
-import type * as grpc from '@grpc/grpc-js';
+import * as grpc from '@grpc/grpc-js';
 import { fromJSON } from '@grpc/proto-loader';
 import {
   activationDescriptor,
@@ -29,7 +31,7 @@ import {
   encodeActivateRequest,
 } from '../../host-agent/src/snapshotter/activation-wire.js';
 import { loaderOptions } from '../../host-agent/src/snapshotter/wire-format.js';
-import { cliPath, runCli, type CliResult } from '../helpers/cli.js';
+import { cliPath, runCli, storeGuardArgs, type CliResult } from '../helpers/cli.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { buildOciFixture } from '../helpers/oci-fixtures.js';
 import { needsRootAndTools } from '../helpers/root.js';
@@ -168,10 +170,15 @@ describe('thinrelay activate through the service', { skip }, () => {
     assert.ok(lock.tryAcquire());
     let released = false;
     try {
-      const viaText = await cli('activate', 'images/flat.tar', '--verbose');
+      // And a better-sqlite3 that refuses images.db: the CLI must never open the store.
+      const viaText = await runCli(['activate', 'images/flat.tar', '--verbose'], env, {
+        nodeArgs: storeGuardArgs,
+      });
       assert.match(viaText.stderr, /done by the service on .*snapshotter\.sock/);
       assert.deepEqual(shapeOf(viaText).stdout, localText.stdout);
-      const viaJson = await cli('activate', 'images/app.tar', '--json');
+      const viaJson = await runCli(['activate', 'images/app.tar', '--json'], env, {
+        nodeArgs: storeGuardArgs,
+      });
       assert.equal(viaJson.stderr, '');
       const via = shapeOf(viaJson);
       assert.equal(via.stdout, localJson.stdout);
@@ -213,6 +220,12 @@ describe('thinrelay activate through the service', { skip }, () => {
       assert.equal(await exited, 0);
       assert.match(out, /^\/dev\/loop\d+\n$/);
       assert.equal(served(svc), 10);
+      // The control for the guard: the in-process path is stopped by it.
+      const guarded = await runCli(['activate', 'images/flat.tar', '--in-process'], env, {
+        nodeArgs: storeGuardArgs,
+      });
+      assert.equal(guarded.code, 1, guarded.stderr);
+      assert.match(guarded.stderr, /STORE_OPENED: this process opened the state database/);
     } finally {
       if (!released) lock.close();
     }
@@ -251,6 +264,46 @@ describe('thinrelay activate through the service', { skip }, () => {
     assert.equal(logged(other, 'activation declined').length, 1, other.log());
     assert.equal(served(other), 0);
     await other.stop();
+  });
+
+  test('an older daemon (no Activation) or a peer that hangs up: falls back in-process', async () => {
+    // A gRPC server on the socket that serves no thinrelay.v1.Activation: UNIMPLEMENTED.
+    const older = new grpc.Server();
+    const olderSocket = join(work, 'run/older.sock');
+    await new Promise<void>((resolve, reject) =>
+      older.bindAsync(`unix:${olderSocket}`, grpc.ServerCredentials.createInsecure(), (err) =>
+        err === null ? resolve() : reject(err),
+      ),
+    );
+    try {
+      const r = await runCli(['activate', 'images/flat.tar', '--verbose'], {
+        ...env,
+        THINRELAY_SNAPSHOTTER_SOCKET: olderSocket,
+      });
+      assert.match(
+        r.stderr,
+        /no service at .*older\.sock \(the service there has no thinrelay\.v1\.Activation/,
+      );
+      shapeOf(r);
+    } finally {
+      older.forceShutdown();
+    }
+    // Not HTTP/2 at all: it accepts and hangs up.
+    const hangup = net.createServer((c) => c.destroy());
+    const hangupSocket = join(work, 'run/hangup.sock');
+    await new Promise<void>((resolve) => hangup.listen(hangupSocket, resolve));
+    try {
+      const t0 = Date.now();
+      const r = await runCli(['activate', 'images/flat.tar', '--verbose'], {
+        ...env,
+        THINRELAY_SNAPSHOTTER_SOCKET: hangupSocket,
+      });
+      assert.match(r.stderr, /no service at .*hangup\.sock \(.+\): activating in this process/);
+      assert.ok(Date.now() - t0 < 4000, 'no wait for the handshake timeout');
+      shapeOf(r);
+    } finally {
+      await new Promise((resolve) => hangup.close(resolve));
+    }
   });
 
   test('a stale socket (service killed -9): falls back in-process', async () => {

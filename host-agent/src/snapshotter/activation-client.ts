@@ -99,6 +99,11 @@ export function activateThroughService(
       if (sent) fail(lost(socket, why));
       else fallback(why);
     });
+    // Closed without an error (a peer that hangs up on HTTP/2): no-op once settled.
+    session.on('close', () => {
+      if (sent) fail(lost(socket, 'it closed the connection'));
+      else fallback('it closed the connection without speaking HTTP/2');
+    });
     session.once('remoteSettings', () => {
       clearTimeout(timer);
       sent = true;
