@@ -3,17 +3,17 @@
  * activate IMAGE` done by the process that already holds the store and the
  * backend (no process start, no migrations, no backend set-up per call). It
  * runs the very activateImage the CLI runs in-process, and sends a failure
- * back with its class, code and exit code (activation-wire.ts), so the CLI's
- * output is the same either way. A request for another state dir or backend
+ * back with its code, message, hint and exit code (activation-wire.ts), so
+ * the CLI's output is the same either way. A request for another state dir or backend
  * is declined before anything happens: the CLI then activates in-process.
  */
 import * as grpc from '@grpc/grpc-js';
 import { realpathSync } from 'node:fs';
-import { ExitCode, errorMessage, isThinrelayError } from '../errors.js';
+import { failureOf } from '../cli/output.js';
+import { errorMessage, isThinrelayError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { activateImage, containerConfigOf } from '../ops/image-ops.js';
 import type { PipelineDeps } from '../pipeline/context.js';
-import { databaseError } from '../store/db-errors.js';
 import { grpcFailureOf, GrpcCode } from './grpc-status.js';
 import { declineTrailer, errorTrailer, type WireError } from './activation-wire.js';
 
@@ -26,12 +26,12 @@ function canonical(path: string): string {
   }
 }
 
-/** A failure as the CLI's main would have reported it in-process (a database fault is the host's). */
-export function wireErrorOf(thrown: unknown, stateDir: string): { err: unknown; wire: WireError } {
-  const err = databaseError(thrown, stateDir) ?? thrown;
+/** A failure as the CLI's main would have reported it in-process (cli/output.ts failureOf). */
+function wireErrorOf(thrown: unknown, stateDir: string): { err: unknown; wire: WireError } {
+  const { err, exitCode } = failureOf(thrown, stateDir);
   const wire: WireError = isThinrelayError(err)
-    ? { code: err.code, message: err.message, hint: err.hint ?? null, exitCode: err.exitCode }
-    : { code: null, message: errorMessage(err), hint: null, exitCode: ExitCode.imageFailed };
+    ? { code: err.code, message: err.message, hint: err.hint ?? null, exitCode }
+    : { code: null, message: errorMessage(err), hint: null, exitCode };
   return { err, wire };
 }
 

@@ -5,7 +5,7 @@
  * Two halves of one contract live here: the protobuf JSON descriptor the
  * server loads, and the few bytes the CLI encodes and decodes by hand (so the
  * CLI never loads gRPC); test/integration/activate-service.test.ts checks
- * they agree. Also how a failure travels: its class, code, message, hint and
+ * they agree. Also how a failure travels: its reason code, message, hint and
  * exit code as JSON in the `thinrelay-error-bin` trailer, so the CLI prints
  * and exits exactly as it would have in-process.
  */
