@@ -15,7 +15,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -64,7 +64,7 @@ function shapeOf(r: CliResult): { stdout: string; activation: Activation | null 
   };
 }
 
-describe('thinrelay activate through the service', { skip }, () => {
+describe('thinrelay activate through the service', { skip, timeout: 600_000 }, () => {
   let s3: S3Emulator;
   let work: string;
   let stateDir: string;
@@ -98,6 +98,7 @@ describe('thinrelay activate through the service', { skip }, () => {
       THINRELAY_SNAPSHOTTER_SOCKET: socket,
     };
     await s3.putObject(bucket, 'images/flat.tar', await buildSampleRootfs());
+    mkdirSync(join(work, 'oci'));
     const fx = await buildOciFixture(join(work, 'oci'));
     await s3.putObject(bucket, 'images/app.tar', readFileSync(fx.dockerArchive));
     for (const key of ['images/flat.tar', 'images/app.tar']) {
