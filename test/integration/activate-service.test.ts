@@ -221,11 +221,12 @@ describe('thinrelay activate through the service', { skip, timeout: 600_000 }, (
       assert.equal(await exited, 0);
       assert.match(out, /^\/dev\/loop\d+\n$/);
       assert.equal(served(svc), 10);
-      // The control for the guard: the in-process path is stopped by it.
+      // The control for the guard: the in-process path is stopped by it (the store's
+      // own wrapping makes it STATE_DIR, exit 3).
       const guarded = await runCli(['activate', 'images/flat.tar', '--in-process'], env, {
         nodeArgs: storeGuardArgs,
       });
-      assert.equal(guarded.code, 1, guarded.stderr);
+      assert.equal(guarded.code, 3, guarded.stderr);
       assert.match(guarded.stderr, /STORE_OPENED: this process opened the state database/);
     } finally {
       if (!released) lock.close();
