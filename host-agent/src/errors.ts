@@ -130,7 +130,9 @@ export type EnvironmentCode =
   | 'QUEUE_ACCESS_DENIED'
   | 'QUEUE_REQUEST_FAILED'
   // The download's worker thread died (crashed, out of memory): this host's fault, never the image's.
-  | 'DOWNLOAD_WORKER_FAILED';
+  | 'DOWNLOAD_WORKER_FAILED'
+  // The daemon's service took `thinrelay activate`'s request and then did not answer it.
+  | 'SERVICE_FAILED';
 
 /** A queue operation ran to its end without succeeding. */
 export type QueueOperationCode = 'MOVE_TASK_FAILED' | 'MOVE_TASK_CANCELLED' | 'MOVE_TASK_LOST';
@@ -307,6 +309,19 @@ export class InternalError extends ThinrelayError {
       'a bug in thinrelay: run it again with THINRELAY_DEBUG=1 for the stack, and report it',
       options,
     );
+  }
+}
+
+/**
+ * An error the daemon raised doing a CLI command's work (`thinrelay activate`
+ * through its service), relayed with its code, message, hint and exit code as
+ * they were, so the CLI reports it exactly as if it had raised it itself.
+ */
+export class RelayedError extends ThinrelayError {
+  readonly exitCode: ExitCode;
+  constructor(code: ReasonCode, message: string, hint: string | undefined, exitCode: ExitCode) {
+    super(code, message, hint);
+    this.exitCode = exitCode;
   }
 }
 

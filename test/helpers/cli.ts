@@ -6,6 +6,12 @@ import { fileURLToPath } from 'node:url';
 /** The shipped artifact: the bundled CLI that package.json's bin points at. */
 export const cliPath = fileURLToPath(new URL('../../cli/thinrelay.mjs', import.meta.url));
 
+/** Node options that make the CLI refuse to open the state database (no-store-preload.ts). */
+export const storeGuardArgs = [
+  '--import',
+  fileURLToPath(new URL('./no-store-preload.js', import.meta.url)),
+];
+
 export interface CliResult {
   code: number | null;
   signal: NodeJS.Signals | null;
@@ -16,10 +22,10 @@ export interface CliResult {
 export function runCli(
   args: readonly string[],
   env: NodeJS.ProcessEnv = {},
-  opts: { cwd?: string } = {},
+  opts: { cwd?: string; nodeArgs?: readonly string[] } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [cliPath, ...args], {
+    const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), cliPath, ...args], {
       env: { ...process.env, THINRELAY_LOG_LEVEL: 'info', ...env },
       ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
       stdio: ['ignore', 'pipe', 'pipe'],

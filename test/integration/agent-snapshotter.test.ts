@@ -4,7 +4,8 @@
  * client prepares, commits, clones, mounts and removes through the agent's
  * socket; the standalone `thinrelay snapshotter` refuses the agent's state
  * dir, and the agent refuses a state dir a standalone snapshotter holds;
- * a graceful stop takes the socket away.
+ * `thinrelay activate` is answered by the agent's Activation service; a
+ * graceful stop takes the socket away.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -14,7 +15,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { startAgent, type AgentProcess } from '../helpers/agent-process.js';
-import { cliPath } from '../helpers/cli.js';
+import { cliPath, runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import {
@@ -132,6 +133,17 @@ test(
     );
     client.close();
     client = undefined;
+
+    // `thinrelay activate` goes through the agent's Activation service on the same socket;
+    // the agent's answer (no such image) is the CLI's own error and exit code.
+    const act = await runCli(['activate', 'images/none.tar', '--verbose'], {
+      ...env,
+      THINRELAY_SNAPSHOTTER_SOCKET: socket,
+    });
+    assert.equal(act.code, 4, act.stderr);
+    assert.match(act.stderr, /failed in the service on .*snapshotter\.sock/);
+    assert.match(act.stderr, /\[NOT_FOUND\] no image "images\/none\.tar" on this host/);
+    await agent.waitForLog((l) => l.msg === 'activation failed');
 
     // The standalone snapshotter refuses the agent's state dir (it would share its store unlocked).
     const refused = await runRefused(

@@ -9,7 +9,7 @@
 import nodeModule from 'node:module';
 import { parseArgs } from 'node:util';
 import { applySettingsFile } from '../config.js';
-import { ExitCode, UsageError, isThinrelayError } from '../errors.js';
+import { ExitCode, UsageError } from '../errors.js';
 import { isJournalStream, journalPriority } from '../log.js';
 import { build, versionLine } from '../version.js';
 import { globalOptions, makeContext, type Command } from './command.js';
@@ -27,8 +27,7 @@ import { configCommand } from './commands/config.js';
 import { snapshotterCommand } from './commands/snapshotter.js';
 import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { commandHelp, didYouMean, mainHelp, maxPositionalsOf } from './help.js';
-import { errorJson, formatError, printJson, usageHint } from './output.js';
-import { databaseError } from '../store/db-errors.js';
+import { errorJson, failureOf, formatError, printJson, usageHint } from './output.js';
 
 function stateDirOf(ctx: { config(): { stateDir: string } } | undefined): string {
   try {
@@ -229,12 +228,11 @@ export async function main(argv: string[]): Promise<number> {
     return await command.run(ctx);
   } catch (thrown) {
     // A state-database fault is the host's, never "the image failed" (exit 3, or 75 when busy).
-    const err = databaseError(thrown, stateDirOf(ctx)) ?? thrown;
+    const { err, exitCode: code } = failureOf(thrown, stateDirOf(ctx));
     const what =
       command.name === 'process-image'
         ? `process-image ${String(values['s3-key'] ?? '')}`
         : command.name;
-    const code = isThinrelayError(err) ? err.exitCode : ExitCode.imageFailed;
     reportError(what, err, code);
     if (process.env.THINRELAY_DEBUG === '1' && err instanceof Error)
       process.stderr.write(`${err.stack}\n`);

@@ -3,7 +3,8 @@
  * Every --json prints exactly one JSON document on one line, with camelCase
  * field names (docs/operating-a-host.md: "JSON output").
  */
-import { isThinrelayError, errorMessage } from '../errors.js';
+import { ExitCode, isThinrelayError, errorMessage } from '../errors.js';
+import { databaseError } from '../store/db-errors.js';
 import { normalizeETag } from '../../../schema/etag.js';
 
 /**
@@ -42,6 +43,18 @@ export function forScripts(value: unknown): unknown {
 
 export function printJson(value: unknown): void {
   process.stdout.write(JSON.stringify(forScripts(value)) + '\n');
+}
+
+/**
+ * What a command's thrown error means to the CLI: the error it reports (a
+ * state-database fault is the host's, never "the image failed": exit 3, or
+ * 75 when busy) and the exit code. main uses it for every command; the
+ * daemon's Activation service uses it to send a failure back as the CLI
+ * would have reported it.
+ */
+export function failureOf(thrown: unknown, stateDir: string): { err: unknown; exitCode: number } {
+  const err = databaseError(thrown, stateDir) ?? thrown;
+  return { err, exitCode: isThinrelayError(err) ? err.exitCode : ExitCode.imageFailed };
 }
 
 /** Under --json an error is also a document on stdout (the one line still goes to stderr). */

@@ -3,6 +3,8 @@
  * call handed to SnapshotService and its typed errors turned into gRPC codes
  * (grpc-status.ts). The socket is made with a 0177 umask (never readable by
  * others for an instant) and then given its configured mode and group.
+ * Beside it, on the same socket, thinrelay's own Activation service
+ * (activation-service.ts: `thinrelay activate` through the daemon).
  * Loaded only by the services (`thinrelay snapshotter`, `thinrelay agent`
  * with a snapshotter socket): the rest of the CLI never pays for gRPC.
  */
@@ -12,6 +14,9 @@ import { chmodSync, chownSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { UsageError } from '../errors.js';
 import type { Logger } from '../log.js';
+import type { PipelineDeps } from '../pipeline/context.js';
+import { activationHandlers } from './activation-service.js';
+import { activationDescriptor, activationServiceName } from './activation-wire.js';
 import { grpcFailureOf } from './grpc-status.js';
 import type { SnapshotInfo, SnapshotService } from './snapshot-service.js';
 import type { SocketSettings } from './settings.js';
@@ -128,6 +133,8 @@ export async function serveSnapshots(o: {
   socket: SocketSettings;
   service: SnapshotService;
   logger: Logger;
+  /** The daemon's own store and backend, for `thinrelay activate` (thinrelay.v1.Activation). */
+  activation: PipelineDeps;
 }): Promise<{ close(): Promise<void> }> {
   // The descriptor is plain data; protobufjs checks its shape when it loads it.
   const definition = fromJSON(snapshotsDescriptor as Parameters<typeof fromJSON>[0], loaderOptions);
@@ -135,6 +142,14 @@ export async function serveSnapshots(o: {
   server.addService(
     definition[serviceName] as grpc.ServiceDefinition<grpc.UntypedServiceImplementation>,
     handlers(o.service, o.logger),
+  );
+  const activation = fromJSON(
+    activationDescriptor as Parameters<typeof fromJSON>[0],
+    loaderOptions,
+  );
+  server.addService(
+    activation[activationServiceName] as grpc.ServiceDefinition<grpc.UntypedServiceImplementation>,
+    activationHandlers(o.activation, o.logger),
   );
   mkdirSync(dirname(o.socket.path), { recursive: true, mode: 0o755 });
   clearSocketPath(o.socket.path);

@@ -2,10 +2,12 @@
  * Start containerd's snapshots service on a runtime that holds the state
  * dir's daemon lock (`thinrelay snapshotter`, or `thinrelay agent` with a
  * snapshotter socket): refuse a backend it cannot serve, reconcile, finish
- * what a dead run left, then listen on the socket.
+ * what a dead run left, then listen on the socket (with `thinrelay activate`'s
+ * Activation service beside the snapshots API).
  */
 import type { Logger } from '../log.js';
-import { reconcile, type ReconcileDeps } from '../pipeline/reconcile.js';
+import type { PipelineDeps } from '../pipeline/context.js';
+import { reconcile } from '../pipeline/reconcile.js';
 import { checkServable } from './mounts.js';
 import { serveSnapshots } from './server.js';
 import type { SnapshotterSettings } from './settings.js';
@@ -16,7 +18,7 @@ export interface SnapshotsServiceHandle {
 }
 
 export async function startSnapshotsService(
-  rt: ReconcileDeps,
+  rt: PipelineDeps,
   settings: SnapshotterSettings,
   logger: Logger,
 ): Promise<SnapshotsServiceHandle> {
@@ -30,5 +32,5 @@ export async function startSnapshotsService(
     freshVolumeBytes: settings.freshVolumeBytes,
   });
   await service.recover();
-  return serveSnapshots({ socket: settings.socket, service, logger });
+  return serveSnapshots({ socket: settings.socket, service, logger, activation: rt });
 }

@@ -52,6 +52,16 @@ export function snapshotterSocketOf(
   return path === undefined || path === '' ? undefined : path;
 }
 
+/**
+ * The socket `thinrelay activate` asks first: the configured one (the agent's
+ * THINRELAY_SNAPSHOTTER_SOCKET, from the same settings file), else the
+ * standalone snapshotter's default; null when set to off.
+ */
+export function activationSocketOf(env: NodeJS.ProcessEnv): string | null {
+  const path = snapshotterSocketOf(undefined, env) ?? defaultSnapshotterSocket;
+  return path === 'off' ? null : path;
+}
+
 /** Settings for a service on `path` (mode, group and volume size from flags or variables). */
 export function loadSnapshotterSettings(
   path: string,
