@@ -3,12 +3,13 @@
  * leftovers and what removed images left: volumes kept for inspection,
  * snapshots of removed images nobody uses any more, and layers no image
  * uses (a layer shared by a live image, even one that failed and may be
- * retried, stays), and the spools of jobs no live process runs (kill -9
- * while spooling).
+ * retried, stays), volumes failed images hold for a new signature (a
+ * re-sign then downloads again), and the spools of jobs no live process
+ * runs (kill -9 while spooling).
  */
 import type { PipelineDeps } from '../pipeline/context.js';
 import { reconcile, type ReconcileAction } from '../pipeline/reconcile.js';
-import { collectReleased } from '../pool/release.js';
+import { collectReleased, releaseHeldForSignature } from '../pool/release.js';
 import { objectName } from '../storage/names.js';
 import { reclaimSpools } from './spools.js';
 
@@ -23,6 +24,7 @@ export async function collectGarbage(deps: PipelineDeps): Promise<ReconcileActio
       reason: 'failed volume kept for inspection',
     });
   }
+  actions.push(...(await releaseHeldForSignature(deps)));
   actions.push(...(await collectReleased(deps)));
   actions.push(...reclaimSpools(deps));
   return actions;
