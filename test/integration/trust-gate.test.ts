@@ -350,8 +350,42 @@ describe('trust gate (process-image)', { skip: needsRoot }, () => {
     assert.deepEqual(hostInventory(stateDir).mounts, []);
   });
 
-  for (const how of ['gc', 'pool evict'] as const) {
-    test(`${how} releases a volume held for a new signature; the image stays failed`, async (t) => {
+  test('killed between the flush and the signature check: the next attempt holds the volume; a re-sign needs no GET', async (t) => {
+    const proxy = await startLinkProxy({ targetPort: s3.port });
+    t.after(() => proxy.close());
+    const viaProxy = (policy: object, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({
+      ...env(policy),
+      ...s3EnvFor(proxy),
+      ...extra,
+    });
+    const key = 'img/crash-held.tar';
+    const tar = await smallRootfsTar('crash held');
+    await s3.putObject(bucket, key, tar);
+    await s3.putObject(bucket, `${key}.sig`, keys.sign(other, tar));
+    const crashed = await runCli(
+      ['process-image', '--s3-key', key],
+      viaProxy(requirePolicy(), { THINRELAY_CRASH_AT: 'layer:1:flushed' }),
+    );
+    assert.equal(crashed.signal, 'SIGKILL', crashed.stderr);
+    const gets0 = objectGets(proxy, key);
+    assert.ok(gets0 > 0);
+    // The next attempt resumes the flushed volume: checked, refused, held (detached).
+    const again = await runCli(['process-image', '--s3-key', key], viaProxy(requirePolicy()));
+    assert.equal(again.code, 1, again.stderr);
+    assert.match(again.stderr, /SIGNATURE_INVALID/);
+    assert.deepEqual(
+      volumesOf(stateDir, key).map((v) => [v.state, v.blob]),
+      [['unpacked', 'unpacking']],
+    );
+    assert.deepEqual(hostInventory(stateDir).mounts, []);
+    await s3.putObject(bucket, `${key}.sig`, keys.sign(trusted, tar));
+    json(await runCli(['process-image', '--s3-key', key, '--json'], viaProxy(requirePolicy())));
+    assert.equal(objectGets(proxy, key), gets0, 'nothing fetched after the crash');
+    assert.equal((await show(key)).image.status, 'ready');
+  });
+
+  for (const how of ['gc', 'pool evict', 'remove'] as const) {
+    test(`${how} releases a volume held for a new signature`, async (t) => {
       const dir = mkdtempSync(join(tmpdir(), 'thinrelay-trust-held-'));
       t.after(async () => {
         await runCli(['pool', 'destroy', '--force'], {
@@ -378,23 +412,26 @@ describe('trust gate (process-image)', { skip: needsRoot }, () => {
       const released =
         how === 'gc'
           ? await runCli(['gc', '--json'], inDir({ mode: 'off' }))
-          : await runCli(
-              ['pool', 'evict', '--json'],
-              inDir(
-                { mode: 'off' },
-                { THINRELAY_POOL_HIGH_WATERMARK: '2%', THINRELAY_POOL_LOW_WATERMARK: '1%' },
-              ),
-            );
+          : how === 'remove'
+            ? await runCli(['remove', key, '--json'], inDir({ mode: 'off' }))
+            : await runCli(
+                ['pool', 'evict', '--json'],
+                inDir(
+                  { mode: 'off' },
+                  { THINRELAY_POOL_HIGH_WATERMARK: '2%', THINRELAY_POOL_LOW_WATERMARK: '1%' },
+                ),
+              );
       assert.equal(released.code, 0, released.stderr);
       assert.deepEqual(
         volumesOf(dir, key).map((v) => [v.state, v.blob]),
-        [['removed', 'failed']],
+        [['removed', how === 'remove' ? 'removed' : 'failed']],
       );
       const store = StateStore.open(dir, { readonly: true });
       try {
+        // gc and eviction release the volume only: the image stays failed (a re-sign downloads again).
         const image = store.images.latestByKey(key)!;
-        assert.equal(image.status, 'failed');
-        assert.equal(image.error_code, 'SIGNATURE_INVALID');
+        assert.equal(image.status, how === 'remove' ? 'removed' : 'failed');
+        if (how !== 'remove') assert.equal(image.error_code, 'SIGNATURE_INVALID');
       } finally {
         store.close();
       }
