@@ -17,6 +17,7 @@ import type { JobContext, PipelineDeps } from '../pipeline/context.js';
 import type { ObjectRef } from '../source/object-ref.js';
 import { mapS3Error } from '../source/s3-errors.js';
 import type { ImageRow } from '../store/images.js';
+import { imageTransitions } from '../store/states.js';
 import { checkSignature } from './check-signature.js';
 import { readSidecar, sidecarKeysOf, type Sidecar } from './sidecar.js';
 import { describePayload, manifestDigestPayload, type SignedPayload } from './signed-payload.js';
@@ -82,8 +83,24 @@ export async function holdForSignature(
 ): Promise<void> {
   const policy = deps.config.signatures;
   if (policy.mode !== 'require') return;
-  if ((await findSidecar(deps, ref.bucket, ref.key)) !== null) return;
   const { store } = deps;
+  const read: { sidecar: SidecarSeen | null } = { sidecar: null };
+  try {
+    if ((await findSidecar(deps, ref.bucket, ref.key, (s) => (read.sidecar = s))) !== null) return;
+  } catch (err) {
+    // A sidecar that is no signature (empty, too large): the image fails with its code, the
+    // sidecar read recorded (so the catch-up sync evaluates it again only once it is replaced).
+    if (err instanceof ImageError && err.code.startsWith('SIGNATURE_')) {
+      const failed = failedRecord(deps, null, read.sidecar, err, now);
+      store.tx(() => {
+        store.images.recordTrust(image.id, failed);
+        if (imageTransitions[store.images.get(image.id)!.status].includes('failed'))
+          store.images.fail(image.id, err.code, err.message);
+      });
+      deps.trustChecked?.(failed);
+    }
+    throw err;
+  }
   const row = store.images.get(image.id)!;
   const missing = (): ImageError =>
     new ImageError(
