@@ -16,7 +16,12 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { GetQueueUrlCommand, PurgeQueueCommand } from '@aws-sdk/client-sqs';
+import {
+  DeleteMessageCommand,
+  GetQueueUrlCommand,
+  PurgeQueueCommand,
+  ReceiveMessageCommand,
+} from '@aws-sdk/client-sqs';
 import { queueNames } from '../../schema/fleet.js';
 import { startLocalStack, type LocalStack } from '../../host-agent/src/demo/local-stack.js';
 import { parseSignaturePolicy } from '../../schema/signature-policy.js';
@@ -206,7 +211,17 @@ describe(
       await stack.fanoutIdle();
       const queueName = queueNames.hostQueue(stack.deployment.namePrefix, 'default', hostId);
       const { QueueUrl } = await stack.sqs.send(new GetQueueUrlCommand({ QueueName: queueName }));
-      await stack.sqs.send(new PurgeQueueCommand({ QueueUrl }));
+      // Lost: every message taken off the queue (PurgeQueue is allowed once a minute).
+      for (;;) {
+        const { Messages } = await stack.sqs.send(
+          new ReceiveMessageCommand({ QueueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 0 }),
+        );
+        if (Messages === undefined || Messages.length === 0) break;
+        for (const m of Messages)
+          await stack.sqs.send(
+            new DeleteMessageCommand({ QueueUrl, ReceiptHandle: m.ReceiptHandle }),
+          );
+      }
 
       agent = startAgent(['--group', 'default', '--host-id', hostId, '--metrics-addr', 'off'], env);
       const round = await agent.waitForLog((l) => l.msg === 'sync round done', 90_000);
