@@ -371,7 +371,7 @@ describe(
           [sup, { eTag: supETags[0]!, size: 1 }],
           [ev, { eTag: evETag, size: 2 * MiB }],
         ]),
-        signed: new Set(),
+        signed: new Map(),
         requests: 1,
       });
       assert.equal(plan.upToDate, 1, 'retention dropped it: never brought back');

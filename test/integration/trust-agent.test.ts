@@ -3,7 +3,9 @@
  * real SQS and S3 emulators, loop devices and mounts: an unsigned image waits
  * in awaiting-signature without a worker, its sidecar's event wakes it; one
  * never signed fails SIGNATURE_MISSING at its deadline and its message takes
- * the DLQ path. Keys and signatures are made with openssl.
+ * the DLQ path. A sidecar's event is recorded as applied: a duplicate
+ * delivery is stale, not a second evaluation. Keys and signatures are made
+ * with openssl.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -33,7 +35,10 @@ interface Host {
   dlqUrl: string;
 }
 
-function imageRow(stateDir: string, key: string): { status: string; error_code: string | null } {
+function imageRow(
+  stateDir: string,
+  key: string,
+): { status: string; error_code: string | null; trust: string | null } {
   const store = StateStore.open(stateDir, { readonly: true });
   try {
     const row = store.images.latestByKey(key);
@@ -58,6 +63,7 @@ describe('trust gate (agent)', { skip: needsRoot, timeout: 300_000 }, () => {
   let sqs: SqsEmulator;
   let keys: KeyDir;
   let trusted: TestKey;
+  let other: TestKey;
   let hostSeq = 0;
 
   before(async () => {
@@ -65,6 +71,7 @@ describe('trust gate (agent)', { skip: needsRoot, timeout: 300_000 }, () => {
     await s3.createBucket(bucket);
     keys = new KeyDir();
     trusted = keys.ecdsa();
+    other = keys.ecdsa();
   });
   after(async () => {
     keys?.remove();
@@ -183,6 +190,42 @@ describe('trust gate (agent)', { skip: needsRoot, timeout: 300_000 }, () => {
     const deadline = Date.now() + 20_000;
     while ((await sqs.depth(host.dlqUrl)).visible === 0 && Date.now() < deadline) await sleep(500);
     assert.equal((await sqs.depth(host.dlqUrl)).visible, 1);
+    assert.equal((await agent.stop()).code, 0);
+  });
+  test('a duplicate sidecar event is stale: its image is not evaluated again', async (t) => {
+    const host = await newHost(t, 3600, 3);
+    const key = 'images/duplicate.tar';
+    const tar = await smallRootfsTar('duplicate');
+    const { eTag } = await s3.putObject(bucket, key, tar);
+    await sqs.send(
+      host.queueUrl,
+      serializeImageEvent(putImageEvent(bucket, key, eTag, nextSequencer())),
+    );
+    const agent = agentFor(t, host);
+    await agent.waitForLog(() => agent.outcomes().length >= 1);
+    assert.equal(agent.outcomes()[0]!.outcome, 'awaiting-signature');
+
+    // Signed by a key the policy does not trust: the sidecar's event fails the image.
+    const sigKey = `${key}.sig`;
+    const sig = await s3.putObject(bucket, sigKey, keys.sign(other, tar));
+    const event = serializeImageEvent({
+      ...putImageEvent(bucket, sigKey, sig.eTag, nextSequencer()),
+      kind: 'sidecar.put',
+    });
+    const sidecarOutcomes = (): ReturnType<AgentProcess['outcomes']> =>
+      agent.outcomes().filter((o) => o.kind === 'sidecar.put');
+    await sqs.send(host.queueUrl, event);
+    await agent.waitForLog(() => sidecarOutcomes().length >= 1, 30_000);
+    assert.equal(sidecarOutcomes()[0]!.outcome, 'failed');
+    assert.equal(sidecarOutcomes()[0]!.code, 'SIGNATURE_INVALID');
+    const checked = imageRow(host.stateDir, key);
+    assert.equal(checked.error_code, 'SIGNATURE_INVALID');
+
+    // S3 delivers at least once: the same event (its sequencer) in another message.
+    await sqs.send(host.queueUrl, event);
+    await agent.waitForLog(() => sidecarOutcomes().length >= 2, 30_000);
+    assert.equal(sidecarOutcomes()[1]!.outcome, 'stale', JSON.stringify(sidecarOutcomes()[1]));
+    assert.equal(imageRow(host.stateDir, key).trust, checked.trust, 'no second check recorded');
     assert.equal((await agent.stop()).code, 0);
   });
 });

@@ -3,6 +3,9 @@
  * the built CLI, a real S3 emulator, real loop devices and mounts, keys and
  * signatures made with openssl (test/helpers/signing-keys.ts). A policy file
  * (THINRELAY_SIGNATURE_POLICY) is what a host outside a group verifies with.
+ * A flat tar that fails its check keeps its unpacked volume: a re-sign seals
+ * it without a GET of the object (counted at a proxy in front of the S3
+ * emulator); gc and an eviction pass release such a held volume.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -15,6 +18,7 @@ import { after, before, describe, test } from 'node:test';
 import { okJson as json, runCli, type CliResult } from '../helpers/cli.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { startLinkProxy, type LinkProxy } from '../helpers/link-proxy.js';
 import { ociArchiveOfLayers } from '../helpers/oci-archive.js';
 import { needsRoot } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
@@ -48,6 +52,29 @@ function manifestDigestOf(archive: Buffer): string {
 }
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** GETs of the object itself (not its sidecar) the proxy has seen. */
+const objectGets = (proxy: LinkProxy, key: string): number =>
+  proxy.requests.filter((r) => r.method === 'GET' && r.path.split('?')[0] === `/${bucket}/${key}`)
+    .length;
+
+/** The image's volumes (kind, state) and their layers' status, as the store holds them. */
+function volumesOf(dir: string, key: string): { id: number; state: string; blob: string }[] {
+  const store = StateStore.open(dir, { readonly: true });
+  try {
+    const image = store.images.latestByKey(key)!;
+    return store.db
+      .prepare(
+        `SELECT v.id, v.state, b.status AS blob FROM storage_objects v
+           JOIN blobs b ON b.volume_id = v.id
+           JOIN jobs j ON j.id = v.job_id
+          WHERE v.kind = 'volume' AND j.image_id = ? ORDER BY v.id`,
+      )
+      .all(image.id) as { id: number; state: string; blob: string }[];
+  } finally {
+    store.close();
+  }
+}
 
 describe('trust gate (process-image)', { skip: needsRoot }, () => {
   let s3: S3Emulator;
@@ -137,20 +164,12 @@ describe('trust gate (process-image)', { skip: needsRoot }, () => {
     assert.equal(s.image.status, 'failed');
     assert.equal(s.image.errorCode, 'SIGNATURE_INVALID');
     assert.equal(s.image.trust?.failure?.code, 'SIGNATURE_INVALID');
-    // The volume it was unpacked on (before the signature was known) was released, never sealed.
-    const store = StateStore.open(stateDir, { readonly: true });
-    try {
-      const image = store.images.latestByKey('img/other.tar')!;
-      const job = store.jobs.latestForImage(image.id)!;
-      const volumes = store.objects.forJob(job.id);
-      assert.ok(volumes.length > 0);
-      assert.deepEqual(
-        volumes.map((v) => v.state),
-        volumes.map(() => 'removed'),
-      );
-    } finally {
-      store.close();
-    }
+    // The volume it was unpacked on (before the signature was known) is never sealed nor
+    // shared: held unpacked and detached for a re-sign.
+    assert.deepEqual(
+      volumesOf(stateDir, 'img/other.tar').map((v) => [v.state, v.blob]),
+      [['unpacked', 'unpacking']],
+    );
     assert.deepEqual(hostInventory(stateDir).mounts, []);
   });
 
@@ -291,4 +310,134 @@ describe('trust gate (process-image)', { skip: needsRoot }, () => {
     assert.equal(back.code, 0, back.stderr);
     assert.equal((await show('img/signed.tar')).image.status, 'ready');
   });
+  test('re-signed after SIGNATURE_INVALID: ready from the held volume, no GET of the object', async (t) => {
+    const proxy = await startLinkProxy({ targetPort: s3.port });
+    t.after(() => proxy.close());
+    const viaProxy = (policy: object): NodeJS.ProcessEnv => ({
+      ...env(policy),
+      ...s3EnvFor(proxy),
+    });
+    const key = 'img/resigned.tar';
+    const tar = await smallRootfsTar('resigned');
+    await s3.putObject(bucket, key, tar);
+    await s3.putObject(bucket, `${key}.sig`, keys.sign(other, tar));
+    const r = await runCli(['process-image', '--s3-key', key, '--json'], viaProxy(requirePolicy()));
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /SIGNATURE_INVALID/);
+    assert.equal(objectGets(proxy, key) > 0, true, 'the first attempt downloaded it');
+    const [held] = volumesOf(stateDir, key);
+    assert.deepEqual([held?.state, held?.blob], ['unpacked', 'unpacking']);
+    // Counted in pool use: a failed image holding content.
+    const pool = json<{ holders: { failedBytes: number } }>(
+      await runCli(['pool', 'status', '--json'], env({ mode: 'off' })),
+    );
+    assert.ok(pool.holders.failedBytes >= tar.length, JSON.stringify(pool.holders));
+
+    await s3.putObject(bucket, `${key}.sig`, keys.sign(trusted, tar));
+    const gets0 = objectGets(proxy, key);
+    json(await runCli(['process-image', '--s3-key', key, '--json'], viaProxy(requirePolicy())));
+    assert.equal(objectGets(proxy, key) - gets0, 0, 'no byte of the object fetched again');
+    const s = await show(key);
+    assert.equal(s.image.status, 'ready');
+    assert.equal(s.image.signer?.fingerprint, trusted.fingerprint);
+    assert.equal(s.image.trust?.payload, `object sha256:${sha256(tar)}`);
+    const unpack = s.steps.find((x) => x.name === 'unpack')!.detail!;
+    assert.equal(unpack.resumed, true);
+    assert.deepEqual(
+      volumesOf(stateDir, key).map((v) => [v.id, v.state, v.blob]),
+      [[held!.id, 'sealed', 'ready']],
+    );
+    assert.deepEqual(hostInventory(stateDir).mounts, []);
+  });
+
+  test('killed between the flush and the signature check: the next attempt holds the volume; a re-sign needs no GET', async (t) => {
+    const proxy = await startLinkProxy({ targetPort: s3.port });
+    t.after(() => proxy.close());
+    const viaProxy = (policy: object, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({
+      ...env(policy),
+      ...s3EnvFor(proxy),
+      ...extra,
+    });
+    // ECDSA keys only: a pure Ed25519 key tried on a refused signature reads the object to verify.
+    const ecdsaOnly = { mode: 'require', publicKeys: [trusted.publicKeyPem], awaitSeconds: 3600 };
+    const key = 'img/crash-held.tar';
+    const tar = await smallRootfsTar('crash held');
+    await s3.putObject(bucket, key, tar);
+    await s3.putObject(bucket, `${key}.sig`, keys.sign(other, tar));
+    const crashed = await runCli(
+      ['process-image', '--s3-key', key],
+      viaProxy(ecdsaOnly, { THINRELAY_CRASH_AT: 'layer:1:flushed' }),
+    );
+    assert.equal(crashed.signal, 'SIGKILL', crashed.stderr);
+    const gets0 = objectGets(proxy, key);
+    assert.ok(gets0 > 0);
+    // The next attempt resumes the flushed volume: checked, refused, held (detached).
+    const again = await runCli(['process-image', '--s3-key', key], viaProxy(ecdsaOnly));
+    assert.equal(again.code, 1, again.stderr);
+    assert.match(again.stderr, /SIGNATURE_INVALID/);
+    assert.deepEqual(
+      volumesOf(stateDir, key).map((v) => [v.state, v.blob]),
+      [['unpacked', 'unpacking']],
+    );
+    assert.deepEqual(hostInventory(stateDir).mounts, []);
+    await s3.putObject(bucket, `${key}.sig`, keys.sign(trusted, tar));
+    json(await runCli(['process-image', '--s3-key', key, '--json'], viaProxy(ecdsaOnly)));
+    assert.equal(objectGets(proxy, key), gets0, 'nothing fetched after the crash');
+    assert.equal((await show(key)).image.status, 'ready');
+  });
+
+  for (const how of ['gc', 'pool evict', 'remove'] as const) {
+    test(`${how} releases a volume held for a new signature`, async (t) => {
+      const dir = mkdtempSync(join(tmpdir(), 'thinrelay-trust-held-'));
+      t.after(async () => {
+        await runCli(['pool', 'destroy', '--force'], {
+          ...env({ mode: 'off' }),
+          THINRELAY_STATE_DIR: dir,
+        });
+        releaseStateDir(dir);
+      });
+      const inDir = (policy: object, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({
+        ...env(policy),
+        THINRELAY_STATE_DIR: dir,
+        ...extra,
+      });
+      const key = `img/held-${how.replace(' ', '-')}.tar`;
+      const tar = await smallRootfsTar(`held ${how}`);
+      await s3.putObject(bucket, key, tar);
+      await s3.putObject(bucket, `${key}.sig`, keys.sign(other, tar));
+      const r = await runCli(['process-image', '--s3-key', key], inDir(requirePolicy()));
+      assert.equal(r.code, 1, r.stderr);
+      assert.deepEqual(
+        volumesOf(dir, key).map((v) => v.state),
+        ['unpacked'],
+      );
+      const released =
+        how === 'gc'
+          ? await runCli(['gc', '--json'], inDir({ mode: 'off' }))
+          : how === 'remove'
+            ? await runCli(['remove', key, '--json'], inDir({ mode: 'off' }))
+            : await runCli(
+                ['pool', 'evict', '--json'],
+                inDir(
+                  { mode: 'off' },
+                  { THINRELAY_POOL_HIGH_WATERMARK: '2%', THINRELAY_POOL_LOW_WATERMARK: '1%' },
+                ),
+              );
+      assert.equal(released.code, 0, released.stderr);
+      assert.deepEqual(
+        volumesOf(dir, key).map((v) => [v.state, v.blob]),
+        [['removed', how === 'remove' ? 'removed' : 'failed']],
+      );
+      const store = StateStore.open(dir, { readonly: true });
+      try {
+        // gc and eviction release the volume only: the image stays failed (a re-sign downloads again).
+        const image = store.images.latestByKey(key)!;
+        assert.equal(image.status, how === 'remove' ? 'removed' : 'failed');
+        if (how !== 'remove') assert.equal(image.error_code, 'SIGNATURE_INVALID');
+      } finally {
+        store.close();
+      }
+      assert.deepEqual(hostInventory(dir).mounts, []);
+    });
+  }
 });

@@ -6,7 +6,8 @@
  * unsigned waits in awaiting-signature, visible in `fleet status`; its
  * `.sig` uploaded afterwards is routed to the same host as a sidecar, wakes
  * the image, and `fleet status` shows it ready with the signer. A sidecar
- * whose event was lost is found by the catch-up sync, which wakes its image.
+ * whose event was lost is found by the catch-up sync, which wakes its image;
+ * so is a re-signed sidecar (another ETag than the one a failed check read).
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync } from 'node:fs';
@@ -15,7 +16,12 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { GetQueueUrlCommand, PurgeQueueCommand } from '@aws-sdk/client-sqs';
+import {
+  DeleteMessageCommand,
+  GetQueueUrlCommand,
+  PurgeQueueCommand,
+  ReceiveMessageCommand,
+} from '@aws-sdk/client-sqs';
 import { queueNames } from '../../schema/fleet.js';
 import { startLocalStack, type LocalStack } from '../../host-agent/src/demo/local-stack.js';
 import { parseSignaturePolicy } from '../../schema/signature-policy.js';
@@ -47,6 +53,7 @@ describe(
     let stack: LocalStack;
     let keys: KeyDir;
     let trusted: TestKey;
+    let other: TestKey;
     let stateDir: string;
     let env: NodeJS.ProcessEnv;
     let agent: AgentProcess;
@@ -54,6 +61,7 @@ describe(
     before(async () => {
       keys = new KeyDir();
       trusted = keys.ecdsa();
+      other = keys.ecdsa();
       stack = await startLocalStack({ bucket, maxReceiveCount: 3, staleAfterSeconds: 60 });
       // The group's policy, as `npm run deploy` writes it from infra/deployment.json.
       const signatures = {
@@ -174,6 +182,51 @@ describe(
       assert.equal(round.woken, 1, JSON.stringify(round));
       assert.equal(agent.outcomes().length, 0, 'no queue message was involved');
       const ready = await untilState('ready', lost);
+      assert.equal(ready.signer, `${trusted.fingerprint} (ecdsa-p256)`);
+    });
+    test('re-signed while its event was lost: the catch-up sync sees the new sidecar ETag and evaluates the failed image again', async () => {
+      const resigned = 'images/resigned.tar';
+      const tar = await smallRootfsTar('re-signed, event lost');
+      // Signed by a key the group does not trust: SIGNATURE_INVALID.
+      await stack.s3.send(
+        new PutObjectCommand({
+          Bucket: bucket,
+          Key: `${resigned}.sig`,
+          Body: keys.sign(other, tar),
+        }),
+      );
+      await stack.s3.send(new PutObjectCommand({ Bucket: bucket, Key: resigned, Body: tar }));
+      const failed = await untilState('failed', resigned);
+      assert.equal(failed.reason, 'SIGNATURE_INVALID');
+
+      // The host is down while the image is re-signed, and its queue loses the event.
+      assert.equal((await agent.stop()).code, 0);
+      await stack.s3.send(
+        new PutObjectCommand({
+          Bucket: bucket,
+          Key: `${resigned}.sig`,
+          Body: keys.sign(trusted, tar),
+        }),
+      );
+      await stack.fanoutIdle();
+      const queueName = queueNames.hostQueue(stack.deployment.namePrefix, 'default', hostId);
+      const { QueueUrl } = await stack.sqs.send(new GetQueueUrlCommand({ QueueName: queueName }));
+      // Lost: every message taken off the queue (PurgeQueue is allowed once a minute).
+      for (;;) {
+        const { Messages } = await stack.sqs.send(
+          new ReceiveMessageCommand({ QueueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 0 }),
+        );
+        if (Messages === undefined || Messages.length === 0) break;
+        for (const m of Messages)
+          await stack.sqs.send(
+            new DeleteMessageCommand({ QueueUrl, ReceiptHandle: m.ReceiptHandle }),
+          );
+      }
+
+      agent = startAgent(['--group', 'default', '--host-id', hostId, '--metrics-addr', 'off'], env);
+      const round = await agent.waitForLog((l) => l.msg === 'sync round done', 90_000);
+      assert.equal(round.woken, 1, JSON.stringify(round));
+      const ready = await untilState('ready', resigned);
       assert.equal(ready.signer, `${trusted.fingerprint} (ecdsa-p256)`);
     });
   },

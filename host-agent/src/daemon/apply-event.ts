@@ -111,18 +111,26 @@ export async function applyMessage(
  * A sidecar arrived (or changed): the images of the key it signs that wait
  * for a signature, or failed one, are evaluated again
  * (pipeline/signature-wake.ts). A sidecar's delete changes nothing here (a
- * held image is re-checked by `thinrelay verify`). Not recorded as the key's
- * applied event: a sidecar holds no image, and evaluating again is harmless.
+ * held image is re-checked by `thinrelay verify`). Recorded as the sidecar
+ * key's applied event once evaluated — ready, or a verdict that it does not
+ * verify (a permanent failure) — so a duplicate delivery is stale, not a
+ * second evaluation; a newer upload of the sidecar has a newer sequencer.
  */
 async function applySidecar(
   deps: PipelineDeps,
   event: ImageEvent,
   imageKey: string,
 ): Promise<MessageResult> {
-  const woken =
-    event.kind === 'image.delete'
-      ? []
-      : (await wakeAwaitingSignature(deps, event.bucket, imageKey)).imageIds;
+  let woken: number[] = [];
+  if (event.kind !== 'image.delete') {
+    try {
+      woken = (await wakeAwaitingSignature(deps, event.bucket, imageKey)).imageIds;
+    } catch (err) {
+      if (classifyFailure(err, deps.signal) === 'permanent') recordApplied(deps, event, null);
+      throw err;
+    }
+  }
+  recordApplied(deps, event, woken.length === 1 ? woken[0]! : null);
   return {
     outcome: 'applied',
     event,

@@ -4,15 +4,20 @@
  * snapshots of removed images nobody uses any more, and layers no image
  * uses (a layer shared by a live image, even one that failed and may be
  * retried, stays), and the spools of jobs no live process runs (kill -9
- * while spooling).
+ * while spooling). The operator's `thinrelay gc` also releases the volumes
+ * failed images hold for a new signature (a re-sign then downloads again);
+ * the gc a delete event runs leaves them to their images.
  */
 import type { PipelineDeps } from '../pipeline/context.js';
 import { reconcile, type ReconcileAction } from '../pipeline/reconcile.js';
-import { collectReleased } from '../pool/release.js';
+import { collectReleased, releaseHeldForSignature } from '../pool/release.js';
 import { objectName } from '../storage/names.js';
 import { reclaimSpools } from './spools.js';
 
-export async function collectGarbage(deps: PipelineDeps): Promise<ReconcileAction[]> {
+export async function collectGarbage(
+  deps: PipelineDeps,
+  opts: { heldForSignature?: boolean } = {},
+): Promise<ReconcileAction[]> {
   const actions = await reconcile(deps);
   const { store, objects } = deps;
   for (const row of store.objects.listByState(['kept'])) {
@@ -23,6 +28,7 @@ export async function collectGarbage(deps: PipelineDeps): Promise<ReconcileActio
       reason: 'failed volume kept for inspection',
     });
   }
+  if (opts.heldForSignature === true) actions.push(...(await releaseHeldForSignature(deps)));
   actions.push(...(await collectReleased(deps)));
   actions.push(...reclaimSpools(deps));
   return actions;

@@ -149,15 +149,27 @@ export function spendSpaceBudget(
 }
 
 /**
+ * A flat tar whose signature check failed keeps its unpacked volume, flushed
+ * with its content's sha256 and never sealed: a re-sign (a new sidecar)
+ * checks the signature against that sha256 and seals it, without fetching
+ * the object again (pipeline/signature-wake.ts). The image holds it until
+ * then; gc, an eviction pass or `remove` release it (pool/release.ts).
+ */
+function holdsForSignature(err: unknown): boolean {
+  return err instanceof ImageError && err.code.startsWith('SIGNATURE_');
+}
+
+/**
  * Release what a failed job created: its snapshots, and its volumes unless
- * they hold a ready layer another image uses (shared content) — or are kept
- * for inspection. Layers this job made ready that no other image uses go
+ * they hold a ready layer another image uses (shared content), are held for
+ * a new signature (holdsForSignature: detached, kept) — or are kept for
+ * inspection. Layers this job made ready that no other image uses go
  * too: a failed image leaves the pool as it was (a crash, which runs no
  * release, keeps them for the resumed job). A release that itself fails
  * leaves the object in `removing` for the next reconcile, and is logged,
  * never hidden.
  */
-export async function releaseFailedJob(ctx: JobContext): Promise<void> {
+export async function releaseFailedJob(ctx: JobContext, err: unknown): Promise<void> {
   const { store, objects, job, image } = ctx;
   for (const row of [...store.objects.forJob(job.id)].reverse()) {
     if (row.state === 'removed') continue;
@@ -165,17 +177,31 @@ export async function releaseFailedJob(ctx: JobContext): Promise<void> {
     const layerReady = blob?.status === 'ready';
     if (layerReady && releaseBlobIfUnused(ctx, blob.id, image.id) === undefined) continue;
     try {
+      if (
+        holdsForSignature(err) &&
+        row.state === 'unpacked' &&
+        blob?.status === 'unpacking' &&
+        blob.sha256 !== null
+      ) {
+        await objects.detachUnpacked(row);
+        ctx.logger.info('unpacked volume held for a new signature (not sealed)', {
+          object: row.id,
+          blob: blob.id,
+          sha256: blob.sha256,
+        });
+        continue;
+      }
       // A ready layer is good content, not the failure: nothing there to inspect.
       if (row.kind === 'volume' && ctx.keepOnFailure && row.state !== 'kept' && !layerReady)
         await objects.keep(row);
       else if (row.state !== 'kept') await objects.remove(row);
       if (blob !== undefined && blob.status === 'unpacking')
         store.blobs.setStatus(blob.id, 'failed');
-    } catch (err) {
+    } catch (releaseErr) {
       ctx.logger.error("could not release a failed job's storage; reconcile will retry", {
         job: job.id,
         object: row.id,
-        error: errorMessage(err),
+        error: errorMessage(releaseErr),
       });
     }
   }

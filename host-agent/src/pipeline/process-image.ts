@@ -173,6 +173,9 @@ function claimJob(deps: PipelineDeps, image: ImageRow): Claim {
     const open = store.jobs.openForImage(image.id);
     if (open === undefined) {
       const job = store.jobs.create(image.id, owner, imageStepNames);
+      // A flat tar held after a failed signature check: this job seals it (the unpack step).
+      const adopted = store.objects.adoptHeld(image.id, job.id);
+      if (adopted > 0) deps.logger.info('resuming from the volume held for a new signature');
       store.images.markProcessing(image.id);
       return { kind: 'mine', job, takeover: false };
     }

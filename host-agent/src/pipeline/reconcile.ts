@@ -52,6 +52,7 @@ async function reconcileNow(deps: ReconcileDeps): Promise<ReconcileAction[]> {
   reserveIdsSeen(deps, inventory, actions);
   const rows = deps.store.objects.listLive();
   for (const row of rows) await reconcileRow(deps, row, inventory, actions);
+  await settleUnpacked(deps, inventory, actions);
   await releaseOrphans(deps, rows, inventory, actions);
   await releaseOrphanThins(deps, inventory, actions);
   for (const a of actions) deps.logger.info('reconcile', { ...a });
@@ -168,13 +169,62 @@ async function reconcileRow(
       else await deps.objects.backend.deactivate(deps.objects.spec(row));
       act('detached', `${row.state} but attached or mounted`);
     }
-    // 'unpacked' volumes are left to their job's seal step, which finishes them.
+    // 'unpacked' volumes are left to their job's seal step, which finishes them;
+    // those no open job works on are settled by settleUnpacked.
   } catch (err) {
     deps.logger.error('reconcile could not fix an object; will retry next start', {
       object: name,
       error: errorMessage(err),
     });
     act('failed', errorMessage(err));
+  }
+}
+
+/**
+ * Unpacked volumes no open job works on. One held for a new signature
+ * (failure.ts) rests detached: a crash between its flush and its detach
+ * left it mounted. Any other is what a job that ended left (a hold given
+ * up: its image was processed again or left the failed state): released.
+ */
+async function settleUnpacked(
+  deps: ReconcileDeps,
+  inv: BackendInventory,
+  actions: ReconcileAction[],
+): Promise<void> {
+  const { store, objects } = deps;
+  for (const row of store.objects.heldForSignature()) {
+    const name = objectName(row.kind, row.id);
+    const attached = inv.attached.some((a) => a.name === name);
+    if (!attached && !inv.mounted.some((m) => m.name === name)) continue;
+    try {
+      if (foreignUse(inv, name) !== null) continue;
+      await objects.detachUnpacked(row);
+      actions.push({ object: name, action: 'detached', reason: 'held for a new signature' });
+    } catch (err) {
+      actions.push({ object: name, action: 'failed', reason: errorMessage(err) });
+    }
+  }
+  for (const row of store.objects.unpackedLeftovers()) {
+    const name = objectName(row.kind, row.id);
+    try {
+      // The layer is marked failed first: a crash after it leaves a leftover, never a live layer.
+      store.tx(() => {
+        const blob = store.blobs.byVolume(row.id);
+        if (blob?.status === 'unpacking') store.blobs.setStatus(blob.id, 'failed');
+      });
+      if (await objects.remove(row))
+        actions.push({
+          object: name,
+          action: 'removed',
+          reason: 'unpacked by a job that ended; no image holds it',
+        });
+    } catch (err) {
+      deps.logger.error('reconcile could not release an unpacked leftover; will retry', {
+        object: name,
+        error: errorMessage(err),
+      });
+      actions.push({ object: name, action: 'failed', reason: errorMessage(err) });
+    }
   }
 }
 

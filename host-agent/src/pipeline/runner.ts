@@ -52,7 +52,7 @@ export async function runJob(ctx: JobContext): Promise<void> {
     } catch (thrown) {
       const err = spendSpaceBudget(ctx, await asHostFault(ctx, thrown));
       const failure = describeFailure(err, ctx.signal);
-      await releaseFailedJob(ctx);
+      await releaseFailedJob(ctx, err);
       try {
         store.tx(() => {
           store.jobs.setStep(job.id, position, 'failed', { error: failure });

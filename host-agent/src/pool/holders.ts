@@ -70,10 +70,20 @@ export function holdings(
       image,
       hold,
       why,
-      bytes: layers.reduce((n, l) => n + (store.blobs.get(l.blob_id)?.size ?? 0), 0),
+      bytes: layers.reduce((n, l) => n + bytesOnDisk(deps, l.blob_id), 0),
       lastUseAt: latest(image.last_used_at, image.last_activated_at) ?? image.updated_at,
     };
   });
+}
+
+/**
+ * A layer's bytes while its volume holds them: ready, or unpacked and held
+ * for a new signature (a failed flat tar, pipeline/failure.ts); a failed or
+ * removed one holds none.
+ */
+function bytesOnDisk(deps: Pick<PipelineDeps, 'store'>, blobId: number): number {
+  const blob = deps.store.blobs.get(blobId);
+  return blob?.status === 'ready' || blob?.status === 'unpacking' ? (blob.size ?? 0) : 0;
 }
 
 function latest(a: string | null, b: string | null): string | null {
@@ -131,7 +141,7 @@ export function summarize(
   for (const h of all) {
     images[h.hold]++;
     for (const l of deps.store.images.layers(h.image.id)) {
-      const bytes = deps.store.blobs.get(l.blob_id)?.size ?? 0;
+      const bytes = bytesOnDisk(deps, l.blob_id);
       const seen = byBlob.get(l.blob_id);
       if (seen === undefined || holdOrder.indexOf(h.hold) < holdOrder.indexOf(seen.hold))
         byBlob.set(l.blob_id, { hold: h.hold, bytes });

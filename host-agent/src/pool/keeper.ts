@@ -6,7 +6,8 @@
  *
  * A pass: measure; collect what removed images left; if data use is above
  * the high watermark (or metadata above its own), or an image being admitted
- * does not fit, evict images in eviction order (holders.ts), measuring after
+ * does not fit, release the volumes failed images hold for a new signature,
+ * then evict images in eviction order (holders.ts), measuring after
  * each, until use is below the low watermark (and the image fits).
  * Decisions read the pool's status each time, never an event: dm-thin
  * signals its low-water mark once, and a pass must not depend on seeing it.
@@ -17,7 +18,7 @@ import type { ImageRow } from '../store/images.js';
 import type { RemovedReason } from '../store/states.js';
 import { evictionOrder, holdings, summarize, type Holding, type HolderSummary } from './holders.js';
 import type { PoolPolicy } from './policy.js';
-import { collectReleased, releaseImage } from './release.js';
+import { collectReleased, releaseHeldForSignature, releaseImage } from './release.js';
 import { describeUsage, usageOf, type PoolUsage } from './usage.js';
 
 /** Told of every removal by policy and every pass (the agent: metrics, log, fleet items). */
@@ -121,10 +122,19 @@ async function passLocked(
   const started = Date.now();
   const policy = deps.config.pool;
   const before = await measure(deps);
-  const collected = (await collectReleased(deps)).length;
+  let collected = (await collectReleased(deps)).length;
   let usage = collected > 0 ? await measure(deps) : before;
   const evicted: PolicyRemoval[] = [];
-  const overAtStart = policy.enabled && over(usage, policy, opts.needBytes);
+  let overAtStart = policy.enabled && over(usage, policy, opts.needBytes);
+  if (overAtStart) {
+    // Failed images' volumes held for a new signature go before any image is evicted.
+    const dropped = (await releaseHeldForSignature(deps)).length;
+    if (dropped > 0) {
+      collected += dropped;
+      usage = await measure(deps);
+      overAtStart = over(usage, policy, opts.needBytes);
+    }
+  }
   let all = overAtStart || opts.trigger !== 'admission' ? holdings(deps, policy) : null;
   if (overAtStart && all !== null) {
     const trigger = describeUsage(usage);

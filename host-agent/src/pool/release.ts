@@ -206,3 +206,34 @@ export async function collectReleased(
   actions.push(...(await releaseUnusedLayers(deps)));
   return actions;
 }
+
+/**
+ * Volumes images hold for a new signature (a flat tar whose check failed,
+ * pipeline/failure.ts): released, the images left failed — a later re-sign
+ * then downloads them again. gc releases them as failed leftovers; an
+ * eviction pass over its watermark before it evicts any image. Decided and
+ * marked in one transaction (the layer failed), so a re-sign's job that
+ * adopts the volume meanwhile keeps it; a crash after that leaves an
+ * unpacked leftover that reconcile releases.
+ */
+export async function releaseHeldForSignature(
+  deps: Pick<PipelineDeps, 'store' | 'objects'>,
+): Promise<ReleaseAction[]> {
+  const { store, objects } = deps;
+  const actions: ReleaseAction[] = [];
+  for (const row of store.objects.heldForSignature()) {
+    const released = store.tx(() => {
+      if (store.objects.heldForSignature({ volumeId: row.id }).length === 0) return false;
+      const blob = store.blobs.byVolume(row.id)!;
+      store.blobs.setStatus(blob.id, 'failed');
+      return true;
+    });
+    if (!released || !(await objects.remove(row))) continue;
+    actions.push({
+      object: objectName(row.kind, row.id),
+      action: 'removed',
+      reason: 'unpacked volume a failed image held for a new signature',
+    });
+  }
+  return actions;
+}

@@ -390,6 +390,15 @@ export class ObjectManager {
   }
 
   /** Keep a failed volume for inspection: released from mounts and devices, backing kept. */
+  /**
+   * Detach an unpacked volume (unmounted, read-only origin) without sealing
+   * it: its state stays `unpacked`, its layer unshared. A flat tar held for a
+   * new signature rests so (trust/); seal() finishes it once one verifies.
+   */
+  async detachUnpacked(volume: StorageObjectRow): Promise<void> {
+    await this.backend.seal(this.spec(volume));
+  }
+
   async keep(volume: StorageObjectRow): Promise<void> {
     await this.change(volume, {
       operation: () => this.backend.seal(this.spec(volume)),

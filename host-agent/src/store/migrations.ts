@@ -286,4 +286,23 @@ export const migrations: readonly string[] = [
   CREATE INDEX images_by_key ON images(bucket, key);
   CREATE INDEX images_awaiting ON images(signature_deadline) WHERE status = 'awaiting-signature';
   `,
+  // 11: a signature sidecar's event (sidecar.put, keyed by the sidecar's own
+  // key) is recorded as applied like an image's, so a duplicate delivery is
+  // dropped as stale instead of evaluating its image again. The kind CHECK
+  // is widened by rebuilding the table (as 10 did for images).
+  `
+  CREATE TABLE key_events_v11 (
+    bucket        TEXT NOT NULL,
+    key           TEXT NOT NULL,
+    sequencer     TEXT NOT NULL,
+    kind          TEXT NOT NULL CHECK (kind IN ('image.put', 'image.delete', 'sidecar.put')),
+    image_id      INTEGER REFERENCES images(id),
+    applied_at    TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+  );
+  INSERT INTO key_events_v11 (bucket, key, sequencer, kind, image_id, applied_at)
+    SELECT bucket, key, sequencer, kind, image_id, applied_at FROM key_events;
+  DROP TABLE key_events;
+  ALTER TABLE key_events_v11 RENAME TO key_events;
+  `,
 ];

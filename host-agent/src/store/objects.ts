@@ -184,6 +184,72 @@ export class ObjectRepo {
       .all() as StorageObjectRow[];
   }
 
+  /**
+   * Flat tars' volumes held for a new signature (trust/): unpacked and
+   * flushed, never sealed, their content's sha256 recorded, linked by an
+   * image whose signature check failed (or that waits for a signature), and
+   * no open job working on them. A re-sign's job adopts one (adoptHeld); gc,
+   * an eviction pass and `remove` release it. Optionally one volume's or one
+   * image's.
+   */
+  heldForSignature(opts: { volumeId?: number; imageId?: number } = {}): StorageObjectRow[] {
+    return this.db
+      .prepare(
+        `SELECT v.* FROM storage_objects v
+           JOIN blobs b ON b.volume_id = v.id
+           LEFT JOIN jobs j ON j.id = v.job_id
+          WHERE v.kind = 'volume' AND v.state = 'unpacked'
+            AND (j.id IS NULL OR j.status IN ('complete', 'failed'))
+            AND b.status = 'unpacking' AND b.sha256 IS NOT NULL
+            AND (? IS NULL OR v.id = ?)
+            AND EXISTS (
+                  SELECT 1 FROM image_blobs ib JOIN images i ON i.id = ib.image_id
+                   WHERE ib.blob_id = b.id AND (? IS NULL OR i.id = ?)
+                     AND i.status IN ('failed', 'awaiting-signature')
+                     AND substr(i.error_code, 1, 10) = 'SIGNATURE_')
+          ORDER BY v.id`,
+      )
+      .all(
+        opts.volumeId ?? null,
+        opts.volumeId ?? null,
+        opts.imageId ?? null,
+        opts.imageId ?? null,
+      ) as StorageObjectRow[];
+  }
+
+  /**
+   * A new job of the image takes over the volumes it holds for its
+   * signature (in the transaction that creates the job: nothing may release
+   * them between). Returns how many.
+   */
+  adoptHeld(imageId: number, jobId: number): number {
+    const held = this.heldForSignature({ imageId });
+    const update = this.db.prepare(
+      `UPDATE storage_objects SET job_id = ?, updated_at = ? WHERE id = ?`,
+    );
+    for (const v of held) update.run(jobId, nowIso(), v.id);
+    return held.length;
+  }
+
+  /**
+   * Unpacked volumes whose job ended (or that have none) and that no image
+   * holds for its signature: leftovers of a job that ended without sealing
+   * or releasing them (a hold given up), for reconcile to release.
+   */
+  unpackedLeftovers(): StorageObjectRow[] {
+    const held = new Set(this.heldForSignature().map((v) => v.id));
+    return (
+      this.db
+        .prepare(
+          `SELECT v.* FROM storage_objects v LEFT JOIN jobs j ON j.id = v.job_id
+            WHERE v.kind = 'volume' AND v.state = 'unpacked'
+              AND (j.id IS NULL OR j.status IN ('complete', 'failed'))
+            ORDER BY v.id`,
+        )
+        .all() as StorageObjectRow[]
+    ).filter((v) => !held.has(v.id));
+  }
+
   childrenOf(volumeId: number): StorageObjectRow[] {
     return this.db
       .prepare(

@@ -17,6 +17,7 @@ import type { JobContext, PipelineDeps } from '../pipeline/context.js';
 import type { ObjectRef } from '../source/object-ref.js';
 import { mapS3Error } from '../source/s3-errors.js';
 import type { ImageRow } from '../store/images.js';
+import { imageTransitions } from '../store/states.js';
 import { checkSignature } from './check-signature.js';
 import { readSidecar, sidecarKeysOf, type Sidecar } from './sidecar.js';
 import { describePayload, manifestDigestPayload, type SignedPayload } from './signed-payload.js';
@@ -27,11 +28,22 @@ type GateDeps = Pick<
   'store' | 'config' | 'logger' | 's3' | 'signal' | 'trustChecked'
 >;
 
-/** The image's sidecar (a bundle preferred to a .sig), or null when neither exists. */
+/** Which sidecar a check read: its key and ETag (kept on the trust record). */
+export interface SidecarSeen {
+  key: string;
+  eTag: string | null;
+}
+
+/**
+ * The image's sidecar (a bundle preferred to a .sig), or null when neither
+ * exists. `seen` learns which one was found before its bytes are judged, so
+ * a bad sidecar's failure names it too.
+ */
 export async function findSidecar(
   deps: Pick<PipelineDeps, 's3' | 'signal'>,
   bucket: string,
   imageKey: string,
+  seen?: (sidecar: SidecarSeen) => void,
 ): Promise<Sidecar | null> {
   const s3 = await deps.s3();
   const { GetObjectCommand } = await import('@aws-sdk/client-s3');
@@ -46,6 +58,7 @@ export async function findSidecar(
       if (mapped instanceof ImageError && mapped.code === 'OBJECT_NOT_FOUND') continue;
       throw mapped;
     }
+    seen?.({ key, eTag: out.ETag ?? null });
     const body = out.Body as AsyncIterable<Uint8Array> | undefined;
     return readSidecar(kind, key, out.ContentLength ?? null, body ?? emptyBody());
   }
@@ -70,8 +83,24 @@ export async function holdForSignature(
 ): Promise<void> {
   const policy = deps.config.signatures;
   if (policy.mode !== 'require') return;
-  if ((await findSidecar(deps, ref.bucket, ref.key)) !== null) return;
   const { store } = deps;
+  const read: { sidecar: SidecarSeen | null } = { sidecar: null };
+  try {
+    if ((await findSidecar(deps, ref.bucket, ref.key, (s) => (read.sidecar = s))) !== null) return;
+  } catch (err) {
+    // A sidecar that is no signature (empty, too large): the image fails with its code, the
+    // sidecar read recorded (so the catch-up sync evaluates it again only once it is replaced).
+    if (err instanceof ImageError && err.code.startsWith('SIGNATURE_')) {
+      const failed = failedRecord(deps, null, read.sidecar, err, now);
+      store.tx(() => {
+        store.images.recordTrust(image.id, failed);
+        if (imageTransitions[store.images.get(image.id)!.status].includes('failed'))
+          store.images.fail(image.id, err.code, err.message);
+      });
+      deps.trustChecked?.(failed);
+    }
+    throw err;
+  }
   const row = store.images.get(image.id)!;
   const missing = (): ImageError =>
     new ImageError(
@@ -88,7 +117,7 @@ export async function holdForSignature(
   if (now() >= deadline) {
     const err = missing();
     store.tx(() => store.images.fail(image.id, err.code, err.message));
-    deps.trustChecked?.(failedRecord(deps, null, err, now));
+    deps.trustChecked?.(failedRecord(deps, null, null, err, now));
     throw err;
   }
   const reason = `waiting for ${ref.key}.sig or ${ref.key}.sigstore.json until ${deadline.toISOString()}`;
@@ -128,9 +157,10 @@ export async function trustGate(
   const started = performance.now();
   let record: TrustRecord | null;
   let payload: SignedPayload | null = null;
+  const read: { sidecar: SidecarSeen | null } = { sidecar: null };
   try {
     payload = await payloadOf(ctx, subject);
-    const sidecar = await findSidecar(ctx, ref.bucket, ref.key);
+    const sidecar = await findSidecar(ctx, ref.bucket, ref.key, (s) => (read.sidecar = s));
     record = await checkSignature({
       policy,
       payload,
@@ -141,13 +171,14 @@ export async function trustGate(
     });
   } catch (err) {
     if (err instanceof ImageError && err.code.startsWith('SIGNATURE_')) {
-      const failed = failedRecord(ctx, payload, err, now);
+      const failed = failedRecord(ctx, payload, read.sidecar, err, now);
       store.images.recordTrust(image.id, failed);
       ctx.trustChecked?.(failed);
     }
     throw err;
   }
   if (record === null) return null;
+  record = { ...record, sidecarETag: read.sidecar?.eTag ?? null };
   store.images.recordTrust(image.id, record);
   ctx.trustChecked?.(record);
   const fields = {
@@ -185,6 +216,7 @@ async function payloadOf(ctx: JobContext, subject: GateSubject): Promise<SignedP
 function failedRecord(
   deps: Pick<PipelineDeps, 'config'>,
   payload: SignedPayload | null,
+  sidecar: SidecarSeen | null,
   err: ImageError,
   now: () => Date,
 ): TrustRecord {
@@ -193,7 +225,8 @@ function failedRecord(
     verdict: 'failed',
     signer: null,
     payload: payload === null ? 'unknown (not downloaded)' : describePayload(payload),
-    sidecar: null,
+    sidecar: sidecar?.key ?? null,
+    sidecarETag: sidecar?.eTag ?? null,
     verifiedAt: now().toISOString(),
     failure: { code: err.code, message: err.message },
   };

@@ -27,6 +27,12 @@ export interface TrustRecord {
   payload: string;
   /** The sidecar's S3 key; null when none was found. */
   sidecar: string | null;
+  /**
+   * The sidecar's ETag as it was read: a sidecar listed with another ETag was
+   * replaced since (a re-sign whose event was lost: the catch-up sync
+   * evaluates a failed image again). Absent in records made before it was kept.
+   */
+  sidecarETag?: string | null;
   /** ISO 8601, UTC. */
   verifiedAt: string;
   /** Set when verdict is failed: the reason code and message. */

@@ -8,7 +8,7 @@ import { unknownSubcommand } from '../help.js';
 
 async function gc(ctx: CommandContext): Promise<number> {
   const rt = ctx.runtime();
-  const actions = await collectGarbage(rt);
+  const actions = await collectGarbage(rt, { heldForSignature: true });
   if (ctx.json) printJson({ actions });
   else if (actions.length === 0) process.stdout.write('nothing to collect\n');
   else

@@ -15,7 +15,10 @@
  *   signature whose sidecar is listed is woken as the sidecar's event would
  *   (pipeline/signature-wake.ts): a lost event costs one round, not the
  *   deadline. One still unsigned is left to wait until its deadline, then
- *   processed, which fails it SIGNATURE_MISSING.
+ *   processed, which fails it SIGNATURE_MISSING. An image that failed its
+ *   signature check is evaluated again when the sidecar listed is not the
+ *   one it was checked against (its key or ETag differs: a re-sign whose
+ *   event was lost).
  *
  * Keys of other groups are left alone. At most `concurrency` keys at once.
  */
@@ -31,7 +34,12 @@ import { unpackedEstimate } from '../../config.js';
 import { roomWithoutEvicting } from '../../pool/keeper.js';
 import type { PipelineDeps } from '../../pipeline/context.js';
 import { processImage } from '../../pipeline/process-image.js';
-import { awaitsSignature, wakeAwaitingSignature } from '../../pipeline/signature-wake.js';
+import {
+  awaitsSignature,
+  resignedSince,
+  wakeAwaitingSignature,
+} from '../../pipeline/signature-wake.js';
+import type { SidecarSeen } from '../../trust/gate.js';
 import { noProgress } from '../../pipeline/progress.js';
 import { headObject } from '../../source/head.js';
 import type { StateStore } from '../../store/index.js';
@@ -49,8 +57,8 @@ export interface BucketListing {
   present: Set<string>;
   /** The image keys routed to this group, with their current ETag (never a sidecar). */
   wanted: Map<string, ListedObject>;
-  /** Image keys routed to this group that have a signature sidecar listed. */
-  signed: Set<string>;
+  /** Image keys routed to this group that have a signature sidecar listed: those sidecars. */
+  signed: Map<string, SidecarSeen[]>;
   requests: number;
 }
 
@@ -63,7 +71,7 @@ export async function listGroupKeys(
   const out: BucketListing = {
     present: new Set(),
     wanted: new Map(),
-    signed: new Set(),
+    signed: new Map(),
     requests: 0,
   };
   let token: string | undefined;
@@ -82,7 +90,11 @@ export async function listGroupKeys(
       out.present.add(o.Key);
       const sidecar = sidecarTarget(o.Key);
       if (sidecar !== null) {
-        if (isKeyForGroup(sidecar.imageKey, deployment, group)) out.signed.add(sidecar.imageKey);
+        if (isKeyForGroup(sidecar.imageKey, deployment, group))
+          out.signed.set(sidecar.imageKey, [
+            ...(out.signed.get(sidecar.imageKey) ?? []),
+            { key: o.Key, eTag: o.ETag ?? null },
+          ]);
         continue;
       }
       if (o.ETag !== undefined && isKeyForGroup(o.Key, deployment, group))
@@ -120,6 +132,8 @@ export function planSync(
     if (image !== undefined && awaitsSignature(image) && !deadlinePassed) {
       if (listing.signed.has(key)) plan.wake.push(key);
       else plan.awaiting++;
+    } else if (image !== undefined && resignedSince(image, listing.signed.get(key) ?? [])) {
+      plan.wake.push(key);
     } else if (
       image?.status === 'ready' ||
       (image?.status === 'failed' && isPermanentFailureCode(image.error_code)) ||

@@ -223,11 +223,11 @@ async function unpackFlat(
       'tar the layout with its metadata or blobs first (as skopeo does, or `tar -C DIR -cf IMAGE.tar .`), or upload a root filesystem',
     );
   const fetched = await result;
-  // Unpacked while it streamed, but not sealed or shared until its signature checks.
-  await trustGate(ctx, { manifestDigest: null, objectSha256: fetched.sha256 });
   // An uncompressed tar's sha256 is its diff_id; its sharing key says it was unpacked flat
   // (no whiteouts), so a layer with the same bytes never shares its volume.
   const id = source.compression === 'none' ? `sha256:${fetched.sha256}` : null;
+  // Flushed with its content's sha256 before the signature is checked: a failed check
+  // keeps this volume for a re-sign (pipeline/failure.ts), which seals it without a download.
   await ctx.objects.markUnpacked(volume, () => {
     store.blobs.recordContent(blob.id, {
       sha256: fetched.sha256,
@@ -242,6 +242,8 @@ async function unpackFlat(
     });
   });
   failpoint('layer:1:flushed');
+  // Unpacked while it streamed, but not sealed or shared until its signature checks.
+  await trustGate(ctx, { manifestDigest: null, objectSha256: fetched.sha256 });
   const ready = await finishLayer(ctx, store.objects.get(volume.id)!);
   store.tx(() => store.images.setBlobs(image.id, [ready.id]));
   return {
