@@ -225,6 +225,26 @@ describe('trust gate (process-image)', { skip: needsRoot }, () => {
     assert.equal(s.image.verifiedAt, null);
   });
 
+  test('one sidecar lookup per image: the job’s gate checks the sidecar its hold read', async (t) => {
+    const proxy = await startLinkProxy({ targetPort: s3.port });
+    t.after(() => proxy.close());
+    const gets = (path: string): number =>
+      proxy.requests.filter((r) => r.method === 'GET' && r.path.split('?')[0] === path).length;
+    const key = 'img/one-lookup.tar';
+    const tar = await smallRootfsTar('one-lookup');
+    await s3.putObject(bucket, key, tar);
+    await s3.putObject(bucket, `${key}.sig`, keys.sign(trusted, tar));
+    const r = await runCli(['process-image', '--s3-key', key, '--json'], {
+      ...env(requirePolicy()),
+      ...s3EnvFor(proxy),
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await show(key)).image.signer?.fingerprint, trusted.fingerprint);
+    // Both sidecar keys asked for once (the bundle is not there), not again at the gate.
+    assert.equal(gets(`/${bucket}/${key}.sigstore.json`), 1);
+    assert.equal(gets(`/${bucket}/${key}.sig`), 1);
+  });
+
   test('OCI archives signed by manifest digest: ready, the held base layer not fetched again', async () => {
     // A base large enough to be fetched by its own ranged GETs (small members come with the headers).
     const base = await packTar([

@@ -10,6 +10,7 @@ import type { ObjectManager } from '../storage/object-manager.js';
 import type { ProgressSink } from './progress.js';
 import type { PoolEvents } from '../pool/keeper.js';
 import type { TrustRecord } from '../trust/trust-record.js';
+import type { SidecarRead } from '../trust/gate.js';
 
 export interface PipelineDeps {
   store: StateStore;
@@ -34,6 +35,8 @@ export interface JobContext extends PipelineDeps {
   image: ImageRow;
   /** The pinned object version this job processes. */
   ref: ObjectRef;
+  /** The signature sidecar read before the job was claimed (so the gate does not GET it again). */
+  sidecar?: SidecarRead | undefined;
 }
 
 export type StepOutcome = { status: 'complete' | 'skipped'; detail?: Record<string, unknown> };

@@ -22,7 +22,7 @@ import { imageStepNames, runJob } from './runner.js';
 import { attachSnapshot } from './steps/activate.js';
 import { snapshotImage } from './steps/snapshot.js';
 import { jittered } from '../retry.js';
-import { holdForSignature } from '../trust/gate.js';
+import { holdForSignature, type SidecarRead } from '../trust/gate.js';
 import { refuseUntrusted } from '../trust/untrusted.js';
 
 export interface ProcessRequest {
@@ -100,11 +100,13 @@ export async function processImage(
     };
   }
   // No job yet: an image whose signature has not arrived waits without one (trust/gate.ts).
-  if (deps.store.jobs.openForImage(image.id) === undefined)
-    await holdForSignature(deps, image, ref);
+  const sidecar =
+    deps.store.jobs.openForImage(image.id) === undefined
+      ? await holdForSignature(deps, image, ref)
+      : undefined;
   for (;;) {
     const claim = claimJob(deps, image);
-    if (claim.kind === 'mine') return runClaimed(deps, claim, image, ref);
+    if (claim.kind === 'mine') return runClaimed(deps, claim, image, ref, sidecar);
     const finished = await waitForJob(deps, claim.job);
     if (finished.status === 'complete') {
       const done = deps.store.images.get(image.id)!;
@@ -130,6 +132,7 @@ async function runClaimed(
   claim: { job: JobRow; takeover: boolean },
   image: ImageRow,
   ref: ObjectRef,
+  sidecar: SidecarRead | undefined,
 ): Promise<ProcessResult> {
   if (claim.takeover) {
     deps.logger.warn('taking over an interrupted job', {
@@ -140,7 +143,7 @@ async function runClaimed(
   }
   const job = deps.store.jobs.get(claim.job.id)!;
   deps = withLogFields(deps, { job: job.id });
-  await runJob({ ...deps, job, image: deps.store.images.get(image.id)!, ref });
+  await runJob({ ...deps, job, image: deps.store.images.get(image.id)!, ref, sidecar });
   const done = deps.store.images.get(image.id)!;
   await retainVersions(deps, done);
   return { outcome: 'complete', jobId: job.id, image: done, ...(await ensureActive(deps, done)) };

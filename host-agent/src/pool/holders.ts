@@ -1,7 +1,8 @@
 /**
  * What holds the pool's space, image by image, and which images eviction may
  * take. An image is held, strongest first, because a snapshot of it is in
- * use (the kernel says so), it is pinned, a job is working on it, or it is
+ * use (the kernel says so), it is pinned, a job is working on it (or it
+ * waits for its signature), or it is
  * the current (newest ready) version of its key; what is left is evictable.
  * Bytes are the images' layers as unpacked (blob sizes), each layer counted
  * once under the strongest hold of the images that link it: an estimate
@@ -102,7 +103,13 @@ function holdOf(
   if (inUse !== undefined) return { hold: 'in-use', why: inUse };
   if (image.pinned === 1) return { hold: 'pinned', why: 'pinned image' };
   if (store.images.isPinned(image.id, pins)) return { hold: 'pinned', why: 'pinned key' };
-  if (image.status === 'pending' || image.status === 'processing')
+  // An image waiting for its signature holds no bytes yet, but evicting it would drop the
+  // rollout its sidecar is about to wake (it is never "current": that is the newest ready).
+  if (
+    image.status === 'pending' ||
+    image.status === 'processing' ||
+    image.status === 'awaiting-signature'
+  )
     return { hold: 'busy', why: image.status };
   const job = store.jobs.openForImage(image.id);
   if (job !== undefined && isOwnerAlive(job.owner)) return { hold: 'busy', why: 'a job is open' };

@@ -34,10 +34,18 @@ export interface SidecarSeen {
   eTag: string | null;
 }
 
+/** A sidecar read before the job, handed to its gate: one lookup per image, not two. */
+export interface SidecarRead {
+  sidecar: Sidecar;
+  seen: SidecarSeen;
+}
+
 /**
  * The image's sidecar (a bundle preferred to a .sig), or null when neither
- * exists. `seen` learns which one was found before its bytes are judged, so
- * a bad sidecar's failure names it too.
+ * exists. Both keys are asked for at once — one round trip to S3, not two,
+ * for the usual `.sig` — and the one not used is abandoned. `seen` learns
+ * which one was found before its bytes are judged, so a bad sidecar's
+ * failure names it too.
  */
 export async function findSidecar(
   deps: Pick<PipelineDeps, 's3' | 'signal'>,
@@ -47,22 +55,40 @@ export async function findSidecar(
 ): Promise<Sidecar | null> {
   const s3 = await deps.s3();
   const { GetObjectCommand } = await import('@aws-sdk/client-s3');
-  for (const { kind, key } of sidecarKeysOf(imageKey)) {
-    let out;
-    try {
-      out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }), {
-        abortSignal: deps.signal,
-      });
-    } catch (err) {
-      const mapped = mapS3Error(err, { bucket, key, versionId: null, operation: 'GetObject' });
-      if (mapped instanceof ImageError && mapped.code === 'OBJECT_NOT_FOUND') continue;
-      throw mapped;
-    }
-    seen?.({ key, eTag: out.ETag ?? null });
-    const body = out.Body as AsyncIterable<Uint8Array> | undefined;
-    return readSidecar(kind, key, out.ContentLength ?? null, body ?? emptyBody());
-  }
-  return null;
+  const lookups = await Promise.all(
+    sidecarKeysOf(imageKey).map(({ kind, key }) =>
+      s3
+        .send(new GetObjectCommand({ Bucket: bucket, Key: key }), { abortSignal: deps.signal })
+        .then(
+          (out) => ({ kind, key, out, err: null }),
+          (err: unknown) => ({
+            kind,
+            key,
+            out: null,
+            err: mapS3Error(err, { bucket, key, versionId: null, operation: 'GetObject' }),
+          }),
+        ),
+    ),
+  );
+  const chosen = lookups.find(
+    (l) => !(l.err instanceof ImageError && l.err.code === 'OBJECT_NOT_FOUND'),
+  );
+  for (const l of lookups) if (l !== chosen) abandon(l.out?.Body);
+  if (chosen === undefined) return null;
+  if (chosen.out === null) throw chosen.err;
+  seen?.({ key: chosen.key, eTag: chosen.out.ETag ?? null });
+  const body = chosen.out.Body as AsyncIterable<Uint8Array> | undefined;
+  return readSidecar(
+    chosen.kind,
+    chosen.key,
+    chosen.out.ContentLength ?? null,
+    body ?? emptyBody(),
+  );
+}
+
+/** Frees the connection of a sidecar GET whose body is not read. */
+function abandon(body: unknown): void {
+  (body as { destroy?: () => void } | undefined)?.destroy?.();
 }
 
 async function* emptyBody(): AsyncGenerator<Uint8Array> {
@@ -73,20 +99,22 @@ async function* emptyBody(): AsyncGenerator<Uint8Array> {
  * Before a job: with `require` and no sidecar, the image waits until its
  * deadline (kept in the store, so a restart keeps it) and AwaitingSignature
  * is thrown; past the deadline it fails SIGNATURE_MISSING. Returns when the
- * image may be processed (a sidecar exists, or the policy does not wait).
+ * image may be processed: the sidecar it read (for the job's gate), or
+ * undefined when the policy does not wait.
  */
 export async function holdForSignature(
   deps: GateDeps,
   image: ImageRow,
   ref: ObjectRef,
   now: () => Date = () => new Date(),
-): Promise<void> {
+): Promise<SidecarRead | undefined> {
   const policy = deps.config.signatures;
-  if (policy.mode !== 'require') return;
+  if (policy.mode !== 'require') return undefined;
   const { store } = deps;
   const read: { sidecar: SidecarSeen | null } = { sidecar: null };
   try {
-    if ((await findSidecar(deps, ref.bucket, ref.key, (s) => (read.sidecar = s))) !== null) return;
+    const sidecar = await findSidecar(deps, ref.bucket, ref.key, (s) => (read.sidecar = s));
+    if (sidecar !== null) return { sidecar, seen: read.sidecar! };
   } catch (err) {
     // A sidecar that is no signature (empty, too large): the image fails with its code, the
     // sidecar read recorded (so the catch-up sync evaluates it again only once it is replaced).
@@ -128,7 +156,7 @@ export async function holdForSignature(
       store.images.awaitSignature(image.id, deadline.toISOString(), reason);
     return true;
   });
-  if (!waits) return;
+  if (!waits) return undefined;
   deps.logger.info('awaiting signature', { deadline: deadline.toISOString() });
   throw new AwaitingSignature(`${ref.key}: ${reason}`, deadline);
 }
@@ -160,7 +188,11 @@ export async function trustGate(
   const read: { sidecar: SidecarSeen | null } = { sidecar: null };
   try {
     payload = await payloadOf(ctx, subject);
-    const sidecar = await findSidecar(ctx, ref.bucket, ref.key, (s) => (read.sidecar = s));
+    // The sidecar the hold read for this job; a resumed job or `warn` reads it now.
+    if (ctx.sidecar !== undefined) read.sidecar = ctx.sidecar.seen;
+    const sidecar =
+      ctx.sidecar?.sidecar ??
+      (await findSidecar(ctx, ref.bucket, ref.key, (s) => (read.sidecar = s)));
     record = await checkSignature({
       policy,
       payload,
@@ -187,7 +219,7 @@ export async function trustGate(
     payload: record.payload,
     sidecar: record.sidecar,
     signer: record.signer,
-    // What the check cost this image: the sidecar's GET and the verification.
+    // What the check cost this image: the sidecar's GET (unless the hold read it) and the verification.
     ms: Math.round((performance.now() - started) * 10) / 10,
   };
   if (record.verdict === 'verified') ctx.logger.info('signature verified', fields);
