@@ -71,8 +71,8 @@ try {
       if (i < 0) continue;
       wall[mode].push(ms);
       if (mode === 'require') {
-        const line = logLines<{ message?: string; ms?: number }>(r.stderr).find(
-          (l) => l.message === 'signature verified',
+        const line = logLines<{ msg?: string; ms?: number }>(r.stderr).find(
+          (l) => l.msg === 'signature verified',
         );
         if (line?.ms === undefined) throw new Error(`no "signature verified" line: ${r.stderr}`);
         gate.push(line.ms);
