@@ -22,6 +22,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { sidecarTarget } from '../../../schema/sidecar-key.js';
 import { backoffDelay, jittered } from '../retry.js';
 import { errorMessage } from '../errors.js';
+import { prepareVerifier } from '../trust/check-signature.js';
 import type { PipelineDeps } from '../pipeline/context.js';
 import type { ProgressSink } from '../pipeline/progress.js';
 import { reconcile } from '../pipeline/reconcile.js';
@@ -288,6 +289,9 @@ export class Agent {
       concurrency: this.opts.concurrency,
       backend: deps.config.backend,
     });
+    void prepareVerifier(deps.config.signatures, (message, err) =>
+      deps.logger.warn(message, { error: errorMessage(err) }),
+    );
     let failures = 0;
     while (!this.stopping) {
       await this.waitForSlot();

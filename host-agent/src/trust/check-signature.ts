@@ -35,6 +35,24 @@ export interface SignatureCheck {
   now?: () => Date;
 }
 
+/**
+ * A daemon whose policy trusts keyless identities loads the verifier ahead of
+ * its first image (~0.1 s of library load and root parsing, once). A failure
+ * here only logs: the image's own check reports it properly.
+ */
+export async function prepareVerifier(
+  policy: TrustPolicy,
+  warn: (message: string, err: unknown) => void,
+): Promise<void> {
+  if (policy.mode === 'off' || policy.identities.length === 0) return;
+  try {
+    const { prepareKeyless } = await import('./verify-bundle.js');
+    await prepareKeyless(policy);
+  } catch (err) {
+    warn('could not prepare the keyless signature verifier', err);
+  }
+}
+
 export async function checkSignature(c: SignatureCheck): Promise<TrustRecord | null> {
   if (c.policy.mode === 'off') return null;
   const at = (c.now ?? (() => new Date()))().toISOString();

@@ -49,6 +49,17 @@ function commonJs<T>(ns: T): T {
   return (ns as { default?: T }).default ?? ns;
 }
 
+/**
+ * Loads the libraries and parses the trusted root before the first keyless
+ * image, so that image's check costs what the next ones do (a daemon calls
+ * this when its policy trusts identities).
+ */
+export async function prepareKeyless(policy: TrustPolicy): Promise<void> {
+  if (policy.mode === 'off' || policy.identities.length === 0) return;
+  const { verify, specs } = await loadLibs();
+  await trustMaterial(policy, verify, specs);
+}
+
 /** Whether this process has loaded the Sigstore libraries (the cold-start test asks). */
 export function sigstoreLoaded(): boolean {
   return libs !== undefined;

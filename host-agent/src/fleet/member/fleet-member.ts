@@ -25,6 +25,7 @@ import { sidecarTarget } from '../../../../schema/sidecar-key.js';
 import type { AgentObserver } from '../../daemon/agent.js';
 import { resolvePoolPolicy, writeGroupPolicy } from '../../pool/policy.js';
 import { SIGNATURES_OFF } from '../../../../schema/signature-policy.js';
+import { prepareVerifier } from '../../trust/check-signature.js';
 import { hostTrustPolicy, writeGroupSignatures } from '../../trust/host-policy.js';
 import { KeyLock } from '../../daemon/key-lock.js';
 import { errorMessage, isThinrelayError, UsageError } from '../../errors.js';
@@ -247,6 +248,9 @@ export class FleetMember {
     // The group's signature policy, narrowed by this host's override: in force for the next image.
     const signatures = d.signatures?.[settings.group] ?? SIGNATURES_OFF;
     config.signatures = hostTrustPolicy(signatures);
+    void prepareVerifier(config.signatures, (message, err) =>
+      this.opts.logger.warn(message, { error: errorMessage(err) }),
+    );
     try {
       writeGroupSignatures(config.stateDir, signatures);
     } catch (err) {
