@@ -163,6 +163,12 @@ interface Contender {
   runsMs: number[];
   /** Peak RSS of the thinrelay process (max over runs); null for pipelines. */
   peakRssBytes: number | null;
+  /**
+   * CPU seconds (user + system, child processes included) per GiB of the
+   * object, median over runs: thinrelay's whole process (its mkfs, mounts and
+   * snapshot copy too); a pipeline's `download | tar` and its sparse copy.
+   */
+  cpuSecondsPerGiB?: number;
 }
 
 interface LinkFigures {
@@ -216,6 +222,10 @@ interface EndToEndFigures {
 
 const loadAverage = (): number => Number(loadavg()[0]!.toFixed(2));
 
+/** Size of the bench's rootfs tar (set once it is known): the GiB of CPU seconds per GiB. */
+let tarBytes = 0;
+const gibOf = (bytes: number): number => bytes / 1024 ** 3;
+
 /** The AWS CLI v2 (Debian `awscli`), installed when missing; never a v1 found earlier on PATH. */
 function awsCli(): string {
   const path = '/usr/bin/aws';
@@ -228,11 +238,12 @@ function awsCli(): string {
   return path;
 }
 
-function contender(runsMs: number[], rss: number[]): Contender {
+function contender(runsMs: number[], rss: number[], cpuSeconds: number[] = []): Contender {
   return {
     medianMs: median(runsMs),
     runsMs,
     peakRssBytes: rss.length > 0 ? Math.max(...rss) : null,
+    ...(cpuSeconds.length > 0 ? { cpuSecondsPerGiB: median(cpuSeconds) / gibOf(tarBytes) } : {}),
   };
 }
 
@@ -266,24 +277,35 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
     return { ms: performance.now() - t0, stdout };
   };
   const rssFile = join(work, 'rss');
-  /** process-image in a fresh state dir; returns time and peak RSS. */
+  const cpuFile = join(work, 'cpu');
+  tarBytes = statSync(tar).size;
+  /** `/usr/bin/time -f '%U %S'` written to `file`: user + system seconds, children included. */
+  const cpuOf = (file: string): number =>
+    readFileSync(file, 'utf8')
+      .trim()
+      .split('\n')
+      .pop()!
+      .split(' ')
+      .reduce((sum, x) => sum + Number(x), 0);
+  /** process-image in a fresh state dir; returns time, peak RSS and CPU seconds. */
   const thinrelay = async (
     endpoint: string,
     extraEnv: Record<string, string>,
-  ): Promise<{ ms: number; rss: number; stateDir: string; eTag: string }> => {
+  ): Promise<{ ms: number; rss: number; cpu: number; stateDir: string; eTag: string }> => {
     const stateDir = mkdtempSync(join(work, 'state-'));
     sh('sync', []);
     const env = { ...baseEnv, AWS_ENDPOINT_URL_S3: endpoint, ...extraEnv };
     const args = ['process-image', '--s3-key', key, '--state-dir', stateDir, '--json'];
     const { ms, stdout } = await run(
       '/usr/bin/time',
-      ['-o', rssFile, '-f', '%M', process.execPath, cliPath, ...args],
+      ['-o', rssFile, '-f', '%M %U %S', process.execPath, cliPath, ...args],
       env,
     );
-    const rss = Number(readFileSync(rssFile, 'utf8').trim().split('\n').pop()) * 1024;
+    const [maxRssKiB, ...cpu] = readFileSync(rssFile, 'utf8').trim().split('\n').pop()!.split(' ');
+    const rss = Number(maxRssKiB) * 1024;
     // process-image --json gives the ETag as scripts take it: `etag`, without S3's quotes.
     const { etag } = JSON.parse(stdout) as { etag: string };
-    return { ms, rss, stateDir, eTag: etag };
+    return { ms, rss, cpu: cpu.reduce((sum, x) => sum + Number(x), 0), stateDir, eTag: etag };
   };
   const disposeState = async (stateDir: string): Promise<void> => {
     await run(
@@ -294,20 +316,37 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
     releaseStateDir(stateDir);
   };
   /** mkfs + mount, `download | tar`, flush + umount, sparse copy: the standard-tools job. */
-  const standardTools = async (name: string, download: string): Promise<number> => {
+  const standardTools = async (
+    name: string,
+    download: string,
+  ): Promise<{ ms: number; cpu: number }> => {
     sh('sync', []);
     const t0 = performance.now();
     const fs = await freshFs(work, name);
     const snapshot = join(work, `${name}.snap`);
     try {
       await run(
-        'bash',
-        ['-c', `set -o pipefail; ${download} | tar --numeric-owner --xattrs -xpf - -C ${fs.mnt}`],
+        '/usr/bin/time',
+        [
+          ...['-o', cpuFile, '-f', '%U %S', 'bash', '-c'],
+          `set -o pipefail; ${download} | tar --numeric-owner --xattrs -xpf - -C ${fs.mnt}`,
+        ],
         baseEnv,
       );
+      let cpu = cpuOf(cpuFile);
       fs.flushAndUnmount();
-      sh('cp', ['--sparse=always', fs.file, snapshot]);
-      return performance.now() - t0;
+      sh('/usr/bin/time', [
+        '-o',
+        cpuFile,
+        '-f',
+        '%U %S',
+        'cp',
+        '--sparse=always',
+        fs.file,
+        snapshot,
+      ]);
+      cpu += cpuOf(cpuFile);
+      return { ms: performance.now() - t0, cpu };
     } finally {
       fs.dispose();
       rmSync(snapshot, { force: true });
@@ -381,6 +420,10 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
       const other: number[] = [];
       const mainThread: number[] = [];
       const mainThreadRss: number[] = [];
+      /** CPU seconds per run, by contender. */
+      const cpu = new Map<string, number[]>();
+      const addCpu = (who: string, seconds: number): void =>
+        void cpu.set(who, [...(cpu.get(who) ?? []), seconds]);
       try {
         for (let i = 0; i < reps; i++) {
           const order = [
@@ -393,11 +436,15 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
           if (i % 2 === 1) order.reverse();
           for (const who of order) {
             if (who === 'alternative') {
-              alt.push(await standardTools(`e2e-${row.alt}-${i}`, download));
+              const r = await standardTools(`e2e-${row.alt}-${i}`, download);
+              alt.push(r.ms);
+              addCpu(who, r.cpu);
               continue;
             }
             if (who === 'other' && row.other !== null) {
-              other.push(await standardTools(`e2e-${row.other}-${i}`, downloadBy(row.other)));
+              const r = await standardTools(`e2e-${row.other}-${i}`, downloadBy(row.other));
+              other.push(r.ms);
+              addCpu(who, r.cpu);
               continue;
             }
             const r = await thinrelay(
@@ -416,6 +463,7 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
                   : [ours, oursRss];
             times.push(r.ms);
             rss.push(r.rss);
+            addCpu(who, r.cpu);
             eTag = r.eTag;
             if (lastState !== null) await disposeState(lastState);
             lastState = r.stateDir;
@@ -424,23 +472,23 @@ async function benchEndToEnd(work: string, tar: string): Promise<EndToEndFigures
       } finally {
         await proxy?.close();
       }
-      const thinrelayFigures = contender(ours, oursRss);
-      const alternative = contender(alt, []);
+      const thinrelayFigures = contender(ours, oursRss, cpu.get('thinrelay'));
+      const alternative = contender(alt, [], cpu.get('alternative'));
       links.push({
         link: row.link,
         bytesPerSecond: row.rate,
         latencyMs: row.latencyMs,
         loadAverage: [load0, loadAverage()],
         thinrelay: thinrelayFigures,
-        singleStream: single.length > 0 ? contender(single, singleRss) : null,
+        singleStream: single.length > 0 ? contender(single, singleRss, cpu.get('single')) : null,
         alternativeName,
         alternative,
         ratio: thinrelayFigures.medianMs / alternative.medianMs,
-        mainThread: contender(mainThread, mainThreadRss),
+        mainThread: contender(mainThread, mainThreadRss, cpu.get('main-thread')),
         ...(row.other !== null
           ? {
               otherName: pipelineName(row.other),
-              other: contender(other, []),
+              other: contender(other, [], cpu.get('other')),
               otherRatio: thinrelayFigures.medianMs / contender(other, []).medianMs,
             }
           : {}),

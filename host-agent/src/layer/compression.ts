@@ -172,7 +172,7 @@ type Pulled = { value: IteratorResult<unknown> } | { error: unknown };
  * next read (a threadpool or network wait) overlaps with the synchronous
  * writing of the current chunk instead of following it.
  */
-class SourceReader {
+export class SourceReader {
   private readonly iterator: AsyncIterator<unknown>;
   private ahead: Promise<Pulled> | undefined;
   private done = false;
@@ -199,7 +199,11 @@ class SourceReader {
    * The next batch of source bytes. Small chunks (an HTTP body arrives in
    * 16-64 KiB pieces) are gathered into batches of about BATCH_BYTES: the
    * writer then makes one write() per file extent instead of one per piece,
-   * which costs one copy and saves most of the syscalls.
+   * which costs one copy and saves most of the syscalls. A chunk of half a
+   * batch or more goes on as it is: the download hands over slices of about
+   * a batch, and gathering one a little short (each part's tail) with the
+   * next would copy 2 MiB for nothing (measured: ~0.25 s of the main thread
+   * for the 201 MiB bench image).
    */
   async next(): Promise<Buffer | null> {
     const parts: Buffer[] = [];
@@ -209,6 +213,7 @@ class SourceReader {
       if (chunk === null) break;
       parts.push(chunk);
       size += chunk.length;
+      if (parts.length === 1 && size >= BATCH_BYTES / 2) break; // big enough alone: no copy
     }
     if (parts.length === 0) return null;
     return parts.length === 1 ? parts[0]! : Buffer.concat(parts, size);
