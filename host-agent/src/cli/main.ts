@@ -13,19 +13,6 @@ import { ExitCode, UsageError } from '../errors.js';
 import { isJournalStream, journalPriority } from '../log.js';
 import { build, versionLine } from '../version.js';
 import { globalOptions, makeContext, type Command } from './command.js';
-import { agentCommand } from './commands/agent.js';
-import { dlqCommand, redriveCommand } from './commands/dlq.js';
-import { fleetCommand } from './commands/fleet.js';
-import { imagesCommand, snapshotsCommand, failedCommand } from './commands/listings.js';
-import { gcCommand, doctorCommand, stateCommand } from './commands/maintenance.js';
-import { poolCommand } from './commands/pool.js';
-import { pinCommand, unpinCommand } from './commands/pins.js';
-import { processImageCommand } from './commands/process-image.js';
-import { showCommand } from './commands/show.js';
-import { verifyCommand } from './commands/verify.js';
-import { configCommand } from './commands/config.js';
-import { snapshotterCommand } from './commands/snapshotter.js';
-import { activateCommand, deactivateCommand, removeCommand } from './commands/snapshot-ops.js';
 import { commandHelp, didYouMean, mainHelp, maxPositionalsOf } from './help.js';
 import { errorJson, failureOf, formatError, printJson, usageHint } from './output.js';
 
@@ -37,29 +24,48 @@ function stateDirOf(ctx: { config(): { stateDir: string } } | undefined): string
   }
 }
 
-export const commands: readonly Command[] = [
-  processImageCommand,
-  agentCommand,
-  snapshotterCommand,
-  imagesCommand,
-  snapshotsCommand,
-  showCommand,
-  verifyCommand,
-  configCommand,
-  failedCommand,
-  activateCommand,
-  deactivateCommand,
-  removeCommand,
-  pinCommand,
-  unpinCommand,
-  gcCommand,
-  doctorCommand,
-  poolCommand,
-  stateCommand,
-  redriveCommand,
-  dlqCommand,
-  fleetCommand,
-];
+/**
+ * Each command's module, loaded when that command runs (or when help lists
+ * them all): a command never pays for the other commands' imports. In the
+ * order help lists them.
+ */
+const commandModules: Record<string, () => Promise<Command>> = {
+  'process-image': async () => (await import('./commands/process-image.js')).processImageCommand,
+  agent: async () => (await import('./commands/agent.js')).agentCommand,
+  snapshotter: async () => (await import('./commands/snapshotter.js')).snapshotterCommand,
+  images: async () => (await import('./commands/listings.js')).imagesCommand,
+  snapshots: async () => (await import('./commands/listings.js')).snapshotsCommand,
+  show: async () => (await import('./commands/show.js')).showCommand,
+  verify: async () => (await import('./commands/verify.js')).verifyCommand,
+  config: async () => (await import('./commands/config.js')).configCommand,
+  failed: async () => (await import('./commands/listings.js')).failedCommand,
+  activate: async () => (await import('./commands/snapshot-ops.js')).activateCommand,
+  deactivate: async () => (await import('./commands/snapshot-ops.js')).deactivateCommand,
+  remove: async () => (await import('./commands/snapshot-ops.js')).removeCommand,
+  pin: async () => (await import('./commands/pins.js')).pinCommand,
+  unpin: async () => (await import('./commands/pins.js')).unpinCommand,
+  gc: async () => (await import('./commands/maintenance.js')).gcCommand,
+  doctor: async () => (await import('./commands/maintenance.js')).doctorCommand,
+  pool: async () => (await import('./commands/pool.js')).poolCommand,
+  state: async () => (await import('./commands/maintenance.js')).stateCommand,
+  redrive: async () => (await import('./commands/dlq.js')).redriveCommand,
+  dlq: async () => (await import('./commands/dlq.js')).dlqCommand,
+  fleet: async () => (await import('./commands/fleet.js')).fleetCommand,
+};
+const commandNames = Object.keys(commandModules);
+
+async function loadCommand(name: string): Promise<Command | undefined> {
+  const load = Object.hasOwn(commandModules, name) ? commandModules[name] : undefined;
+  const command = await load?.();
+  // The table's key and the command's own name must agree (help and errors use the latter).
+  if (command !== undefined && command.name !== name)
+    throw new Error(`command table: "${name}" loads the "${command.name}" command`);
+  return command;
+}
+
+async function allCommands(): Promise<Command[]> {
+  return Promise.all(commandNames.map((n) => commandModules[n]!()));
+}
 
 // Node ≥ 22 can cache compiled code across runs (the AWS SDK chunk is most of
 // process-image's start-up); on Node 20 this is a no-op.
@@ -141,15 +147,8 @@ function printVersion(json: boolean): void {
     });
 }
 
-function findCommand(name: string): Command | undefined {
-  return commands.find((c) => c.name === name);
-}
-
 function unknownCommand(name: string): number {
-  const guess = didYouMean(
-    name,
-    commands.map((c) => c.name),
-  );
+  const guess = didYouMean(name, commandNames);
   return usageError(
     'usage',
     `unknown command "${name}"`,
@@ -163,7 +162,7 @@ export async function main(argv: string[]): Promise<number> {
   const end = argv.indexOf('--');
   jsonWanted = (end === -1 ? argv : argv.slice(0, end)).includes('--json');
   const { name, rest } = splitCommand(argv);
-  const command = name === undefined ? undefined : findCommand(name);
+  const command = name === undefined ? undefined : await loadCommand(name);
   if (name !== undefined && name !== 'help' && name !== 'version' && command === undefined)
     return unknownCommand(name);
 
@@ -196,10 +195,10 @@ export async function main(argv: string[]): Promise<number> {
     if (topic === undefined) {
       // Bare `thinrelay` is a usage error (help on stderr); asking for help is not.
       const asked = name === 'help' || values.help === true;
-      (asked ? process.stdout : process.stderr).write(mainHelp(commands) + '\n');
+      (asked ? process.stdout : process.stderr).write(mainHelp(await allCommands()) + '\n');
       return asked ? ExitCode.ok : ExitCode.usage;
     }
-    const about = findCommand(topic);
+    const about = await loadCommand(topic);
     if (about === undefined) return unknownCommand(topic);
     process.stdout.write(commandHelp(about) + '\n');
     return ExitCode.ok;
