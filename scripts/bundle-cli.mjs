@@ -23,7 +23,8 @@ await build({
   // The download's worker thread (source/worker-download.ts) starts from its own entry,
   // sharing the SDK's chunk.
   entryPoints: {
-    thinrelay: 'dist/host-agent/src/cli/main.js',
+    // entry.js turns the compile cache on, then imports main.js (its own chunk).
+    thinrelay: 'dist/host-agent/src/cli/entry.js',
     'download-worker': 'dist/host-agent/src/source/download-worker.js',
   },
   outdir: 'dist/cli',

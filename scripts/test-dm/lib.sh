@@ -103,17 +103,22 @@ host_desc() {
 }
 
 # The guest's environment as a sourceable file: PATH (the pinned runtime first) and friends, what the VM and its host are
-# (for benchmark reports), and the caller's THINRELAY_*, NODE_OPTIONS, CI and colour settings.
+# (for benchmark reports), Node's compile cache, and the caller's THINRELAY_*, NODE_OPTIONS,
+# NODE_COMPILE_CACHE, NODE_DISABLE_COMPILE_CACHE, CI and colour settings.
 write_guest_env() {
   local vm_desc=$1 name
   printf 'export PATH=%q:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8\n' "$pinned_node_bin"
   if [[ -t 1 ]]; then printf 'export TERM=%q\n' "${TERM:-linux}"; else echo "export TERM=dumb"; fi
   printf 'export THINRELAY_DM_VM_DESC=%q\n' "$vm_desc"
+  # Node's compile cache on the guest's tmpfs for every node the guest starts (the test files,
+  # each CLI run): the CLI's own place, /var/cache/thinrelay, is on the read-only root there.
+  # A caller's NODE_COMPILE_CACHE (below) wins.
+  echo "export NODE_COMPILE_CACHE=/tmp/node-compile-cache"
   printf 'export THINRELAY_DM_HOST_DESC=%q\n' "$(host_desc)"
   while IFS='=' read -r name _; do
     case $name in
       THINRELAY_DM_VM_* | THINRELAY_DM_HOST_DESC | THINRELAY_DM_KERNEL) ;;
-      THINRELAY_* | NODE_OPTIONS | CI | FORCE_COLOR | NO_COLOR) printf 'export %s=%q\n' "$name" "${!name}" ;;
+      THINRELAY_* | NODE_OPTIONS | NODE_COMPILE_CACHE | NODE_DISABLE_COMPILE_CACHE | CI | FORCE_COLOR | NO_COLOR) printf 'export %s=%q\n' "$name" "${!name}" ;;
     esac
   done < <(env)
 }

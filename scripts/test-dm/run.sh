@@ -27,7 +27,8 @@
 # THINRELAY_DM_VM_MEM (MiB per guest, default 2048), THINRELAY_DM_UML_INSTANCES
 # (1 or 2; default 2 for the whole suite on 2+ cores), THINRELAY_DM_CRASH_SHARDS (parts
 # the kill -9 sweep is cut into for the split, default 10), THINRELAY_DM_TEST_TIMEOUT_MS
-# (per test and per test file, default 1800000). THINRELAY_*, NODE_OPTIONS, CI and FORCE_COLOR/NO_COLOR
+# (per test and per test file, default 1800000). THINRELAY_*, NODE_OPTIONS, NODE_COMPILE_CACHE (default
+# /tmp/node-compile-cache in the guest), NODE_DISABLE_COMPILE_CACHE, CI and FORCE_COLOR/NO_COLOR
 # are passed into the guest, plus THINRELAY_DM_VM_DESC and THINRELAY_DM_HOST_DESC
 # (what the guest and its host are, for benchmark reports).
 set -euo pipefail

@@ -14,12 +14,19 @@ import { FileLock } from '../../host-agent/src/store/file-lock.js';
 
 const moduleUrl = new URL('../../host-agent/src/store/file-lock.js', import.meta.url).href;
 
-/** A child that polls for the lock, holds it 20 ms, then prints when it held it. */
+/**
+ * A child that polls for the lock, holds it 20 ms, then prints when it held it.
+ * Once loaded it says `ready` and reads the start instant from stdin: the parent
+ * sends it when all four are ready, so none waits a fixed second to load.
+ */
 const childScript = `
 import { FileLock } from ${JSON.stringify(moduleUrl)};
 const lock = new FileLock(process.argv[1]);
+console.log('ready');
+const startAt = await new Promise((r) => process.stdin.once('data', (b) => r(Number(String(b)))));
+process.stdin.destroy();
 // Every racer starts at the same instant, so their lock steps interleave.
-while (Date.now() < Number(process.argv[2]));
+while (Date.now() < startAt);
 const deadline = Date.now() + 5000;
 while (!lock.tryAcquire()) {
   if (Date.now() > deadline) { console.log('TIMEOUT'); process.exit(3); }
@@ -32,20 +39,32 @@ lock.close();
 console.log(JSON.stringify({ from, to }));
 `;
 
-function racer(path: string, startAt: number): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(
-      process.execPath,
-      ['--input-type=module', '-e', childScript, path, String(startAt)],
-      {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      },
-    );
-    let out = '';
-    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, out }));
+interface Racer {
+  /** Resolves once the child has loaded FileLock and waits for its start instant. */
+  ready: Promise<void>;
+  start(at: number): void;
+  done: Promise<{ code: number | null; out: string }>;
+}
+
+function racer(path: string): Racer {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', childScript, path], {
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
+  let out = '';
+  let onReady: () => void = () => undefined;
+  const ready = new Promise<void>((r) => (onReady = r));
+  child.stdout.on('data', (b: Buffer) => {
+    out += b.toString();
+    if (out.startsWith('ready\n')) onReady();
+  });
+  const done = new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => {
+      onReady(); // a child that died before `ready` is reported by its exit code
+      resolve({ code, out: out.replace(/^ready\n/, '') });
+    });
+  });
+  return { ready, start: (at) => child.stdin.end(`${at}\n`), done };
 }
 
 test('a second FileLock waits while the first holds it, and gets it once the first closes', (t) => {
@@ -70,8 +89,11 @@ test('four processes racing for one lock, 15 rounds: each gets it, one at a time
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const path = join(dir, 'race.lock');
   for (let round = 0; round < 15; round++) {
-    const startAt = Date.now() + 1000;
-    const results = await Promise.all([1, 2, 3, 4].map(() => racer(path, startAt)));
+    const racers = [1, 2, 3, 4].map(() => racer(path));
+    await Promise.all(racers.map((r) => r.ready));
+    const startAt = Date.now() + 50;
+    for (const r of racers) r.start(startAt);
+    const results = await Promise.all(racers.map((r) => r.done));
     for (const r of results)
       assert.equal(r.code, 0, `round ${round}: a racer said ${r.out.trim()}`);
     const spans = results

@@ -1,4 +1,3 @@
-#!/usr/bin/env node
 /**
  * thinrelay: the host agent's command line. Parses global options anywhere,
  * finds the command, checks its options and arguments (with a did-you-mean),
@@ -6,7 +5,6 @@
  * ExitCode: 0 done, 1 image failed, 2 usage, 3 host not ready, 4 not found,
  * 75 temporary, 130/143 interrupted).
  */
-import nodeModule from 'node:module';
 import { parseArgs } from 'node:util';
 import { applySettingsFile } from '../config.js';
 import { ExitCode, UsageError } from '../errors.js';
@@ -66,10 +64,6 @@ async function loadCommand(name: string): Promise<Command | undefined> {
 async function allCommands(): Promise<Command[]> {
   return Promise.all(commandNames.map((n) => commandModules[n]!()));
 }
-
-// Node ≥ 22 can cache compiled code across runs (the AWS SDK chunk is most of
-// process-image's start-up); on Node 20 this is a no-op.
-(nodeModule as { enableCompileCache?: () => unknown }).enableCompileCache?.();
 
 // The SDK's multi-line "future releases need Node 22" notice would break the
 // one-line error contract on every run; the lockfile pins the SDK we tested.
