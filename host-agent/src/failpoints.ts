@@ -56,6 +56,12 @@ export const dmFailpointNames = [
   'dm:create_snap:committed',
 ] as const;
 
+/**
+ * Reached after every message of a pool transaction that groups two or more
+ * changes (concurrent callers), before its commit marker.
+ */
+export const dmGroupFailpointName = 'dm:group:sent';
+
 /** Reached only when something is deleted (gc, remove, a failed job). */
 export const dmDeleteFailpointNames = [
   'dm:delete:intent',

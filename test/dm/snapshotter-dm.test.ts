@@ -6,16 +6,23 @@
  * View is read-only; Usage comes from the pool; Remove deletes the thin
  * device. kill -9 of the service at each step converges on restart (the
  * snapshot or NotFound, never half of one), the pool's thin ids equal the
- * store's afterwards, and 100 concurrent Prepares all succeed.
+ * store's afterwards, and 100 concurrent Prepares all succeed. A Prepare's
+ * dmsetup processes are counted (a logging wrapper first on PATH): one
+ * alone runs three (create_snap, the commit marker, the device's create);
+ * concurrent ones share commit markers and device creates (group commit),
+ * and kill -9 inside such a group rolls back every member.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
-import { snapshotterFailpointNames } from '../../host-agent/src/failpoints.js';
+import {
+  dmGroupFailpointName,
+  snapshotterFailpointNames,
+} from '../../host-agent/src/failpoints.js';
 import { dmPrefixFor } from '../../host-agent/src/storage/devmapper/devmapper-backend.js';
 import { objectName } from '../../host-agent/src/storage/names.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
@@ -33,6 +40,7 @@ import {
   freshStateDir,
   poolNameOf,
   poolThinIds,
+  poolTransactionId,
   releaseDmStateDir,
 } from './dm-host.js';
 
@@ -106,9 +114,13 @@ describe('thinrelay snapshotter on devmapper', { skip: needsRoot }, () => {
   let socket: string;
   let env: NodeJS.ProcessEnv;
   let svc: RunningSnapshotter | undefined;
-  const start = async (crashAt?: string): Promise<RunningSnapshotter> => {
+  const start = async (
+    crashAt?: string,
+    more: NodeJS.ProcessEnv = {},
+  ): Promise<RunningSnapshotter> => {
     svc = await startSnapshotter(socket, {
       ...env,
+      ...more,
       ...(crashAt === undefined ? {} : { THINRELAY_CRASH_AT: crashAt }),
     });
     return svc;
@@ -277,8 +289,77 @@ describe('thinrelay snapshotter on devmapper', { skip: needsRoot }, () => {
     }
   });
 
-  test('100 concurrent Prepares on one parent all succeed', async () => {
-    const { client } = await start();
+  test('kill -9 inside a grouped pool transaction: recovery rolls back every member', async () => {
+    const armed = await start(dmGroupFailpointName);
+    const keys = Array.from({ length: 6 }, (_, i) => `ns/8/g${i}`);
+    const settled = await Promise.allSettled(
+      keys.map((key) => armed.client.call('Prepare', { key, parent: parentLayer })),
+    );
+    assert.deepEqual(await armed.exited, { code: null, signal: 'SIGKILL' }, 'it died in a group');
+    armed.client.close();
+    const again = await start();
+    const rolledBack = again
+      .log()
+      .split('\n')
+      .filter((l) => l.includes('finished an interrupted change') && l.includes('rolled back'));
+    assert.ok(rolledBack.length >= 2, `the journal knew every member of the group: ${again.log()}`);
+    const kinds: string[] = [];
+    for (const [i, key] of keys.entries()) {
+      let kind: string;
+      try {
+        kind = ((await again.client.call('Stat', { key })).info as { kind: string }).kind;
+      } catch (err) {
+        assert.equal((err as grpc.ServiceError).code, grpc.status.NOT_FOUND);
+        kind = 'NotFound';
+      }
+      // A Prepare answered before the crash stands; one that was cut off is gone.
+      assert.equal(kind, settled[i]!.status === 'fulfilled' ? 'ACTIVE' : 'NotFound', key);
+      kinds.push(kind);
+    }
+    assert.ok(kinds.filter((k) => k === 'NotFound').length >= rolledBack.length);
+    assertConverged(stateDir, 'after a crash inside a group');
+    for (const [i, key] of keys.entries())
+      if (kinds[i] === 'ACTIVE') await again.client.call('Remove', { key });
+    assertConverged(stateDir, 'after removing what the group crash left');
+    await svc!.stop();
+  });
+
+  test('dmsetup processes: three for one Prepare + Mounts; 100 concurrent Prepares are grouped and all succeed', async () => {
+    // A wrapper first on PATH logs each dmsetup process the service runs, then runs the real one.
+    const bin = join(stateDir, 'bin');
+    mkdirSync(bin, { recursive: true });
+    const log = join(stateDir, 'dmsetup.log');
+    const real = sh('sh', ['-c', 'command -v dmsetup']).trim();
+    writeFileSync(
+      join(bin, 'dmsetup'),
+      `#!/bin/sh\nprintf '%s\\n' "$*" >> '${log}'\nexec '${real}' "$@"\n`,
+      { mode: 0o755 },
+    );
+    const calls = (): string[] =>
+      existsSync(log)
+        ? readFileSync(log, 'utf8')
+            .split('\n')
+            .filter((l) => l !== '')
+        : [];
+    const { client } = await start(undefined, { PATH: `${bin}:${process.env.PATH ?? ''}` });
+    const pool = poolNameOf(stateDir);
+
+    writeFileSync(log, '');
+    await client.call('Prepare', { key: 'ns/7/single', parent: parentLayer });
+    await client.call('Mounts', { key: 'ns/7/single' });
+    const verbs = calls().map((l) => {
+      const w = l.split(' ');
+      return w[0] === 'message' ? `message ${w[3]}` : w[0];
+    });
+    assert.deepEqual(
+      verbs,
+      ['message create_snap', 'message set_transaction_id', 'create'],
+      `a single Prepare + Mounts:\n${calls().join('\n')}`,
+    );
+    await client.call('Remove', { key: 'ns/7/single' });
+
+    const t0 = poolTransactionId(pool);
+    writeFileSync(log, '');
     const keys = Array.from({ length: 100 }, (_, i) => `ns/7/c${i}`);
     const results = await Promise.allSettled(
       keys.map((key) => client.call('Prepare', { key, parent: parentLayer })),
@@ -295,6 +376,20 @@ describe('thinrelay snapshotter on devmapper', { skip: needsRoot }, () => {
       ),
     );
     assert.equal(sources.size, 100, 'a device each');
+    const commits = poolTransactionId(pool) - t0;
+    const lines = calls();
+    const count = (re: RegExp): number => lines.filter((l) => re.test(l)).length;
+    assert.equal(count(/^message \S+ 0 create_snap /), 100, 'a create_snap each');
+    assert.equal(count(/^message \S+ 0 set_transaction_id /), commits, 'one marker a transaction');
+    assert.ok(commits >= 1 && commits < 100, `grouped: ${commits} pool transactions for 100`);
+    assert.ok(count(/^create /) < 100, `attached in batches: ${count(/^create /)} dmsetup create`);
+    // Nothing else: no status or table probes (mknodes only where libdm made no node).
+    assert.deepEqual(
+      lines.filter(
+        (l) => !/^(message \S+ 0 (create_snap|set_transaction_id) |create |mknodes)/.test(l),
+      ),
+      [],
+    );
     assertConverged(stateDir, 'after 100 Prepares');
     assert.equal(storeSide(stateDir).writableDevices.length, 100);
     await Promise.all(keys.map((key) => client.call('Remove', { key })));

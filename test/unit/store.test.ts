@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { ExitCode, InternalError } from '../../host-agent/src/errors.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
+import { openChanges } from '../../host-agent/src/store/pool-journal.js';
 import type { ImageRow } from '../../host-agent/src/store/images.js';
 import { schemaVersion } from '../../host-agent/src/store/db.js';
 import { migrations } from '../../host-agent/src/store/migrations.js';
@@ -112,6 +113,37 @@ test('a broken store invariant is a bug, said as one: INTERNAL (exit 70), never 
       }),
     internal('INTERNAL', /pool p is not held by me:1:x/),
   );
+});
+
+test('pool journal: a group of changes is journaled whole; one change reads as before', (t) => {
+  const { store } = tempStore(t);
+  const owner = 'me:1:x';
+  store.poolJournal.adopt('p', 7);
+  assert.equal(store.poolJournal.claim('p', null, owner), true);
+  const one = { op: 'create_snap' as const, thinId: 5, originId: 1, purpose: 'snapshot a of b' };
+  store.poolJournal.open('p', owner, one);
+  const row = store.poolJournal.get('p')!;
+  assert.equal(row.open_purpose, 'snapshot a of b', 'a single change keeps its plain columns');
+  assert.deepEqual(openChanges(row), [one]);
+  store.poolJournal.close('p', owner, 7);
+  assert.deepEqual(openChanges(store.poolJournal.get('p')!), []);
+
+  const group = [
+    one,
+    { op: 'create_snap' as const, thinId: 6, originId: 1, purpose: 'snapshot c of b' },
+    { op: 'delete' as const, thinId: 3, originId: null, purpose: 'remove d' },
+  ];
+  store.poolJournal.open('p', owner, group);
+  const open = store.poolJournal.get('p')!;
+  assert.equal(open.open_op, 'create_snap');
+  assert.equal(open.open_thin_id, 5, 'the columns hold the first member');
+  assert.deepEqual(openChanges(open), group, 'every member, in order');
+  assert.throws(
+    () => openChanges({ ...open, open_purpose: 'group:[{"op":"rm -rf"}]' }),
+    (err: unknown) => err instanceof InternalError && /unreadable group/.test(err.message),
+  );
+  store.poolJournal.close('p', owner, 8);
+  assert.equal(store.poolJournal.get('p')!.transaction_id, 8);
 });
 
 test('at most one open job per image', (t) => {

@@ -1,7 +1,11 @@
 /**
  * The devmapper pool journal: per thin pool, the transaction id we last
  * committed, the change in flight and who holds the pool. See
- * storage/devmapper/pool-transactions.ts for the protocol.
+ * storage/devmapper/pool-transactions.ts for the protocol. A change in
+ * flight is one pool message or a group of them under one commit marker:
+ * the columns hold the first, and a group's every member is kept in
+ * open_purpose after `group:` as JSON (no schema change: a row with one
+ * change reads exactly as before).
  */
 import { InternalError } from '../errors.js';
 import type { Db } from './db.js';
@@ -25,6 +29,48 @@ export interface OpenChange {
   thinId: number | null;
   originId: number | null;
   purpose: string;
+}
+
+/** Marks an open_purpose that lists a group's members. */
+const groupMarker = 'group:';
+
+function isPoolOp(x: unknown): x is PoolOp {
+  return x === 'create_thin' || x === 'create_snap' || x === 'delete' || x === 'metadata_snap';
+}
+
+/** Every change the row has in flight (none, one, or a group's members in order). */
+export function openChanges(row: PoolJournalRow): OpenChange[] {
+  if (row.open_op === null) return [];
+  const purpose = row.open_purpose ?? '';
+  if (!purpose.startsWith(groupMarker))
+    return [
+      {
+        op: row.open_op,
+        thinId: row.open_thin_id,
+        originId: row.open_origin_id,
+        purpose,
+      },
+    ];
+  let members: unknown;
+  try {
+    members = JSON.parse(purpose.slice(groupMarker.length));
+  } catch {
+    members = undefined;
+  }
+  const ok =
+    Array.isArray(members) &&
+    members.length > 0 &&
+    members.every(
+      (m: Partial<OpenChange> | null) =>
+        m !== null &&
+        typeof m === 'object' &&
+        isPoolOp(m.op) &&
+        (m.thinId === null || Number.isSafeInteger(m.thinId)) &&
+        (m.originId === null || Number.isSafeInteger(m.originId)) &&
+        typeof m.purpose === 'string',
+    );
+  if (!ok) throw new InternalError(`pool ${row.pool}: unreadable group in the journal: ${purpose}`);
+  return members as OpenChange[];
 }
 
 export class PoolJournalRepo {
@@ -58,8 +104,16 @@ export class PoolJournalRepo {
     return changes === 1;
   }
 
-  /** Record the change about to be sent to the pool (the intent). */
-  open(pool: string, owner: string, change: OpenChange): void {
+  /**
+   * Record the change(s) about to be sent to the pool (the intent): one
+   * change, or a group committed under one transaction id.
+   */
+  open(pool: string, owner: string, group: OpenChange | OpenChange[]): void {
+    const members = Array.isArray(group) ? group : [group];
+    if (members.length === 0) throw new InternalError(`pool ${pool}: an empty change`);
+    const first = members[0]!;
+    const purpose = members.length === 1 ? first.purpose : groupMarker + JSON.stringify(members);
+    const change = { ...first, purpose };
     const { changes } = this.db
       .prepare(
         `UPDATE dm_pool_journal

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, realpathSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { EnvironmentError, InternalError } from '../../errors.js';
+import { EnvironmentError, InternalError, errorMessage } from '../../errors.js';
 import { growExt4 } from '../../sys/grow-ext4.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
@@ -32,13 +32,14 @@ import {
   dmCreate,
   dmDropNode,
   dmEnsureNode,
+  dmCreateMany,
   dmInfo,
+  dmNames,
   dmRemove,
-  dmResume,
-  dmSuspend,
   dmThinTables,
   thinTable,
 } from './dmsetup.js';
+import { Batcher } from './batcher.js';
 import type { PoolTransactions } from './pool-transactions.js';
 import { ThinPool, type ThinPoolOptions } from './thin-pool.js';
 
@@ -178,9 +179,7 @@ export class DevmapperBackend implements StorageBackend {
 
   async createVolume(volume: ObjectSpec): Promise<void> {
     const thinId = this.requireThinId(volume);
-    await this.tx.hold(() =>
-      this.tx.change({ op: 'create_thin', thinId, purpose: `volume ${volume.name}` }),
-    );
+    await this.tx.change({ op: 'create_thin', thinId, purpose: `volume ${volume.name}` });
   }
 
   async mountForUnpack(volume: ObjectSpec): Promise<{ mountpoint: string }> {
@@ -196,9 +195,56 @@ export class DevmapperBackend implements StorageBackend {
 
   async createVolumeFrom(volume: CloneSpec): Promise<void> {
     await this.snapOf(volume, `layer volume ${volume.name} from ${volume.origin.name}`);
-    // A thin device is as long as its table says: activated at the clone's larger
-    // size, its filesystem is grown to fill it (left active for mountForApply).
-    if (volume.sizeBytes > volume.origin.sizeBytes) await growExt4(await this.activateThin(volume));
+    // Left attached for whoever mounts it next (mountForApply, or a containerd
+    // client's Mounts): attaching here batches with concurrent clones. A thin
+    // device is as long as its table says: attached at the clone's size, a
+    // larger clone's filesystem is grown to fill it.
+    const device = await this.attachBatched(volume);
+    if (volume.sizeBytes > volume.origin.sizeBytes) await growExt4(device);
+  }
+
+  /** Attach thin devices: concurrent calls go to one `dmsetup create --concise`. */
+  private readonly attacher = new Batcher<ObjectSpec, string>((specs) => this.attachMany(specs));
+
+  private attachBatched(o: ObjectSpec): Promise<string> {
+    return this.attacher.submit(o);
+  }
+
+  /**
+   * Several devices in one dmsetup process when none of them exists yet;
+   * otherwise (or if that fails: an older dmsetup, a device that appeared
+   * meanwhile) one by one, which checks what exists.
+   */
+  private async attachMany(specs: ObjectSpec[]): Promise<PromiseSettledResult<string>[]> {
+    if (specs.length > 1) {
+      const existing = dmNames();
+      if (specs.every((o) => !existing.has(this.deviceName(o)))) {
+        const pool = await this.pool.device();
+        try {
+          await dmCreateMany(
+            specs.map((o) => ({
+              name: this.deviceName(o),
+              table: thinTable({ sectors: this.sectorsOf(o), pool, thinId: this.requireThinId(o) }),
+            })),
+          );
+          return Promise.allSettled(specs.map((o) => dmEnsureNode(this.deviceName(o))));
+        } catch (err) {
+          this.opts.logger.debug('batched attach failed; attaching one by one', {
+            devices: specs.length,
+            error: errorMessage(err),
+          });
+        }
+      }
+    }
+    const out: PromiseSettledResult<string>[] = [];
+    for (const o of specs) {
+      try {
+        out.push({ status: 'fulfilled', value: await this.activateThin(o) });
+      } catch (err) {
+        out.push({ status: 'rejected', reason: err });
+      }
+    }
+    return out;
   }
 
   async mountForApply(volume: ObjectSpec): Promise<{ mountpoint: string }> {
@@ -241,17 +287,10 @@ export class DevmapperBackend implements StorageBackend {
   private async snapOf(o: SnapshotSpec | CloneSpec, purpose: string): Promise<void> {
     const thinId = this.requireThinId(o);
     const originId = this.requireThinId(o.origin);
-    const origin = this.deviceName(o.origin);
-    await this.tx.hold(async () => {
-      // The kernel's rule: an active origin is suspended around create_snap.
-      const active = (await dmInfo(origin)) !== null;
-      if (active) await dmSuspend(origin);
-      try {
-        await this.tx.change({ op: 'create_snap', thinId, originId, purpose });
-      } finally {
-        if (active) await dmResume(origin);
-      }
-    });
+    // An active origin is suspended around the message (the kernel's rule);
+    // a sealed layer's is detached and needs nothing.
+    const originDevice = this.deviceName(o.origin);
+    await this.tx.change({ op: 'create_snap', thinId, originId, purpose, originDevice });
   }
 
   async activate(snapshot: SnapshotSpec): Promise<string> {
@@ -288,7 +327,7 @@ export class DevmapperBackend implements StorageBackend {
   }
 
   private async deleteThin(thinId: number, purpose: string): Promise<boolean> {
-    return this.tx.hold(() => this.tx.change({ op: 'delete', thinId, purpose }));
+    return this.tx.change({ op: 'delete', thinId, purpose });
   }
 
   /** A stray is a device in our namespace that maps no object of ours: remove the device only. */
