@@ -1,4 +1,4 @@
-/** A state dir on its own small ext4 (so "full" is real), and read-only queries of its database. */
+/** A state dir on its own small ext4 (so "full" is real) or xfs (reflinks), and read-only queries of its database. */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,17 +17,19 @@ export interface SmallFilesystem {
 }
 
 /**
- * A small ext4 filesystem on a loop device, mounted at a fresh dir. `release`
- * goes in t.after once the host's own cleanup is registered: hooks run in the
- * order they were added.
+ * A small ext4 (or xfs with reflink: the loop backend's in-process clone)
+ * filesystem on a loop device, mounted at a fresh dir. `release` goes in
+ * t.after once the host's own cleanup is registered: hooks run in the order
+ * they were added. xfs needs at least 300 MiB.
  */
-export function smallFilesystem(sizeMiB: number): SmallFilesystem {
+export function smallFilesystem(sizeMiB: number, type: 'ext4' | 'xfs' = 'ext4'): SmallFilesystem {
   const base = mkdtempSync(join(tmpdir(), 'thinrelay-smallfs-'));
   const image = join(base, 'fs.img');
   const mnt = join(base, 'mnt');
   mkdirSync(mnt);
   execFileSync('truncate', ['-s', `${sizeMiB}M`, image]);
-  execFileSync('mkfs.ext4', ['-q', '-F', '-m', '0', image]);
+  if (type === 'xfs') execFileSync('mkfs.xfs', ['-q', '-m', 'reflink=1', image]);
+  else execFileSync('mkfs.ext4', ['-q', '-F', '-m', '0', image]);
   execFileSync('mount', ['-o', 'loop', image, mnt]);
   const stateDir = join(mnt, 'state');
   return {

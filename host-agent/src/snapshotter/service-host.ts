@@ -32,5 +32,13 @@ export async function startSnapshotsService(
     freshVolumeBytes: settings.freshVolumeBytes,
   });
   await service.recover();
-  return serveSnapshots({ socket: settings.socket, service, logger, activation: rt });
+  const server = await serveSnapshots({ socket: settings.socket, service, logger, activation: rt });
+  return {
+    async close() {
+      await server.close();
+      // How the store's shared commits grouped (a burst of Prepares: far fewer commits than transactions).
+      const { requests, commits } = rt.store.groupCommit.counts;
+      logger.info('snapshotter closed', { sharedTransactions: requests, sharedCommits: commits });
+    },
+  };
 }

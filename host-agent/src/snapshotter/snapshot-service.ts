@@ -157,6 +157,8 @@ export class SnapshotService {
       await this.deps.objects.createWritable(
         { parent: base?.volume ?? null, sizeBytes: this.deps.freshVolumeBytes },
         (volume) => {
+          // A shared commit: calls of the same turn ran first (one may have removed the parent).
+          if (base !== null) this.committedParent(parent);
           if (this.store.containerdSnapshots.byKey(key) !== undefined) throw alreadyExists(key);
           row = this.store.containerdSnapshots.create(
             { ...fields, objectId: volume.id, state: 'preparing' },
@@ -239,8 +241,11 @@ export class SnapshotService {
 
   /** A failed Prepare releases the volume it started and forgets the key. */
   private async undoPrepare(row: ContainerdSnapshotRow, cause: unknown): Promise<void> {
+    // Not there: the intent's (shared) commit failed, so nothing was recorded or made.
+    const now = this.store.containerdSnapshots.get(row.id);
+    if (now === undefined || now.key !== row.key) return;
     try {
-      await this.removeRow(this.store.containerdSnapshots.get(row.id)!);
+      await this.removeRow(now);
     } catch (err) {
       this.deps.logger.error('could not release a failed prepare; recovery retries it', {
         key: row.key,

@@ -32,6 +32,8 @@ interface ChangeStep<T> {
   devicePath?: (result: T) => string | null;
   /** Runs in the transaction that records the resting state. */
   commit?: (result: T) => void;
+  /** Record the resting state in a shared commit (StateStore.txShared) with the calls of this turn. */
+  shareCommit?: boolean;
 }
 
 export class ObjectManager {
@@ -72,7 +74,7 @@ export class ObjectManager {
       throw err;
     }
     if (step.done !== undefined) failpoint(step.done);
-    this.store.tx(() => {
+    const outcome = (): void => {
       const now = this.store.objects.get(row.id)!;
       // Sealing a sealed volume again (recovery finishing a seal) is no state change.
       if (now.state !== step.success || objectTransitions[step.success].includes(step.success))
@@ -81,7 +83,9 @@ export class ObjectManager {
           devicePath: step.devicePath?.(result),
         });
       step.commit?.(result);
-    });
+    };
+    if (step.shareCommit === true) await this.store.txShared(outcome);
+    else this.store.tx(outcome);
     return result;
   }
 
@@ -228,7 +232,10 @@ export class ObjectManager {
    * a writable clone of the sealed volume `parent`, or a fresh empty ext4
    * when there is none. It rests `writable`, attached and mounted by nobody
    * here. `onIntent` runs in the intent's transaction, `commit` in the one
-   * that records it writable.
+   * that records it writable. Both transactions are shared commits
+   * (StateStore.txShared): a burst of concurrent calls (containerd's
+   * Prepares) pays one fsync for its intents and one for its outcomes, not
+   * two per call; the clone still starts only once its own intent is durable.
    */
   async createWritable(
     o: { parent: StorageObjectRow | null; sizeBytes: number },
@@ -241,7 +248,14 @@ export class ObjectManager {
       );
     // A clone is its parent's size; `sizeBytes` sizes a fresh one.
     const sizeBytes = o.parent?.size_bytes ?? o.sizeBytes;
-    const volume = this.store.tx(() => {
+    const volume = await this.store.txShared(() => {
+      // Again in the transaction: another call may have changed the parent before it ran.
+      const parent = o.parent === null ? null : this.store.objects.get(o.parent.id);
+      if (parent !== null && parent?.state !== 'sealed')
+        throw new NotFoundError(
+          'NOT_FOUND',
+          `volume ${o.parent!.id} is ${parent?.state ?? 'gone'}, not sealed: it cannot be cloned`,
+        );
       const row = this.store.objects.createIntent(
         {
           kind: 'volume',
@@ -267,6 +281,7 @@ export class ObjectManager {
       done: 'writable:created',
       success: 'writable',
       commit,
+      shareCommit: true,
     });
     return this.store.objects.get(volume.id)!;
   }

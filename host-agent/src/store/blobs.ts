@@ -8,6 +8,7 @@
 import { InternalError } from '../errors.js';
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
+import { statementCache } from './statements.js';
 import { assertTransition, blobTransitions, type BlobStatus } from './states.js';
 
 export interface BlobRow {
@@ -41,7 +42,12 @@ export interface NewLayer {
 }
 
 export class BlobRepo {
-  constructor(private readonly db: Db) {}
+  /** The hot statements (a blob by id), compiled once (statements.ts). */
+  private readonly hot: ReturnType<typeof statementCache>;
+
+  constructor(private readonly db: Db) {
+    this.hot = statementCache(db);
+  }
 
   create(
     volumeId: number,
@@ -106,7 +112,7 @@ export class BlobRepo {
   }
 
   get(id: number): BlobRow | undefined {
-    return this.db.prepare(`SELECT * FROM blobs WHERE id = ?`).get(id) as BlobRow | undefined;
+    return this.hot(`SELECT * FROM blobs WHERE id = ?`).get(id) as BlobRow | undefined;
   }
 
   byVolume(volumeId: number): BlobRow | undefined {

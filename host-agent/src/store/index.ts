@@ -1,7 +1,9 @@
 /**
  * The state store: one SQLite database and a repository per table group.
  * `tx` runs a function in one IMMEDIATE transaction, which is how every
- * multi-row transition stays atomic across concurrent thinrelay processes.
+ * multi-row transition stays atomic across concurrent thinrelay processes;
+ * `txShared` the same, its commit shared with the other transactions
+ * requested in that turn of the event loop (group-commit.ts).
  */
 import type { Db } from './db.js';
 import { openDatabase } from './db.js';
@@ -10,6 +12,7 @@ import { releaseReserve } from './space-reserve.js';
 import { BlobRepo } from './blobs.js';
 import { ContainerdSnapshotRepo } from './containerd-snapshots.js';
 import { EventRepo } from './events.js';
+import { GroupCommit } from './group-commit.js';
 import { ImageRepo } from './images.js';
 import { JobRepo } from './jobs.js';
 import { ObjectRepo } from './objects.js';
@@ -25,6 +28,8 @@ export class StateStore {
   readonly events: EventRepo;
   readonly poolJournal: PoolJournalRepo;
   readonly containerdSnapshots: ContainerdSnapshotRepo;
+  /** The shared commits of `txShared` (its counts tell how they grouped). */
+  readonly groupCommit = new GroupCommit(this);
 
   constructor(
     readonly db: Db,
@@ -57,6 +62,21 @@ export class StateStore {
       if (!this.releaseReserveOn(err)) throw err;
       return this.db.transaction(fn).immediate();
     }
+  }
+
+  /**
+   * Like `tx`, but committed together with the other `txShared` calls made
+   * in this turn of the event loop (one fsync for all): resolves once the
+   * shared commit is durable. `fn` runs in its own savepoint: a typed error
+   * it throws rolls back its own writes and reaches its caller alone.
+   */
+  txShared<T>(fn: () => T): Promise<T> {
+    return this.groupCommit.run(fn);
+  }
+
+  /** A savepoint inside the open transaction: `fn`'s writes roll back alone if it throws. */
+  savepoint<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
   }
 
   /** On SQLITE_FULL, delete the space reserve; true if that freed something. */

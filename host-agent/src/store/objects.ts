@@ -2,6 +2,7 @@
 import { InternalError } from '../errors.js';
 import type { Db } from './db.js';
 import { nowIso } from './db.js';
+import { statementCache } from './statements.js';
 import { assertTransition, objectTransitions, type ObjectState } from './states.js';
 
 export type ObjectKind = 'volume' | 'snapshot';
@@ -35,34 +36,37 @@ export interface NewObject {
 }
 
 export class ObjectRepo {
-  constructor(private readonly db: Db) {}
+  /** The hot statements (by id, the intent, a transition), compiled once (statements.ts). */
+  private readonly hot: ReturnType<typeof statementCache>;
+
+  constructor(private readonly db: Db) {
+    this.hot = statementCache(db);
+  }
 
   /** Record the intent to create an object; the id (and so its name) is never reused. */
   createIntent(o: NewObject, owner: string): StorageObjectRow {
     const now = nowIso();
-    const { lastInsertRowid } = this.db
-      .prepare(
-        `INSERT INTO storage_objects
+    const { lastInsertRowid } = this.hot(
+      `INSERT INTO storage_objects
            (kind, backend, parent_id, image_id, job_id, thin_id, size_bytes, state, owner, created_at, updated_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)`,
-      )
-      .run(
-        o.kind,
-        o.backend,
-        o.parentId ?? null,
-        o.imageId ?? null,
-        o.jobId ?? null,
-        o.thinId ?? null,
-        o.sizeBytes,
-        owner,
-        now,
-        now,
-      );
+    ).run(
+      o.kind,
+      o.backend,
+      o.parentId ?? null,
+      o.imageId ?? null,
+      o.jobId ?? null,
+      o.thinId ?? null,
+      o.sizeBytes,
+      owner,
+      now,
+      now,
+    );
     return this.get(Number(lastInsertRowid))!;
   }
 
   get(id: number): StorageObjectRow | undefined {
-    return this.db.prepare(`SELECT * FROM storage_objects WHERE id = ?`).get(id) as
+    return this.hot(`SELECT * FROM storage_objects WHERE id = ?`).get(id) as
       StorageObjectRow | undefined;
   }
 
@@ -79,18 +83,16 @@ export class ObjectRepo {
     const row = this.get(id);
     if (row === undefined) throw new InternalError(`storage object ${id} does not exist`);
     assertTransition(objectTransitions, 'storage object', row.state, to);
-    this.db
-      .prepare(
-        `UPDATE storage_objects SET state = ?, owner = ?, device_path = ?, last_error = NULL, updated_at = ?
+    this.hot(
+      `UPDATE storage_objects SET state = ?, owner = ?, device_path = ?, last_error = NULL, updated_at = ?
           WHERE id = ?`,
-      )
-      .run(
-        to,
-        opts.owner ?? null,
-        opts.devicePath === undefined ? row.device_path : opts.devicePath,
-        nowIso(),
-        id,
-      );
+    ).run(
+      to,
+      opts.owner ?? null,
+      opts.devicePath === undefined ? row.device_path : opts.devicePath,
+      nowIso(),
+      id,
+    );
     return this.get(id)!;
   }
 

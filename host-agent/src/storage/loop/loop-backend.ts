@@ -13,7 +13,6 @@ import {
   openSync,
   closeSync,
   readdirSync,
-  renameSync,
   rmSync,
   rmdirSync,
   statSync,
@@ -21,7 +20,7 @@ import {
   ftruncateSync,
   truncateSync,
 } from 'node:fs';
-import { copyFile, open as openFile } from 'node:fs/promises';
+import { copyFile, open as openFile, rename } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { EnvironmentError, InternalError, UsageError, errorMessage } from '../../errors.js';
 import { run } from '../../sys/exec.js';
@@ -285,7 +284,8 @@ export class LoopBackend implements StorageBackend {
     } finally {
       await file.close();
     }
-    renameSync(partial, this.fileOf(to));
+    // Off the event loop too: under a burst the journal can make a rename wait.
+    await rename(partial, this.fileOf(to));
   }
 
   /**
