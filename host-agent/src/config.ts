@@ -11,7 +11,7 @@ import { resolve } from 'node:path';
 import { UsageError, errorMessage } from './errors.js';
 import { defaultLimits, type ImageLimits } from './limits.js';
 import type { BackendName } from './storage/backend.js';
-import { isBlockSectors, isDmName } from './storage/devmapper/dmsetup.js';
+import { isBlockSectors, isDmName } from './storage/devmapper/device-mapper.js';
 import {
   poolOverridesFromEnv,
   readGroupPolicy,

@@ -39,7 +39,7 @@ import { silentLogger } from '../../host-agent/src/log.js';
 import { activateImage, findImage } from '../../host-agent/src/ops/image-ops.js';
 import { openRuntime } from '../../host-agent/src/runtime.js';
 import { DevmapperBackend } from '../../host-agent/src/storage/devmapper/devmapper-backend.js';
-import { maxThinId } from '../../host-agent/src/storage/devmapper/dmsetup.js';
+import { maxThinId } from '../../host-agent/src/storage/devmapper/device-mapper.js';
 import { cliPath } from '../helpers/cli.js';
 import { releaseStateDir } from '../helpers/host-leaks.js';
 import { s3EnvFor, startS3Emulator } from '../helpers/s3-emulator.js';

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, realpathSync, rmdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { EnvironmentError, InternalError, errorMessage } from '../../errors.js';
+import { EnvironmentError, InternalError } from '../../errors.js';
 import { growExt4 } from '../../sys/grow-ext4.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
@@ -32,14 +32,12 @@ import {
   dmCreate,
   dmDropNode,
   dmEnsureNode,
-  dmCreateMany,
   dmInfo,
   dmNames,
   dmRemove,
-  dmThinTables,
+  dmThinTable,
   thinTable,
-} from './dmsetup.js';
-import { Batcher } from './batcher.js';
+} from './device-mapper.js';
 import type { PoolTransactions } from './pool-transactions.js';
 import { ThinPool, type ThinPoolOptions } from './thin-pool.js';
 
@@ -149,10 +147,10 @@ export class DevmapperBackend implements StorageBackend {
     const name = this.deviceName(o);
     const thinId = this.requireThinId(o);
     if ((await dmInfo(name)) !== null) {
-      const current = (await dmThinTables()).find((t) => t.name === name);
+      const current = await dmThinTable(name);
       const pool = await this.pool.device();
       if (
-        current !== undefined &&
+        current !== null &&
         current.thinId === thinId &&
         current.pool.major === pool.major &&
         current.pool.minor === pool.minor
@@ -196,55 +194,10 @@ export class DevmapperBackend implements StorageBackend {
   async createVolumeFrom(volume: CloneSpec): Promise<void> {
     await this.snapOf(volume, `layer volume ${volume.name} from ${volume.origin.name}`);
     // Left attached for whoever mounts it next (mountForApply, or a containerd
-    // client's Mounts): attaching here batches with concurrent clones. A thin
-    // device is as long as its table says: attached at the clone's size, a
-    // larger clone's filesystem is grown to fill it.
-    const device = await this.attachBatched(volume);
+    // client's Mounts). A thin device is as long as its table says: attached
+    // at the clone's size, a larger clone's filesystem is grown to fill it.
+    const device = await this.activateThin(volume);
     if (volume.sizeBytes > volume.origin.sizeBytes) await growExt4(device);
-  }
-
-  /** Attach thin devices: concurrent calls go to one `dmsetup create --concise`. */
-  private readonly attacher = new Batcher<ObjectSpec, string>((specs) => this.attachMany(specs));
-
-  private attachBatched(o: ObjectSpec): Promise<string> {
-    return this.attacher.submit(o);
-  }
-
-  /**
-   * Several devices in one dmsetup process when none of them exists yet;
-   * otherwise (or if that fails: an older dmsetup, a device that appeared
-   * meanwhile) one by one, which checks what exists.
-   */
-  private async attachMany(specs: ObjectSpec[]): Promise<PromiseSettledResult<string>[]> {
-    if (specs.length > 1) {
-      const existing = dmNames();
-      if (specs.every((o) => !existing.has(this.deviceName(o)))) {
-        const pool = await this.pool.device();
-        try {
-          await dmCreateMany(
-            specs.map((o) => ({
-              name: this.deviceName(o),
-              table: thinTable({ sectors: this.sectorsOf(o), pool, thinId: this.requireThinId(o) }),
-            })),
-          );
-          return Promise.allSettled(specs.map((o) => dmEnsureNode(this.deviceName(o))));
-        } catch (err) {
-          this.opts.logger.debug('batched attach failed; attaching one by one', {
-            devices: specs.length,
-            error: errorMessage(err),
-          });
-        }
-      }
-    }
-    const out: PromiseSettledResult<string>[] = [];
-    for (const o of specs) {
-      try {
-        out.push({ status: 'fulfilled', value: await this.activateThin(o) });
-      } catch (err) {
-        out.push({ status: 'rejected', reason: err });
-      }
-    }
-    return out;
   }
 
   async mountForApply(volume: ObjectSpec): Promise<{ mountpoint: string }> {
@@ -354,21 +307,23 @@ export class DevmapperBackend implements StorageBackend {
     const inv: BackendInventory = { objects: [], attached: [], mounted: [], strays: [] };
     const pool = await this.pool.device();
     for (const thinId of await this.listThinIds()) inv.objects.push({ name: null, thinId });
-    for (const t of await dmThinTables()) {
-      if (!t.name.startsWith(this.prefix)) continue;
-      const name = t.name.slice(this.prefix.length);
+    for (const device of dmNames()) {
+      if (!device.startsWith(this.prefix)) continue;
+      const t = await dmThinTable(device);
+      if (t === null) continue;
+      const name = device.slice(this.prefix.length);
       const samePool = t.pool.major === pool.major && t.pool.minor === pool.minor;
       if (parseObjectName(name) === null || !samePool) {
         inv.strays.push({
           description: samePool
             ? 'device in our namespace that maps no object'
             : 'device in our namespace that maps another pool',
-          path: t.name,
+          path: device,
           owned: true,
         });
         continue;
       }
-      inv.attached.push({ name, devicePath: `/dev/mapper/${t.name}`, thinId: t.thinId });
+      inv.attached.push({ name, devicePath: `/dev/mapper/${device}`, thinId: t.thinId });
     }
     const mprefix = this.mountDir + '/';
     for (const m of listMounts()) {

@@ -30,7 +30,7 @@ import {
   isPoolFeature,
   thinPoolTable,
   type DevNumber,
-} from './dmsetup.js';
+} from './device-mapper.js';
 
 export interface PoolDefinition {
   version: 1;

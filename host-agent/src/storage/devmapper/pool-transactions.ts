@@ -43,7 +43,7 @@ import {
   dmStatus,
   dmSuspend,
   parseThinPoolStatus,
-} from './dmsetup.js';
+} from './device-mapper.js';
 import { jittered } from '../../retry.js';
 
 export interface PoolAction {

@@ -22,7 +22,7 @@ import {
   parseThinPoolTable,
   type DevNumber,
   type ThinPoolStatus,
-} from './dmsetup.js';
+} from './device-mapper.js';
 import {
   bringUpSync,
   createPoolFrom,
@@ -30,6 +30,7 @@ import {
   readDefinition,
   type PoolDefinition,
 } from './pool-setup.js';
+import { dmDriverVersion } from './dm-ioctl.js';
 import { PoolTransactions } from './pool-transactions.js';
 import { parseThinDump, type ThinDump } from './thin-metadata.js';
 
@@ -274,6 +275,20 @@ export class ThinPool {
     ];
     const control = device.ok;
     if (control) {
+      // thinrelay changes devices through dm ioctls, not dmsetup: check that path works.
+      let version: string | null = null;
+      let failure = '';
+      try {
+        version = dmDriverVersion();
+      } catch (err) {
+        failure = (err as Error).message;
+      }
+      checks.push({
+        name: 'dm ioctl',
+        ok: version !== null,
+        detail: version !== null ? `device-mapper interface ${version}` : failure,
+        hint: 'thinrelay calls /dev/mapper/control through node:ffi: run it as root on the Node.js runtime its package ships',
+      });
       let targets: string;
       try {
         targets = await run('dmsetup', ['targets']);

@@ -1,16 +1,29 @@
 /**
- * dmsetup, with every argument validated before it reaches the tool: device
- * names from a fixed alphabet, thin ids and sizes as bounded integers, tables
- * built here from numbers (never from text we were given). Argument arrays
- * only, no shell. Parsers for the `status` and `table` lines we rely on.
- * Whether a device exists (and its number) is read from sysfs instead: a
- * process per question was most of an activation's cost.
+ * Device-mapper operations with every argument validated before it reaches
+ * the kernel: device names from a fixed alphabet, thin ids and sizes as
+ * bounded integers, tables built here from numbers (never from text we were
+ * given). The changes go straight to the kernel as dm ioctls (dm-ioctl.ts);
+ * whether a device exists, and its number, is read from sysfs; only
+ * `dmsetup wait`, which blocks, is still a process. Parsers for the `status`
+ * and `table` lines we rely on.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EnvironmentError, InternalError } from '../../errors.js';
 import { CommandError, run } from '../../sys/exec.js';
 import { jittered } from '../../retry.js';
+import {
+  DmIoctlError,
+  devCreate,
+  devRemove,
+  devResume,
+  devStatus,
+  devSuspend,
+  makeBlockNode,
+  tableLoad,
+  tableStatus,
+  targetMessage,
+} from './dm-ioctl.js';
 
 /** No leading '-': a name must never read as an option. */
 const namePattern = /^[A-Za-z0-9_.+][A-Za-z0-9_.+-]{0,126}$/;
@@ -80,6 +93,11 @@ export function parseDevNumber(text: string): DevNumber {
 
 /** The errno a failed dmsetup call reported, from its message. */
 export function dmErrno(err: unknown): 'EBUSY' | 'ENODATA' | 'EEXIST' | 'ENXIO' | null {
+  if (err instanceof DmIoctlError) {
+    if (err.errno === 'ENODEV') return 'ENXIO';
+    const known = ['EBUSY', 'ENODATA', 'EEXIST', 'ENXIO'] as const;
+    return known.find((e) => e === err.errno) ?? null;
+  }
   if (!(err instanceof CommandError)) return null;
   const text = err.stderr;
   if (/Device or resource busy/i.test(text)) return 'EBUSY';
@@ -149,27 +167,17 @@ export function parseThinPoolTable(line: string): ThinPoolTable {
   };
 }
 
-export interface ThinTableEntry {
-  name: string;
+export interface ThinTable {
   sectors: number;
   pool: DevNumber;
   thinId: number;
 }
 
-/** `dmsetup table --target thin`: "name: 0 2097152 thin 253:0 5" per line. */
-export function parseThinTables(text: string): ThinTableEntry[] {
-  const out: ThinTableEntry[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^(\S+): 0 (\d+) thin (\d+:\d+) (\d+)(?: \S+)?$/.exec(line.trim());
-    if (m === null) continue;
-    out.push({
-      name: m[1]!,
-      sectors: Number(m[2]),
-      pool: parseDevNumber(m[3]!),
-      thinId: Number(m[4]),
-    });
-  }
-  return out;
+/** A thin device's table, "0 2097152 thin 253:0 5 [external origin]"; null for any other table. */
+export function parseThinTable(text: string): ThinTable | null {
+  const m = /^0 (\d+) thin (\d+:\d+) (\d+)(?: \S+)?$/.exec(text.trim());
+  if (m === null) return null;
+  return { sectors: Number(m[1]), pool: parseDevNumber(m[2]!), thinId: Number(m[3]) };
 }
 
 export interface ThinPoolStatus {
@@ -229,6 +237,18 @@ export function parseThinPoolStatus(line: string): ThinPoolStatus {
 
 // ---- commands -----------------------------------------------------------
 
+/**
+ * A synchronous ioctl as a promise: callers keep one async shape (and a
+ * refusal reaches them as a rejection, not a throw).
+ */
+function settle<T>(call: () => T): Promise<T> {
+  try {
+    return Promise.resolve(call());
+  } catch (err) {
+    return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+  }
+}
+
 export interface DmDeviceInfo {
   name: string;
   major: number;
@@ -276,32 +296,35 @@ export function dmNames(): Set<string> {
   return names;
 }
 
-export async function dmCreate(name: string, table: string): Promise<void> {
-  await run('dmsetup', ['create', checkDmName(name), '--table', table]);
-}
-
 /**
- * Several devices in one process: `dmsetup create --concise
- * "name,,,rw,table;..."` (libdevmapper 1.02.147 and later). Our names and
- * tables hold no ',' ';' or '\\' (checked), so nothing needs escaping. Stops
- * at the first device that fails; those before it stay created.
+ * Create, load, resume — what `dmsetup create --table` does. A device whose
+ * table the kernel refuses is removed again: no half device stays behind.
  */
-export async function dmCreateMany(devices: { name: string; table: string }[]): Promise<void> {
-  const spec = devices
-    .map(({ name, table }) => {
-      if (/[,;\\]/.test(table)) throw new InternalError(`table not fit for --concise: ${table}`);
-      return `${checkDmName(name)},,,rw,${table}`;
-    })
-    .join(';');
-  await run('dmsetup', ['create', '--concise', spec]);
+export function dmCreate(name: string, table: string): Promise<void> {
+  return settle(() => {
+    checkDmName(name);
+    devCreate(name);
+    try {
+      tableLoad(name, table);
+      devResume(name);
+    } catch (err) {
+      try {
+        devRemove(name);
+      } catch {
+        // The error that matters is the load's; reconcile finds a leftover by name.
+      }
+      throw err;
+    }
+  });
 }
 
-export async function dmReload(name: string, table: string): Promise<void> {
-  await run('dmsetup', ['reload', checkDmName(name), '--table', table]);
+/** Loads a table into the inactive slot (`dmsetup reload`): live after dmResume. */
+export function dmReload(name: string, table: string): Promise<void> {
+  return settle(() => tableLoad(checkDmName(name), table));
 }
 
-export async function dmTable(name: string): Promise<string> {
-  return run('dmsetup', ['table', '--', checkDmName(name)]);
+export function dmTable(name: string): Promise<string> {
+  return settle(() => tableStatus(checkDmName(name), { table: true }));
 }
 
 /**
@@ -309,19 +332,8 @@ export async function dmTable(name: string): Promise<string> {
  * its target raises (dm-thin: the low-water mark crossed, out of data space,
  * a mode change).
  */
-export async function dmEventCount(name: string): Promise<number> {
-  const out = await run('dmsetup', [
-    'info',
-    '-c',
-    '--noheadings',
-    '-o',
-    'events',
-    '--',
-    checkDmName(name),
-  ]);
-  const n = Number(out.trim());
-  if (!Number.isInteger(n)) throw toolOutput(`dmsetup info: unexpected event count "${out}"`);
-  return n;
+export function dmEventCount(name: string): Promise<number> {
+  return settle(() => devStatus(checkDmName(name)).eventNr);
 }
 
 /**
@@ -344,22 +356,26 @@ export async function dmWaitEvent(
   }
 }
 
-export async function dmStatus(name: string): Promise<string> {
-  return run('dmsetup', ['status', '--', checkDmName(name)]);
+export function dmStatus(name: string): Promise<string> {
+  return settle(() => tableStatus(checkDmName(name)));
 }
 
-export async function dmSuspend(name: string): Promise<void> {
-  await run('dmsetup', ['suspend', '--', checkDmName(name)]);
+export function dmSuspend(name: string): Promise<void> {
+  return settle(() => devSuspend(checkDmName(name)));
 }
 
-export async function dmResume(name: string): Promise<void> {
-  await run('dmsetup', ['resume', '--', checkDmName(name)]);
+export function dmResume(name: string): Promise<void> {
+  return settle(() => devResume(checkDmName(name)));
 }
 
-/** Every thin target on the host, with its pool and thin id. */
-export async function dmThinTables(): Promise<ThinTableEntry[]> {
-  const out = await run('dmsetup', ['table', '--target', 'thin']);
-  return parseThinTables(out);
+/** The thin table of a device, or null when it is gone or maps something else. */
+export async function dmThinTable(name: string): Promise<ThinTable | null> {
+  try {
+    return parseThinTable(await dmTable(name));
+  } catch (err) {
+    if (dmErrno(err) === 'ENXIO') return null;
+    throw err;
+  }
 }
 
 export type PoolMessage =
@@ -385,8 +401,8 @@ export function poolMessageText(m: PoolMessage): string {
   }
 }
 
-export async function dmPoolMessage(pool: string, m: PoolMessage): Promise<void> {
-  await run('dmsetup', ['message', checkDmName(pool), '0', poolMessageText(m)]);
+export function dmPoolMessage(pool: string, m: PoolMessage): Promise<void> {
+  return settle(() => targetMessage(checkDmName(pool), poolMessageText(m)));
 }
 
 export interface RetryOptions {
@@ -399,7 +415,7 @@ export async function dmRemove(name: string, opts: RetryOptions = {}): Promise<v
   const attempts = opts.attempts ?? 8;
   for (let i = 1; ; i++) {
     try {
-      await run('dmsetup', ['remove', '--', checkDmName(name)]);
+      devRemove(checkDmName(name));
       return;
     } catch (err) {
       const errno = dmErrno(err);
@@ -411,23 +427,36 @@ export async function dmRemove(name: string, opts: RetryOptions = {}): Promise<v
 }
 
 /**
- * The device node: udev makes /dev/mapper/<name> on real hosts; without udev
- * (containers, minimal VMs) `dmsetup mknodes` does.
+ * The device node: udev makes /dev/mapper/<name> on real hosts, but only
+ * after the call returns; without udev (containers, minimal VMs) nobody
+ * does. So we make it when it is missing, as libdevmapper does without
+ * udev (udev, when it comes, replaces it with its link to the same device).
  */
 export async function dmEnsureNode(name: string): Promise<string> {
   const path = `/dev/mapper/${checkDmName(name)}`;
-  if (!existsSync(path)) await run('dmsetup', ['mknodes', '--', name]);
+  if (existsSync(path)) return path;
+  const info = await dmInfo(name);
+  if (info !== null) {
+    mkdirSync('/dev/mapper', { recursive: true, mode: 0o755 });
+    // A libc without mknod (glibc before 2.33): dmsetup makes it.
+    if (!makeBlockNode(path, info)) await run('dmsetup', ['mknodes', '--', name]);
+  }
   if (!existsSync(path))
     throw new EnvironmentError(
       'DM_UNAVAILABLE',
-      `${path} did not appear after dmsetup mknodes`,
+      `${path} did not appear`,
       'device nodes need a writable /dev (devtmpfs) and udev or `dmsetup mknodes`; see `thinrelay doctor`',
     );
   return path;
 }
 
-/** Drop a stale /dev/mapper node of a removed device (no-op with udev). */
+/** Drop a stale /dev/mapper node of a removed device (udev drops its own link). */
 export async function dmDropNode(name: string): Promise<void> {
-  // With no name, mknodes makes /dev/mapper match the kernel: the stale node goes.
-  if (existsSync(`/dev/mapper/${checkDmName(name)}`)) await run('dmsetup', ['mknodes']);
+  const path = `/dev/mapper/${checkDmName(name)}`;
+  if (!existsSync(path) || (await dmInfo(name)) !== null) return;
+  try {
+    unlinkSync(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
 }

@@ -23,11 +23,11 @@ import {
   dmRemove,
   parseThinPoolStatus,
   parseThinPoolTable,
-  parseThinTables,
+  parseThinTable,
   poolMessageText,
   thinPoolTable,
   thinTable,
-} from '../../host-agent/src/storage/devmapper/dmsetup.js';
+} from '../../host-agent/src/storage/devmapper/device-mapper.js';
 import {
   definitionPath,
   metadataBytesFor,
@@ -160,15 +160,21 @@ describe('dmsetup output parsing', () => {
         features: ['error_if_no_space'],
       },
     );
-    assert.deepEqual(
-      parseThinTables(
-        'a-snap: 0 2048 thin 254:0 1\nNo devices found\nb: 0 8 thin 254:3 16777215 254:9\n',
-      ),
-      [
-        { name: 'a-snap', sectors: 2048, pool: { major: 254, minor: 0 }, thinId: 1 },
-        { name: 'b', sectors: 8, pool: { major: 254, minor: 3 }, thinId: 16777215 },
-      ],
-    );
+  });
+
+  test('a thin table, and anything else', () => {
+    assert.deepEqual(parseThinTable('0 2048 thin 254:0 1\n'), {
+      sectors: 2048,
+      pool: { major: 254, minor: 0 },
+      thinId: 1,
+    });
+    assert.deepEqual(parseThinTable('0 8 thin 254:3 16777215 254:9'), {
+      sectors: 8,
+      pool: { major: 254, minor: 3 },
+      thinId: 16777215,
+    });
+    assert.equal(parseThinTable('0 8 linear 7:0 0'), null);
+    assert.equal(parseThinTable('0 8 thin 254:3 1\n8 8 thin 254:3 2'), null);
   });
 
   test('thin_dump --skip-mappings', () => {
