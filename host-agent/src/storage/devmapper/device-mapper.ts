@@ -10,7 +10,7 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EnvironmentError, InternalError } from '../../errors.js';
-import { CommandError, run } from '../../sys/exec.js';
+import { CommandError, run, runSync } from '../../sys/exec.js';
 import { jittered } from '../../retry.js';
 import {
   DmIoctlError,
@@ -264,6 +264,11 @@ const sysBlock = '/sys/block';
  * every dm device with a table: no dmsetup process.
  */
 export function dmInfo(name: string): Promise<DmDeviceInfo | null> {
+  return settle(() => dmInfoSync(name));
+}
+
+/** dmInfo, for callers holding the store's write lock (no await there). */
+export function dmInfoSync(name: string): DmDeviceInfo | null {
   checkDmName(name);
   for (const entry of readdirSync(sysBlock)) {
     if (!entry.startsWith('dm-')) continue;
@@ -272,14 +277,14 @@ export function dmInfo(name: string): Promise<DmDeviceInfo | null> {
       if (readFileSync(`${dir}/dm/name`, 'utf8').trimEnd() !== name) continue;
       const [major, minor] = readFileSync(`${dir}/dev`, 'utf8').trim().split(':');
       const suspended = readFileSync(`${dir}/dm/suspended`, 'utf8').trim() === '1';
-      return Promise.resolve({ name, major: Number(major), minor: Number(minor), suspended });
+      return { name, major: Number(major), minor: Number(minor), suspended };
     } catch (err) {
       // Removed while we looked: not the device we want, or gone.
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
       throw err;
     }
   }
-  return Promise.resolve(null);
+  return null;
 }
 
 /** The names of every dm device with a table, from sysfs in one pass. */
@@ -301,21 +306,30 @@ export function dmNames(): Set<string> {
  * table the kernel refuses is removed again: no half device stays behind.
  */
 export function dmCreate(name: string, table: string): Promise<void> {
-  return settle(() => {
-    checkDmName(name);
+  return settle(() => dmCreateSync(name, table));
+}
+
+/** dmCreate, for callers holding the store's write lock. */
+export function dmCreateSync(name: string, table: string): void {
+  checkDmName(name);
+  try {
     devCreate(name);
+  } catch (err) {
+    // The name is taken (EBUSY, as the kernel says it). Left without a table
+    // by a crash between create and load: load it now.
+    if (dmErrno(err) !== 'EBUSY' || devStatus(name).live) throw err;
+  }
+  try {
+    tableLoad(name, table);
+    devResume(name);
+  } catch (err) {
     try {
-      tableLoad(name, table);
-      devResume(name);
-    } catch (err) {
-      try {
-        devRemove(name);
-      } catch {
-        // The error that matters is the load's; reconcile finds a leftover by name.
-      }
-      throw err;
+      devRemove(name);
+    } catch {
+      // The error that matters is the load's; reconcile finds a leftover by name.
     }
-  });
+    throw err;
+  }
 }
 
 /** Loads a table into the inactive slot (`dmsetup reload`): live after dmResume. */
@@ -432,14 +446,18 @@ export async function dmRemove(name: string, opts: RetryOptions = {}): Promise<v
  * does. So we make it when it is missing, as libdevmapper does without
  * udev (udev, when it comes, replaces it with its link to the same device).
  */
-export async function dmEnsureNode(name: string): Promise<string> {
+export function dmEnsureNode(name: string): Promise<string> {
+  return settle(() => dmEnsureNodeSync(name));
+}
+
+export function dmEnsureNodeSync(name: string): string {
   const path = `/dev/mapper/${checkDmName(name)}`;
   if (existsSync(path)) return path;
-  const info = await dmInfo(name);
+  const info = dmInfoSync(name);
   if (info !== null) {
     mkdirSync('/dev/mapper', { recursive: true, mode: 0o755 });
     // A libc without mknod (glibc before 2.33): dmsetup makes it.
-    if (!makeBlockNode(path, info)) await run('dmsetup', ['mknodes', '--', name]);
+    if (!makeBlockNode(path, info)) runSync('dmsetup', ['mknodes', '--', name]);
   }
   if (!existsSync(path))
     throw new EnvironmentError(

@@ -15,7 +15,7 @@
  */
 import { closeSync, openSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { getSystemErrorMessage, getSystemErrorName } from 'node:util';
+import { getSystemErrorName } from 'node:util';
 import { EnvironmentError, InternalError } from '../../errors.js';
 import { CommandError } from '../../sys/exec.js';
 
@@ -56,11 +56,13 @@ function request(nr: number): bigint {
 interface Libc {
   ioctl(fd: number, request: bigint, arg: Buffer): number;
   __errno_location(): bigint;
+  strerror(errno: number): bigint;
   mknod: ((path: string, mode: number, dev: bigint) => number) | null;
 }
 
 interface Ffi {
   getInt32(pointer: bigint, offset: number): number;
+  toString(pointer: bigint): string | null;
 }
 
 let libc: { fns: Libc; ffi: Ffi } | null = null;
@@ -91,10 +93,12 @@ function loadFfi(): { fns: Libc; ffi: Ffi } {
   const { functions } = ffi.dlopen('libc.so.6', {
     ioctl: { return: 'i32', arguments: ['i32', 'u64', 'buffer'] },
     __errno_location: { return: 'pointer', arguments: [] },
+    strerror: { return: 'pointer', arguments: ['i32'] },
   });
   const fns: Libc = {
     ioctl: (fd, req, arg) => functions.ioctl(fd, req, arg),
     __errno_location: () => functions.__errno_location(),
+    strerror: (errno) => functions.strerror(errno),
     mknod: null,
   };
   try {
@@ -160,6 +164,13 @@ interface Reply {
   dataSize: number;
 }
 
+/** errno of the call just made, as its name and libc's text (what dmsetup would print). */
+function lastError(): [name: string, text: string] {
+  const { fns, ffi } = loadFfi();
+  const errno = ffi.getInt32(fns.__errno_location(), 0);
+  return [getSystemErrorName(-errno), ffi.toString(fns.strerror(errno)) ?? `errno ${errno}`];
+}
+
 function decodeDev(dev: bigint): { major: number; minor: number } {
   // huge_encode_dev: minor's low byte, major, then minor's high bits.
   const d = Number(dev & 0xffffffffn);
@@ -170,7 +181,7 @@ function call(
   op: Command,
   o: { name?: string; flags?: number; data?: Buffer; targetCount?: number; outSize?: number },
 ): Reply {
-  const { fns, ffi } = loadFfi();
+  const { fns } = loadFfi();
   let size = Math.max(headerSize + (o.data?.length ?? 0), o.outSize ?? 0);
   for (;;) {
     const buf = Buffer.alloc(size);
@@ -188,15 +199,7 @@ function call(
     }
     o.data?.copy(buf, headerSize);
     const rc = fns.ioctl(control(), request(cmd[op]), buf);
-    if (rc < 0) {
-      const errno = ffi.getInt32(fns.__errno_location(), 0);
-      throw new DmIoctlError(
-        op,
-        o.name ?? '-',
-        getSystemErrorName(-errno),
-        getSystemErrorMessage(-errno),
-      );
-    }
+    if (rc < 0) throw new DmIoctlError(op, o.name ?? '-', ...lastError());
     const flags = buf.readUInt32LE(28);
     if (flags & flag.bufferFull) {
       size *= 4;
@@ -359,7 +362,7 @@ function cString(buf: Buffer, from: number, to: number): string {
  * False when this libc has no `mknod` symbol (glibc before 2.33).
  */
 export function makeBlockNode(path: string, dev: { major: number; minor: number }): boolean {
-  const { fns, ffi } = loadFfi();
+  const { fns } = loadFfi();
   if (fns.mknod === null) return false;
   // makedev (glibc): major's low 12 bits at 8, minor's low 8 bits at 0, high bits above.
   const M = BigInt(dev.major);
@@ -367,11 +370,11 @@ export function makeBlockNode(path: string, dev: { major: number; minor: number 
   const devt = ((M & 0xfffn) << 8n) | ((M & ~0xfffn) << 32n) | (m & 0xffn) | ((m & ~0xffn) << 12n);
   const S_IFBLK = 0o060000;
   if (fns.mknod(path, S_IFBLK | 0o600, devt) < 0) {
-    const errno = ffi.getInt32(fns.__errno_location(), 0);
-    if (getSystemErrorName(-errno) === 'EEXIST') return true;
+    const [errno, text] = lastError();
+    if (errno === 'EEXIST') return true;
     throw new EnvironmentError(
       'DM_UNAVAILABLE',
-      `mknod ${path}: ${getSystemErrorMessage(-errno)}`,
+      `mknod ${path}: ${text}`,
       'device nodes need a writable /dev (devtmpfs)',
     );
   }

@@ -25,6 +25,10 @@ import { EnvironmentError, UsageError, errorMessage } from '../../errors.js';
 import { run, runSync } from '../../sys/exec.js';
 import {
   checkDmName,
+  dmCreateSync,
+  dmEnsureNodeSync,
+  dmInfoSync,
+  dmRemove,
   isBlockSectors,
   isDmName,
   isPoolFeature,
@@ -164,13 +168,7 @@ function attachSync(file: string): string {
 
 /** Whether the pool's dm device exists (synchronously, for use inside a store transaction). */
 export function poolExistsSync(name: string): boolean {
-  try {
-    runSync('dmsetup', ['info', '--', checkDmName(name)]);
-    return true;
-  } catch (err) {
-    if (/does not exist|No such device/i.test((err as Error).message)) return false;
-    throw err;
-  }
+  return dmInfoSync(checkDmName(name)) !== null;
 }
 
 /**
@@ -193,13 +191,8 @@ export function bringUpSync(def: PoolDefinition): void {
     metadata = attachSync(def.source.metadata);
     data = attachSync(def.source.data);
   }
-  runSync('dmsetup', [
-    'create',
-    def.name,
-    '--table',
-    table(def, devNumberOfSync(metadata), devNumberOfSync(data)),
-  ]);
-  runSync('dmsetup', ['mknodes', '--', def.name]);
+  dmCreateSync(def.name, table(def, devNumberOfSync(metadata), devNumberOfSync(data)));
+  dmEnsureNodeSync(def.name);
 }
 
 export async function createPoolFrom(
@@ -286,7 +279,7 @@ export async function createPoolFrom(
 
 /** Remove the pool's table and detach its loop devices (files and definition stay). */
 export async function teardown(def: PoolDefinition): Promise<void> {
-  if (poolExistsSync(def.name)) await run('dmsetup', ['remove', '--', def.name]);
+  if (poolExistsSync(def.name)) await dmRemove(def.name);
   if (def.source.kind === 'files') {
     for (const f of [def.source.data, def.source.metadata])
       for (const dev of loopsForSync(f)) await run('losetup', ['--detach', dev]);
