@@ -1,5 +1,5 @@
 /**
- * The group commit under the devmapper pool transactions and attaches
+ * The group commit under the devmapper pool transactions
  * (storage/devmapper/batcher.ts): calls made together run together, calls
  * arriving while a run is in flight join the next run, each caller gets its
  * own item's outcome, and a run that throws fails only its own callers.
