@@ -392,26 +392,34 @@ describe('download on a worker thread: S3 errors keep their meaning (stub server
 
 const needs = needsRootAndTools(['mkfs.ext4', 'losetup']);
 
+/** The S3 emulator with the bucket, and a state dir for the bundled CLI: both released in t.after. */
+async function cliHost(
+  t: TestContext,
+): Promise<{ emu: S3Emulator; stateDir: string; env: Record<string, string> }> {
+  const emu = await startS3Emulator();
+  const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-worker-download-'));
+  const env = {
+    ...s3EnvFor(emu),
+    THINRELAY_STATE_DIR: stateDir,
+    THINRELAY_BUCKET: BUCKET,
+    THINRELAY_RESERVE_BYTES: '0',
+    THINRELAY_VOLUME_SIZE: '64M',
+    THINRELAY_DOWNLOAD_PART_SIZE: '1M',
+  };
+  t.after(async () => {
+    await runCli(['pool', 'destroy', '--force'], env);
+    releaseStateDir(stateDir);
+    await emu.stop();
+  });
+  await emu.createBucket(BUCKET);
+  return { emu, stateDir, env };
+}
+
 test(
   'bundled CLI: a worker that dies mid-download fails process-image as the host’s fault (exit 75), releases everything; a rerun succeeds (a small object: on the main thread)',
   { skip: needs, timeout: 300_000 },
   async (t) => {
-    const emu = await startS3Emulator();
-    const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-worker-download-'));
-    const env = {
-      ...s3EnvFor(emu),
-      THINRELAY_STATE_DIR: stateDir,
-      THINRELAY_BUCKET: BUCKET,
-      THINRELAY_RESERVE_BYTES: '0',
-      THINRELAY_VOLUME_SIZE: '64M',
-      THINRELAY_DOWNLOAD_PART_SIZE: '1M',
-    };
-    t.after(async () => {
-      await runCli(['pool', 'destroy', '--force'], env);
-      releaseStateDir(stateDir);
-      await emu.stop();
-    });
-    await emu.createBucket(BUCKET);
+    const { emu, stateDir, env } = await cliHost(t);
     const tar = await packTar([
       { name: 'etc/hostname', content: Buffer.from('worker\n') },
       { name: 'opt/blob.bin', content: randomBytes(12 * MiB) },
@@ -448,30 +456,16 @@ async function failsAndExits(
   expected: { code?: number; stderr: RegExp },
   extraEnv: Record<string, string> = {},
 ): Promise<void> {
-  const emu = await startS3Emulator();
-  const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-worker-broken-'));
-  const env = {
-    ...s3EnvFor(emu),
-    THINRELAY_STATE_DIR: stateDir,
-    THINRELAY_BUCKET: BUCKET,
-    THINRELAY_RESERVE_BYTES: '0',
-    THINRELAY_VOLUME_SIZE: '64M',
-    THINRELAY_DOWNLOAD_PART_SIZE: '1M',
-    THINRELAY_DOWNLOAD_THREAD: '1', // below the worker's 64 MiB threshold: force it
-    ...extraEnv,
-  };
-  t.after(async () => {
-    await runCli(['pool', 'destroy', '--force'], env);
-    releaseStateDir(stateDir);
-    await emu.stop();
-  });
-  await emu.createBucket(BUCKET);
+  const { emu, stateDir, env } = await cliHost(t);
   await emu.putObject(BUCKET, 'images/broken', object);
   const before = hostInventory(stateDir);
   const started = Date.now();
-  const r = await runCli(['process-image', '--s3-key', 'images/broken'], env, {
-    timeoutMs: 60_000,
-  });
+  const r = await runCli(
+    ['process-image', '--s3-key', 'images/broken'],
+    // Below the worker's 64 MiB threshold: force it.
+    { ...env, THINRELAY_DOWNLOAD_THREAD: '1', ...extraEnv },
+    { timeoutMs: 60_000 },
+  );
   const took = Date.now() - started;
   assert.equal(
     r.timedOut,
