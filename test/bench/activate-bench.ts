@@ -11,7 +11,7 @@
  * THINRELAY_BENCH_CONCURRENT: 10 and 20).
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -20,8 +20,8 @@ import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { objectName } from '../../host-agent/src/storage/names.js';
 import { StateStore } from '../../host-agent/src/store/index.js';
 import { cliPath, runCli } from '../helpers/cli.js';
-import { releaseStateDir } from '../helpers/host-leaks.js';
 import { s3EnvFor, startS3Emulator } from '../helpers/s3-emulator.js';
+import { smallFilesystem } from '../helpers/small-fs.js';
 import { startSnapshotter } from '../helpers/snapshotter-service.js';
 
 const run = promisify(execFile);
@@ -41,20 +41,16 @@ function burstOf(doneMs: number[]): Burst {
 
 async function main(reps: number, concurrent: number): Promise<Record<string, unknown>> {
   const work = mkdtempSync(join(tmpdir(), 'thinrelay-activate-bench-'));
-  const mnt = join(work, 'mnt');
-  const img = join(work, 'xfs.img');
-  const stateDir = join(mnt, 'state');
   const socket = join(work, 'snapshotter.sock');
-  let mounted = false;
-  const s3 = await startS3Emulator();
+  const disk = smallFilesystem(8192, 'xfs');
+  const { mnt, stateDir } = disk;
   let service: Awaited<ReturnType<typeof startSnapshotter>> | undefined;
   const bareLoops: string[] = [];
+  const s3 = await startS3Emulator().catch((err: unknown) => {
+    disk.release();
+    throw err;
+  });
   try {
-    mkdirSync(mnt);
-    execFileSync('truncate', ['-s', '8G', img]);
-    execFileSync('mkfs.xfs', ['-q', '-m', 'reflink=1', img]);
-    execFileSync('mount', ['-o', 'loop', img, mnt]);
-    mounted = true;
     await s3.createBucket('bench');
     await s3.putObject('bench', 'images/base.tar', await buildSampleRootfs());
     const env: NodeJS.ProcessEnv = {
@@ -146,10 +142,7 @@ async function main(reps: number, concurrent: number): Promise<Record<string, un
   } finally {
     await service?.stop();
     for (const dev of bareLoops) execFileSync('losetup', ['-d', dev]);
-    if (mounted) {
-      releaseStateDir(stateDir);
-      execFileSync('umount', [mnt]);
-    }
+    disk.release();
     await s3.stop();
     rmSync(work, { recursive: true, force: true });
   }

@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { promisify } from 'node:util';
 import { cliPath } from '../helpers/cli.js';
+import { smallFilesystem } from '../helpers/small-fs.js';
 import { snapshotsClient, type WireMount } from '../helpers/snapshots-client.js';
 
 const run = promisify(execFile);
@@ -79,22 +80,15 @@ const middleRound = (rounds: Burst[]): Burst =>
 
 export async function loopRows(o: LoopBenchOptions): Promise<LoopRows> {
   const work = mkdtempSync(join(tmpdir(), 'thinrelay-snapbench-'));
-  const mnt = join(work, 'mnt');
-  const img = join(work, 'xfs.img');
-  const stateDir = join(mnt, 'state');
   const socket = join(work, 'snapshotter.sock');
+  const disk = smallFilesystem(8192, 'xfs');
+  const { mnt, stateDir } = disk;
   const bareDir = join(mnt, 'bare');
   const loops: string[] = [];
-  let mounted = false;
   let service: ReturnType<typeof spawn> | undefined;
   const client = () => snapshotsClient(socket);
   let c: ReturnType<typeof client> | undefined;
   try {
-    mkdirSync(mnt);
-    execFileSync('truncate', ['-s', '8G', img]);
-    execFileSync('mkfs.xfs', ['-q', '-m', 'reflink=1', img]);
-    execFileSync('mount', ['-o', 'loop', img, mnt]);
-    mounted = true;
     mkdirSync(bareDir);
     let log = '';
     service = spawn(
@@ -227,7 +221,7 @@ export async function loopRows(o: LoopBenchOptions): Promise<LoopRows> {
       service.kill('SIGTERM');
       await exited;
     }
-    if (mounted) execFileSync('umount', [mnt]);
+    disk.release();
     rmSync(work, { recursive: true, force: true });
   }
 }

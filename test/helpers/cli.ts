@@ -17,12 +17,14 @@ export interface CliResult {
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
+  /** It outlived `timeoutMs` and was killed (SIGKILL): it would not exit by itself. */
+  timedOut?: boolean;
 }
 
 export function runCli(
   args: readonly string[],
   env: NodeJS.ProcessEnv = {},
-  opts: { cwd?: string; nodeArgs?: readonly string[] } = {},
+  opts: { cwd?: string; nodeArgs?: readonly string[]; timeoutMs?: number } = {},
 ): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), cliPath, ...args], {
@@ -34,8 +36,19 @@ export function runCli(
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    let timedOut = false;
+    const timer =
+      opts.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            timedOut = true;
+            child.kill('SIGKILL');
+          }, opts.timeoutMs);
     child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, ...(timedOut ? { timedOut } : {}) });
+    });
   });
 }
 

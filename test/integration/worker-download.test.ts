@@ -5,12 +5,14 @@
  * overwrite mid-download failing OBJECT_CHANGED, S3 errors arriving as the
  * same typed errors, and a worker that dies: a host fault
  * (DOWNLOAD_WORKER_FAILED), from the library and from the bundled CLI, with
- * nothing left behind.
+ * nothing left behind. An unpack that fails mid-download (a bad archive, or a
+ * host fault before the first byte is read) stops the worker: the CLI exits
+ * by itself with nothing left.
  */
-import { after, afterEach, before, describe, it, test } from 'node:test';
+import { after, afterEach, before, describe, it, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DeleteObjectCommand, type S3Client } from '@aws-sdk/client-s3';
@@ -31,7 +33,8 @@ import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
 import { startLinkProxy, type LinkProxy, type LinkProxyOptions } from '../helpers/link-proxy.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
-import { packTar } from '../helpers/tar-fixtures.js';
+import { ociArchiveOfLayers } from '../helpers/oci-archive.js';
+import { corruptChecksum, gzip, packTar } from '../helpers/tar-fixtures.js';
 
 const BUCKET = 'thinrelay-worker-download';
 const KiB = 1024;
@@ -389,26 +392,34 @@ describe('download on a worker thread: S3 errors keep their meaning (stub server
 
 const needs = needsRootAndTools(['mkfs.ext4', 'losetup']);
 
+/** The S3 emulator with the bucket, and a state dir for the bundled CLI: both released in t.after. */
+async function cliHost(
+  t: TestContext,
+): Promise<{ emu: S3Emulator; stateDir: string; env: Record<string, string> }> {
+  const emu = await startS3Emulator();
+  const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-worker-download-'));
+  const env = {
+    ...s3EnvFor(emu),
+    THINRELAY_STATE_DIR: stateDir,
+    THINRELAY_BUCKET: BUCKET,
+    THINRELAY_RESERVE_BYTES: '0',
+    THINRELAY_VOLUME_SIZE: '64M',
+    THINRELAY_DOWNLOAD_PART_SIZE: '1M',
+  };
+  t.after(async () => {
+    await runCli(['pool', 'destroy', '--force'], env);
+    releaseStateDir(stateDir);
+    await emu.stop();
+  });
+  await emu.createBucket(BUCKET);
+  return { emu, stateDir, env };
+}
+
 test(
   'bundled CLI: a worker that dies mid-download fails process-image as the host’s fault (exit 75), releases everything; a rerun succeeds (a small object: on the main thread)',
   { skip: needs, timeout: 300_000 },
   async (t) => {
-    const emu = await startS3Emulator();
-    const stateDir = mkdtempSync(join(tmpdir(), 'thinrelay-worker-download-'));
-    const env = {
-      ...s3EnvFor(emu),
-      THINRELAY_STATE_DIR: stateDir,
-      THINRELAY_BUCKET: BUCKET,
-      THINRELAY_RESERVE_BYTES: '0',
-      THINRELAY_VOLUME_SIZE: '64M',
-      THINRELAY_DOWNLOAD_PART_SIZE: '1M',
-    };
-    t.after(async () => {
-      await runCli(['pool', 'destroy', '--force'], env);
-      releaseStateDir(stateDir);
-      await emu.stop();
-    });
-    await emu.createBucket(BUCKET);
+    const { emu, stateDir, env } = await cliHost(t);
     const tar = await packTar([
       { name: 'etc/hostname', content: Buffer.from('worker\n') },
       { name: 'opt/blob.bin', content: randomBytes(12 * MiB) },
@@ -432,5 +443,117 @@ test(
     assert.equal(ok.code, 0, ok.stderr);
     const out = JSON.parse(ok.stdout) as { sha256?: string };
     assert.equal(out.sha256, sha256hex(tar));
+  },
+);
+
+/**
+ * process-image of `object` on a worker download, failing: with `expected`'s exit code and
+ * stderr, the worker stopped (the CLI exits by itself, promptly) and nothing left behind.
+ */
+async function failsAndExits(
+  t: TestContext,
+  object: Buffer,
+  expected: { code?: number; stderr: RegExp },
+  extraEnv: Record<string, string> = {},
+): Promise<void> {
+  const { emu, stateDir, env } = await cliHost(t);
+  await emu.putObject(BUCKET, 'images/broken', object);
+  const before = hostInventory(stateDir);
+  const started = Date.now();
+  const r = await runCli(
+    ['process-image', '--s3-key', 'images/broken'],
+    // Below the worker's 64 MiB threshold: force it.
+    { ...env, THINRELAY_DOWNLOAD_THREAD: '1', ...extraEnv },
+    { timeoutMs: 60_000 },
+  );
+  const took = Date.now() - started;
+  assert.equal(
+    r.timedOut,
+    undefined,
+    `the CLI did not exit by itself (a live worker): ${r.stderr}`,
+  );
+  assert.ok(took < 30_000, `exited after ${took} ms`);
+  if (expected.code !== undefined) assert.equal(r.code, expected.code, r.stderr);
+  else assert.notEqual(r.code, 0, r.stderr);
+  assert.match(r.stderr, expected.stderr);
+  assert.deepEqual(hostInventory(stateDir), before, 'no loop device, mount or pool file left');
+  const spools = join(stateDir, 'spool');
+  assert.deepEqual(existsSync(spools) ? readdirSync(spools) : [], [], 'no spool left');
+}
+
+/** A bad image: exit 1 with its reason code. */
+const badImage = (code: string): { code: number; stderr: RegExp } => ({
+  code: 1,
+  stderr: new RegExp(`\\[${code}\\]`),
+});
+
+/** A flat tar of two members, 2 MiB then 20 MiB, random (so gzip does not shrink them). */
+const twoMembers = (): Promise<Buffer> =>
+  packTar([
+    { name: 'etc/hostname', content: Buffer.from('worker\n') },
+    { name: 'opt/a.bin', content: randomBytes(2 * MiB) },
+    { name: 'opt/b.bin', content: randomBytes(20 * MiB) },
+  ]);
+
+/** `bytes` with 4 KiB of garbage at `at`: a gzip stream breaks there. */
+function garbled(bytes: Buffer, at: number): Buffer {
+  const copy = Buffer.from(bytes);
+  copy.fill(0xa5, at, at + 4096);
+  return copy;
+}
+
+describe(
+  'bundled CLI: an archive that breaks mid-stream on a worker download',
+  { skip: needs },
+  () => {
+    it(
+      'a flat tar with a bad header 2 MiB in: ARCHIVE_MALFORMED, the worker stopped, nothing left',
+      { timeout: 300_000 },
+      async (t) => {
+        const tar = await twoMembers();
+        // The third member's header breaks (its checksum): the unpacker fails 2 MiB in, with
+        // 20 MiB still to come, so the worker is held back by its read-ahead, mid-download.
+        const header = tar.indexOf('opt/b.bin');
+        assert.ok(header > 2 * MiB && header % 512 === 0, `header of opt/b.bin at ${header}`);
+        await failsAndExits(t, corruptChecksum(tar, header), badImage('ARCHIVE_MALFORMED'));
+      },
+    );
+
+    it(
+      'a gzip flat tar whose deflate data breaks 2 MiB in: ARCHIVE_MALFORMED, the worker stopped, nothing left',
+      { timeout: 300_000 },
+      async (t) => {
+        await failsAndExits(
+          t,
+          garbled(gzip(await twoMembers()), 2 * MiB),
+          badImage('ARCHIVE_MALFORMED'),
+        );
+      },
+    );
+
+    it(
+      'a gzip oci-archive whose deflate data breaks 2 MiB in (while spooling): ARCHIVE_MALFORMED, the worker stopped, no spool left',
+      { timeout: 300_000 },
+      async (t) => {
+        const archive = await ociArchiveOfLayers([await twoMembers()]);
+        await failsAndExits(t, garbled(gzip(archive), 2 * MiB), badImage('ARCHIVE_MALFORMED'));
+      },
+    );
+
+    it(
+      'a host fault before the flat tar is read (its volume cannot be made): the worker stopped all the same, nothing left',
+      { timeout: 300_000 },
+      async (t) => {
+        // 16 KiB is too small for mkfs.ext4: the unpack fails after the sniff, before reading on.
+        await failsAndExits(
+          t,
+          await twoMembers(),
+          { stderr: /mkfs\.ext4 .* failed/ },
+          {
+            THINRELAY_VOLUME_SIZE: '16K',
+          },
+        );
+      },
+    );
   },
 );

@@ -40,7 +40,8 @@ const TOOLS: Record<'zstd' | 'xz', string[]> = {
 /**
  * The decompressed bytes of `source`. The source is consumed completely (so
  * a downloader behind it sees every byte); a corrupt stream rejects with
- * ARCHIVE_MALFORMED naming `what`.
+ * ARCHIVE_MALFORMED naming `what`. Failed or stopped early, it returns the
+ * source before it settles: a download behind it stops, not left waiting.
  */
 export async function* decompress(
   source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
@@ -85,8 +86,9 @@ export async function* decompress(
   const feeding = (async () => {
     try {
       for await (const chunk of source) {
-        if (!input.write(chunk)) await new Promise((r) => input.once('drain', r));
-        if (input.destroyed) break;
+        // A destroyed input (a failed or abandoned read) never drains: its close wakes us too.
+        if (!input.write(chunk)) await drainedOrClosed(input);
+        if (input.destroyed) break; // the loop's break returns the source
       }
     } catch (err) {
       feedError = err instanceof Error ? err : new Error(String(err));
@@ -110,8 +112,13 @@ export async function* decompress(
       { cause: err },
     );
   } finally {
-    // Stopped early or failed: the tool must not outlive us. After a full read it exits by itself.
-    if (!readAll && proc !== undefined && proc.exitCode === null) proc.kill('SIGKILL');
+    if (!readAll) {
+      // Stopped early or failed: the tool must not outlive us (after a full read it exits by
+      // itself), and the feeder stops reading and returns the source before we settle.
+      if (proc !== undefined && proc.exitCode === null) proc.kill('SIGKILL');
+      input.destroy();
+      await feeding;
+    }
     gunzip?.destroy();
   }
   await feeding;
@@ -124,6 +131,20 @@ export async function* decompress(
         `${what}: corrupt ${compression} data (${stderr.trim() || `exit ${code}`})`,
       );
   }
+}
+
+/** Resolves once `stream` can take more, or is closed (destroyed: it never drains then). */
+function drainedOrClosed(stream: NodeJS.WritableStream & { destroyed: boolean }): Promise<void> {
+  return new Promise((resolve) => {
+    if (stream.destroyed) return resolve();
+    const done = (): void => {
+      stream.off('drain', done);
+      stream.off('close', done);
+      resolve();
+    };
+    stream.on('drain', done);
+    stream.on('close', done);
+  });
 }
 
 /** What the unpacker's own stream reads (zstd and xz are decompressed before it). */

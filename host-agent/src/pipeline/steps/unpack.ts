@@ -130,6 +130,9 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   const { downloadInWorker, DEFAULT_THREAD_MIN_BYTES } =
     await import('../../source/worker-download.js');
   let fetchedBytes = 0;
+  // Aborted when the unpack fails, wherever it stopped reading (before its first byte
+  // too): the download, and its worker thread, end with it instead of waiting on us.
+  const stop = new AbortController();
   const download = downloadInWorker(await ctx.s3(), ref, {
     partSize: ctx.config.download.partSizeBytes,
     concurrency: ctx.config.download.concurrency,
@@ -138,7 +141,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
       fetchedBytes = n;
       progress.update('download', n);
     },
-    signal: ctx.signal,
+    signal: AbortSignal.any([ctx.signal, stop.signal]),
     logger: ctx.logger,
   });
   let source: SourcedImage | undefined;
@@ -161,6 +164,7 @@ async function run(ctx: JobContext): Promise<StepOutcome> {
   } catch (err) {
     // The unpacker stopped first; the download's own outcome is secondary.
     download.result.catch(() => undefined);
+    stop.abort(err);
     throw asVolumeFull(err, sizeBytes);
   } finally {
     source?.release();

@@ -26,6 +26,7 @@ import { EnvironmentError, InternalError, UsageError, errorMessage } from '../..
 import { run } from '../../sys/exec.js';
 import { sharesExtents, spaceUsage, type SpaceUsage } from '../../sys/extents.js';
 import { attachLoop, detachLoop, listLoops, loopsFor } from '../../sys/loop-devices.js';
+import { fsyncDirectory } from '../../sys/fsync-dir.js';
 import { growExt4 } from '../../sys/grow-ext4.js';
 import { makeExt4, unpackMountOptions } from '../../sys/mkfs.js';
 import { isMounted, listMounts, mountExt4, syncFilesystem, unmount } from '../../sys/mounts.js';
@@ -286,6 +287,13 @@ export class LoopBackend implements StorageBackend {
     }
     // Off the event loop too: under a burst the journal can make a rename wait.
     await rename(partial, this.fileOf(to));
+    // The store records the copy as made once this returns: its name must outlive a power cut.
+    await this.syncPoolDir();
+  }
+
+  /** The pool directory's fsync, after a rename into it; a method so a test sees it called. */
+  protected syncPoolDir(): Promise<void> {
+    return fsyncDirectory(this.poolDir);
   }
 
   /**
