@@ -120,6 +120,8 @@ export type EnvironmentCode =
   | 'POOL_UNAVAILABLE'
   // A system tool (dmsetup, thin_dump) answered something thinrelay cannot read.
   | 'TOOL_OUTPUT'
+  // A system tool (mkfs.ext4, mount, losetup...) failed: this host's fault, never the image's.
+  | 'TOOL_FAILED'
   | 'LOW_SPACE'
   // The state dir's filesystem (database, loop pool) is full.
   | 'STATE_FULL'

@@ -25,22 +25,10 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { LoopBackend } from '../../host-agent/src/storage/loop/loop-backend.js';
 import { needsRootAndTools } from '../helpers/root.js';
+import { smallFilesystem } from '../helpers/small-fs.js';
 
 const skip = needsRootAndTools(['mkfs.xfs', 'mkfs.ext4']);
 const MiB = 1024 ** 2;
-
-/** A loop-mounted filesystem of `type` at work/mnt-type (autoclear loop), listed in `mounts`. */
-function scratchFs(mounts: string[], work: string, type: 'xfs' | 'ext4'): string {
-  const img = join(work, `${type}.img`);
-  const mnt = join(work, `mnt-${type}`);
-  mkdirSync(mnt);
-  execFileSync('truncate', ['-s', '1G', img]);
-  if (type === 'xfs') execFileSync('mkfs.xfs', ['-q', '-m', 'reflink=1', img]);
-  else execFileSync('mkfs.ext4', ['-q', '-F', img]);
-  execFileSync('mount', ['-o', 'loop', img, mnt]);
-  mounts.push(mnt);
-  return mnt;
-}
 
 const used = (dir: string): number => {
   const fs = statfsSync(dir);
@@ -49,11 +37,9 @@ const used = (dir: string): number => {
 
 test('a clone on xfs is an in-process reflink; on ext4 a sparse cp', { skip }, async (t) => {
   const work = mkdtempSync(join(tmpdir(), 'thinrelay-loopclone-'));
-  const mounts: string[] = [];
   const path = process.env.PATH;
   t.after(() => {
     process.env.PATH = path;
-    for (const m of mounts) execFileSync('umount', [m]);
     rmSync(work, { recursive: true, force: true });
   });
   // A cp that fails: any clone that spawns one fails with it.
@@ -63,8 +49,10 @@ test('a clone on xfs is an in-process reflink; on ext4 a sparse cp', { skip }, a
   chmodSync(join(shims, 'cp'), 0o755);
 
   for (const type of ['xfs', 'ext4'] as const) {
-    const mnt = scratchFs(mounts, work, type);
-    const backend = new LoopBackend({ stateDir: join(mnt, 'state'), reserveBytes: 0 });
+    const fs = smallFilesystem(1024, type);
+    t.after(() => fs.release());
+    const { mnt, stateDir } = fs;
+    const backend = new LoopBackend({ stateDir, reserveBytes: 0 });
     const origin = {
       kind: 'volume' as const,
       name: 'vol-00000001',

@@ -5,6 +5,7 @@
  */
 import { ExitCode, isThinrelayError, errorMessage } from '../errors.js';
 import { databaseError } from '../store/db-errors.js';
+import { toolFailure } from '../sys/exec.js';
 import { normalizeETag } from '../../../schema/etag.js';
 
 /**
@@ -47,13 +48,13 @@ export function printJson(value: unknown): void {
 
 /**
  * What a command's thrown error means to the CLI: the error it reports (a
- * state-database fault is the host's, never "the image failed": exit 3, or
- * 75 when busy) and the exit code. main uses it for every command; the
- * daemon's Activation service uses it to send a failure back as the CLI
- * would have reported it.
+ * state-database fault or a failed system tool is the host's, never "the
+ * image failed": exit 3, or 75 when busy) and the exit code. main uses it for
+ * every command; the daemon's Activation service uses it to send a failure
+ * back as the CLI would have reported it.
  */
 export function failureOf(thrown: unknown, stateDir: string): { err: unknown; exitCode: number } {
-  const err = databaseError(thrown, stateDir) ?? thrown;
+  const err = databaseError(thrown, stateDir) ?? toolFailure(thrown) ?? thrown;
   return { err, exitCode: isThinrelayError(err) ? err.exitCode : ExitCode.imageFailed };
 }
 

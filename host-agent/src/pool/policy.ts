@@ -6,8 +6,9 @@
  * settings in the state dir (group-pool.json), so every CLI command on the
  * host (process-image, pool status) applies the same policy as the agent.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileDurably } from '../sys/durable-write.js';
 import type { GroupPoolSettings } from '../../../schema/fleet.js';
 import { UsageError } from '../errors.js';
 
@@ -170,11 +171,14 @@ export function groupPolicyPath(stateDir: string): string {
 }
 
 /** Written by the group agent each time it reads the deployment item (atomic rename). */
-export function writeGroupPolicy(stateDir: string, settings: PoolPolicySettings | undefined): void {
-  const path = groupPolicyPath(stateDir);
+export async function writeGroupPolicy(
+  stateDir: string,
+  settings: PoolPolicySettings | undefined,
+): Promise<void> {
   mkdirSync(stateDir, { recursive: true });
-  writeFileSync(`${path}.tmp`, JSON.stringify(settings ?? {}) + '\n', { mode: 0o644 });
-  renameSync(`${path}.tmp`, path);
+  await writeFileDurably(groupPolicyPath(stateDir), JSON.stringify(settings ?? {}) + '\n', {
+    mode: 0o644,
+  });
 }
 
 /** The group's settings as last written, or undefined (not a group host; unreadable). */

@@ -24,6 +24,21 @@ export class CommandError extends Error {
   }
 }
 
+/**
+ * A failed tool as the CLI reports it (cli/output.ts failureOf): the host's
+ * fault (exit 3, TOOL_FAILED), never "the image failed". The failure
+ * classifier already retries it as the host's.
+ */
+export function toolFailure(err: unknown): EnvironmentError | undefined {
+  if (!(err instanceof CommandError)) return undefined;
+  return new EnvironmentError(
+    'TOOL_FAILED',
+    err.message,
+    "a system tool failed on this host, not because of the image: fix what it says (a too small THINRELAY_VOLUME_SIZE, the disk, the kernel's devices), then run it again",
+    { cause: err },
+  );
+}
+
 export interface RunOptions {
   /** Bytes to feed on stdin. */
   input?: string | Buffer;

@@ -5,8 +5,9 @@
  * THINRELAY_SIGNATURE_POLICY names; either narrowed by the host's override
  * (policy.ts: only stricter). No file, no group: `off`, today's behaviour.
  */
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileDurably } from '../sys/durable-write.js';
 import { UsageError } from '../errors.js';
 import {
   parseSignaturePolicy,
@@ -24,11 +25,14 @@ export function groupSignaturesPath(stateDir: string): string {
 }
 
 /** Written by the group agent each time it reads the deployment item (atomic rename). */
-export function writeGroupSignatures(stateDir: string, policy: SignaturePolicy): void {
-  const path = groupSignaturesPath(stateDir);
+export async function writeGroupSignatures(
+  stateDir: string,
+  policy: SignaturePolicy,
+): Promise<void> {
   mkdirSync(stateDir, { recursive: true });
-  writeFileSync(`${path}.tmp`, JSON.stringify(policy) + '\n', { mode: 0o644 });
-  renameSync(`${path}.tmp`, path);
+  await writeFileDurably(groupSignaturesPath(stateDir), JSON.stringify(policy) + '\n', {
+    mode: 0o644,
+  });
 }
 
 function readJson(path: string, what: string): unknown {

@@ -114,7 +114,7 @@ export class FleetMember {
       previous?.hostId === hostId && previous.group === settings.group
         ? previous.registeredAt
         : Date.now();
-    writeRecord(deps.config.stateDir, {
+    await writeRecord(deps.config.stateDir, {
       group: settings.group,
       hostId,
       namePrefix: this.deployment.namePrefix,
@@ -252,14 +252,14 @@ export class FleetMember {
       this.opts.logger.warn(message, { error: errorMessage(err) }),
     );
     try {
-      writeGroupSignatures(config.stateDir, signatures);
+      await writeGroupSignatures(config.stateDir, signatures);
     } catch (err) {
       this.opts.logger.warn('could not keep the group signature policy for the CLI', {
         error: errorMessage(err),
       });
     }
     try {
-      writeGroupPolicy(config.stateDir, group);
+      await writeGroupPolicy(config.stateDir, group);
     } catch (err) {
       this.opts.logger.warn('could not keep the group pool policy for the CLI', {
         error: errorMessage(err),

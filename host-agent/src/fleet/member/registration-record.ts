@@ -2,8 +2,9 @@
  * What this state dir's agent registered as (group, host id, queues):
  * written at registration, read by `agent deregister` to find the host.
  */
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileDurably } from '../../sys/durable-write.js';
 
 export const RECORD_FILE = 'fleet-host.json';
 
@@ -17,10 +18,11 @@ export interface RegistrationRecord {
   registeredAt: number;
 }
 
-export function writeRecord(stateDir: string, record: RegistrationRecord): void {
-  const path = join(stateDir, RECORD_FILE);
-  writeFileSync(`${path}.tmp`, JSON.stringify(record, null, 2) + '\n', { mode: 0o600 });
-  renameSync(`${path}.tmp`, path);
+/** Durable before the agent goes on as that host: `agent deregister` finds it by this record. */
+export async function writeRecord(stateDir: string, record: RegistrationRecord): Promise<void> {
+  await writeFileDurably(join(stateDir, RECORD_FILE), JSON.stringify(record, null, 2) + '\n', {
+    mode: 0o600,
+  });
 }
 
 export function readRecord(stateDir: string): RegistrationRecord | null {
