@@ -16,12 +16,11 @@ import {
   openSync,
   readFileSync,
   readSync,
-  renameSync,
   rmSync,
-  writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
 import { EnvironmentError, UsageError, errorMessage } from '../../errors.js';
+import { writeFileDurably } from '../../sys/durable-write.js';
 import { run, runSync } from '../../sys/exec.js';
 import {
   checkDmName,
@@ -90,18 +89,6 @@ function badDefinition(path: string, problem: string): EnvironmentError {
     `${path} is not a pool definition thinrelay can use: ${problem}`,
     '`thinrelay pool create` wrote it and every start loads the pool from it: restore it from a backup of the state dir',
   );
-}
-
-function writeDefinition(dmDir: string, def: PoolDefinition): void {
-  const tmp = definitionPath(dmDir) + '.tmp';
-  writeFileSync(tmp, JSON.stringify(def, null, 2) + '\n', { mode: 0o600 });
-  const fd = openSync(tmp, constants.O_RDONLY);
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, definitionPath(dmDir));
 }
 
 /**
@@ -257,7 +244,9 @@ export async function createPoolFrom(
   if (def.dataSectors < params.blockSectors * 16)
     throw new UsageError('USAGE', 'the pool must hold at least 16 data blocks');
   try {
-    writeDefinition(dmDir, def);
+    await writeFileDurably(definitionPath(dmDir), JSON.stringify(def, null, 2) + '\n', {
+      mode: 0o600,
+    });
     bringUpSync(def);
   } catch (err) {
     try {
