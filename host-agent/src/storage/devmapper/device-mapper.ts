@@ -2,12 +2,11 @@
  * Device-mapper operations with every argument validated before it reaches
  * the kernel: device names from a fixed alphabet, thin ids and sizes as
  * bounded integers, tables built here from numbers (never from text we were
- * given). The changes go straight to the kernel as dm ioctls (dm-ioctl.ts);
- * whether a device exists, and its number, is read from sysfs; only
- * `dmsetup wait`, which blocks, is still a process. Parsers for the `status`
- * and `table` lines we rely on.
+ * given). Changes and questions go straight to the kernel as dm ioctls
+ * (dm-ioctl.ts); only `dmsetup wait`, which blocks, is still a process.
+ * Parsers for the `status` and `table` lines we rely on.
  */
-import { existsSync, mkdirSync, readdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, unlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EnvironmentError, InternalError } from '../../errors.js';
 import { CommandError, run, runSync } from '../../sys/exec.js';
@@ -19,6 +18,8 @@ import {
   devResume,
   devStatus,
   devSuspend,
+  listDevices,
+  type DevStatus,
   makeBlockNode,
   tableLoad,
   tableStatus,
@@ -256,12 +257,11 @@ export interface DmDeviceInfo {
   suspended: boolean;
 }
 
-const sysBlock = '/sys/block';
-
 /**
- * Info on one device, or null when it does not exist — read from sysfs
- * (/sys/block/dm-N/dm/name, dev, dm/suspended), which the kernel keeps for
- * every dm device with a table: no dmsetup process.
+ * Info on one device, or null when it does not exist or has no live table
+ * (a create a crash cut short: dmCreate loads it) — one DM_DEV_STATUS ioctl.
+ * It used to scan /sys/block/dm-*: a read per device, so 100 concurrent
+ * Prepares cost thousands of reads.
  */
 export function dmInfo(name: string): Promise<DmDeviceInfo | null> {
   return settle(() => dmInfoSync(name));
@@ -269,36 +269,20 @@ export function dmInfo(name: string): Promise<DmDeviceInfo | null> {
 
 /** dmInfo, for callers holding the store's write lock (no await there). */
 export function dmInfoSync(name: string): DmDeviceInfo | null {
-  checkDmName(name);
-  for (const entry of readdirSync(sysBlock)) {
-    if (!entry.startsWith('dm-')) continue;
-    const dir = `${sysBlock}/${entry}`;
-    try {
-      if (readFileSync(`${dir}/dm/name`, 'utf8').trimEnd() !== name) continue;
-      const [major, minor] = readFileSync(`${dir}/dev`, 'utf8').trim().split(':');
-      const suspended = readFileSync(`${dir}/dm/suspended`, 'utf8').trim() === '1';
-      return { name, major: Number(major), minor: Number(minor), suspended };
-    } catch (err) {
-      // Removed while we looked: not the device we want, or gone.
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-      throw err;
-    }
+  let status: DevStatus;
+  try {
+    status = devStatus(checkDmName(name));
+  } catch (err) {
+    if (dmErrno(err) === 'ENXIO') return null;
+    throw err;
   }
-  return null;
+  if (!status.live) return null;
+  return { name, major: status.major, minor: status.minor, suspended: status.suspended };
 }
 
-/** The names of every dm device with a table, from sysfs in one pass. */
+/** The names of every dm device (DM_LIST_DEVICES). */
 export function dmNames(): Set<string> {
-  const names = new Set<string>();
-  for (const entry of readdirSync(sysBlock)) {
-    if (!entry.startsWith('dm-')) continue;
-    try {
-      names.add(readFileSync(`${sysBlock}/${entry}/dm/name`, 'utf8').trimEnd());
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-  }
-  return names;
+  return new Set(listDevices().map((d) => d.name));
 }
 
 /**
