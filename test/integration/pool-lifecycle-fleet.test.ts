@@ -39,7 +39,12 @@ import { join } from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
+import { loadConfig } from '../../host-agent/src/config.js';
 import { startLocalStack, type LocalStack } from '../../host-agent/src/demo/local-stack.js';
+import { silentLogger } from '../../host-agent/src/log.js';
+import { usageOf } from '../../host-agent/src/pool/usage.js';
+import { createBackend } from '../../host-agent/src/storage/index.js';
+import { currentOwner } from '../../host-agent/src/store/owner.js';
 import { startAgent, type AgentProcess, type LogLine } from '../helpers/agent-process.js';
 import { okJson, runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
@@ -276,6 +281,21 @@ async function poolStatus(env: NodeJS.ProcessEnv): Promise<PoolStatusJson & { us
   return s as PoolStatusJson & { usage: Usage };
 }
 
+/**
+ * The pool's use as `pool status --json` computes it (the backend's pool status, usageOf), read
+ * in this process: the churn reads it after each of its ~90 images only to measure them, and a
+ * CLI run each was a third of this file's time. The churn checks the CLI's figure at its end.
+ */
+async function poolUsage(env: NodeJS.ProcessEnv): Promise<Usage> {
+  const config = loadConfig({}, { ...process.env, ...env });
+  const backend = createBackend(config, {
+    store: null,
+    owner: currentOwner(),
+    logger: silentLogger,
+  });
+  return usageOf(await backend.poolStatus(), config);
+}
+
 const images = async (env: NodeJS.ProcessEnv, all = false): Promise<ImageJson[]> =>
   okJson<ImageJson[]>(await runCli(['images', ...(all ? ['--all'] : []), '--json'], env));
 
@@ -476,14 +496,14 @@ describe('pool lifecycle on a full host, through the fleet', { skip: needs }, ()
 
       for (let v = 1; v <= VERSIONS; v++) {
         for (const key of churnKeys) {
-          const before = v === 1 ? (await poolStatus(env)).usage.usedBytes : 0;
+          const before = v === 1 ? (await poolUsage(env)).usedBytes : 0;
           const t0 = Date.now();
           const eTag = await upload(stack, key, await rootfs(`${key} v${v}`, MiB));
           await fleetWait(stack, key, eTag);
           uploadTimes.push(Date.now() - t0);
           uploaded.get(key)!.push(eTag);
           current.set(key, eTag);
-          const { usage } = await poolStatus(env);
+          const usage = await poolUsage(env);
           if (v === 1) imageBytes = Math.max(imageBytes, usage.usedBytes - before);
           if (maxUsed === undefined || usage.usedBytes > maxUsed.usedBytes) maxUsed = usage;
           assert.ok(
@@ -510,6 +530,16 @@ describe('pool lifecycle on a full host, through the fleet', { skip: needs }, ()
         }
         if (v === spikeAt) spikeEvictions = await spike();
       }
+
+      // The reads after each image were in this process: the CLI reports the same use (the
+      // agent's database writes may move a loop pool's figure by a little between the two).
+      const cli = (await poolStatus(env)).usage;
+      const mine = await poolUsage(env);
+      assert.equal(cli.capacityBytes, mine.capacityBytes, 'pool status --json: the same capacity');
+      assert.ok(
+        Math.abs(cli.usedBytes - mine.usedBytes) < MiB,
+        `pool status --json: the same use (${cli.usedBytes} and ${mine.usedBytes} bytes)`,
+      );
 
       // Eviction happened only in the spike: retention alone held the churn.
       assert.deepEqual(
