@@ -169,8 +169,9 @@ pids=()
 watchdog_pid=
 cleanup() {
   # Nothing may cut this short: an outer `timeout` signals run.sh and then its whole process
-  # group, so a second TERM can arrive while the first one's cleanup runs.
-  trap '' INT TERM HUP
+  # group, so a second TERM can arrive while the first one's cleanup runs, and a reader of
+  # run.sh's output in that group may be gone (a log line would raise SIGPIPE).
+  trap '' INT TERM HUP PIPE
   if [[ -n $watchdog_pid ]]; then kill "$watchdog_pid" 2> /dev/null || true; fi
   local pid
   # Each guest runs in its own process group (setsid): the kernel and every process it runs.
@@ -182,7 +183,7 @@ cleanup() {
 # below is the wait builtin on a background job, which a trapped signal interrupts: run.sh never
 # sits in a long foreground child, where bash would hold the trap until that child ended.
 on_signal() {
-  trap '' INT TERM HUP
+  trap '' INT TERM HUP PIPE
   log "$2: stopping the guests"
   exit "$1"
 }
