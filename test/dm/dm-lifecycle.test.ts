@@ -27,12 +27,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { loadConfig } from '../../host-agent/src/config.js';
-import { silentLogger } from '../../host-agent/src/log.js';
-import { usageOf } from '../../host-agent/src/pool/usage.js';
-import { createBackend } from '../../host-agent/src/storage/index.js';
-import { currentOwner } from '../../host-agent/src/store/owner.js';
 import { runCli, type CliResult } from '../helpers/cli.js';
+import { poolUsage } from '../helpers/pool-usage.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { gzip, packTar } from '../helpers/tar-fixtures.js';
@@ -245,18 +241,12 @@ class Fixture {
   }
 
   /**
-   * The pool's use as `pool status --json` computes it (the backend's pool status, usageOf),
-   * read in this process: a CLI run costs seconds under User-Mode Linux, and the reads between
+   * The pool's use as `pool status --json` computes it, read in this process
+   * (helpers/pool-usage.ts): a CLI run costs seconds under User-Mode Linux, and the reads between
    * process-image runs only measure them. The tests read `pool status` itself where it is checked.
    */
-  async usage(): Promise<Usage> {
-    const config = loadConfig({}, { ...process.env, ...this.env });
-    const backend = createBackend(config, {
-      store: null,
-      owner: currentOwner(),
-      logger: silentLogger,
-    });
-    return usageOf(await backend.poolStatus(), config);
+  usage(): Promise<Usage> {
+    return poolUsage(this.env);
   }
 
   async images(): Promise<ImageJson[]> {

@@ -39,15 +39,11 @@ import { join } from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { loadConfig } from '../../host-agent/src/config.js';
 import { startLocalStack, type LocalStack } from '../../host-agent/src/demo/local-stack.js';
-import { silentLogger } from '../../host-agent/src/log.js';
-import { usageOf } from '../../host-agent/src/pool/usage.js';
-import { createBackend } from '../../host-agent/src/storage/index.js';
-import { currentOwner } from '../../host-agent/src/store/owner.js';
 import { startAgent, type AgentProcess, type LogLine } from '../helpers/agent-process.js';
 import { okJson, runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { poolUsage } from '../helpers/pool-usage.js';
 import { until } from '../helpers/until.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { packTar } from '../helpers/tar-fixtures.js';
@@ -281,21 +277,6 @@ async function poolStatus(env: NodeJS.ProcessEnv): Promise<PoolStatusJson & { us
   return s as PoolStatusJson & { usage: Usage };
 }
 
-/**
- * The pool's use as `pool status --json` computes it (the backend's pool status, usageOf), read
- * in this process: the churn reads it after each of its ~90 images only to measure them, and a
- * CLI run each was a third of this file's time. The churn checks the CLI's figure at its end.
- */
-async function poolUsage(env: NodeJS.ProcessEnv): Promise<Usage> {
-  const config = loadConfig({}, { ...process.env, ...env });
-  const backend = createBackend(config, {
-    store: null,
-    owner: currentOwner(),
-    logger: silentLogger,
-  });
-  return usageOf(await backend.poolStatus(), config);
-}
-
 const images = async (env: NodeJS.ProcessEnv, all = false): Promise<ImageJson[]> =>
   okJson<ImageJson[]>(await runCli(['images', ...(all ? ['--all'] : []), '--json'], env));
 
@@ -496,6 +477,8 @@ describe('pool lifecycle on a full host, through the fleet', { skip: needs }, ()
 
       for (let v = 1; v <= VERSIONS; v++) {
         for (const key of churnKeys) {
+          // Read in this process (helpers/pool-usage.ts): a CLI run per image was a third of
+          // this file's time; the CLI's own figure is checked after the churn.
           const before = v === 1 ? (await poolUsage(env)).usedBytes : 0;
           const t0 = Date.now();
           const eTag = await upload(stack, key, await rootfs(`${key} v${v}`, MiB));
