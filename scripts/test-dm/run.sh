@@ -11,6 +11,7 @@
 #   bash scripts/test-dm/run.sh dist/test/dm/x.test.js ...   just those
 #   bash scripts/test-dm/run.sh --bench [args]      node dist/test/bench/dm-bench.js
 #   bash scripts/test-dm/run.sh --exec 'CMD'        any shell command (debugging)
+#   bash scripts/test-dm/run.sh --plan [FILE...]    print each guest's command, boot nothing
 #
 # Installs what it lacks (user-mode-linux, thin-provisioning-tools, lvm2, kmod,
 # a C compiler for the ptrace shim, ...) when run as root. Exit status: the
@@ -18,15 +19,14 @@
 # guest stopped without reporting (panic, init died): both show the console.
 # Every guest's console is streamed and kept in dist/test-dm/console-N.log.
 # The whole suite runs as two guests, one per core, when the host has two,
-# its files (and the kill -9 sweep's shards) split so both finish together, on
+# its files (and the parts of the long ones) split so both finish together, on
 # the seconds recorded in scripts/test-dm/durations.txt; each guest has its own
 # kernel, so their loop and dm devices are apart by construction.
 # Does not build: `npm run test:dm` does.
 #
 # Env: THINRELAY_DM_VM_TIMEOUT (seconds per guest, default 3600; 1800 for --bench),
 # THINRELAY_DM_VM_MEM (MiB per guest, default 2048), THINRELAY_DM_UML_INSTANCES
-# (1 or 2; default 2 for the whole suite on 2+ cores), THINRELAY_DM_CRASH_SHARDS (parts
-# the kill -9 sweep is cut into for the split, default 10), THINRELAY_DM_TEST_TIMEOUT_MS
+# (1 or 2; default 2 for the whole suite on 2+ cores), THINRELAY_DM_TEST_TIMEOUT_MS
 # (per test and per test file, default 1800000). THINRELAY_*, NODE_OPTIONS, NODE_COMPILE_CACHE (default
 # /tmp/node-compile-cache in the guest), NODE_DISABLE_COMPILE_CACHE, CI and FORCE_COLOR/NO_COLOR
 # are passed into the guest, plus THINRELAY_DM_VM_DESC and THINRELAY_DM_HOST_DESC
@@ -36,6 +36,11 @@ set -euo pipefail
 readonly self=thinrelay-dm-uml
 # shellcheck source=scripts/test-dm/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+plan=no
+if [[ ${1:-} == --plan ]]; then
+  plan=yes
+  shift
+fi
 whole_suite=$([[ $# -eq 0 ]] && echo yes || echo no)
 parse_guest_command "$@"
 node_version=$(pinned_node_version)
@@ -43,6 +48,87 @@ if [[ $mode == bench ]]; then timeout_s=${THINRELAY_DM_VM_TIMEOUT:-1800}; else t
 mem_mib=${THINRELAY_DM_VM_MEM:-2048}
 [[ $timeout_s =~ ^[0-9]+$ && $timeout_s -gt 0 ]] || die "THINRELAY_DM_VM_TIMEOUT must be a positive number of seconds, got '$timeout_s'"
 [[ $mem_mib =~ ^[0-9]+$ && $mem_mib -ge 256 ]] || die "THINRELAY_DM_VM_MEM must be at least 256 (MiB), got '$mem_mib'"
+
+# --- the split over the guests -----------------------------------------------------------------------
+# The split of the whole suite over the guests, balanced on the seconds recorded in
+# durations.txt (longest piece first, each to the guest with less work so far). A file is one
+# piece, or parts ("a+b+c": one term per part, its seconds), which may land in different guests:
+# a guest learns its parts from THINRELAY_DM_PARTS (test/dm/suite-parts.ts). Sets split_files[i] (test
+# files, in the suite's order), split_parts[i] (THINRELAY_DM_PARTS's value; empty when every file
+# there runs whole) and split_weight[i] (seconds).
+declare -A split_files=() split_parts=() split_weight=()
+split_suite() {
+  local durations=$worktree/scripts/test-dm/durations.txt f base s item i k best w
+  declare -A recorded=() parts_of=() parts_in=()
+  local items=() order=() terms=()
+  while read -r f s _; do
+    [[ -z $f || $f == \#* ]] || recorded[$f]=$s
+  done < "$durations"
+  for f in "${test_files[@]}"; do
+    base=$(basename "$f")
+    s=${recorded[$base]:-}
+    if [[ -z $s ]]; then
+      log "no recorded time for $base in scripts/test-dm/durations.txt: counting it as 300 s"
+      s=300
+    fi
+    if [[ $s =~ ^[0-9]+(\+[0-9]+)*$ ]]; then
+      IFS=+ read -ra terms <<< "$s"
+      parts_of[$f]=${#terms[@]}
+      for ((k = 1; k <= ${#terms[@]}; k++)); do items+=("${terms[k - 1]} $k $f"); done
+    else
+      die "scripts/test-dm/durations.txt: $base has '$s'; want seconds, or a+b+c (seconds per part)"
+    fi
+  done
+  for ((i = 1; i <= instances; i++)); do
+    split_files[$i]=
+    split_parts[$i]=
+    split_weight[$i]=0
+  done
+  mapfile -t order < <(printf '%s\n' "${items[@]}" | sort -s -k1,1nr)
+  for item in "${order[@]}"; do
+    read -r s k f <<< "$item"
+    best=1
+    for ((i = 2; i <= instances; i++)); do
+      if [[ ${split_weight[$i]} -lt ${split_weight[$best]} ]]; then best=$i; fi
+    done
+    split_weight[$best]=$((split_weight[$best] + s))
+    if [[ " ${split_files[$best]} " != *" $f "* ]]; then split_files[$best]+=" $f"; fi
+    parts_in[$best $f]+=" $k"
+  done
+  # A file all of whose parts are in one guest runs whole there: no THINRELAY_DM_PARTS item.
+  for ((i = 1; i <= instances; i++)); do
+    for f in "${test_files[@]}"; do
+      w=${parts_in[$i $f]:-}
+      [[ -n $w ]] || continue
+      read -ra terms <<< "$w"
+      [[ ${#terms[@]} -lt ${parts_of[$f]} ]] || continue
+      w=$(printf '%s\n' "${terms[@]}" | sort -n | paste -sd,)
+      split_parts[$i]+=${split_parts[$i]:+ }$(basename "$f")=$w/${parts_of[$f]}
+    done
+  done
+}
+
+# The guest command of instance $1 (1-based) of $instances.
+guest_cmd_of() {
+  local i=$1 f files=() mine
+  if [[ $instances -eq 1 ]]; then
+    printf '%s' "$guest_cmd"
+    return
+  fi
+  mine=" ${split_files[$i]} "
+  # In the suite's order, not the split's.
+  for f in "${test_files[@]}"; do
+    if [[ $mine == *" $f "* ]]; then files+=("$f"); fi
+  done
+  if [[ ${#files[@]} -eq 0 ]]; then
+    # node --test with no file would run every test under the work tree.
+    printf 'true'
+    return
+  fi
+  # Items are file=k,k/n: nothing to quote but the space between them.
+  if [[ -n ${split_parts[$i]} ]]; then printf "THINRELAY_DM_PARTS='%s' " "${split_parts[$i]}"; fi
+  node_test_cmd "${files[@]}"
+}
 
 # --- host prerequisites (installed only when missing) ----------------------------------------------
 missing=()
@@ -69,12 +155,23 @@ fi
 [[ $instances == 1 || $instances == 2 ]] || die "THINRELAY_DM_UML_INSTANCES must be 1 or 2, got '$instances'"
 # --bench and --exec run one command: one guest.
 [[ $mode == tests ]] || instances=1
+if [[ $instances -gt 1 ]]; then split_suite; fi
+if [[ $plan == yes ]]; then
+  for ((i = 1; i <= instances; i++)); do
+    printf 'guest %d runs: %s%s\n' "$i" "$(guest_cmd_of "$i")" "${split_weight[$i]:+ (about ${split_weight[$i]} s recorded)}"
+  done
+  exit 0
+fi
 
 # --- per-run scratch: the ptrace shim, the module root, one control dir per guest -------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/$self.XXXXXX")
 pids=()
 watchdog_pid=
 cleanup() {
+  # Nothing may cut this short: an outer `timeout` signals run.sh and then its whole process
+  # group, so a second TERM can arrive while the first one's cleanup runs, and a reader of
+  # run.sh's output in that group may be gone (a log line would raise SIGPIPE).
+  trap '' INT TERM HUP PIPE
   if [[ -n $watchdog_pid ]]; then kill "$watchdog_pid" 2> /dev/null || true; fi
   local pid
   # Each guest runs in its own process group (setsid): the kernel and every process it runs.
@@ -82,9 +179,18 @@ cleanup() {
   for pid in "${pids[@]}"; do wait "$pid" 2> /dev/null || true; done
   rm -rf "$tmp"
 }
+# A signal ignores further ones at once, then exits through cleanup (the EXIT trap). Every wait
+# below is the wait builtin on a background job, which a trapped signal interrupts: run.sh never
+# sits in a long foreground child, where bash would hold the trap until that child ended.
+on_signal() {
+  trap '' INT TERM HUP PIPE
+  log "$2: stopping the guests"
+  exit "$1"
+}
 trap cleanup EXIT
-trap 'log "interrupted: stopping the guests"; exit 130' INT
-trap 'log "terminated: stopping the guests"; exit 143' TERM HUP
+trap 'on_signal 130 interrupted' INT
+trap 'on_signal 143 terminated' TERM
+trap 'on_signal 129 hung up' HUP
 
 # UML 6.1 hands the host a 2696-byte XSAVE area; hosts with AMX want 11008 and
 # answer EFAULT, and the guest panics at its first process. The shim fixes that
@@ -100,79 +206,6 @@ chmod +x "$tmp/modprobe"
 
 console_dir=$worktree/dist/test-dm
 mkdir -p "$console_dir"
-
-# The split of the whole suite over the guests: for each guest, its files and its share of the
-# kill -9 sweep, balanced on the seconds recorded in durations.txt (longest first, each to the
-# guest with less work so far). Sets split_files[i] (test files, in the suite's order),
-# split_crash[i] (the sweep's shards, k,k,...; empty when none) and split_weight[i] (seconds).
-crash_shards=${THINRELAY_DM_CRASH_SHARDS:-10}
-[[ $crash_shards =~ ^[0-9]+$ && $crash_shards -ge 1 ]] || die "THINRELAY_DM_CRASH_SHARDS must be a positive number, got '$crash_shards'"
-declare -A split_files=() split_crash=() split_weight=()
-split_suite() {
-  local durations=$worktree/scripts/test-dm/durations.txt f base s item i k best
-  declare -A recorded=()
-  local items=() order=()
-  while read -r f s _; do
-    [[ -z $f || $f == \#* ]] || recorded[$f]=$s
-  done < "$durations"
-  for f in "${test_files[@]}"; do
-    base=$(basename "$f")
-    s=${recorded[$base]:-}
-    if [[ -z $s ]]; then
-      log "no recorded time for $base in scripts/test-dm/durations.txt: counting it as 300 s"
-      s=300
-    fi
-    if [[ $base == dm-crash.test.js ]]; then
-      for ((k = 1; k <= crash_shards; k++)); do items+=("$((s / crash_shards)) crash $k $f"); done
-    else
-      items+=("$s file - $f")
-    fi
-  done
-  for ((i = 1; i <= instances; i++)); do
-    split_files[$i]=
-    split_crash[$i]=
-    split_weight[$i]=0
-  done
-  mapfile -t order < <(printf '%s\n' "${items[@]}" | sort -s -k1,1nr)
-  for item in "${order[@]}"; do
-    read -r s kind k f <<< "$item"
-    best=1
-    for ((i = 2; i <= instances; i++)); do
-      if [[ ${split_weight[$i]} -lt ${split_weight[$best]} ]]; then best=$i; fi
-    done
-    split_weight[$best]=$((split_weight[$best] + s))
-    if [[ $kind == crash ]]; then
-      split_crash[$best]+=${split_crash[$best]:+,}$k
-      if [[ " ${split_files[$best]} " != *" $f "* ]]; then split_files[$best]+=" $f"; fi
-    else
-      split_files[$best]+=" $f"
-    fi
-  done
-}
-
-# The guest command of instance $1 (1-based) of $instances.
-guest_cmd_of() {
-  local i=$1 f files=() mine
-  if [[ $instances -eq 1 ]]; then
-    printf '%s' "$guest_cmd"
-    return
-  fi
-  mine=" ${split_files[$i]} "
-  # In the suite's order, not the split's.
-  for f in "${test_files[@]}"; do
-    if [[ $mine == *" $f "* ]]; then files+=("$f"); fi
-  done
-  if [[ ${#files[@]} -eq 0 ]]; then
-    # node --test with no file would run every test under the work tree.
-    printf 'true'
-    return
-  fi
-  # All shards in one guest is the whole sweep: no variable, no shard suffix on its outcomes file.
-  if [[ -n ${split_crash[$i]} && ${split_crash[$i]} != "$(seq -s, 1 "$crash_shards")" ]]; then
-    printf 'THINRELAY_DM_CRASH_SHARD=%s/%s ' "${split_crash[$i]}" "$crash_shards"
-  fi
-  node_test_cmd "${files[@]}"
-}
 
 write_guest() {
   local i=$1 ctl=$tmp/$1
@@ -245,7 +278,6 @@ boot() {
 }
 
 # --- boot ---------------------------------------------------------------------------------------------
-if [[ $instances -gt 1 ]]; then split_suite; fi
 for ((i = 1; i <= instances; i++)); do write_guest "$i"; done
 log "User-Mode Linux $kver, $instances guest(s) × 1 vCPU, $mem_mib MiB each; node $node_version; work tree $worktree; timeout ${timeout_s}s"
 for ((i = 1; i <= instances; i++)); do

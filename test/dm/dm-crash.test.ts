@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import {
@@ -29,6 +29,7 @@ import {
   freshStateDir,
   releaseDmStateDir,
 } from './dm-host.js';
+import { inParts, partsOf } from './suite-parts.js';
 
 const bucket = 'thinrelay-dm-crash';
 
@@ -52,33 +53,23 @@ const only =
     : requested === 'ci'
       ? ciPoints
       : requested.split(',').filter((p) => p !== '');
-/**
- * THINRELAY_DM_CRASH_SHARD=k[,k...]/n: only the points whose position in the
- * whole list, modulo n, is one of those k (1-based) — how run.sh splits the
- * sweep over two guests.
- */
-const shardSpec = process.env.THINRELAY_DM_CRASH_SHARD ?? '';
-const shard = /^(\d+(?:,\d+)*)\/(\d+)$/.exec(shardSpec);
-if (shardSpec !== '' && shard === null)
-  throw new Error(`THINRELAY_DM_CRASH_SHARD must look like 1/2 or 1,2/3, got '${shardSpec}'`);
 const allPoints: string[] = [
   ...failpointNames,
   ...dmFailpointNames,
   'dm:metadata_snap:reserved',
   ...dmDeleteFailpointNames,
 ];
-const inShard = (point: string): boolean =>
-  shard === null ||
-  shard[1]!
-    .split(',')
-    .map(Number)
-    .includes((allPoints.indexOf(point) % Number(shard[2])) + 1);
+/**
+ * run.sh may split the sweep over its two guests (THINRELAY_DM_PARTS, suite-parts.ts):
+ * a point's unit number is its position in the whole list.
+ */
+const parts = partsOf(basename(import.meta.filename));
 const selected = (point: string): boolean =>
-  (only === undefined || only.includes(point)) && inShard(point);
+  (only === undefined || only.includes(point)) && inParts(parts, allPoints.indexOf(point));
 const outcomesFile =
-  shard === null
+  parts === null
     ? 'dm-crash-outcomes.json'
-    : `dm-crash-outcomes-${shard[1]!.replaceAll(',', '+')}of${shard[2]}.json`;
+    : `dm-crash-outcomes-${parts.parts.join('+')}of${parts.of}.json`;
 
 /** The reconcile log lines of a run: what recovery did. */
 function reconcileActions(r: CliResult): string[] {

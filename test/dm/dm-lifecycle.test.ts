@@ -26,8 +26,9 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before, test } from 'node:test';
 import { runCli, type CliResult } from '../helpers/cli.js';
+import { poolUsage } from '../helpers/pool-usage.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { s3EnvFor, startS3Emulator, type S3Emulator } from '../helpers/s3-emulator.js';
 import { gzip, packTar } from '../helpers/tar-fixtures.js';
@@ -42,6 +43,10 @@ import {
   releaseDmStateDir,
   type ProcessJson,
 } from './dm-host.js';
+import { partDescribe } from './suite-parts.js';
+
+/** Its top-level describes: run.sh may run them in different guests (suite-parts.ts). */
+const describePart = partDescribe(import.meta.url);
 
 const bucket = 'thinrelay-dm-lifecycle';
 const MiB = 1024 ** 2;
@@ -235,6 +240,15 @@ class Fixture {
     return s as PoolStatusJson & { usage: Usage };
   }
 
+  /**
+   * The pool's use as `pool status --json` computes it, read in this process
+   * (helpers/pool-usage.ts): a CLI run costs seconds under User-Mode Linux, and the reads between
+   * process-image runs only measure them. The tests read `pool status` itself where it is checked.
+   */
+  usage(): Promise<Usage> {
+    return poolUsage(this.env);
+  }
+
   async images(): Promise<ImageJson[]> {
     return json<ImageJson[]>(await this.cli(['images', '--all', '--json']));
   }
@@ -273,7 +287,7 @@ async function processImage(
   assert.equal(result.code, 0, `${key} ${tag}: exit ${result.code}: ${result.stderr.slice(-2000)}`);
   const out = JSON.parse(result.stdout) as ProcessJson;
   assert.equal(out.outcome, 'complete', `${key} ${tag}`);
-  const after = (await f.status()).usage;
+  const after = await f.usage();
   return {
     key,
     tag,
@@ -298,7 +312,7 @@ function pct(n: number): string {
 
 // ---- 1. churn on a small data pool ----------------------------------------------------------
 
-describe('pool lifecycle on devmapper: churn on a small pool', { skip }, () => {
+describePart('pool lifecycle on devmapper: churn on a small pool', { skip }, () => {
   const f = new Fixture();
   const small = 2 * MiB;
   const big = 4 * MiB;
@@ -413,6 +427,8 @@ describe('pool lifecycle on devmapper: churn on a small pool', { skip }, () => {
       assert.equal(typeof row.lastActivatedAt, 'string', `image ${row.id}: lastActivatedAt`);
     const thinIds = assertThinIdsAgree(f.stateDir);
     assert.equal(thinIds.length, 2 * live.length, 'a volume and a snapshot per live image');
+    // The reads between runs were in this process: the CLI reports the same use.
+    assert.deepEqual((await f.status()).usage, usage, 'pool status --json: the same usage');
     t.diagnostic(
       `churn: ${runs.length} images in ${Date.now() - t0} ms; data peak ${pct(Math.max(...runs.map((r) => r.after.dataPercent)))}` +
         `, end ${pct(usage.dataPercent)}; one small image ${firstImageBytes} bytes; ` +
@@ -503,7 +519,7 @@ function poolRawStatus(pool: string): {
   return { metaUsed: metaUsed!, metaTotal: metaTotal!, mode: f[7]!, line };
 }
 
-describe('pool lifecycle on devmapper: a metadata device of a few blocks', { skip }, () => {
+describePart('pool lifecycle on devmapper: a metadata device of a few blocks', { skip }, () => {
   const f = new Fixture();
   let disks: string;
   // 96 KiB = 24 metadata blocks: the kernel formats it (11 in use on an empty pool with 256 MiB of
@@ -609,6 +625,8 @@ describe('pool lifecycle on devmapper: a metadata device of a few blocks', { ski
     }
     const s = await f.status();
     assert.equal(s.healthy, true, s.detail);
+    // The reads between runs were in this process: the CLI reports the same use.
+    assert.deepEqual(s.usage, usage, 'pool status --json: the same usage');
     assertThinIdsAgree(f.stateDir);
 
     // A pass now brings metadata under its low watermark.
@@ -631,7 +649,7 @@ describe('pool lifecycle on devmapper: a metadata device of a few blocks', { ski
 
 // ---- 3. kill -9 inside an eviction ----------------------------------------------------------
 
-describe('pool lifecycle on devmapper: kill -9 during an eviction', { skip }, () => {
+describePart('pool lifecycle on devmapper: kill -9 during an eviction', { skip }, () => {
   const f = new Fixture();
   const payload = 2 * MiB;
   let n = 0;
@@ -646,7 +664,7 @@ describe('pool lifecycle on devmapper: kill -9 during an eviction', { skip }, ()
 
   /** New keys, one version each, with the policy off, until data use is over the high watermark. */
   async function fillOverHigh(): Promise<Usage> {
-    let usage = (await f.status()).usage;
+    let usage = await f.usage();
     while (usage.dataPercent <= 85) {
       const key = `images/fill-${++n}.tar.gz`;
       await f.put(key, `fill-${n}`, payload);

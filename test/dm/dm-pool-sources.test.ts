@@ -12,7 +12,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before, test } from 'node:test';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { dmPrefixFor } from '../../host-agent/src/storage/devmapper/devmapper-backend.js';
 import { runCli, type CliResult } from '../helpers/cli.js';
@@ -33,6 +33,10 @@ import {
   releaseDmStateDir,
   storeView,
 } from './dm-host.js';
+import { partDescribe } from './suite-parts.js';
+
+/** Its top-level describes: run.sh may run them in different guests (suite-parts.ts). */
+const describePart = partDescribe(import.meta.url);
 
 const bucket = 'thinrelay-dm-sources';
 
@@ -86,7 +90,7 @@ async function putImages(s3: S3Emulator, seeds: string[]): Promise<void> {
     await s3.putObject(bucket, `images/${seed}.tar`, await buildSampleRootfs({ seed }));
 }
 
-describe('pool create --devices: a pool on two block devices', { skip: needsRoot }, () => {
+describePart('pool create --devices: a pool on two block devices', { skip: needsRoot }, () => {
   let s3: S3Emulator;
   let stateDir: string;
   let disks: string;
@@ -160,7 +164,7 @@ describe('pool create --devices: a pool on two block devices', { skip: needsRoot
   });
 });
 
-describe('THINRELAY_DM_SKIP_BLOCK_ZEROING=1', { skip: needsRoot }, () => {
+describePart('THINRELAY_DM_SKIP_BLOCK_ZEROING=1', { skip: needsRoot }, () => {
   let s3: S3Emulator;
   let stateDir: string;
   let env: NodeJS.ProcessEnv;
@@ -204,69 +208,74 @@ describe('THINRELAY_DM_SKIP_BLOCK_ZEROING=1', { skip: needsRoot }, () => {
   });
 });
 
-describe('reconcile: dm devices in our namespace that map no object', { skip: needsRoot }, () => {
-  let s3: S3Emulator;
-  let stateDir: string;
-  let env: NodeJS.ProcessEnv;
-  let foreignFiles: string;
-  const foreignPool = `thinrelay-test-other-${process.pid}`;
+describePart(
+  'reconcile: dm devices in our namespace that map no object',
+  { skip: needsRoot },
+  () => {
+    let s3: S3Emulator;
+    let stateDir: string;
+    let env: NodeJS.ProcessEnv;
+    let foreignFiles: string;
+    const foreignPool = `thinrelay-test-other-${process.pid}`;
 
-  before(async () => {
-    s3 = await startS3Emulator();
-    await putImages(s3, ['strays']);
-    stateDir = freshStateDir('thinrelay-dm-strays-');
-    foreignFiles = mkdtempSync(join(tmpdir(), 'thinrelay-otherpool-'));
-    env = { ...s3EnvFor(s3), ...devmapperEnv(stateDir), THINRELAY_BUCKET: bucket };
-    assert.equal((await runCli(['pool', 'create', '--size', '1G'], env)).code, 0);
-  });
-  after(async () => {
-    releaseDmStateDir(stateDir);
-    if (dmDevices(foreignPool).includes(foreignPool)) sh('dmsetup', ['remove', '-f', foreignPool]);
-    detachDisks(foreignFiles);
-    await s3.stop();
-  });
+    before(async () => {
+      s3 = await startS3Emulator();
+      await putImages(s3, ['strays']);
+      stateDir = freshStateDir('thinrelay-dm-strays-');
+      foreignFiles = mkdtempSync(join(tmpdir(), 'thinrelay-otherpool-'));
+      env = { ...s3EnvFor(s3), ...devmapperEnv(stateDir), THINRELAY_BUCKET: bucket };
+      assert.equal((await runCli(['pool', 'create', '--size', '1G'], env)).code, 0);
+    });
+    after(async () => {
+      releaseDmStateDir(stateDir);
+      if (dmDevices(foreignPool).includes(foreignPool))
+        sh('dmsetup', ['remove', '-f', foreignPool]);
+      detachDisks(foreignFiles);
+      await s3.stop();
+    });
 
-  test('removed by the next start (gc), with a reason; objects and other pools untouched', async () => {
-    const r = json<ProcessJson>(
-      await runCli(['process-image', '--s3-key', 'images/strays.tar', '--json'], env),
-    );
-    const prefix = dmPrefixFor(stateDir);
-    const pool = poolNameOf(stateDir);
-    const snapTable = sh('dmsetup', ['table', r.devicePath.replace('/dev/mapper/', '')]).trim();
-    const [, , , poolDev, thinId] = snapTable.split(/\s+/);
-    // A name that is no object's, mapping a thin device of our pool (left by hand or by an old version).
-    sh('dmsetup', ['create', `${prefix}leftover`, '--table', `0 2048 thin ${poolDev} ${thinId}`]);
-    // An object's name, but mapping a thin device of another pool (e.g. one since re-created).
-    const m = disk(foreignFiles, 'm', '8M');
-    const d = disk(foreignFiles, 'd', '64M');
-    sh('dmsetup', ['create', foreignPool, '--table', `0 131072 thin-pool ${m} ${d} 256 256 0`]);
-    sh('dmsetup', ['message', foreignPool, '0', 'create_thin 7']);
-    sh('dmsetup', [
-      'create',
-      `${prefix}snap-00000099`,
-      '--table',
-      `0 2048 thin ${devNumber(`/dev/mapper/${foreignPool}`)} 7`,
-    ]);
-    sh('dmsetup', ['mknodes']);
-    const tid = poolTransactionId(pool);
+    test('removed by the next start (gc), with a reason; objects and other pools untouched', async () => {
+      const r = json<ProcessJson>(
+        await runCli(['process-image', '--s3-key', 'images/strays.tar', '--json'], env),
+      );
+      const prefix = dmPrefixFor(stateDir);
+      const pool = poolNameOf(stateDir);
+      const snapTable = sh('dmsetup', ['table', r.devicePath.replace('/dev/mapper/', '')]).trim();
+      const [, , , poolDev, thinId] = snapTable.split(/\s+/);
+      // A name that is no object's, mapping a thin device of our pool (left by hand or by an old version).
+      sh('dmsetup', ['create', `${prefix}leftover`, '--table', `0 2048 thin ${poolDev} ${thinId}`]);
+      // An object's name, but mapping a thin device of another pool (e.g. one since re-created).
+      const m = disk(foreignFiles, 'm', '8M');
+      const d = disk(foreignFiles, 'd', '64M');
+      sh('dmsetup', ['create', foreignPool, '--table', `0 131072 thin-pool ${m} ${d} 256 256 0`]);
+      sh('dmsetup', ['message', foreignPool, '0', 'create_thin 7']);
+      sh('dmsetup', [
+        'create',
+        `${prefix}snap-00000099`,
+        '--table',
+        `0 2048 thin ${devNumber(`/dev/mapper/${foreignPool}`)} 7`,
+      ]);
+      sh('dmsetup', ['mknodes']);
+      const tid = poolTransactionId(pool);
 
-    const gc = await runCli(['gc', '--json'], env);
-    assert.equal(gc.code, 0, gc.stderr);
-    assert.match(gc.stderr, /leftover.*"action":"removed".*maps no object/);
-    assert.match(gc.stderr, /snap-00000099.*"action":"removed".*maps another pool/);
-    assert.doesNotMatch(gc.stderr, /left alone/);
-    assert.deepEqual(
-      dmDevices(prefix).filter((n) => n !== pool),
-      storeView(stateDir).activeDevices,
-      'only the real snapshot is left',
-    );
-    assert.equal(existsSync(`/dev/mapper/${prefix}leftover`), false, 'its node is gone too');
-    assert.match(osRelease(r.devicePath), /VERSION_ID="strays"/);
-    assert.equal(poolTransactionId(pool), tid, 'removing a device changes nothing in the pool');
-    assert.deepEqual(poolThinIds(foreignPool), [7], "the other pool's thin device is untouched");
-    assertPoolMatchesStore(stateDir);
-  });
-});
+      const gc = await runCli(['gc', '--json'], env);
+      assert.equal(gc.code, 0, gc.stderr);
+      assert.match(gc.stderr, /leftover.*"action":"removed".*maps no object/);
+      assert.match(gc.stderr, /snap-00000099.*"action":"removed".*maps another pool/);
+      assert.doesNotMatch(gc.stderr, /left alone/);
+      assert.deepEqual(
+        dmDevices(prefix).filter((n) => n !== pool),
+        storeView(stateDir).activeDevices,
+        'only the real snapshot is left',
+      );
+      assert.equal(existsSync(`/dev/mapper/${prefix}leftover`), false, 'its node is gone too');
+      assert.match(osRelease(r.devicePath), /VERSION_ID="strays"/);
+      assert.equal(poolTransactionId(pool), tid, 'removing a device changes nothing in the pool');
+      assert.deepEqual(poolThinIds(foreignPool), [7], "the other pool's thin device is untouched");
+      assertPoolMatchesStore(stateDir);
+    });
+  },
+);
 
 /**
  * LVM in the guest: no udev, no lvmetad or dmeventd, the read-only host root
@@ -300,7 +309,7 @@ backup {
   return { LVM_SYSTEM_DIR: dir, LVM_SUPPRESS_FD_WARNINGS: '1' };
 }
 
-describe('an LVM thin pool attached by name (THINRELAY_DM_POOL)', { skip: needsRoot }, () => {
+describePart('an LVM thin pool attached by name (THINRELAY_DM_POOL)', { skip: needsRoot }, () => {
   let s3: S3Emulator;
   let stateDir: string;
   let lvmDir: string;

@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { after, before, test } from 'node:test';
 import { buildSampleRootfs } from '../../host-agent/src/demo/sample-rootfs.js';
 import { runCli, type CliResult } from '../helpers/cli.js';
 import { withMounted } from '../helpers/mount-probe.js';
@@ -33,10 +33,14 @@ import {
   storeView,
   withMountedAsync,
 } from './dm-host.js';
+import { partDescribe } from './suite-parts.js';
+
+/** Its top-level describes: run.sh may run them in different guests (suite-parts.ts). */
+const describePart = partDescribe(import.meta.url);
 
 const bucket = 'thinrelay-dm';
 
-describe('process-image on devmapper', { skip: needsRoot }, () => {
+describePart('process-image on devmapper', { skip: needsRoot }, () => {
   let s3: S3Emulator;
   let stateDir: string;
   let env: NodeJS.ProcessEnv;
@@ -188,7 +192,7 @@ describe('process-image on devmapper', { skip: needsRoot }, () => {
   });
 });
 
-describe('a pool too small for the image', { skip: needsRoot }, () => {
+describePart('a pool too small for the image', { skip: needsRoot }, () => {
   let s3: S3Emulator;
   let stateDir: string;
   let env: NodeJS.ProcessEnv;

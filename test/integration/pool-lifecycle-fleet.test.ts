@@ -43,6 +43,7 @@ import { startLocalStack, type LocalStack } from '../../host-agent/src/demo/loca
 import { startAgent, type AgentProcess, type LogLine } from '../helpers/agent-process.js';
 import { okJson, runCli } from '../helpers/cli.js';
 import { hostInventory, releaseStateDir } from '../helpers/host-leaks.js';
+import { poolUsage } from '../helpers/pool-usage.js';
 import { until } from '../helpers/until.js';
 import { needsRootAndTools } from '../helpers/root.js';
 import { packTar } from '../helpers/tar-fixtures.js';
@@ -476,14 +477,16 @@ describe('pool lifecycle on a full host, through the fleet', { skip: needs }, ()
 
       for (let v = 1; v <= VERSIONS; v++) {
         for (const key of churnKeys) {
-          const before = v === 1 ? (await poolStatus(env)).usage.usedBytes : 0;
+          // Read in this process (helpers/pool-usage.ts): a CLI run per image was a third of
+          // this file's time; the CLI's own figure is checked after the churn.
+          const before = v === 1 ? (await poolUsage(env)).usedBytes : 0;
           const t0 = Date.now();
           const eTag = await upload(stack, key, await rootfs(`${key} v${v}`, MiB));
           await fleetWait(stack, key, eTag);
           uploadTimes.push(Date.now() - t0);
           uploaded.get(key)!.push(eTag);
           current.set(key, eTag);
-          const { usage } = await poolStatus(env);
+          const usage = await poolUsage(env);
           if (v === 1) imageBytes = Math.max(imageBytes, usage.usedBytes - before);
           if (maxUsed === undefined || usage.usedBytes > maxUsed.usedBytes) maxUsed = usage;
           assert.ok(
@@ -510,6 +513,16 @@ describe('pool lifecycle on a full host, through the fleet', { skip: needs }, ()
         }
         if (v === spikeAt) spikeEvictions = await spike();
       }
+
+      // The reads after each image were in this process: the CLI reports the same use (the
+      // agent's database writes may move a loop pool's figure by a little between the two).
+      const cli = (await poolStatus(env)).usage;
+      const mine = await poolUsage(env);
+      assert.equal(cli.capacityBytes, mine.capacityBytes, 'pool status --json: the same capacity');
+      assert.ok(
+        Math.abs(cli.usedBytes - mine.usedBytes) < MiB,
+        `pool status --json: the same use (${cli.usedBytes} and ${mine.usedBytes} bytes)`,
+      );
 
       // Eviction happened only in the spike: retention alone held the churn.
       assert.deepEqual(

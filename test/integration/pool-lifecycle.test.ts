@@ -20,6 +20,7 @@ import { silentLogger } from '../../host-agent/src/log.js';
 import { roomWithoutEvicting } from '../../host-agent/src/pool/keeper.js';
 import { openRuntime } from '../../host-agent/src/runtime.js';
 import { runCli, okJson, type CliResult } from '../helpers/cli.js';
+import { poolUsage } from '../helpers/pool-usage.js';
 import { deploymentItem } from '../helpers/fleet-deployment.js';
 import { assertHostMatchesStore, hostInventory } from '../helpers/host-leaks.js';
 import { queryState, smallFilesystem } from '../helpers/small-fs.js';
@@ -197,12 +198,13 @@ describe(
           if (r.code !== 0) failures++;
           assert.equal(r.code, 0, `${key} v${round}: ${r.stderr}`);
           assert.doesNotMatch(r.stderr, /LOW_SPACE/);
-          const pool = await host.pool();
-          maxPercent = Math.max(maxPercent, pool.usage.dataPercent);
+          // Read in this process (helpers/pool-usage.ts; the CLI's figure is checked below).
+          const usage = await poolUsage(host.env);
+          maxPercent = Math.max(maxPercent, usage.dataPercent);
           // Never above the high watermark by more than one image (~10 MiB of ~190 MiB capacity).
           assert.ok(
-            pool.usage.dataPercent <= high + (100 * 12 * MiB) / pool.usage.capacityBytes,
-            `round ${round} ${key}: ${pool.usage.dataPercent.toFixed(1)}%`,
+            usage.dataPercent <= high + (100 * 12 * MiB) / usage.capacityBytes,
+            `round ${round} ${key}: ${usage.dataPercent.toFixed(1)}%`,
           );
         }
         if (round === 2) {
@@ -220,6 +222,15 @@ describe(
       }
       assert.equal(failures, 0);
       t.diagnostic(`peak data use ${maxPercent.toFixed(1)}% (high watermark ${high}%)`);
+      // pool status --json reports the use read in this process (the state database's writes
+      // may move a loop pool's figure a little between the two reads).
+      const cliUsage = (await host.pool()).usage;
+      const mine = await poolUsage(host.env);
+      assert.equal(cliUsage.capacityBytes, mine.capacityBytes, 'pool status: the same capacity');
+      assert.ok(
+        Math.abs(cliUsage.usedBytes - mine.usedBytes) < MiB,
+        `pool status: the same use (${cliUsage.usedBytes} and ${mine.usedBytes} bytes)`,
+      );
       const all = await host.images(true);
       const evicted = all.filter((i) => i.removedReason === 'evicted');
       assert.ok(evicted.length > 0, 'the pool was small enough to need eviction');
