@@ -13,7 +13,7 @@
  * microseconds to a few milliseconds; `dmsetup wait`, which blocks for as
  * long as it is told, stays a process.
  */
-import { closeSync, openSync } from 'node:fs';
+import { openSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { getSystemErrorName } from 'node:util';
 import { EnvironmentError, InternalError } from '../../errors.js';
@@ -127,12 +127,6 @@ function control(): number {
     );
   }
   return controlFd;
-}
-
-/** Closes the control device (tests; a process exiting closes it anyway). */
-export function closeControl(): void {
-  if (controlFd !== null) closeSync(controlFd);
-  controlFd = null;
 }
 
 /** A dm ioctl the kernel refused; its text reads like dmsetup's, so existing matching still works. */
