@@ -4,7 +4,8 @@
  * same kernel — reports: create, load, resume, status, table, suspend,
  * reload, list, device numbers and nodes; the kernel's refusals as the
  * errnos callers act on; no half device after a refused table; a device a
- * crash left without a table loaded on the next create.
+ * crash left without a table loaded on the next create; a node a crash left
+ * naming an old minor replaced.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -12,6 +13,7 @@ import { closeSync, existsSync, openSync, statSync } from 'node:fs';
 import { after, describe, test } from 'node:test';
 import {
   DmIoctlError,
+  devRemove,
   devStatus,
   dmDriverVersion,
   listDevices,
@@ -143,6 +145,33 @@ describe('dm ioctls against the kernel', { skip: needsRoot }, () => {
     assert.ok(existsSync(`/dev/mapper/${name}`), 'the node outlives the device without udev');
     await dmDropNode(name);
     assert.equal(existsSync(`/dev/mapper/${name}`), false);
+  });
+
+  test('a node a crash left naming an old minor is replaced by the new device’s', async () => {
+    const name = `${prefix}stale`;
+    const filler = `${prefix}filler`;
+    await dmCreate(name, '0 8 zero');
+    const path = await dmEnsureNode(name);
+    const old = statSync(path).rdev;
+    // Removed, and killed before its node was dropped: the node stays.
+    devRemove(name);
+    assert.ok(existsSync(path));
+    // Another device takes the freed minor; the name comes back on a new one.
+    await dmCreate(filler, '0 8 zero');
+    await dmCreate(name, '0 16 zero');
+    const fillerInfo = await dmInfo(filler);
+    assert.equal(
+      statSync(`/dev/dm-${fillerInfo!.minor}`).rdev,
+      old,
+      'the filler holds the old minor',
+    );
+    assert.equal(await dmEnsureNode(name), path);
+    const info = await dmInfo(name);
+    assert.equal(statSync(path).rdev, statSync(`/dev/dm-${info!.minor}`).rdev);
+    assert.notEqual(statSync(path).rdev, old);
+    await dmRemove(name);
+    await dmDropNode(name);
+    await dmRemove(filler);
   });
 
   test('a table the kernel refuses leaves no device', async () => {

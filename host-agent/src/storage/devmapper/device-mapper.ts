@@ -6,7 +6,7 @@
  * (dm-ioctl.ts); only `dmsetup wait`, which blocks, is still a process.
  * Parsers for the `status` and `table` lines we rely on.
  */
-import { existsSync, mkdirSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { EnvironmentError, InternalError } from '../../errors.js';
 import { CommandError, run, runSync } from '../../sys/exec.js';
@@ -21,6 +21,7 @@ import {
   listDevices,
   type DevStatus,
   makeBlockNode,
+  makedev,
   tableLoad,
   tableStatus,
   targetMessage,
@@ -436,13 +437,21 @@ export function dmEnsureNode(name: string): Promise<string> {
 
 export function dmEnsureNodeSync(name: string): string {
   const path = `/dev/mapper/${checkDmName(name)}`;
-  if (existsSync(path)) return path;
   const info = dmInfoSync(name);
-  if (info !== null) {
-    mkdirSync('/dev/mapper', { recursive: true, mode: 0o755 });
-    // A libc without mknod (glibc before 2.33): dmsetup makes it.
-    if (!makeBlockNode(path, info)) runSync('dmsetup', ['mknodes', '--', name]);
-  }
+  const current = statSync(path, { throwIfNoEntry: false });
+  if (info === null)
+    throw new EnvironmentError(
+      'DM_UNAVAILABLE',
+      `${name} has no live device`,
+      'see `dmsetup info`',
+    );
+  // The node must be this device's: one a crash left between a remove and
+  // its node's drop names the old minor, which another device may hold now.
+  if (current?.isBlockDevice() === true && BigInt(current.rdev) === makedev(info)) return path;
+  if (current !== undefined) unlinkSync(path);
+  mkdirSync('/dev/mapper', { recursive: true, mode: 0o755 });
+  // A libc without mknod (glibc before 2.33): dmsetup makes it.
+  if (!makeBlockNode(path, info)) runSync('dmsetup', ['mknodes', '--', name]);
   if (!existsSync(path))
     throw new EnvironmentError(
       'DM_UNAVAILABLE',

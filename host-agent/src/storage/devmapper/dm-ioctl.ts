@@ -351,6 +351,13 @@ function cString(buf: Buffer, from: number, to: number): string {
   return buf.toString('utf8', from, end === -1 || end > to ? to : end);
 }
 
+/** A device number as glibc's makedev (and stat's rdev) has it. */
+export function makedev(dev: { major: number; minor: number }): bigint {
+  const M = BigInt(dev.major);
+  const m = BigInt(dev.minor);
+  return ((M & 0xfffn) << 8n) | ((M & ~0xfffn) << 32n) | (m & 0xffn) | ((m & ~0xffn) << 12n);
+}
+
 /**
  * Makes a block device node (mknod), as libdevmapper does when no udev runs.
  * False when this libc has no `mknod` symbol (glibc before 2.33).
@@ -358,12 +365,8 @@ function cString(buf: Buffer, from: number, to: number): string {
 export function makeBlockNode(path: string, dev: { major: number; minor: number }): boolean {
   const { fns } = loadFfi();
   if (fns.mknod === null) return false;
-  // makedev (glibc): major's low 12 bits at 8, minor's low 8 bits at 0, high bits above.
-  const M = BigInt(dev.major);
-  const m = BigInt(dev.minor);
-  const devt = ((M & 0xfffn) << 8n) | ((M & ~0xfffn) << 32n) | (m & 0xffn) | ((m & ~0xffn) << 12n);
   const S_IFBLK = 0o060000;
-  if (fns.mknod(path, S_IFBLK | 0o600, devt) < 0) {
+  if (fns.mknod(path, S_IFBLK | 0o600, makedev(dev)) < 0) {
     const [errno, text] = lastError();
     if (errno === 'EEXIST') return true;
     throw new EnvironmentError(
