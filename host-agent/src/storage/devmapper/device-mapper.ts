@@ -18,6 +18,7 @@ import {
   devResume,
   devStatus,
   devSuspend,
+  hasDeviceMapper,
   listDevices,
   type DevStatus,
   makeBlockNode,
@@ -260,7 +261,8 @@ export interface DmDeviceInfo {
 
 /**
  * Info on one device, or null when it does not exist or has no live table
- * (a create a crash cut short: dmCreate loads it) — one DM_DEV_STATUS ioctl.
+ * (a create a crash cut short: dmCreate loads it), or the kernel has no
+ * device-mapper — one DM_DEV_STATUS ioctl.
  * It used to scan /sys/block/dm-*: a read per device, so 100 concurrent
  * Prepares cost thousands of reads.
  */
@@ -270,6 +272,8 @@ export function dmInfo(name: string): Promise<DmDeviceInfo | null> {
 
 /** dmInfo, for callers holding the store's write lock (no await there). */
 export function dmInfoSync(name: string): DmDeviceInfo | null {
+  checkDmName(name);
+  if (!hasDeviceMapper()) return null;
   let status: DevStatus;
   try {
     status = devStatus(checkDmName(name));
@@ -283,6 +287,7 @@ export function dmInfoSync(name: string): DmDeviceInfo | null {
 
 /** The names of every dm device (DM_LIST_DEVICES). */
 export function dmNames(): Set<string> {
+  if (!hasDeviceMapper()) return new Set();
   return new Set(listDevices().map((d) => d.name));
 }
 

@@ -129,6 +129,24 @@ function control(): number {
   return controlFd;
 }
 
+/**
+ * Whether this kernel has device-mapper at all: false when its control
+ * device is missing or has no driver behind it (ENOENT, ENODEV, ENXIO). A
+ * question about a device then has a true answer (there is none); only a
+ * change fails, with DM_UNAVAILABLE.
+ */
+export function hasDeviceMapper(): boolean {
+  if (controlFd !== null) return true;
+  try {
+    control();
+    return true;
+  } catch (err) {
+    const code = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code;
+    if (code === 'ENOENT' || code === 'ENODEV' || code === 'ENXIO') return false;
+    throw err;
+  }
+}
+
 /** A dm ioctl the kernel refused; its text reads like dmsetup's, so existing matching still works. */
 export class DmIoctlError extends CommandError {
   constructor(
