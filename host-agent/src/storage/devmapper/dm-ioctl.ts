@@ -244,7 +244,7 @@ export interface TargetLine {
 }
 
 /** Parses "start length type params" — the table format dmsetup takes and prints. */
-export function parseTargetLine(line: string): TargetLine {
+function parseTargetLine(line: string): TargetLine {
   const m = /^(\d+) (\d+) (\S+)(?: (.*))?$/.exec(line.trim());
   if (m === null) throw new InternalError(`not a device-mapper table line: ${line}`);
   return { start: Number(m[1]), length: Number(m[2]), type: m[3]!, params: m[4] ?? '' };
